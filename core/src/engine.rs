@@ -1,0 +1,403 @@
+//! The public façade: an [`Engine`] owns a store, the event bus, the clock and the compiled
+//! template cache, and offers every verb of the shared API.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use semver::Version;
+use serde_json::{json, Value};
+use tokio::sync::Notify;
+
+use crate::clock::{Clock, SystemClock, Timestamp};
+use crate::error::{Error, Result};
+use crate::events::{names, Event, EventBus, Subscription};
+use crate::ids::{StepId, TaskId};
+use crate::state::Change;
+use crate::store::memory::MemoryStore;
+use crate::store::{Changes, ClaimRequest, ClaimedStep, NewTask, StepFailure, Store, WorkStatus};
+use crate::template::{TaskGraph, TaskTemplate};
+use crate::view::{GraphView, TaskFilter, TaskView, TransitionView};
+
+/// The URL an engine opens when none is given.
+pub const DEFAULT_URL: &str = "memory:";
+
+/// The orchestration engine. Cheap to clone: clones share one engine.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use tasker_core::{Engine, NewTask};
+/// let engine = Engine::open("memory:").await?;
+/// engine.register_template_str("namespace: n\nname: t\nversion: 1.0.0\nsteps: [{name: only}]").await?;
+/// let id = engine.create_task(NewTask::new("n", "t")).await?;
+/// assert_eq!(engine.task(id).await?.steps[0].name, "only");
+/// # Ok::<_, tasker_core::Error>(()) }).unwrap();
+/// ```
+#[derive(Clone, Debug)]
+pub struct Engine {
+    inner: Arc<EngineInner>,
+}
+
+#[derive(Debug)]
+struct EngineInner {
+    store: Arc<dyn Store>,
+    bus: EventBus,
+    clock: Arc<dyn Clock>,
+    graphs: RwLock<HashMap<(String, String, Version), Arc<TaskGraph>>>,
+    work: Notify,
+    closed: AtomicBool,
+}
+
+/// Builds an [`Engine`] with a chosen store URL, store or clock.
+#[derive(Debug, Default)]
+pub struct EngineBuilder {
+    url: Option<String>,
+    store: Option<Arc<dyn Store>>,
+    clock: Option<Arc<dyn Clock>>,
+}
+
+impl EngineBuilder {
+    /// The store to open: `memory:`.
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    /// A store built by the caller (takes precedence over the URL).
+    pub fn store(mut self, store: Arc<dyn Store>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// The clock (default: the system clock); tests pass a [`crate::ManualClock`].
+    pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = Some(clock);
+        self
+    }
+
+    /// Opens the store and returns the engine.
+    pub async fn build(self) -> Result<Engine> {
+        let store = match self.store {
+            Some(store) => store,
+            None => open_store(self.url.as_deref().unwrap_or(DEFAULT_URL)).await?,
+        };
+        Ok(Engine {
+            inner: Arc::new(EngineInner {
+                store,
+                bus: EventBus::new(),
+                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                graphs: RwLock::new(HashMap::new()),
+                work: Notify::new(),
+                closed: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
+    let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
+    match scheme {
+        "memory" => Ok(Arc::new(MemoryStore::new())),
+        "sqlite" | "postgres" | "postgresql" => Err(Error::InvalidArgument(format!(
+            "the {scheme} store is not available in this build yet (use \"memory:\")"
+        ))),
+        _ => Err(Error::InvalidArgument(format!(
+            "unknown store URL {url:?}: expected \"memory:\""
+        ))),
+    }
+}
+
+impl Engine {
+    /// Opens an engine on the store named by `url`.
+    pub async fn open(url: &str) -> Result<Engine> {
+        Engine::builder().url(url).build().await
+    }
+
+    /// A builder, for a custom clock or store.
+    pub fn builder() -> EngineBuilder {
+        EngineBuilder::default()
+    }
+
+    /// The event bus.
+    pub fn bus(&self) -> &EventBus {
+        &self.inner.bus
+    }
+
+    /// The engine's current time.
+    pub fn now(&self) -> Timestamp {
+        self.inner.clock.now()
+    }
+
+    fn store(&self) -> Result<&dyn Store> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(&*self.inner.store)
+    }
+
+    /// Validates and stores a template; returns its compiled graph.
+    pub async fn register_template(&self, template: &TaskTemplate) -> Result<Arc<TaskGraph>> {
+        let graph = Arc::new(template.compile()?);
+        self.store()?.save_template(&graph).await?;
+        let key = (
+            graph.namespace().to_owned(),
+            graph.name().to_owned(),
+            graph.version().clone(),
+        );
+        self.inner.graphs.write().insert(key, graph.clone());
+        Ok(graph)
+    }
+
+    /// [`Engine::register_template`] from YAML or JSON text.
+    pub async fn register_template_str(&self, text: &str) -> Result<Arc<TaskGraph>> {
+        self.register_template(&TaskTemplate::parse(text)?).await
+    }
+
+    /// [`Engine::register_template`] from a JSON value (a dict / Hash in the bindings).
+    pub async fn register_template_value(&self, value: Value) -> Result<Arc<TaskGraph>> {
+        self.register_template(&TaskTemplate::from_value(value)?)
+            .await
+    }
+
+    /// The compiled graph of `namespace/name` at `version` (newest when `None`).
+    pub async fn template(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<Arc<TaskGraph>> {
+        let version = version
+            .map(|v| {
+                Version::parse(v).map_err(|e| {
+                    Error::InvalidArgument(format!("invalid template version {v:?}: {e}"))
+                })
+            })
+            .transpose()?;
+        if let Some(v) = &version {
+            let key = (namespace.to_owned(), name.to_owned(), v.clone());
+            if let Some(graph) = self.inner.graphs.read().get(&key) {
+                return Ok(graph.clone());
+            }
+        }
+        let store = self.store()?;
+        let version = store
+            .resolve_template_version(namespace, name, version.as_ref())
+            .await?;
+        let key = (namespace.to_owned(), name.to_owned(), version);
+        if let Some(graph) = self.inner.graphs.read().get(&key) {
+            return Ok(graph.clone());
+        }
+        let template = store.load_template(namespace, name, &key.2).await?;
+        let graph = Arc::new(template.compile()?);
+        self.inner.graphs.write().insert(key, graph.clone());
+        Ok(graph)
+    }
+
+    /// Starts a task; with an idempotency key seen before, returns the earlier task's id.
+    pub async fn create_task(&self, task: NewTask) -> Result<TaskId> {
+        let graph = self
+            .template(&task.namespace, &task.name, task.version.as_deref())
+            .await?;
+        let created = self.store()?.create_task(graph, &task, self.now()).await?;
+        self.publish(created.changes);
+        Ok(created.task_id)
+    }
+
+    /// Claims up to `request.limit` ready steps, each with a lease of its `timeout_ms`.
+    pub async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedStep>> {
+        let (claimed, changes) = self.store()?.claim(request, self.now()).await?;
+        self.publish(changes);
+        Ok(claimed)
+    }
+
+    /// Reports a claimed attempt's result. Refused with [`Error::ClaimLost`] when the claim is no
+    /// longer held (lease expired, task cancelled, step resolved).
+    pub async fn complete(&self, step: StepId, attempt: u32, result: Value) -> Result<()> {
+        let changes = self
+            .store()?
+            .complete(step, attempt, result, self.now())
+            .await?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// Reports a claimed attempt's failure.
+    pub async fn fail(&self, step: StepId, attempt: u32, failure: StepFailure) -> Result<()> {
+        let changes = self
+            .store()?
+            .fail(step, attempt, &failure, self.now())
+            .await?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// Extends a claimed attempt's lease by its timeout; returns the new expiry.
+    pub async fn heartbeat(&self, step: StepId, attempt: u32) -> Result<Timestamp> {
+        self.store()?.heartbeat(step, attempt, self.now()).await
+    }
+
+    /// Gives back every step whose lease has expired; returns how many.
+    pub async fn reclaim_expired(&self) -> Result<usize> {
+        let changes = self.store()?.reclaim_expired(self.now()).await?;
+        let n = changes
+            .transitions
+            .iter()
+            .filter(|t| t.event_name() == names::STEP_LEASE_EXPIRED)
+            .count();
+        self.publish(changes);
+        Ok(n)
+    }
+
+    /// Cancels a task and its unfinished steps.
+    pub async fn cancel_task(&self, task: TaskId) -> Result<()> {
+        let changes = self.store()?.cancel_task(task, self.now()).await?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// Pauses a task: none of its steps is handed out until it is resumed.
+    pub async fn pause_task(&self, task: TaskId) -> Result<()> {
+        let changes = self.store()?.pause_task(task, self.now()).await?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// Resumes a paused task.
+    pub async fn resume_task(&self, task: TaskId) -> Result<()> {
+        let changes = self.store()?.resume_task(task, self.now()).await?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// Runs a failed task again: its failed steps get a fresh attempt budget and the steps
+    /// skipped on their account become pending.
+    pub async fn retry_task(&self, task: TaskId) -> Result<()> {
+        let changes = self.store()?.retry_task(task, self.now()).await?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// An operator supplies the result of the step named `step` of `task`; its dependents run
+    /// as if it had completed.
+    pub async fn resolve_step(&self, task: TaskId, step: &str, result: Value) -> Result<()> {
+        let store = self.store()?;
+        let id = store.step_id(task, step).await?;
+        let changes = store.resolve_step(id, result, self.now()).await?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// A task with its steps.
+    pub async fn task(&self, task: TaskId) -> Result<TaskView> {
+        self.store()?.task(task).await
+    }
+
+    /// Tasks matching `filter`, newest first.
+    pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskView>> {
+        self.store()?.list_tasks(filter).await
+    }
+
+    /// A task's audit trail, oldest first.
+    pub async fn transitions(&self, task: TaskId) -> Result<Vec<TransitionView>> {
+        self.store()?.transitions(task).await
+    }
+
+    /// A task's DAG with each step's state.
+    pub async fn graph(&self, task: TaskId) -> Result<GraphView> {
+        Ok(GraphView::from(&self.task(task).await?))
+    }
+
+    /// Subscribes to lifecycle events whose name matches the glob `pattern` (`"step.*"`).
+    pub fn subscribe(&self, pattern: &str) -> Result<Subscription> {
+        self.inner
+            .bus
+            .subscribe(pattern)
+            .map_err(|e| Error::InvalidArgument(e.to_string()))
+    }
+
+    /// What work the store holds.
+    pub async fn work_status(&self) -> Result<WorkStatus> {
+        self.store()?.work_status(self.now()).await
+    }
+
+    /// Waits until a step may have become ready in this process (or `timeout` passes).
+    pub async fn wait_for_work(&self, timeout: std::time::Duration) {
+        let _ = tokio::time::timeout(timeout, self.inner.work.notified()).await;
+    }
+
+    pub(crate) fn work_notify(&self) -> &Notify {
+        &self.inner.work
+    }
+
+    /// Closes the engine: every later call fails with [`Error::Closed`].
+    pub fn close(&self) {
+        self.inner.closed.store(true, Ordering::Release);
+        self.inner.work.notify_waiters();
+    }
+
+    /// Whether [`Engine::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.closed.load(Ordering::Acquire)
+    }
+
+    /// Wakes waiting workers and publishes the events of `changes`.
+    fn publish(&self, changes: Changes) {
+        if !changes.ready.is_empty()
+            || changes.transitions.iter().any(|t| {
+                matches!(
+                    t.change,
+                    Change::Step {
+                        event: crate::state::StepEvent::RetryDue,
+                        ..
+                    }
+                )
+            })
+        {
+            self.inner.work.notify_waiters();
+        }
+        let bus = &self.inner.bus;
+        if !bus.has_subscribers() {
+            return;
+        }
+        let mut events = Vec::new();
+        for t in &changes.transitions {
+            let name = t.event_name();
+            if !bus.wants(name) {
+                continue;
+            }
+            let (from, to, step) = match t.change {
+                Change::Task { from, to, .. } => (from.map(|s| s.as_str()), to.as_str(), None),
+                Change::Step {
+                    index, from, to, ..
+                } => (Some(from.as_str()), to.as_str(), Some(index)),
+            };
+            let mut event = Event::new(name, t.task_id, t.at).with_detail(json!({
+                "from": from,
+                "to": to,
+                "reason": t.reason,
+            }));
+            if let (Some(index), Some(step_name)) = (step, &t.step_name) {
+                event = event
+                    .with_step(
+                        StepId {
+                            task: t.task_id,
+                            index,
+                        },
+                        step_name.clone(),
+                    )
+                    .with_attempt(t.attempt);
+            }
+            events.push(event);
+        }
+        if bus.wants(names::STEP_READY) {
+            let at = self.now();
+            for (step, name) in &changes.ready {
+                events.push(
+                    Event::new(names::STEP_READY, step.task, at).with_step(*step, name.clone()),
+                );
+            }
+        }
+        bus.publish_all(events);
+    }
+}

@@ -1,0 +1,104 @@
+//! The one error type of the crate's public API.
+//!
+//! Bindings map its variants once: to a Python exception hierarchy, Ruby exception classes and
+//! C status codes (see [`Error::kind`]).
+
+use crate::ids::{InvalidId, StepId, TaskId};
+use crate::state::InvalidTransition;
+use crate::template::TemplateError;
+
+/// Everything that can go wrong in a call to the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A template was malformed or invalid.
+    #[error("invalid template: {0}")]
+    Template(#[from] TemplateError),
+    /// No template has that namespace, name (and version).
+    #[error("no template {namespace}/{name}{}", version.as_ref().map(|v| format!(" version {v}")).unwrap_or_default())]
+    TemplateNotFound {
+        /// The namespace asked for.
+        namespace: String,
+        /// The name asked for.
+        name: String,
+        /// The version asked for, if any.
+        version: Option<String>,
+    },
+    /// A template with this namespace, name and version exists with different content.
+    #[error("template {namespace}/{name} version {version} is already registered with different content; register a new version")]
+    TemplateConflict {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// Version.
+        version: String,
+    },
+    /// No task has that id.
+    #[error("no task {0}")]
+    TaskNotFound(TaskId),
+    /// The task has no such step.
+    #[error("task {task} has no step {step:?}")]
+    StepNotFound {
+        /// The task.
+        task: TaskId,
+        /// The step name or index asked for.
+        step: String,
+    },
+    /// A string that should be an id is not one.
+    #[error(transparent)]
+    InvalidId(#[from] InvalidId),
+    /// The state machine refused the operation.
+    #[error(transparent)]
+    InvalidTransition(#[from] InvalidTransition),
+    /// The caller no longer holds the claim it reports on: the lease expired and the step was
+    /// given back (or the task was cancelled). The report is refused.
+    #[error("step {step} attempt {attempt} is no longer held by this worker (lease expired, step reclaimed or task cancelled)")]
+    ClaimLost {
+        /// The step reported on.
+        step: StepId,
+        /// The attempt the report named.
+        attempt: u32,
+    },
+    /// An argument was malformed (a URL, JSON, a pattern, a limit).
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// The storage backend failed.
+    #[error("store error: {0}")]
+    Store(String),
+    /// The engine was closed.
+    #[error("the engine is closed")]
+    Closed,
+}
+
+/// The coarse kind of an [`Error`], for mapping to other languages' error types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// [`Error::Template`], [`Error::TemplateConflict`].
+    Template,
+    /// [`Error::TemplateNotFound`], [`Error::TaskNotFound`], [`Error::StepNotFound`].
+    NotFound,
+    /// [`Error::InvalidTransition`], [`Error::ClaimLost`].
+    InvalidTransition,
+    /// [`Error::InvalidArgument`], [`Error::InvalidId`].
+    InvalidArgument,
+    /// [`Error::Store`], [`Error::Closed`].
+    Store,
+}
+
+impl Error {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Template(_) | Error::TemplateConflict { .. } => ErrorKind::Template,
+            Error::TemplateNotFound { .. }
+            | Error::TaskNotFound(_)
+            | Error::StepNotFound { .. } => ErrorKind::NotFound,
+            Error::InvalidTransition(_) | Error::ClaimLost { .. } => ErrorKind::InvalidTransition,
+            Error::InvalidArgument(_) | Error::InvalidId(_) => ErrorKind::InvalidArgument,
+            Error::Store(_) | Error::Closed => ErrorKind::Store,
+        }
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,203 @@
+//! Retries: the per-step retry policy, the backoff delay, and the decision after a failure.
+//!
+//! Pure functions over plain data; the randomness of jitter comes in as an argument.
+
+use serde::{Deserialize, Serialize};
+
+/// How often and how patiently a step is retried.
+///
+/// `max_attempts` counts the first attempt. The delay before attempt `n + 1` is
+/// `min(backoff_max_ms, backoff_base_ms * 2^(n-1))`, drawn uniformly from `[0, that]` when
+/// `jitter` is on ("full jitter").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included; at least 1.
+    pub max_attempts: u32,
+    /// The first backoff delay, in milliseconds.
+    pub backoff_base_ms: u64,
+    /// The largest backoff delay, in milliseconds.
+    pub backoff_max_ms: u64,
+    /// Full jitter: draw the delay uniformly between zero and the exponential value.
+    pub jitter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 3,
+            backoff_base_ms: 1_000,
+            backoff_max_ms: 300_000,
+            jitter: true,
+        }
+    }
+}
+
+/// How a handler's failure should be treated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum FailureKind {
+    /// Try again while attempts are left; `retry_after_ms` overrides the backoff.
+    Retryable {
+        /// The handler's own delay before the next attempt, if it named one.
+        retry_after_ms: Option<u64>,
+    },
+    /// Do not try again.
+    Permanent,
+}
+
+/// What happens to a step after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryDecision {
+    /// Run again after `delay_ms`.
+    RetryAfter {
+        /// Milliseconds to wait before the step may be claimed again.
+        delay_ms: u64,
+    },
+    /// No further attempt: the step has failed for good.
+    GiveUp {
+        /// Whether the attempt budget, rather than a permanent error, ended it.
+        exhausted: bool,
+    },
+}
+
+impl RetryPolicy {
+    /// The exponential delay before the attempt after `attempt` (1-based), before jitter.
+    pub fn exponential_ms(&self, attempt: u32) -> u64 {
+        let shift = attempt.saturating_sub(1).min(63);
+        let factor = 1u64.checked_shl(shift).unwrap_or(u64::MAX);
+        self.backoff_base_ms
+            .saturating_mul(factor)
+            .min(self.backoff_max_ms)
+    }
+
+    /// The backoff delay after failed attempt `attempt`; `unit` is a random number in `[0, 1)`
+    /// used only when `jitter` is on.
+    pub fn backoff_ms(&self, attempt: u32, unit: f64) -> u64 {
+        let ceiling = self.exponential_ms(attempt);
+        if !self.jitter {
+            return ceiling;
+        }
+        let unit = if unit.is_finite() {
+            unit.clamp(0.0, 1.0)
+        } else {
+            0.0
+        };
+        // Full jitter: uniform over [0, ceiling].
+        ((ceiling as f64) * unit).round() as u64
+    }
+
+    /// The decision after attempt `attempt` (1-based) of a step whose budget is `max_attempts`
+    /// failed with `kind`.
+    pub fn decide(
+        &self,
+        attempt: u32,
+        max_attempts: u32,
+        kind: FailureKind,
+        unit: f64,
+    ) -> RetryDecision {
+        match kind {
+            FailureKind::Permanent => RetryDecision::GiveUp { exhausted: false },
+            FailureKind::Retryable { .. } if attempt >= max_attempts => {
+                RetryDecision::GiveUp { exhausted: true }
+            }
+            FailureKind::Retryable {
+                retry_after_ms: Some(ms),
+            } => RetryDecision::RetryAfter { delay_ms: ms },
+            FailureKind::Retryable {
+                retry_after_ms: None,
+            } => RetryDecision::RetryAfter {
+                delay_ms: self.backoff_ms(attempt, unit),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(base: u64, max: u64, jitter: bool) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts: 5,
+            backoff_base_ms: base,
+            backoff_max_ms: max,
+            jitter,
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        let p = policy(200, 1_000, false);
+        let delays: Vec<u64> = (1..=5).map(|a| p.backoff_ms(a, 0.5)).collect();
+        assert_eq!(delays, vec![200, 400, 800, 1_000, 1_000]);
+    }
+
+    #[test]
+    fn handler_retry_after_overrides_backoff() {
+        let p = policy(200, 1_000, false);
+        let kind = FailureKind::Retryable {
+            retry_after_ms: Some(7_000),
+        };
+        assert_eq!(
+            p.decide(1, 5, kind, 0.0),
+            RetryDecision::RetryAfter { delay_ms: 7_000 }
+        );
+    }
+
+    #[test]
+    fn permanent_errors_and_exhausted_budgets_give_up() {
+        let p = policy(200, 1_000, false);
+        assert_eq!(
+            p.decide(1, 5, FailureKind::Permanent, 0.0),
+            RetryDecision::GiveUp { exhausted: false }
+        );
+        let retryable = FailureKind::Retryable {
+            retry_after_ms: None,
+        };
+        assert_eq!(
+            p.decide(5, 5, retryable, 0.0),
+            RetryDecision::GiveUp { exhausted: true }
+        );
+        assert_eq!(
+            p.decide(3, 5, retryable, 0.0),
+            RetryDecision::RetryAfter { delay_ms: 800 }
+        );
+    }
+
+    #[test]
+    fn huge_attempt_numbers_do_not_overflow() {
+        let p = policy(u64::MAX / 2, u64::MAX, false);
+        assert_eq!(p.backoff_ms(u32::MAX, 0.0), u64::MAX);
+    }
+
+    proptest! {
+        #[test]
+        fn jittered_delay_stays_within_zero_and_the_capped_exponential(
+            base in 0u64..100_000, max in 0u64..10_000_000, attempt in 1u32..80, unit in 0.0f64..1.0
+        ) {
+            let p = policy(base, max, true);
+            let d = p.backoff_ms(attempt, unit);
+            prop_assert!(d <= p.exponential_ms(attempt));
+            prop_assert!(d <= max);
+        }
+
+        #[test]
+        fn exponential_delay_never_decreases_with_attempts(
+            base in 0u64..100_000, max in 0u64..10_000_000, attempt in 1u32..80
+        ) {
+            let p = policy(base, max, false);
+            prop_assert!(p.backoff_ms(attempt + 1, 0.0) >= p.backoff_ms(attempt, 0.0));
+        }
+
+        #[test]
+        fn a_retryable_failure_retries_exactly_while_attempts_are_left(
+            attempt in 1u32..20, max_attempts in 1u32..20
+        ) {
+            let p = policy(10, 100, true);
+            let d = p.decide(attempt, max_attempts, FailureKind::Retryable { retry_after_ms: None }, 0.3);
+            prop_assert_eq!(matches!(d, RetryDecision::RetryAfter { .. }), attempt < max_attempts);
+        }
+    }
+}

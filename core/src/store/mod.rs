@@ -1,0 +1,305 @@
+//! Persistence: one [`Store`] trait of atomic operations, with one implementation per backend.
+//!
+//! Every operation is atomic: it applies completely or not at all. The decisions inside an
+//! operation (which transition, which steps become ready, how long to back off) come from the
+//! pure modules [`crate::state`], [`crate::readiness`] and [`crate::retry`]; a store only
+//! persists their outcome. Each operation returns the [`Changes`] it made, from which the
+//! engine publishes lifecycle events.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use serde_json::Value;
+
+use crate::clock::Timestamp;
+use crate::error::Result;
+use crate::ids::{StepId, TaskId};
+use crate::retry::FailureKind;
+use crate::state::Transition;
+use crate::template::{TaskGraph, TaskTemplate};
+use crate::view::{TaskFilter, TaskView, TransitionView};
+
+pub mod memory;
+
+/// A request to start a task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTask {
+    /// The template's namespace.
+    pub namespace: String,
+    /// The template's name.
+    pub name: String,
+    /// The template version; `None` takes the newest.
+    pub version: Option<String>,
+    /// The task's context, handed to every step. A JSON object by convention.
+    pub context: Value,
+    /// A second create_task with the same key (for the same template) returns the first task.
+    pub idempotency_key: Option<String>,
+    /// Higher runs first.
+    pub priority: i32,
+}
+
+impl NewTask {
+    /// A task of the newest version of `namespace/name`, with an empty context.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        NewTask {
+            namespace: namespace.into(),
+            name: name.into(),
+            version: None,
+            context: Value::Object(Default::default()),
+            idempotency_key: None,
+            priority: 0,
+        }
+    }
+
+    /// With this context.
+    pub fn context(mut self, context: Value) -> Self {
+        self.context = context;
+        self
+    }
+
+    /// With this template version.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+
+    /// With this idempotency key.
+    pub fn idempotency_key(mut self, key: impl Into<String>) -> Self {
+        self.idempotency_key = Some(key.into());
+        self
+    }
+
+    /// With this priority (higher first).
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+}
+
+/// A request for work.
+#[derive(Debug, Clone)]
+pub struct ClaimRequest {
+    /// Who claims (recorded as the lease owner).
+    pub worker_id: Arc<str>,
+    /// Only steps with these handler names; `None` takes any.
+    pub handlers: Option<Vec<Arc<str>>>,
+    /// At most this many steps.
+    pub limit: usize,
+}
+
+/// The parents' results handed to a step: each parent's name with its result (`null` when the
+/// parent did not succeed, which only an edge with `requires_success: false` lets through).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StepInputs(pub Vec<(Arc<str>, Arc<Value>)>);
+
+impl StepInputs {
+    /// The result of the parent named `name`.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.0.iter().find(|(n, _)| &**n == name).map(|(_, v)| &**v)
+    }
+
+    /// The inputs as one JSON object.
+    pub fn to_json(&self) -> Value {
+        Value::Object(
+            self.0
+                .iter()
+                .map(|(n, v)| (n.to_string(), (**v).clone()))
+                .collect(),
+        )
+    }
+
+    /// Each parent's name and result.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.0.iter().map(|(n, v)| (&**n, &**v))
+    }
+}
+
+/// A step handed to a worker, with its lease.
+#[derive(Debug, Clone)]
+pub struct ClaimedStep {
+    /// The step.
+    pub step_id: StepId,
+    /// The step's name in its template.
+    pub name: Arc<str>,
+    /// The handler to run.
+    pub handler: Arc<str>,
+    /// The template's namespace.
+    pub namespace: Arc<str>,
+    /// The template's name.
+    pub task_name: Arc<str>,
+    /// This attempt's number, 1-based; it is also the claim's fencing token.
+    pub attempt: u32,
+    /// The step's attempt budget.
+    pub max_attempts: u32,
+    /// The task's context.
+    pub context: Arc<Value>,
+    /// The parents' results.
+    pub inputs: StepInputs,
+    /// The lease runs out then unless heartbeated.
+    pub lease_expires_at: Timestamp,
+    /// The step's lease length in milliseconds (its `timeout_ms`).
+    pub timeout_ms: u64,
+}
+
+impl ClaimedStep {
+    /// The step's task.
+    pub fn task_id(&self) -> TaskId {
+        self.step_id.task
+    }
+}
+
+/// A failed attempt, as a worker reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepFailure {
+    /// What went wrong.
+    pub message: String,
+    /// Retryable or permanent.
+    pub kind: FailureKind,
+}
+
+/// What one store operation changed, for the engine to publish.
+#[derive(Debug, Clone, Default)]
+pub struct Changes {
+    /// Every transition recorded, in order.
+    pub transitions: Vec<Transition>,
+    /// Steps that became claimable (released by parents or resumed).
+    pub ready: Vec<(StepId, Arc<str>)>,
+}
+
+impl Changes {
+    /// Appends `other`.
+    pub fn extend(&mut self, other: Changes) {
+        self.transitions.extend(other.transitions);
+        self.ready.extend(other.ready);
+    }
+}
+
+/// The result of create_task.
+#[derive(Debug, Clone)]
+pub struct Created {
+    /// The task (the earlier one when the idempotency key was seen before).
+    pub task_id: TaskId,
+    /// False when an earlier task with the same idempotency key was returned.
+    pub created: bool,
+    /// What changed.
+    pub changes: Changes,
+}
+
+/// Work in the store, for idle detection and wake-ups.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkStatus {
+    /// Steps claimable now (approximately: the queue may hold stale entries).
+    pub ready: u64,
+    /// Steps claimed and not reported.
+    pub running: u64,
+    /// Steps waiting for a retry.
+    pub waiting: u64,
+    /// The earliest time a waiting step becomes claimable.
+    pub next_due: Option<Timestamp>,
+}
+
+impl WorkStatus {
+    /// Nothing is ready, running or waiting.
+    pub fn is_idle(&self) -> bool {
+        self.ready == 0 && self.running == 0 && self.waiting == 0
+    }
+}
+
+/// The atomic operations every backend implements; see the module docs.
+///
+/// `now` comes from the engine's clock so that time is injectable.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Stores a validated template. Registering the same content again is a no-op; different
+    /// content under an existing version is [`crate::Error::TemplateConflict`].
+    async fn save_template(&self, graph: &TaskGraph) -> Result<()>;
+
+    /// The exact version of `namespace/name` to use: `version` if it exists, else the newest.
+    async fn resolve_template_version(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&semver::Version>,
+    ) -> Result<semver::Version>;
+
+    /// The template stored under that exact version.
+    async fn load_template(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &semver::Version,
+    ) -> Result<TaskTemplate>;
+
+    /// Creates a task with all its steps, or returns the task created earlier with the same
+    /// idempotency key.
+    async fn create_task(
+        &self,
+        graph: Arc<TaskGraph>,
+        task: &NewTask,
+        now: Timestamp,
+    ) -> Result<Created>;
+
+    /// Makes due retries claimable, reclaims expired leases, then claims up to `limit` ready
+    /// steps (higher task priority first, then oldest) with a lease of each step's timeout.
+    async fn claim(
+        &self,
+        request: &ClaimRequest,
+        now: Timestamp,
+    ) -> Result<(Vec<ClaimedStep>, Changes)>;
+
+    /// Records the result of a claimed attempt and releases its children.
+    /// [`crate::Error::ClaimLost`] when the claim is no longer held.
+    async fn complete(
+        &self,
+        step: StepId,
+        attempt: u32,
+        result: Value,
+        now: Timestamp,
+    ) -> Result<Changes>;
+
+    /// Records a failed attempt: a retry after backoff, or a failure for good that skips the
+    /// dependents that required it.
+    async fn fail(
+        &self,
+        step: StepId,
+        attempt: u32,
+        failure: &StepFailure,
+        now: Timestamp,
+    ) -> Result<Changes>;
+
+    /// Extends the lease of a claimed attempt by the step's timeout; returns the new expiry.
+    async fn heartbeat(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Timestamp>;
+
+    /// Gives back every step whose lease has expired (the attempt counts as a retryable failure).
+    async fn reclaim_expired(&self, now: Timestamp) -> Result<Changes>;
+
+    /// Cancels the task and its unfinished steps.
+    async fn cancel_task(&self, task: TaskId, now: Timestamp) -> Result<Changes>;
+
+    /// Stops handing out the task's steps; running ones may still report.
+    async fn pause_task(&self, task: TaskId, now: Timestamp) -> Result<Changes>;
+
+    /// Hands out the task's steps again.
+    async fn resume_task(&self, task: TaskId, now: Timestamp) -> Result<Changes>;
+
+    /// Gives the failed (and thereby skipped) steps of a failed task a fresh attempt budget.
+    async fn retry_task(&self, task: TaskId, now: Timestamp) -> Result<Changes>;
+
+    /// An operator supplies the result of a step that has not completed.
+    async fn resolve_step(&self, step: StepId, result: Value, now: Timestamp) -> Result<Changes>;
+
+    /// The step of `task` named `name`.
+    async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId>;
+
+    /// A task with its steps.
+    async fn task(&self, task: TaskId) -> Result<TaskView>;
+
+    /// Tasks matching the filter, newest first.
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskView>>;
+
+    /// The task's audit trail, oldest first.
+    async fn transitions(&self, task: TaskId) -> Result<Vec<TransitionView>>;
+
+    /// What work there is.
+    async fn work_status(&self, now: Timestamp) -> Result<WorkStatus>;
+}

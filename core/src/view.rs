@@ -1,0 +1,288 @@
+//! Read views: what `task(id)`, `list_tasks(filter)`, `transitions(id)` and `graph(id)` return.
+//! They serialize to the JSON the bindings hand to their hosts (snake_case fields, RFC 3339
+//! times).
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::Timestamp;
+use crate::ids::{StepId, TaskId};
+use crate::state::{Change, StepState, TaskState, Transition};
+
+/// A task with its steps.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskView {
+    /// The task's id.
+    pub id: TaskId,
+    /// The template's namespace.
+    pub namespace: String,
+    /// The template's name.
+    pub name: String,
+    /// The template's version.
+    pub version: String,
+    /// The task's state.
+    pub status: TaskState,
+    /// The context it was created with.
+    pub context: Value,
+    /// Its priority (higher first).
+    pub priority: i32,
+    /// Its idempotency key, if it has one.
+    pub idempotency_key: Option<String>,
+    /// Counts of steps per state.
+    pub progress: Progress,
+    /// Its steps, in template order.
+    pub steps: Vec<StepView>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// When it finished (complete, error, cancelled or resolved).
+    pub completed_at: Option<Timestamp>,
+}
+
+/// Counts of a task's steps per state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    /// All steps.
+    pub total: u32,
+    /// Pending.
+    pub pending: u32,
+    /// Claimed and running.
+    pub in_progress: u32,
+    /// Complete.
+    pub complete: u32,
+    /// Waiting for a retry.
+    pub waiting_for_retry: u32,
+    /// Failed for good.
+    pub error: u32,
+    /// Skipped.
+    pub skipped: u32,
+    /// Cancelled.
+    pub cancelled: u32,
+    /// Resolved by an operator.
+    pub resolved_manually: u32,
+    /// Share of steps finished, 0–100.
+    pub percent: f64,
+}
+
+impl Progress {
+    /// Counts the states.
+    pub fn of(states: impl IntoIterator<Item = StepState>) -> Self {
+        let mut p = Progress::default();
+        for s in states {
+            p.total += 1;
+            *match s {
+                StepState::Pending => &mut p.pending,
+                StepState::InProgress => &mut p.in_progress,
+                StepState::Complete => &mut p.complete,
+                StepState::WaitingForRetry => &mut p.waiting_for_retry,
+                StepState::Error => &mut p.error,
+                StepState::Skipped => &mut p.skipped,
+                StepState::Cancelled => &mut p.cancelled,
+                StepState::ResolvedManually => &mut p.resolved_manually,
+            } += 1;
+        }
+        let finished = p.complete + p.error + p.skipped + p.cancelled + p.resolved_manually;
+        p.percent = if p.total == 0 {
+            100.0
+        } else {
+            (f64::from(finished) * 1000.0 / f64::from(p.total)).round() / 10.0
+        };
+        p
+    }
+}
+
+/// A parent of a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DependencyView {
+    /// The parent's name.
+    pub step: String,
+    /// Whether the child runs only if the parent succeeded.
+    pub requires_success: bool,
+}
+
+/// One step of a task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepView {
+    /// The step's id.
+    pub step_id: StepId,
+    /// Its name.
+    pub name: String,
+    /// Its handler.
+    pub handler: String,
+    /// Its state.
+    pub status: StepState,
+    /// Attempts started so far.
+    pub attempts: u32,
+    /// The attempt budget.
+    pub max_attempts: u32,
+    /// The result, once complete or resolved.
+    pub result: Option<Value>,
+    /// The last error message.
+    pub error: Option<String>,
+    /// Its parents.
+    pub depends_on: Vec<DependencyView>,
+    /// When the current or last attempt was claimed.
+    pub started_at: Option<Timestamp>,
+    /// When it finished.
+    pub completed_at: Option<Timestamp>,
+    /// Milliseconds between the last claim and the finish.
+    pub duration_ms: Option<u64>,
+    /// When a waiting step may run again.
+    pub next_attempt_at: Option<Timestamp>,
+    /// Who holds the lease, while running.
+    pub lease_owner: Option<String>,
+    /// When the lease runs out, while running.
+    pub lease_expires_at: Option<Timestamp>,
+}
+
+impl TaskView {
+    /// The step named `name`.
+    pub fn step(&self, name: &str) -> Option<&StepView> {
+        self.steps.iter().find(|s| s.name == name)
+    }
+}
+
+/// One entry of the audit trail.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TransitionView {
+    /// The step's id, or `None` for the task itself.
+    pub step_id: Option<StepId>,
+    /// The step's name, or `None` for the task itself.
+    pub step: Option<String>,
+    /// The state before (`None` when the task was created).
+    pub from: Option<String>,
+    /// The state after.
+    pub to: String,
+    /// What caused it (`claim`, `fail`, `lease_expired`, …).
+    pub event: String,
+    /// Why, in words.
+    pub reason: Option<String>,
+    /// The step's attempt at the time (0 for the task).
+    pub attempt: u32,
+    /// When.
+    pub at: Timestamp,
+}
+
+impl From<&Transition> for TransitionView {
+    fn from(t: &Transition) -> Self {
+        let (step_id, from, to, event) = match t.change {
+            Change::Task { from, to, event } => (
+                None,
+                from.map(|s| s.to_string()),
+                to.to_string(),
+                event.to_string(),
+            ),
+            Change::Step {
+                index,
+                from,
+                to,
+                event,
+            } => (
+                Some(StepId {
+                    task: t.task_id,
+                    index,
+                }),
+                Some(from.to_string()),
+                to.to_string(),
+                event.to_string(),
+            ),
+        };
+        TransitionView {
+            step_id,
+            step: t.step_name.as_deref().map(str::to_owned),
+            from,
+            to,
+            event,
+            reason: t.reason.clone(),
+            attempt: t.attempt,
+            at: t.at,
+        }
+    }
+}
+
+/// Which tasks `list_tasks` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TaskFilter {
+    /// Only tasks in this state.
+    pub status: Option<TaskState>,
+    /// Only tasks of this namespace.
+    pub namespace: Option<String>,
+    /// Only tasks of this template name.
+    pub name: Option<String>,
+    /// At most this many (newest first).
+    pub limit: usize,
+}
+
+impl Default for TaskFilter {
+    fn default() -> Self {
+        TaskFilter {
+            status: None,
+            namespace: None,
+            name: None,
+            limit: 100,
+        }
+    }
+}
+
+/// A task's DAG with each step's state: `graph(id)`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphView {
+    /// The task.
+    pub task_id: TaskId,
+    /// The steps with their states, in template order.
+    pub nodes: Vec<GraphNode>,
+    /// Parent → child edges.
+    pub edges: Vec<GraphEdge>,
+}
+
+/// A step in a [`GraphView`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GraphNode {
+    /// The step's name.
+    pub name: String,
+    /// Its handler.
+    pub handler: String,
+    /// Its state.
+    pub status: StepState,
+}
+
+/// An edge in a [`GraphView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphEdge {
+    /// The parent's name.
+    pub from: String,
+    /// The child's name.
+    pub to: String,
+    /// Whether the child needs the parent to succeed.
+    pub requires_success: bool,
+}
+
+impl From<&TaskView> for GraphView {
+    fn from(task: &TaskView) -> Self {
+        GraphView {
+            task_id: task.id,
+            nodes: task
+                .steps
+                .iter()
+                .map(|s| GraphNode {
+                    name: s.name.clone(),
+                    handler: s.handler.clone(),
+                    status: s.status,
+                })
+                .collect(),
+            edges: task
+                .steps
+                .iter()
+                .flat_map(|s| {
+                    s.depends_on.iter().map(move |d| GraphEdge {
+                        from: d.step.clone(),
+                        to: s.name.clone(),
+                        requires_success: d.requires_success,
+                    })
+                })
+                .collect(),
+        }
+    }
+}
