@@ -14,7 +14,7 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
 use crate::events::{names, Event, EventBus, Subscription};
 use crate::ids::{StepId, TaskId};
-use crate::state::Change;
+use crate::state::{Change, StepEvent, Transition};
 use crate::store::memory::MemoryStore;
 use crate::store::{Changes, ClaimRequest, ClaimedStep, NewTask, StepFailure, Store, WorkStatus};
 use crate::template::{TaskGraph, TaskTemplate};
@@ -167,6 +167,7 @@ impl Engine {
         name: &str,
         version: Option<&str>,
     ) -> Result<Arc<TaskGraph>> {
+        let store = self.store()?;
         let version = version
             .map(|v| {
                 Version::parse(v).map_err(|e| {
@@ -180,7 +181,6 @@ impl Engine {
                 return Ok(graph.clone());
             }
         }
-        let store = self.store()?;
         let version = store
             .resolve_template_version(namespace, name, version.as_ref())
             .await?;
@@ -310,6 +310,7 @@ impl Engine {
 
     /// Subscribes to lifecycle events whose name matches the glob `pattern` (`"step.*"`).
     pub fn subscribe(&self, pattern: &str) -> Result<Subscription> {
+        self.store()?;
         self.inner
             .bus
             .subscribe(pattern)
@@ -318,7 +319,12 @@ impl Engine {
 
     /// What work the store holds.
     pub async fn work_status(&self) -> Result<WorkStatus> {
-        self.store()?.work_status(self.now()).await
+        self.store()?.work_status(None, self.now()).await
+    }
+
+    /// What work the store holds, counting as ready only the steps of `handlers`.
+    pub async fn work_status_for(&self, handlers: &[Arc<str>]) -> Result<WorkStatus> {
+        self.store()?.work_status(Some(handlers), self.now()).await
     }
 
     /// Waits until a step may have become ready in this process (or `timeout` passes).
@@ -341,54 +347,40 @@ impl Engine {
         self.inner.closed.load(Ordering::Acquire)
     }
 
-    /// Wakes waiting workers and publishes the events of `changes`.
+    /// Publishes the events of `changes`, then wakes waiting workers.
+    ///
+    /// In that order: a worker woken by this change publishes its own events (`step.claimed`)
+    /// only after this change's events (`step.completed`, `step.ready`) are out.
     fn publish(&self, changes: Changes) {
-        if !changes.ready.is_empty()
+        let wake = !changes.ready.is_empty()
             || changes.transitions.iter().any(|t| {
                 matches!(
                     t.change,
                     Change::Step {
-                        event: crate::state::StepEvent::RetryDue,
+                        event: StepEvent::RetryDue,
                         ..
                     }
                 )
-            })
-        {
+            });
+        self.publish_events(&changes);
+        if wake {
             self.inner.work.notify_waiters();
         }
+    }
+
+    fn publish_events(&self, changes: &Changes) {
         let bus = &self.inner.bus;
         if !bus.has_subscribers() {
             return;
         }
         let mut events = Vec::new();
-        for t in &changes.transitions {
-            let name = t.event_name();
-            if !bus.wants(name) {
-                continue;
+        for (i, t) in changes.transitions.iter().enumerate() {
+            for (name, error) in event_names(&changes.transitions, i).into_iter().flatten() {
+                if !bus.wants(name) {
+                    continue;
+                }
+                events.push(event_of(t, name, error));
             }
-            let (from, to, step) = match t.change {
-                Change::Task { from, to, .. } => (from.map(|s| s.as_str()), to.as_str(), None),
-                Change::Step {
-                    index, from, to, ..
-                } => (Some(from.as_str()), to.as_str(), Some(index)),
-            };
-            let mut event = Event::new(name, t.task_id, t.at).with_detail(json!({
-                "from": from,
-                "to": to,
-                "reason": t.reason,
-            }));
-            if let (Some(index), Some(step_name)) = (step, &t.step_name) {
-                event = event
-                    .with_step(
-                        StepId {
-                            task: t.task_id,
-                            index,
-                        },
-                        step_name.clone(),
-                    )
-                    .with_attempt(t.attempt);
-            }
-            events.push(event);
         }
         if bus.wants(names::STEP_READY) {
             let at = self.now();
@@ -400,4 +392,82 @@ impl Engine {
         }
         bus.publish_all(events);
     }
+}
+
+/// The events that transition `i` of `transitions` publishes, each with the error message to put
+/// in its detail.
+///
+/// A failed attempt that will be retried publishes `step.retry_scheduled` (carrying the error),
+/// not `step.failed`: `step.failed` means the step failed for good. A lease that expired on the
+/// last attempt publishes `step.lease_expired` and then `step.failed`.
+fn event_names(transitions: &[Transition], i: usize) -> [Option<(&'static str, Option<&str>)>; 2] {
+    let t = &transitions[i];
+    let Change::Step { index, event, .. } = t.change else {
+        return [Some((t.event_name(), None)), None];
+    };
+    let same_step = |other: &&Transition| {
+        other.task_id == t.task_id
+            && matches!(other.change, Change::Step { index: j, .. } if j == index)
+    };
+    let reason = t.reason.as_deref();
+    match event {
+        StepEvent::Fail | StepEvent::LeaseExpired => {
+            let retried = transitions[i + 1..]
+                .iter()
+                .find(same_step)
+                .is_some_and(|next| {
+                    matches!(
+                        next.change,
+                        Change::Step {
+                            event: StepEvent::ScheduleRetry,
+                            ..
+                        }
+                    )
+                });
+            let expired =
+                (event == StepEvent::LeaseExpired).then_some((names::STEP_LEASE_EXPIRED, reason));
+            let failed = (!retried).then_some((names::STEP_FAILED, reason));
+            [expired, failed]
+        }
+        StepEvent::ScheduleRetry => {
+            let error = transitions[..i]
+                .iter()
+                .rev()
+                .find(same_step)
+                .and_then(|previous| previous.reason.as_deref());
+            [Some((names::STEP_RETRY_SCHEDULED, error)), None]
+        }
+        _ => [Some((t.event_name(), None)), None],
+    }
+}
+
+/// The event `name` published for transition `t`.
+fn event_of(t: &Transition, name: &'static str, error: Option<&str>) -> Event {
+    let (from, to, step) = match t.change {
+        Change::Task { from, to, .. } => (from.map(|s| s.as_str()), to.as_str(), None),
+        Change::Step {
+            index, from, to, ..
+        } => (Some(from.as_str()), to.as_str(), Some(index)),
+    };
+    let mut detail = json!({
+        "from": from,
+        "to": to,
+        "reason": t.reason,
+    });
+    if let Some(error) = error {
+        detail["error"] = json!(error);
+    }
+    let mut event = Event::new(name, t.task_id, t.at).with_detail(detail);
+    if let (Some(index), Some(step_name)) = (step, &t.step_name) {
+        event = event
+            .with_step(
+                StepId {
+                    task: t.task_id,
+                    index,
+                },
+                step_name.clone(),
+            )
+            .with_attempt(t.attempt);
+    }
+    event
 }

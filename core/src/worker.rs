@@ -253,11 +253,12 @@ impl Worker {
 
     /// Runs until [`Worker::stop`] is called; steps already running finish first.
     pub async fn run(&self) -> Result<RunReport> {
-        self.inner.stop.send_replace(false);
         self.run_loop(false, None).await
     }
 
-    /// Asks a running [`Worker::run`] to stop claiming and return once its steps have finished.
+    /// Asks [`Worker::run`] (or [`Worker::run_until_idle`]) to stop claiming and return once its
+    /// steps have finished. A stop requested before the run gets going is not lost: that run
+    /// returns at once. The request is used up by the run it ends, so the worker can run again.
     pub fn stop(&self) {
         self.inner.stop.send_replace(true);
     }
@@ -275,22 +276,31 @@ impl Worker {
                 Ok(Reported::Lost) => report.lost += 1,
             }
         };
+        let mut stopped = false;
         loop {
-            if *stop.borrow() || deadline.is_some_and(|d| Instant::now() >= d) {
+            if *stop.borrow_and_update() {
+                stopped = true;
+                break;
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 break;
             }
             let notified = inner.engine.work_notify().notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
 
+            while let Some(done) = running.try_join_next() {
+                tally(&mut report, done);
+            }
             let free = inner.concurrency - running.len();
+            let mut got = 0;
             if free > 0 {
                 let request = ClaimRequest {
                     limit: free,
                     ..inner.request.clone()
                 };
                 let claimed = inner.engine.claim(&request).await?;
-                let got = claimed.len();
+                got = claimed.len();
                 for step in claimed {
                     running.spawn(run_step(inner.engine.clone(), inner.handlers.clone(), step));
                 }
@@ -298,12 +308,10 @@ impl Worker {
                     continue; // there may be more
                 }
             }
-            while let Some(done) = running.try_join_next() {
-                tally(&mut report, done);
-            }
             let mut wait = inner.poll_interval;
-            if running.is_empty() {
-                let status = inner.engine.work_status().await?;
+            if running.is_empty() && got == 0 {
+                let names = inner.request.handlers.as_deref().unwrap_or_default();
+                let status = inner.engine.work_status_for(names).await?;
                 if until_idle && status.is_idle() {
                     report.idle = true;
                     break;
@@ -325,6 +333,10 @@ impl Worker {
         }
         while let Some(done) = running.join_next().await {
             tally(&mut report, done);
+        }
+        if stopped {
+            // This run has honoured the stop request; the next run starts afresh.
+            inner.stop.send_replace(false);
         }
         Ok(report)
     }

@@ -670,8 +670,10 @@ impl Store for MemoryStore {
     ) -> Result<(Vec<ClaimedStep>, Changes)> {
         let mut inner = self.inner.lock();
         let mut changes = Changes::default();
-        inner.promote_due(now, &mut changes);
+        // Reclaim first, so that a step whose lease ran out and whose backoff has already
+        // elapsed (e.g. zero) is handed out by this very claim.
         inner.reclaim_expired(now, &mut changes);
+        inner.promote_due(now, &mut changes);
         let Inner { tasks, queues, .. } = &mut *inner;
         let mut claimed = Vec::with_capacity(request.limit.min(64));
         while claimed.len() < request.limit {
@@ -692,11 +694,13 @@ impl Store for MemoryStore {
             {
                 continue; // stale: cancelled, paused, resolved or already claimed
             }
-            task.steps[i].attempts += 1;
-            task.step_to(index, StepEvent::Claim, now, None, &mut changes)?;
+            // The task starts before its first step is claimed, in the audit trail and in the
+            // published events alike.
             if task.status == TaskState::Pending {
                 task.task_to(TaskEvent::Start, now, None, &mut changes)?;
             }
+            task.steps[i].attempts += 1;
+            task.step_to(index, StepEvent::Claim, now, None, &mut changes)?;
             let spec = task.graph.step(index);
             let expires = add_ms(now, spec.timeout_ms);
             let rec = &mut task.steps[i];
@@ -1004,7 +1008,7 @@ impl Store for MemoryStore {
             })
             .filter(|t| filter.name.as_deref().is_none_or(|n| n == &*t.name))
             .collect();
-        matching.sort_by(|a, b| b.id.cmp(&a.id));
+        matching.sort_by_key(|t| std::cmp::Reverse(t.id));
         Ok(matching
             .into_iter()
             .take(filter.limit)
@@ -1018,11 +1022,19 @@ impl Store for MemoryStore {
         Ok(task.transitions.iter().map(TransitionView::from).collect())
     }
 
-    async fn work_status(&self, _now: Timestamp) -> Result<WorkStatus> {
+    async fn work_status(
+        &self,
+        handlers: Option<&[Arc<str>]>,
+        _now: Timestamp,
+    ) -> Result<WorkStatus> {
         let mut inner = self.inner.lock();
         let Inner { tasks, queues, .. } = &mut *inner;
         let mut ready = 0u64;
-        for heap in queues.ready.values_mut() {
+        for (name, heap) in queues.ready.iter_mut() {
+            if handlers.is_some_and(|list| !list.contains(name)) {
+                continue;
+            }
+            // Drop stale entries (cancelled, paused, resolved, claimed) so the count is exact.
             heap.retain(|e| {
                 tasks.get(&e.step.task).is_some_and(|t| {
                     let i = e.step.index as usize;

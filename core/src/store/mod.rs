@@ -239,7 +239,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> Result<Created>;
 
-    /// Makes due retries claimable, reclaims expired leases, then claims up to `limit` ready
+    /// Reclaims expired leases, makes due retries claimable, then claims up to `limit` ready
     /// steps (higher task priority first, then oldest) with a lease of each step's timeout.
     async fn claim(
         &self,
@@ -300,6 +300,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The task's audit trail, oldest first.
     async fn transitions(&self, task: TaskId) -> Result<Vec<TransitionView>>;
 
-    /// What work there is.
-    async fn work_status(&self, now: Timestamp) -> Result<WorkStatus>;
+    /// What work there is; `ready` counts only steps of `handlers` (all when `None`).
+    async fn work_status(
+        &self,
+        handlers: Option<&[Arc<str>]>,
+        now: Timestamp,
+    ) -> Result<WorkStatus>;
 }

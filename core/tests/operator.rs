@@ -1,0 +1,677 @@
+//! Operator verbs: cancel, pause / resume, retry_task and resolve_step.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde_json::json;
+use tasker_core::{
+    ClaimedStep, Engine, Error, HandlerError, ManualClock, NewTask, StepState, TaskId, TaskState,
+    Worker,
+};
+
+use support::*;
+
+/// `a` and `b` run in parallel, `c` joins them; `a` retries after 1 s.
+const JOIN: &str = r#"
+namespace: ops
+name: join
+version: 1.0.0
+steps:
+  - name: a
+    retry: { max_attempts: 3, backoff_base_ms: 1000, jitter: false }
+  - name: b
+  - name: c
+    depends_on: [a, b]
+"#;
+
+/// `a` → `b` → `c`, one attempt each.
+const CHAIN: &str = r#"
+namespace: ops
+name: chain
+version: 1.0.0
+defaults:
+  retry: { max_attempts: 1 }
+steps:
+  - name: a
+  - name: b
+    depends_on: [a]
+  - name: c
+    depends_on: [b]
+"#;
+
+async fn states(engine: &Engine, task: TaskId) -> Vec<(String, StepState)> {
+    engine
+        .task(task)
+        .await
+        .unwrap()
+        .steps
+        .into_iter()
+        .map(|s| (s.name, s.status))
+        .collect()
+}
+
+fn expect(pairs: &[(&str, StepState)]) -> Vec<(String, StepState)> {
+    pairs.iter().map(|(n, s)| (n.to_string(), *s)).collect()
+}
+
+/// Runs `a` of CHAIN into a permanent failure: the task ends in error with `b`, `c` skipped.
+async fn failed_chain(engine: &Engine) -> TaskId {
+    register(engine, CHAIN).await;
+    let task = engine
+        .create_task(NewTask::new("ops", "chain"))
+        .await
+        .unwrap();
+    let a = claim_one(engine, "a").await;
+    engine
+        .fail(a.step_id, 1, permanent("bad input"))
+        .await
+        .unwrap();
+    assert_eq!(engine.task(task).await.unwrap().status, TaskState::Error);
+    task
+}
+
+#[tokio::test]
+async fn cancel_stops_pending_running_and_waiting_steps() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, JOIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "join"))
+            .await
+            .unwrap();
+        let first = claim(&engine, 2).await;
+        let (a, b) = (&first[0], &first[1]);
+        assert_eq!(names(&first), ["a", "b"], "{store}");
+        engine.fail(a.step_id, 1, retryable("busy")).await.unwrap();
+        // a waits for a retry, b runs, c is pending.
+
+        engine.cancel_task(task).await.unwrap();
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Cancelled, "{store}");
+        assert!(view.completed_at.is_some(), "{store}");
+        assert_eq!(
+            states(&engine, task).await,
+            expect(&[
+                ("a", StepState::Cancelled),
+                ("b", StepState::Cancelled),
+                ("c", StepState::Cancelled)
+            ]),
+            "{store}"
+        );
+        assert_eq!(view.progress.cancelled, 3, "{store}");
+
+        let err = engine
+            .complete(b.step_id, 1, json!("late"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::ClaimLost { .. }), "{store}: {err}");
+        assert!(claim(&engine, 10).await.is_empty(), "{store}");
+        assert!(engine.work_status().await.unwrap().is_idle(), "{store}");
+        let trail = transitions_of(&engine, task, Some("b")).await;
+        let last = trail.last().unwrap();
+        assert_eq!(
+            (
+                last.from.as_deref(),
+                last.to.as_str(),
+                last.reason.as_deref()
+            ),
+            (Some("in_progress"), "cancelled", Some("task cancelled")),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_finished_task_is_an_invalid_transition() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, CHAIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        for name in ["a", "b", "c"] {
+            let step = claim_one(&engine, name).await;
+            complete(&engine, &step, json!(name)).await;
+        }
+        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Complete);
+        let err = engine.cancel_task(task).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
+
+        let other = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        engine.cancel_task(other).await.unwrap();
+        let err = engine.cancel_task(other).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: twice");
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::Complete,
+            "{store}: a refused verb changes nothing"
+        );
+    }
+}
+
+#[tokio::test]
+async fn paused_task_hands_out_nothing_until_resumed() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, JOIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "join"))
+            .await
+            .unwrap();
+        engine.pause_task(task).await.unwrap();
+        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Paused);
+        assert!(claim(&engine, 10).await.is_empty(), "{store}");
+        assert!(
+            claim(&engine, 10).await.is_empty(),
+            "{store}: still nothing"
+        );
+
+        engine.resume_task(task).await.unwrap();
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::InProgress,
+            "{store}"
+        );
+        let ready = claim(&engine, 10).await;
+        assert_eq!(names(&ready), ["a", "b"], "{store}");
+        for step in &ready {
+            complete(&engine, step, json!(1)).await;
+        }
+        let c = claim_one(&engine, "c").await;
+        complete(&engine, &c, json!(2)).await;
+        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Complete);
+        assert_eq!(
+            task_path(&engine, task).await,
+            path(&[
+                ("", "pending"),
+                ("pending", "paused"),
+                ("paused", "in_progress"),
+                ("in_progress", "complete"),
+            ]),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn steps_finishing_while_paused_release_their_children_only_on_resume() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, CHAIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        let a = claim_one(&engine, "a").await;
+        engine.pause_task(task).await.unwrap();
+        complete(&engine, &a, json!("a")).await; // a running step may still report
+        assert!(
+            claim(&engine, 10).await.is_empty(),
+            "{store}: b is held back"
+        );
+
+        engine.resume_task(task).await.unwrap();
+        let b = claim_one(&engine, "b").await;
+        assert_eq!(b.inputs.to_json(), json!({"a": "a"}), "{store}");
+        complete(&engine, &b, json!("b")).await;
+
+        // The last step finishing while paused: the task completes on resume.
+        let c = claim_one(&engine, "c").await;
+        engine.pause_task(task).await.unwrap();
+        complete(&engine, &c, json!("c")).await;
+        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Paused);
+        engine.resume_task(task).await.unwrap();
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::Complete,
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn pausing_a_finished_task_and_resuming_a_running_one_are_refused() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        let task = failed_chain(&engine).await;
+        let err = engine.pause_task(task).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
+
+        let running = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        let err = engine.resume_task(running).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
+        engine.pause_task(running).await.unwrap();
+        let err = engine.pause_task(running).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn retry_task_gives_failed_and_skipped_steps_a_fresh_budget() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        let task = failed_chain(&engine).await;
+        assert_eq!(
+            states(&engine, task).await,
+            expect(&[
+                ("a", StepState::Error),
+                ("b", StepState::Skipped),
+                ("c", StepState::Skipped)
+            ]),
+            "{store}"
+        );
+
+        engine.retry_task(task).await.unwrap();
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::InProgress, "{store}");
+        assert_eq!(view.completed_at, None, "{store}");
+        assert_eq!(
+            states(&engine, task).await,
+            expect(&[
+                ("a", StepState::Pending),
+                ("b", StepState::Pending),
+                ("c", StepState::Pending)
+            ]),
+            "{store}"
+        );
+        let a = view.step("a").unwrap();
+        assert_eq!(
+            (a.attempts, a.max_attempts),
+            (1, 2),
+            "{store}: one more attempt"
+        );
+
+        let a = claim_one(&engine, "a").await;
+        assert_eq!(a.attempt, 2, "{store}");
+        complete(&engine, &a, json!("fixed")).await;
+        for name in ["b", "c"] {
+            let step = claim_one(&engine, name).await;
+            assert_eq!(step.attempt, 1, "{store}");
+            complete(&engine, &step, json!(name)).await;
+        }
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::Complete,
+            "{store}"
+        );
+        assert_eq!(
+            task_path(&engine, task).await,
+            path(&[
+                ("", "pending"),
+                ("pending", "in_progress"),
+                ("in_progress", "error"),
+                ("error", "in_progress"),
+                ("in_progress", "complete"),
+            ]),
+            "{store}"
+        );
+        let b_trail = transitions_of(&engine, task, Some("b")).await;
+        assert_eq!(
+            (b_trail[1].from.as_deref(), b_trail[1].to.as_str()),
+            (Some("skipped"), "pending"),
+            "{store}"
+        );
+        assert_eq!(b_trail[1].reason.as_deref(), Some("operator retry"));
+    }
+}
+
+#[tokio::test]
+async fn retried_task_completes_once_the_handler_is_fixed() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, CHAIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        let broken = Arc::new(AtomicBool::new(true));
+        let a = {
+            let broken = broken.clone();
+            move |_step: ClaimedStep| {
+                let broken = broken.load(Ordering::SeqCst);
+                async move {
+                    if broken {
+                        Err(HandlerError::permanent("config missing"))
+                    } else {
+                        Ok(json!("a"))
+                    }
+                }
+            }
+        };
+        let ok = |step: ClaimedStep| async move { Ok::<_, HandlerError>(json!(&*step.name)) };
+        let worker = Worker::builder(engine.clone())
+            .handler("a", a)
+            .handler("b", ok)
+            .handler("c", ok)
+            .build();
+
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert!(report.idle, "{store}");
+        assert_eq!((report.completed, report.failed), (0, 1), "{store}");
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Error, "{store}");
+        assert_eq!(
+            view.step("a").unwrap().error.as_deref(),
+            Some("config missing")
+        );
+
+        broken.store(false, Ordering::SeqCst);
+        engine.retry_task(task).await.unwrap();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert_eq!(report.completed, 3, "{store}");
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        assert_eq!(view.step("c").unwrap().result, Some(json!("c")), "{store}");
+        assert_eq!(view.step("a").unwrap().attempts, 2, "{store}");
+    }
+}
+
+#[tokio::test]
+async fn retry_task_is_refused_unless_the_task_failed() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, CHAIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        let err = engine.retry_task(task).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTransition(_)),
+            "{store}: pending"
+        );
+        for name in ["a", "b", "c"] {
+            let step = claim_one(&engine, name).await;
+            complete(&engine, &step, json!(name)).await;
+        }
+        let err = engine.retry_task(task).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidTransition(_)),
+            "{store}: complete"
+        );
+        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Complete);
+    }
+}
+
+#[tokio::test]
+async fn resolving_a_failed_step_releases_its_skipped_dependents() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        let task = failed_chain(&engine).await;
+        engine
+            .resolve_step(task, "a", json!({"by": "operator"}))
+            .await
+            .unwrap();
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::InProgress, "{store}");
+        let a = view.step("a").unwrap();
+        assert_eq!(a.status, StepState::ResolvedManually, "{store}");
+        assert_eq!(a.result, Some(json!({"by": "operator"})), "{store}");
+        assert_eq!(view.step("b").unwrap().status, StepState::Pending);
+        assert_eq!(view.step("c").unwrap().status, StepState::Pending);
+
+        let b = claim_one(&engine, "b").await;
+        assert_eq!(b.inputs.to_json(), json!({"a": {"by": "operator"}}));
+        complete(&engine, &b, json!("b")).await;
+        let c = claim_one(&engine, "c").await;
+        complete(&engine, &c, json!("c")).await;
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        assert_eq!(view.progress.resolved_manually, 1, "{store}");
+        assert_eq!(view.progress.complete, 2, "{store}");
+        let a_trail = transitions_of(&engine, task, Some("a")).await;
+        let last = a_trail.last().unwrap();
+        assert_eq!(
+            (
+                last.from.as_deref(),
+                last.to.as_str(),
+                last.reason.as_deref()
+            ),
+            (
+                Some("error"),
+                "resolved_manually",
+                Some("resolved by an operator")
+            ),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resolving_a_failed_leaf_completes_the_task() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, CHAIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        for name in ["a", "b"] {
+            let step = claim_one(&engine, name).await;
+            complete(&engine, &step, json!(name)).await;
+        }
+        let c = claim_one(&engine, "c").await;
+        engine.fail(c.step_id, 1, permanent("nope")).await.unwrap();
+        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Error);
+
+        engine
+            .resolve_step(task, "c", json!("by hand"))
+            .await
+            .unwrap();
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        assert!(view.completed_at.is_some(), "{store}");
+    }
+}
+
+#[tokio::test]
+async fn resolving_a_pending_step_feeds_the_operator_result_to_its_dependents() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, CHAIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        engine
+            .resolve_step(task, "a", json!({"manual": 1}))
+            .await
+            .unwrap();
+        let b = claim_one(&engine, "b").await;
+        assert_eq!(b.inputs.to_json(), json!({"a": {"manual": 1}}), "{store}");
+        complete(&engine, &b, json!("b")).await;
+        let c = claim_one(&engine, "c").await;
+        complete(&engine, &c, json!("c")).await;
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        assert_eq!(view.step("a").unwrap().attempts, 0, "{store}: a never ran");
+    }
+}
+
+#[tokio::test]
+async fn resolving_a_running_step_refuses_its_late_report() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, CHAIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        let a = claim_one(&engine, "a").await;
+        engine
+            .resolve_step(task, "a", json!("operator"))
+            .await
+            .unwrap();
+        let err = engine
+            .complete(a.step_id, 1, json!("worker"))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::ClaimLost { .. }), "{store}: {err}");
+        let b = claim_one(&engine, "b").await;
+        assert_eq!(b.inputs.to_json(), json!({"a": "operator"}), "{store}");
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.step("a").unwrap().lease_owner, None, "{store}");
+        assert_eq!(
+            engine.work_status().await.unwrap().running,
+            1,
+            "{store}: only b"
+        );
+    }
+}
+
+#[tokio::test]
+async fn resolving_a_completed_or_unknown_step_is_refused() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, CHAIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        let a = claim_one(&engine, "a").await;
+        complete(&engine, &a, json!("a")).await;
+        let err = engine.resolve_step(task, "a", json!(1)).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
+        let err = engine
+            .resolve_step(task, "zzz", json!(1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::StepNotFound { step, .. } if step == "zzz"),
+            "{store}: {err}"
+        );
+        let err = engine
+            .resolve_step(TaskId::new(), "a", json!(1))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, Error::TaskNotFound(_)), "{store}: {err}");
+    }
+}
+
+#[tokio::test]
+async fn operator_verbs_on_an_unknown_task_are_not_found() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        let id = TaskId::new();
+        for result in [
+            engine.cancel_task(id).await,
+            engine.pause_task(id).await,
+            engine.resume_task(id).await,
+            engine.retry_task(id).await,
+        ] {
+            assert!(
+                matches!(result, Err(Error::TaskNotFound(t)) if t == id),
+                "{store}: {result:?}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_paused_task_cancels_its_steps() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, CHAIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "chain"))
+            .await
+            .unwrap();
+        engine.pause_task(task).await.unwrap();
+        engine.cancel_task(task).await.unwrap();
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::Cancelled
+        );
+        assert_eq!(
+            engine.task(task).await.unwrap().progress.cancelled,
+            3,
+            "{store}"
+        );
+        let err = engine.resume_task(task).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
+        assert!(claim(&engine, 10).await.is_empty(), "{store}");
+    }
+}
+
+#[tokio::test]
+async fn a_retry_falling_due_while_paused_runs_after_resume() {
+    let clock = ManualClock::new();
+    for (store, engine) in engines(clock.clone()).await {
+        register(&engine, JOIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "join"))
+            .await
+            .unwrap();
+        let first = claim(&engine, 2).await;
+        let a = first.iter().find(|s| &*s.name == "a").unwrap();
+        let b = first.iter().find(|s| &*s.name == "b").unwrap();
+        engine.fail(a.step_id, 1, retryable("busy")).await.unwrap();
+        complete(&engine, b, json!("b")).await;
+
+        engine.pause_task(task).await.unwrap();
+        clock.advance(ms(1000));
+        assert!(claim(&engine, 10).await.is_empty(), "{store}: paused");
+        engine.resume_task(task).await.unwrap();
+        let again = claim_one(&engine, "a").await;
+        assert_eq!(again.attempt, 2, "{store}");
+        complete(&engine, &again, json!("a")).await;
+        let c = claim_one(&engine, "c").await;
+        assert_eq!(c.inputs.to_json(), json!({"a": "a", "b": "b"}), "{store}");
+    }
+}
+
+#[tokio::test]
+async fn resolving_a_step_waiting_for_retry_cancels_the_retry() {
+    let clock = ManualClock::new();
+    for (store, engine) in engines(clock.clone()).await {
+        register(&engine, JOIN).await;
+        let task = engine
+            .create_task(NewTask::new("ops", "join"))
+            .await
+            .unwrap();
+        let first = claim(&engine, 2).await;
+        let a = first.iter().find(|s| &*s.name == "a").unwrap();
+        let b = first.iter().find(|s| &*s.name == "b").unwrap();
+        engine.fail(a.step_id, 1, retryable("busy")).await.unwrap();
+        engine
+            .resolve_step(task, "a", json!("manual a"))
+            .await
+            .unwrap();
+        assert_eq!(engine.work_status().await.unwrap().waiting, 0, "{store}");
+
+        clock.advance(ms(1000));
+        assert!(
+            claim(&engine, 10).await.is_empty(),
+            "{store}: no retry of a"
+        );
+        complete(&engine, b, json!("b")).await;
+        let c = claim_one(&engine, "c").await;
+        assert_eq!(c.inputs.get("a"), Some(&json!("manual a")), "{store}");
+        complete(&engine, &c, json!("c")).await;
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        assert_eq!(view.step("a").unwrap().attempts, 1, "{store}");
+    }
+}
+
+#[tokio::test]
+async fn resolving_a_skipped_step_runs_its_dependents_while_the_failure_stands() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        let task = failed_chain(&engine).await;
+        engine
+            .resolve_step(task, "b", json!("manual b"))
+            .await
+            .unwrap();
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::InProgress, "{store}");
+        assert_eq!(view.step("a").unwrap().status, StepState::Error, "{store}");
+        assert_eq!(
+            view.step("c").unwrap().status,
+            StepState::Pending,
+            "{store}"
+        );
+
+        let c = claim_one(&engine, "c").await;
+        assert_eq!(c.inputs.to_json(), json!({"b": "manual b"}), "{store}");
+        complete(&engine, &c, json!("c")).await;
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::Error,
+            "{store}: a still failed"
+        );
+    }
+}

@@ -1,0 +1,515 @@
+//! Whole workflows: DAG shapes, failures that propagate, idempotency and priorities.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tasker_core::view::TaskFilter;
+use tasker_core::{ClaimedStep, HandlerError, ManualClock, NewTask, StepState, TaskState, Worker};
+
+use support::*;
+
+const DIAMOND: &str = r#"
+namespace: shapes
+name: diamond
+version: 1.0.0
+steps:
+  - name: a
+  - name: b
+    depends_on: [a]
+  - name: c
+    depends_on: [a]
+  - name: d
+    depends_on: [b, c]
+"#;
+
+/// What each handler call saw: the step's name and its inputs.
+type CallLog = Arc<Mutex<Vec<(String, Value)>>>;
+
+#[tokio::test]
+async fn diamond_runs_in_dependency_order_and_the_join_gets_both_results() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, DIAMOND).await;
+        let task = engine
+            .create_task(NewTask::new("shapes", "diamond").context(json!({"seed": 2})))
+            .await
+            .unwrap();
+
+        let log: CallLog = Arc::default();
+        let handler = |log: CallLog| {
+            move |step: ClaimedStep| {
+                let log = log.clone();
+                async move {
+                    log.lock()
+                        .push((step.name.to_string(), step.inputs.to_json()));
+                    let seed = step.context["seed"].as_i64().unwrap_or(0);
+                    let n = |name: &str| step.inputs.get(name).and_then(Value::as_i64);
+                    let result = match &*step.name {
+                        "a" => seed,
+                        "b" => n("a").unwrap_or(0) + 1,
+                        "c" => n("a").unwrap_or(0) * 10,
+                        _ => n("b").unwrap_or(0) + n("c").unwrap_or(0),
+                    };
+                    Ok::<_, HandlerError>(json!(result))
+                }
+            }
+        };
+        let worker = Worker::builder(engine.clone())
+            .handler("a", handler(log.clone()))
+            .handler("b", handler(log.clone()))
+            .handler("c", handler(log.clone()))
+            .handler("d", handler(log.clone()))
+            .concurrency(4)
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert!(report.idle, "{store}: the run should end idle");
+        assert_eq!(report.completed, 4, "{store}");
+
+        let calls = log.lock().clone();
+        let order: Vec<&str> = calls.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(order.len(), 4, "{store}: each step runs once: {order:?}");
+        assert_eq!(order[0], "a", "{store}: the root runs first");
+        assert_eq!(order[3], "d", "{store}: the join runs last");
+        let join_inputs = &calls[3].1;
+        assert_eq!(join_inputs, &json!({"b": 3, "c": 20}), "{store}");
+        assert_eq!(calls[1].1, json!({"a": 2}), "{store}");
+
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        assert_eq!(view.step("d").unwrap().result, Some(json!(23)), "{store}");
+        for step in &view.steps {
+            assert_eq!(step.status, StepState::Complete, "{store}: {}", step.name);
+            assert_eq!(step.attempts, 1, "{store}: {}", step.name);
+        }
+        assert!(view.completed_at.is_some(), "{store}");
+    }
+}
+
+#[tokio::test]
+async fn join_step_is_not_claimable_until_its_last_parent_completes() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, DIAMOND).await;
+        engine
+            .create_task(NewTask::new("shapes", "diamond"))
+            .await
+            .unwrap();
+
+        let a = claim_one(&engine, "a").await;
+        assert!(claim(&engine, 10).await.is_empty(), "{store}: b, c wait");
+        complete(&engine, &a, json!("A")).await;
+
+        let branches = claim(&engine, 10).await;
+        assert_eq!(names(&branches), ["b", "c"], "{store}");
+        for step in &branches {
+            assert_eq!(step.inputs.to_json(), json!({"a": "A"}), "{store}");
+        }
+        let (b, c) = (&branches[0], &branches[1]);
+        complete(&engine, b, json!(&*b.name)).await;
+        assert!(
+            claim(&engine, 10).await.is_empty(),
+            "{store}: d waits for its second parent"
+        );
+        complete(&engine, c, json!(&*c.name)).await;
+
+        let d = claim_one(&engine, "d").await;
+        assert_eq!(d.inputs.to_json(), json!({"b": "b", "c": "c"}), "{store}");
+        assert_eq!(d.attempt, 1, "{store}");
+        complete(&engine, &d, json!("done")).await;
+        assert!(engine.work_status().await.unwrap().is_idle(), "{store}");
+    }
+}
+
+fn fan_out_template(children: usize) -> String {
+    let mut yaml = String::from("namespace: shapes\nname: fan\nversion: 1.0.0\nsteps:\n");
+    yaml.push_str("  - name: root\n");
+    for i in 0..children {
+        yaml.push_str(&format!(
+            "  - name: child{i}\n    handler: child\n    depends_on: [root]\n"
+        ));
+    }
+    yaml.push_str("  - name: join\n    depends_on:\n");
+    for i in 0..children {
+        yaml.push_str(&format!("      - child{i}\n"));
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wide_fan_out_runs_every_step_exactly_once_with_concurrency_8() {
+    const CHILDREN: usize = 200;
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, &fan_out_template(CHILDREN)).await;
+        let task = engine
+            .create_task(NewTask::new("shapes", "fan"))
+            .await
+            .unwrap();
+
+        let runs: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+        let join_inputs: Arc<Mutex<Option<Value>>> = Arc::default();
+        let counting = |runs: Arc<Mutex<HashMap<String, usize>>>| {
+            move |step: ClaimedStep| {
+                let runs = runs.clone();
+                async move {
+                    *runs.lock().entry(step.name.to_string()).or_default() += 1;
+                    Ok::<_, HandlerError>(json!(step.name.to_string()))
+                }
+            }
+        };
+        let join = {
+            let (runs, join_inputs) = (runs.clone(), join_inputs.clone());
+            move |step: ClaimedStep| {
+                let (runs, join_inputs) = (runs.clone(), join_inputs.clone());
+                async move {
+                    *runs.lock().entry(step.name.to_string()).or_default() += 1;
+                    *join_inputs.lock() = Some(step.inputs.to_json());
+                    Ok::<_, HandlerError>(json!(step.inputs.0.len()))
+                }
+            }
+        };
+        let worker = Worker::builder(engine.clone())
+            .handler("root", counting(runs.clone()))
+            .handler("child", counting(runs.clone()))
+            .handler("join", join)
+            .concurrency(8)
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert!(report.idle, "{store}");
+        assert_eq!(report.completed, CHILDREN as u64 + 2, "{store}");
+        assert_eq!(report.failed + report.lost, 0, "{store}");
+
+        let runs = runs.lock().clone();
+        assert_eq!(runs.len(), CHILDREN + 2, "{store}: every step ran");
+        assert!(
+            runs.values().all(|&n| n == 1),
+            "{store}: a step ran twice: {:?}",
+            runs.iter().filter(|(_, &n)| n != 1).collect::<Vec<_>>()
+        );
+        let inputs = join_inputs.lock().clone().expect("the join ran");
+        let inputs = inputs.as_object().unwrap();
+        assert_eq!(inputs.len(), CHILDREN, "{store}");
+        assert_eq!(inputs["child7"], json!("child7"), "{store}");
+
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        assert_eq!(view.progress.complete as usize, CHILDREN + 2, "{store}");
+        assert_eq!(view.step("join").unwrap().result, Some(json!(CHILDREN)));
+    }
+}
+
+const SHIPPING: &str = r#"
+namespace: shop
+name: ship
+version: 1.0.0
+steps:
+  - name: charge
+    retry: { max_attempts: 3, backoff_base_ms: 100, jitter: false }
+  - name: ship
+    depends_on: [charge]
+  - name: track
+    depends_on: [ship]
+  - name: notify
+    depends_on:
+      - { step: charge, requires_success: false }
+  - name: audit
+"#;
+
+#[tokio::test]
+async fn permanent_failure_skips_required_dependents_and_fails_the_task() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, SHIPPING).await;
+        let task = engine
+            .create_task(NewTask::new("shop", "ship"))
+            .await
+            .unwrap();
+
+        let first = claim(&engine, 10).await;
+        assert_eq!(names(&first), ["audit", "charge"], "{store}");
+        let charge = first.iter().find(|s| &*s.name == "charge").unwrap();
+        let audit = first.iter().find(|s| &*s.name == "audit").unwrap();
+        engine
+            .fail(charge.step_id, charge.attempt, permanent("card declined"))
+            .await
+            .unwrap();
+        complete(&engine, audit, json!("ok")).await;
+
+        // The optional child runs, with null for the failed parent.
+        let notify = claim_one(&engine, "notify").await;
+        assert_eq!(notify.inputs.get("charge"), Some(&Value::Null), "{store}");
+        assert_eq!(notify.inputs.to_json(), json!({"charge": null}), "{store}");
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::InProgress,
+            "{store}: the task is not decided while notify runs"
+        );
+        complete(&engine, &notify, json!("told the customer")).await;
+        assert!(claim(&engine, 10).await.is_empty(), "{store}");
+
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Error, "{store}");
+        assert!(view.completed_at.is_some(), "{store}");
+        let charge = view.step("charge").unwrap();
+        assert_eq!(charge.status, StepState::Error, "{store}");
+        assert_eq!(
+            charge.attempts, 1,
+            "{store}: a permanent error is not retried"
+        );
+        assert_eq!(charge.error.as_deref(), Some("card declined"), "{store}");
+        for skipped in ["ship", "track"] {
+            let step = view.step(skipped).unwrap();
+            assert_eq!(step.status, StepState::Skipped, "{store}: {skipped}");
+            assert_eq!(step.attempts, 0, "{store}: {skipped}");
+        }
+        assert_eq!(view.step("notify").unwrap().status, StepState::Complete);
+        let p = &view.progress;
+        assert_eq!(
+            (
+                p.total,
+                p.complete,
+                p.error,
+                p.skipped,
+                p.pending,
+                p.in_progress
+            ),
+            (5, 2, 1, 2, 0, 0),
+            "{store}: {p:?}"
+        );
+        assert_eq!(p.percent, 100.0, "{store}");
+        assert_eq!(
+            task_path(&engine, task).await,
+            path(&[
+                ("", "pending"),
+                ("pending", "in_progress"),
+                ("in_progress", "error")
+            ]),
+            "{store}"
+        );
+        assert_eq!(
+            step_path(&engine, task, "track").await,
+            path(&[("pending", "skipped")]),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn exhausting_max_attempts_fails_the_step_and_the_task() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(
+            &engine,
+            r#"
+namespace: n
+name: flaky
+version: 1.0.0
+steps:
+  - name: call
+    retry: { max_attempts: 2, backoff_base_ms: 0, jitter: false }
+"#,
+        )
+        .await;
+        let task = engine
+            .create_task(NewTask::new("n", "flaky"))
+            .await
+            .unwrap();
+
+        let first = claim_one(&engine, "call").await;
+        assert_eq!((first.attempt, first.max_attempts), (1, 2), "{store}");
+        engine
+            .fail(first.step_id, 1, retryable("timeout 1"))
+            .await
+            .unwrap();
+        let second = claim_one(&engine, "call").await;
+        assert_eq!(second.attempt, 2, "{store}");
+        engine
+            .fail(second.step_id, 2, retryable("timeout 2"))
+            .await
+            .unwrap();
+        assert!(
+            claim(&engine, 1).await.is_empty(),
+            "{store}: no third attempt"
+        );
+
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Error, "{store}");
+        let step = view.step("call").unwrap();
+        assert_eq!(step.status, StepState::Error, "{store}");
+        assert_eq!(step.attempts, 2, "{store}");
+        assert_eq!(step.error.as_deref(), Some("timeout 2"), "{store}");
+        assert_eq!(
+            step_path(&engine, task, "call").await,
+            path(&[
+                ("pending", "in_progress"),
+                ("in_progress", "error"),
+                ("error", "waiting_for_retry"),
+                ("waiting_for_retry", "pending"),
+                ("pending", "in_progress"),
+                ("in_progress", "error"),
+            ]),
+            "{store}"
+        );
+        assert!(engine.work_status().await.unwrap().is_idle(), "{store}");
+    }
+}
+
+const SINGLE: &str = "namespace: n\nname: single\nversion: 1.0.0\nsteps: [{name: only}]\n";
+
+#[tokio::test]
+async fn same_idempotency_key_returns_the_same_task() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, SINGLE).await;
+        let first = engine
+            .create_task(NewTask::new("n", "single").idempotency_key("order-42"))
+            .await
+            .unwrap();
+        let again = engine
+            .create_task(
+                NewTask::new("n", "single")
+                    .idempotency_key("order-42")
+                    .context(json!({"ignored": true})),
+            )
+            .await
+            .unwrap();
+        assert_eq!(first, again, "{store}");
+
+        let tasks = engine.list_tasks(&TaskFilter::default()).await.unwrap();
+        assert_eq!(tasks.len(), 1, "{store}");
+        assert_eq!(tasks[0].idempotency_key.as_deref(), Some("order-42"));
+        assert_eq!(
+            tasks[0].context,
+            json!({}),
+            "{store}: the first context stays"
+        );
+        assert_eq!(claim(&engine, 10).await.len(), 1, "{store}: one step, once");
+    }
+}
+
+#[tokio::test]
+async fn different_idempotency_keys_create_different_tasks() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, SINGLE).await;
+        let a = engine
+            .create_task(NewTask::new("n", "single").idempotency_key("a"))
+            .await
+            .unwrap();
+        let b = engine
+            .create_task(NewTask::new("n", "single").idempotency_key("b"))
+            .await
+            .unwrap();
+        let none_1 = engine
+            .create_task(NewTask::new("n", "single"))
+            .await
+            .unwrap();
+        let none_2 = engine
+            .create_task(NewTask::new("n", "single"))
+            .await
+            .unwrap();
+        let mut ids = vec![a, b, none_1, none_2];
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 4, "{store}");
+        let tasks = engine.list_tasks(&TaskFilter::default()).await.unwrap();
+        assert_eq!(tasks.len(), 4, "{store}");
+    }
+}
+
+#[tokio::test]
+async fn idempotency_keys_are_scoped_to_their_template() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, SINGLE).await;
+        register(
+            &engine,
+            "namespace: n\nname: other\nversion: 1.0.0\nsteps: [{name: only}]\n",
+        )
+        .await;
+        let single = engine
+            .create_task(NewTask::new("n", "single").idempotency_key("k"))
+            .await
+            .unwrap();
+        let other = engine
+            .create_task(NewTask::new("n", "other").idempotency_key("k"))
+            .await
+            .unwrap();
+        assert_ne!(single, other, "{store}");
+        let again = engine
+            .create_task(NewTask::new("n", "other").idempotency_key("k"))
+            .await
+            .unwrap();
+        assert_eq!(again, other, "{store}");
+    }
+}
+
+#[tokio::test]
+async fn claim_hands_out_higher_priority_tasks_first_then_oldest_first() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, SINGLE).await;
+        register(
+            &engine,
+            "namespace: n\nname: other\nversion: 1.0.0\nsteps: [{name: x, handler: other}]\n",
+        )
+        .await;
+        let mut created = Vec::new();
+        for (name, priority) in [
+            ("single", 0),
+            ("single", 10),
+            ("other", 5),
+            ("other", 10),
+            ("single", 5),
+            ("single", -1),
+        ] {
+            let id = engine
+                .create_task(NewTask::new("n", name).priority(priority))
+                .await
+                .unwrap();
+            created.push(id);
+        }
+        let mut order = Vec::new();
+        while let Some(step) = claim(&engine, 1).await.pop() {
+            order.push(step.task_id());
+        }
+        let expected = vec![
+            created[1], // 10, first
+            created[3], // 10, second (another handler's queue)
+            created[2], // 5, first
+            created[4], // 5, second
+            created[0], // 0
+            created[5], // -1
+        ];
+        assert_eq!(order, expected, "{store}");
+    }
+}
+
+#[tokio::test]
+async fn steps_released_in_a_high_priority_task_overtake_older_low_priority_work() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(
+            &engine,
+            "namespace: n\nname: chain\nversion: 1.0.0\nsteps: [{name: a, handler: h}, {name: b, handler: h, depends_on: [a]}]\n",
+        )
+        .await;
+        let low = engine
+            .create_task(NewTask::new("n", "chain").priority(1))
+            .await
+            .unwrap();
+        let high = engine
+            .create_task(NewTask::new("n", "chain").priority(9))
+            .await
+            .unwrap();
+        let a_high = claim(&engine, 1).await.remove(0);
+        assert_eq!(a_high.task_id(), high, "{store}");
+        complete(&engine, &a_high, json!(1)).await;
+
+        // Ready now: low/a (older) and high/b (just released): high/b goes first.
+        let next = claim(&engine, 2).await;
+        let got: Vec<_> = next
+            .iter()
+            .map(|s| (s.task_id(), s.name.to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(high, "b".to_owned()), (low, "a".to_owned())],
+            "{store}"
+        );
+    }
+}

@@ -1,0 +1,406 @@
+//! The Worker loop: panics, concurrency, graceful stop, handler filters and lost claims.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tasker_core::{ClaimedStep, HandlerError, ManualClock, NewTask, StepState, TaskState, Worker};
+use tokio::sync::{mpsc, Semaphore};
+
+use support::*;
+
+/// `count` independent steps, all run by handler `h`, retried at once (no backoff).
+fn independent(count: usize) -> String {
+    let mut yaml = String::from(
+        "namespace: w\nname: many\nversion: 1.0.0\ndefaults:\n  retry: { max_attempts: 3, backoff_base_ms: 0, jitter: false }\nsteps:\n",
+    );
+    for i in 0..count {
+        yaml.push_str(&format!("  - {{ name: s{i}, handler: h }}\n"));
+    }
+    yaml
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_handler_is_retried_and_the_worker_keeps_going() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, &independent(3)).await;
+        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+        let worker = Worker::builder(engine.clone())
+            .handler("h", |step: ClaimedStep| async move {
+                if &*step.name == "s1" && step.attempt == 1 {
+                    panic!("boom in {}", step.name);
+                }
+                Ok::<_, HandlerError>(json!(step.attempt))
+            })
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert!(report.idle, "{store}");
+        assert_eq!((report.completed, report.failed), (3, 1), "{store}");
+
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        let s1 = view.step("s1").unwrap();
+        assert_eq!(s1.attempts, 2, "{store}");
+        assert_eq!(s1.result, Some(json!(2)), "{store}");
+        let trail = transitions_of(&engine, task, Some("s1")).await;
+        let failure = trail.iter().find(|t| t.to == "error").unwrap();
+        assert_eq!(
+            failure.reason.as_deref(),
+            Some("handler panicked: boom in s1"),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_worker_never_runs_more_handlers_at_once_than_its_concurrency() {
+    const LIMIT: usize = 3;
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, &independent(24)).await;
+        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let handler = {
+            let (running, peak) = (running.clone(), peak.clone());
+            move |_step: ClaimedStep| {
+                let (running, peak) = (running.clone(), peak.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    // Stay busy long enough for the others to start if the limit were broken.
+                    tokio::time::sleep(ms(10)).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>(json!(null))
+                }
+            }
+        };
+        let worker = Worker::builder(engine.clone())
+            .handler("h", handler)
+            .concurrency(LIMIT)
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert_eq!(report.completed, 24, "{store}");
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            LIMIT,
+            "{store}: the limit is reached, never exceeded"
+        );
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::Complete,
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_returns_from_run_after_in_flight_steps_finish() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, &independent(2)).await;
+        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+        let (started_tx, mut started) = mpsc::unbounded_channel::<String>();
+        let release = Arc::new(Semaphore::new(0));
+        let handler = {
+            let release = release.clone();
+            move |step: ClaimedStep| {
+                let (started_tx, release) = (started_tx.clone(), release.clone());
+                async move {
+                    let _ = started_tx.send(step.name.to_string());
+                    release.acquire().await.expect("semaphore open").forget();
+                    Ok::<_, HandlerError>(json!("finished"))
+                }
+            }
+        };
+        let worker = Worker::builder(engine.clone())
+            .handler("h", handler)
+            .concurrency(1)
+            .build();
+        let run = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.run().await }
+        });
+        let first = tokio::time::timeout(RUN_LIMIT, started.recv())
+            .await
+            .expect("a step starts")
+            .unwrap();
+
+        worker.stop();
+        let mut run = run;
+        assert!(
+            tokio::time::timeout(ms(50), &mut run).await.is_err(),
+            "{store}: run waits for the running step"
+        );
+        release.add_permits(1);
+        let report = tokio::time::timeout(RUN_LIMIT, run)
+            .await
+            .expect("run returns after stop")
+            .unwrap()
+            .unwrap();
+        assert_eq!(report.completed, 1, "{store}");
+        assert!(!report.idle, "{store}: stopped, not idle");
+
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.step(&first).unwrap().status, StepState::Complete);
+        let other = view.steps.iter().find(|s| s.name != first).unwrap();
+        assert_eq!(
+            (other.status, other.attempts),
+            (StepState::Pending, 0),
+            "{store}: nothing is claimed after stop"
+        );
+        assert!(started.try_recv().is_err(), "{store}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_only_claims_steps_it_has_handlers_for() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(
+            &engine,
+            r#"
+namespace: w
+name: split
+version: 1.0.0
+steps:
+  - name: mine
+  - name: theirs
+  - name: after_mine
+    depends_on: [mine]
+"#,
+        )
+        .await;
+        let task = engine
+            .create_task(NewTask::new("w", "split"))
+            .await
+            .unwrap();
+        let ok = |_s: ClaimedStep| async { Ok::<_, HandlerError>(json!("done")) };
+        let worker = Worker::builder(engine.clone())
+            .handler("mine", ok)
+            .handler("after_mine", ok)
+            .build();
+        let started = std::time::Instant::now();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert!(report.idle, "{store}: idle once nothing it can run is left");
+        assert!(started.elapsed() < RUN_LIMIT / 2, "{store}");
+        assert_eq!(report.completed, 2, "{store}");
+
+        let view = engine.task(task).await.unwrap();
+        let theirs = view.step("theirs").unwrap();
+        assert_eq!(
+            (theirs.status, theirs.attempts),
+            (StepState::Pending, 0),
+            "{store}"
+        );
+        assert_eq!(view.status, TaskState::InProgress, "{store}");
+
+        // Another worker with the missing handler finishes the task.
+        let other = Worker::builder(engine.clone())
+            .handler("theirs", ok)
+            .build();
+        assert_eq!(
+            other.run_until_idle(RUN_LIMIT).await.unwrap().completed,
+            1,
+            "{store}"
+        );
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::Complete,
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn claim_with_a_handler_filter_skips_other_handlers_steps() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(
+            &engine,
+            "namespace: w\nname: two\nversion: 1.0.0\nsteps: [{name: a, handler: x}, {name: b, handler: y}]\n",
+        )
+        .await;
+        engine.create_task(NewTask::new("w", "two")).await.unwrap();
+        assert!(
+            engine
+                .claim(&only_handlers(&["z"], 10))
+                .await
+                .unwrap()
+                .is_empty(),
+            "{store}"
+        );
+        let got = engine.claim(&only_handlers(&["y"], 10)).await.unwrap();
+        assert_eq!(names(&got), ["b"], "{store}");
+        assert_eq!(&*got[0].handler, "y", "{store}");
+        let rest = claim(&engine, 10).await;
+        assert_eq!(names(&rest), ["a"], "{store}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_handler_that_outlives_its_timeout_fails_and_is_retried() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(
+            &engine,
+            r#"
+namespace: w
+name: slow
+version: 1.0.0
+steps:
+  - name: slow
+    timeout_ms: 50
+    retry: { max_attempts: 2, backoff_base_ms: 0, jitter: false }
+"#,
+        )
+        .await;
+        let task = engine.create_task(NewTask::new("w", "slow")).await.unwrap();
+        let worker = Worker::builder(engine.clone())
+            .handler("slow", |step: ClaimedStep| async move {
+                if step.attempt == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok::<_, HandlerError>(json!("quick this time"))
+            })
+            .build();
+        let report = worker
+            .run_until_idle(Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!((report.completed, report.failed), (1, 1), "{store}");
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        let trail = transitions_of(&engine, task, Some("slow")).await;
+        let failure = trail.iter().find(|t| t.to == "error").unwrap();
+        assert_eq!(
+            failure.reason.as_deref(),
+            Some("handler timed out after 50 ms"),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_report_refused_because_the_task_was_cancelled_counts_as_lost() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, &independent(1)).await;
+        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+        let handler = {
+            let engine = engine.clone();
+            move |step: ClaimedStep| {
+                let engine = engine.clone();
+                async move {
+                    engine.cancel_task(step.task_id()).await?;
+                    Ok::<_, HandlerError>(json!("finished anyway"))
+                }
+            }
+        };
+        let worker = Worker::builder(engine.clone())
+            .handler("h", handler)
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert_eq!(
+            (report.completed, report.failed, report.lost),
+            (0, 0, 1),
+            "{store}"
+        );
+        assert!(report.idle, "{store}");
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Cancelled, "{store}");
+        assert_eq!(view.steps[0].result, None, "{store}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_errors_follow_the_handler_contract() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, &independent(3)).await;
+        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+        let worker = Worker::builder(engine.clone())
+            .handler("h", |step: ClaimedStep| async move {
+                match (&*step.name, step.attempt) {
+                    ("s0", _) => Err(HandlerError::permanent("never")),
+                    ("s1", 1) => Err(HandlerError::retryable("once")),
+                    // Any other error (here a JSON one) is retryable.
+                    ("s2", 1) => Err(serde_json::from_str::<u8>("x").unwrap_err().into()),
+                    _ => Ok(json!(step.attempt)),
+                }
+            })
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert_eq!((report.completed, report.failed), (2, 3), "{store}");
+        let view = engine.task(task).await.unwrap();
+        assert_eq!(view.status, TaskState::Error, "{store}");
+        let s0 = view.step("s0").unwrap();
+        assert_eq!((s0.status, s0.attempts), (StepState::Error, 1), "{store}");
+        assert_eq!(view.step("s1").unwrap().result, Some(json!(2)), "{store}");
+        assert_eq!(view.step("s2").unwrap().result, Some(json!(2)), "{store}");
+    }
+}
+
+#[tokio::test]
+async fn stop_requested_before_run_gets_going_is_not_lost() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, &independent(1)).await;
+        engine.create_task(NewTask::new("w", "many")).await.unwrap();
+        let worker = Worker::builder(engine.clone())
+            .handler("h", |_s: ClaimedStep| async {
+                Ok::<_, HandlerError>(json!(1))
+            })
+            .build();
+        // On this single-threaded runtime the spawned run has not started when stop is called.
+        let run = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.run().await }
+        });
+        worker.stop();
+        let report = tokio::time::timeout(RUN_LIMIT, run)
+            .await
+            .expect("run returns")
+            .unwrap()
+            .unwrap();
+        assert!(!report.idle, "{store}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_can_run_again() {
+    for (store, engine) in engines(ManualClock::new()).await {
+        register(&engine, &independent(2)).await;
+        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+        let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
+        let worker = Worker::builder(engine.clone())
+            .handler("h", move |_s: ClaimedStep| {
+                let started_tx = started_tx.clone();
+                async move {
+                    let _ = started_tx.send(());
+                    Ok::<_, HandlerError>(json!(1))
+                }
+            })
+            .concurrency(1)
+            .build();
+        let run = tokio::spawn({
+            let worker = worker.clone();
+            async move { worker.run().await }
+        });
+        tokio::time::timeout(RUN_LIMIT, started.recv())
+            .await
+            .expect("a step starts");
+        worker.stop();
+        tokio::time::timeout(RUN_LIMIT, run)
+            .await
+            .expect("run returns")
+            .unwrap()
+            .unwrap();
+
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert!(
+            report.idle,
+            "{store}: the earlier stop does not end this run"
+        );
+        assert_eq!(
+            engine.task(task).await.unwrap().status,
+            TaskState::Complete,
+            "{store}"
+        );
+    }
+}
