@@ -8,23 +8,20 @@ use serde_json::json;
 use tasker_core::events::Event;
 use tasker_core::view::{GraphEdge, TaskFilter};
 use tasker_core::{
-    ClaimedStep, Engine, Error, HandlerError, ManualClock, NewTask, StepState, Subscription,
-    TaskId, TaskState, Worker,
+    Engine, Error, ManualClock, NewTask, StepState, Subscription, TaskId, TaskState,
 };
 
 use support::*;
 
-const PAIR: &str = r#"
-namespace: ev
-name: pair
-version: 1.0.0
-steps:
-  - name: first
-    retry: { max_attempts: 2, backoff_base_ms: 100, jitter: false }
-    timeout_ms: 1000
-  - name: second
-    depends_on: [first]
-"#;
+fn pair() -> Template {
+    template("ev", "pair")
+        .step(
+            step("first")
+                .retry(attempts(2).backoff_ms(100))
+                .timeout_ms(1000),
+        )
+        .step(step("second").after(&["first"]))
+}
 
 fn names_of(events: &[Arc<Event>]) -> Vec<String> {
     events
@@ -42,20 +39,15 @@ fn drained(sub: &Subscription) -> Vec<String> {
 
 #[tokio::test]
 async fn a_two_step_task_publishes_its_lifecycle_in_order() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, PAIR).await;
+    for (store, engine) in engines_with(ManualClock::new(), &[pair()]).await {
         let steps = engine.subscribe("step.*").unwrap();
         let tasks = engine.subscribe("task.*").unwrap();
         let all = engine.subscribe("*").unwrap();
 
-        let task = engine
-            .create_task(NewTask::new("ev", "pair"))
-            .await
-            .unwrap();
+        let task = create(&engine, NewTask::new("ev", "pair")).await;
         let first = claim_one(&engine, "first").await;
         complete(&engine, &first, json!(1)).await;
-        let second = claim_one(&engine, "second").await;
-        complete(&engine, &second, json!(2)).await;
+        claim_and_complete(&engine, "second", json!(2)).await;
 
         assert_eq!(
             drained(&tasks),
@@ -107,23 +99,14 @@ async fn a_two_step_task_publishes_its_lifecycle_in_order() {
 #[tokio::test]
 async fn a_retried_attempt_publishes_retry_scheduled_not_failed() {
     let clock = ManualClock::new();
-    for (store, engine) in engines(clock.clone()).await {
-        register(&engine, PAIR).await;
+    for (store, engine) in engines_with(clock.clone(), &[pair()]).await {
         let steps = engine.subscribe("step.*").unwrap();
         let failures = engine.subscribe("*.failed").unwrap();
-        engine
-            .create_task(NewTask::new("ev", "pair"))
-            .await
-            .unwrap();
+        create(&engine, NewTask::new("ev", "pair")).await;
 
-        let first = claim_one(&engine, "first").await;
-        engine
-            .fail(first.step_id, 1, retryable("busy"))
-            .await
-            .unwrap();
+        claim_and_fail(&engine, "first", retryable("busy")).await;
         clock.advance(ms(100));
-        let again = claim_one(&engine, "first").await;
-        complete(&engine, &again, json!(1)).await;
+        claim_and_complete(&engine, "first", json!(1)).await;
 
         let events = steps.drain();
         assert_eq!(
@@ -154,18 +137,10 @@ async fn a_retried_attempt_publishes_retry_scheduled_not_failed() {
 #[tokio::test]
 async fn a_step_failing_for_good_publishes_failed_skipped_and_task_failed() {
     let clock = ManualClock::new();
-    for (store, engine) in engines(clock.clone()).await {
-        register(&engine, PAIR).await;
+    for (store, engine) in engines_with(clock.clone(), &[pair()]).await {
         let all = engine.subscribe("*").unwrap();
-        engine
-            .create_task(NewTask::new("ev", "pair"))
-            .await
-            .unwrap();
-        let first = claim_one(&engine, "first").await;
-        engine
-            .fail(first.step_id, 1, permanent("no"))
-            .await
-            .unwrap();
+        create(&engine, NewTask::new("ev", "pair")).await;
+        claim_and_fail(&engine, "first", permanent("no")).await;
         let events = all.drain();
         assert_eq!(
             names_of(&events)[4..],
@@ -179,13 +154,9 @@ async fn a_step_failing_for_good_publishes_failed_skipped_and_task_failed() {
 #[tokio::test]
 async fn lease_expiry_on_the_last_attempt_publishes_lease_expired_then_failed() {
     let clock = ManualClock::new();
-    for (store, engine) in engines(clock.clone()).await {
-        register(&engine, PAIR).await;
+    for (store, engine) in engines_with(clock.clone(), &[pair()]).await {
         let steps = engine.subscribe("step.*").unwrap();
-        engine
-            .create_task(NewTask::new("ev", "pair"))
-            .await
-            .unwrap();
+        create(&engine, NewTask::new("ev", "pair")).await;
 
         claim_one(&engine, "first").await;
         clock.advance(ms(1000));
@@ -214,33 +185,15 @@ async fn lease_expiry_on_the_last_attempt_publishes_lease_expired_then_failed() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_subscriber_loses_events_without_slowing_the_run() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        let mut yaml = String::from("namespace: ev\nname: long\nversion: 1.0.0\nsteps:\n");
-        for i in 0..20 {
-            yaml.push_str(&format!("  - name: s{i}\n    handler: h\n"));
-            if i > 0 {
-                yaml.push_str(&format!("    depends_on: [s{}]\n", i - 1));
-            }
-        }
-        register(&engine, &yaml).await;
+    let long = template("ev", "long").steps(chain_of("s", 20, "h"));
+    for (store, engine) in engines_with(ManualClock::new(), &[long]).await {
         let tiny = engine.bus().subscribe_with_capacity("*", 2).unwrap();
         let roomy = engine.subscribe("*").unwrap();
-        let task = engine
-            .create_task(NewTask::new("ev", "long"))
-            .await
-            .unwrap();
-        let worker = Worker::builder(engine.clone())
-            .handler("h", |_s: ClaimedStep| async {
-                Ok::<_, HandlerError>(json!(1))
-            })
-            .build();
+        let task = create(&engine, NewTask::new("ev", "long")).await;
+        let worker = worker_answering(&engine, &["h"], json!(1));
         let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
         assert_eq!(report.completed, 20, "{store}");
-        assert_eq!(
-            engine.task(task).await.unwrap().status,
-            TaskState::Complete,
-            "{store}"
-        );
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
 
         assert_eq!(tiny.len(), 2, "{store}");
         let total = roomy.len() as u64;
@@ -263,42 +216,36 @@ async fn a_slow_subscriber_loses_events_without_slowing_the_run() {
 #[tokio::test]
 async fn subscribing_with_a_bad_pattern_is_an_invalid_argument() {
     for (store, engine) in engines(ManualClock::new()).await {
-        let err = engine.subscribe("step.[").unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)), "{store}: {err}");
+        assert_err!(
+            engine.subscribe("step.["),
+            Error::InvalidArgument(_),
+            "{store}"
+        );
     }
 }
 
-const SHOP: &str = r#"
-namespace: shop
-name: order
-version: 2.1.0
-steps:
-  - name: charge
-    handler: payments
-    retry: { max_attempts: 4 }
-  - name: ship
-    depends_on: [charge]
-  - name: notify
-    depends_on:
-      - { step: ship, requires_success: false }
-"#;
+fn shop() -> Template {
+    template("shop", "order")
+        .version("2.1.0")
+        .step(step("charge").handler("payments").retry(attempts(4)))
+        .step(step("ship").after(&["charge"]))
+        .step(step("notify").after_any_outcome_of("ship"))
+}
 
 #[tokio::test]
 async fn task_view_reports_fields_progress_and_step_details() {
     let clock = ManualClock::new();
-    for (store, engine) in engines(clock.clone()).await {
-        register(&engine, SHOP).await;
+    for (store, engine) in engines_with(clock.clone(), &[shop()]).await {
         let created_at = engine.now();
-        let task = engine
-            .create_task(
-                NewTask::new("shop", "order")
-                    .context(json!({"order": 42}))
-                    .priority(3)
-                    .idempotency_key("o-42"),
-            )
-            .await
-            .unwrap();
-        let view = engine.task(task).await.unwrap();
+        let task = create(
+            &engine,
+            NewTask::new("shop", "order")
+                .context(json!({"order": 42}))
+                .priority(3)
+                .idempotency_key("o-42"),
+        )
+        .await;
+        let view = task_view(&engine, task).await;
         assert_eq!(view.id, task, "{store}");
         assert_eq!(
             (
@@ -335,7 +282,7 @@ async fn task_view_reports_fields_progress_and_step_details() {
         clock.advance(ms(250));
         complete(&engine, &charge, json!({"charged": 10})).await;
         let ship = claim_one(&engine, "ship").await;
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::InProgress, "{store}");
         let p = &view.progress;
         assert_eq!(
@@ -355,11 +302,8 @@ async fn task_view_reports_fields_progress_and_step_details() {
         assert_eq!(s.started_at, Some(engine.now()), "{store}");
         assert_eq!(s.duration_ms, None, "{store}: still running");
 
-        engine
-            .fail(ship.step_id, 1, permanent("no truck"))
-            .await
-            .unwrap();
-        let view = engine.task(task).await.unwrap();
+        fail(&engine, &ship, permanent("no truck")).await;
+        let view = task_view(&engine, task).await;
         assert_eq!(
             view.step("ship").unwrap().error.as_deref(),
             Some("no truck")
@@ -377,22 +321,12 @@ async fn task_view_reports_fields_progress_and_step_details() {
 
 #[tokio::test]
 async fn list_tasks_filters_by_status_namespace_and_name_newest_first() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, SHOP).await;
-        register(&engine, PAIR).await;
+    for (store, engine) in engines_with(ManualClock::new(), &[shop(), pair()]).await {
         let mut orders = Vec::new();
         for _ in 0..3 {
-            orders.push(
-                engine
-                    .create_task(NewTask::new("shop", "order"))
-                    .await
-                    .unwrap(),
-            );
+            orders.push(create(&engine, NewTask::new("shop", "order")).await);
         }
-        let pair = engine
-            .create_task(NewTask::new("ev", "pair"))
-            .await
-            .unwrap();
+        let pair = create(&engine, NewTask::new("ev", "pair")).await;
         engine.cancel_task(orders[1]).await.unwrap();
 
         let ids = |tasks: Vec<tasker_core::TaskView>| -> Vec<TaskId> {
@@ -446,22 +380,15 @@ async fn list_tasks_filters_by_status_namespace_and_name_newest_first() {
 #[tokio::test]
 async fn transitions_form_an_audit_trail_with_reasons_attempts_and_times() {
     let clock = ManualClock::new();
-    for (store, engine) in engines(clock.clone()).await {
-        register(&engine, PAIR).await;
+    for (store, engine) in engines_with(clock.clone(), &[pair()]).await {
         let t0 = engine.now();
-        let task = engine
-            .create_task(NewTask::new("ev", "pair"))
-            .await
-            .unwrap();
+        let task = create(&engine, NewTask::new("ev", "pair")).await;
         clock.advance(ms(10));
         let t1 = engine.now();
         let first = claim_one(&engine, "first").await;
         clock.advance(ms(10));
         let t2 = engine.now();
-        engine
-            .fail(first.step_id, 1, retryable("flaky"))
-            .await
-            .unwrap();
+        fail(&engine, &first, retryable("flaky")).await;
 
         let trail = engine.transitions(task).await.unwrap();
         let rows: Vec<_> = trail
@@ -520,14 +447,9 @@ async fn transitions_form_an_audit_trail_with_reasons_attempts_and_times() {
 
 #[tokio::test]
 async fn graph_lists_nodes_with_states_and_edges() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, SHOP).await;
-        let task = engine
-            .create_task(NewTask::new("shop", "order"))
-            .await
-            .unwrap();
-        let charge = claim_one(&engine, "charge").await;
-        complete(&engine, &charge, json!(1)).await;
+    for (store, engine) in engines_with(ManualClock::new(), &[shop()]).await {
+        let task = create(&engine, NewTask::new("shop", "order")).await;
+        claim_and_complete(&engine, "charge", json!(1)).await;
 
         let graph = engine.graph(task).await.unwrap();
         assert_eq!(graph.task_id, task, "{store}");
@@ -560,11 +482,11 @@ async fn graph_lists_nodes_with_states_and_edges() {
 
 #[tokio::test]
 async fn unknown_ids_templates_and_bad_versions_are_reported_as_such() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, SHOP).await;
+    for (store, engine) in engines_with(ManualClock::new(), &[shop()]).await {
         let missing = TaskId::new();
-        assert!(
-            matches!(engine.task(missing).await, Err(Error::TaskNotFound(id)) if id == missing),
+        assert_err!(
+            engine.task(missing).await,
+            Error::TaskNotFound(id) if id == missing,
             "{store}"
         );
         assert!(matches!(
@@ -576,36 +498,36 @@ async fn unknown_ids_templates_and_bad_versions_are_reported_as_such() {
             Err(Error::TaskNotFound(_))
         ));
 
-        let err = engine
-            .create_task(NewTask::new("shop", "nope"))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::TemplateNotFound { namespace, name, version: None }
-                if namespace == "shop" && name == "nope"),
-            "{store}: {err}"
+        assert_err!(
+            engine.create_task(NewTask::new("shop", "nope")).await,
+            Error::TemplateNotFound { namespace, name, version: None }
+                if namespace == "shop" && name == "nope",
+            "{store}"
         );
-        let err = engine
-            .create_task(NewTask::new("shop", "order").version("9.9.9"))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::TemplateNotFound { version: Some(v), .. } if v == "9.9.9"),
-            "{store}: {err}"
+        assert_err!(
+            engine
+                .create_task(NewTask::new("shop", "order").version("9.9.9"))
+                .await,
+            Error::TemplateNotFound { version: Some(v), .. } if v == "9.9.9",
+            "{store}"
         );
-        let err = engine
-            .create_task(NewTask::new("shop", "order").version("latest"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument(_)), "{store}: {err}");
+        assert_err!(
+            engine
+                .create_task(NewTask::new("shop", "order").version("latest"))
+                .await,
+            Error::InvalidArgument(_),
+            "{store}"
+        );
 
-        let err = engine
-            .register_template_str(
-                "namespace: x\nname: y\nversion: 1.0.0\nsteps:\n  - { name: a, depends_on: [a] }\n",
-            )
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::Template(_)), "{store}: {err}");
+        assert_err!(
+            engine
+                .register_template_str(
+                    "namespace: x\nname: y\nversion: 1.0.0\nsteps:\n  - { name: a, depends_on: [a] }\n",
+                )
+                .await,
+            Error::Template(_),
+            "{store}"
+        );
         assert!(engine
             .list_tasks(&TaskFilter::default())
             .await
@@ -614,8 +536,8 @@ async fn unknown_ids_templates_and_bad_versions_are_reported_as_such() {
     }
 }
 
-fn versioned(version: &str, step: &str) -> String {
-    format!("namespace: v\nname: flow\nversion: {version}\nsteps: [{{name: {step}}}]\n")
+fn versioned(version: &str, only_step: &str) -> Template {
+    template("v", "flow").version(version).step(step(only_step))
 }
 
 async fn version_of(engine: &Engine, version: Option<&str>) -> (String, String) {
@@ -623,18 +545,19 @@ async fn version_of(engine: &Engine, version: Option<&str>) -> (String, String) 
     if let Some(v) = version {
         new = new.version(v);
     }
-    let task = engine.create_task(new).await.unwrap();
-    let view = engine.task(task).await.unwrap();
+    let task = create(engine, new).await;
+    let view = task_view(engine, task).await;
     (view.version, view.steps[0].name.clone())
 }
 
 #[tokio::test]
 async fn create_task_uses_the_newest_version_by_semver_unless_told_otherwise() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &versioned("1.0.0", "one")).await;
-        register(&engine, &versioned("1.10.0", "ten")).await;
-        register(&engine, &versioned("1.2.0", "two")).await;
-
+    let versions = [
+        versioned("1.0.0", "one"),
+        versioned("1.10.0", "ten"),
+        versioned("1.2.0", "two"),
+    ];
+    for (store, engine) in engines_with(ManualClock::new(), &versions).await {
         assert_eq!(
             version_of(&engine, None).await,
             ("1.10.0".into(), "ten".into()),
@@ -657,8 +580,7 @@ async fn create_task_uses_the_newest_version_by_semver_unless_told_otherwise() {
 
 #[tokio::test]
 async fn reregistering_a_version_needs_identical_content() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &versioned("1.0.0", "one")).await;
+    for (store, engine) in engines_with(ManualClock::new(), &[versioned("1.0.0", "one")]).await {
         register(&engine, &versioned("1.0.0", "one")).await; // identical: fine
         engine
             .register_template_value(json!({
@@ -668,14 +590,13 @@ async fn reregistering_a_version_needs_identical_content() {
             .await
             .expect("the same template as JSON is the same content");
 
-        let err = engine
-            .register_template_str(&versioned("1.0.0", "changed"))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::TemplateConflict { namespace, name, version }
-                if namespace == "v" && name == "flow" && version == "1.0.0"),
-            "{store}: {err}"
+        assert_err!(
+            engine
+                .register_template_str(&versioned("1.0.0", "changed").yaml())
+                .await,
+            Error::TemplateConflict { namespace, name, version }
+                if namespace == "v" && name == "flow" && version == "1.0.0",
+            "{store}"
         );
         assert_eq!(
             version_of(&engine, None).await,
@@ -687,12 +608,8 @@ async fn reregistering_a_version_needs_identical_content() {
 
 #[tokio::test]
 async fn a_closed_engine_refuses_every_call() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, PAIR).await;
-        let task = engine
-            .create_task(NewTask::new("ev", "pair"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[pair()]).await {
+        let task = create(&engine, NewTask::new("ev", "pair")).await;
         let step = claim_one(&engine, "first").await;
         assert!(!engine.is_closed(), "{store}");
         let clone = engine.clone();
@@ -722,7 +639,9 @@ async fn a_closed_engine_refuses_every_call() {
         ));
         assert!(closed(clone.transitions(task).await.map(drop)));
         assert!(closed(clone.graph(task).await.map(drop)));
-        assert!(closed(clone.register_template_str(PAIR).await.map(drop)));
+        assert!(closed(
+            clone.register_template_str(&pair().yaml()).await.map(drop)
+        ));
         assert!(closed(clone.template("ev", "pair", None).await.map(drop)));
         assert!(
             closed(clone.template("ev", "pair", Some("1.0.0")).await.map(drop)),
@@ -731,13 +650,10 @@ async fn a_closed_engine_refuses_every_call() {
         assert!(closed(clone.subscribe("*").map(drop)), "{store}");
         assert!(closed(clone.work_status().await.map(drop)));
 
-        let worker = Worker::builder(clone.clone())
-            .handler("first", |_s: ClaimedStep| async {
-                Ok::<_, HandlerError>(json!(1))
-            })
-            .build();
-        assert!(
-            matches!(worker.run_until_idle(RUN_LIMIT).await, Err(Error::Closed)),
+        let worker = worker_answering(&clone, &["first"], json!(1));
+        assert_err!(
+            worker.run_until_idle(RUN_LIMIT).await,
+            Error::Closed,
             "{store}"
         );
     }
@@ -748,26 +664,12 @@ async fn a_closed_engine_refuses_every_call() {
 /// store operation rather than happening inside it.)
 #[tokio::test]
 async fn events_of_a_chain_run_by_a_worker_arrive_in_causal_order() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        let mut yaml = String::from("namespace: ev\nname: chain\nversion: 1.0.0\nsteps:\n");
-        for i in 0..30 {
-            yaml.push_str(&format!("  - name: s{i}\n    handler: h\n"));
-            if i > 0 {
-                yaml.push_str(&format!("    depends_on: [s{}]\n", i - 1));
-            }
-        }
-        register(&engine, &yaml).await;
+    let chain = template("ev", "chain").steps(chain_of("s", 30, "h"));
+    for (store, engine) in engines_with(ManualClock::new(), &[chain]).await {
         for _ in 0..10 {
             let steps = engine.subscribe("step.*").unwrap();
-            engine
-                .create_task(NewTask::new("ev", "chain"))
-                .await
-                .unwrap();
-            let worker = Worker::builder(engine.clone())
-                .handler("h", |_s: ClaimedStep| async {
-                    Ok::<_, HandlerError>(json!(1))
-                })
-                .build();
+            create(&engine, NewTask::new("ev", "chain")).await;
+            let worker = worker_answering(&engine, &["h"], json!(1));
             worker.run_until_idle(RUN_LIMIT).await.unwrap();
             let expected: Vec<String> = (0..30)
                 .flat_map(|i| {

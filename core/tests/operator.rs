@@ -14,38 +14,25 @@ use tasker_core::{
 use support::*;
 
 /// `a` and `b` run in parallel, `c` joins them; `a` retries after 1 s.
-const JOIN: &str = r#"
-namespace: ops
-name: join
-version: 1.0.0
-steps:
-  - name: a
-    retry: { max_attempts: 3, backoff_base_ms: 1000, jitter: false }
-  - name: b
-  - name: c
-    depends_on: [a, b]
-"#;
+fn join() -> Template {
+    template("ops", "join")
+        .step(step("a").retry(attempts(3).backoff_ms(1000)))
+        .step(step("b"))
+        .step(step("c").after(&["a", "b"]))
+}
 
 /// `a` → `b` → `c`, one attempt each.
-const CHAIN: &str = r#"
-namespace: ops
-name: chain
-version: 1.0.0
-defaults:
-  retry: { max_attempts: 1 }
-steps:
-  - name: a
-  - name: b
-    depends_on: [a]
-  - name: c
-    depends_on: [b]
-"#;
+fn chain() -> Template {
+    template("ops", "chain")
+        .default_retry(attempts(1))
+        .step(step("a"))
+        .step(step("b").after(&["a"]))
+        .step(step("c").after(&["b"]))
+}
 
 async fn states(engine: &Engine, task: TaskId) -> Vec<(String, StepState)> {
-    engine
-        .task(task)
+    task_view(engine, task)
         .await
-        .unwrap()
         .steps
         .into_iter()
         .map(|s| (s.name, s.status))
@@ -56,38 +43,32 @@ fn expect(pairs: &[(&str, StepState)]) -> Vec<(String, StepState)> {
     pairs.iter().map(|(n, s)| (n.to_string(), *s)).collect()
 }
 
-/// Runs `a` of CHAIN into a permanent failure: the task ends in error with `b`, `c` skipped.
+/// Runs `a` of [`chain`] into a permanent failure: the task ends in error with `b`, `c` skipped.
 async fn failed_chain(engine: &Engine) -> TaskId {
-    register(engine, CHAIN).await;
-    let task = engine
-        .create_task(NewTask::new("ops", "chain"))
-        .await
-        .unwrap();
-    let a = claim_one(engine, "a").await;
-    engine
-        .fail(a.step_id, 1, permanent("bad input"))
-        .await
-        .unwrap();
-    assert_eq!(engine.task(task).await.unwrap().status, TaskState::Error);
+    let task = create(engine, NewTask::new("ops", "chain")).await;
+    claim_and_fail(engine, "a", permanent("bad input")).await;
+    assert_eq!(status(engine, task).await, TaskState::Error);
     task
+}
+
+/// Starts a [`join`] task and claims `a` and `b`; `a`'s first attempt fails, so it waits 1 s for
+/// its retry. Returns the task and `b`, still running.
+async fn join_with_a_waiting(engine: &Engine) -> (TaskId, ClaimedStep) {
+    let task = create(engine, NewTask::new("ops", "join")).await;
+    let first = claim(engine, 2).await;
+    assert_eq!(names(&first), ["a", "b"]);
+    fail(engine, named(&first, "a"), retryable("busy")).await;
+    (task, named(&first, "b").clone())
 }
 
 #[tokio::test]
 async fn cancel_stops_pending_running_and_waiting_steps() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, JOIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "join"))
-            .await
-            .unwrap();
-        let first = claim(&engine, 2).await;
-        let (a, b) = (&first[0], &first[1]);
-        assert_eq!(names(&first), ["a", "b"], "{store}");
-        engine.fail(a.step_id, 1, retryable("busy")).await.unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[join()]).await {
+        let (task, b) = join_with_a_waiting(&engine).await;
         // a waits for a retry, b runs, c is pending.
 
         engine.cancel_task(task).await.unwrap();
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Cancelled, "{store}");
         assert!(view.completed_at.is_some(), "{store}");
         assert_eq!(
@@ -101,11 +82,11 @@ async fn cancel_stops_pending_running_and_waiting_steps() {
         );
         assert_eq!(view.progress.cancelled, 3, "{store}");
 
-        let err = engine
-            .complete(b.step_id, 1, json!("late"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::ClaimLost { .. }), "{store}: {err}");
+        assert_err!(
+            engine.complete(b.step_id, 1, json!("late")).await,
+            Error::ClaimLost { .. },
+            "{store}"
+        );
         assert!(claim(&engine, 10).await.is_empty(), "{store}");
         assert!(engine.work_status().await.unwrap().is_idle(), "{store}");
         let trail = transitions_of(&engine, task, Some("b")).await;
@@ -124,29 +105,25 @@ async fn cancel_stops_pending_running_and_waiting_steps() {
 
 #[tokio::test]
 async fn cancelling_a_finished_task_is_an_invalid_transition() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, CHAIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
-        for name in ["a", "b", "c"] {
-            let step = claim_one(&engine, name).await;
-            complete(&engine, &step, json!(name)).await;
-        }
-        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Complete);
-        let err = engine.cancel_task(task).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
+        complete_in_order(&engine, &["a", "b", "c"]).await;
+        assert_eq!(status(&engine, task).await, TaskState::Complete);
+        assert_err!(
+            engine.cancel_task(task).await,
+            Error::InvalidTransition(_),
+            "{store}"
+        );
 
-        let other = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
+        let other = create(&engine, NewTask::new("ops", "chain")).await;
         engine.cancel_task(other).await.unwrap();
-        let err = engine.cancel_task(other).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: twice");
+        assert_err!(
+            engine.cancel_task(other).await,
+            Error::InvalidTransition(_),
+            "{store}: twice"
+        );
         assert_eq!(
-            engine.task(task).await.unwrap().status,
+            status(&engine, task).await,
             TaskState::Complete,
             "{store}: a refused verb changes nothing"
         );
@@ -155,14 +132,10 @@ async fn cancelling_a_finished_task_is_an_invalid_transition() {
 
 #[tokio::test]
 async fn paused_task_hands_out_nothing_until_resumed() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, JOIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "join"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[join()]).await {
+        let task = create(&engine, NewTask::new("ops", "join")).await;
         engine.pause_task(task).await.unwrap();
-        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Paused);
+        assert_eq!(status(&engine, task).await, TaskState::Paused);
         assert!(claim(&engine, 10).await.is_empty(), "{store}");
         assert!(
             claim(&engine, 10).await.is_empty(),
@@ -171,7 +144,7 @@ async fn paused_task_hands_out_nothing_until_resumed() {
 
         engine.resume_task(task).await.unwrap();
         assert_eq!(
-            engine.task(task).await.unwrap().status,
+            status(&engine, task).await,
             TaskState::InProgress,
             "{store}"
         );
@@ -180,9 +153,8 @@ async fn paused_task_hands_out_nothing_until_resumed() {
         for step in &ready {
             complete(&engine, step, json!(1)).await;
         }
-        let c = claim_one(&engine, "c").await;
-        complete(&engine, &c, json!(2)).await;
-        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Complete);
+        claim_and_complete(&engine, "c", json!(2)).await;
+        assert_eq!(status(&engine, task).await, TaskState::Complete);
         assert_eq!(
             task_path(&engine, task).await,
             path(&[
@@ -198,12 +170,8 @@ async fn paused_task_hands_out_nothing_until_resumed() {
 
 #[tokio::test]
 async fn steps_finishing_while_paused_release_their_children_only_on_resume() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, CHAIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
         let a = claim_one(&engine, "a").await;
         engine.pause_task(task).await.unwrap();
         complete(&engine, &a, json!("a")).await; // a running step may still report
@@ -213,46 +181,47 @@ async fn steps_finishing_while_paused_release_their_children_only_on_resume() {
         );
 
         engine.resume_task(task).await.unwrap();
-        let b = claim_one(&engine, "b").await;
-        assert_eq!(b.inputs.to_json(), json!({"a": "a"}), "{store}");
+        let b = claim_one_with_inputs(&engine, "b", json!({"a": "a"})).await;
         complete(&engine, &b, json!("b")).await;
 
         // The last step finishing while paused: the task completes on resume.
         let c = claim_one(&engine, "c").await;
         engine.pause_task(task).await.unwrap();
         complete(&engine, &c, json!("c")).await;
-        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Paused);
+        assert_eq!(status(&engine, task).await, TaskState::Paused);
         engine.resume_task(task).await.unwrap();
-        assert_eq!(
-            engine.task(task).await.unwrap().status,
-            TaskState::Complete,
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
+    }
+}
+
+#[tokio::test]
+async fn pausing_a_finished_task_and_resuming_a_running_one_are_refused() {
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = failed_chain(&engine).await;
+        assert_err!(
+            engine.pause_task(task).await,
+            Error::InvalidTransition(_),
+            "{store}"
+        );
+
+        let running = create(&engine, NewTask::new("ops", "chain")).await;
+        assert_err!(
+            engine.resume_task(running).await,
+            Error::InvalidTransition(_),
+            "{store}"
+        );
+        engine.pause_task(running).await.unwrap();
+        assert_err!(
+            engine.pause_task(running).await,
+            Error::InvalidTransition(_),
             "{store}"
         );
     }
 }
 
 #[tokio::test]
-async fn pausing_a_finished_task_and_resuming_a_running_one_are_refused() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        let task = failed_chain(&engine).await;
-        let err = engine.pause_task(task).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
-
-        let running = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
-        let err = engine.resume_task(running).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
-        engine.pause_task(running).await.unwrap();
-        let err = engine.pause_task(running).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
-    }
-}
-
-#[tokio::test]
 async fn retry_task_gives_failed_and_skipped_steps_a_fresh_budget() {
-    for (store, engine) in engines(ManualClock::new()).await {
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
         let task = failed_chain(&engine).await;
         assert_eq!(
             states(&engine, task).await,
@@ -265,7 +234,7 @@ async fn retry_task_gives_failed_and_skipped_steps_a_fresh_budget() {
         );
 
         engine.retry_task(task).await.unwrap();
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::InProgress, "{store}");
         assert_eq!(view.completed_at, None, "{store}");
         assert_eq!(
@@ -292,11 +261,7 @@ async fn retry_task_gives_failed_and_skipped_steps_a_fresh_budget() {
             assert_eq!(step.attempt, 1, "{store}");
             complete(&engine, &step, json!(name)).await;
         }
-        assert_eq!(
-            engine.task(task).await.unwrap().status,
-            TaskState::Complete,
-            "{store}"
-        );
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
         assert_eq!(
             task_path(&engine, task).await,
             path(&[
@@ -320,12 +285,8 @@ async fn retry_task_gives_failed_and_skipped_steps_a_fresh_budget() {
 
 #[tokio::test]
 async fn retried_task_completes_once_the_handler_is_fixed() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, CHAIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
         let broken = Arc::new(AtomicBool::new(true));
         let a = {
             let broken = broken.clone();
@@ -350,7 +311,7 @@ async fn retried_task_completes_once_the_handler_is_fixed() {
         let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
         assert!(report.idle, "{store}");
         assert_eq!((report.completed, report.failed), (0, 1), "{store}");
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Error, "{store}");
         assert_eq!(
             view.step("a").unwrap().error.as_deref(),
@@ -361,7 +322,7 @@ async fn retried_task_completes_once_the_handler_is_fixed() {
         engine.retry_task(task).await.unwrap();
         let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
         assert_eq!(report.completed, 3, "{store}");
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Complete, "{store}");
         assert_eq!(view.step("c").unwrap().result, Some(json!("c")), "{store}");
         assert_eq!(view.step("a").unwrap().attempts, 2, "{store}");
@@ -370,39 +331,32 @@ async fn retried_task_completes_once_the_handler_is_fixed() {
 
 #[tokio::test]
 async fn retry_task_is_refused_unless_the_task_failed() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, CHAIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
-        let err = engine.retry_task(task).await.unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidTransition(_)),
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
+        assert_err!(
+            engine.retry_task(task).await,
+            Error::InvalidTransition(_),
             "{store}: pending"
         );
-        for name in ["a", "b", "c"] {
-            let step = claim_one(&engine, name).await;
-            complete(&engine, &step, json!(name)).await;
-        }
-        let err = engine.retry_task(task).await.unwrap_err();
-        assert!(
-            matches!(err, Error::InvalidTransition(_)),
+        complete_in_order(&engine, &["a", "b", "c"]).await;
+        assert_err!(
+            engine.retry_task(task).await,
+            Error::InvalidTransition(_),
             "{store}: complete"
         );
-        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Complete);
+        assert_eq!(status(&engine, task).await, TaskState::Complete);
     }
 }
 
 #[tokio::test]
 async fn resolving_a_failed_step_releases_its_skipped_dependents() {
-    for (store, engine) in engines(ManualClock::new()).await {
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
         let task = failed_chain(&engine).await;
         engine
             .resolve_step(task, "a", json!({"by": "operator"}))
             .await
             .unwrap();
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::InProgress, "{store}");
         let a = view.step("a").unwrap();
         assert_eq!(a.status, StepState::ResolvedManually, "{store}");
@@ -410,12 +364,10 @@ async fn resolving_a_failed_step_releases_its_skipped_dependents() {
         assert_eq!(view.step("b").unwrap().status, StepState::Pending);
         assert_eq!(view.step("c").unwrap().status, StepState::Pending);
 
-        let b = claim_one(&engine, "b").await;
-        assert_eq!(b.inputs.to_json(), json!({"a": {"by": "operator"}}));
+        let b = claim_one_with_inputs(&engine, "b", json!({"a": {"by": "operator"}})).await;
         complete(&engine, &b, json!("b")).await;
-        let c = claim_one(&engine, "c").await;
-        complete(&engine, &c, json!("c")).await;
-        let view = engine.task(task).await.unwrap();
+        claim_and_complete(&engine, "c", json!("c")).await;
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Complete, "{store}");
         assert_eq!(view.progress.resolved_manually, 1, "{store}");
         assert_eq!(view.progress.complete, 2, "{store}");
@@ -439,25 +391,17 @@ async fn resolving_a_failed_step_releases_its_skipped_dependents() {
 
 #[tokio::test]
 async fn resolving_a_failed_leaf_completes_the_task() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, CHAIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
-        for name in ["a", "b"] {
-            let step = claim_one(&engine, name).await;
-            complete(&engine, &step, json!(name)).await;
-        }
-        let c = claim_one(&engine, "c").await;
-        engine.fail(c.step_id, 1, permanent("nope")).await.unwrap();
-        assert_eq!(engine.task(task).await.unwrap().status, TaskState::Error);
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
+        complete_in_order(&engine, &["a", "b"]).await;
+        claim_and_fail(&engine, "c", permanent("nope")).await;
+        assert_eq!(status(&engine, task).await, TaskState::Error);
 
         engine
             .resolve_step(task, "c", json!("by hand"))
             .await
             .unwrap();
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Complete, "{store}");
         assert!(view.completed_at.is_some(), "{store}");
     }
@@ -465,22 +409,16 @@ async fn resolving_a_failed_leaf_completes_the_task() {
 
 #[tokio::test]
 async fn resolving_a_pending_step_feeds_the_operator_result_to_its_dependents() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, CHAIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
         engine
             .resolve_step(task, "a", json!({"manual": 1}))
             .await
             .unwrap();
-        let b = claim_one(&engine, "b").await;
-        assert_eq!(b.inputs.to_json(), json!({"a": {"manual": 1}}), "{store}");
+        let b = claim_one_with_inputs(&engine, "b", json!({"a": {"manual": 1}})).await;
         complete(&engine, &b, json!("b")).await;
-        let c = claim_one(&engine, "c").await;
-        complete(&engine, &c, json!("c")).await;
-        let view = engine.task(task).await.unwrap();
+        claim_and_complete(&engine, "c", json!("c")).await;
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Complete, "{store}");
         assert_eq!(view.step("a").unwrap().attempts, 0, "{store}: a never ran");
     }
@@ -488,25 +426,20 @@ async fn resolving_a_pending_step_feeds_the_operator_result_to_its_dependents() 
 
 #[tokio::test]
 async fn resolving_a_running_step_refuses_its_late_report() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, CHAIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
         let a = claim_one(&engine, "a").await;
         engine
             .resolve_step(task, "a", json!("operator"))
             .await
             .unwrap();
-        let err = engine
-            .complete(a.step_id, 1, json!("worker"))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::ClaimLost { .. }), "{store}: {err}");
-        let b = claim_one(&engine, "b").await;
-        assert_eq!(b.inputs.to_json(), json!({"a": "operator"}), "{store}");
-        let view = engine.task(task).await.unwrap();
+        assert_err!(
+            engine.complete(a.step_id, 1, json!("worker")).await,
+            Error::ClaimLost { .. },
+            "{store}"
+        );
+        claim_one_with_inputs(&engine, "b", json!({"a": "operator"})).await;
+        let view = task_view(&engine, task).await;
         assert_eq!(view.step("a").unwrap().lease_owner, None, "{store}");
         assert_eq!(
             engine.work_status().await.unwrap().running,
@@ -518,29 +451,24 @@ async fn resolving_a_running_step_refuses_its_late_report() {
 
 #[tokio::test]
 async fn resolving_a_completed_or_unknown_step_is_refused() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, CHAIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
-        let a = claim_one(&engine, "a").await;
-        complete(&engine, &a, json!("a")).await;
-        let err = engine.resolve_step(task, "a", json!(1)).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
-        let err = engine
-            .resolve_step(task, "zzz", json!(1))
-            .await
-            .unwrap_err();
-        assert!(
-            matches!(&err, Error::StepNotFound { step, .. } if step == "zzz"),
-            "{store}: {err}"
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
+        claim_and_complete(&engine, "a", json!("a")).await;
+        assert_err!(
+            engine.resolve_step(task, "a", json!(1)).await,
+            Error::InvalidTransition(_),
+            "{store}"
         );
-        let err = engine
-            .resolve_step(TaskId::new(), "a", json!(1))
-            .await
-            .unwrap_err();
-        assert!(matches!(err, Error::TaskNotFound(_)), "{store}: {err}");
+        assert_err!(
+            engine.resolve_step(task, "zzz", json!(1)).await,
+            Error::StepNotFound { step, .. } if step == "zzz",
+            "{store}"
+        );
+        assert_err!(
+            engine.resolve_step(TaskId::new(), "a", json!(1)).await,
+            Error::TaskNotFound(_),
+            "{store}"
+        );
     }
 }
 
@@ -554,35 +482,28 @@ async fn operator_verbs_on_an_unknown_task_are_not_found() {
             engine.resume_task(id).await,
             engine.retry_task(id).await,
         ] {
-            assert!(
-                matches!(result, Err(Error::TaskNotFound(t)) if t == id),
-                "{store}: {result:?}"
-            );
+            assert_err!(result, Error::TaskNotFound(t) if t == id, "{store}");
         }
     }
 }
 
 #[tokio::test]
 async fn cancelling_a_paused_task_cancels_its_steps() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, CHAIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "chain"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
         engine.pause_task(task).await.unwrap();
         engine.cancel_task(task).await.unwrap();
+        assert_eq!(status(&engine, task).await, TaskState::Cancelled);
         assert_eq!(
-            engine.task(task).await.unwrap().status,
-            TaskState::Cancelled
-        );
-        assert_eq!(
-            engine.task(task).await.unwrap().progress.cancelled,
+            task_view(&engine, task).await.progress.cancelled,
             3,
             "{store}"
         );
-        let err = engine.resume_task(task).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidTransition(_)), "{store}: {err}");
+        assert_err!(
+            engine.resume_task(task).await,
+            Error::InvalidTransition(_),
+            "{store}"
+        );
         assert!(claim(&engine, 10).await.is_empty(), "{store}");
     }
 }
@@ -590,17 +511,9 @@ async fn cancelling_a_paused_task_cancels_its_steps() {
 #[tokio::test]
 async fn a_retry_falling_due_while_paused_runs_after_resume() {
     let clock = ManualClock::new();
-    for (store, engine) in engines(clock.clone()).await {
-        register(&engine, JOIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "join"))
-            .await
-            .unwrap();
-        let first = claim(&engine, 2).await;
-        let a = first.iter().find(|s| &*s.name == "a").unwrap();
-        let b = first.iter().find(|s| &*s.name == "b").unwrap();
-        engine.fail(a.step_id, 1, retryable("busy")).await.unwrap();
-        complete(&engine, b, json!("b")).await;
+    for (store, engine) in engines_with(clock.clone(), &[join()]).await {
+        let (task, b) = join_with_a_waiting(&engine).await;
+        complete(&engine, &b, json!("b")).await;
 
         engine.pause_task(task).await.unwrap();
         clock.advance(ms(1000));
@@ -609,24 +522,15 @@ async fn a_retry_falling_due_while_paused_runs_after_resume() {
         let again = claim_one(&engine, "a").await;
         assert_eq!(again.attempt, 2, "{store}");
         complete(&engine, &again, json!("a")).await;
-        let c = claim_one(&engine, "c").await;
-        assert_eq!(c.inputs.to_json(), json!({"a": "a", "b": "b"}), "{store}");
+        claim_one_with_inputs(&engine, "c", json!({"a": "a", "b": "b"})).await;
     }
 }
 
 #[tokio::test]
 async fn resolving_a_step_waiting_for_retry_cancels_the_retry() {
     let clock = ManualClock::new();
-    for (store, engine) in engines(clock.clone()).await {
-        register(&engine, JOIN).await;
-        let task = engine
-            .create_task(NewTask::new("ops", "join"))
-            .await
-            .unwrap();
-        let first = claim(&engine, 2).await;
-        let a = first.iter().find(|s| &*s.name == "a").unwrap();
-        let b = first.iter().find(|s| &*s.name == "b").unwrap();
-        engine.fail(a.step_id, 1, retryable("busy")).await.unwrap();
+    for (store, engine) in engines_with(clock.clone(), &[join()]).await {
+        let (task, b) = join_with_a_waiting(&engine).await;
         engine
             .resolve_step(task, "a", json!("manual a"))
             .await
@@ -638,11 +542,11 @@ async fn resolving_a_step_waiting_for_retry_cancels_the_retry() {
             claim(&engine, 10).await.is_empty(),
             "{store}: no retry of a"
         );
-        complete(&engine, b, json!("b")).await;
+        complete(&engine, &b, json!("b")).await;
         let c = claim_one(&engine, "c").await;
         assert_eq!(c.inputs.get("a"), Some(&json!("manual a")), "{store}");
         complete(&engine, &c, json!("c")).await;
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Complete, "{store}");
         assert_eq!(view.step("a").unwrap().attempts, 1, "{store}");
     }
@@ -650,13 +554,13 @@ async fn resolving_a_step_waiting_for_retry_cancels_the_retry() {
 
 #[tokio::test]
 async fn resolving_a_skipped_step_runs_its_dependents_while_the_failure_stands() {
-    for (store, engine) in engines(ManualClock::new()).await {
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
         let task = failed_chain(&engine).await;
         engine
             .resolve_step(task, "b", json!("manual b"))
             .await
             .unwrap();
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::InProgress, "{store}");
         assert_eq!(view.step("a").unwrap().status, StepState::Error, "{store}");
         assert_eq!(
@@ -665,11 +569,10 @@ async fn resolving_a_skipped_step_runs_its_dependents_while_the_failure_stands()
             "{store}"
         );
 
-        let c = claim_one(&engine, "c").await;
-        assert_eq!(c.inputs.to_json(), json!({"b": "manual b"}), "{store}");
+        let c = claim_one_with_inputs(&engine, "c", json!({"b": "manual b"})).await;
         complete(&engine, &c, json!("c")).await;
         assert_eq!(
-            engine.task(task).await.unwrap().status,
+            status(&engine, task).await,
             TaskState::Error,
             "{store}: a still failed"
         );

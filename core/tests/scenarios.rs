@@ -12,31 +12,25 @@ use tasker_core::{ClaimedStep, HandlerError, ManualClock, NewTask, StepState, Ta
 
 use support::*;
 
-const DIAMOND: &str = r#"
-namespace: shapes
-name: diamond
-version: 1.0.0
-steps:
-  - name: a
-  - name: b
-    depends_on: [a]
-  - name: c
-    depends_on: [a]
-  - name: d
-    depends_on: [b, c]
-"#;
+fn diamond() -> Template {
+    template("shapes", "diamond")
+        .step(step("a"))
+        .step(step("b").after(&["a"]))
+        .step(step("c").after(&["a"]))
+        .step(step("d").after(&["b", "c"]))
+}
 
 /// What each handler call saw: the step's name and its inputs.
 type CallLog = Arc<Mutex<Vec<(String, Value)>>>;
 
 #[tokio::test]
 async fn diamond_runs_in_dependency_order_and_the_join_gets_both_results() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, DIAMOND).await;
-        let task = engine
-            .create_task(NewTask::new("shapes", "diamond").context(json!({"seed": 2})))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[diamond()]).await {
+        let task = create(
+            &engine,
+            NewTask::new("shapes", "diamond").context(json!({"seed": 2})),
+        )
+        .await;
 
         let log: CallLog = Arc::default();
         let handler = |log: CallLog| {
@@ -77,7 +71,7 @@ async fn diamond_runs_in_dependency_order_and_the_join_gets_both_results() {
         assert_eq!(join_inputs, &json!({"b": 3, "c": 20}), "{store}");
         assert_eq!(calls[1].1, json!({"a": 2}), "{store}");
 
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Complete, "{store}");
         assert_eq!(view.step("d").unwrap().result, Some(json!(23)), "{store}");
         for step in &view.steps {
@@ -90,12 +84,8 @@ async fn diamond_runs_in_dependency_order_and_the_join_gets_both_results() {
 
 #[tokio::test]
 async fn join_step_is_not_claimable_until_its_last_parent_completes() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, DIAMOND).await;
-        engine
-            .create_task(NewTask::new("shapes", "diamond"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[diamond()]).await {
+        create(&engine, NewTask::new("shapes", "diamond")).await;
 
         let a = claim_one(&engine, "a").await;
         assert!(claim(&engine, 10).await.is_empty(), "{store}: b, c wait");
@@ -114,38 +104,31 @@ async fn join_step_is_not_claimable_until_its_last_parent_completes() {
         );
         complete(&engine, c, json!(&*c.name)).await;
 
-        let d = claim_one(&engine, "d").await;
-        assert_eq!(d.inputs.to_json(), json!({"b": "b", "c": "c"}), "{store}");
+        let d = claim_one_with_inputs(&engine, "d", json!({"b": "b", "c": "c"})).await;
         assert_eq!(d.attempt, 1, "{store}");
         complete(&engine, &d, json!("done")).await;
         assert!(engine.work_status().await.unwrap().is_idle(), "{store}");
     }
 }
 
-fn fan_out_template(children: usize) -> String {
-    let mut yaml = String::from("namespace: shapes\nname: fan\nversion: 1.0.0\nsteps:\n");
-    yaml.push_str("  - name: root\n");
-    for i in 0..children {
-        yaml.push_str(&format!(
-            "  - name: child{i}\n    handler: child\n    depends_on: [root]\n"
-        ));
-    }
-    yaml.push_str("  - name: join\n    depends_on:\n");
-    for i in 0..children {
-        yaml.push_str(&format!("      - child{i}\n"));
-    }
-    yaml
+/// `root`, then `children` steps run by handler `child`, then `join` waiting for all of them.
+fn fan_out_template(children: usize) -> Template {
+    let children: Vec<String> = (0..children).map(|i| format!("child{i}")).collect();
+    template("shapes", "fan")
+        .step(step("root"))
+        .steps(
+            children
+                .iter()
+                .map(|child| step(child).handler("child").after(&["root"])),
+        )
+        .step(step("join").after(&children))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wide_fan_out_runs_every_step_exactly_once_with_concurrency_8() {
     const CHILDREN: usize = 200;
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &fan_out_template(CHILDREN)).await;
-        let task = engine
-            .create_task(NewTask::new("shapes", "fan"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[fan_out_template(CHILDREN)]).await {
+        let task = create(&engine, NewTask::new("shapes", "fan")).await;
 
         let runs: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let join_inputs: Arc<Mutex<Option<Value>>> = Arc::default();
@@ -192,62 +175,45 @@ async fn wide_fan_out_runs_every_step_exactly_once_with_concurrency_8() {
         assert_eq!(inputs.len(), CHILDREN, "{store}");
         assert_eq!(inputs["child7"], json!("child7"), "{store}");
 
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Complete, "{store}");
         assert_eq!(view.progress.complete as usize, CHILDREN + 2, "{store}");
         assert_eq!(view.step("join").unwrap().result, Some(json!(CHILDREN)));
     }
 }
 
-const SHIPPING: &str = r#"
-namespace: shop
-name: ship
-version: 1.0.0
-steps:
-  - name: charge
-    retry: { max_attempts: 3, backoff_base_ms: 100, jitter: false }
-  - name: ship
-    depends_on: [charge]
-  - name: track
-    depends_on: [ship]
-  - name: notify
-    depends_on:
-      - { step: charge, requires_success: false }
-  - name: audit
-"#;
+fn shipping() -> Template {
+    template("shop", "ship")
+        .step(step("charge").retry(attempts(3).backoff_ms(100)))
+        .step(step("ship").after(&["charge"]))
+        .step(step("track").after(&["ship"]))
+        .step(step("notify").after_any_outcome_of("charge"))
+        .step(step("audit"))
+}
 
 #[tokio::test]
 async fn permanent_failure_skips_required_dependents_and_fails_the_task() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, SHIPPING).await;
-        let task = engine
-            .create_task(NewTask::new("shop", "ship"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[shipping()]).await {
+        let task = create(&engine, NewTask::new("shop", "ship")).await;
 
         let first = claim(&engine, 10).await;
         assert_eq!(names(&first), ["audit", "charge"], "{store}");
-        let charge = first.iter().find(|s| &*s.name == "charge").unwrap();
-        let audit = first.iter().find(|s| &*s.name == "audit").unwrap();
-        engine
-            .fail(charge.step_id, charge.attempt, permanent("card declined"))
-            .await
-            .unwrap();
-        complete(&engine, audit, json!("ok")).await;
+        fail(&engine, named(&first, "charge"), permanent("card declined")).await;
+        complete(&engine, named(&first, "audit"), json!("ok")).await;
 
         // The optional child runs, with null for the failed parent.
         let notify = claim_one(&engine, "notify").await;
         assert_eq!(notify.inputs.get("charge"), Some(&Value::Null), "{store}");
         assert_eq!(notify.inputs.to_json(), json!({"charge": null}), "{store}");
         assert_eq!(
-            engine.task(task).await.unwrap().status,
+            status(&engine, task).await,
             TaskState::InProgress,
             "{store}: the task is not decided while notify runs"
         );
         complete(&engine, &notify, json!("told the customer")).await;
         assert!(claim(&engine, 10).await.is_empty(), "{store}");
 
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Error, "{store}");
         assert!(view.completed_at.is_some(), "{store}");
         let charge = view.step("charge").unwrap();
@@ -296,42 +262,22 @@ async fn permanent_failure_skips_required_dependents_and_fails_the_task() {
 
 #[tokio::test]
 async fn exhausting_max_attempts_fails_the_step_and_the_task() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(
-            &engine,
-            r#"
-namespace: n
-name: flaky
-version: 1.0.0
-steps:
-  - name: call
-    retry: { max_attempts: 2, backoff_base_ms: 0, jitter: false }
-"#,
-        )
-        .await;
-        let task = engine
-            .create_task(NewTask::new("n", "flaky"))
-            .await
-            .unwrap();
+    let flaky = template("n", "flaky").step(step("call").retry(attempts(2).backoff_ms(0)));
+    for (store, engine) in engines_with(ManualClock::new(), &[flaky]).await {
+        let task = create(&engine, NewTask::new("n", "flaky")).await;
 
         let first = claim_one(&engine, "call").await;
         assert_eq!((first.attempt, first.max_attempts), (1, 2), "{store}");
-        engine
-            .fail(first.step_id, 1, retryable("timeout 1"))
-            .await
-            .unwrap();
+        fail(&engine, &first, retryable("timeout 1")).await;
         let second = claim_one(&engine, "call").await;
         assert_eq!(second.attempt, 2, "{store}");
-        engine
-            .fail(second.step_id, 2, retryable("timeout 2"))
-            .await
-            .unwrap();
+        fail(&engine, &second, retryable("timeout 2")).await;
         assert!(
             claim(&engine, 1).await.is_empty(),
             "{store}: no third attempt"
         );
 
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Error, "{store}");
         let step = view.step("call").unwrap();
         assert_eq!(step.status, StepState::Error, "{store}");
@@ -353,24 +299,25 @@ steps:
     }
 }
 
-const SINGLE: &str = "namespace: n\nname: single\nversion: 1.0.0\nsteps: [{name: only}]\n";
+fn single() -> Template {
+    template("n", "single").step(step("only"))
+}
 
 #[tokio::test]
 async fn same_idempotency_key_returns_the_same_task() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, SINGLE).await;
-        let first = engine
-            .create_task(NewTask::new("n", "single").idempotency_key("order-42"))
-            .await
-            .unwrap();
-        let again = engine
-            .create_task(
-                NewTask::new("n", "single")
-                    .idempotency_key("order-42")
-                    .context(json!({"ignored": true})),
-            )
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+        let first = create(
+            &engine,
+            NewTask::new("n", "single").idempotency_key("order-42"),
+        )
+        .await;
+        let again = create(
+            &engine,
+            NewTask::new("n", "single")
+                .idempotency_key("order-42")
+                .context(json!({"ignored": true})),
+        )
+        .await;
         assert_eq!(first, again, "{store}");
 
         let tasks = engine.list_tasks(&TaskFilter::default()).await.unwrap();
@@ -387,24 +334,11 @@ async fn same_idempotency_key_returns_the_same_task() {
 
 #[tokio::test]
 async fn different_idempotency_keys_create_different_tasks() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, SINGLE).await;
-        let a = engine
-            .create_task(NewTask::new("n", "single").idempotency_key("a"))
-            .await
-            .unwrap();
-        let b = engine
-            .create_task(NewTask::new("n", "single").idempotency_key("b"))
-            .await
-            .unwrap();
-        let none_1 = engine
-            .create_task(NewTask::new("n", "single"))
-            .await
-            .unwrap();
-        let none_2 = engine
-            .create_task(NewTask::new("n", "single"))
-            .await
-            .unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+        let a = create(&engine, NewTask::new("n", "single").idempotency_key("a")).await;
+        let b = create(&engine, NewTask::new("n", "single").idempotency_key("b")).await;
+        let none_1 = create(&engine, NewTask::new("n", "single")).await;
+        let none_2 = create(&engine, NewTask::new("n", "single")).await;
         let mut ids = vec![a, b, none_1, none_2];
         ids.sort();
         ids.dedup();
@@ -416,39 +350,20 @@ async fn different_idempotency_keys_create_different_tasks() {
 
 #[tokio::test]
 async fn idempotency_keys_are_scoped_to_their_template() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, SINGLE).await;
-        register(
-            &engine,
-            "namespace: n\nname: other\nversion: 1.0.0\nsteps: [{name: only}]\n",
-        )
-        .await;
-        let single = engine
-            .create_task(NewTask::new("n", "single").idempotency_key("k"))
-            .await
-            .unwrap();
-        let other = engine
-            .create_task(NewTask::new("n", "other").idempotency_key("k"))
-            .await
-            .unwrap();
+    let other = template("n", "other").step(step("only"));
+    for (store, engine) in engines_with(ManualClock::new(), &[single(), other]).await {
+        let single = create(&engine, NewTask::new("n", "single").idempotency_key("k")).await;
+        let other = create(&engine, NewTask::new("n", "other").idempotency_key("k")).await;
         assert_ne!(single, other, "{store}");
-        let again = engine
-            .create_task(NewTask::new("n", "other").idempotency_key("k"))
-            .await
-            .unwrap();
+        let again = create(&engine, NewTask::new("n", "other").idempotency_key("k")).await;
         assert_eq!(again, other, "{store}");
     }
 }
 
 #[tokio::test]
 async fn claim_hands_out_higher_priority_tasks_first_then_oldest_first() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, SINGLE).await;
-        register(
-            &engine,
-            "namespace: n\nname: other\nversion: 1.0.0\nsteps: [{name: x, handler: other}]\n",
-        )
-        .await;
+    let other = template("n", "other").step(step("x").handler("other"));
+    for (store, engine) in engines_with(ManualClock::new(), &[single(), other]).await {
         let mut created = Vec::new();
         for (name, priority) in [
             ("single", 0),
@@ -458,10 +373,7 @@ async fn claim_hands_out_higher_priority_tasks_first_then_oldest_first() {
             ("single", 5),
             ("single", -1),
         ] {
-            let id = engine
-                .create_task(NewTask::new("n", name).priority(priority))
-                .await
-                .unwrap();
+            let id = create(&engine, NewTask::new("n", name).priority(priority)).await;
             created.push(id);
         }
         let mut order = Vec::new();
@@ -482,20 +394,12 @@ async fn claim_hands_out_higher_priority_tasks_first_then_oldest_first() {
 
 #[tokio::test]
 async fn steps_released_in_a_high_priority_task_overtake_older_low_priority_work() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(
-            &engine,
-            "namespace: n\nname: chain\nversion: 1.0.0\nsteps: [{name: a, handler: h}, {name: b, handler: h, depends_on: [a]}]\n",
-        )
-        .await;
-        let low = engine
-            .create_task(NewTask::new("n", "chain").priority(1))
-            .await
-            .unwrap();
-        let high = engine
-            .create_task(NewTask::new("n", "chain").priority(9))
-            .await
-            .unwrap();
+    let chain = template("n", "chain")
+        .step(step("a").handler("h"))
+        .step(step("b").handler("h").after(&["a"]));
+    for (store, engine) in engines_with(ManualClock::new(), &[chain]).await {
+        let low = create(&engine, NewTask::new("n", "chain").priority(1)).await;
+        let high = create(&engine, NewTask::new("n", "chain").priority(9)).await;
         let a_high = claim(&engine, 1).await.remove(0);
         assert_eq!(a_high.task_id(), high, "{store}");
         complete(&engine, &a_high, json!(1)).await;

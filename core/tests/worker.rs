@@ -13,21 +13,16 @@ use tokio::sync::{mpsc, Semaphore};
 use support::*;
 
 /// `count` independent steps, all run by handler `h`, retried at once (no backoff).
-fn independent(count: usize) -> String {
-    let mut yaml = String::from(
-        "namespace: w\nname: many\nversion: 1.0.0\ndefaults:\n  retry: { max_attempts: 3, backoff_base_ms: 0, jitter: false }\nsteps:\n",
-    );
-    for i in 0..count {
-        yaml.push_str(&format!("  - {{ name: s{i}, handler: h }}\n"));
-    }
-    yaml
+fn independent(count: usize) -> Template {
+    template("w", "many")
+        .default_retry(attempts(3).backoff_ms(0))
+        .steps((0..count).map(|i| step(&format!("s{i}")).handler("h")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panicking_handler_is_retried_and_the_worker_keeps_going() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &independent(3)).await;
-        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[independent(3)]).await {
+        let task = create(&engine, NewTask::new("w", "many")).await;
         let worker = Worker::builder(engine.clone())
             .handler("h", |step: ClaimedStep| async move {
                 if &*step.name == "s1" && step.attempt == 1 {
@@ -40,15 +35,13 @@ async fn a_panicking_handler_is_retried_and_the_worker_keeps_going() {
         assert!(report.idle, "{store}");
         assert_eq!((report.completed, report.failed), (3, 1), "{store}");
 
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Complete, "{store}");
         let s1 = view.step("s1").unwrap();
         assert_eq!(s1.attempts, 2, "{store}");
         assert_eq!(s1.result, Some(json!(2)), "{store}");
-        let trail = transitions_of(&engine, task, Some("s1")).await;
-        let failure = trail.iter().find(|t| t.to == "error").unwrap();
         assert_eq!(
-            failure.reason.as_deref(),
+            first_failure_reason(&engine, task, "s1").await.as_deref(),
             Some("handler panicked: boom in s1"),
             "{store}"
         );
@@ -58,9 +51,8 @@ async fn a_panicking_handler_is_retried_and_the_worker_keeps_going() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_worker_never_runs_more_handlers_at_once_than_its_concurrency() {
     const LIMIT: usize = 3;
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &independent(24)).await;
-        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[independent(24)]).await {
+        let task = create(&engine, NewTask::new("w", "many")).await;
         let running = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let handler = {
@@ -88,19 +80,14 @@ async fn the_worker_never_runs_more_handlers_at_once_than_its_concurrency() {
             LIMIT,
             "{store}: the limit is reached, never exceeded"
         );
-        assert_eq!(
-            engine.task(task).await.unwrap().status,
-            TaskState::Complete,
-            "{store}"
-        );
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stop_returns_from_run_after_in_flight_steps_finish() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &independent(2)).await;
-        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[independent(2)]).await {
+        let task = create(&engine, NewTask::new("w", "many")).await;
         let (started_tx, mut started) = mpsc::unbounded_channel::<String>();
         let release = Arc::new(Semaphore::new(0));
         let handler = {
@@ -118,10 +105,7 @@ async fn stop_returns_from_run_after_in_flight_steps_finish() {
             .handler("h", handler)
             .concurrency(1)
             .build();
-        let run = tokio::spawn({
-            let worker = worker.clone();
-            async move { worker.run().await }
-        });
+        let run = spawn_run(&worker);
         let first = tokio::time::timeout(RUN_LIMIT, started.recv())
             .await
             .expect("a step starts")
@@ -134,15 +118,11 @@ async fn stop_returns_from_run_after_in_flight_steps_finish() {
             "{store}: run waits for the running step"
         );
         release.add_permits(1);
-        let report = tokio::time::timeout(RUN_LIMIT, run)
-            .await
-            .expect("run returns after stop")
-            .unwrap()
-            .unwrap();
+        let report = finished(run, "run returns after stop").await;
         assert_eq!(report.completed, 1, "{store}");
         assert!(!report.idle, "{store}: stopped, not idle");
 
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.step(&first).unwrap().status, StepState::Complete);
         let other = view.steps.iter().find(|s| s.name != first).unwrap();
         assert_eq!(
@@ -156,37 +136,20 @@ async fn stop_returns_from_run_after_in_flight_steps_finish() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_only_claims_steps_it_has_handlers_for() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(
-            &engine,
-            r#"
-namespace: w
-name: split
-version: 1.0.0
-steps:
-  - name: mine
-  - name: theirs
-  - name: after_mine
-    depends_on: [mine]
-"#,
-        )
-        .await;
-        let task = engine
-            .create_task(NewTask::new("w", "split"))
-            .await
-            .unwrap();
-        let ok = |_s: ClaimedStep| async { Ok::<_, HandlerError>(json!("done")) };
-        let worker = Worker::builder(engine.clone())
-            .handler("mine", ok)
-            .handler("after_mine", ok)
-            .build();
+    let split = template("w", "split")
+        .step(step("mine"))
+        .step(step("theirs"))
+        .step(step("after_mine").after(&["mine"]));
+    for (store, engine) in engines_with(ManualClock::new(), &[split]).await {
+        let task = create(&engine, NewTask::new("w", "split")).await;
+        let worker = worker_answering(&engine, &["mine", "after_mine"], json!("done"));
         let started = std::time::Instant::now();
         let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
         assert!(report.idle, "{store}: idle once nothing it can run is left");
         assert!(started.elapsed() < RUN_LIMIT / 2, "{store}");
         assert_eq!(report.completed, 2, "{store}");
 
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         let theirs = view.step("theirs").unwrap();
         assert_eq!(
             (theirs.status, theirs.attempts),
@@ -196,31 +159,23 @@ steps:
         assert_eq!(view.status, TaskState::InProgress, "{store}");
 
         // Another worker with the missing handler finishes the task.
-        let other = Worker::builder(engine.clone())
-            .handler("theirs", ok)
-            .build();
+        let other = worker_answering(&engine, &["theirs"], json!("done"));
         assert_eq!(
             other.run_until_idle(RUN_LIMIT).await.unwrap().completed,
             1,
             "{store}"
         );
-        assert_eq!(
-            engine.task(task).await.unwrap().status,
-            TaskState::Complete,
-            "{store}"
-        );
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
     }
 }
 
 #[tokio::test]
 async fn claim_with_a_handler_filter_skips_other_handlers_steps() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(
-            &engine,
-            "namespace: w\nname: two\nversion: 1.0.0\nsteps: [{name: a, handler: x}, {name: b, handler: y}]\n",
-        )
-        .await;
-        engine.create_task(NewTask::new("w", "two")).await.unwrap();
+    let two = template("w", "two")
+        .step(step("a").handler("x"))
+        .step(step("b").handler("y"));
+    for (store, engine) in engines_with(ManualClock::new(), &[two]).await {
+        create(&engine, NewTask::new("w", "two")).await;
         assert!(
             engine
                 .claim(&only_handlers(&["z"], 10))
@@ -239,21 +194,10 @@ async fn claim_with_a_handler_filter_skips_other_handlers_steps() {
 
 #[tokio::test(start_paused = true)]
 async fn a_handler_that_outlives_its_timeout_fails_and_is_retried() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(
-            &engine,
-            r#"
-namespace: w
-name: slow
-version: 1.0.0
-steps:
-  - name: slow
-    timeout_ms: 50
-    retry: { max_attempts: 2, backoff_base_ms: 0, jitter: false }
-"#,
-        )
-        .await;
-        let task = engine.create_task(NewTask::new("w", "slow")).await.unwrap();
+    let slow =
+        template("w", "slow").step(step("slow").timeout_ms(50).retry(attempts(2).backoff_ms(0)));
+    for (store, engine) in engines_with(ManualClock::new(), &[slow]).await {
+        let task = create(&engine, NewTask::new("w", "slow")).await;
         let worker = Worker::builder(engine.clone())
             .handler("slow", |step: ClaimedStep| async move {
                 if step.attempt == 1 {
@@ -267,12 +211,10 @@ steps:
             .await
             .unwrap();
         assert_eq!((report.completed, report.failed), (1, 1), "{store}");
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Complete, "{store}");
-        let trail = transitions_of(&engine, task, Some("slow")).await;
-        let failure = trail.iter().find(|t| t.to == "error").unwrap();
         assert_eq!(
-            failure.reason.as_deref(),
+            first_failure_reason(&engine, task, "slow").await.as_deref(),
             Some("handler timed out after 50 ms"),
             "{store}"
         );
@@ -281,9 +223,8 @@ steps:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_report_refused_because_the_task_was_cancelled_counts_as_lost() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &independent(1)).await;
-        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[independent(1)]).await {
+        let task = create(&engine, NewTask::new("w", "many")).await;
         let handler = {
             let engine = engine.clone();
             move |step: ClaimedStep| {
@@ -304,7 +245,7 @@ async fn a_report_refused_because_the_task_was_cancelled_counts_as_lost() {
             "{store}"
         );
         assert!(report.idle, "{store}");
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Cancelled, "{store}");
         assert_eq!(view.steps[0].result, None, "{store}");
     }
@@ -312,9 +253,8 @@ async fn a_report_refused_because_the_task_was_cancelled_counts_as_lost() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_errors_follow_the_handler_contract() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &independent(3)).await;
-        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[independent(3)]).await {
+        let task = create(&engine, NewTask::new("w", "many")).await;
         let worker = Worker::builder(engine.clone())
             .handler("h", |step: ClaimedStep| async move {
                 match (&*step.name, step.attempt) {
@@ -328,7 +268,7 @@ async fn handler_errors_follow_the_handler_contract() {
             .build();
         let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
         assert_eq!((report.completed, report.failed), (2, 3), "{store}");
-        let view = engine.task(task).await.unwrap();
+        let view = task_view(&engine, task).await;
         assert_eq!(view.status, TaskState::Error, "{store}");
         let s0 = view.step("s0").unwrap();
         assert_eq!((s0.status, s0.attempts), (StepState::Error, 1), "{store}");
@@ -339,34 +279,21 @@ async fn handler_errors_follow_the_handler_contract() {
 
 #[tokio::test]
 async fn stop_requested_before_run_gets_going_is_not_lost() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &independent(1)).await;
-        engine.create_task(NewTask::new("w", "many")).await.unwrap();
-        let worker = Worker::builder(engine.clone())
-            .handler("h", |_s: ClaimedStep| async {
-                Ok::<_, HandlerError>(json!(1))
-            })
-            .build();
+    for (store, engine) in engines_with(ManualClock::new(), &[independent(1)]).await {
+        create(&engine, NewTask::new("w", "many")).await;
+        let worker = worker_answering(&engine, &["h"], json!(1));
         // On this single-threaded runtime the spawned run has not started when stop is called.
-        let run = tokio::spawn({
-            let worker = worker.clone();
-            async move { worker.run().await }
-        });
+        let run = spawn_run(&worker);
         worker.stop();
-        let report = tokio::time::timeout(RUN_LIMIT, run)
-            .await
-            .expect("run returns")
-            .unwrap()
-            .unwrap();
+        let report = finished(run, "run returns").await;
         assert!(!report.idle, "{store}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_can_run_again() {
-    for (store, engine) in engines(ManualClock::new()).await {
-        register(&engine, &independent(2)).await;
-        let task = engine.create_task(NewTask::new("w", "many")).await.unwrap();
+    for (store, engine) in engines_with(ManualClock::new(), &[independent(2)]).await {
+        let task = create(&engine, NewTask::new("w", "many")).await;
         let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
         let worker = Worker::builder(engine.clone())
             .handler("h", move |_s: ClaimedStep| {
@@ -378,29 +305,18 @@ async fn a_stopped_worker_can_run_again() {
             })
             .concurrency(1)
             .build();
-        let run = tokio::spawn({
-            let worker = worker.clone();
-            async move { worker.run().await }
-        });
+        let run = spawn_run(&worker);
         tokio::time::timeout(RUN_LIMIT, started.recv())
             .await
             .expect("a step starts");
         worker.stop();
-        tokio::time::timeout(RUN_LIMIT, run)
-            .await
-            .expect("run returns")
-            .unwrap()
-            .unwrap();
+        finished(run, "run returns").await;
 
         let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
         assert!(
             report.idle,
             "{store}: the earlier stop does not end this run"
         );
-        assert_eq!(
-            engine.task(task).await.unwrap().status,
-            TaskState::Complete,
-            "{store}"
-        );
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
     }
 }

@@ -1,18 +1,44 @@
 //! Shared helpers of the conformance suite.
 //!
-//! Every scenario loops over [`engines`], so that adding a store (SQLite, PostgreSQL) is one
-//! line here and every scenario runs against it.
+//! Every scenario loops over [`engines`] (or [`engines_with`]), so that adding a store (SQLite,
+//! PostgreSQL) is one line here and every scenario runs against it.
 
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
+use tasker_core::error::Result;
 use tasker_core::retry::FailureKind;
 use tasker_core::store::{ClaimRequest, StepFailure};
-use tasker_core::{ClaimedStep, Engine, ManualClock, TaskId, TransitionView};
+use tasker_core::worker::RunReport;
+use tasker_core::{
+    ClaimedStep, Engine, HandlerError, ManualClock, NewTask, TaskId, TaskState, TaskView,
+    TransitionView, Worker,
+};
+use tokio::task::JoinHandle;
+
+/// Asserts that `result` is an error matching `pattern` (and `if` guard); the message after the
+/// pattern is formatted into the panic, with the result that came instead.
+#[allow(unused_macros)]
+macro_rules! assert_err {
+    ($result:expr, $pattern:pat $(if $guard:expr)?, $($message:tt)+) => {
+        match $result {
+            Err($pattern) $(if $guard)? => {}
+            other => panic!(
+                "{}: expected Err({}), got {:?}",
+                format_args!($($message)+),
+                stringify!($pattern),
+                other
+            ),
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use assert_err;
 
 /// One engine per store under test, all reading the time from `clock`.
 pub async fn engines(clock: ManualClock) -> Vec<(&'static str, Engine)> {
@@ -28,12 +54,45 @@ pub async fn engines(clock: ManualClock) -> Vec<(&'static str, Engine)> {
     )]
 }
 
-/// Registers a YAML template, panicking with the error if it is refused.
-pub async fn register(engine: &Engine, yaml: &str) {
+/// [`engines`], each with `templates` registered.
+pub async fn engines_with(
+    clock: ManualClock,
+    templates: &[Template],
+) -> Vec<(&'static str, Engine)> {
+    let engines = engines(clock).await;
+    for (_, engine) in &engines {
+        for template in templates {
+            register(engine, template).await;
+        }
+    }
+    engines
+}
+
+/// Registers a template, panicking with the error if it is refused.
+pub async fn register(engine: &Engine, template: &Template) {
+    let yaml = template.yaml();
     engine
-        .register_template_str(yaml)
+        .register_template_str(&yaml)
         .await
         .unwrap_or_else(|e| panic!("template refused: {e}\n{yaml}"));
+}
+
+/// Creates a task, panicking with the error if it is refused.
+pub async fn create(engine: &Engine, task: NewTask) -> TaskId {
+    engine
+        .create_task(task)
+        .await
+        .unwrap_or_else(|e| panic!("create task: {e}"))
+}
+
+/// The task's current view.
+pub async fn task_view(engine: &Engine, task: TaskId) -> TaskView {
+    engine.task(task).await.expect("task view")
+}
+
+/// The task's current state.
+pub async fn status(engine: &Engine, task: TaskId) -> TaskState {
+    task_view(engine, task).await.status
 }
 
 /// A claim request for any handler.
@@ -73,11 +132,26 @@ pub async fn claim_one(engine: &Engine, name: &str) -> ClaimedStep {
     step
 }
 
+/// Claims exactly the step `name` and checks the inputs its parents handed it.
+pub async fn claim_one_with_inputs(engine: &Engine, name: &str, inputs: Value) -> ClaimedStep {
+    let step = claim_one(engine, name).await;
+    assert_eq!(step.inputs.to_json(), inputs, "the inputs of {name}");
+    step
+}
+
 /// The names of claimed steps, sorted.
 pub fn names(claimed: &[ClaimedStep]) -> Vec<String> {
     let mut names: Vec<String> = claimed.iter().map(|s| s.name.to_string()).collect();
     names.sort();
     names
+}
+
+/// The step called `name` among `claimed`.
+pub fn named<'a>(claimed: &'a [ClaimedStep], name: &str) -> &'a ClaimedStep {
+    claimed
+        .iter()
+        .find(|s| &*s.name == name)
+        .unwrap_or_else(|| panic!("{name:?} not among {:?}", names(claimed)))
 }
 
 /// Completes a claimed step with `result`.
@@ -86,6 +160,35 @@ pub async fn complete(engine: &Engine, step: &ClaimedStep, result: Value) {
         .complete(step.step_id, step.attempt, result)
         .await
         .unwrap_or_else(|e| panic!("complete {}: {e}", step.name));
+}
+
+/// Fails a claimed step's current attempt with `failure`.
+pub async fn fail(engine: &Engine, step: &ClaimedStep, failure: StepFailure) {
+    engine
+        .fail(step.step_id, step.attempt, failure)
+        .await
+        .unwrap_or_else(|e| panic!("fail {}: {e}", step.name));
+}
+
+/// Claims exactly the step `name` and completes it with `result`.
+pub async fn claim_and_complete(engine: &Engine, name: &str, result: Value) -> ClaimedStep {
+    let step = claim_one(engine, name).await;
+    complete(engine, &step, result).await;
+    step
+}
+
+/// Claims exactly the step `name` and fails its attempt with `failure`.
+pub async fn claim_and_fail(engine: &Engine, name: &str, failure: StepFailure) -> ClaimedStep {
+    let step = claim_one(engine, name).await;
+    fail(engine, &step, failure).await;
+    step
+}
+
+/// Claims the named steps one after the other, each completing with its own name.
+pub async fn complete_in_order(engine: &Engine, names: &[&str]) {
+    for &name in names {
+        claim_and_complete(engine, name, Value::from(name)).await;
+    }
 }
 
 /// A retryable failure using the step's backoff.
@@ -154,6 +257,16 @@ pub async fn transitions_of(
         .collect()
 }
 
+/// The reason recorded for the step's first failed attempt.
+pub async fn first_failure_reason(engine: &Engine, task: TaskId, step: &str) -> Option<String> {
+    transitions_of(engine, task, Some(step))
+        .await
+        .into_iter()
+        .find(|t| t.to == "error")
+        .unwrap_or_else(|| panic!("{step} never failed"))
+        .reason
+}
+
 /// `[(from, to)]` from string pairs, for comparing with [`step_path`] and [`task_path`].
 pub fn path(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
@@ -164,3 +277,231 @@ pub fn path(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// The real-time limit of a worker run in these tests: generous, never reached when all is well.
 pub const RUN_LIMIT: Duration = Duration::from_secs(10);
+
+/// A worker whose `handlers` all answer `result`.
+pub fn worker_answering(engine: &Engine, handlers: &[&str], result: Value) -> Worker {
+    let mut builder = Worker::builder(engine.clone());
+    for &name in handlers {
+        let result = result.clone();
+        builder = builder.handler(name, move |_step: ClaimedStep| {
+            let result = result.clone();
+            async move { Ok::<_, HandlerError>(result) }
+        });
+    }
+    builder.build()
+}
+
+/// Starts `worker.run()` on its own task.
+pub fn spawn_run(worker: &Worker) -> JoinHandle<Result<RunReport>> {
+    let worker = worker.clone();
+    tokio::spawn(async move { worker.run().await })
+}
+
+/// Waits (at most [`RUN_LIMIT`]) for a spawned run to return, panicking with `what` if it does not.
+pub async fn finished(run: JoinHandle<Result<RunReport>>, what: &str) -> RunReport {
+    tokio::time::timeout(RUN_LIMIT, run)
+        .await
+        .expect(what)
+        .unwrap()
+        .unwrap()
+}
+
+/// A task template built in code: [`template`], then one [`step`] after another.
+#[derive(Debug, Clone)]
+pub struct Template {
+    namespace: String,
+    name: String,
+    version: String,
+    default_retry: Option<Retry>,
+    steps: Vec<Step>,
+}
+
+/// A template `namespace`/`name` at version 1.0.0, with no steps yet.
+pub fn template(namespace: &str, name: &str) -> Template {
+    Template {
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        version: "1.0.0".to_owned(),
+        default_retry: None,
+        steps: Vec::new(),
+    }
+}
+
+impl Template {
+    /// At this version instead of 1.0.0.
+    pub fn version(mut self, version: &str) -> Self {
+        self.version = version.to_owned();
+        self
+    }
+
+    /// The retry policy of the steps that set none.
+    pub fn default_retry(mut self, retry: Retry) -> Self {
+        self.default_retry = Some(retry);
+        self
+    }
+
+    /// Adds a step.
+    pub fn step(mut self, step: Step) -> Self {
+        self.steps.push(step);
+        self
+    }
+
+    /// Adds steps, in order.
+    pub fn steps(mut self, steps: impl IntoIterator<Item = Step>) -> Self {
+        self.steps.extend(steps);
+        self
+    }
+
+    /// The template as the YAML the engine reads.
+    pub fn yaml(&self) -> String {
+        let mut yaml = format!(
+            "namespace: {}\nname: {}\nversion: {}\n",
+            self.namespace, self.name, self.version
+        );
+        if let Some(retry) = &self.default_retry {
+            writeln!(yaml, "defaults:\n  retry: {}", retry.yaml()).unwrap();
+        }
+        yaml.push_str("steps:\n");
+        for step in &self.steps {
+            writeln!(yaml, "  - name: {}", step.name).unwrap();
+            if let Some(handler) = &step.handler {
+                writeln!(yaml, "    handler: {handler}").unwrap();
+            }
+            if let Some(timeout) = step.timeout_ms {
+                writeln!(yaml, "    timeout_ms: {timeout}").unwrap();
+            }
+            if let Some(retry) = &step.retry {
+                writeln!(yaml, "    retry: {}", retry.yaml()).unwrap();
+            }
+            if !step.depends_on.is_empty() {
+                yaml.push_str("    depends_on:\n");
+            }
+            for (parent, requires_success) in &step.depends_on {
+                if *requires_success {
+                    writeln!(yaml, "      - {parent}").unwrap();
+                } else {
+                    writeln!(
+                        yaml,
+                        "      - {{ step: {parent}, requires_success: false }}"
+                    )
+                    .unwrap();
+                }
+            }
+        }
+        yaml
+    }
+}
+
+/// One step of a [`Template`]: its handler is its name unless [`Step::handler`] says otherwise.
+#[derive(Debug, Clone)]
+pub struct Step {
+    name: String,
+    handler: Option<String>,
+    timeout_ms: Option<u64>,
+    retry: Option<Retry>,
+    depends_on: Vec<(String, bool)>,
+}
+
+/// A step called `name`, with no parents and the template's defaults.
+pub fn step(name: &str) -> Step {
+    Step {
+        name: name.to_owned(),
+        handler: None,
+        timeout_ms: None,
+        retry: None,
+        depends_on: Vec::new(),
+    }
+}
+
+impl Step {
+    /// Run by `handler`.
+    pub fn handler(mut self, handler: &str) -> Self {
+        self.handler = Some(handler.to_owned());
+        self
+    }
+
+    /// Runs once every one of `parents` has completed.
+    pub fn after(mut self, parents: &[impl AsRef<str>]) -> Self {
+        self.depends_on
+            .extend(parents.iter().map(|p| (p.as_ref().to_owned(), true)));
+        self
+    }
+
+    /// Runs once `parent` has finished, whether it succeeded or not.
+    pub fn after_any_outcome_of(mut self, parent: &str) -> Self {
+        self.depends_on.push((parent.to_owned(), false));
+        self
+    }
+
+    /// With a lease (and handler timeout) of `ms` milliseconds.
+    pub fn timeout_ms(mut self, ms: u64) -> Self {
+        self.timeout_ms = Some(ms);
+        self
+    }
+
+    /// With its own retry policy.
+    pub fn retry(mut self, retry: Retry) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+}
+
+/// `count` steps `{prefix}0`, `{prefix}1`, …, each run by `handler` after the one before.
+pub fn chain_of(prefix: &str, count: usize, handler: &str) -> Vec<Step> {
+    (0..count)
+        .map(|i| {
+            let step = step(&format!("{prefix}{i}")).handler(handler);
+            if i == 0 {
+                step
+            } else {
+                step.after(&[format!("{prefix}{}", i - 1)])
+            }
+        })
+        .collect()
+}
+
+/// A retry policy: only the fields set here are written, the rest are the engine's defaults.
+#[derive(Debug, Clone)]
+pub struct Retry {
+    max_attempts: u32,
+    backoff_base_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+}
+
+/// At most `max_attempts` attempts (the first one included).
+pub fn attempts(max_attempts: u32) -> Retry {
+    Retry {
+        max_attempts,
+        backoff_base_ms: None,
+        backoff_max_ms: None,
+    }
+}
+
+impl Retry {
+    /// A jitter-free backoff starting at `base_ms` (then doubling).
+    pub fn backoff_ms(mut self, base_ms: u64) -> Self {
+        self.backoff_base_ms = Some(base_ms);
+        self
+    }
+
+    /// The backoff never grows beyond `max_ms`.
+    pub fn backoff_max_ms(mut self, max_ms: u64) -> Self {
+        self.backoff_max_ms = Some(max_ms);
+        self
+    }
+
+    fn yaml(&self) -> String {
+        let mut yaml = format!("{{ max_attempts: {}", self.max_attempts);
+        if let Some(base) = self.backoff_base_ms {
+            write!(yaml, ", backoff_base_ms: {base}").unwrap();
+        }
+        if let Some(max) = self.backoff_max_ms {
+            write!(yaml, ", backoff_max_ms: {max}").unwrap();
+        }
+        if self.backoff_base_ms.is_some() {
+            yaml.push_str(", jitter: false");
+        }
+        yaml.push_str(" }");
+        yaml
+    }
+}
