@@ -20,6 +20,7 @@ use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{TaskFilter, TaskView, TransitionView};
 
 pub mod memory;
+mod record;
 
 /// A request to start a task.
 #[derive(Debug, Clone, PartialEq)]

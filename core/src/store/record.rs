@@ -1,0 +1,723 @@
+//! The task aggregate: one task with its steps, and every store operation on it as a method.
+//!
+//! The methods apply the pure rules of [`crate::state`], [`crate::readiness`] and
+//! [`crate::retry`] and record each transition in the [`Changes`]; they tell the store what to
+//! (re)schedule through the [`Schedule`] trait. A store keeps records in memory or loads one,
+//! calls a method, and persists what changed — so every backend behaves alike.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::{Changes, ClaimedStep, NewTask, StepFailure, StepInputs};
+use crate::clock::{add_ms, Timestamp};
+use crate::error::{Error, Result};
+use crate::ids::{StepId, TaskId};
+use crate::readiness::{self, Counters, Outcome, Release};
+use crate::retry::{FailureKind, RetryDecision};
+use crate::state::{StepEvent, StepState, TaskEvent, TaskState, Transition};
+use crate::template::TaskGraph;
+use crate::view::{DependencyView, Progress, StepView, TaskView};
+
+/// What a store must (re)schedule after an operation. Stores whose queues are columns (SQL)
+/// ignore what they do not need.
+pub(crate) trait Schedule {
+    /// Step `index` of `task` became claimable.
+    fn ready(&mut self, _task: &TaskRecord, _index: u32) {}
+    /// A lease was taken (or extended) until `expires`.
+    fn lease_taken(&mut self, _step: StepId, _attempt: u32, _expires: Timestamp) {}
+    /// A lease that ran until `expires` is gone.
+    fn lease_released(&mut self, _step: StepId, _attempt: u32, _expires: Timestamp) {}
+    /// A retry was scheduled at `at`.
+    fn retry_scheduled(&mut self, _step: StepId, _attempt: u32, _at: Timestamp) {}
+    /// A scheduled retry at `at` was called off.
+    fn retry_cancelled(&mut self, _step: StepId, _attempt: u32, _at: Timestamp) {}
+}
+
+/// One task and its steps.
+#[derive(Debug, Clone)]
+pub(crate) struct TaskRecord {
+    pub id: TaskId,
+    pub graph: Arc<TaskGraph>,
+    pub namespace: Arc<str>,
+    pub name: Arc<str>,
+    pub context: Arc<Value>,
+    pub status: TaskState,
+    pub priority: i32,
+    pub idempotency_key: Option<String>,
+    pub states: Vec<StepState>,
+    pub counters: Vec<Counters>,
+    pub steps: Vec<StepRecord>,
+    /// Steps not finished.
+    pub unfinished: u32,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+    pub completed_at: Option<Timestamp>,
+}
+
+/// One step's data besides its state and counters.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct StepRecord {
+    pub attempts: u32,
+    pub max_attempts: u32,
+    pub next_attempt_at: Option<Timestamp>,
+    pub lease: Option<(Arc<str>, Timestamp)>,
+    pub result: Option<Arc<Value>>,
+    pub error: Option<String>,
+    pub started_at: Option<Timestamp>,
+    pub completed_at: Option<Timestamp>,
+}
+
+impl TaskRecord {
+    /// A new task with every step pending; its root steps are ready.
+    pub fn create(
+        id: TaskId,
+        graph: Arc<TaskGraph>,
+        new: &NewTask,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> TaskRecord {
+        let n = graph.len();
+        let mut task = TaskRecord {
+            id,
+            namespace: graph.namespace().into(),
+            name: graph.name().into(),
+            context: Arc::new(new.context.clone()),
+            status: TaskState::Pending,
+            priority: new.priority,
+            idempotency_key: new.idempotency_key.clone(),
+            states: vec![StepState::Pending; n],
+            counters: readiness::initial_counters(&graph),
+            steps: graph
+                .steps()
+                .iter()
+                .map(|s| StepRecord {
+                    max_attempts: s.retry.max_attempts,
+                    ..StepRecord::default()
+                })
+                .collect(),
+            unfinished: n as u32,
+            created_at: now,
+            updated_at: now,
+            completed_at: None,
+            graph,
+        };
+        task.record(
+            Transition::task(id, None, TaskState::Pending, TaskEvent::Create, now),
+            None,
+            changes,
+        );
+        let roots: Vec<u32> = task.graph.roots().collect();
+        task.queue_ready(&roots, schedule, changes);
+        task
+    }
+
+    fn step_to(
+        &mut self,
+        index: u32,
+        event: StepEvent,
+        now: Timestamp,
+        reason: Option<String>,
+        changes: &mut Changes,
+    ) -> Result<StepState> {
+        let i = index as usize;
+        let from = self.states[i];
+        let to = from.next(event)?;
+        self.states[i] = to;
+        let t = Transition::step(
+            self.id,
+            index,
+            &self.graph.step(index).name,
+            (from, to),
+            event,
+            self.steps[i].attempts,
+            now,
+        );
+        self.record(t, reason, changes);
+        Ok(to)
+    }
+
+    fn task_to(
+        &mut self,
+        event: TaskEvent,
+        now: Timestamp,
+        reason: Option<String>,
+        changes: &mut Changes,
+    ) -> Result<TaskState> {
+        let from = self.status;
+        let to = from.next(event)?;
+        self.status = to;
+        self.completed_at = to.is_finished().then_some(now);
+        self.record(
+            Transition::task(self.id, Some(from), to, event, now),
+            reason,
+            changes,
+        );
+        Ok(to)
+    }
+
+    fn record(&mut self, mut t: Transition, reason: Option<String>, changes: &mut Changes) {
+        t.reason = reason;
+        self.updated_at = t.at;
+        changes.transitions.push(t);
+    }
+
+    fn step_id(&self, index: u32) -> StepId {
+        StepId {
+            task: self.id,
+            index,
+        }
+    }
+
+    /// The index of `step`, which must belong to this task.
+    pub fn step_index(&self, step: StepId) -> Result<u32> {
+        if step.task == self.id && (step.index as usize) < self.states.len() {
+            Ok(step.index)
+        } else {
+            Err(Error::StepNotFound {
+                task: self.id,
+                step: step.index.to_string(),
+            })
+        }
+    }
+
+    /// The step named `name`.
+    pub fn step_named(&self, name: &str) -> Result<StepId> {
+        self.graph
+            .index_of(name)
+            .map(|index| self.step_id(index))
+            .ok_or_else(|| Error::StepNotFound {
+                task: self.id,
+                step: name.to_owned(),
+            })
+    }
+
+    /// Whether step `index` may be claimed now.
+    pub fn is_claimable(&self, index: u32) -> bool {
+        let i = index as usize;
+        self.status.is_runnable()
+            && self.states[i] == StepState::Pending
+            && self.counters[i].is_clear()
+    }
+
+    /// The claim `(step, attempt)` is still held at `now`.
+    fn check_claim(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<u32> {
+        let index = self.step_index(step)?;
+        let i = index as usize;
+        let held = self.states[i] == StepState::InProgress
+            && self.steps[i].attempts == attempt
+            && self.steps[i]
+                .lease
+                .as_ref()
+                .is_some_and(|(_, exp)| *exp > now);
+        if held {
+            Ok(index)
+        } else {
+            Err(Error::ClaimLost { step, attempt })
+        }
+    }
+
+    fn release_lease(&mut self, index: u32, schedule: &mut impl Schedule) {
+        let i = index as usize;
+        if let Some((_, expires)) = self.steps[i].lease.take() {
+            schedule.lease_released(self.step_id(index), self.steps[i].attempts, expires);
+        }
+    }
+
+    fn cancel_retry(&mut self, index: u32, schedule: &mut impl Schedule) {
+        let i = index as usize;
+        if let Some(at) = self.steps[i].next_attempt_at.take() {
+            schedule.retry_cancelled(self.step_id(index), self.steps[i].attempts, at);
+        }
+    }
+
+    /// Claims claimable step `index` for `worker` with a lease of the step's timeout.
+    pub fn claim(
+        &mut self,
+        index: u32,
+        worker: &Arc<str>,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<ClaimedStep> {
+        let i = index as usize;
+        // The task starts before its first step is claimed, in the audit trail and in the
+        // published events alike.
+        if self.status == TaskState::Pending {
+            self.task_to(TaskEvent::Start, now, None, changes)?;
+        }
+        self.steps[i].attempts += 1;
+        self.step_to(index, StepEvent::Claim, now, None, changes)?;
+        let spec = self.graph.step(index);
+        let expires = add_ms(now, spec.timeout_ms);
+        let rec = &mut self.steps[i];
+        rec.lease = Some((worker.clone(), expires));
+        rec.started_at = Some(now);
+        rec.completed_at = None;
+        let (attempt, max_attempts) = (rec.attempts, rec.max_attempts);
+        schedule.lease_taken(self.step_id(index), attempt, expires);
+        let inputs = self
+            .graph
+            .parents(index)
+            .iter()
+            .map(|e| {
+                let parent = &self.steps[e.step as usize];
+                let value = parent
+                    .result
+                    .clone()
+                    .unwrap_or_else(|| Arc::new(Value::Null));
+                (self.graph.step(e.step).name.clone(), value)
+            })
+            .collect();
+        Ok(ClaimedStep {
+            step_id: self.step_id(index),
+            name: spec.name.clone(),
+            handler: spec.handler.clone(),
+            namespace: self.namespace.clone(),
+            task_name: self.name.clone(),
+            attempt,
+            max_attempts,
+            context: self.context.clone(),
+            inputs: StepInputs(inputs),
+            lease_expires_at: expires,
+            timeout_ms: spec.timeout_ms,
+        })
+    }
+
+    /// Records the result of a held claim and releases the step's children.
+    pub fn complete(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        result: Value,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let index = self.check_claim(step, attempt, now)?;
+        self.release_lease(index, schedule);
+        let i = index as usize;
+        self.steps[i].result = Some(Arc::new(result));
+        self.steps[i].completed_at = Some(now);
+        self.step_to(index, StepEvent::Complete, now, None, changes)?;
+        self.finish_step(index, Outcome::Succeeded, now, schedule, changes);
+        Ok(())
+    }
+
+    /// Records a failed attempt of a held claim.
+    pub fn fail(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        failure: &StepFailure,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let index = self.check_claim(step, attempt, now)?;
+        self.release_lease(index, schedule);
+        let message = failure.message.clone();
+        self.record_failure(
+            index,
+            failure.kind,
+            message,
+            StepEvent::Fail,
+            now,
+            schedule,
+            changes,
+        );
+        Ok(())
+    }
+
+    /// Extends a held claim's lease; returns the new expiry.
+    pub fn heartbeat(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+    ) -> Result<Timestamp> {
+        let index = self.check_claim(step, attempt, now)?;
+        let expires = add_ms(now, self.graph.step(index).timeout_ms);
+        if let Some((_, exp)) = self.steps[index as usize].lease.as_mut() {
+            schedule.lease_released(step, attempt, *exp);
+            *exp = expires;
+            schedule.lease_taken(step, attempt, expires);
+        }
+        Ok(expires)
+    }
+
+    /// Gives back step `index` if attempt `attempt` still holds it and its lease has run out:
+    /// a retryable failure.
+    pub fn expire_lease(
+        &mut self,
+        index: u32,
+        attempt: u32,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        let i = index as usize;
+        let expired = self.steps[i]
+            .lease
+            .as_ref()
+            .is_some_and(|(_, exp)| *exp <= now);
+        if self.states[i] != StepState::InProgress || self.steps[i].attempts != attempt || !expired
+        {
+            return;
+        }
+        let owner = self.steps[i]
+            .lease
+            .as_ref()
+            .map(|(o, _)| o.clone())
+            .unwrap_or_else(|| "?".into());
+        self.release_lease(index, schedule);
+        let message = format!(
+            "lease expired after {} ms (worker {owner})",
+            self.graph.step(index).timeout_ms
+        );
+        let retryable = FailureKind::Retryable {
+            retry_after_ms: None,
+        };
+        self.record_failure(
+            index,
+            retryable,
+            message,
+            StepEvent::LeaseExpired,
+            now,
+            schedule,
+            changes,
+        );
+    }
+
+    /// Makes step `index` pending again if attempt `attempt` is waiting and its time has come.
+    pub fn retry_due(
+        &mut self,
+        index: u32,
+        attempt: u32,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        let i = index as usize;
+        let due = self.steps[i].next_attempt_at.is_some_and(|at| at <= now);
+        if self.states[i] != StepState::WaitingForRetry || self.steps[i].attempts != attempt || !due
+        {
+            return;
+        }
+        self.steps[i].next_attempt_at = None;
+        if self
+            .step_to(index, StepEvent::RetryDue, now, None, changes)
+            .is_ok()
+            && self.is_claimable(index)
+        {
+            schedule.ready(self, index);
+        }
+    }
+
+    /// A failed attempt (reported or by lease expiry): a retry after backoff, or a failure for
+    /// good.
+    #[allow(clippy::too_many_arguments)]
+    fn record_failure(
+        &mut self,
+        index: u32,
+        kind: FailureKind,
+        message: String,
+        event: StepEvent,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        let i = index as usize;
+        self.steps[i].error = Some(message.clone());
+        self.steps[i].lease = None;
+        if self
+            .step_to(index, event, now, Some(message), changes)
+            .is_err()
+        {
+            return;
+        }
+        let (attempt, budget) = (self.steps[i].attempts, self.steps[i].max_attempts);
+        let policy = self.graph.step(index).retry;
+        match policy.decide(attempt, budget, kind, fastrand::f64()) {
+            RetryDecision::RetryAfter { delay_ms } => {
+                let at = add_ms(now, delay_ms);
+                self.steps[i].next_attempt_at = Some(at);
+                let reason = Some(format!("retry in {delay_ms} ms"));
+                if self
+                    .step_to(index, StepEvent::ScheduleRetry, now, reason, changes)
+                    .is_ok()
+                {
+                    schedule.retry_scheduled(self.step_id(index), attempt, at);
+                }
+            }
+            RetryDecision::GiveUp { .. } => {
+                self.steps[i].completed_at = Some(now);
+                self.finish_step(index, Outcome::Failed, now, schedule, changes);
+            }
+        }
+    }
+
+    /// A step has finished: release or skip its children, and finish the task when nothing is
+    /// left.
+    fn finish_step(
+        &mut self,
+        index: u32,
+        outcome: Outcome,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        self.unfinished -= 1;
+        let graph = self.graph.clone();
+        let mut release = Release::default();
+        readiness::propagate_into(
+            &graph,
+            &mut self.counters,
+            &mut self.states,
+            index,
+            outcome,
+            &mut release,
+        );
+        self.apply_release(&release, now, schedule, changes);
+        self.maybe_finish(now, changes);
+    }
+
+    /// Records the skips of a [`Release`] and queues its ready steps.
+    fn apply_release(
+        &mut self,
+        release: &Release,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        for &s in &release.skipped {
+            self.unfinished -= 1;
+            self.steps[s as usize].completed_at = Some(now);
+            let t = Transition::step(
+                self.id,
+                s,
+                &self.graph.step(s).name,
+                (StepState::Pending, StepState::Skipped),
+                StepEvent::Skip,
+                self.steps[s as usize].attempts,
+                now,
+            );
+            self.record(t, Some("a required parent failed".into()), changes);
+        }
+        self.queue_ready(&release.ready, schedule, changes);
+    }
+
+    fn queue_ready(&self, ready: &[u32], schedule: &mut impl Schedule, changes: &mut Changes) {
+        if self.status.is_runnable() {
+            for &r in ready {
+                schedule.ready(self, r);
+                changes
+                    .ready
+                    .push((self.step_id(r), self.graph.step(r).name.clone()));
+            }
+        }
+    }
+
+    fn maybe_finish(&mut self, now: Timestamp, changes: &mut Changes) {
+        if self.unfinished != 0 {
+            return;
+        }
+        let event = match (self.status, readiness::task_outcome(&self.states)) {
+            (
+                TaskState::Pending | TaskState::InProgress | TaskState::Error,
+                Some(Outcome::Succeeded),
+            ) => TaskEvent::Complete,
+            (TaskState::Pending | TaskState::InProgress, Some(Outcome::Failed)) => TaskEvent::Fail,
+            _ => return,
+        };
+        let _ = self.task_to(event, now, None, changes);
+    }
+
+    /// Recomputes the counters from the states after an operator verb, skipping what is doomed
+    /// and queueing what is ready.
+    fn resettle(&mut self, now: Timestamp, schedule: &mut impl Schedule, changes: &mut Changes) {
+        let graph = self.graph.clone();
+        let (counters, release) = readiness::settle(&graph, &mut self.states);
+        self.counters = counters;
+        self.unfinished = self.states.iter().filter(|s| !s.is_finished()).count() as u32
+            + release.skipped.len() as u32;
+        self.apply_release(&release, now, schedule, changes);
+    }
+
+    /// Cancels the task and its unfinished steps.
+    pub fn cancel(
+        &mut self,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        self.task_to(TaskEvent::Cancel, now, None, changes)?;
+        for index in 0..self.states.len() as u32 {
+            match self.states[index as usize] {
+                StepState::InProgress => self.release_lease(index, schedule),
+                StepState::WaitingForRetry => self.cancel_retry(index, schedule),
+                StepState::Pending => {}
+                _ => continue,
+            }
+            self.steps[index as usize].completed_at = Some(now);
+            let reason = Some("task cancelled".to_owned());
+            self.step_to(index, StepEvent::Cancel, now, reason, changes)?;
+            self.unfinished -= 1;
+        }
+        Ok(())
+    }
+
+    /// Pauses the task.
+    pub fn pause(&mut self, now: Timestamp, changes: &mut Changes) -> Result<()> {
+        self.task_to(TaskEvent::Pause, now, None, changes)?;
+        Ok(())
+    }
+
+    /// Resumes the paused task.
+    pub fn resume(
+        &mut self,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        self.task_to(TaskEvent::Resume, now, None, changes)?;
+        self.resettle(now, schedule, changes);
+        self.maybe_finish(now, changes);
+        Ok(())
+    }
+
+    /// Gives the failed and skipped steps of the failed task a fresh attempt budget.
+    pub fn retry(
+        &mut self,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        self.task_to(TaskEvent::Retry, now, None, changes)?;
+        for index in 0..self.states.len() as u32 {
+            let i = index as usize;
+            if matches!(self.states[i], StepState::Error | StepState::Skipped) {
+                let rec = &mut self.steps[i];
+                rec.max_attempts = rec.attempts + self.graph.step(index).retry.max_attempts;
+                rec.completed_at = None;
+                rec.next_attempt_at = None;
+                let reason = Some("operator retry".to_owned());
+                self.step_to(index, StepEvent::Reset, now, reason, changes)?;
+            }
+        }
+        self.resettle(now, schedule, changes);
+        self.maybe_finish(now, changes);
+        Ok(())
+    }
+
+    /// An operator supplies the result of step `step`.
+    pub fn resolve(
+        &mut self,
+        step: StepId,
+        result: Value,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let index = self.step_index(step)?;
+        let i = index as usize;
+        let before = self.states[i];
+        let reason = Some("resolved by an operator".to_owned());
+        self.step_to(index, StepEvent::ResolveManually, now, reason, changes)?;
+        self.release_lease(index, schedule);
+        self.cancel_retry(index, schedule);
+        self.steps[i].result = Some(Arc::new(result));
+        self.steps[i].completed_at = Some(now);
+        if !before.is_finished() {
+            self.finish_step(index, Outcome::Succeeded, now, schedule, changes);
+            return Ok(());
+        }
+        // Its children were told it failed: give back the steps skipped on its account.
+        let skipped: Vec<u32> = (0..self.states.len() as u32)
+            .filter(|&s| self.states[s as usize] == StepState::Skipped)
+            .collect();
+        let mut trial = self.states.clone();
+        for &s in &skipped {
+            trial[s as usize] = StepState::Pending;
+        }
+        let (_, still_doomed) = readiness::settle(&self.graph.clone(), &mut trial);
+        let parent = self.graph.step(index).name.clone();
+        for &s in &skipped {
+            if !still_doomed.skipped.contains(&s) {
+                self.steps[s as usize].completed_at = None;
+                let reason = Some(format!("parent {parent} resolved manually"));
+                self.step_to(s, StepEvent::Reset, now, reason, changes)?;
+            }
+        }
+        if self.status == TaskState::Error && self.states.iter().any(|s| !s.is_finished()) {
+            let reason = Some(format!("step {parent} resolved manually"));
+            self.task_to(TaskEvent::Retry, now, reason, changes)?;
+        }
+        self.resettle(now, schedule, changes);
+        self.maybe_finish(now, changes);
+        Ok(())
+    }
+
+    /// The read view.
+    pub fn view(&self) -> TaskView {
+        let steps = (0..self.states.len() as u32)
+            .map(|index| {
+                let i = index as usize;
+                let spec = self.graph.step(index);
+                let rec = &self.steps[i];
+                let running = self.states[i] == StepState::InProgress;
+                StepView {
+                    step_id: self.step_id(index),
+                    name: spec.name.to_string(),
+                    handler: spec.handler.to_string(),
+                    status: self.states[i],
+                    attempts: rec.attempts,
+                    max_attempts: rec.max_attempts,
+                    result: rec.result.as_deref().cloned(),
+                    error: rec.error.clone(),
+                    depends_on: self
+                        .graph
+                        .parents(index)
+                        .iter()
+                        .map(|e| DependencyView {
+                            step: self.graph.step(e.step).name.to_string(),
+                            requires_success: e.requires_success,
+                        })
+                        .collect(),
+                    started_at: rec.started_at,
+                    completed_at: rec.completed_at,
+                    duration_ms: match (rec.started_at, rec.completed_at) {
+                        (Some(s), Some(c)) if c >= s => {
+                            u64::try_from((c - s).num_milliseconds()).ok()
+                        }
+                        _ => None,
+                    },
+                    next_attempt_at: rec.next_attempt_at,
+                    lease_owner: rec
+                        .lease
+                        .as_ref()
+                        .filter(|_| running)
+                        .map(|(o, _)| o.to_string()),
+                    lease_expires_at: rec.lease.as_ref().filter(|_| running).map(|(_, e)| *e),
+                }
+            })
+            .collect();
+        TaskView {
+            id: self.id,
+            namespace: self.namespace.to_string(),
+            name: self.name.to_string(),
+            version: self.graph.version().to_string(),
+            status: self.status,
+            context: (*self.context).clone(),
+            priority: self.priority,
+            idempotency_key: self.idempotency_key.clone(),
+            progress: Progress::of(self.states.iter().copied()),
+            steps,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            completed_at: self.completed_at,
+        }
+    }
+}
