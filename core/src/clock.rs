@@ -4,10 +4,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, SubsecRound, Utc};
 use parking_lot::Mutex;
 
-/// A point in time, UTC.
+/// A point in time, UTC. The engine works in whole milliseconds (what the stores persist), so
+/// both clocks below round down to the millisecond.
 pub type Timestamp = DateTime<Utc>;
 
 /// A source of the current time.
@@ -22,7 +23,7 @@ pub struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
-        Utc::now()
+        Utc::now().trunc_subsecs(3)
     }
 }
 
@@ -50,7 +51,7 @@ impl ManualClock {
     /// A clock stopped at `at`.
     pub fn at(at: Timestamp) -> Self {
         ManualClock {
-            now: Arc::new(Mutex::new(at)),
+            now: Arc::new(Mutex::new(at.trunc_subsecs(3))),
         }
     }
 
@@ -58,7 +59,10 @@ impl ManualClock {
     pub fn advance(&self, by: Duration) {
         let delta = chrono::Duration::from_std(by).unwrap_or(chrono::Duration::MAX);
         let mut now = self.now.lock();
-        *now = now.checked_add_signed(delta).unwrap_or(*now);
+        *now = now
+            .checked_add_signed(delta)
+            .unwrap_or(*now)
+            .trunc_subsecs(3);
     }
 }
 

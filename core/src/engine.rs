@@ -16,12 +16,13 @@ use crate::events::{names, Event, EventBus, Subscription};
 use crate::ids::{StepId, TaskId};
 use crate::state::{Change, StepEvent, Transition};
 use crate::store::memory::MemoryStore;
+use crate::store::sqlite::SqliteStore;
 use crate::store::{Changes, ClaimRequest, ClaimedStep, NewTask, StepFailure, Store, WorkStatus};
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{GraphView, TaskFilter, TaskView, TransitionView};
 
 /// The URL an engine opens when none is given.
-pub const DEFAULT_URL: &str = "memory:";
+pub const DEFAULT_URL: &str = "sqlite://tasker.db";
 
 /// The orchestration engine. Cheap to clone: clones share one engine.
 ///
@@ -58,7 +59,7 @@ pub struct EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// The store to open: `memory:`.
+    /// The store to open: `memory:`, `sqlite://path` (default: `sqlite://tasker.db`).
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
@@ -99,11 +100,12 @@ async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
     match scheme {
         "memory" => Ok(Arc::new(MemoryStore::new())),
-        "sqlite" | "postgres" | "postgresql" => Err(Error::InvalidArgument(format!(
-            "the {scheme} store is not available in this build yet (use \"memory:\")"
+        "sqlite" => Ok(Arc::new(SqliteStore::open(url).await?)),
+        "postgres" | "postgresql" => Err(Error::InvalidArgument(format!(
+            "the {scheme} store is not available in this build yet (use \"memory:\" or \"sqlite://path\")"
         ))),
         _ => Err(Error::InvalidArgument(format!(
-            "unknown store URL {url:?}: expected \"memory:\""
+            "unknown store URL {url:?}: expected \"memory:\" or \"sqlite://path\""
         ))),
     }
 }

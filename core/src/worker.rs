@@ -277,6 +277,8 @@ impl Worker {
             }
         };
         let mut stopped = false;
+        let mut failure = None;
+        let mut request = inner.request.clone();
         loop {
             if *stop.borrow_and_update() {
                 stopped = true;
@@ -295,11 +297,14 @@ impl Worker {
             let free = inner.concurrency - running.len();
             let mut got = 0;
             if free > 0 {
-                let request = ClaimRequest {
-                    limit: free,
-                    ..inner.request.clone()
+                request.limit = free;
+                let claimed = match inner.engine.claim(&request).await {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 };
-                let claimed = inner.engine.claim(&request).await?;
                 got = claimed.len();
                 for step in claimed {
                     running.spawn(run_step(inner.engine.clone(), inner.handlers.clone(), step));
@@ -311,7 +316,13 @@ impl Worker {
             let mut wait = inner.poll_interval;
             if running.is_empty() && got == 0 {
                 let names = inner.request.handlers.as_deref().unwrap_or_default();
-                let status = inner.engine.work_status_for(names).await?;
+                let status = match inner.engine.work_status_for(names).await {
+                    Ok(status) => status,
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
+                };
                 if until_idle && status.is_idle() {
                     report.idle = true;
                     break;
@@ -331,6 +342,7 @@ impl Worker {
                 _ = stop.changed() => {}
             }
         }
+        // Steps already running finish and report, whatever ended the loop.
         while let Some(done) = running.join_next().await {
             tally(&mut report, done);
         }
@@ -338,7 +350,10 @@ impl Worker {
             // This run has honoured the stop request; the next run starts afresh.
             inner.stop.send_replace(false);
         }
-        Ok(report)
+        match failure {
+            Some(e) => Err(e),
+            None => Ok(report),
+        }
     }
 }
 
@@ -346,7 +361,11 @@ impl Worker {
 /// reports the outcome.
 async fn run_step(engine: Engine, handlers: Handlers, step: ClaimedStep) -> Reported {
     let (id, attempt) = (step.step_id, step.attempt);
-    let timeout = Duration::from_millis(step.timeout_ms);
+    // Stop the handler a little before its lease runs out, so that its failure is still
+    // accepted (a report after the lease is refused).
+    let margin = (step.timeout_ms / 10).clamp(u64::from(step.timeout_ms > 1), 250);
+    let timeout = Duration::from_millis(step.timeout_ms - margin);
+    let timeout_ms = step.timeout_ms;
     let outcome = match handlers.get(&step.handler).cloned() {
         None => Err(HandlerError::retryable(format!(
             "no handler registered for {:?}",
@@ -361,8 +380,7 @@ async fn run_step(engine: Engine, handlers: Handlers, step: ClaimedStep) -> Repo
                     panic_message(&*panic)
                 ))),
                 Err(_) => Err(HandlerError::retryable(format!(
-                    "handler timed out after {} ms",
-                    timeout.as_millis()
+                    "handler timed out after {timeout_ms} ms"
                 ))),
             }
         }

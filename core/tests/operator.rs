@@ -578,3 +578,43 @@ async fn resolving_a_skipped_step_runs_its_dependents_while_the_failure_stands()
         );
     }
 }
+
+#[tokio::test]
+async fn resolving_a_step_of_a_cancelled_task_is_refused_and_changes_nothing() {
+    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+        let task = create(&engine, NewTask::new("ops", "chain")).await;
+        claim_and_fail(&engine, "a", permanent("broken")).await;
+        engine.cancel_task(task).await.unwrap();
+        let before = task_view(&engine, task).await;
+        assert_err!(
+            engine.resolve_step(task, "a", json!("by hand")).await,
+            Error::InvalidTransition(_),
+            "{store}"
+        );
+        assert_eq!(task_view(&engine, task).await, before, "{store}");
+        assert!(claim(&engine, 10).await.is_empty(), "{store}");
+    }
+}
+
+#[tokio::test]
+async fn resolving_a_step_announces_only_the_steps_it_made_ready() {
+    let fork = template("ops", "fork").steps([step("a"), step("b"), step("after_a").after(&["a"])]);
+    for (store, engine) in engines_with(ManualClock::new(), &[fork]).await {
+        let task = create(&engine, NewTask::new("ops", "fork")).await;
+        let ready = engine.subscribe("step.ready").unwrap();
+        engine
+            .resolve_step(task, "a", json!("by hand"))
+            .await
+            .unwrap();
+        let announced: Vec<String> = ready
+            .drain()
+            .iter()
+            .filter_map(|e| e.step_name.as_deref().map(str::to_owned))
+            .collect();
+        // b was ready before and is not announced again; after_a is.
+        assert_eq!(announced, vec!["after_a".to_owned()], "{store}");
+        let mut claimed = names(&claim(&engine, 10).await);
+        claimed.sort();
+        assert_eq!(claimed, vec!["after_a", "b"], "{store}");
+    }
+}

@@ -192,7 +192,7 @@ async fn claim_with_a_handler_filter_skips_other_handlers_steps() {
     }
 }
 
-#[tokio::test(start_paused = true)]
+#[tokio::test]
 async fn a_handler_that_outlives_its_timeout_fails_and_is_retried() {
     let slow =
         template("w", "slow").step(step("slow").timeout_ms(50).retry(attempts(2).backoff_ms(0)));
@@ -318,5 +318,37 @@ async fn a_stopped_worker_can_run_again() {
             "{store}: the earlier stop does not end this run"
         );
         assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_error_ends_the_run_only_after_running_steps_have_finished() {
+    for (store, engine) in engines_with(ManualClock::new(), &[independent(1)]).await {
+        create(&engine, NewTask::new("w", "many")).await;
+        let (started_tx, mut started) = mpsc::channel::<()>(1);
+        let release = Arc::new(Semaphore::new(0));
+        let finished_handlers = Arc::new(AtomicUsize::new(0));
+        let (gate, done) = (release.clone(), finished_handlers.clone());
+        let worker = Worker::builder(engine.clone())
+            .handler("h", move |_step: ClaimedStep| {
+                let (started_tx, gate, done) = (started_tx.clone(), gate.clone(), done.clone());
+                async move {
+                    let _ = started_tx.send(()).await;
+                    let _permit = gate.acquire().await;
+                    done.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>(json!("finished"))
+                }
+            })
+            .build();
+        let run = spawn_run(&worker);
+        started.recv().await.expect("the handler started");
+        engine.close();
+        release.add_permits(1);
+        let result = tokio::time::timeout(Duration::from_secs(10), run)
+            .await
+            .expect("the run ends")
+            .expect("the run task did not panic");
+        assert_err!(result, tasker_core::Error::Closed, "{store}");
+        assert_eq!(finished_handlers.load(Ordering::SeqCst), 1, "{store}");
     }
 }

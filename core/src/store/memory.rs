@@ -474,7 +474,11 @@ impl Store for MemoryStore {
             ready,
             running: queues.leases.len() as u64,
             waiting: queues.retries.len() as u64,
-            next_due: queues.retries.first().map(|d| d.at),
+            next_due: [queues.retries.first(), queues.leases.first()]
+                .into_iter()
+                .flatten()
+                .map(|d| d.at)
+                .min(),
         })
     }
 }

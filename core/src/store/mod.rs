@@ -21,6 +21,7 @@ use crate::view::{TaskFilter, TaskView, TransitionView};
 
 pub mod memory;
 mod record;
+pub mod sqlite;
 
 /// A request to start a task.
 #[derive(Debug, Clone, PartialEq)]
@@ -195,7 +196,8 @@ pub struct WorkStatus {
     pub running: u64,
     /// Steps waiting for a retry.
     pub waiting: u64,
-    /// The earliest time a waiting step becomes claimable.
+    /// The earliest time something changes by itself: a waiting step becomes claimable or a
+    /// lease runs out.
     pub next_due: Option<Timestamp>,
 }
 

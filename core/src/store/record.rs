@@ -242,6 +242,13 @@ impl TaskRecord {
         changes: &mut Changes,
     ) -> Result<ClaimedStep> {
         let i = index as usize;
+        if !self.is_claimable(index) {
+            return Err(Error::InvalidTransition(crate::state::InvalidTransition {
+                entity: "step",
+                from: self.states[i].as_str(),
+                event: StepEvent::Claim.as_str(),
+            }));
+        }
         // The task starts before its first step is claimed, in the audit trail and in the
         // published events alike.
         if self.status == TaskState::Pending {
@@ -537,13 +544,29 @@ impl TaskRecord {
 
     /// Recomputes the counters from the states after an operator verb, skipping what is doomed
     /// and queueing what is ready.
-    fn resettle(&mut self, now: Timestamp, schedule: &mut impl Schedule, changes: &mut Changes) {
+    ///
+    /// `was_claimable` holds the steps that were already queued before the verb (they are not
+    /// queued, nor announced, twice).
+    fn resettle(
+        &mut self,
+        was_claimable: &[bool],
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
         let graph = self.graph.clone();
-        let (counters, release) = readiness::settle(&graph, &mut self.states);
+        let (counters, mut release) = readiness::settle(&graph, &mut self.states);
         self.counters = counters;
         self.unfinished = self.states.iter().filter(|s| !s.is_finished()).count() as u32
             + release.skipped.len() as u32;
+        release.ready.retain(|&r| !was_claimable[r as usize]);
         self.apply_release(&release, now, schedule, changes);
+    }
+
+    fn claimable_steps(&self) -> Vec<bool> {
+        (0..self.states.len() as u32)
+            .map(|i| self.is_claimable(i))
+            .collect()
     }
 
     /// Cancels the task and its unfinished steps.
@@ -582,8 +605,9 @@ impl TaskRecord {
         schedule: &mut impl Schedule,
         changes: &mut Changes,
     ) -> Result<()> {
+        let was_claimable = self.claimable_steps();
         self.task_to(TaskEvent::Resume, now, None, changes)?;
-        self.resettle(now, schedule, changes);
+        self.resettle(&was_claimable, now, schedule, changes);
         self.maybe_finish(now, changes);
         Ok(())
     }
@@ -595,6 +619,7 @@ impl TaskRecord {
         schedule: &mut impl Schedule,
         changes: &mut Changes,
     ) -> Result<()> {
+        let was_claimable = self.claimable_steps();
         self.task_to(TaskEvent::Retry, now, None, changes)?;
         for index in 0..self.states.len() as u32 {
             let i = index as usize;
@@ -607,7 +632,7 @@ impl TaskRecord {
                 self.step_to(index, StepEvent::Reset, now, reason, changes)?;
             }
         }
-        self.resettle(now, schedule, changes);
+        self.resettle(&was_claimable, now, schedule, changes);
         self.maybe_finish(now, changes);
         Ok(())
     }
@@ -623,6 +648,17 @@ impl TaskRecord {
     ) -> Result<()> {
         let index = self.step_index(step)?;
         let i = index as usize;
+        if !matches!(
+            self.status,
+            TaskState::Pending | TaskState::InProgress | TaskState::Paused | TaskState::Error
+        ) {
+            return Err(Error::InvalidTransition(crate::state::InvalidTransition {
+                entity: "task",
+                from: self.status.as_str(),
+                event: StepEvent::ResolveManually.as_str(),
+            }));
+        }
+        let was_claimable = self.claimable_steps();
         let before = self.states[i];
         let reason = Some("resolved by an operator".to_owned());
         self.step_to(index, StepEvent::ResolveManually, now, reason, changes)?;
@@ -655,7 +691,7 @@ impl TaskRecord {
             let reason = Some(format!("step {parent} resolved manually"));
             self.task_to(TaskEvent::Retry, now, reason, changes)?;
         }
-        self.resettle(now, schedule, changes);
+        self.resettle(&was_claimable, now, schedule, changes);
         self.maybe_finish(now, changes);
         Ok(())
     }

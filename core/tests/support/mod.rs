@@ -40,18 +40,25 @@ macro_rules! assert_err {
 #[allow(unused_imports)]
 pub(crate) use assert_err;
 
-/// One engine per store under test, all reading the time from `clock`.
+/// One engine per store under test, all reading the time from `clock`: memory, and SQLite in a
+/// fresh database file.
 pub async fn engines(clock: ManualClock) -> Vec<(&'static str, Engine)> {
     let clock = Arc::new(clock);
-    vec![(
-        "memory",
-        Engine::builder()
-            .url("memory:")
+    let file = std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
+    let mut engines = Vec::new();
+    for (name, url) in [
+        ("memory", "memory:".to_owned()),
+        ("sqlite", format!("sqlite://{}", file.display())),
+    ] {
+        let engine = Engine::builder()
+            .url(url)
             .clock(clock.clone())
             .build()
             .await
-            .expect("open the memory store"),
-    )]
+            .unwrap_or_else(|e| panic!("open the {name} store: {e}"));
+        engines.push((name, engine));
+    }
+    engines
 }
 
 /// [`engines`], each with `templates` registered.

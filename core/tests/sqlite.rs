@@ -1,0 +1,75 @@
+//! The SQLite store keeps everything across a reopen of its file.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tasker_core::{Engine, ManualClock, NewTask, StepState, TaskState};
+
+use support::*;
+
+async fn open(path: &std::path::Path, clock: &ManualClock) -> Engine {
+    Engine::builder()
+        .url(format!("sqlite://{}", path.display()))
+        .clock(Arc::new(clock.clone()))
+        .build()
+        .await
+        .expect("open the SQLite file")
+}
+
+#[tokio::test]
+async fn a_reopened_sqlite_file_finishes_the_tasks_it_holds() {
+    let dir = std::env::temp_dir().join(format!("tasker-reopen-{}", tasker_core::TaskId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("tasker.db");
+    let clock = ManualClock::new();
+    let chain = template("re", "open")
+        .default_retry(attempts(3).backoff_ms(0))
+        .steps(chain_of("s", 3, "h"));
+
+    let first = open(&path, &clock).await;
+    register(&first, &chain).await;
+    let done = create(&first, NewTask::new("re", "open").idempotency_key("k1")).await;
+    let half = create(&first, NewTask::new("re", "open").context(json!({"n": 2}))).await;
+    complete_in_order(&first, &["s0", "s1", "s2", "s0"]).await;
+    // A worker claims s1 of the second task and dies with the process.
+    let lost = claim_one(&first, "s1").await;
+    first.close();
+    drop(first);
+
+    let second = open(&path, &clock).await;
+    assert_eq!(status(&second, done).await, TaskState::Complete);
+    let view = task_view(&second, half).await;
+    assert_eq!(view.context, json!({"n": 2}));
+    assert_eq!(view.step("s0").unwrap().result, Some(json!("s0")));
+    assert_eq!(view.step("s1").unwrap().status, StepState::InProgress);
+    // The template and the idempotency key survived too.
+    let again = create(&second, NewTask::new("re", "open").idempotency_key("k1")).await;
+    assert_eq!(again, done);
+
+    clock.advance(Duration::from_millis(lost.timeout_ms + 1));
+    let report = worker_answering(&second, &["h"], json!("again"))
+        .run_until_idle(Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(report.idle);
+    let view = task_view(&second, half).await;
+    assert_eq!(view.status, TaskState::Complete);
+    assert_eq!(
+        view.step("s1").unwrap().attempts,
+        2,
+        "the lost attempt counts"
+    );
+    assert!(second.transitions(half).await.unwrap().len() > 8);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test]
+async fn a_path_that_cannot_be_opened_is_a_store_error() {
+    let err = Engine::open("sqlite:///nonexistent-dir/for/sure/tasker.db")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, tasker_core::Error::Store(_)), "{err}");
+}
