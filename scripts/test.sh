@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
-# Every test: formatting, lints, the Rust unit / property / scenario tests of every crate, the
-# examples and a smoke run of the throughput harness.
+# Every test: formatting, lints, the Rust unit / property / scenario tests of every crate (the
+# scenario suite against memory, SQLite and PostgreSQL), the examples and a smoke run of the
+# throughput harness. PostgreSQL: the server at DATABASE_URL, else a throwaway cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+source scripts/postgres.sh
+start_postgres
 
 step() { printf '\n==> %s\n' "$*"; }
 

@@ -16,7 +16,7 @@ use crate::events::{names, Event, EventBus, Subscription};
 use crate::ids::{StepId, TaskId};
 use crate::state::{Change, StepEvent, Transition};
 use crate::store::memory::MemoryStore;
-use crate::store::sqlite::SqliteStore;
+use crate::store::sql;
 use crate::store::{Changes, ClaimRequest, ClaimedStep, NewTask, StepFailure, Store, WorkStatus};
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{GraphView, TaskFilter, TaskView, TransitionView};
@@ -46,7 +46,7 @@ struct EngineInner {
     bus: EventBus,
     clock: Arc<dyn Clock>,
     graphs: RwLock<HashMap<(String, String, Version), Arc<TaskGraph>>>,
-    work: Notify,
+    work: Arc<Notify>,
     closed: AtomicBool,
 }
 
@@ -59,7 +59,8 @@ pub struct EngineBuilder {
 }
 
 impl EngineBuilder {
-    /// The store to open: `memory:`, `sqlite://path` (default: `sqlite://tasker.db`).
+    /// The store to open: `memory:`, `sqlite://path` (default: `sqlite://tasker.db`),
+    /// `postgres://user@host/db`.
     pub fn url(mut self, url: impl Into<String>) -> Self {
         self.url = Some(url.into());
         self
@@ -79,9 +80,10 @@ impl EngineBuilder {
 
     /// Opens the store and returns the engine.
     pub async fn build(self) -> Result<Engine> {
+        let work = Arc::new(Notify::new());
         let store = match self.store {
             Some(store) => store,
-            None => open_store(self.url.as_deref().unwrap_or(DEFAULT_URL)).await?,
+            None => open_store(self.url.as_deref().unwrap_or(DEFAULT_URL), work.clone()).await?,
         };
         Ok(Engine {
             inner: Arc::new(EngineInner {
@@ -89,23 +91,20 @@ impl EngineBuilder {
                 bus: EventBus::new(),
                 clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
                 graphs: RwLock::new(HashMap::new()),
-                work: Notify::new(),
+                work,
                 closed: AtomicBool::new(false),
             }),
         })
     }
 }
 
-async fn open_store(url: &str) -> Result<Arc<dyn Store>> {
+async fn open_store(url: &str, waker: Arc<Notify>) -> Result<Arc<dyn Store>> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
     match scheme {
         "memory" => Ok(Arc::new(MemoryStore::new())),
-        "sqlite" => Ok(Arc::new(SqliteStore::open(url).await?)),
-        "postgres" | "postgresql" => Err(Error::InvalidArgument(format!(
-            "the {scheme} store is not available in this build yet (use \"memory:\" or \"sqlite://path\")"
-        ))),
+        "sqlite" | "postgres" | "postgresql" => Ok(Arc::new(sql::open(url, waker).await?)),
         _ => Err(Error::InvalidArgument(format!(
-            "unknown store URL {url:?}: expected \"memory:\" or \"sqlite://path\""
+            "unknown store URL {url:?}: expected \"memory:\", \"sqlite://path\" or \"postgres://…\""
         ))),
     }
 }

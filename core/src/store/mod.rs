@@ -21,7 +21,7 @@ use crate::view::{TaskFilter, TaskView, TransitionView};
 
 pub mod memory;
 mod record;
-pub mod sqlite;
+pub mod sql;
 
 /// A request to start a task.
 #[derive(Debug, Clone, PartialEq)]

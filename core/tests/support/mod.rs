@@ -40,16 +40,21 @@ macro_rules! assert_err {
 #[allow(unused_imports)]
 pub(crate) use assert_err;
 
-/// One engine per store under test, all reading the time from `clock`: memory, and SQLite in a
-/// fresh database file.
+/// One engine per store under test, all reading the time from `clock`: memory, SQLite in a
+/// fresh database file, and PostgreSQL in a fresh schema when `TASKER_TEST_POSTGRES_URL` names
+/// a server (the test command starts one).
 pub async fn engines(clock: ManualClock) -> Vec<(&'static str, Engine)> {
     let clock = Arc::new(clock);
     let file = std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
-    let mut engines = Vec::new();
-    for (name, url) in [
+    let mut stores = vec![
         ("memory", "memory:".to_owned()),
         ("sqlite", format!("sqlite://{}", file.display())),
-    ] {
+    ];
+    if let Some(url) = postgres_schema().await {
+        stores.push(("postgres", url));
+    }
+    let mut engines = Vec::new();
+    for (name, url) in stores {
         let engine = Engine::builder()
             .url(url)
             .clock(clock.clone())
@@ -59,6 +64,21 @@ pub async fn engines(clock: ManualClock) -> Vec<(&'static str, Engine)> {
         engines.push((name, engine));
     }
     engines
+}
+
+/// The URL of a fresh, empty schema on the test PostgreSQL server, if there is one.
+pub async fn postgres_schema() -> Option<String> {
+    use sqlx::{Connection, Executor};
+    let base = std::env::var("TASKER_TEST_POSTGRES_URL").ok()?;
+    let schema = format!("t_{}", tasker_core::TaskId::new().0.simple());
+    let mut conn = sqlx::PgConnection::connect(&base)
+        .await
+        .unwrap_or_else(|e| panic!("connect to TASKER_TEST_POSTGRES_URL: {e}"));
+    conn.execute(format!("CREATE SCHEMA {schema}").as_str())
+        .await
+        .expect("create a test schema");
+    let sep = if base.contains('?') { '&' } else { '?' };
+    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
 }
 
 /// [`engines`], each with `templates` registered.
