@@ -278,6 +278,7 @@ impl Worker {
         };
         let mut stopped = false;
         let mut failure = None;
+        let mut store_errors = 0u32;
         let mut request = inner.request.clone();
         loop {
             if *stop.borrow_and_update() {
@@ -299,7 +300,15 @@ impl Worker {
             if free > 0 {
                 request.limit = free;
                 let claimed = match inner.engine.claim(&request).await {
-                    Ok(claimed) => claimed,
+                    Ok(claimed) => {
+                        store_errors = 0;
+                        claimed
+                    }
+                    Err(Error::Store(e)) => {
+                        store_errors += 1;
+                        back_off(&e, store_errors, &mut stop).await;
+                        continue;
+                    }
                     Err(e) => {
                         failure = Some(e);
                         break;
@@ -318,6 +327,11 @@ impl Worker {
                 let names = inner.request.handlers.as_deref().unwrap_or_default();
                 let status = match inner.engine.work_status_for(names).await {
                     Ok(status) => status,
+                    Err(Error::Store(e)) => {
+                        store_errors += 1;
+                        back_off(&e, store_errors, &mut stop).await;
+                        continue;
+                    }
                     Err(e) => {
                         failure = Some(e);
                         break;
@@ -357,6 +371,16 @@ impl Worker {
     }
 }
 
+/// Waits after the `n`th store error in a row (the pool reconnects meanwhile), or until a stop.
+async fn back_off(error: &str, n: u32, stop: &mut watch::Receiver<bool>) {
+    let delay = Duration::from_millis(100u64 << n.min(5)).min(Duration::from_secs(3));
+    tracing::warn!(%error, attempt = n, ?delay, "store unavailable; the worker retries");
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        _ = stop.changed() => {}
+    }
+}
+
 /// Runs one claimed step's handler (a panic or a timeout counts as a retryable failure) and
 /// reports the outcome.
 async fn run_step(engine: Engine, handlers: Handlers, step: ClaimedStep) -> Reported {
@@ -385,31 +409,44 @@ async fn run_step(engine: Engine, handlers: Handlers, step: ClaimedStep) -> Repo
             }
         }
     };
-    let (reported, result) = match outcome {
-        Ok(value) => (
-            Reported::Completed,
-            engine.complete(id, attempt, value).await,
-        ),
+    let reported = match &outcome {
+        Ok(_) => Reported::Completed,
         Err(error) => {
             tracing::warn!(step = %id, attempt, %error, "step attempt failed");
-            (
-                Reported::Failed,
-                engine.fail(id, attempt, error.to_failure()).await,
-            )
+            Reported::Failed
         }
     };
-    match result {
-        Ok(()) => reported,
-        Err(Error::ClaimLost { .. }) => {
-            tracing::warn!(step = %id, attempt, "report refused: the claim was lost");
-            Reported::Lost
-        }
-        Err(e) => {
-            tracing::error!(step = %id, attempt, error = %e, "could not report a step");
-            Reported::Lost
+    // A store that is briefly unreachable (a database restart) gets the report again, with
+    // backoff, while the lease may still be held.
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..REPORT_TRIES {
+        let result = match &outcome {
+            Ok(value) => engine.complete(id, attempt, value.clone()).await,
+            Err(error) => engine.fail(id, attempt, error.to_failure()).await,
+        };
+        match result {
+            Ok(()) => return reported,
+            Err(Error::ClaimLost { .. }) => {
+                tracing::warn!(step = %id, attempt, "report refused: the claim was lost");
+                return Reported::Lost;
+            }
+            Err(Error::Store(e)) => {
+                tracing::warn!(step = %id, attempt, error = %e, "could not report a step; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(e) => {
+                tracing::error!(step = %id, attempt, error = %e, "could not report a step");
+                return Reported::Lost;
+            }
         }
     }
+    tracing::error!(step = %id, attempt, "gave up reporting a step; its lease will expire");
+    Reported::Lost
 }
+
+/// How often a worker tries to report a step through store errors.
+const REPORT_TRIES: usize = 12;
 
 /// The text of a panic payload.
 pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -66,20 +66,9 @@ pub async fn engines(clock: ManualClock) -> Vec<(&'static str, Engine)> {
     engines
 }
 
-/// The URL of a fresh, empty schema on the test PostgreSQL server, if there is one.
-pub async fn postgres_schema() -> Option<String> {
-    use sqlx::{Connection, Executor};
-    let base = std::env::var("TASKER_TEST_POSTGRES_URL").ok()?;
-    let schema = format!("t_{}", tasker_core::TaskId::new().0.simple());
-    let mut conn = sqlx::PgConnection::connect(&base)
-        .await
-        .unwrap_or_else(|e| panic!("connect to TASKER_TEST_POSTGRES_URL: {e}"));
-    conn.execute(format!("CREATE SCHEMA {schema}").as_str())
-        .await
-        .expect("create a test schema");
-    let sep = if base.contains('?') { '&' } else { '?' };
-    Some(format!("{base}{sep}options=-c%20search_path%3D{schema}"))
-}
+#[path = "../../../tests/postgres_schema.rs"]
+mod postgres_schema_impl;
+pub use postgres_schema_impl::postgres_schema;
 
 /// [`engines`], each with `templates` registered.
 pub async fn engines_with(
