@@ -17,7 +17,9 @@ use crate::ids::{StepId, TaskId};
 use crate::state::{Change, StepEvent, Transition};
 use crate::store::memory::MemoryStore;
 use crate::store::sql;
-use crate::store::{Changes, ClaimRequest, ClaimedStep, NewTask, StepFailure, Store, WorkStatus};
+use crate::store::{
+    Changes, ClaimRequest, ClaimedStep, NewTask, StepFailure, StepReport, Store, WorkStatus,
+};
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{GraphView, TaskFilter, TaskView, TransitionView};
 
@@ -221,6 +223,14 @@ impl Engine {
             .await?;
         self.publish(changes);
         Ok(())
+    }
+
+    /// Reports many claimed attempts at once (one transaction on the SQL stores); each report
+    /// is accepted or refused on its own. An `Err` (the store failed) means none was recorded.
+    pub async fn report_many(&self, reports: Vec<StepReport>) -> Result<Vec<Result<()>>> {
+        let (results, changes) = self.store()?.report_many(reports, self.now()).await?;
+        self.publish(changes);
+        Ok(results)
     }
 
     /// Reports a claimed attempt's failure.

@@ -11,14 +11,14 @@ use std::time::Duration;
 use async_trait::async_trait;
 use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::retry::FailureKind;
-use crate::store::{ClaimRequest, ClaimedStep, StepFailure};
+use crate::store::{ClaimRequest, ClaimedStep, Outcome, StepFailure, StepReport};
 
 /// How a handler signals failure.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -280,6 +280,7 @@ impl Worker {
         let mut failure = None;
         let mut store_errors = 0u32;
         let mut request = inner.request.clone();
+        let reporter = Reporter::start(inner.engine.clone());
         loop {
             if *stop.borrow_and_update() {
                 stopped = true;
@@ -316,7 +317,7 @@ impl Worker {
                 };
                 got = claimed.len();
                 for step in claimed {
-                    running.spawn(run_step(inner.engine.clone(), inner.handlers.clone(), step));
+                    running.spawn(run_step(reporter.clone(), inner.handlers.clone(), step));
                 }
                 if got == free {
                     continue; // there may be more
@@ -383,7 +384,7 @@ async fn back_off(error: &str, n: u32, stop: &mut watch::Receiver<bool>) {
 
 /// Runs one claimed step's handler (a panic or a timeout counts as a retryable failure) and
 /// reports the outcome.
-async fn run_step(engine: Engine, handlers: Handlers, step: ClaimedStep) -> Reported {
+async fn run_step(reporter: Reporter, handlers: Handlers, step: ClaimedStep) -> Reported {
     let (id, attempt) = (step.step_id, step.attempt);
     // Stop the handler a little before its lease runs out, so that its failure is still
     // accepted (a report after the lease is refused).
@@ -418,12 +419,19 @@ async fn run_step(engine: Engine, handlers: Handlers, step: ClaimedStep) -> Repo
     };
     // A store that is briefly unreachable (a database restart) gets the report again, with
     // backoff, while the lease may still be held.
+    let outcome = match outcome {
+        Ok(value) => Outcome::Complete(value),
+        Err(error) => Outcome::Fail(error.to_failure()),
+    };
     let mut delay = Duration::from_millis(50);
     for _ in 0..REPORT_TRIES {
-        let result = match &outcome {
-            Ok(value) => engine.complete(id, attempt, value.clone()).await,
-            Err(error) => engine.fail(id, attempt, error.to_failure()).await,
-        };
+        let result = reporter
+            .report(StepReport {
+                step: id,
+                attempt,
+                outcome: outcome.clone(),
+            })
+            .await;
         match result {
             Ok(()) => return reported,
             Err(Error::ClaimLost { .. }) => {
@@ -443,6 +451,62 @@ async fn run_step(engine: Engine, handlers: Handlers, step: ClaimedStep) -> Repo
     }
     tracing::error!(step = %id, attempt, "gave up reporting a step; its lease will expire");
     Reported::Lost
+}
+
+/// The most reports written in one batch.
+const MAX_BATCH: usize = 256;
+
+type Pending = (StepReport, oneshot::Sender<Result<()>>);
+
+/// Writes the reports of steps that finish while a batch is being written as the next batch:
+/// one store transaction for many reports when steps finish faster than the store writes.
+#[derive(Clone)]
+struct Reporter {
+    queue: mpsc::UnboundedSender<Pending>,
+}
+
+impl Reporter {
+    /// Starts the writer task; it ends when the last clone of the reporter is dropped.
+    fn start(engine: Engine) -> Reporter {
+        let (queue, mut pending) = mpsc::unbounded_channel::<Pending>();
+        tokio::spawn(async move {
+            while let Some(first) = pending.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < MAX_BATCH {
+                    match pending.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (reports, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                match engine.report_many(reports).await {
+                    Ok(results) => {
+                        for (reply, result) in replies.into_iter().zip(results) {
+                            let _ = reply.send(result);
+                        }
+                    }
+                    Err(e) => {
+                        for reply in replies {
+                            let _ = reply.send(Err(match &e {
+                                Error::Closed => Error::Closed,
+                                other => Error::Store(other.to_string()),
+                            }));
+                        }
+                    }
+                }
+            }
+        });
+        Reporter { queue }
+    }
+
+    /// Queues one report and waits for the batch that writes it.
+    async fn report(&self, report: StepReport) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send((report, reply))
+            .map_err(|_| Error::Closed)?;
+        answer.await.unwrap_or(Err(Error::Closed))
+    }
 }
 
 /// How often a worker tries to report a step through store errors.

@@ -159,6 +159,26 @@ pub struct StepFailure {
     pub kind: FailureKind,
 }
 
+/// What a worker reports about one claimed attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// The handler's result.
+    Complete(Value),
+    /// The handler's failure.
+    Fail(StepFailure),
+}
+
+/// One report in a batch (see [`Store::report_many`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// The step.
+    pub step: StepId,
+    /// The attempt (the claim's fencing token).
+    pub attempt: u32,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
 /// What one store operation changed, for the engine to publish.
 #[derive(Debug, Clone, Default)]
 pub struct Changes {
@@ -269,6 +289,33 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         failure: &StepFailure,
         now: Timestamp,
     ) -> Result<Changes>;
+
+    /// Records many reports at once, each accepted or refused on its own (a refused one, e.g.
+    /// [`crate::Error::ClaimLost`], does not undo the others). SQL stores write the whole batch
+    /// in one transaction; an `Err` means none was recorded.
+    async fn report_many(
+        &self,
+        reports: Vec<StepReport>,
+        now: Timestamp,
+    ) -> Result<(Vec<Result<()>>, Changes)> {
+        let mut results = Vec::with_capacity(reports.len());
+        let mut changes = Changes::default();
+        for r in reports {
+            let done = match r.outcome {
+                Outcome::Complete(value) => self.complete(r.step, r.attempt, value, now).await,
+                Outcome::Fail(failure) => self.fail(r.step, r.attempt, &failure, now).await,
+            };
+            match done {
+                Ok(c) => {
+                    changes.extend(c);
+                    results.push(Ok(()));
+                }
+                Err(e @ crate::Error::Store(_)) => return Err(e),
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        Ok((results, changes))
+    }
 
     /// Extends the lease of a claimed attempt by the step's timeout; returns the new expiry.
     async fn heartbeat(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Timestamp>;

@@ -30,7 +30,10 @@ use sqlx::{AnyConnection, AnyPool, Executor as _, Row};
 use tokio::sync::Notify;
 
 use super::record::{Schedule, StepRecord, TaskRecord};
-use super::{Changes, ClaimRequest, ClaimedStep, Created, NewTask, StepFailure, Store, WorkStatus};
+use super::{
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Outcome, StepFailure, StepReport, Store,
+    WorkStatus,
+};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::ids::{StepId, TaskId};
@@ -98,29 +101,39 @@ mod queries {
         "SELECT version FROM tasker_named_tasks WHERE namespace = $1 AND name = $2";
     pub const INSERT_TEMPLATE: &str = "INSERT INTO tasker_named_tasks \
         (namespace, name, version, template, created_at) VALUES ($1, $2, $3, $4, $5)";
-    pub const TASK: &str = "SELECT * FROM tasker_tasks WHERE task_id = $1";
-    pub const STEPS: &str =
-        "SELECT * FROM tasker_workflow_steps WHERE task_id = $1 ORDER BY step_index";
+    /// Completed with ` IN (…)`.
+    pub const TASKS: &str = "SELECT * FROM tasker_tasks WHERE task_id";
+    /// Completed with ` IN (…)`.
+    pub const STEPS: &str = "SELECT * FROM tasker_workflow_steps WHERE task_id";
     pub const TASK_BY_KEY: &str = "SELECT task_id FROM tasker_tasks \
         WHERE namespace = $1 AND name = $2 AND idempotency_key = $3";
-    pub const INSERT_TASK: &str = "INSERT INTO tasker_tasks (task_id, namespace, name, version, \
-        status, priority, context, idempotency_key, unfinished_steps, created_at, updated_at) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
-    pub const INSERT_STEP: &str = "INSERT INTO tasker_workflow_steps (task_id, step_index, name, \
+    /// Completed with the value tuples and [`UPSERT_TASKS_SET`].
+    pub const UPSERT_TASKS: &str = "INSERT INTO tasker_tasks (task_id, namespace, name, version, \
+        status, priority, context, idempotency_key, unfinished_steps, created_at, updated_at, \
+        completed_at) VALUES";
+    pub const UPSERT_TASKS_SET: &str = "ON CONFLICT (task_id) DO UPDATE SET \
+        status = excluded.status, unfinished_steps = excluded.unfinished_steps, \
+        updated_at = excluded.updated_at, completed_at = excluded.completed_at";
+    /// Completed with the value tuples and [`UPSERT_STEPS_SET`].
+    pub const UPSERT_STEPS: &str = "INSERT INTO tasker_workflow_steps (task_id, step_index, name, \
         handler, status, priority, attempts, max_attempts, unfinished_parents, \
-        failed_required_parents, ready_at) VALUES ($1, $2, $3, $4, $5, $6, 0, $7, $8, 0, $9)";
-    pub const INSERT_EDGE: &str = "INSERT INTO tasker_workflow_step_edges \
-        (task_id, from_step, to_step, requires_success) VALUES ($1, $2, $3, $4)";
-    pub const UPDATE_TASK: &str = "UPDATE tasker_tasks SET status = $1, unfinished_steps = $2, \
-        updated_at = $3, completed_at = $4 WHERE task_id = $5";
-    pub const UPDATE_STEP: &str = "UPDATE tasker_workflow_steps SET status = $1, attempts = $2, \
-        max_attempts = $3, unfinished_parents = $4, failed_required_parents = $5, \
-        next_attempt_at = $6, lease_owner = $7, lease_expires_at = $8, result = $9, error = $10, \
-        started_at = $11, completed_at = $12, ready_at = COALESCE($13, ready_at) \
-        WHERE task_id = $14 AND step_index = $15";
-    pub const INSERT_TRANSITION: &str = "INSERT INTO tasker_transitions (task_id, step_index, \
-        step_name, from_state, to_state, event, reason, attempt, at) \
-        VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+        failed_required_parents, ready_at, next_attempt_at, lease_owner, lease_expires_at, result, \
+        error, started_at, completed_at) VALUES";
+    pub const UPSERT_STEPS_SET: &str = "ON CONFLICT (task_id, step_index) DO UPDATE SET \
+        status = excluded.status, attempts = excluded.attempts, \
+        max_attempts = excluded.max_attempts, unfinished_parents = excluded.unfinished_parents, \
+        failed_required_parents = excluded.failed_required_parents, \
+        ready_at = COALESCE(excluded.ready_at, tasker_workflow_steps.ready_at), \
+        next_attempt_at = excluded.next_attempt_at, lease_owner = excluded.lease_owner, \
+        lease_expires_at = excluded.lease_expires_at, result = excluded.result, \
+        error = excluded.error, started_at = excluded.started_at, \
+        completed_at = excluded.completed_at";
+    /// Completed with the value tuples.
+    pub const INSERT_EDGES: &str = "INSERT INTO tasker_workflow_step_edges \
+        (task_id, from_step, to_step, requires_success) VALUES";
+    /// Completed with the value tuples.
+    pub const INSERT_TRANSITIONS: &str = "INSERT INTO tasker_transitions (task_id, step_index, \
+        step_name, from_state, to_state, event, reason, attempt, at) VALUES";
     pub const EXPIRED_LEASES: &str = "SELECT task_id, step_index, attempts \
         FROM tasker_workflow_steps WHERE status = 'in_progress' AND lease_expires_at <= $1";
     pub const DUE_RETRIES: &str = "SELECT task_id, step_index, attempts \
@@ -331,6 +344,22 @@ impl SqlStore {
         })
     }
 
+    /// Commits when `result` is `Ok`, else rolls back at once — so that no lock outlives a
+    /// refused operation (a dropped transaction would roll back only when its connection is
+    /// next used).
+    async fn finish<T>(&self, tx: Tx<'_>, result: Result<T>, changes: &Changes) -> Result<T> {
+        match result {
+            Ok(value) => {
+                self.commit(tx, changes).await?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = tx.tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
     async fn commit(&self, tx: Tx<'_>, changes: &Changes) -> Result<()> {
         let mut tx = tx;
         if self.dialect == Dialect::Postgres && wakes_workers(changes) {
@@ -371,103 +400,140 @@ impl SqlStore {
         Ok(graph)
     }
 
-    /// Loads task `id`; `None` when `lock` is [`Lock::Skip`] and another transaction holds it.
-    async fn load(
+    /// Loads the tasks `ids` (locked as `lock` says; with [`Lock::Skip`], tasks that another
+    /// transaction holds are left out), in id order.
+    async fn load_many(
         &self,
         conn: &mut AnyConnection,
-        id: TaskId,
+        ids: &[TaskId],
         lock: Lock,
-    ) -> Result<Option<TaskRecord>> {
-        let sql = match (self.dialect, lock) {
-            (Dialect::Postgres, Lock::Wait) => format!("{} FOR UPDATE", queries::TASK),
-            (Dialect::Postgres, Lock::Skip) => format!("{} FOR UPDATE SKIP LOCKED", queries::TASK),
-            _ => queries::TASK.to_owned(),
-        };
-        let row = sqlx::query(&sql)
-            .bind(id.to_string())
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(db)?;
-        let row = match (row, lock) {
-            (Some(row), _) => row,
-            (None, Lock::Skip) => return Ok(None),
-            (None, _) => return Err(Error::TaskNotFound(id)),
-        };
+    ) -> Result<Vec<TaskRecord>> {
+        let mut ids: Vec<TaskId> = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let mut records = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_ROWS) {
+            let list = placeholders(chunk.len(), 1, 1);
+            // Rows are locked in id order, so two batches never wait for each other in a cycle.
+            let suffix = match (self.dialect, lock) {
+                (Dialect::Postgres, Lock::Wait) => " FOR UPDATE",
+                (Dialect::Postgres, Lock::Skip) => " FOR UPDATE SKIP LOCKED",
+                _ => "",
+            };
+            let sql = format!("{} IN {list} ORDER BY task_id{suffix}", queries::TASKS);
+            let mut query = sqlx::query(&sql);
+            for id in chunk {
+                query = query.bind(id.to_string());
+            }
+            let tasks = query.fetch_all(&mut *conn).await.map_err(db)?;
+            if tasks.is_empty() {
+                continue;
+            }
+            let found: Vec<String> = tasks
+                .iter()
+                .map(|r| r.try_get("task_id").map_err(db))
+                .collect::<Result<_>>()?;
+            let sql = format!(
+                "{} IN {} ORDER BY task_id, step_index",
+                queries::STEPS,
+                placeholders(found.len(), 1, 1)
+            );
+            let mut query = sqlx::query(&sql);
+            for id in &found {
+                query = query.bind(id.as_str());
+            }
+            let steps = query.fetch_all(&mut *conn).await.map_err(db)?;
+            let mut steps = steps.iter().peekable();
+            for row in &tasks {
+                let mut task = self.task_record(conn, row).await?;
+                let id = task.id.to_string();
+                while let Some(r) = steps.next_if(|r| {
+                    r.try_get::<String, _>("task_id").ok().as_deref() == Some(id.as_str())
+                }) {
+                    task.states
+                        .push(parse_state::<StepState>(r.try_get("status").map_err(db)?)?);
+                    task.counters.push(Counters {
+                        unfinished_parents: int(r, "unfinished_parents")? as u32,
+                        failed_required_parents: int(r, "failed_required_parents")? as u32,
+                    });
+                    task.steps.push(step_record(r)?);
+                }
+                if task.states.len() != task.graph.len() {
+                    return Err(Error::Store(format!(
+                        "task {id} has {} step rows, its template {} steps",
+                        task.states.len(),
+                        task.graph.len()
+                    )));
+                }
+                records.push(task);
+            }
+        }
+        Ok(records)
+    }
+
+    /// A task row as a record without its steps.
+    async fn task_record(&self, conn: &mut AnyConnection, row: &AnyRow) -> Result<TaskRecord> {
+        let id: String = row.try_get("task_id").map_err(db)?;
         let namespace: String = row.try_get("namespace").map_err(db)?;
         let name: String = row.try_get("name").map_err(db)?;
         let version: String = row.try_get("version").map_err(db)?;
         let graph = self.graph(conn, &namespace, &name, &version).await?;
-        let rows = sqlx::query(queries::STEPS)
-            .bind(id.to_string())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?;
-        if rows.len() != graph.len() {
-            return Err(Error::Store(format!(
-                "task {id} has {} step rows, its template {} steps",
-                rows.len(),
-                graph.len()
-            )));
-        }
-        let mut states = Vec::with_capacity(rows.len());
-        let mut counters = Vec::with_capacity(rows.len());
-        let mut steps = Vec::with_capacity(rows.len());
-        for r in &rows {
-            states.push(parse_state::<StepState>(r.try_get("status").map_err(db)?)?);
-            counters.push(Counters {
-                unfinished_parents: int(r, "unfinished_parents")? as u32,
-                failed_required_parents: int(r, "failed_required_parents")? as u32,
-            });
-            steps.push(step_record(r)?);
-        }
         let context: String = row.try_get("context").map_err(db)?;
-        Ok(Some(TaskRecord {
-            id,
+        let n = graph.len();
+        Ok(TaskRecord {
+            id: id.parse()?,
             namespace: namespace.into(),
             name: name.into(),
             context: Arc::new(serde_json::from_str(&context).map_err(db)?),
             status: parse_state(row.try_get("status").map_err(db)?)?,
-            priority: int(&row, "priority")? as i32,
+            priority: int(row, "priority")? as i32,
             idempotency_key: row.try_get("idempotency_key").map_err(db)?,
-            states,
-            counters,
-            steps,
-            unfinished: int(&row, "unfinished_steps")? as u32,
+            states: Vec::with_capacity(n),
+            counters: Vec::with_capacity(n),
+            steps: Vec::with_capacity(n),
+            unfinished: int(row, "unfinished_steps")? as u32,
             created_at: time(row.try_get("created_at").map_err(db)?).unwrap_or_default(),
             updated_at: time(row.try_get("updated_at").map_err(db)?).unwrap_or_default(),
             completed_at: time(row.try_get("completed_at").map_err(db)?),
             graph,
-        }))
+        })
     }
 
-    /// Locks and loads task `id`, runs `op` on it and writes back what changed, in the open
-    /// transaction. `None` when `lock` is [`Lock::Skip`] and the task is held elsewhere.
-    async fn update<T>(
+    /// Loads the tasks `ids` (see [`SqlStore::load_many`]), runs `op` on each, and writes back
+    /// what changed — a few statements for the whole batch, in the open transaction. Returns
+    /// each loaded task's id with what `op` returned.
+    async fn modify<T>(
         &self,
         conn: &mut AnyConnection,
-        id: TaskId,
+        ids: &[TaskId],
         lock: Lock,
         now: Timestamp,
         changes: &mut Changes,
-        op: impl FnOnce(&mut TaskRecord, &mut ReadySet, &mut Changes) -> Result<T>,
-    ) -> Result<Option<T>> {
-        let Some(mut task) = self.load(conn, id, lock).await? else {
-            return Ok(None);
-        };
-        let before = task.clone();
-        let mut ready = ReadySet::default();
+        mut op: impl FnMut(&mut TaskRecord, &mut ReadySet, &mut Changes) -> Result<T>,
+    ) -> Result<Vec<(TaskId, T)>> {
+        let mut tasks = self.load_many(conn, ids, lock).await?;
         let mark = changes.transitions.len();
-        let out = op(&mut task, &mut ready, changes)?;
-        save(
-            conn,
-            &before,
-            &task,
-            &ready,
-            now,
-            &changes.transitions[mark..],
-        )
-        .await?;
-        Ok(Some(out))
+        let mut edits = Vec::with_capacity(tasks.len());
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks.iter_mut() {
+            let before = task.clone();
+            let mut ready = ReadySet::default();
+            out.push((task.id, op(task, &mut ready, changes)?));
+            edits.push((before, ready));
+        }
+        let edits: Vec<Edit<'_>> = edits
+            .iter()
+            .zip(&tasks)
+            .map(|((before, ready), after)| Edit {
+                before: Some(before),
+                after,
+                ready,
+            })
+            .collect();
+        save(conn, &edits, now, &changes.transitions[mark..])
+            .await
+            .map_err(db)?;
+        Ok(out)
     }
 
     /// One operation on one named task, in its own transaction.
@@ -479,11 +545,27 @@ impl SqlStore {
     ) -> Result<(T, Changes)> {
         let mut tx = self.begin().await?;
         let mut changes = Changes::default();
-        let out = self
-            .update(&mut tx.tx, id, Lock::Wait, now, &mut changes, op)
-            .await?
-            .ok_or(Error::TaskNotFound(id))?;
-        self.commit(tx, &changes).await?;
+        let mut op = Some(op);
+        let result = self
+            .modify(
+                &mut tx.tx,
+                &[id],
+                Lock::Wait,
+                now,
+                &mut changes,
+                |t, s, c| match op.take() {
+                    Some(op) => op(t, s, c).map(Some),
+                    None => Ok(None),
+                },
+            )
+            .await
+            .and_then(|out| {
+                out.into_iter()
+                    .next()
+                    .and_then(|(_, out)| out)
+                    .ok_or(Error::TaskNotFound(id))
+            });
+        let out = self.finish(tx, result, &changes).await?;
         Ok((out, changes))
     }
 
@@ -495,33 +577,86 @@ impl SqlStore {
         now: Timestamp,
         changes: &mut Changes,
     ) -> Result<()> {
-        let expired = sqlx::query(queries::EXPIRED_LEASES)
-            .bind(ms(now))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?;
-        for r in expired {
-            let (id, index, attempt) = step_key(&r)?;
-            self.update(conn, id, Lock::Skip, now, changes, |t, s, c| {
-                t.expire_lease(index, attempt, now, s, c);
-                Ok(())
-            })
-            .await?;
-        }
-        let due = sqlx::query(queries::DUE_RETRIES)
-            .bind(ms(now))
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(db)?;
-        for r in due {
-            let (id, index, attempt) = step_key(&r)?;
-            self.update(conn, id, Lock::Skip, now, changes, |t, s, c| {
-                t.retry_due(index, attempt, now, s, c);
+        for (sql, expire) in [
+            (queries::EXPIRED_LEASES, true),
+            (queries::DUE_RETRIES, false),
+        ] {
+            let rows = sqlx::query(sql)
+                .bind(ms(now))
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(db)?;
+            if rows.is_empty() {
+                continue;
+            }
+            let keys: Vec<(TaskId, u32, u32)> = rows.iter().map(step_key).collect::<Result<_>>()?;
+            let ids: Vec<TaskId> = keys.iter().map(|k| k.0).collect();
+            self.modify(conn, &ids, Lock::Skip, now, changes, |t, s, c| {
+                let id = t.id;
+                for &(_, index, attempt) in keys.iter().filter(|k| k.0 == id) {
+                    if expire {
+                        t.expire_lease(index, attempt, now, s, c);
+                    } else {
+                        t.retry_due(index, attempt, now, s, c);
+                    }
+                }
                 Ok(())
             })
             .await?;
         }
         Ok(())
+    }
+
+    /// The body of [`Store::claim`], in the open transaction.
+    async fn claim_in(
+        &self,
+        conn: &mut AnyConnection,
+        request: &ClaimRequest,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> Result<Vec<ClaimedStep>> {
+        self.reclaim_and_promote(conn, now, changes).await?;
+        let candidates = sqlx::query(&self.ready_steps)
+            .bind(handler_list(request.handlers.as_deref())?)
+            .bind(request.limit.min(i64::MAX as usize) as i64)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(db)?;
+        let keys: Vec<(TaskId, u32, u32)> =
+            candidates.iter().map(step_key).collect::<Result<_>>()?;
+        let ids: Vec<TaskId> = keys.iter().map(|k| k.0).collect();
+        // Tasks another worker holds are skipped; their steps go to the next claim.
+        let mut claimed: Vec<ClaimedStep> = self
+            .modify(conn, &ids, Lock::Skip, now, changes, |t, s, c| {
+                let mut out = Vec::new();
+                let id = t.id;
+                for &(_, index, _) in keys.iter().filter(|k| k.0 == id) {
+                    // Re-checked under the lock: another worker may have claimed it.
+                    if t.is_claimable(index) {
+                        out.push(t.claim(index, &request.worker_id, now, s, c)?);
+                    }
+                }
+                Ok(out)
+            })
+            .await?
+            .into_iter()
+            .flat_map(|(_, steps)| steps)
+            .collect();
+        // Hand them out in claim order (priority, then readiness), not lock order.
+        claimed.sort_by_key(|c| {
+            keys.iter()
+                .position(|k| (k.0, k.1) == (c.step_id.task, c.step_id.index))
+        });
+        Ok(claimed)
+    }
+
+    /// Task `id` read without a lock.
+    async fn view_record(&self, id: TaskId) -> Result<TaskRecord> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        self.load_many(&mut conn, &[id], Lock::None)
+            .await?
+            .pop()
+            .ok_or(Error::TaskNotFound(id))
     }
 
     /// Starts the `LISTEN` loop that wakes `waker` when another engine makes steps ready.
@@ -562,95 +697,164 @@ fn wakes_workers(changes: &Changes) -> bool {
         })
 }
 
-/// Writes the rows of `after` that differ from `before`, and the new transitions.
-async fn save(
-    conn: &mut AnyConnection,
-    before: &TaskRecord,
-    after: &TaskRecord,
-    ready: &ReadySet,
-    now: Timestamp,
-    transitions: &[Transition],
-) -> Result<()> {
-    let id = after.id.to_string();
-    let task_changed = before.status != after.status
-        || before.unfinished != after.unfinished
-        || before.updated_at != after.updated_at
-        || before.completed_at != after.completed_at;
-    if task_changed {
-        sqlx::query(queries::UPDATE_TASK)
-            .bind(after.status.as_str())
-            .bind(after.unfinished as i64)
-            .bind(ms(after.updated_at))
-            .bind(after.completed_at.map(ms))
-            .bind(&id)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
-    }
-    for i in 0..after.states.len() {
-        let index = i as u32;
-        let changed = before.states[i] != after.states[i]
-            || before.counters[i] != after.counters[i]
-            || before.steps[i] != after.steps[i]
-            || ready.0.contains(&index);
-        if !changed {
-            continue;
+/// The most rows one multi-row statement writes (well under both databases' parameter limits).
+const MAX_ROWS: usize = 500;
+
+/// `($k, $k+1, …), (…)`: `rows` tuples of `cols` placeholders numbered from `first`.
+fn placeholders(cols: usize, rows: usize, first: usize) -> String {
+    let mut out = String::with_capacity(rows * cols * 5);
+    for r in 0..rows {
+        if r > 0 {
+            out.push_str(", ");
         }
-        let s = &after.steps[i];
-        sqlx::query(queries::UPDATE_STEP)
-            .bind(after.states[i].as_str())
-            .bind(s.attempts as i64)
-            .bind(s.max_attempts as i64)
-            .bind(after.counters[i].unfinished_parents as i64)
-            .bind(after.counters[i].failed_required_parents as i64)
-            .bind(s.next_attempt_at.map(ms))
-            .bind(s.lease.as_ref().map(|(o, _)| o.to_string()))
-            .bind(s.lease.as_ref().map(|(_, e)| ms(*e)))
-            .bind(s.result.as_deref().map(Value::to_string))
-            .bind(s.error.clone())
-            .bind(s.started_at.map(ms))
-            .bind(s.completed_at.map(ms))
-            .bind(ready.0.contains(&index).then(|| ms(now)))
-            .bind(&id)
-            .bind(index as i64)
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+        out.push('(');
+        for c in 0..cols {
+            if c > 0 {
+                out.push_str(", ");
+            }
+            out.push('$');
+            out.push_str(&(first + r * cols + c).to_string());
+        }
+        out.push(')');
     }
-    insert_transitions(conn, transitions).await
+    out
 }
 
-async fn insert_transitions(conn: &mut AnyConnection, transitions: &[Transition]) -> Result<()> {
-    for t in transitions {
-        let (step, from, to, event) = match t.change {
-            Change::Task { from, to, event } => {
-                (None, from.map(|s| s.as_str()), to.as_str(), event.as_str())
+/// One task to write back: `before` is `None` for a new task.
+struct Edit<'a> {
+    before: Option<&'a TaskRecord>,
+    after: &'a TaskRecord,
+    ready: &'a ReadySet,
+}
+
+/// Writes the task and step rows that differ from what was loaded, and the new transitions:
+/// one multi-row upsert per table, whatever the number of tasks.
+async fn save(
+    conn: &mut AnyConnection,
+    edits: &[Edit<'_>],
+    now: Timestamp,
+    transitions: &[Transition],
+) -> std::result::Result<(), sqlx::Error> {
+    let tasks: Vec<&TaskRecord> = edits
+        .iter()
+        .filter(|e| {
+            e.before.is_none_or(|b| {
+                b.status != e.after.status
+                    || b.unfinished != e.after.unfinished
+                    || b.updated_at != e.after.updated_at
+                    || b.completed_at != e.after.completed_at
+            })
+        })
+        .map(|e| e.after)
+        .collect();
+    for chunk in tasks.chunks(MAX_ROWS) {
+        let sql = format!(
+            "{} {} {}",
+            queries::UPSERT_TASKS,
+            placeholders(12, chunk.len(), 1),
+            queries::UPSERT_TASKS_SET
+        );
+        let mut q = sqlx::query(&sql);
+        for t in chunk {
+            q = q
+                .bind(t.id.to_string())
+                .bind(t.namespace.to_string())
+                .bind(t.name.to_string())
+                .bind(t.graph.version().to_string())
+                .bind(t.status.as_str())
+                .bind(t.priority as i64)
+                .bind(t.context.to_string())
+                .bind(t.idempotency_key.clone())
+                .bind(t.unfinished as i64)
+                .bind(ms(t.created_at))
+                .bind(ms(t.updated_at))
+                .bind(t.completed_at.map(ms));
+        }
+        q.execute(&mut *conn).await?;
+    }
+    let mut steps: Vec<(&TaskRecord, usize, bool)> = Vec::new();
+    for e in edits {
+        for i in 0..e.after.states.len() {
+            let ready = e.ready.0.contains(&(i as u32));
+            let changed = e.before.is_none_or(|b| {
+                b.states[i] != e.after.states[i]
+                    || b.counters[i] != e.after.counters[i]
+                    || b.steps[i] != e.after.steps[i]
+            });
+            if changed || ready {
+                steps.push((e.after, i, ready));
             }
-            Change::Step {
-                index,
-                from,
-                to,
-                event,
-            } => (
-                Some(index as i64),
-                Some(from.as_str()),
-                to.as_str(),
-                event.as_str(),
-            ),
-        };
-        sqlx::query(queries::INSERT_TRANSITION)
-            .bind(t.task_id.to_string())
-            .bind(step)
-            .bind(t.step_name.as_deref().map(str::to_owned))
-            .bind(from)
-            .bind(to)
-            .bind(event)
-            .bind(t.reason.clone())
-            .bind(t.attempt as i64)
-            .bind(ms(t.at))
-            .execute(&mut *conn)
-            .await
-            .map_err(db)?;
+        }
+    }
+    for chunk in steps.chunks(MAX_ROWS) {
+        let sql = format!(
+            "{} {} {}",
+            queries::UPSERT_STEPS,
+            placeholders(18, chunk.len(), 1),
+            queries::UPSERT_STEPS_SET
+        );
+        let mut q = sqlx::query(&sql);
+        for &(t, i, ready) in chunk {
+            let spec = t.graph.step(i as u32);
+            let s = &t.steps[i];
+            q = q
+                .bind(t.id.to_string())
+                .bind(i as i64)
+                .bind(spec.name.to_string())
+                .bind(spec.handler.to_string())
+                .bind(t.states[i].as_str())
+                .bind(t.priority as i64)
+                .bind(s.attempts as i64)
+                .bind(s.max_attempts as i64)
+                .bind(t.counters[i].unfinished_parents as i64)
+                .bind(t.counters[i].failed_required_parents as i64)
+                .bind(ready.then(|| ms(now)))
+                .bind(s.next_attempt_at.map(ms))
+                .bind(s.lease.as_ref().map(|(o, _)| o.to_string()))
+                .bind(s.lease.as_ref().map(|(_, e)| ms(*e)))
+                .bind(s.result.as_deref().map(Value::to_string))
+                .bind(s.error.clone())
+                .bind(s.started_at.map(ms))
+                .bind(s.completed_at.map(ms));
+        }
+        q.execute(&mut *conn).await?;
+    }
+    for chunk in transitions.chunks(MAX_ROWS) {
+        let sql = format!(
+            "{} {}",
+            queries::INSERT_TRANSITIONS,
+            placeholders(9, chunk.len(), 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for t in chunk {
+            let (step, from, to, event) = match t.change {
+                Change::Task { from, to, event } => {
+                    (None, from.map(|s| s.as_str()), to.as_str(), event.as_str())
+                }
+                Change::Step {
+                    index,
+                    from,
+                    to,
+                    event,
+                } => (
+                    Some(index as i64),
+                    Some(from.as_str()),
+                    to.as_str(),
+                    event.as_str(),
+                ),
+            };
+            q = q
+                .bind(t.task_id.to_string())
+                .bind(step)
+                .bind(t.step_name.as_deref().map(str::to_owned))
+                .bind(from)
+                .bind(to)
+                .bind(event)
+                .bind(t.reason.clone())
+                .bind(t.attempt as i64)
+                .bind(ms(t.at));
+        }
+        q.execute(&mut *conn).await?;
     }
     Ok(())
 }
@@ -681,9 +885,9 @@ impl Store for SqlStore {
             name: graph.name().to_owned(),
             version: graph.version().to_string(),
         };
-        match existing {
+        let result = match existing {
             Some(old) if TaskTemplate::from_json(&old).ok().as_ref() == Some(graph.template()) => {
-                Ok(())
+                Ok(false)
             }
             Some(_) => Err(conflict()),
             None => {
@@ -696,16 +900,18 @@ impl Store for SqlStore {
                     .execute(&mut *tx.tx)
                     .await;
                 match inserted {
-                    Ok(_) => tx.tx.commit().await.map_err(db),
+                    Ok(_) => Ok(false),
                     // Registered concurrently by another engine: compare with that.
-                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                        drop(tx);
-                        Box::pin(self.save_template(graph)).await
-                    }
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(true),
                     Err(e) => Err(db(e)),
                 }
             }
+        };
+        let again = self.finish(tx, result, &Changes::default()).await?;
+        if again {
+            return self.save_template(graph).await;
         }
+        Ok(())
     }
 
     async fn resolve_template_version(
@@ -769,6 +975,7 @@ impl Store for SqlStore {
                 .await
                 .map_err(db)?;
             if let Some(id) = found {
+                let _ = tx.tx.rollback().await;
                 return existing(id);
             }
         }
@@ -776,26 +983,22 @@ impl Store for SqlStore {
         let mut changes = Changes::default();
         let mut ready = ReadySet::default();
         let task = TaskRecord::create(id, graph.clone(), new, now, &mut ready, &mut changes);
-        let id_text = id.to_string();
-        let inserted = sqlx::query(queries::INSERT_TASK)
-            .bind(&id_text)
-            .bind(graph.namespace())
-            .bind(graph.name())
-            .bind(graph.version().to_string())
-            .bind(task.status.as_str())
-            .bind(task.priority as i64)
-            .bind(task.context.to_string())
-            .bind(task.idempotency_key.clone())
-            .bind(task.unfinished as i64)
-            .bind(ms(now))
-            .bind(ms(now))
-            .execute(&mut *tx.tx)
-            .await;
+        let inserted = save(
+            &mut tx.tx,
+            &[Edit {
+                before: None,
+                after: &task,
+                ready: &ready,
+            }],
+            now,
+            &changes.transitions,
+        )
+        .await;
         match inserted {
-            Ok(_) => {}
+            Ok(()) => {}
             // Another engine created the task with this key between our look-up and insert.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                drop(tx);
+                let _ = tx.tx.rollback().await;
                 let found: Option<String> = sqlx::query_scalar(queries::TASK_BY_KEY)
                     .bind(graph.namespace())
                     .bind(graph.name())
@@ -810,34 +1013,34 @@ impl Store for SqlStore {
             }
             Err(e) => return Err(db(e)),
         }
-        for (i, spec) in graph.steps().iter().enumerate() {
-            sqlx::query(queries::INSERT_STEP)
-                .bind(&id_text)
-                .bind(i as i64)
-                .bind(&*spec.name)
-                .bind(&*spec.handler)
-                .bind(task.states[i].as_str())
-                .bind(task.priority as i64)
-                .bind(task.steps[i].max_attempts as i64)
-                .bind(task.counters[i].unfinished_parents as i64)
-                .bind(ready.0.contains(&(i as u32)).then(|| ms(now)))
-                .execute(&mut *tx.tx)
-                .await
-                .map_err(db)?;
-        }
-        for i in 0..graph.len() as u32 {
-            for edge in graph.children(i) {
-                sqlx::query(queries::INSERT_EDGE)
-                    .bind(&id_text)
-                    .bind(i as i64)
-                    .bind(edge.step as i64)
-                    .bind(edge.requires_success)
-                    .execute(&mut *tx.tx)
-                    .await
-                    .map_err(db)?;
+        let edges: Vec<(u32, u32, bool)> = (0..graph.len() as u32)
+            .flat_map(|i| {
+                graph
+                    .children(i)
+                    .iter()
+                    .map(move |e| (i, e.step, e.requires_success))
+            })
+            .collect();
+        let id_text = id.to_string();
+        for chunk in edges.chunks(MAX_ROWS) {
+            let sql = format!(
+                "{} {}",
+                queries::INSERT_EDGES,
+                placeholders(4, chunk.len(), 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for &(from, to, requires_success) in chunk {
+                q = q
+                    .bind(id_text.as_str())
+                    .bind(from as i64)
+                    .bind(to as i64)
+                    .bind(requires_success);
+            }
+            if let Err(e) = q.execute(&mut *tx.tx).await {
+                let _ = tx.tx.rollback().await;
+                return Err(db(e));
             }
         }
-        insert_transitions(&mut tx.tx, &changes.transitions).await?;
         self.commit(tx, &changes).await?;
         Ok(Created {
             task_id: id,
@@ -853,40 +1056,8 @@ impl Store for SqlStore {
     ) -> Result<(Vec<ClaimedStep>, Changes)> {
         let mut tx = self.begin().await?;
         let mut changes = Changes::default();
-        self.reclaim_and_promote(&mut tx.tx, now, &mut changes)
-            .await?;
-        let candidates = sqlx::query(&self.ready_steps)
-            .bind(handler_list(request.handlers.as_deref())?)
-            .bind(request.limit.min(i64::MAX as usize) as i64)
-            .fetch_all(&mut *tx.tx)
-            .await
-            .map_err(db)?;
-        // Group by task: one lock and one load per task.
-        let mut by_task: Vec<(TaskId, Vec<u32>)> = Vec::new();
-        for r in &candidates {
-            let (id, index, _) = step_key(r)?;
-            match by_task.iter_mut().find(|(t, _)| *t == id) {
-                Some((_, steps)) => steps.push(index),
-                None => by_task.push((id, vec![index])),
-            }
-        }
-        let mut claimed = Vec::with_capacity(candidates.len());
-        for (id, indexes) in by_task {
-            let steps = self
-                .update(&mut tx.tx, id, Lock::Skip, now, &mut changes, |t, s, c| {
-                    let mut out = Vec::new();
-                    for index in indexes {
-                        // Re-checked under the lock: another worker may have claimed it.
-                        if t.is_claimable(index) {
-                            out.push(t.claim(index, &request.worker_id, now, s, c)?);
-                        }
-                    }
-                    Ok(out)
-                })
-                .await?;
-            claimed.extend(steps.into_iter().flatten());
-        }
-        self.commit(tx, &changes).await?;
+        let result = self.claim_in(&mut tx.tx, request, now, &mut changes).await;
+        let claimed = self.finish(tx, result, &changes).await?;
         Ok((claimed, changes))
     }
 
@@ -920,6 +1091,48 @@ impl Store for SqlStore {
             .1)
     }
 
+    async fn report_many(
+        &self,
+        reports: Vec<StepReport>,
+        now: Timestamp,
+    ) -> Result<(Vec<Result<()>>, Changes)> {
+        let ids: Vec<TaskId> = reports.iter().map(|r| r.step.task).collect();
+        let mut slots: Vec<Option<StepReport>> = reports.into_iter().map(Some).collect();
+        let mut results: Vec<Result<()>> =
+            ids.iter().map(|&t| Err(Error::TaskNotFound(t))).collect();
+        let mut tx = self.begin().await?;
+        let mut changes = Changes::default();
+        // One lock, load and write for the whole batch; each task's reports in order.
+        let outcomes = self
+            .modify(
+                &mut tx.tx,
+                &ids,
+                Lock::Wait,
+                now,
+                &mut changes,
+                |t, s, c| {
+                    let mut out = Vec::new();
+                    for (slot, report) in slots.iter_mut().enumerate() {
+                        let Some(r) = report.take_if(|r| r.step.task == t.id) else {
+                            continue;
+                        };
+                        let result = match r.outcome {
+                            Outcome::Complete(v) => t.complete(r.step, r.attempt, v, now, s, c),
+                            Outcome::Fail(f) => t.fail(r.step, r.attempt, &f, now, s, c),
+                        };
+                        out.push((slot, result));
+                    }
+                    Ok(out)
+                },
+            )
+            .await;
+        let outcomes = self.finish(tx, outcomes, &changes).await?;
+        for (slot, result) in outcomes.into_iter().flat_map(|(_, o)| o) {
+            results[slot] = result;
+        }
+        Ok((results, changes))
+    }
+
     async fn heartbeat(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Timestamp> {
         Ok(self
             .run(step.task, now, |t, s, _| t.heartbeat(step, attempt, now, s))
@@ -930,9 +1143,10 @@ impl Store for SqlStore {
     async fn reclaim_expired(&self, now: Timestamp) -> Result<Changes> {
         let mut tx = self.begin().await?;
         let mut changes = Changes::default();
-        self.reclaim_and_promote(&mut tx.tx, now, &mut changes)
-            .await?;
-        self.commit(tx, &changes).await?;
+        let result = self
+            .reclaim_and_promote(&mut tx.tx, now, &mut changes)
+            .await;
+        self.finish(tx, result, &changes).await?;
         Ok(changes)
     }
 
@@ -960,20 +1174,11 @@ impl Store for SqlStore {
     }
 
     async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        self.load(&mut conn, task, Lock::None)
-            .await?
-            .ok_or(Error::TaskNotFound(task))?
-            .step_named(name)
+        self.view_record(task).await?.step_named(name)
     }
 
     async fn task(&self, task: TaskId) -> Result<TaskView> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        Ok(self
-            .load(&mut conn, task, Lock::None)
-            .await?
-            .ok_or(Error::TaskNotFound(task))?
-            .view())
+        Ok(self.view_record(task).await?.view())
     }
 
     async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskView>> {
@@ -986,14 +1191,10 @@ impl Store for SqlStore {
             .fetch_all(&mut *conn)
             .await
             .map_err(db)?;
-        let mut views = Vec::with_capacity(ids.len());
-        for id in ids {
-            let id: TaskId = id.parse()?;
-            if let Some(task) = self.load(&mut conn, id, Lock::None).await? {
-                views.push(task.view());
-            }
-        }
-        Ok(views)
+        let ids: Vec<TaskId> = ids.iter().map(|id| id.parse()).collect::<Result<_, _>>()?;
+        let mut tasks = self.load_many(&mut conn, &ids, Lock::None).await?;
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.id));
+        Ok(tasks.iter().map(TaskRecord::view).collect())
     }
 
     async fn transitions(&self, task: TaskId) -> Result<Vec<TransitionView>> {
