@@ -20,11 +20,25 @@ step "cargo test (workspace)"
 cargo test --workspace 2>&1 | tee target/test-output.txt
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' target/test-output.txt)
 
+# The suites made a schema per engine (tasker_test_*): drop them (DATABASE_URL may be shared).
+psql -qAt "$TASKER_TEST_POSTGRES_URL" -c "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tasker\_test\_%'" \
+  | while read -r schema; do psql -q "$TASKER_TEST_POSTGRES_URL" -c "DROP SCHEMA $schema CASCADE" 2>/dev/null; done
+
 step "example: order fulfilment"
 cargo run --quiet -p tasker-core-examples --bin order_fulfilment
 
-step "throughput harness (smoke)"
+step "throughput harness (smoke: memory, SQLite, PostgreSQL in 2 processes, wake-up latency)"
+smoke_db="$(mktemp -d)/smoke.db"
 cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke
+cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke --store "sqlite://$smoke_db"
+# In a schema of its own, dropped afterwards (DATABASE_URL may name a database in use).
+smoke_schema="tasker_smoke_$$"
+psql -q "$TASKER_TEST_POSTGRES_URL" -c "CREATE SCHEMA $smoke_schema"
+sep='?'; case "$TASKER_TEST_POSTGRES_URL" in *\?*) sep='&' ;; esac
+smoke_pg="${TASKER_TEST_POSTGRES_URL}${sep}options=-c%20search_path%3D${smoke_schema}"
+cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke --processes 2 --store "$smoke_pg"
+cargo run --quiet -p tasker-core-benches --bin throughput -- --latency 10 --store "$smoke_pg"
+psql -q "$TASKER_TEST_POSTGRES_URL" -c "DROP SCHEMA $smoke_schema CASCADE" 2>/dev/null
 
 echo
 echo "rust: ${passed} passed, ${failed} failed"

@@ -6,7 +6,7 @@
 pub async fn postgres_schema() -> Option<String> {
     use sqlx::{Connection, Executor};
     let base = std::env::var("TASKER_TEST_POSTGRES_URL").ok()?;
-    let schema = format!("t_{}", tasker_core::TaskId::new().0.simple());
+    let schema = format!("tasker_test_{}", tasker_core::TaskId::new().0.simple());
     let mut conn = sqlx::PgConnection::connect(&base)
         .await
         .unwrap_or_else(|e| panic!("connect to TASKER_TEST_POSTGRES_URL: {e}"));

@@ -188,6 +188,7 @@ impl WorkerBuilder {
                     limit: self.concurrency,
                 },
                 concurrency: self.concurrency,
+                claim_batch: (self.concurrency / 4).max(1),
                 poll_interval: self.poll_interval,
                 stop: watch::channel(false).0,
             }),
@@ -218,6 +219,8 @@ struct WorkerInner {
     handlers: Handlers,
     request: ClaimRequest,
     concurrency: usize,
+    /// Claim only when at least this many slots are free (or nothing runs).
+    claim_batch: usize,
     poll_interval: Duration,
     stop: watch::Sender<bool>,
 }
@@ -298,7 +301,9 @@ impl Worker {
             }
             let free = inner.concurrency - running.len();
             let mut got = 0;
-            if free > 0 {
+            // Claim in batches: wait until a quarter of the slots are free (or none is busy),
+            // so that one claim transaction hands out many steps.
+            if free > 0 && (free >= inner.claim_batch || running.is_empty()) {
                 request.limit = free;
                 let claimed = match inner.engine.claim(&request).await {
                     Ok(claimed) => {

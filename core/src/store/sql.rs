@@ -413,7 +413,7 @@ impl SqlStore {
         ids.dedup();
         let mut records = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_ROWS) {
-            let list = placeholders(chunk.len(), 1, 1);
+            let list = placeholders(self.dialect, chunk.len(), 1, 1);
             // Rows are locked in id order, so two batches never wait for each other in a cycle.
             let suffix = match (self.dialect, lock) {
                 (Dialect::Postgres, Lock::Wait) => " FOR UPDATE",
@@ -436,7 +436,7 @@ impl SqlStore {
             let sql = format!(
                 "{} IN {} ORDER BY task_id, step_index",
                 queries::STEPS,
-                placeholders(found.len(), 1, 1)
+                placeholders(self.dialect, found.len(), 1, 1)
             );
             let mut query = sqlx::query(&sql);
             for id in &found {
@@ -530,9 +530,15 @@ impl SqlStore {
                 ready,
             })
             .collect();
-        save(conn, &edits, now, &changes.transitions[mark..])
-            .await
-            .map_err(db)?;
+        save(
+            conn,
+            self.dialect,
+            &edits,
+            now,
+            &changes.transitions[mark..],
+        )
+        .await
+        .map_err(db)?;
         Ok(out)
     }
 
@@ -700,8 +706,10 @@ fn wakes_workers(changes: &Changes) -> bool {
 /// The most rows one multi-row statement writes (well under both databases' parameter limits).
 const MAX_ROWS: usize = 500;
 
-/// `($k, $k+1, …), (…)`: `rows` tuples of `cols` placeholders numbered from `first`.
-fn placeholders(cols: usize, rows: usize, first: usize) -> String {
+/// `($k, $k+1, …), (…)`: `rows` tuples of `cols` placeholders numbered from `first` — plain
+/// `?` on SQLite, where numbered parameters are looked up by name (quadratic in a statement of
+/// thousands of parameters).
+fn placeholders(dialect: Dialect, cols: usize, rows: usize, first: usize) -> String {
     let mut out = String::with_capacity(rows * cols * 5);
     for r in 0..rows {
         if r > 0 {
@@ -712,8 +720,13 @@ fn placeholders(cols: usize, rows: usize, first: usize) -> String {
             if c > 0 {
                 out.push_str(", ");
             }
-            out.push('$');
-            out.push_str(&(first + r * cols + c).to_string());
+            match dialect {
+                Dialect::Sqlite => out.push('?'),
+                Dialect::Postgres => {
+                    out.push('$');
+                    out.push_str(&(first + r * cols + c).to_string());
+                }
+            }
         }
         out.push(')');
     }
@@ -731,6 +744,7 @@ struct Edit<'a> {
 /// one multi-row upsert per table, whatever the number of tasks.
 async fn save(
     conn: &mut AnyConnection,
+    dialect: Dialect,
     edits: &[Edit<'_>],
     now: Timestamp,
     transitions: &[Transition],
@@ -751,7 +765,7 @@ async fn save(
         let sql = format!(
             "{} {} {}",
             queries::UPSERT_TASKS,
-            placeholders(12, chunk.len(), 1),
+            placeholders(dialect, 12, chunk.len(), 1),
             queries::UPSERT_TASKS_SET
         );
         let mut q = sqlx::query(&sql);
@@ -790,7 +804,7 @@ async fn save(
         let sql = format!(
             "{} {} {}",
             queries::UPSERT_STEPS,
-            placeholders(18, chunk.len(), 1),
+            placeholders(dialect, 18, chunk.len(), 1),
             queries::UPSERT_STEPS_SET
         );
         let mut q = sqlx::query(&sql);
@@ -823,7 +837,7 @@ async fn save(
         let sql = format!(
             "{} {}",
             queries::INSERT_TRANSITIONS,
-            placeholders(9, chunk.len(), 1)
+            placeholders(dialect, 9, chunk.len(), 1)
         );
         let mut q = sqlx::query(&sql);
         for t in chunk {
@@ -985,6 +999,7 @@ impl Store for SqlStore {
         let task = TaskRecord::create(id, graph.clone(), new, now, &mut ready, &mut changes);
         let inserted = save(
             &mut tx.tx,
+            self.dialect,
             &[Edit {
                 before: None,
                 after: &task,
@@ -1026,7 +1041,7 @@ impl Store for SqlStore {
             let sql = format!(
                 "{} {}",
                 queries::INSERT_EDGES,
-                placeholders(4, chunk.len(), 1)
+                placeholders(self.dialect, 4, chunk.len(), 1)
             );
             let mut q = sqlx::query(&sql);
             for &(from, to, requires_success) in chunk {
