@@ -139,6 +139,12 @@ impl Engine {
         Ok(&*self.inner.store)
     }
 
+    /// Applies the store's schema migrations that are not applied yet. [`Engine::open`] does
+    /// this already; call it to migrate a shared database explicitly (e.g. before a deploy).
+    pub async fn migrate(&self) -> Result<()> {
+        self.store()?.migrate().await
+    }
+
     /// Validates and stores a template; returns its compiled graph.
     pub async fn register_template(&self, template: &TaskTemplate) -> Result<Arc<TaskGraph>> {
         let graph = Arc::new(template.compile()?);

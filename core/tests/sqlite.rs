@@ -73,3 +73,40 @@ async fn a_path_that_cannot_be_opened_is_a_store_error() {
         .unwrap_err();
     assert!(matches!(err, tasker_core::Error::Store(_)), "{err}");
 }
+
+#[tokio::test]
+async fn migrating_an_up_to_date_database_again_is_a_no_op_and_registration_fills_the_catalogue() {
+    let dir = std::env::temp_dir().join(format!("tasker-migrate-{}", tasker_core::TaskId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("tasker.db").display());
+    let engine = Engine::open(&url).await.unwrap();
+    engine.migrate().await.unwrap();
+    register(
+        &engine,
+        &template("cat", "alogue").steps(chain_of("s", 3, "h")),
+    )
+    .await;
+    engine.close();
+
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let namespaces: Vec<String> = sqlx::query("SELECT name FROM tasker_task_namespaces")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get("name"))
+        .collect();
+    assert_eq!(namespaces, vec!["cat"]);
+    let steps: Vec<(String, String)> =
+        sqlx::query("SELECT step_name, handler FROM tasker_named_steps ORDER BY position")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get("step_name"), r.get("handler")))
+            .collect();
+    assert_eq!(steps.len(), 3);
+    assert_eq!(steps[0], ("s0".to_owned(), "h".to_owned()));
+    let _ = std::fs::remove_dir_all(dir);
+}

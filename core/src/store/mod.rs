@@ -233,6 +233,11 @@ impl WorkStatus {
 /// `now` comes from the engine's clock so that time is injectable.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// Applies the schema migrations not yet applied (stores apply them on open too).
+    async fn migrate(&self) -> Result<()> {
+        Ok(())
+    }
+
     /// Stores a validated template. Registering the same content again is a no-op; different
     /// content under an existing version is [`crate::Error::TemplateConflict`].
     async fn save_template(&self, graph: &TaskGraph) -> Result<()>;

@@ -97,6 +97,11 @@ enum Lock {
 mod queries {
     pub const TEMPLATE: &str =
         "SELECT template FROM tasker_named_tasks WHERE namespace = $1 AND name = $2 AND version = $3";
+    pub const INSERT_NAMESPACE: &str = "INSERT INTO tasker_task_namespaces (name, created_at) \
+        VALUES ($1, $2) ON CONFLICT (name) DO NOTHING";
+    /// Completed with the value tuples.
+    pub const INSERT_NAMED_STEPS: &str = "INSERT INTO tasker_named_steps \
+        (namespace, name, version, position, step_name, handler) VALUES";
     pub const TEMPLATE_VERSIONS: &str =
         "SELECT version FROM tasker_named_tasks WHERE namespace = $1 AND name = $2";
     pub const INSERT_TEMPLATE: &str = "INSERT INTO tasker_named_tasks \
@@ -613,6 +618,39 @@ impl SqlStore {
         Ok(())
     }
 
+    /// The namespace and the named steps of a newly registered template version.
+    async fn save_named_steps(
+        &self,
+        conn: &mut AnyConnection,
+        graph: &TaskGraph,
+    ) -> std::result::Result<(), sqlx::Error> {
+        sqlx::query(queries::INSERT_NAMESPACE)
+            .bind(graph.namespace())
+            .bind(ms(chrono::Utc::now()))
+            .execute(&mut *conn)
+            .await?;
+        let version = graph.version().to_string();
+        for (c, chunk) in graph.steps().chunks(MAX_ROWS).enumerate() {
+            let sql = format!(
+                "{} {}",
+                queries::INSERT_NAMED_STEPS,
+                placeholders(self.dialect, 6, chunk.len(), 1)
+            );
+            let mut q = sqlx::query(&sql);
+            for (i, step) in chunk.iter().enumerate() {
+                q = q
+                    .bind(graph.namespace())
+                    .bind(graph.name())
+                    .bind(version.as_str())
+                    .bind((c * MAX_ROWS + i) as i64)
+                    .bind(&*step.name)
+                    .bind(&*step.handler);
+            }
+            q.execute(&mut *conn).await?;
+        }
+        Ok(())
+    }
+
     /// The body of [`Store::claim`], in the open transaction.
     async fn claim_in(
         &self,
@@ -884,6 +922,10 @@ pub(crate) async fn open(url: &str, waker: Arc<Notify>) -> Result<SqlStore> {
 
 #[async_trait]
 impl Store for SqlStore {
+    async fn migrate(&self) -> Result<()> {
+        SqlStore::migrate(self).await
+    }
+
     async fn save_template(&self, graph: &TaskGraph) -> Result<()> {
         let text = serde_json::to_string(graph.template()).map_err(db)?;
         let mut tx = self.begin().await?;
@@ -913,8 +955,15 @@ impl Store for SqlStore {
                     .bind(ms(chrono::Utc::now()))
                     .execute(&mut *tx.tx)
                     .await;
+                let inserted = match inserted {
+                    Ok(_) => self
+                        .save_named_steps(&mut tx.tx, graph)
+                        .await
+                        .map(|()| false),
+                    Err(e) => Err(e),
+                };
                 match inserted {
-                    Ok(_) => Ok(false),
+                    Ok(again) => Ok(again),
                     // Registered concurrently by another engine: compare with that.
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(true),
                     Err(e) => Err(db(e)),
