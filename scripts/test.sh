@@ -24,8 +24,15 @@ read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if 
 psql -qAt "$TASKER_TEST_POSTGRES_URL" -c "SELECT nspname FROM pg_namespace WHERE nspname LIKE 'tasker\_test\_%'" \
   | while read -r schema; do psql -q "$TASKER_TEST_POSTGRES_URL" -c "DROP SCHEMA $schema CASCADE" 2>/dev/null; done
 
+step "python: the wheel (maturin) in a fresh venv, pytest"
+python=$(bash scripts/python.sh | tail -n 1)
+(cd bindings-python && "../$python" -m pytest -q tests) | tee target/pytest-output.txt
+py_passed=$(grep -Eo '[0-9]+ passed' target/pytest-output.txt | tail -n 1 | grep -Eo '[0-9]+' || echo 0)
+py_failed=$(grep -Eo '[0-9]+ failed' target/pytest-output.txt | tail -n 1 | grep -Eo '[0-9]+' || echo 0)
+
 step "example: order fulfilment"
-cargo run --quiet -p tasker-core-examples --bin order_fulfilment
+cargo run --quiet -p tasker-core-examples --bin order_fulfilment memory:
+"$python" examples/python/order_fulfilment.py memory:
 
 step "throughput harness (smoke: memory, SQLite, PostgreSQL in 2 processes, wake-up latency)"
 smoke_db="$(mktemp -d)/smoke.db"
@@ -42,3 +49,5 @@ psql -q "$TASKER_TEST_POSTGRES_URL" -c "DROP SCHEMA $smoke_schema CASCADE" 2>/de
 
 echo
 echo "rust: ${passed} passed, ${failed} failed"
+echo "python: ${py_passed} passed, ${py_failed} failed"
+echo "all: $((passed + py_passed)) passed, $((failed + py_failed)) failed"

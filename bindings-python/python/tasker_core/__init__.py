@@ -1,0 +1,194 @@
+"""Tasker Core: workflow orchestration with a Rust core.
+
+A *task* is one run of a *template*: a DAG of *steps*. The engine (written in Rust, in the
+``tasker_core._native`` extension module) decides which steps are ready, hands them out with a
+lease, retries failures with backoff, records every state change and publishes lifecycle
+events. This package adds what belongs to Python: the :class:`Worker` that runs your handler
+functions, the :class:`Step` they receive, and the two exceptions a handler raises to say how
+it failed.
+
+>>> import tasker_core
+>>> engine = tasker_core.Engine("memory:")
+>>> _ = engine.register_template(
+...     "namespace: demo\\nname: hello\\nversion: 1.0.0\\nsteps: [{name: greet}]")
+>>> task_id = engine.create_task("demo", "hello", context={"who": "world"})
+>>> worker = tasker_core.Worker(engine, concurrency=2)
+>>> @worker.handler("greet")
+... def greet(step):
+...     return {"greeting": "hello " + step.context["who"]}
+>>> worker.run_until_idle(timeout=10)["completed"]
+1
+>>> engine.task(task_id)["status"]
+'complete'
+>>> engine.close()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from ._native import (
+    ClaimLostError,
+    Engine,
+    InvalidArgumentError,
+    InvalidTransitionError,
+    NotFoundError,
+    StoreError,
+    Subscription,
+    TaskerError,
+    TemplateError,
+)
+
+__all__ = [
+    "ClaimLostError",
+    "Engine",
+    "InvalidArgumentError",
+    "InvalidTransitionError",
+    "NotFoundError",
+    "PermanentError",
+    "RetryableError",
+    "Step",
+    "StoreError",
+    "Subscription",
+    "TaskerError",
+    "TemplateError",
+    "Worker",
+    "__version__",
+]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover - Python < 3.8 is not supported anyway
+        return "0.1.0"
+    try:
+        return version("tasker-core")
+    except PackageNotFoundError:
+        return "0.1.0"
+
+
+__version__: str = _version()
+
+# A library logs, an application decides where the log goes.
+logging.getLogger("tasker_core").addHandler(logging.NullHandler())
+
+
+class RetryableError(Exception):
+    """Raised by a handler: this attempt failed, try the step again.
+
+    The step is retried while it has attempts left (``retry.max_attempts`` of its template).
+    ``retry_after`` (seconds, or a :class:`datetime.timedelta`) overrides the step's backoff
+    for the next attempt; ``None`` keeps the backoff.
+
+    Any exception other than :class:`PermanentError` is retryable too; raise this one to give
+    a clear message or a ``retry_after``.
+    """
+
+    message: str
+    retry_after: float | None
+
+    def __init__(
+        self, message: str, retry_after: float | timedelta | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = str(message)
+        self.retry_after = _seconds(retry_after, "retry_after")
+
+    def __repr__(self) -> str:
+        if self.retry_after is None:
+            return f"RetryableError({self.message!r})"
+        return f"RetryableError({self.message!r}, retry_after={self.retry_after!r})"
+
+
+class PermanentError(Exception):
+    """Raised by a handler: this step failed for good, do not try it again.
+
+    The step ends in ``error``; the steps that require it to succeed are ``skipped`` and the
+    task ends in ``error`` once nothing else can run (an operator may still ``retry_task`` or
+    ``resolve_step``).
+    """
+
+    message: str
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = str(message)
+
+    def __repr__(self) -> str:
+        return f"PermanentError({self.message!r})"
+
+
+def _seconds(value: float | timedelta | None, what: str) -> float | None:
+    """``value`` as a non-negative number of seconds (or None)."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        value = value.total_seconds()
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(
+            f"{what} must be a number of seconds, a timedelta or None, "
+            f"not {type(value).__name__}"
+        )
+    seconds = float(value)
+    if not seconds >= 0.0 or seconds == float("inf"):
+        raise ValueError(
+            f"{what} must be a finite number of seconds >= 0, not {value!r}"
+        )
+    return seconds
+
+
+@dataclass(frozen=True)
+class Step:
+    """One claimed attempt of a step, as a handler receives it.
+
+    ``context`` is the task's context, ``inputs`` maps each parent step's name to its result,
+    ``attempt`` counts from 1. The object is read-only; return the step's result (anything
+    JSON-serialisable) from the handler, or raise :class:`RetryableError` /
+    :class:`PermanentError`.
+    """
+
+    task_id: str
+    step_id: str
+    name: str
+    handler: str
+    context: Any = None
+    inputs: Mapping[str, Any] = field(default_factory=dict)
+    attempt: int = 1
+    max_attempts: int = 1
+    namespace: str = ""
+    task_name: str = ""
+    #: When the lease of this attempt runs out (RFC 3339), unless extended by a heartbeat.
+    lease_expires_at: str | None = None
+    #: The step's ``timeout_ms``: the length of a lease.
+    timeout_ms: int | None = None
+
+    @property
+    def is_last_attempt(self) -> bool:
+        """Whether a retryable failure of this attempt ends the step (no attempts left)."""
+        return self.attempt >= self.max_attempts
+
+    @classmethod
+    def from_claim(cls, claimed: Mapping[str, Any]) -> Step:
+        """The step of one dict returned by :meth:`Engine.claim`."""
+        return cls(
+            task_id=claimed["task_id"],
+            step_id=claimed["step_id"],
+            name=claimed["name"],
+            handler=claimed.get("handler", claimed["name"]),
+            context=claimed.get("context"),
+            inputs=claimed.get("inputs") or {},
+            attempt=claimed.get("attempt", 1),
+            max_attempts=claimed.get("max_attempts", 1),
+            namespace=claimed.get("namespace", ""),
+            task_name=claimed.get("task_name", ""),
+            lease_expires_at=claimed.get("lease_expires_at"),
+            timeout_ms=claimed.get("timeout_ms"),
+        )
+
+
+from ._worker import Worker

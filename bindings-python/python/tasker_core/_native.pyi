@@ -1,0 +1,308 @@
+"""Type stubs of ``tasker_core._native``, the Rust half of the ``tasker_core`` package.
+
+Every call that waits (for the store, or for work in ``claim`` and ``Subscription.next``)
+releases the GIL. JSON payloads (contexts, results, inputs, event details) cross as plain
+Python values: dict, list, str, int, float, bool and None.
+"""
+
+from collections.abc import Iterator
+from typing import Any, Literal, TypedDict
+
+from typing_extensions import Self, TypeAlias
+
+JSON: TypeAlias = Any
+"""A JSON-serialisable value: dict (str keys), list, str, int, float, bool or None."""
+
+TaskStatus: TypeAlias = Literal[
+    "pending",
+    "in_progress",
+    "complete",
+    "error",
+    "cancelled",
+    "paused",
+    "resolved_manually",
+]
+StepStatus: TypeAlias = Literal[
+    "pending",
+    "in_progress",
+    "complete",
+    "error",
+    "waiting_for_retry",
+    "cancelled",
+    "skipped",
+    "resolved_manually",
+]
+
+DEFAULT_URL: str
+"""The store an ``Engine()`` opens without a URL: ``"sqlite://tasker.db"``."""
+
+class TaskerError(Exception):
+    """Base class of every error the engine raises."""
+
+class TemplateError(TaskerError):
+    """A template is malformed or invalid (a cycle, an unknown or duplicate step, bad YAML),
+    or its version is registered already with other content."""
+
+class NotFoundError(TaskerError):
+    """No template, task or step has that name or id."""
+
+class InvalidTransitionError(TaskerError):
+    """The state machine refused the operation (e.g. cancelling a completed task)."""
+
+class ClaimLostError(InvalidTransitionError):
+    """A report on a claim that is no longer held: the lease expired and the step was handed
+    out again, the task was cancelled, or the step was resolved by an operator."""
+
+class StoreError(TaskerError):
+    """The database failed, or the engine is closed ("the engine is closed")."""
+
+class InvalidArgumentError(TaskerError):
+    """An argument is malformed: a store URL, an id string, a version string, an event
+    pattern, or a value that is not JSON-serialisable."""
+
+class TemplateSummary(TypedDict):
+    namespace: str
+    name: str
+    version: str
+    steps: list[str]
+
+class ClaimedStep(TypedDict):
+    step_id: str
+    task_id: str
+    name: str
+    handler: str
+    namespace: str
+    task_name: str
+    attempt: int
+    max_attempts: int
+    context: JSON
+    inputs: dict[str, JSON]
+    lease_expires_at: str
+    timeout_ms: int
+
+class Dependency(TypedDict):
+    step: str
+    requires_success: bool
+
+class Progress(TypedDict):
+    total: int
+    pending: int
+    in_progress: int
+    complete: int
+    waiting_for_retry: int
+    error: int
+    skipped: int
+    cancelled: int
+    resolved_manually: int
+    percent: float
+
+class StepView(TypedDict):
+    step_id: str
+    name: str
+    handler: str
+    status: StepStatus
+    attempts: int
+    max_attempts: int
+    result: JSON
+    error: str | None
+    depends_on: list[Dependency]
+    started_at: str | None
+    completed_at: str | None
+    duration_ms: int | None
+    next_attempt_at: str | None
+    lease_owner: str | None
+    lease_expires_at: str | None
+
+class TaskView(TypedDict):
+    id: str
+    namespace: str
+    name: str
+    version: str
+    status: TaskStatus
+    context: JSON
+    priority: int
+    idempotency_key: str | None
+    progress: Progress
+    steps: list[StepView]
+    created_at: str
+    updated_at: str
+    completed_at: str | None
+
+_Transition = TypedDict(
+    "_Transition",
+    {
+        "step_id": str | None,
+        "step": str | None,
+        "from": str | None,
+        "to": str,
+        "event": str,
+        "reason": str | None,
+        "attempt": int,
+        "at": str,
+    },
+)
+TransitionView = _Transition
+
+class GraphNode(TypedDict):
+    name: str
+    handler: str
+    status: StepStatus
+
+_GraphEdge = TypedDict("_GraphEdge", {"from": str, "to": str, "requires_success": bool})
+GraphEdge = _GraphEdge
+
+class GraphView(TypedDict):
+    task_id: str
+    nodes: list[GraphNode]
+    edges: list[GraphEdge]
+
+class WorkStatus(TypedDict):
+    ready: int
+    running: int
+    waiting: int
+    next_due: str | None
+
+class Event(TypedDict, total=False):
+    name: str
+    task_id: str
+    step_id: str
+    step_name: str
+    attempt: int
+    at: str
+    detail: JSON
+
+class Engine:
+    """The engine: templates, tasks, the worker protocol, views, operator verbs and events.
+
+    ``Engine(url=None)`` opens ``"memory:"``, ``"sqlite:///path.db"`` or ``"postgres://…"``;
+    without a URL, the SQLite file ``./tasker.db``. Usable as a context manager (closes on
+    exit). After :meth:`close`, every call raises :class:`StoreError`.
+    """
+
+    def __init__(self, url: str | None = None) -> None: ...
+    def register_template(self, template: str | dict[str, Any]) -> TemplateSummary:
+        """Validates and stores a template given as YAML or JSON text or as a dict.
+
+        Returns ``{"namespace", "name", "version", "steps": [step names]}``. Raises
+        :class:`TemplateError` for a malformed or invalid template (the message names the
+        offending steps) or a version registered already with other content.
+        """
+    def create_task(
+        self,
+        namespace: str,
+        name: str,
+        context: JSON = None,
+        version: str | None = None,
+        idempotency_key: str | None = None,
+        priority: int = 0,
+    ) -> str:
+        """Starts a task of template ``namespace/name`` and returns its id.
+
+        The newest version is used unless ``version`` is given. A second call with the same
+        ``idempotency_key`` returns the first task's id. Steps of tasks with a higher
+        ``priority`` are claimed first. Raises :class:`NotFoundError` for an unknown template,
+        :class:`InvalidArgumentError` for a bad version string or a context that is not JSON.
+        """
+    def claim(
+        self,
+        worker_id: str,
+        handlers: list[str] | None,
+        limit: int,
+        wait: float = 0.0,
+    ) -> list[ClaimedStep]:
+        """Claims up to ``limit`` ready steps whose handler is in ``handlers`` (any when None).
+
+        Each step is leased to ``worker_id`` for its ``timeout_ms``. When none is ready, waits
+        up to ``wait`` seconds (GIL released) for one. Higher-priority tasks come first.
+        """
+    def complete(self, step_id: str, attempt: int, result: JSON) -> None:
+        """Reports a claimed attempt's result.
+
+        Raises :class:`ClaimLostError` when the claim is no longer held and
+        :class:`InvalidArgumentError` when ``result`` is not JSON-serialisable.
+        """
+    def fail(
+        self,
+        step_id: str,
+        attempt: int,
+        message: str,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> None:
+        """Reports a claimed attempt's failure.
+
+        A retryable failure is retried while attempts are left, after ``retry_after`` seconds
+        when given, else after the step's backoff; a permanent one ends the step in ``error``.
+        Raises :class:`ClaimLostError` when the claim is no longer held.
+        """
+    def heartbeat(self, step_id: str, attempt: int) -> str:
+        """Extends a claimed attempt's lease by its timeout; returns the new expiry (RFC 3339).
+        Raises :class:`ClaimLostError` when the claim is no longer held."""
+    def task(self, task_id: str) -> TaskView:
+        """The task with its steps: status, attempts, result, error, durations, progress."""
+    def list_tasks(
+        self,
+        status: str | None = None,
+        namespace: str | None = None,
+        name: str | None = None,
+        limit: int = 100,
+    ) -> list[TaskView]:
+        """Tasks, newest first, filtered by status, namespace and template name."""
+    def transitions(self, task_id: str) -> list[TransitionView]:
+        """The task's audit trail, oldest first: ``step_id``, ``step`` (None for the task
+        itself), ``from``, ``to``, ``event``, ``reason``, ``attempt``, ``at``."""
+    def graph(self, task_id: str) -> GraphView:
+        """The task's DAG: nodes (name, handler, status) and edges (from, to,
+        requires_success)."""
+    def cancel_task(self, task_id: str) -> None:
+        """Cancels the task and its unfinished steps; later reports on its claims raise
+        :class:`ClaimLostError`. Raises :class:`InvalidTransitionError` for a finished task."""
+    def pause_task(self, task_id: str) -> None:
+        """Pauses the task: none of its steps is handed out until it is resumed."""
+    def resume_task(self, task_id: str) -> None:
+        """Resumes a paused task."""
+    def retry_task(self, task_id: str) -> None:
+        """Runs a failed task again: its failed steps get a fresh attempt budget and the steps
+        skipped on their account become pending."""
+    def resolve_step(self, task_id: str, step: str, result: JSON) -> None:
+        """An operator supplies the result of the step named ``step``; its dependents run as if
+        it had completed. The step ends ``resolved_manually``."""
+    def subscribe(self, pattern: str = "*") -> Subscription:
+        """Subscribes to lifecycle events whose name matches the glob ``pattern``
+        (``"step.*"``, ``"*.failed"``). Raises :class:`InvalidArgumentError` for a bad glob."""
+    def work_status(self, handlers: list[str] | None = None) -> WorkStatus:
+        """What work the store holds: ``ready`` (only steps of ``handlers`` when given),
+        ``running``, ``waiting`` (for a retry) and ``next_due`` (RFC 3339 or None). Idle when
+        the three counts are 0."""
+    def reclaim_expired(self) -> int:
+        """Gives back every step whose lease has expired; returns how many."""
+    def migrate(self) -> None:
+        """Applies the store's schema migrations not applied yet (opening does it too)."""
+    def close(self) -> None:
+        """Closes the engine: every later call raises :class:`StoreError`."""
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> None: ...
+
+class Subscription:
+    """A subscription to lifecycle events, made by :meth:`Engine.subscribe`.
+
+    Events are dicts: ``name``, ``task_id``, ``step_id``, ``step_name`` and ``attempt`` (for a
+    step's events), ``at`` and ``detail``. A slow subscriber loses events (counted in
+    :attr:`dropped`) instead of slowing the engine.
+    """
+
+    def next(self, timeout: float | None = None) -> Event | None:
+        """The next event, or None after ``timeout`` seconds (None: wait until one comes).
+        Waits with the GIL released."""
+    def __iter__(self) -> Iterator[Event]:
+        """Yields events as they come, forever (blocking)."""
+    def __next__(self) -> Event: ...
+    @property
+    def dropped(self) -> int:
+        """Events lost because this subscriber's queue was full."""
+    @property
+    def pattern(self) -> str:
+        """The glob this subscription matches."""

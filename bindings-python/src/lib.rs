@@ -1,0 +1,649 @@
+//! `tasker_core._native`: the Python face of the engine. Thin by design: argument conversion
+//! (JSON values through `pythonize`), error mapping, handle lifetimes, and the GIL released
+//! whenever Rust waits. The worker loop lives in Python (`tasker_core/_worker.py`) and calls
+//! the low-level protocol here; no Rust thread ever calls into Python.
+
+#![deny(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use pyo3::create_exception;
+use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+use pythonize::{depythonize, pythonize};
+use serde_json::Value;
+use tasker_core::error::ErrorKind;
+use tasker_core::events::Subscription as CoreSubscription;
+use tasker_core::store::{ClaimRequest, StepFailure};
+use tasker_core::{Error, FailureKind, NewTask, StepId, TaskFilter, TaskId, TaskState};
+use tokio::runtime::Runtime;
+
+create_exception!(
+    _native,
+    TaskerError,
+    PyException,
+    "Base class of every error the engine raises."
+);
+create_exception!(
+    _native,
+    TemplateError,
+    TaskerError,
+    "A template is malformed or invalid, or a version is registered with other content."
+);
+create_exception!(
+    _native,
+    NotFoundError,
+    TaskerError,
+    "No template, task or step has that name or id."
+);
+create_exception!(
+    _native,
+    InvalidTransitionError,
+    TaskerError,
+    "The state machine refused the operation (e.g. cancelling a completed task)."
+);
+create_exception!(
+    _native,
+    ClaimLostError,
+    InvalidTransitionError,
+    "A report on a claim that is no longer held (lease expired, task cancelled, step resolved)."
+);
+create_exception!(
+    _native,
+    StoreError,
+    TaskerError,
+    "The database failed, or the engine is closed."
+);
+create_exception!(
+    _native,
+    InvalidArgumentError,
+    TaskerError,
+    "An argument is malformed: a URL, an id, a version, a pattern, a value that is not JSON."
+);
+
+/// Maps an engine error to its Python exception class.
+fn py_err(e: Error) -> PyErr {
+    let message = e.to_string();
+    match (&e, e.kind()) {
+        (Error::ClaimLost { .. }, _) => ClaimLostError::new_err(message),
+        (_, ErrorKind::Template) => TemplateError::new_err(message),
+        (_, ErrorKind::NotFound) => NotFoundError::new_err(message),
+        (_, ErrorKind::InvalidTransition) => InvalidTransitionError::new_err(message),
+        (_, ErrorKind::InvalidArgument) => InvalidArgumentError::new_err(message),
+        (_, ErrorKind::Store) => StoreError::new_err(message),
+    }
+}
+
+fn invalid(message: impl Into<String>) -> PyErr {
+    InvalidArgumentError::new_err(message.into())
+}
+
+/// One tokio runtime per process, made again in a forked child (a fork keeps no threads).
+fn runtime() -> PyResult<Arc<Runtime>> {
+    static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
+    let mut slot = RUNTIME.lock();
+    let pid = std::process::id();
+    if let Some((owner, rt)) = slot.as_ref() {
+        if *owner == pid {
+            return Ok(rt.clone());
+        }
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("tasker-core")
+        .enable_all()
+        .build()
+        .map(Arc::new)
+        .map_err(|e| StoreError::new_err(format!("cannot start the engine's runtime: {e}")))?;
+    *slot = Some((pid, rt.clone()));
+    Ok(rt)
+}
+
+/// A Python object as a JSON value. NaN and infinities are refused (JSON has none; they would
+/// silently become null).
+fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
+    if let Some(bad) = non_finite(obj)? {
+        return Err(invalid(format!(
+            "{what} is not JSON-serialisable: {bad} is not a finite number"
+        )));
+    }
+    depythonize::<Value>(obj).map_err(|e| invalid(format!("{what} is not JSON-serialisable: {e}")))
+}
+
+/// The first float in `obj` (searched through dicts, lists and tuples) that is NaN or infinite.
+fn non_finite(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    if let Ok(f) = obj.cast::<pyo3::types::PyFloat>() {
+        let v = f.value();
+        return Ok((!v.is_finite()).then_some(v));
+    }
+    if let Ok(d) = obj.cast::<PyDict>() {
+        for (_, v) in d.iter() {
+            if let Some(bad) = non_finite(&v)? {
+                return Ok(Some(bad));
+            }
+        }
+    } else if let Ok(l) = obj.cast::<pyo3::types::PyList>() {
+        for v in l.iter() {
+            if let Some(bad) = non_finite(&v)? {
+                return Ok(Some(bad));
+            }
+        }
+    } else if let Ok(t) = obj.cast::<pyo3::types::PyTuple>() {
+        for v in t.iter() {
+            if let Some(bad) = non_finite(&v)? {
+                return Ok(Some(bad));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// A JSON value (or anything serde serialises) as a Python object.
+fn to_py<T: serde::Serialize>(py: Python<'_>, value: &T) -> PyResult<Py<PyAny>> {
+    pythonize(py, value)
+        .map(Bound::unbind)
+        .map_err(|e| StoreError::new_err(format!("cannot convert a value to Python: {e}")))
+}
+
+fn task_id(text: &str) -> PyResult<TaskId> {
+    text.parse()
+        .map_err(|e: tasker_core::ids::InvalidId| invalid(e.to_string()))
+}
+
+fn step_id(text: &str) -> PyResult<StepId> {
+    text.parse()
+        .map_err(|e: tasker_core::ids::InvalidId| invalid(e.to_string()))
+}
+
+fn seconds(value: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        invalid(format!(
+            "{what} must be a non-negative number of seconds, not {value}"
+        ))
+    })
+}
+
+/// The engine: templates, tasks, the worker protocol, views, operator verbs and events.
+///
+/// ``Engine(url=None)`` opens ``"memory:"``, ``"sqlite:///path.db"`` or ``"postgres://…"``;
+/// without a URL, the SQLite file ``./tasker.db``. Usable as a context manager (closes on exit).
+/// Every call that waits for the store or for work releases the GIL.
+#[pyclass(module = "tasker_core._native", frozen)]
+struct Engine {
+    engine: tasker_core::Engine,
+    runtime: Arc<Runtime>,
+    pid: u32,
+}
+
+impl Engine {
+    /// Runs `f(engine)` on the runtime with the GIL released.
+    fn call<T, F, Fut>(&self, py: Python<'_>, f: F) -> PyResult<T>
+    where
+        T: Send,
+        F: FnOnce(tasker_core::Engine) -> Fut + Send,
+        Fut: std::future::Future<Output = Result<T, Error>> + Send,
+    {
+        if std::process::id() != self.pid {
+            return Err(StoreError::new_err(
+                "this engine was opened before a fork: open a new Engine in the child process",
+            ));
+        }
+        let engine = self.engine.clone();
+        let runtime = self.runtime.clone();
+        py.detach(move || runtime.block_on(f(engine)))
+            .map_err(py_err)
+    }
+}
+
+#[pymethods]
+impl Engine {
+    #[new]
+    #[pyo3(signature = (url = None))]
+    fn new(py: Python<'_>, url: Option<String>) -> PyResult<Self> {
+        let runtime = runtime()?;
+        let url = url.unwrap_or_else(|| tasker_core::engine::DEFAULT_URL.to_owned());
+        let rt = runtime.clone();
+        let engine = py
+            .detach(move || rt.block_on(tasker_core::Engine::open(&url)))
+            .map_err(py_err)?;
+        Ok(Engine {
+            engine,
+            runtime,
+            pid: std::process::id(),
+        })
+    }
+
+    /// Validates and stores a template given as YAML or JSON text or as a dict. Returns
+    /// ``{"namespace", "name", "version", "steps": [step names]}``. Raises TemplateError.
+    #[pyo3(signature = (template))]
+    fn register_template(
+        &self,
+        py: Python<'_>,
+        template: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
+        let graph = if let Ok(text) = template.cast::<PyString>() {
+            let text: String = text.extract()?;
+            self.call(
+                py,
+                move |e| async move { e.register_template_str(&text).await },
+            )?
+        } else if template.is_instance_of::<PyDict>() {
+            let value = to_json(template, "the template")?;
+            self.call(py, move |e| async move {
+                e.register_template_value(value).await
+            })?
+        } else {
+            return Err(PyTypeError::new_err(format!(
+                "a template is YAML or JSON text (str) or a dict, not {}",
+                template.get_type().name()?
+            )));
+        };
+        let steps: Vec<&str> = graph.steps().iter().map(|s| &*s.name).collect();
+        to_py(
+            py,
+            &serde_json::json!({
+                "namespace": graph.namespace(),
+                "name": graph.name(),
+                "version": graph.version().to_string(),
+                "steps": steps,
+            }),
+        )
+    }
+
+    /// Starts a task of template ``namespace/name`` (the newest version unless ``version`` is
+    /// given) and returns its id. A second call with the same ``idempotency_key`` returns the
+    /// first task's id. Steps of tasks with a higher ``priority`` are claimed first.
+    #[pyo3(signature = (namespace, name, context = None, version = None, idempotency_key = None, priority = 0))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of the Python API
+    fn create_task(
+        &self,
+        py: Python<'_>,
+        namespace: String,
+        name: String,
+        context: Option<&Bound<'_, PyAny>>,
+        version: Option<String>,
+        idempotency_key: Option<String>,
+        priority: i32,
+    ) -> PyResult<String> {
+        let context = match context {
+            Some(c) if !c.is_none() => to_json(c, "the context")?,
+            _ => Value::Object(Default::default()),
+        };
+        let task = NewTask {
+            namespace,
+            name,
+            version,
+            context,
+            idempotency_key,
+            priority,
+        };
+        let id = self.call(py, move |e| async move { e.create_task(task).await })?;
+        Ok(id.to_string())
+    }
+
+    /// Claims up to ``limit`` ready steps whose handler is in ``handlers`` (all when None) for
+    /// ``worker_id``, each with a lease of its ``timeout_ms``. When none is ready, waits up to
+    /// ``wait`` seconds for one. Returns a list of step dicts (step_id, task_id, name, handler,
+    /// namespace, task_name, attempt, max_attempts, context, inputs, lease_expires_at,
+    /// timeout_ms).
+    #[pyo3(signature = (worker_id, handlers, limit, wait = 0.0))]
+    fn claim(
+        &self,
+        py: Python<'_>,
+        worker_id: String,
+        handlers: Option<Vec<String>>,
+        limit: usize,
+        wait: f64,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        let wait = seconds(wait, "wait")?;
+        let request = ClaimRequest {
+            worker_id: worker_id.into(),
+            handlers: handlers.map(|h| h.into_iter().map(Into::into).collect()),
+            limit,
+        };
+        let claimed = self.call(py, move |e| async move {
+            let deadline = Instant::now() + wait;
+            loop {
+                let claimed = e.claim(&request).await?;
+                let left = deadline.saturating_duration_since(Instant::now());
+                if !claimed.is_empty() || left.is_zero() {
+                    return Ok(claimed);
+                }
+                e.wait_for_work(left.min(Duration::from_millis(50))).await;
+            }
+        })?;
+        claimed
+            .iter()
+            .map(|s| {
+                to_py(
+                    py,
+                    &serde_json::json!({
+                        "step_id": s.step_id.to_string(),
+                        "task_id": s.task_id().to_string(),
+                        "name": &*s.name,
+                        "handler": &*s.handler,
+                        "namespace": &*s.namespace,
+                        "task_name": &*s.task_name,
+                        "attempt": s.attempt,
+                        "max_attempts": s.max_attempts,
+                        "context": &*s.context,
+                        "inputs": s.inputs.to_json(),
+                        "lease_expires_at": s.lease_expires_at,
+                        "timeout_ms": s.timeout_ms,
+                    }),
+                )
+            })
+            .collect()
+    }
+
+    /// Reports a claimed attempt's result (JSON-serialisable). Raises ClaimLostError when the
+    /// claim is no longer held, InvalidArgumentError when the result is not JSON.
+    #[pyo3(signature = (step_id, attempt, result))]
+    fn complete(
+        &self,
+        py: Python<'_>,
+        step_id: &str,
+        attempt: u32,
+        result: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let step = self::step_id(step_id)?;
+        let result = to_json(result, "the result")?;
+        self.call(py, move |e| async move {
+            e.complete(step, attempt, result).await
+        })
+    }
+
+    /// Reports a claimed attempt's failure: retryable (after ``retry_after`` seconds if given,
+    /// else the step's backoff) or not.
+    #[pyo3(signature = (step_id, attempt, message, retryable = true, retry_after = None))]
+    fn fail(
+        &self,
+        py: Python<'_>,
+        step_id: &str,
+        attempt: u32,
+        message: String,
+        retryable: bool,
+        retry_after: Option<f64>,
+    ) -> PyResult<()> {
+        let step = self::step_id(step_id)?;
+        let kind = if retryable {
+            let retry_after_ms = retry_after
+                .map(|s| seconds(s, "retry_after").map(|d| d.as_millis() as u64))
+                .transpose()?;
+            FailureKind::Retryable { retry_after_ms }
+        } else {
+            FailureKind::Permanent
+        };
+        let failure = StepFailure { message, kind };
+        self.call(
+            py,
+            move |e| async move { e.fail(step, attempt, failure).await },
+        )
+    }
+
+    /// Extends a claimed attempt's lease by its timeout; returns the new expiry (RFC 3339).
+    #[pyo3(signature = (step_id, attempt))]
+    fn heartbeat(&self, py: Python<'_>, step_id: &str, attempt: u32) -> PyResult<String> {
+        let step = self::step_id(step_id)?;
+        let at = self.call(py, move |e| async move { e.heartbeat(step, attempt).await })?;
+        Ok(serde_json::to_value(at)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| at.to_rfc3339()))
+    }
+
+    /// The task as a dict: id, namespace, name, version, status, context, priority,
+    /// idempotency_key, progress, steps (status, attempts, result, error, duration_ms, …),
+    /// created_at, updated_at, completed_at.
+    #[pyo3(signature = (task_id))]
+    fn task(&self, py: Python<'_>, task_id: &str) -> PyResult<Py<PyAny>> {
+        let id = self::task_id(task_id)?;
+        let view = self.call(py, move |e| async move { e.task(id).await })?;
+        to_py(py, &view)
+    }
+
+    /// Tasks, newest first, filtered by status, namespace and template name.
+    #[pyo3(signature = (status = None, namespace = None, name = None, limit = 100))]
+    fn list_tasks(
+        &self,
+        py: Python<'_>,
+        status: Option<&str>,
+        namespace: Option<String>,
+        name: Option<String>,
+        limit: usize,
+    ) -> PyResult<Py<PyAny>> {
+        let status = status
+            .map(|s| s.parse::<TaskState>().map_err(|e| invalid(e.to_string())))
+            .transpose()?;
+        let filter = TaskFilter {
+            status,
+            namespace,
+            name,
+            limit,
+        };
+        let views = self.call(py, move |e| async move { e.list_tasks(&filter).await })?;
+        to_py(py, &views)
+    }
+
+    /// The task's audit trail, oldest first: dicts with step_id, step (None for the task),
+    /// from, to, event, reason, attempt, at.
+    #[pyo3(signature = (task_id))]
+    fn transitions(&self, py: Python<'_>, task_id: &str) -> PyResult<Py<PyAny>> {
+        let id = self::task_id(task_id)?;
+        let trail = self.call(py, move |e| async move { e.transitions(id).await })?;
+        to_py(py, &trail)
+    }
+
+    /// The task's DAG: ``{"task_id", "nodes": [{name, handler, status}], "edges": [{from, to,
+    /// requires_success}]}``.
+    #[pyo3(signature = (task_id))]
+    fn graph(&self, py: Python<'_>, task_id: &str) -> PyResult<Py<PyAny>> {
+        let id = self::task_id(task_id)?;
+        let graph = self.call(py, move |e| async move { e.graph(id).await })?;
+        to_py(py, &graph)
+    }
+
+    /// Cancels the task and its unfinished steps.
+    #[pyo3(signature = (task_id))]
+    fn cancel_task(&self, py: Python<'_>, task_id: &str) -> PyResult<()> {
+        let id = self::task_id(task_id)?;
+        self.call(py, move |e| async move { e.cancel_task(id).await })
+    }
+
+    /// Pauses the task: none of its steps is handed out until it is resumed.
+    #[pyo3(signature = (task_id))]
+    fn pause_task(&self, py: Python<'_>, task_id: &str) -> PyResult<()> {
+        let id = self::task_id(task_id)?;
+        self.call(py, move |e| async move { e.pause_task(id).await })
+    }
+
+    /// Resumes a paused task.
+    #[pyo3(signature = (task_id))]
+    fn resume_task(&self, py: Python<'_>, task_id: &str) -> PyResult<()> {
+        let id = self::task_id(task_id)?;
+        self.call(py, move |e| async move { e.resume_task(id).await })
+    }
+
+    /// Runs a failed task again: its failed steps get a fresh attempt budget.
+    #[pyo3(signature = (task_id))]
+    fn retry_task(&self, py: Python<'_>, task_id: &str) -> PyResult<()> {
+        let id = self::task_id(task_id)?;
+        self.call(py, move |e| async move { e.retry_task(id).await })
+    }
+
+    /// An operator supplies the result of step ``step`` of the task; its dependents run as if
+    /// it had completed.
+    #[pyo3(signature = (task_id, step, result))]
+    fn resolve_step(
+        &self,
+        py: Python<'_>,
+        task_id: &str,
+        step: String,
+        result: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let id = self::task_id(task_id)?;
+        let result = to_json(result, "the result")?;
+        self.call(py, move |e| async move {
+            e.resolve_step(id, &step, result).await
+        })
+    }
+
+    /// Subscribes to lifecycle events whose name matches the glob ``pattern`` (``"step.*"``).
+    #[pyo3(signature = (pattern = "*"))]
+    fn subscribe(&self, pattern: &str) -> PyResult<Subscription> {
+        let sub = self.engine.subscribe(pattern).map_err(py_err)?;
+        Ok(Subscription { sub: Arc::new(sub) })
+    }
+
+    /// What work there is: ``{"ready", "running", "waiting", "next_due"}`` (``ready`` counts
+    /// only steps of ``handlers`` when given).
+    #[pyo3(signature = (handlers = None))]
+    fn work_status(&self, py: Python<'_>, handlers: Option<Vec<String>>) -> PyResult<Py<PyAny>> {
+        let status = self.call(py, move |e| async move {
+            match handlers {
+                Some(h) => {
+                    let names: Vec<Arc<str>> = h.into_iter().map(Into::into).collect();
+                    e.work_status_for(&names).await
+                }
+                None => e.work_status().await,
+            }
+        })?;
+        to_py(
+            py,
+            &serde_json::json!({
+                "ready": status.ready,
+                "running": status.running,
+                "waiting": status.waiting,
+                "next_due": status.next_due,
+            }),
+        )
+    }
+
+    /// Gives back every step whose lease has expired; returns how many.
+    fn reclaim_expired(&self, py: Python<'_>) -> PyResult<usize> {
+        self.call(py, |e| async move { e.reclaim_expired().await })
+    }
+
+    /// Applies the store's schema migrations not applied yet (opening does it too).
+    fn migrate(&self, py: Python<'_>) -> PyResult<()> {
+        self.call(py, |e| async move { e.migrate().await })
+    }
+
+    /// Closes the engine: every later call raises StoreError.
+    fn close(&self) {
+        self.engine.close();
+    }
+
+    /// Whether ``close()`` was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.engine.is_closed()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) {
+        self.engine.close();
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "<tasker_core.Engine{}>",
+            if self.engine.is_closed() {
+                " closed"
+            } else {
+                ""
+            }
+        )
+    }
+}
+
+/// A subscription to lifecycle events: ``next(timeout=None)`` or iterate. Each event is a dict
+/// with name, task_id, step_id, step_name, attempt, at and detail. A slow subscriber loses
+/// events (counted in ``dropped``) instead of slowing the engine.
+#[pyclass(module = "tasker_core._native", frozen)]
+struct Subscription {
+    sub: Arc<CoreSubscription>,
+}
+
+impl Subscription {
+    fn wait(&self, py: Python<'_>, timeout: Option<Duration>) -> PyResult<Option<Py<PyAny>>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            // Wait in short slices with the GIL released, so Ctrl-C is seen between them.
+            let slice = match deadline {
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100)),
+                None => Duration::from_millis(100),
+            };
+            let sub = self.sub.clone();
+            if let Some(event) = py.detach(move || sub.next_timeout(slice)) {
+                return to_py(py, &event.to_json()).map(Some);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Subscription {
+    /// The next event, or None after ``timeout`` seconds (None: wait until one comes).
+    #[pyo3(signature = (timeout = None))]
+    fn next(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Py<PyAny>>> {
+        let timeout = timeout.map(|t| seconds(t, "timeout")).transpose()?;
+        self.wait(py, timeout)
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__(&self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        self.wait(py, None)
+    }
+
+    /// Events lost because this subscriber's queue was full.
+    #[getter]
+    fn dropped(&self) -> u64 {
+        self.sub.dropped()
+    }
+
+    /// The glob this subscription matches.
+    #[getter]
+    fn pattern(&self) -> String {
+        self.sub.pattern().to_owned()
+    }
+}
+
+/// The native half of the ``tasker_core`` package.
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Engine>()?;
+    m.add_class::<Subscription>()?;
+    m.add("TaskerError", py.get_type::<TaskerError>())?;
+    m.add("TemplateError", py.get_type::<TemplateError>())?;
+    m.add("NotFoundError", py.get_type::<NotFoundError>())?;
+    m.add(
+        "InvalidTransitionError",
+        py.get_type::<InvalidTransitionError>(),
+    )?;
+    m.add("ClaimLostError", py.get_type::<ClaimLostError>())?;
+    m.add("StoreError", py.get_type::<StoreError>())?;
+    m.add(
+        "InvalidArgumentError",
+        py.get_type::<InvalidArgumentError>(),
+    )?;
+    m.add("DEFAULT_URL", tasker_core::engine::DEFAULT_URL)?;
+    Ok(())
+}
