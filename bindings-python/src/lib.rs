@@ -91,6 +91,11 @@ fn runtime() -> PyResult<Arc<Runtime>> {
             return Ok(rt.clone());
         }
     }
+    // A forked child: the parent's runtime threads do not exist here, and dropping it would
+    // wait for them forever. Leak it.
+    if let Some((_, parent)) = slot.take() {
+        std::mem::forget(parent);
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("tasker-core")
@@ -113,27 +118,40 @@ fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
     depythonize::<Value>(obj).map_err(|e| invalid(format!("{what} is not JSON-serialisable: {e}")))
 }
 
-/// The first float in `obj` (searched through dicts, lists and tuples) that is NaN or infinite.
+/// How deeply a value may nest (a cyclic value would otherwise recurse without end).
+const MAX_DEPTH: usize = 128;
+
+/// The first float in `obj` (searched through dicts, lists and tuples) that is NaN or infinite;
+/// refuses values nested deeper than [`MAX_DEPTH`] (cyclic ones included).
 fn non_finite(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+    non_finite_at(obj, 0)
+}
+
+fn non_finite_at(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Option<f64>> {
+    if depth > MAX_DEPTH {
+        return Err(invalid(format!(
+            "the value nests deeper than {MAX_DEPTH} levels (or contains itself)"
+        )));
+    }
     if let Ok(f) = obj.cast::<pyo3::types::PyFloat>() {
         let v = f.value();
         return Ok((!v.is_finite()).then_some(v));
     }
     if let Ok(d) = obj.cast::<PyDict>() {
         for (_, v) in d.iter() {
-            if let Some(bad) = non_finite(&v)? {
+            if let Some(bad) = non_finite_at(&v, depth + 1)? {
                 return Ok(Some(bad));
             }
         }
     } else if let Ok(l) = obj.cast::<pyo3::types::PyList>() {
         for v in l.iter() {
-            if let Some(bad) = non_finite(&v)? {
+            if let Some(bad) = non_finite_at(&v, depth + 1)? {
                 return Ok(Some(bad));
             }
         }
     } else if let Ok(t) = obj.cast::<pyo3::types::PyTuple>() {
         for v in t.iter() {
-            if let Some(bad) = non_finite(&v)? {
+            if let Some(bad) = non_finite_at(&v, depth + 1)? {
                 return Ok(Some(bad));
             }
         }
@@ -158,12 +176,16 @@ fn step_id(text: &str) -> PyResult<StepId> {
         .map_err(|e: tasker_core::ids::InvalidId| invalid(e.to_string()))
 }
 
+/// A duration in seconds from Python: non-negative, finite, at most a year.
 fn seconds(value: f64, what: &str) -> PyResult<Duration> {
-    Duration::try_from_secs_f64(value).map_err(|_| {
-        invalid(format!(
-            "{what} must be a non-negative number of seconds, not {value}"
-        ))
-    })
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    if !(0.0..=YEAR).contains(&value) {
+        return Err(invalid(format!(
+            "{what} must be a number of seconds between 0 and one year, not {value}"
+        )));
+    }
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| invalid(format!("{what} is not a valid number of seconds: {value}")))
 }
 
 /// The engine: templates, tasks, the worker protocol, views, operator verbs and events.
@@ -173,9 +195,46 @@ fn seconds(value: f64, what: &str) -> PyResult<Duration> {
 /// Every call that waits for the store or for work releases the GIL.
 #[pyclass(module = "tasker_core._native", frozen)]
 struct Engine {
-    engine: tasker_core::Engine,
-    runtime: Arc<Runtime>,
+    engine: ForkSafe<tasker_core::Engine>,
+    runtime: ForkSafe<Arc<Runtime>>,
     pid: u32,
+}
+
+/// A value made in one process that is dropped only there: in a forked child, the connection
+/// pool and the runtime belong to threads that do not exist, and dropping them could block
+/// forever, so the child leaks them instead.
+struct ForkSafe<T> {
+    value: Option<T>,
+    pid: u32,
+}
+
+impl<T> ForkSafe<T> {
+    fn new(value: T) -> Self {
+        ForkSafe {
+            value: Some(value),
+            pid: std::process::id(),
+        }
+    }
+}
+
+impl<T> std::ops::Deref for ForkSafe<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        // Some from construction until Drop.
+        self.value
+            .as_ref()
+            .expect("a ForkSafe value is present until dropped")
+    }
+}
+
+impl<T> Drop for ForkSafe<T> {
+    fn drop(&mut self) {
+        if let Some(value) = self.value.take() {
+            if std::process::id() != self.pid {
+                std::mem::forget(value);
+            }
+        }
+    }
 }
 
 impl Engine {
@@ -210,8 +269,8 @@ impl Engine {
             .detach(move || rt.block_on(tasker_core::Engine::open(&url)))
             .map_err(py_err)?;
         Ok(Engine {
-            engine,
-            runtime,
+            engine: ForkSafe::new(engine),
+            runtime: ForkSafe::new(runtime),
             pid: std::process::id(),
         })
     }
@@ -304,17 +363,26 @@ impl Engine {
             handlers: handlers.map(|h| h.into_iter().map(Into::into).collect()),
             limit,
         };
-        let claimed = self.call(py, move |e| async move {
-            let deadline = Instant::now() + wait;
-            loop {
+        // Wait in short slices with the GIL released, so Ctrl-C is seen between them.
+        let deadline = Instant::now() + wait;
+        let claimed = loop {
+            let request = request.clone();
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            let claimed = self.call(py, move |e| async move {
                 let claimed = e.claim(&request).await?;
-                let left = deadline.saturating_duration_since(Instant::now());
-                if !claimed.is_empty() || left.is_zero() {
-                    return Ok(claimed);
+                if claimed.is_empty() && !slice.is_zero() {
+                    e.wait_for_work(slice).await;
+                    return e.claim(&request).await;
                 }
-                e.wait_for_work(left.min(Duration::from_millis(50))).await;
+                Ok(claimed)
+            })?;
+            if !claimed.is_empty() || Instant::now() >= deadline {
+                break claimed;
             }
-        })?;
+            py.check_signals()?;
+        };
         claimed
             .iter()
             .map(|s| {
@@ -371,7 +439,10 @@ impl Engine {
         let step = self::step_id(step_id)?;
         let kind = if retryable {
             let retry_after_ms = retry_after
-                .map(|s| seconds(s, "retry_after").map(|d| d.as_millis() as u64))
+                .map(|s| {
+                    seconds(s, "retry_after")
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                })
                 .transpose()?;
             FailureKind::Retryable { retry_after_ms }
         } else {

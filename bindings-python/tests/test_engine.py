@@ -230,3 +230,59 @@ def test_ids_are_strings_that_name_a_task(memory_engine):
     task_id = memory_engine.create_task("test", "ids")
     assert isinstance(task_id, str)
     uuid.UUID(task_id)
+
+
+def test_a_cyclic_or_absurdly_deep_value_is_refused_not_a_crash(memory_engine):
+    memory_engine.register_template(
+        "namespace: test\nname: deep\nversion: 1.0.0\nsteps: [{name: a}]\n"
+    )
+    cyclic: dict = {}
+    cyclic["self"] = cyclic
+    deep: list = []
+    for _ in range(10_000):
+        deep = [deep]
+    for bad in (cyclic, deep):
+        with pytest.raises(tasker_core.InvalidArgumentError, match="deeper"):
+            memory_engine.create_task("test", "deep", context={"v": bad})
+    assert memory_engine.list_tasks() == []
+
+
+def test_absurd_waits_and_delays_are_invalid_arguments_not_panics(memory_engine):
+    for wait in (-1.0, float("inf"), float("nan"), 1e19):
+        with pytest.raises(tasker_core.InvalidArgumentError):
+            memory_engine.claim("w", None, 1, wait=wait)
+
+
+def test_a_forked_child_refuses_the_parents_engine_and_opens_its_own():
+    import os
+    import signal
+
+    parent = tasker_core.Engine("memory:")
+    parent.register_template("namespace: f\nname: k\nversion: 1.0.0\nsteps: [{name: a}]\n")
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            try:
+                parent.create_task("f", "k")
+            except tasker_core.StoreError:
+                child = tasker_core.Engine("memory:")
+                child.register_template(
+                    "namespace: f\nname: k\nversion: 1.0.0\nsteps: [{name: a}]\n"
+                )
+                child.create_task("f", "k")
+                code = 0
+        finally:
+            os._exit(code)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise AssertionError("the forked child hung")
+    assert parent.create_task("f", "k")  # the parent's engine still works

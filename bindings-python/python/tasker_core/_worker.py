@@ -43,6 +43,10 @@ _FAILED = "failed"
 _LOST = "lost"
 
 
+#: How often a report is tried through store errors (about 15 s of backoff in all).
+_REPORT_TRIES = 12
+
+
 class Worker:
     """Runs registered handlers for the steps an :class:`~tasker_core.Engine` hands out.
 
@@ -240,8 +244,10 @@ class Worker:
             with _SigintStops(self._stop) as sigint:
                 return self._loop(until_idle, deadline, sigint)
         finally:
-            self._async.stop()
-            self._run_lock.release()
+            try:
+                self._async.stop()
+            finally:
+                self._run_lock.release()
 
     def _loop(
         self, until_idle: bool, deadline: float | None, sigint: _SigintStops
@@ -434,7 +440,7 @@ class Worker:
             return self._fail(step, repr(e), True, None)
 
         try:
-            self._engine.complete(step.step_id, step.attempt, result)
+            self._report(self._engine.complete, step.step_id, step.attempt, result)
         except ClaimLostError as e:
             logger.warning(
                 "%s completed too late, its result was refused: %s", where, e
@@ -456,6 +462,22 @@ class Worker:
         logger.debug("%s completed", where)
         return _COMPLETED
 
+    def _report(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Reports through ``call``, again with backoff while the store is unavailable (a
+        database restart, a dropped connection) and the engine is open: a result is not given
+        up for a blip. Other errors, and a store error after the last try, propagate."""
+        delay = 0.05
+        for attempt in range(_REPORT_TRIES):
+            try:
+                call(*args, **kwargs)
+                return
+            except StoreError as e:
+                if self._engine.closed or attempt == _REPORT_TRIES - 1:
+                    raise
+                logger.warning("could not report a step (%s); retrying in %.2f s", e, delay)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
     def _call(self, fn: Handler, step: Step) -> Any:
         """Calls a handler; coroutine functions (and awaitables returned) run on the loop."""
         if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
@@ -471,7 +493,8 @@ class Worker:
         self, step: Step, message: str, retryable: bool, retry_after: float | None
     ) -> str:
         try:
-            self._engine.fail(
+            self._report(
+                self._engine.fail,
                 step.step_id,
                 step.attempt,
                 message,

@@ -74,6 +74,14 @@ impl Dialect {
         }
     }
 
+    /// A read-only transaction with one snapshot for a view's two statements.
+    fn begin_read(self) -> &'static str {
+        match self {
+            Dialect::Sqlite => "BEGIN",
+            Dialect::Postgres => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        }
+    }
+
     fn migrator(self) -> &'static sqlx::migrate::Migrator {
         match self {
             Dialect::Sqlite => &SQLITE_MIGRATIONS,
@@ -140,9 +148,11 @@ mod queries {
     pub const INSERT_TRANSITIONS: &str = "INSERT INTO tasker_transitions (task_id, step_index, \
         step_name, from_state, to_state, event, reason, attempt, at) VALUES";
     pub const EXPIRED_LEASES: &str = "SELECT task_id, step_index, attempts \
-        FROM tasker_workflow_steps WHERE status = 'in_progress' AND lease_expires_at <= $1";
+        FROM tasker_workflow_steps WHERE status = 'in_progress' AND lease_expires_at <= $1 \
+        ORDER BY lease_expires_at LIMIT 500";
     pub const DUE_RETRIES: &str = "SELECT task_id, step_index, attempts \
-        FROM tasker_workflow_steps WHERE status = 'waiting_for_retry' AND next_attempt_at <= $1";
+        FROM tasker_workflow_steps WHERE status = 'waiting_for_retry' AND next_attempt_at <= $1 \
+        ORDER BY next_attempt_at LIMIT 500";
     /// `{handlers}` is the dialect's set of handler names from the JSON array in `$1`.
     pub const READY_STEPS: &str = "SELECT s.task_id, s.step_index, s.attempts \
         FROM tasker_workflow_steps s JOIN tasker_tasks t ON t.task_id = s.task_id \
@@ -286,8 +296,13 @@ impl SqlStore {
             Dialect::Sqlite => 4,
             Dialect::Postgres => 8,
         };
+        let in_memory = dialect == Dialect::Sqlite && url.contains(":memory:");
         let pool = AnyPoolOptions::new()
             .max_connections(max)
+            // An in-memory SQLite database lives as long as its one connection.
+            .min_connections(u32::from(in_memory))
+            .idle_timeout((!in_memory).then_some(Duration::from_secs(600)))
+            .max_lifetime((!in_memory).then_some(Duration::from_secs(1800)))
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
@@ -315,7 +330,15 @@ impl SqlStore {
             dialect,
             writer: tokio::sync::Mutex::new(()),
             graphs: RwLock::new(HashMap::new()),
-            ready_steps: queries::READY_STEPS.replace("{handlers}", handlers),
+            // On PostgreSQL the candidates skip tasks another transaction holds, so that
+            // several engines do not all pick (and then skip) the same hot tasks.
+            ready_steps: match dialect {
+                Dialect::Sqlite => queries::READY_STEPS.replace("{handlers}", handlers),
+                Dialect::Postgres => format!(
+                    "{} FOR UPDATE OF t SKIP LOCKED",
+                    queries::READY_STEPS.replace("{handlers}", handlers)
+                ),
+            },
             work_status: queries::WORK_STATUS.replace("{handlers}", handlers),
             listener: parking_lot::Mutex::new(None),
         };
@@ -323,9 +346,21 @@ impl SqlStore {
         Ok(store)
     }
 
-    /// Applies any migration not yet applied.
+    /// Applies any migration not yet applied. A few tries: two processes opening a new SQLite
+    /// file at once race to migrate it (PostgreSQL's migrator takes an advisory lock).
     pub async fn migrate(&self) -> Result<()> {
-        self.dialect.migrator().run(&self.pool).await.map_err(db)
+        let mut tries = 0;
+        loop {
+            match self.dialect.migrator().run(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 5 && self.dialect == Dialect::Sqlite => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "migration raced another process; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(e) => return Err(db(e)),
+            }
+        }
     }
 
     /// The dialect spoken.
@@ -368,11 +403,14 @@ impl SqlStore {
     async fn commit(&self, tx: Tx<'_>, changes: &Changes) -> Result<()> {
         let mut tx = tx;
         if self.dialect == Dialect::Postgres && wakes_workers(changes) {
-            sqlx::query("SELECT pg_notify($1, '')")
+            let notified = sqlx::query("SELECT pg_notify($1, '')")
                 .bind(READY_CHANNEL)
                 .execute(&mut *tx.tx)
-                .await
-                .map_err(db)?;
+                .await;
+            if let Err(e) = notified {
+                let _ = tx.tx.rollback().await;
+                return Err(db(e));
+            }
         }
         tx.tx.commit().await.map_err(db)
     }
@@ -694,13 +732,24 @@ impl SqlStore {
         Ok(claimed)
     }
 
-    /// Task `id` read without a lock.
+    /// Task `id` read without a lock, from one snapshot.
     async fn view_record(&self, id: TaskId) -> Result<TaskRecord> {
-        let mut conn = self.pool.acquire().await.map_err(db)?;
-        self.load_many(&mut conn, &[id], Lock::None)
+        self.view_records(&[id])
             .await?
             .pop()
             .ok_or(Error::TaskNotFound(id))
+    }
+
+    /// Tasks `ids` read without a lock, from one snapshot, in id order.
+    async fn view_records(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>> {
+        let mut tx = self
+            .pool
+            .begin_with(self.dialect.begin_read())
+            .await
+            .map_err(db)?;
+        let records = self.load_many(&mut tx, ids, Lock::None).await;
+        let _ = tx.rollback().await;
+        records
     }
 
     /// Starts the `LISTEN` loop that wakes `waker` when another engine makes steps ready.
@@ -929,13 +978,16 @@ impl Store for SqlStore {
     async fn save_template(&self, graph: &TaskGraph) -> Result<()> {
         let text = serde_json::to_string(graph.template()).map_err(db)?;
         let mut tx = self.begin().await?;
-        let existing: Option<String> = sqlx::query_scalar(queries::TEMPLATE)
+        let existing: Option<String> = match sqlx::query_scalar(queries::TEMPLATE)
             .bind(graph.namespace())
             .bind(graph.name())
             .bind(graph.version().to_string())
             .fetch_optional(&mut *tx.tx)
             .await
-            .map_err(db)?;
+        {
+            Ok(found) => found,
+            Err(e) => return self.finish(tx, Err(db(e)), &Changes::default()).await,
+        };
         let conflict = || Error::TemplateConflict {
             namespace: graph.namespace().to_owned(),
             name: graph.name().to_owned(),
@@ -1030,13 +1082,16 @@ impl Store for SqlStore {
         };
         let mut tx = self.begin().await?;
         if let Some(key) = &new.idempotency_key {
-            let found: Option<String> = sqlx::query_scalar(queries::TASK_BY_KEY)
+            let found: Option<String> = match sqlx::query_scalar(queries::TASK_BY_KEY)
                 .bind(graph.namespace())
                 .bind(graph.name())
                 .bind(key.as_str())
                 .fetch_optional(&mut *tx.tx)
                 .await
-                .map_err(db)?;
+            {
+                Ok(found) => found,
+                Err(e) => return self.finish(tx, Err(db(e)), &Changes::default()).await,
+            };
             if let Some(id) = found {
                 let _ = tx.tx.rollback().await;
                 return existing(id);
@@ -1255,8 +1310,9 @@ impl Store for SqlStore {
             .fetch_all(&mut *conn)
             .await
             .map_err(db)?;
+        drop(conn);
         let ids: Vec<TaskId> = ids.iter().map(|id| id.parse()).collect::<Result<_, _>>()?;
-        let mut tasks = self.load_many(&mut conn, &ids, Lock::None).await?;
+        let mut tasks = self.view_records(&ids).await?;
         tasks.sort_by_key(|t| std::cmp::Reverse(t.id));
         Ok(tasks.iter().map(TaskRecord::view).collect())
     }
