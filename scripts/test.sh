@@ -30,9 +30,19 @@ python=$(bash scripts/python.sh | tail -n 1)
 py_passed=$(grep -Eo '[0-9]+ passed' target/pytest-output.txt | tail -n 1 | grep -Eo '[0-9]+' || echo 0)
 py_failed=$(grep -Eo '[0-9]+ failed' target/pytest-output.txt | tail -n 1 | grep -Eo '[0-9]+' || echo 0)
 
+step "c: the library, the header drift test, the C tests under valgrind"
+bash scripts/c.sh
+(bash tests/c/run.sh) | tee target/c-output.txt
+c_passed=$(grep -Eo '^c: [0-9]+ passed' target/c-output.txt | grep -Eo '[0-9]+' || echo 0)
+c_failed=$(grep -Eo '[0-9]+ failed' target/c-output.txt | tail -n 1 | grep -Eo '[0-9]+' || echo 0)
+# The installed pkg-config file works for a plain cc build.
+PKG_CONFIG_PATH=target/release/pkgconfig cc -std=c11 -Wall -Werror examples/c/order_fulfilment.c \
+  $(PKG_CONFIG_PATH=target/release/pkgconfig pkg-config --cflags --libs tasker_core) -o target/c-example
+
 step "example: order fulfilment"
 cargo run --quiet -p tasker-core-examples --bin order_fulfilment memory:
 "$python" examples/python/order_fulfilment.py memory:
+LD_LIBRARY_PATH=target/release ./target/c-example examples/order_fulfilment.yaml memory:
 
 step "throughput harness (smoke: memory, SQLite, PostgreSQL in 2 processes, wake-up latency)"
 smoke_db="$(mktemp -d)/smoke.db"
@@ -50,4 +60,5 @@ psql -q "$TASKER_TEST_POSTGRES_URL" -c "DROP SCHEMA $smoke_schema CASCADE" 2>/de
 echo
 echo "rust: ${passed} passed, ${failed} failed"
 echo "python: ${py_passed} passed, ${py_failed} failed"
-echo "all: $((passed + py_passed)) passed, $((failed + py_failed)) failed"
+echo "c: ${c_passed} passed, ${c_failed} failed"
+echo "all: $((passed + py_passed + c_passed)) passed, $((failed + py_failed + c_failed)) failed"

@@ -1,0 +1,360 @@
+/*
+ * test_worker.c — tc_worker running C handlers: an order-fulfilment-like workflow whose handlers
+ * read the context and their parents' results, a retryable failure with retry_after_ms, a
+ * handler that returns without reporting (failed, retried), a permanent failure that skips the
+ * dependents, reporting twice, and the concurrency limit (4) measured with a C11 atomic.
+ *
+ * Handlers run on the library's threads, so they do not ASSERT: they count what went wrong
+ * (HANDLER_CHECK) and main() asserts the count is zero.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tasker_core.h"
+#include "tc_test.h"
+
+/* validate -> (charge, reserve_stock) -> ship -> notify. charge's backoff is ten minutes, so
+ * only its handler's retry_after_ms (10 ms) lets it run again within the test. */
+static const char *FULFIL_YAML =
+    "namespace: c_worker\n"
+    "name: fulfil\n"
+    "version: 1.0.0\n"
+    "steps:\n"
+    "  - name: validate\n"
+    "  - name: charge\n"
+    "    depends_on: [validate]\n"
+    "    retry: { max_attempts: 3, backoff_base_ms: 600000, backoff_max_ms: 600000,"
+    " jitter: false }\n"
+    "  - name: reserve_stock\n"
+    "    depends_on: [validate]\n"
+    "    retry: { max_attempts: 3, backoff_base_ms: 10, backoff_max_ms: 20 }\n"
+    "  - name: ship\n"
+    "    depends_on: [charge, reserve_stock]\n"
+    "  - name: notify\n"
+    "    depends_on:\n"
+    "      - { step: ship, requires_success: false }\n";
+
+/* doomed fails for good: after_doomed (requires its success) is skipped, cleanup (does not)
+ * runs; the task ends in error. */
+static const char *DOOMED_YAML =
+    "namespace: c_worker\n"
+    "name: doomed\n"
+    "version: 1.0.0\n"
+    "steps:\n"
+    "  - name: doomed\n"
+    "  - name: after_doomed\n"
+    "    depends_on: [doomed]\n"
+    "  - name: cleanup\n"
+    "    depends_on:\n"
+    "      - { step: doomed, requires_success: false }\n";
+
+/* Twelve independent steps with one slow handler, to fill the worker. */
+static const char *FANOUT_YAML =
+    "namespace: c_worker\n"
+    "name: fanout\n"
+    "version: 1.0.0\n"
+    "steps:\n"
+    "  - { name: s01, handler: slow }\n  - { name: s02, handler: slow }\n"
+    "  - { name: s03, handler: slow }\n  - { name: s04, handler: slow }\n"
+    "  - { name: s05, handler: slow }\n  - { name: s06, handler: slow }\n"
+    "  - { name: s07, handler: slow }\n  - { name: s08, handler: slow }\n"
+    "  - { name: s09, handler: slow }\n  - { name: s10, handler: slow }\n"
+    "  - { name: s11, handler: slow }\n  - { name: s12, handler: slow }\n";
+
+#define CONCURRENCY 4
+
+static atomic_int failures;
+static atomic_int running, max_running;
+static atomic_int calls_validate, calls_charge, calls_reserve, calls_ship, calls_notify;
+static atomic_int calls_doomed, calls_after_doomed, calls_cleanup, calls_slow;
+static atomic_int second_complete_status = 1, late_fail_status = 1;
+static int user_data_tag; /* its address is every handler's user_data */
+static tc_engine *engine;  /* for handlers that call the engine */
+
+#define HANDLER_CHECK(cond)                                                                     \
+    do {                                                                                        \
+        if (!(cond)) {                                                                          \
+            fprintf(stderr, "%s:%d: handler check failed: %s\n", __FILE__, __LINE__, #cond);    \
+            atomic_fetch_add(&failures, 1);                                                     \
+        }                                                                                       \
+    } while (0)
+
+#define HANDLER_OK(call)                                                                        \
+    do {                                                                                        \
+        tc_status s_ = (call);                                                                  \
+        if (s_ != TC_OK) {                                                                      \
+            const char *m_ = tc_last_error_message();                                           \
+            fprintf(stderr, "%s:%d: %s returned %d: %s\n", __FILE__, __LINE__, #call, (int)s_,  \
+                    m_ ? m_ : "(no message)");                                                  \
+            atomic_fetch_add(&failures, 1);                                                     \
+        }                                                                                       \
+    } while (0)
+
+/* Every handler starts with enter() and ends with leave(): `running` counts the handlers that
+ * run right now, `max_running` the most seen at once. */
+static void enter(tc_step *step, void *user_data) {
+    int now = atomic_fetch_add(&running, 1) + 1;
+    int seen = atomic_load(&max_running);
+    while (now > seen && !atomic_compare_exchange_weak(&max_running, &seen, now)) {
+    }
+    HANDLER_CHECK(user_data == &user_data_tag);
+    HANDLER_CHECK(step != NULL);
+    HANDLER_CHECK(tc_step_attempt(step) >= 1);
+    /* The step id is "<task id>/<index>". */
+    const char *task_id = tc_step_task_id(step);
+    const char *step_id = tc_step_id(step);
+    HANDLER_CHECK(task_id != NULL && strlen(task_id) == 36);
+    HANDLER_CHECK(step_id != NULL && task_id != NULL &&
+                  strncmp(step_id, task_id, strlen(task_id)) == 0 &&
+                  step_id[strlen(task_id)] == '/');
+    HANDLER_CHECK(tc_step_context_json(step) != NULL);
+    HANDLER_CHECK(tc_step_inputs_json(step) != NULL);
+}
+
+static void leave(void) { atomic_fetch_sub(&running, 1); }
+
+/* The integer after "key": in JSON text, or -1 (strstr: enough for these flat objects). */
+static long int_after(const char *json, const char *key) {
+    char pattern[64];
+    snprintf(pattern, sizeof pattern, "\"%s\":", key);
+    const char *at = strstr(json, pattern);
+    if (!at) return -1;
+    at += strlen(pattern);
+    while (*at == ' ') at++;
+    return strtol(at, NULL, 10);
+}
+
+/* Whether JSON text has "key": value, allowing a space after the colon. */
+static int has_pair(const char *json, const char *key, const char *value) {
+    char compact[128], spaced[128];
+    snprintf(compact, sizeof compact, "\"%s\":%s", key, value);
+    snprintf(spaced, sizeof spaced, "\"%s\": %s", key, value);
+    return strstr(json, compact) != NULL || strstr(json, spaced) != NULL;
+}
+
+static void validate(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_validate, 1);
+    HANDLER_CHECK(strcmp(tc_step_name(step), "validate") == 0);
+    HANDLER_CHECK(strcmp(tc_step_id(step) + 36, "/0") == 0);
+    long order = int_after(tc_step_context_json(step), "order");
+    HANDLER_CHECK(order == 42);
+    char result[64];
+    snprintf(result, sizeof result, "{\"order\":%ld,\"valid\":true}", order);
+    HANDLER_OK(tc_step_complete(step, result));
+    leave();
+}
+
+/* Fails its first attempt (retryable, again in 10 ms), completes the second. */
+static void charge(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_charge, 1);
+    const char *inputs = tc_step_inputs_json(step);
+    HANDLER_CHECK(strcmp(tc_step_id(step) + 36, "/1") == 0);
+    HANDLER_CHECK(strstr(inputs, "\"validate\"") != NULL);
+    HANDLER_CHECK(has_pair(inputs, "valid", "true"));
+    HANDLER_CHECK(int_after(tc_step_context_json(step), "order") == 42);
+    if (tc_step_attempt(step) == 1) {
+        HANDLER_OK(tc_step_fail(step, "gateway busy", true, 10));
+    } else {
+        HANDLER_CHECK(tc_step_attempt(step) == 2);
+        HANDLER_OK(tc_step_complete(step, "{\"charged\":true,\"amount_cents\":4200}"));
+    }
+    leave();
+}
+
+/* Returns without reporting on its first attempt: that attempt has failed (retryable). */
+static void reserve_stock(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_reserve, 1);
+    if (tc_step_attempt(step) >= 2) HANDLER_OK(tc_step_complete(step, "{\"reserved\":1}"));
+    leave();
+}
+
+/* Heartbeats, completes, then reports twice more: both refused. */
+static void ship(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_ship, 1);
+    const char *inputs = tc_step_inputs_json(step);
+    HANDLER_CHECK(has_pair(inputs, "charged", "true"));
+    HANDLER_CHECK(has_pair(inputs, "reserved", "1"));
+    HANDLER_OK(tc_step_heartbeat(step));
+    HANDLER_OK(tc_step_complete(step, "{\"tracking\":\"TRK-42\"}"));
+    atomic_store(&second_complete_status, tc_step_complete(step, "{\"tracking\":\"again\"}"));
+    atomic_store(&late_fail_status, tc_step_fail(step, "too late", false, -1));
+    leave();
+}
+
+/* Also calls the engine from inside a handler: the task is still in progress. */
+static void notify(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_notify, 1);
+    HANDLER_CHECK(has_pair(tc_step_inputs_json(step), "tracking", "\"TRK-42\""));
+    char *task = NULL;
+    HANDLER_OK(tc_task_json(engine, tc_step_task_id(step), &task));
+    HANDLER_CHECK(task != NULL && tj_is(tj_get(task, "status"), "in_progress"));
+    HANDLER_CHECK(task != NULL && tj_is(tj_get(tj_step(task, "notify"), "status"), "in_progress"));
+    tc_string_free(task);
+    HANDLER_OK(tc_step_complete(step, "{\"notified\":true}"));
+    leave();
+}
+
+static void doomed(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_doomed, 1);
+    HANDLER_OK(tc_step_fail(step, "card declined", false, -1));
+    leave();
+}
+
+static void after_doomed(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_after_doomed, 1);
+    HANDLER_OK(tc_step_complete(step, "{}"));
+    leave();
+}
+
+/* Runs although its parent failed; the parent's input is null. */
+static void cleanup(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_cleanup, 1);
+    HANDLER_CHECK(has_pair(tc_step_inputs_json(step), "doomed", "null"));
+    HANDLER_OK(tc_step_complete(step, "{\"cleaned\":true}"));
+    leave();
+}
+
+static void slow(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_slow, 1);
+    sleep_ms(30);
+    HANDLER_OK(tc_step_complete(step, "{\"slept_ms\":30}"));
+    leave();
+}
+
+/* Drains `sub` and counts its events named `name` about step `a` and about step `b`. */
+static void count_events(tc_subscription *sub, const char *name, const char *a, int *count_a,
+                         const char *b, int *count_b) {
+    *count_a = *count_b = 0;
+    for (;;) {
+        char *event = NULL;
+        ASSERT_OK(tc_subscription_next_json(sub, 0, &event));
+        if (!event) return;
+        if (tj_is(tj_get(event, "name"), name)) {
+            if (tj_is(tj_get(event, "step_name"), a)) (*count_a)++;
+            if (tj_is(tj_get(event, "step_name"), b)) (*count_b)++;
+        }
+        tc_string_free(event);
+    }
+}
+
+int main(void) {
+    tc_engine *e = NULL;
+    ASSERT_OK(tc_engine_open("memory:", &e));
+    engine = e;
+    ASSERT_OK(tc_register_template(e, FULFIL_YAML));
+    ASSERT_OK(tc_register_template(e, DOOMED_YAML));
+    ASSERT_OK(tc_register_template(e, FANOUT_YAML));
+
+    tc_subscription *retries = NULL;
+    ASSERT_OK(tc_subscribe(e, "step.retry_scheduled", &retries));
+
+    char *order = NULL, *failing = NULL, *fanout = NULL;
+    ASSERT_OK(tc_create_task(e, "c_worker", "fulfil", "{\"order\":42}", &order));
+    ASSERT_OK(tc_create_task(e, "c_worker", "doomed", NULL, &failing));
+    ASSERT_OK(tc_create_task(e, "c_worker", "fanout", NULL, &fanout));
+
+    tc_worker *w = NULL;
+    ASSERT_OK(tc_worker_new(e, CONCURRENCY, &w));
+    static const struct {
+        const char *name;
+        tc_handler_fn fn;
+    } handlers[] = {
+        {"validate", validate},         {"charge", charge},   {"reserve_stock", reserve_stock},
+        {"ship", ship},                 {"notify", notify},   {"doomed", doomed},
+        {"after_doomed", after_doomed}, {"cleanup", cleanup}, {"slow", slow},
+    };
+    for (size_t i = 0; i < sizeof handlers / sizeof *handlers; i++)
+        ASSERT_OK(tc_worker_register(w, handlers[i].name, handlers[i].fn, &user_data_tag));
+
+    long long start = now_ms();
+    ASSERT_OK(tc_worker_run_until_idle(w, 60000));
+    long long took = now_ms() - start;
+    printf("run_until_idle: %lld ms, at most %d handlers at once\n", took,
+           atomic_load(&max_running));
+
+    ASSERT(atomic_load(&failures) == 0);
+    ASSERT(atomic_load(&running) == 0);
+
+    /* The order: every step complete; charge and reserve_stock needed two attempts. */
+    char *json = TASK_JSON(e, order);
+    ASSERT_SHOW(tj_is(tj_get(json, "status"), "complete"), json);
+    static const struct {
+        const char *step;
+        long attempts;
+    } expected[] = {
+        {"validate", 1}, {"charge", 2}, {"reserve_stock", 2}, {"ship", 1}, {"notify", 1},
+    };
+    for (size_t i = 0; i < sizeof expected / sizeof *expected; i++) {
+        const char *step = tj_step(json, expected[i].step);
+        ASSERT_SHOW(step != NULL, json);
+        ASSERT_SHOW(tj_is(tj_get(step, "status"), "complete"), json);
+        ASSERT_SHOW(tj_int(tj_get(step, "attempts")) == expected[i].attempts, json);
+    }
+    const char *shipped = tj_get(tj_step(json, "ship"), "result");
+    ASSERT_SHOW(shipped != NULL && strstr(shipped, "TRK-42") != NULL, json);
+    tc_string_free(json);
+    ASSERT(atomic_load(&calls_validate) == 1);
+    ASSERT(atomic_load(&calls_charge) == 2);
+    ASSERT(atomic_load(&calls_reserve) == 2);
+    ASSERT(atomic_load(&calls_ship) == 1);
+    ASSERT(atomic_load(&calls_notify) == 1);
+    ASSERT(atomic_load(&second_complete_status) == TC_ERR_INVALID_TRANSITION);
+    ASSERT(atomic_load(&late_fail_status) == TC_ERR_INVALID_TRANSITION);
+
+    /* Both failed attempts were scheduled for a retry; the audit trail shows them. */
+    ASSERT_OK(tc_transitions_json(e, order, &json));
+    ASSERT_SHOW(strstr(json, "\"waiting_for_retry\"") != NULL, json);
+    tc_string_free(json);
+    int charge_retries, reserve_retries;
+    count_events(retries, "step.retry_scheduled", "charge", &charge_retries, "reserve_stock",
+                 &reserve_retries);
+    ASSERT(charge_retries == 1);
+    ASSERT(reserve_retries == 1);
+    tc_subscription_free(retries);
+
+    /* The permanent failure: no retry, its required dependent skipped, the other ran. */
+    json = TASK_JSON(e, failing);
+    ASSERT_SHOW(tj_is(tj_get(json, "status"), "error"), json);
+    ASSERT_SHOW(tj_is(tj_get(tj_step(json, "doomed"), "status"), "error"), json);
+    ASSERT_SHOW(tj_int(tj_get(tj_step(json, "doomed"), "attempts")) == 1, json);
+    ASSERT_SHOW(tj_is(tj_get(tj_step(json, "doomed"), "error"), "card declined"), json);
+    ASSERT_SHOW(tj_is(tj_get(tj_step(json, "after_doomed"), "status"), "skipped"), json);
+    ASSERT_SHOW(tj_is(tj_get(tj_step(json, "cleanup"), "status"), "complete"), json);
+    tc_string_free(json);
+    ASSERT(atomic_load(&calls_doomed) == 1);
+    ASSERT(atomic_load(&calls_after_doomed) == 0);
+    ASSERT(atomic_load(&calls_cleanup) == 1);
+
+    /* The fan-out: all twelve ran, never more than CONCURRENCY handlers at once. */
+    ASSERT_TASK_STATUS(e, fanout, "complete");
+    ASSERT(atomic_load(&calls_slow) == 12);
+    ASSERT(atomic_load(&max_running) <= CONCURRENCY);
+    ASSERT(atomic_load(&max_running) >= 2);
+
+    /* Nothing is left: a second run returns at once. */
+    start = now_ms();
+    ASSERT_OK(tc_worker_run_until_idle(w, 60000));
+    ASSERT(now_ms() - start < 10000);
+    ASSERT(atomic_load(&calls_slow) == 12);
+
+    tc_worker_free(w);
+    tc_string_free(order);
+    tc_string_free(failing);
+    tc_string_free(fanout);
+    ASSERT_OK(tc_engine_close(e));
+    printf("test_worker: ok\n");
+    return 0;
+}
