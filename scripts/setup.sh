@@ -11,6 +11,13 @@ ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/n
 command -v psql >/dev/null 2>&1 || need_apt+=(postgresql-client)
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3 python3-pip)
 command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
+# Ruby, its headers and libclang (for rb-sys) and the test gems, from Debian: the gem registry
+# is not used.
+command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)
+[ -f /usr/include/ruby-*/ruby.h ] 2>/dev/null || ls /usr/include/ruby-*/ruby.h >/dev/null 2>&1 || need_apt+=(ruby-dev)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+ruby -e 'require "minitest"' >/dev/null 2>&1 || need_apt+=(ruby-minitest)
+ruby -e 'require "rails"' >/dev/null 2>&1 || need_apt+=(ruby-rails)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -30,6 +30,13 @@ python=$(bash scripts/python.sh | tail -n 1)
 py_passed=$(grep -Eo '[0-9]+ passed' target/pytest-output.txt | tail -n 1 | grep -Eo '[0-9]+' || echo 0)
 py_failed=$(grep -Eo '[0-9]+ failed' target/pytest-output.txt | tail -n 1 | grep -Eo '[0-9]+' || echo 0)
 
+step "ruby: the gem built from source (gem build + gem install --local), minitest"
+bash scripts/ruby.sh
+(cd bindings-ruby && ruby -Itest -e 'Dir["test/**/*_test.rb"].sort.each { |f| require File.expand_path(f) }') \
+  | tee target/ruby-output.txt
+rb_passed=$(awk '/runs, .* assertions/ { runs = $1; fails = $5 + $7 } END { print runs - fails }' target/ruby-output.txt)
+rb_failed=$(awk '/runs, .* assertions/ { print $5 + $7 }' target/ruby-output.txt | tail -n 1)
+
 step "c: the library, the header drift test, the C tests under valgrind"
 bash scripts/c.sh
 (bash tests/c/run.sh) | tee target/c-output.txt
@@ -43,6 +50,7 @@ step "example: order fulfilment"
 cargo run --quiet -p tasker-core-examples --bin order_fulfilment memory:
 "$python" examples/python/order_fulfilment.py memory:
 LD_LIBRARY_PATH=target/release ./target/c-example examples/order_fulfilment.yaml memory:
+ruby examples/ruby/order_fulfilment.rb memory:
 
 step "throughput harness (smoke: memory, SQLite, PostgreSQL in 2 processes, wake-up latency)"
 smoke_db="$(mktemp -d)/smoke.db"
@@ -60,5 +68,6 @@ psql -q "$TASKER_TEST_POSTGRES_URL" -c "DROP SCHEMA $smoke_schema CASCADE" 2>/de
 echo
 echo "rust: ${passed} passed, ${failed} failed"
 echo "python: ${py_passed} passed, ${py_failed} failed"
+echo "ruby: ${rb_passed} passed, ${rb_failed} failed"
 echo "c: ${c_passed} passed, ${c_failed} failed"
-echo "all: $((passed + py_passed + c_passed)) passed, $((failed + py_failed + c_failed)) failed"
+echo "all: $((passed + py_passed + rb_passed + c_passed)) passed, $((failed + py_failed + rb_failed + c_failed)) failed"

@@ -1,0 +1,552 @@
+//! `tasker_core/tasker_core_native`: the Ruby face of the engine. Thin by design: argument
+//! conversion (JSON values through serde_magnus), error mapping to Ruby exception classes,
+//! handle lifetimes, and the GVL released whenever Rust waits (rb_thread_call_without_gvl).
+//! The worker loop lives in Ruby (lib/tasker_core/worker.rb) on Ruby threads; no Rust thread
+//! ever calls into Ruby.
+
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::ffi::c_void;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use magnus::prelude::*;
+use magnus::scan_args::{get_kwargs, scan_args};
+use magnus::{function, method, Error, ExceptionClass, RHash, RModule, RString, Ruby, Value};
+use serde_json::Value as Json;
+use tasker_core::error::ErrorKind;
+use tasker_core::store::{ClaimRequest, StepFailure};
+use tasker_core::{FailureKind, NewTask, StepId, TaskFilter, TaskId, TaskState};
+use tokio::runtime::Runtime;
+
+/// Runs `f` with the GVL released, so that other Ruby threads run meanwhile. `f` must not touch
+/// Ruby objects (it only sees Rust data).
+fn without_gvl<F: FnOnce() -> R, R>(f: F) -> Result<R, String> {
+    struct Call<G, R> {
+        f: Option<G>,
+        result: Option<std::thread::Result<R>>,
+    }
+    unsafe extern "C" fn trampoline<G: FnOnce() -> R, R>(data: *mut c_void) -> *mut c_void {
+        // SAFETY: `data` is the `Call` below, alive and exclusively ours during the call.
+        let call = unsafe { &mut *(data as *mut Call<G, R>) };
+        if let Some(f) = call.f.take() {
+            call.result = Some(catch_unwind(AssertUnwindSafe(f)));
+        }
+        std::ptr::null_mut()
+    }
+    let mut call = Call {
+        f: Some(f),
+        result: None,
+    };
+    // SAFETY: the trampoline matches `Call<F, R>`; no unblocking function is given, so the call
+    // runs to its end (callers wait in short slices and check for interrupts between them).
+    unsafe {
+        rb_sys::rb_thread_call_without_gvl(
+            Some(trampoline::<F, R>),
+            &mut call as *mut Call<F, R> as *mut c_void,
+            None,
+            std::ptr::null_mut(),
+        );
+    }
+    match call.result {
+        Some(Ok(r)) => Ok(r),
+        Some(Err(_)) => Err("internal panic in the engine".into()),
+        None => Err("the engine call did not run".into()),
+    }
+}
+
+fn ruby() -> Ruby {
+    // Every function here is called by Ruby, on a Ruby thread.
+    Ruby::get().expect("called from a Ruby thread")
+}
+
+/// The exception class `TaskerCore::<name>`.
+fn error_class(ruby: &Ruby, name: &str) -> ExceptionClass {
+    ruby.class_object()
+        .const_get::<_, RModule>("TaskerCore")
+        .and_then(|m| m.const_get::<_, ExceptionClass>(name))
+        .unwrap_or_else(|_| ruby.exception_runtime_error())
+}
+
+fn rb_err(ruby: &Ruby, e: tasker_core::Error) -> Error {
+    let class = match (&e, e.kind()) {
+        (tasker_core::Error::ClaimLost { .. }, _) => "ClaimLostError",
+        (_, ErrorKind::Template) => "TemplateError",
+        (_, ErrorKind::NotFound) => "NotFoundError",
+        (_, ErrorKind::InvalidTransition) => "InvalidTransitionError",
+        (_, ErrorKind::InvalidArgument) => "InvalidArgumentError",
+        (_, ErrorKind::Store) => "StoreError",
+    };
+    Error::new(error_class(ruby, class), e.to_string())
+}
+
+fn invalid(ruby: &Ruby, message: impl Into<String>) -> Error {
+    Error::new(error_class(ruby, "InvalidArgumentError"), message.into())
+}
+
+fn runtime(ruby: &Ruby) -> Result<&'static Runtime, Error> {
+    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
+    RUNTIME
+        .get_or_init(|| {
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("tasker-core")
+                .enable_all()
+                .build()
+                .map_err(|e| e.to_string())
+        })
+        .as_ref()
+        .map_err(|e| Error::new(error_class(ruby, "StoreError"), format!("cannot start the runtime: {e}")))
+}
+
+/// How deeply a value may nest (a value that contains itself would otherwise recurse forever).
+const MAX_DEPTH: usize = 128;
+
+/// A Ruby value as JSON (Symbol keys and values become strings). NaN and infinities are
+/// refused (JSON has none), and so are values nested deeper than [`MAX_DEPTH`].
+fn to_json(ruby: &Ruby, value: Value, what: &str) -> Result<Json, Error> {
+    check_value(ruby, value, what, 0)?;
+    serde_magnus::deserialize::<_, Json>(ruby, value)
+        .map_err(|e| invalid(ruby, format!("{what} is not JSON-serialisable: {e}")))
+}
+
+fn check_value(ruby: &Ruby, value: Value, what: &str, depth: usize) -> Result<(), Error> {
+    if depth > MAX_DEPTH {
+        return Err(invalid(ruby, format!("{what} nests deeper than {MAX_DEPTH} levels (or contains itself)")));
+    }
+    if let Some(f) = magnus::Float::from_value(value) {
+        let v = f.to_f64();
+        if !v.is_finite() {
+            return Err(invalid(ruby, format!("{what} is not JSON-serialisable: {v} is not a finite number")));
+        }
+    } else if let Some(array) = magnus::RArray::from_value(value) {
+        for item in array.into_iter() {
+            check_value(ruby, item, what, depth + 1)?;
+        }
+    } else if let Some(hash) = RHash::from_value(value) {
+        let mut result = Ok(());
+        hash.foreach(|_key: Value, item: Value| {
+            result = check_value(ruby, item, what, depth + 1);
+            Ok(if result.is_ok() {
+                magnus::r_hash::ForEach::Continue
+            } else {
+                magnus::r_hash::ForEach::Stop
+            })
+        })?;
+        result?;
+    }
+    Ok(())
+}
+
+/// JSON (or anything serde serialises) as Ruby objects with String keys (through a JSON value:
+/// serde_magnus would make Symbol keys of struct fields).
+fn to_ruby<T: serde::Serialize>(ruby: &Ruby, value: &T) -> Result<Value, Error> {
+    let json = serde_json::to_value(value).map_err(|e| Error::new(error_class(ruby, "Error"), e.to_string()))?;
+    serde_magnus::serialize::<_, Value>(ruby, &json)
+}
+
+fn task_id(ruby: &Ruby, s: &str) -> Result<TaskId, Error> {
+    s.parse().map_err(|e: tasker_core::ids::InvalidId| invalid(ruby, e.to_string()))
+}
+
+fn step_id(ruby: &Ruby, s: &str) -> Result<StepId, Error> {
+    s.parse().map_err(|e: tasker_core::ids::InvalidId| invalid(ruby, e.to_string()))
+}
+
+fn seconds(ruby: &Ruby, value: f64, what: &str) -> Result<Duration, Error> {
+    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+    if !(0.0..=YEAR).contains(&value) {
+        return Err(invalid(ruby, format!("{what} must be a number of seconds between 0 and one year, not {value}")));
+    }
+    Duration::try_from_secs_f64(value).map_err(|_| invalid(ruby, format!("{what} is not a valid number of seconds")))
+}
+
+/// The engine (`TaskerCore::Engine`).
+#[magnus::wrap(class = "TaskerCore::Engine", free_immediately, size)]
+struct Engine {
+    engine: tasker_core::Engine,
+    pid: u32,
+}
+
+impl Engine {
+    /// Runs the engine future `f` on the runtime with the GVL released.
+    fn call<T: Send, Fut>(&self, ruby: &Ruby, f: impl FnOnce(tasker_core::Engine) -> Fut + Send) -> Result<T, Error>
+    where
+        Fut: std::future::Future<Output = Result<T, tasker_core::Error>> + Send,
+    {
+        if std::process::id() != self.pid {
+            return Err(Error::new(
+                error_class(ruby, "StoreError"),
+                "this engine was opened before a fork: open a new TaskerCore::Engine in the child",
+            ));
+        }
+        let rt = runtime(ruby)?;
+        let engine = self.engine.clone();
+        without_gvl(move || rt.block_on(f(engine)))
+            .map_err(|m| Error::new(error_class(ruby, "Error"), m))?
+            .map_err(|e| rb_err(ruby, e))
+    }
+
+    fn new(args: &[Value]) -> Result<Self, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(), (Option<Option<String>>,), (), (), (), ()>(args)?;
+        let url = args
+            .optional
+            .0
+            .flatten()
+            .unwrap_or_else(|| tasker_core::engine::DEFAULT_URL.to_owned());
+        let rt = runtime(&ruby)?;
+        let engine = without_gvl(move || rt.block_on(tasker_core::Engine::open(&url)))
+            .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
+            .map_err(|e| rb_err(&ruby, e))?;
+        Ok(Engine {
+            engine,
+            pid: std::process::id(),
+        })
+    }
+
+    fn register_template(&self, template: Value) -> Result<Value, Error> {
+        let ruby = ruby();
+        let graph = if let Some(text) = RString::from_value(template) {
+            let text = text.to_string()?;
+            self.call(&ruby, move |e| async move { e.register_template_str(&text).await })?
+        } else if RHash::from_value(template).is_some() {
+            let value = to_json(&ruby, template, "the template")?;
+            self.call(&ruby, move |e| async move { e.register_template_value(value).await })?
+        } else {
+            return Err(Error::new(
+                ruby.exception_type_error(),
+                format!("a template is YAML or JSON text (String) or a Hash, not {}", unsafe { template.classname() }),
+            ));
+        };
+        let steps: Vec<&str> = graph.steps().iter().map(|s| &*s.name).collect();
+        to_ruby(
+            &ruby,
+            &serde_json::json!({
+                "namespace": graph.namespace(),
+                "name": graph.name(),
+                "version": graph.version().to_string(),
+                "steps": steps,
+            }),
+        )
+    }
+
+    fn create_task(&self, args: &[Value]) -> Result<String, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(String, String), (), (), (), RHash, ()>(args)?;
+        let (namespace, name) = args.required;
+        let kw = get_kwargs::<_, (), (Option<Value>, Option<Option<String>>, Option<Option<String>>, Option<i32>), ()>(
+            args.keywords,
+            &[],
+            &["context", "version", "idempotency_key", "priority"],
+        )?;
+        let (context, version, idempotency_key, priority) = kw.optional;
+        let context = match context {
+            Some(c) if !c.is_nil() => to_json(&ruby, c, "the context")?,
+            _ => Json::Object(Default::default()),
+        };
+        let task = NewTask {
+            namespace,
+            name,
+            version: version.flatten(),
+            context,
+            idempotency_key: idempotency_key.flatten(),
+            priority: priority.unwrap_or(0),
+        };
+        let id = self.call(&ruby, move |e| async move { e.create_task(task).await })?;
+        Ok(id.to_string())
+    }
+
+    fn claim(&self, args: &[Value]) -> Result<Value, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(String, Option<Vec<String>>, usize), (Option<f64>,), (), (), (), ()>(args)?;
+        let (worker_id, handlers, limit) = args.required;
+        let wait = seconds(&ruby, args.optional.0.unwrap_or(0.0), "wait")?;
+        let request = ClaimRequest {
+            worker_id: worker_id.into(),
+            handlers: handlers.map(|h| h.into_iter().map(Into::into).collect()),
+            limit,
+        };
+        let deadline = Instant::now() + wait;
+        // Wait in short slices without the GVL, checking for interrupts between them.
+        let claimed = loop {
+            let request = request.clone();
+            let slice = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
+            let claimed = self.call(&ruby, move |e| async move {
+                let claimed = e.claim(&request).await?;
+                if claimed.is_empty() && !slice.is_zero() {
+                    e.wait_for_work(slice).await;
+                    return e.claim(&request).await;
+                }
+                Ok(claimed)
+            })?;
+            if !claimed.is_empty() || Instant::now() >= deadline {
+                break claimed;
+            }
+            ruby.thread_check_ints()?;
+        };
+        let list: Vec<Json> = claimed
+            .iter()
+            .map(|s| {
+                serde_json::json!({
+                    "step_id": s.step_id.to_string(),
+                    "task_id": s.task_id().to_string(),
+                    "name": &*s.name,
+                    "handler": &*s.handler,
+                    "namespace": &*s.namespace,
+                    "task_name": &*s.task_name,
+                    "attempt": s.attempt,
+                    "max_attempts": s.max_attempts,
+                    "context": &*s.context,
+                    "inputs": s.inputs.to_json(),
+                    "lease_expires_at": s.lease_expires_at,
+                    "timeout_ms": s.timeout_ms,
+                })
+            })
+            .collect();
+        to_ruby(&ruby, &list)
+    }
+
+    fn complete(&self, step_id: String, attempt: u32, result: Value) -> Result<(), Error> {
+        let ruby = ruby();
+        let step = self::step_id(&ruby, &step_id)?;
+        let result = to_json(&ruby, result, "the result")?;
+        self.call(&ruby, move |e| async move { e.complete(step, attempt, result).await })
+    }
+
+    fn fail(&self, args: &[Value]) -> Result<(), Error> {
+        let ruby = ruby();
+        let args = scan_args::<(String, u32, String), (Option<bool>, Option<Option<f64>>), (), (), (), ()>(args)?;
+        let (step_id, attempt, message) = args.required;
+        let (retryable, retry_after) = args.optional;
+        let step = self::step_id(&ruby, &step_id)?;
+        let kind = if retryable.unwrap_or(true) {
+            let retry_after_ms = retry_after
+                .flatten()
+                .map(|s| seconds(&ruby, s, "retry_after").map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+                .transpose()?;
+            FailureKind::Retryable { retry_after_ms }
+        } else {
+            FailureKind::Permanent
+        };
+        let failure = StepFailure { message, kind };
+        self.call(&ruby, move |e| async move { e.fail(step, attempt, failure).await })
+    }
+
+    fn heartbeat(&self, step_id: String, attempt: u32) -> Result<Value, Error> {
+        let ruby = ruby();
+        let step = self::step_id(&ruby, &step_id)?;
+        let at = self.call(&ruby, move |e| async move { e.heartbeat(step, attempt).await })?;
+        to_ruby(&ruby, &at)
+    }
+
+    fn task(&self, id: String) -> Result<Value, Error> {
+        let ruby = ruby();
+        let id = task_id(&ruby, &id)?;
+        let view = self.call(&ruby, move |e| async move { e.task(id).await })?;
+        to_ruby(&ruby, &view)
+    }
+
+    fn list_tasks(&self, args: &[Value]) -> Result<Value, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(), (), (), (), RHash, ()>(args)?;
+        let kw = get_kwargs::<_, (), (Option<Option<String>>, Option<Option<String>>, Option<Option<String>>, Option<usize>), ()>(
+            args.keywords,
+            &[],
+            &["status", "namespace", "name", "limit"],
+        )?;
+        let (status, namespace, name, limit) = kw.optional;
+        let status = status
+            .flatten()
+            .map(|s| s.parse::<TaskState>().map_err(|e| invalid(&ruby, e.to_string())))
+            .transpose()?;
+        let filter = TaskFilter {
+            status,
+            namespace: namespace.flatten(),
+            name: name.flatten(),
+            limit: limit.unwrap_or(100),
+        };
+        let views = self.call(&ruby, move |e| async move { e.list_tasks(&filter).await })?;
+        to_ruby(&ruby, &views)
+    }
+
+    fn transitions(&self, id: String) -> Result<Value, Error> {
+        let ruby = ruby();
+        let id = task_id(&ruby, &id)?;
+        let trail = self.call(&ruby, move |e| async move { e.transitions(id).await })?;
+        to_ruby(&ruby, &trail)
+    }
+
+    fn graph(&self, id: String) -> Result<Value, Error> {
+        let ruby = ruby();
+        let id = task_id(&ruby, &id)?;
+        let graph = self.call(&ruby, move |e| async move { e.graph(id).await })?;
+        to_ruby(&ruby, &graph)
+    }
+
+    fn cancel_task(&self, id: String) -> Result<(), Error> {
+        let ruby = ruby();
+        let id = task_id(&ruby, &id)?;
+        self.call(&ruby, move |e| async move { e.cancel_task(id).await })
+    }
+
+    fn pause_task(&self, id: String) -> Result<(), Error> {
+        let ruby = ruby();
+        let id = task_id(&ruby, &id)?;
+        self.call(&ruby, move |e| async move { e.pause_task(id).await })
+    }
+
+    fn resume_task(&self, id: String) -> Result<(), Error> {
+        let ruby = ruby();
+        let id = task_id(&ruby, &id)?;
+        self.call(&ruby, move |e| async move { e.resume_task(id).await })
+    }
+
+    fn retry_task(&self, id: String) -> Result<(), Error> {
+        let ruby = ruby();
+        let id = task_id(&ruby, &id)?;
+        self.call(&ruby, move |e| async move { e.retry_task(id).await })
+    }
+
+    fn resolve_step(&self, id: String, step: String, result: Value) -> Result<(), Error> {
+        let ruby = ruby();
+        let id = task_id(&ruby, &id)?;
+        let result = to_json(&ruby, result, "the result")?;
+        self.call(&ruby, move |e| async move { e.resolve_step(id, &step, result).await })
+    }
+
+    fn subscribe(&self, args: &[Value]) -> Result<Subscription, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(), (Option<String>,), (), (), (), ()>(args)?;
+        let pattern = args.optional.0.unwrap_or_else(|| "*".to_owned());
+        let sub = self.engine.subscribe(&pattern).map_err(|e| rb_err(&ruby, e))?;
+        Ok(Subscription { sub: Arc::new(sub) })
+    }
+
+    fn work_status(&self, args: &[Value]) -> Result<Value, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(), (Option<Option<Vec<String>>>,), (), (), (), ()>(args)?;
+        let handlers = args.optional.0.flatten();
+        let status = self.call(&ruby, move |e| async move {
+            match handlers {
+                Some(h) => {
+                    let names: Vec<Arc<str>> = h.into_iter().map(Into::into).collect();
+                    e.work_status_for(&names).await
+                }
+                None => e.work_status().await,
+            }
+        })?;
+        to_ruby(
+            &ruby,
+            &serde_json::json!({
+                "ready": status.ready,
+                "running": status.running,
+                "waiting": status.waiting,
+                "next_due": status.next_due,
+            }),
+        )
+    }
+
+    fn reclaim_expired(&self) -> Result<usize, Error> {
+        let ruby = ruby();
+        self.call(&ruby, |e| async move { e.reclaim_expired().await })
+    }
+
+    fn migrate(&self) -> Result<(), Error> {
+        let ruby = ruby();
+        self.call(&ruby, |e| async move { e.migrate().await })
+    }
+
+    fn close(&self) {
+        self.engine.close();
+    }
+
+    fn is_closed(&self) -> bool {
+        self.engine.is_closed()
+    }
+}
+
+/// A subscription to lifecycle events (`TaskerCore::Subscription`).
+#[magnus::wrap(class = "TaskerCore::Subscription", free_immediately, size)]
+struct Subscription {
+    sub: Arc<tasker_core::Subscription>,
+}
+
+impl Subscription {
+    fn next(&self, args: &[Value]) -> Result<Value, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(), (), (), (), RHash, ()>(args)?;
+        let kw = get_kwargs::<_, (), (Option<Option<f64>>,), ()>(args.keywords, &[], &["timeout"])?;
+        let timeout = kw.optional.0.flatten().map(|t| seconds(&ruby, t, "timeout")).transpose()?;
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)),
+                None => Duration::from_millis(100),
+            };
+            let sub = self.sub.clone();
+            let event = without_gvl(move || sub.next_timeout(slice))
+                .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?;
+            if let Some(event) = event {
+                return to_ruby(&ruby, &event.to_json());
+            }
+            ruby.thread_check_ints()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(ruby.qnil().as_value());
+            }
+        }
+    }
+
+    fn dropped(&self) -> u64 {
+        self.sub.dropped()
+    }
+
+    fn pattern(&self) -> String {
+        self.sub.pattern().to_owned()
+    }
+}
+
+#[magnus::init(name = "tasker_core_native")]
+fn init(ruby: &Ruby) -> Result<(), Error> {
+    let module = ruby.define_module("TaskerCore")?;
+    let base = module.define_error("Error", ruby.exception_standard_error())?;
+    for name in ["TemplateError", "NotFoundError", "StoreError", "InvalidArgumentError"] {
+        module.define_error(name, base)?;
+    }
+    let transition = module.define_error("InvalidTransitionError", base)?;
+    module.define_error("ClaimLostError", transition)?;
+    module.const_set("DEFAULT_URL", tasker_core::engine::DEFAULT_URL)?;
+
+    let engine = module.define_class("Engine", ruby.class_object())?;
+    engine.define_singleton_method("new", function!(Engine::new, -1))?;
+    engine.define_method("register_template", method!(Engine::register_template, 1))?;
+    engine.define_method("create_task", method!(Engine::create_task, -1))?;
+    engine.define_method("claim", method!(Engine::claim, -1))?;
+    engine.define_method("complete", method!(Engine::complete, 3))?;
+    engine.define_method("fail", method!(Engine::fail, -1))?;
+    engine.define_method("heartbeat", method!(Engine::heartbeat, 2))?;
+    engine.define_method("task", method!(Engine::task, 1))?;
+    engine.define_method("list_tasks", method!(Engine::list_tasks, -1))?;
+    engine.define_method("transitions", method!(Engine::transitions, 1))?;
+    engine.define_method("graph", method!(Engine::graph, 1))?;
+    engine.define_method("cancel_task", method!(Engine::cancel_task, 1))?;
+    engine.define_method("pause_task", method!(Engine::pause_task, 1))?;
+    engine.define_method("resume_task", method!(Engine::resume_task, 1))?;
+    engine.define_method("retry_task", method!(Engine::retry_task, 1))?;
+    engine.define_method("resolve_step", method!(Engine::resolve_step, 3))?;
+    engine.define_method("subscribe", method!(Engine::subscribe, -1))?;
+    engine.define_method("work_status", method!(Engine::work_status, -1))?;
+    engine.define_method("reclaim_expired", method!(Engine::reclaim_expired, 0))?;
+    engine.define_method("migrate", method!(Engine::migrate, 0))?;
+    engine.define_method("close", method!(Engine::close, 0))?;
+    engine.define_method("closed?", method!(Engine::is_closed, 0))?;
+
+    let sub = module.define_class("Subscription", ruby.class_object())?;
+    sub.define_method("next", method!(Subscription::next, -1))?;
+    sub.define_method("dropped", method!(Subscription::dropped, 0))?;
+    sub.define_method("pattern", method!(Subscription::pattern, 0))?;
+    Ok(())
+}

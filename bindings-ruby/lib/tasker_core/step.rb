@@ -1,0 +1,120 @@
+# frozen_string_literal: true
+
+module TaskerCore
+  # One claimed attempt of a step, as a handler receives it.
+  #
+  # +context+ is the task's context and +inputs+ maps each parent step's name to its result
+  # (+nil+ for a parent that did not succeed behind a +requires_success: false+ edge); both
+  # are plain JSON values with String keys. +attempt+ counts from 1.
+  #
+  # A step is read-only: return the step's result from the handler, or raise
+  # {RetryableError} / {PermanentError}.
+  #
+  # @example
+  #   worker.handler("ship") do |step|
+  #     raise TaskerCore::PermanentError, "unpaid" unless step.inputs.dig("charge", "charged")
+  #     { tracking: "TRK-#{step.context['order']}" }
+  #   end
+  class Step
+    # @return [String] the task's id
+    attr_reader :task_id
+    # @return [String] this step's id
+    attr_reader :step_id
+    # @return [String] the step's name in its template
+    attr_reader :name
+    # @return [String] the handler the template names for the step
+    attr_reader :handler
+    # @return [Object] the task's context (a Hash with String keys, or any JSON value)
+    attr_reader :context
+    # @return [Hash{String => Object}] each parent step's name and its result
+    attr_reader :inputs
+    # @return [Integer] this attempt's number, from 1
+    attr_reader :attempt
+    # @return [Integer] how many attempts the step may have in all
+    attr_reader :max_attempts
+    # @return [String] the namespace of the task's template
+    attr_reader :namespace
+    # @return [String] the name of the task's template
+    attr_reader :task_name
+    # @return [String, nil] when this attempt's lease runs out (RFC 3339), unless heartbeated
+    attr_reader :lease_expires_at
+    # @return [Integer, nil] the step's +timeout_ms+: the length of a lease
+    attr_reader :timeout_ms
+
+    # The step of one Hash returned by {Engine#claim}.
+    #
+    # @param claimed [Hash{String => Object}] one element of +engine.claim(...)+
+    # @param engine [Engine, nil] the engine that handed it out (for {#heartbeat})
+    # @return [Step]
+    def self.from_claim(claimed, engine = nil)
+      new(
+        task_id: claimed.fetch("task_id"),
+        step_id: claimed.fetch("step_id"),
+        name: claimed.fetch("name"),
+        handler: claimed.fetch("handler", nil) || claimed.fetch("name"),
+        context: claimed.fetch("context", nil),
+        inputs: claimed.fetch("inputs", nil) || {},
+        attempt: claimed.fetch("attempt", 1),
+        max_attempts: claimed.fetch("max_attempts", 1),
+        namespace: claimed.fetch("namespace", ""),
+        task_name: claimed.fetch("task_name", ""),
+        lease_expires_at: claimed.fetch("lease_expires_at", nil),
+        timeout_ms: claimed.fetch("timeout_ms", nil),
+        engine: engine
+      )
+    end
+
+    # @param engine [Engine, nil] the engine that handed the step out (for {#heartbeat})
+    def initialize(task_id:, step_id:, name:, handler: name, context: nil, inputs: {}, attempt: 1,
+                   max_attempts: 1, namespace: "", task_name: "", lease_expires_at: nil,
+                   timeout_ms: nil, engine: nil)
+      @task_id = task_id
+      @step_id = step_id
+      @name = name
+      @handler = handler
+      @context = context
+      @inputs = inputs
+      @attempt = attempt
+      @max_attempts = max_attempts
+      @namespace = namespace
+      @task_name = task_name
+      @lease_expires_at = lease_expires_at
+      @timeout_ms = timeout_ms
+      @engine = engine
+      freeze
+    end
+
+    # Whether a retryable failure of this attempt ends the step (no attempts left).
+    # @return [Boolean]
+    def last_attempt?
+      attempt >= max_attempts
+    end
+
+    # Extends this attempt's lease by the step's +timeout_ms+; call it now and then from a
+    # handler that runs long. Same as +engine.heartbeat(step.step_id, step.attempt)+.
+    #
+    # @return [String] the new lease expiry (RFC 3339)
+    # @raise [ClaimLostError] when the lease was lost already (expired, task cancelled, …)
+    def heartbeat
+      raise ArgumentError, "this step was not claimed through an engine" if @engine.nil?
+
+      @engine.heartbeat(step_id, attempt)
+    end
+
+    # @return [Hash{Symbol => Object}] the step's fields
+    def to_h
+      {
+        task_id: task_id, step_id: step_id, name: name, handler: handler, context: context,
+        inputs: inputs, attempt: attempt, max_attempts: max_attempts, namespace: namespace,
+        task_name: task_name, lease_expires_at: lease_expires_at, timeout_ms: timeout_ms
+      }
+    end
+
+    # @!visibility private
+    def inspect
+      "#<TaskerCore::Step #{namespace}/#{task_name} #{name} (#{step_id}) " \
+        "attempt #{attempt}/#{max_attempts}>"
+    end
+    alias to_s inspect
+  end
+end

@@ -1,0 +1,291 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# Opening an engine, templates, create_task, bad input, close: on each store.
+module EngineBehaviour
+  def test_register_yaml_text_returns_a_summary
+    summary = @engine.register_template(TaskerTest::DIAMOND)
+    assert_equal({ "namespace" => "test", "name" => "diamond", "version" => "1.0.0",
+                   "steps" => %w[validate charge reserve_stock ship notify] }, summary)
+  end
+
+  def test_register_a_hash_with_symbol_keys_and_values
+    summary = @engine.register_template(
+      namespace: "test", name: :symbols, version: "2.0.0",
+      steps: [{ name: :a, retry: { max_attempts: 2, backoff_base_ms: 0, jitter: false } },
+              { name: "b", depends_on: [:a], handler: :bee }]
+    )
+    assert_equal({ "namespace" => "test", "name" => "symbols", "version" => "2.0.0", "steps" => %w[a b] }, summary)
+    id = @engine.create_task("test", "symbols")
+    assert_equal %w[a b], @engine.task(id)["steps"].map { |s| s["name"] }
+    assert_equal "bee", step_of(@engine.task(id), "b")["handler"]
+    assert_equal 2, step_of(@engine.task(id), "a")["max_attempts"]
+  end
+
+  def test_register_json_text
+    summary = @engine.register_template(JSON.generate(template("json", "only")))
+    assert_equal %w[only], summary["steps"]
+  end
+
+  def test_a_template_of_another_type_is_a_type_error
+    assert_raises(TypeError) { @engine.register_template(42) }
+    assert_raises(TypeError) { @engine.register_template(%w[not a template]) }
+  end
+
+  def test_a_cycle_is_refused_naming_its_steps
+    yaml = yaml_template("cyclic", "start",
+                         { "name" => "a", "depends_on" => %w[start c] },
+                         { "name" => "b", "depends_on" => ["a"] },
+                         { "name" => "c", "depends_on" => ["b"] })
+    error = assert_raises(TaskerCore::TemplateError) { @engine.register_template(yaml) }
+    assert_kind_of TaskerCore::Error, error
+    assert_includes error.message, "cycle"
+    %w[a b c].each { |name| assert_match(/\b#{name}\b/, error.message) }
+    refute_includes error.message, "start"
+  end
+
+  def test_other_invalid_templates_are_template_errors
+    unknown = assert_raises(TaskerCore::TemplateError) do
+      @engine.register_template(template("unknown", { "name" => "a", "depends_on" => ["ghost"] }))
+    end
+    assert_includes unknown.message, "ghost"
+    assert_includes unknown.message, "a"
+    assert_raises(TaskerCore::TemplateError) { @engine.register_template(template("dup", "a", "a")) }
+    assert_raises(TaskerCore::TemplateError) { @engine.register_template(template("empty")) }
+    assert_raises(TaskerCore::TemplateError) { @engine.register_template("steps: [unclosed") }
+    zero = assert_raises(TaskerCore::TemplateError) do
+      @engine.register_template(template("zero", { "name" => "a", "retry" => { "max_attempts" => 0 } }))
+    end
+    assert_includes zero.message, "max_attempts"
+  end
+
+  def test_create_task_returns_a_string_id_and_gives_string_keys_back
+    @engine.register_template(template("ctx", "a"))
+    id = @engine.create_task("test", "ctx", context: { order: 42, customer: { name: "Ada", tags: [:vip] } })
+    assert_kind_of String, id
+    task = @engine.task(id)
+    assert_equal id, task["id"]
+    assert_equal({ "order" => 42, "customer" => { "name" => "Ada", "tags" => ["vip"] } }, task["context"])
+    assert_equal %w[test ctx 1.0.0 pending], task.values_at("namespace", "name", "version", "status")
+    (claimed,) = @engine.claim("w", nil, 1)
+    assert_equal({ "order" => 42, "customer" => { "name" => "Ada", "tags" => ["vip"] } }, claimed["context"])
+  end
+
+  def test_create_task_without_a_context
+    @engine.register_template(template("bare", "a"))
+    task = @engine.task(@engine.create_task("test", "bare"))
+    assert_includes [nil, {}], task["context"]
+  end
+
+  def test_create_task_takes_the_newest_version_unless_told
+    @engine.register_template(template("versioned", "a", version: "1.0.0"))
+    @engine.register_template(template("versioned", "a", "b", version: "1.10.0"))
+    @engine.register_template(template("versioned", "a", version: "1.9.0"))
+    assert_equal "1.10.0", @engine.task(@engine.create_task("test", "versioned"))["version"]
+    old = @engine.task(@engine.create_task("test", "versioned", version: "1.0.0"))
+    assert_equal "1.0.0", old["version"]
+    assert_equal %w[a], old["steps"].map { |s| s["name"] }
+  end
+
+  def test_the_same_idempotency_key_returns_the_same_task
+    @engine.register_template(template("idem", "a"))
+    first = @engine.create_task("test", "idem", context: { n: 1 }, idempotency_key: "order-42")
+    again = @engine.create_task("test", "idem", context: { n: 2 }, idempotency_key: "order-42")
+    other = @engine.create_task("test", "idem", idempotency_key: "order-43")
+    assert_equal first, again
+    refute_equal first, other
+    assert_equal "order-42", @engine.task(first)["idempotency_key"]
+    assert_equal 2, @engine.list_tasks.size
+  end
+
+  def test_higher_priority_tasks_are_claimed_first
+    @engine.register_template(template("prio", "a"))
+    low = @engine.create_task("test", "prio")
+    high = @engine.create_task("test", "prio", priority: 10)
+    assert_equal 0, @engine.task(low)["priority"]
+    assert_equal 10, @engine.task(high)["priority"]
+    assert_equal [high], @engine.claim("w", nil, 1).map { |c| c["task_id"] }
+    assert_equal [low], @engine.claim("w", nil, 1).map { |c| c["task_id"] }
+  end
+
+  def test_unknown_templates_and_tasks_are_not_found
+    assert_raises(TaskerCore::NotFoundError) { @engine.create_task("test", "nope") }
+    @engine.register_template(template("known", "a"))
+    assert_raises(TaskerCore::NotFoundError) { @engine.create_task("test", "known", version: "9.9.9") }
+    bogus = "00000000-0000-4000-8000-000000000000"
+    %i[task transitions graph cancel_task pause_task resume_task retry_task].each do |verb|
+      assert_raises(TaskerCore::NotFoundError, verb.to_s) { @engine.public_send(verb, bogus) }
+    end
+  end
+
+  def test_malformed_ids_versions_and_urls_are_invalid_arguments
+    @engine.register_template(template("args", "a"))
+    %i[task transitions graph cancel_task].each do |verb|
+      error = assert_raises(TaskerCore::InvalidArgumentError, verb.to_s) { @engine.public_send(verb, "not-a-task-id") }
+      assert_kind_of TaskerCore::Error, error
+    end
+    assert_raises(TaskerCore::InvalidArgumentError) { @engine.complete("not-a-step-id", 1, {}) }
+    assert_raises(TaskerCore::InvalidArgumentError) { @engine.create_task("test", "args", version: "banana") }
+    assert_raises(TaskerCore::InvalidArgumentError) { @engine.list_tasks(status: "exploded") }
+    assert_raises(TaskerCore::InvalidArgumentError) { TaskerCore::Engine.new("nosuchdb://x") }
+  end
+
+  def test_wrong_argument_types_are_type_errors
+    @engine.register_template(template("types", "a"))
+    assert_raises(TypeError) { @engine.create_task(1, 2) }
+    assert_raises(TypeError) { @engine.create_task("test", "types", priority: "high") }
+    assert_raises(TypeError) { @engine.task(42) }
+    assert_raises(TypeError) { TaskerCore::Engine.new(42) }
+    assert_raises(ArgumentError) { @engine.create_task("test", "types", colour: "blue") }
+  end
+
+  def test_a_context_that_is_not_json_is_an_invalid_argument
+    @engine.register_template(template("notjson", "a"))
+    [Object.new, Time.now, "\xff".b, 2**70].each do |bad|
+      assert_raises(TaskerCore::InvalidArgumentError, bad.inspect) do
+        @engine.create_task("test", "notjson", context: { "value" => bad })
+      end
+    end
+    assert_equal [], @engine.list_tasks
+  end
+
+  def test_nan_and_infinity_are_refused_rather_than_stored_as_null
+    @engine.register_template(template("finite", "a"))
+    [Float::NAN, Float::INFINITY, [1.0, -Float::INFINITY], { "deep" => { "x" => Float::NAN } }].each do |bad|
+      assert_raises(TaskerCore::InvalidArgumentError, bad.inspect) do
+        @engine.create_task("test", "finite", context: { "value" => bad })
+      end
+    end
+    assert_equal [], @engine.list_tasks
+  end
+
+  def test_a_closed_engine_raises_store_error_on_every_call
+    @engine.register_template(template("closing", "a"))
+    id = @engine.create_task("test", "closing")
+    (claimed,) = @engine.claim("w", nil, 1)
+    step_id = claimed["step_id"]
+    refute @engine.closed?
+    @engine.close
+    assert @engine.closed?
+    @engine.close # closing twice is harmless
+    calls = {
+      register_template: -> { @engine.register_template(template("x", "a")) },
+      create_task: -> { @engine.create_task("test", "closing") },
+      claim: -> { @engine.claim("w", nil, 1) },
+      complete: -> { @engine.complete(step_id, 1, {}) },
+      fail: -> { @engine.fail(step_id, 1, "x") },
+      heartbeat: -> { @engine.heartbeat(step_id, 1) },
+      task: -> { @engine.task(id) },
+      list_tasks: -> { @engine.list_tasks },
+      transitions: -> { @engine.transitions(id) },
+      graph: -> { @engine.graph(id) },
+      cancel_task: -> { @engine.cancel_task(id) },
+      pause_task: -> { @engine.pause_task(id) },
+      resume_task: -> { @engine.resume_task(id) },
+      retry_task: -> { @engine.retry_task(id) },
+      resolve_step: -> { @engine.resolve_step(id, "a", {}) },
+      subscribe: -> { @engine.subscribe },
+      work_status: -> { @engine.work_status },
+      reclaim_expired: -> { @engine.reclaim_expired },
+      migrate: -> { @engine.migrate }
+    }
+    calls.each do |verb, call|
+      assert_raises(TaskerCore::StoreError, verb.to_s) { call.call }
+    end
+  end
+
+  def test_migrate_is_idempotent
+    @engine.migrate
+    @engine.migrate
+    @engine.register_template(template("migrated", "a"))
+    assert_kind_of String, @engine.create_task("test", "migrated")
+  end
+end
+
+TaskerTest.on_each_store(EngineBehaviour)
+
+# What does not depend on the store.
+class EngineTest < Minitest::Test
+  include TaskerTest
+
+  def test_a_sqlite_file_keeps_tasks_across_reopening
+    Dir.mktmpdir do |dir|
+      url = "sqlite://#{File.join(dir, 'kept.db')}"
+      engine = TaskerCore::Engine.new(url)
+      engine.register_template(template("kept", "a"))
+      id = engine.create_task("test", "kept", context: { kept: true })
+      engine.close
+      again = TaskerCore::Engine.new(url)
+      assert_equal({ "kept" => true }, again.task(id)["context"])
+      again.close
+    end
+  end
+
+  def test_no_url_opens_tasker_db_in_the_working_directory
+    Dir.mktmpdir do |dir|
+      Dir.chdir(dir) do
+        engine = TaskerCore::Engine.new
+        engine.register_template(template("default", "a"))
+        engine.create_task("test", "default")
+        engine.close
+        assert File.exist?(File.join(dir, "tasker.db")), Dir.children(dir).inspect
+      end
+    end
+  end
+
+  def test_the_error_hierarchy
+    assert_operator TaskerCore::Error, :<, StandardError
+    %i[TemplateError NotFoundError InvalidTransitionError StoreError InvalidArgumentError].each do |name|
+      assert_operator TaskerCore.const_get(name), :<, TaskerCore::Error
+    end
+    assert_operator TaskerCore::ClaimLostError, :<, TaskerCore::InvalidTransitionError
+    # The handler signals are not engine errors.
+    [TaskerCore::RetryableError, TaskerCore::PermanentError].each do |signal|
+      assert_operator signal, :<, StandardError
+      refute_operator signal, :<, TaskerCore::Error
+    end
+  end
+
+  def test_the_version
+    assert_equal "0.1.0", TaskerCore::VERSION
+  end
+
+  def test_the_module_engine_accessor
+    previous = TaskerCore.engine
+    engine = TaskerCore.open("memory:")
+    assert_same engine, TaskerCore.engine
+    TaskerCore.engine = nil
+    assert_nil TaskerCore.engine
+    assert_raises(TypeError) { TaskerCore.engine = "memory:" }
+    engine.close
+  ensure
+    TaskerCore.engine = previous
+  end
+
+  def test_a_forked_child_gets_an_engine_of_its_own_from_the_module_accessor
+    skip "no fork on this platform" unless Process.respond_to?(:fork)
+
+    previous = TaskerCore.engine
+    parent = TaskerCore.open("memory:")
+    parent.register_template(template("forked", "a"))
+    reader, writer = IO.pipe
+    pid = fork do
+      reader.close
+      child = TaskerCore.engine
+      child.register_template(template("forked", "a"))
+      child.create_task("test", "forked")
+      writer.write(child.equal?(parent) ? "same" : "own")
+      writer.close
+      exit!(0)
+    end
+    writer.close
+    _, status = Process.wait2(pid)
+    assert status.success?
+    assert_equal "own", reader.read
+    assert_same parent, TaskerCore.engine
+    parent.close
+  ensure
+    TaskerCore.engine = previous
+  end
+end

@@ -1,0 +1,152 @@
+# frozen_string_literal: true
+
+$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+
+require "minitest/autorun"
+require "fileutils"
+require "json"
+require "logger"
+require "stringio"
+require "tmpdir"
+require "yaml"
+require "tasker_core"
+
+# Handler tracebacks and retries are logged on purpose by many tests: keep them out of the
+# test output (TASKER_TEST_LOG=1 shows them).
+TaskerCore.logger = Logger.new(ENV["TASKER_TEST_LOG"] ? $stderr : IO::NULL, progname: "tasker_core")
+
+# Templates and helpers shared by the tests.
+module TaskerTest
+  ROOT = File.expand_path("../..", __dir__)
+  BINDING = File.expand_path("..", __dir__)
+  LIB = File.join(BINDING, "lib")
+
+  # A template that retries at once (no backoff, no jitter).
+  FAST_RETRY = { "max_attempts" => 3, "backoff_base_ms" => 0, "backoff_max_ms" => 0, "jitter" => false }.freeze
+
+  # validate -> (charge, reserve_stock) -> ship -> notify (notify runs even if ship failed).
+  DIAMOND = <<~YAML
+    namespace: test
+    name: diamond
+    version: 1.0.0
+    steps:
+      - name: validate
+      - name: charge
+        depends_on: [validate]
+        retry: { max_attempts: 3, backoff_base_ms: 0, backoff_max_ms: 0, jitter: false }
+      - name: reserve_stock
+        depends_on: [validate]
+      - name: ship
+        depends_on: [charge, reserve_stock]
+      - name: notify
+        depends_on:
+          - { step: ship, requires_success: false }
+  YAML
+
+  module_function
+
+  # A template Hash with the given steps (each a name or a Hash), retrying at once.
+  def template(name, *steps, namespace: "test", version: "1.0.0")
+    {
+      "namespace" => namespace,
+      "name" => name,
+      "version" => version,
+      "steps" => steps.map do |s|
+        s = { "name" => s } if s.is_a?(String)
+        { "retry" => FAST_RETRY }.merge(s)
+      end
+    }
+  end
+
+  # The same, as YAML text.
+  def yaml_template(name, *steps, **kw)
+    YAML.dump(template(name, *steps, **kw))
+  end
+
+  # The step named +name+ of a task Hash.
+  def step_of(task, name)
+    task.fetch("steps").find { |s| s["name"] == name } or raise "no step #{name} in #{task['steps'].map { |s| s['name'] }}"
+  end
+
+  # Waits up to +timeout+ seconds for the block to return a truthy value; returns it.
+  def wait_for(timeout = 5)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + timeout
+    loop do
+      value = yield
+      return value if value
+      return nil if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+
+      sleep 0.01
+    end
+  end
+
+  # The handlers of the DIAMOND template, some replaced by +overrides+ (name => callable).
+  def diamond_worker(engine, overrides = {}, **kw)
+    handlers = {
+      "validate" => ->(step) { { "order" => step.context["order"], "valid" => true } },
+      "charge" => ->(step) { { "charged" => true, "order" => step.inputs["validate"]["order"] } },
+      "reserve_stock" => ->(_step) { { "reserved" => 1 } },
+      "ship" => lambda do |step|
+        raise TaskerCore::PermanentError, "unpaid" unless step.inputs["charge"]["charged"] == true
+
+        { "tracking" => "TRK-#{step.context['order']}" }
+      end,
+      "notify" => ->(step) { { "notified" => true, "shipped" => !step.inputs["ship"].nil? } }
+    }.merge(overrides)
+    worker = TaskerCore::Worker.new(engine, **kw)
+    handlers.each { |name, fn| worker.register(name, fn) }
+    worker
+  end
+
+  # Runs Ruby code in a child process with the gem's lib on the load path.
+  # Returns [stdout, stderr, status].
+  def ruby_subprocess(code, *args, env: {}, timeout: 120)
+    require "open3"
+    Open3.capture3(env, RbConfig.ruby, "-I", LIB, "-e", code, *args, chdir: ROOT)
+  end
+end
+
+# One test class per store: +TaskerTest.on_each_store(SomeBehaviour)+ defines
+# +SomeBehaviourOnMemoryTest+ and +SomeBehaviourOnSqliteTest+, each opening a fresh engine as
+# +@engine+ (on "memory:" and on a SQLite file in a temporary directory).
+module TaskerTest
+  # Setup and teardown of a test class that runs on one store.
+  module StoreCase
+    include TaskerTest
+
+    def setup
+      super
+      @tmpdir = Dir.mktmpdir("tasker_core-test")
+      @engine = TaskerCore::Engine.new(store_url)
+    end
+
+    def teardown
+      @engine.close if @engine && !@engine.closed?
+      FileUtils.remove_entry(@tmpdir) if @tmpdir
+      super
+    end
+
+    # A second engine on the same store (a fresh one for "memory:").
+    def store_url
+      self.class.store == :memory ? "memory:" : "sqlite://#{File.join(@tmpdir, 'tasker.db')}"
+    end
+
+    def sqlite?
+      self.class.store == :sqlite
+    end
+  end
+
+  STORES = { "Memory" => :memory, "Sqlite" => :sqlite }.freeze
+
+  def self.on_each_store(behaviour)
+    STORES.each do |label, store|
+      klass = Class.new(Minitest::Test) do
+        include StoreCase
+        include behaviour
+
+        define_singleton_method(:store) { store }
+      end
+      Object.const_set("#{behaviour.name}On#{label}Test", klass)
+    end
+  end
+end
