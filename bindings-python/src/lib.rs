@@ -383,28 +383,7 @@ impl Engine {
             }
             py.check_signals()?;
         };
-        claimed
-            .iter()
-            .map(|s| {
-                to_py(
-                    py,
-                    &serde_json::json!({
-                        "step_id": s.step_id.to_string(),
-                        "task_id": s.task_id().to_string(),
-                        "name": &*s.name,
-                        "handler": &*s.handler,
-                        "namespace": &*s.namespace,
-                        "task_name": &*s.task_name,
-                        "attempt": s.attempt,
-                        "max_attempts": s.max_attempts,
-                        "context": &*s.context,
-                        "inputs": s.inputs.to_json(),
-                        "lease_expires_at": s.lease_expires_at,
-                        "timeout_ms": s.timeout_ms,
-                    }),
-                )
-            })
-            .collect()
+        claimed.iter().map(|s| to_py(py, &s.to_json())).collect()
     }
 
     /// Reports a claimed attempt's result (JSON-serialisable). Raises ClaimLostError when the

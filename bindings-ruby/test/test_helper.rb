@@ -1,7 +1,5 @@
 # frozen_string_literal: true
 
-$LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
-
 require "minitest/autorun"
 require "fileutils"
 require "json"
@@ -9,7 +7,15 @@ require "logger"
 require "stringio"
 require "tmpdir"
 require "yaml"
-require "tasker_core"
+
+# The gem as it is found: the installed one (CI: `ruby -Itest …`), or this checkout's lib
+# (`ruby -Ilib -Itest …`); a checkout without -Ilib and without the gem falls back on lib.
+begin
+  require "tasker_core"
+rescue LoadError
+  $LOAD_PATH.unshift(File.expand_path("../lib", __dir__))
+  require "tasker_core"
+end
 
 # Handler tracebacks and retries are logged on purpose by many tests: keep them out of the
 # test output (TASKER_TEST_LOG=1 shows them).
@@ -19,7 +25,8 @@ TaskerCore.logger = Logger.new(ENV["TASKER_TEST_LOG"] ? $stderr : IO::NULL, prog
 module TaskerTest
   ROOT = File.expand_path("../..", __dir__)
   BINDING = File.expand_path("..", __dir__)
-  LIB = File.join(BINDING, "lib")
+  # The lib directory the tests loaded tasker_core.rb from: child processes load the same.
+  LIB = File.dirname($LOADED_FEATURES.find { |f| f.end_with?("/tasker_core.rb") } || File.join(BINDING, "lib", "x"))
 
   # A template that retries at once (no backoff, no jitter).
   FAST_RETRY = { "max_attempts" => 3, "backoff_base_ms" => 0, "backoff_max_ms" => 0, "jitter" => false }.freeze

@@ -148,6 +148,26 @@ impl ClaimedStep {
     pub fn task_id(&self) -> TaskId {
         self.step_id.task
     }
+
+    /// The step as the bindings hand it to a handler: step_id, task_id, name, handler,
+    /// namespace, task_name, attempt, max_attempts, context, inputs, lease_expires_at,
+    /// timeout_ms.
+    pub fn to_json(&self) -> Value {
+        serde_json::json!({
+            "step_id": self.step_id.to_string(),
+            "task_id": self.task_id().to_string(),
+            "name": &*self.name,
+            "handler": &*self.handler,
+            "namespace": &*self.namespace,
+            "task_name": &*self.task_name,
+            "attempt": self.attempt,
+            "max_attempts": self.max_attempts,
+            "context": &*self.context,
+            "inputs": self.inputs.to_json(),
+            "lease_expires_at": self.lease_expires_at,
+            "timeout_ms": self.timeout_ms,
+        })
+    }
 }
 
 /// A failed attempt, as a worker reports it.

@@ -97,7 +97,12 @@ fn runtime(ruby: &Ruby) -> Result<&'static Runtime, Error> {
                 .map_err(|e| e.to_string())
         })
         .as_ref()
-        .map_err(|e| Error::new(error_class(ruby, "StoreError"), format!("cannot start the runtime: {e}")))
+        .map_err(|e| {
+            Error::new(
+                error_class(ruby, "StoreError"),
+                format!("cannot start the runtime: {e}"),
+            )
+        })
 }
 
 /// How deeply a value may nest (a value that contains itself would otherwise recurse forever).
@@ -113,12 +118,18 @@ fn to_json(ruby: &Ruby, value: Value, what: &str) -> Result<Json, Error> {
 
 fn check_value(ruby: &Ruby, value: Value, what: &str, depth: usize) -> Result<(), Error> {
     if depth > MAX_DEPTH {
-        return Err(invalid(ruby, format!("{what} nests deeper than {MAX_DEPTH} levels (or contains itself)")));
+        return Err(invalid(
+            ruby,
+            format!("{what} nests deeper than {MAX_DEPTH} levels (or contains itself)"),
+        ));
     }
     if let Some(f) = magnus::Float::from_value(value) {
         let v = f.to_f64();
         if !v.is_finite() {
-            return Err(invalid(ruby, format!("{what} is not JSON-serialisable: {v} is not a finite number")));
+            return Err(invalid(
+                ruby,
+                format!("{what} is not JSON-serialisable: {v} is not a finite number"),
+            ));
         }
     } else if let Some(array) = magnus::RArray::from_value(value) {
         for item in array.into_iter() {
@@ -142,24 +153,31 @@ fn check_value(ruby: &Ruby, value: Value, what: &str, depth: usize) -> Result<()
 /// JSON (or anything serde serialises) as Ruby objects with String keys (through a JSON value:
 /// serde_magnus would make Symbol keys of struct fields).
 fn to_ruby<T: serde::Serialize>(ruby: &Ruby, value: &T) -> Result<Value, Error> {
-    let json = serde_json::to_value(value).map_err(|e| Error::new(error_class(ruby, "Error"), e.to_string()))?;
+    let json = serde_json::to_value(value)
+        .map_err(|e| Error::new(error_class(ruby, "Error"), e.to_string()))?;
     serde_magnus::serialize::<_, Value>(ruby, &json)
 }
 
 fn task_id(ruby: &Ruby, s: &str) -> Result<TaskId, Error> {
-    s.parse().map_err(|e: tasker_core::ids::InvalidId| invalid(ruby, e.to_string()))
+    s.parse()
+        .map_err(|e: tasker_core::ids::InvalidId| invalid(ruby, e.to_string()))
 }
 
 fn step_id(ruby: &Ruby, s: &str) -> Result<StepId, Error> {
-    s.parse().map_err(|e: tasker_core::ids::InvalidId| invalid(ruby, e.to_string()))
+    s.parse()
+        .map_err(|e: tasker_core::ids::InvalidId| invalid(ruby, e.to_string()))
 }
 
 fn seconds(ruby: &Ruby, value: f64, what: &str) -> Result<Duration, Error> {
     const YEAR: f64 = 365.0 * 24.0 * 3600.0;
     if !(0.0..=YEAR).contains(&value) {
-        return Err(invalid(ruby, format!("{what} must be a number of seconds between 0 and one year, not {value}")));
+        return Err(invalid(
+            ruby,
+            format!("{what} must be a number of seconds between 0 and one year, not {value}"),
+        ));
     }
-    Duration::try_from_secs_f64(value).map_err(|_| invalid(ruby, format!("{what} is not a valid number of seconds")))
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| invalid(ruby, format!("{what} is not a valid number of seconds")))
 }
 
 /// The engine (`TaskerCore::Engine`).
@@ -171,7 +189,11 @@ struct Engine {
 
 impl Engine {
     /// Runs the engine future `f` on the runtime with the GVL released.
-    fn call<T: Send, Fut>(&self, ruby: &Ruby, f: impl FnOnce(tasker_core::Engine) -> Fut + Send) -> Result<T, Error>
+    fn call<T: Send, Fut>(
+        &self,
+        ruby: &Ruby,
+        f: impl FnOnce(tasker_core::Engine) -> Fut + Send,
+    ) -> Result<T, Error>
     where
         Fut: std::future::Future<Output = Result<T, tasker_core::Error>> + Send,
     {
@@ -210,14 +232,21 @@ impl Engine {
         let ruby = ruby();
         let graph = if let Some(text) = RString::from_value(template) {
             let text = text.to_string()?;
-            self.call(&ruby, move |e| async move { e.register_template_str(&text).await })?
+            self.call(&ruby, move |e| async move {
+                e.register_template_str(&text).await
+            })?
         } else if RHash::from_value(template).is_some() {
             let value = to_json(&ruby, template, "the template")?;
-            self.call(&ruby, move |e| async move { e.register_template_value(value).await })?
+            self.call(&ruby, move |e| async move {
+                e.register_template_value(value).await
+            })?
         } else {
             return Err(Error::new(
                 ruby.exception_type_error(),
-                format!("a template is YAML or JSON text (String) or a Hash, not {}", unsafe { template.classname() }),
+                format!(
+                    "a template is YAML or JSON text (String) or a Hash, not {}",
+                    unsafe { template.classname() }
+                ),
             ));
         };
         let steps: Vec<&str> = graph.steps().iter().map(|s| &*s.name).collect();
@@ -236,7 +265,17 @@ impl Engine {
         let ruby = ruby();
         let args = scan_args::<(String, String), (), (), (), RHash, ()>(args)?;
         let (namespace, name) = args.required;
-        let kw = get_kwargs::<_, (), (Option<Value>, Option<Option<String>>, Option<Option<String>>, Option<i32>), ()>(
+        let kw = get_kwargs::<
+            _,
+            (),
+            (
+                Option<Value>,
+                Option<Option<String>>,
+                Option<Option<String>>,
+                Option<i32>,
+            ),
+            (),
+        >(
             args.keywords,
             &[],
             &["context", "version", "idempotency_key", "priority"],
@@ -260,7 +299,9 @@ impl Engine {
 
     fn claim(&self, args: &[Value]) -> Result<Value, Error> {
         let ruby = ruby();
-        let args = scan_args::<(String, Option<Vec<String>>, usize), (Option<f64>,), (), (), (), ()>(args)?;
+        let args = scan_args::<(String, Option<Vec<String>>, usize), (Option<f64>,), (), (), (), ()>(
+            args,
+        )?;
         let (worker_id, handlers, limit) = args.required;
         let wait = seconds(&ruby, args.optional.0.unwrap_or(0.0), "wait")?;
         let request = ClaimRequest {
@@ -288,25 +329,7 @@ impl Engine {
             }
             ruby.thread_check_ints()?;
         };
-        let list: Vec<Json> = claimed
-            .iter()
-            .map(|s| {
-                serde_json::json!({
-                    "step_id": s.step_id.to_string(),
-                    "task_id": s.task_id().to_string(),
-                    "name": &*s.name,
-                    "handler": &*s.handler,
-                    "namespace": &*s.namespace,
-                    "task_name": &*s.task_name,
-                    "attempt": s.attempt,
-                    "max_attempts": s.max_attempts,
-                    "context": &*s.context,
-                    "inputs": s.inputs.to_json(),
-                    "lease_expires_at": s.lease_expires_at,
-                    "timeout_ms": s.timeout_ms,
-                })
-            })
-            .collect();
+        let list: Vec<Json> = claimed.iter().map(|s| s.to_json()).collect();
         to_ruby(&ruby, &list)
     }
 
@@ -314,32 +337,49 @@ impl Engine {
         let ruby = ruby();
         let step = self::step_id(&ruby, &step_id)?;
         let result = to_json(&ruby, result, "the result")?;
-        self.call(&ruby, move |e| async move { e.complete(step, attempt, result).await })
+        self.call(&ruby, move |e| async move {
+            e.complete(step, attempt, result).await
+        })
     }
 
     fn fail(&self, args: &[Value]) -> Result<(), Error> {
         let ruby = ruby();
-        let args = scan_args::<(String, u32, String), (Option<bool>, Option<Option<f64>>), (), (), (), ()>(args)?;
+        let args = scan_args::<
+            (String, u32, String),
+            (Option<bool>, Option<Option<f64>>),
+            (),
+            (),
+            (),
+            (),
+        >(args)?;
         let (step_id, attempt, message) = args.required;
         let (retryable, retry_after) = args.optional;
         let step = self::step_id(&ruby, &step_id)?;
         let kind = if retryable.unwrap_or(true) {
             let retry_after_ms = retry_after
                 .flatten()
-                .map(|s| seconds(&ruby, s, "retry_after").map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)))
+                .map(|s| {
+                    seconds(&ruby, s, "retry_after")
+                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+                })
                 .transpose()?;
             FailureKind::Retryable { retry_after_ms }
         } else {
             FailureKind::Permanent
         };
         let failure = StepFailure { message, kind };
-        self.call(&ruby, move |e| async move { e.fail(step, attempt, failure).await })
+        self.call(&ruby, move |e| async move {
+            e.fail(step, attempt, failure).await
+        })
     }
 
     fn heartbeat(&self, step_id: String, attempt: u32) -> Result<Value, Error> {
         let ruby = ruby();
         let step = self::step_id(&ruby, &step_id)?;
-        let at = self.call(&ruby, move |e| async move { e.heartbeat(step, attempt).await })?;
+        let at = self.call(
+            &ruby,
+            move |e| async move { e.heartbeat(step, attempt).await },
+        )?;
         to_ruby(&ruby, &at)
     }
 
@@ -353,7 +393,17 @@ impl Engine {
     fn list_tasks(&self, args: &[Value]) -> Result<Value, Error> {
         let ruby = ruby();
         let args = scan_args::<(), (), (), (), RHash, ()>(args)?;
-        let kw = get_kwargs::<_, (), (Option<Option<String>>, Option<Option<String>>, Option<Option<String>>, Option<usize>), ()>(
+        let kw = get_kwargs::<
+            _,
+            (),
+            (
+                Option<Option<String>>,
+                Option<Option<String>>,
+                Option<Option<String>>,
+                Option<usize>,
+            ),
+            (),
+        >(
             args.keywords,
             &[],
             &["status", "namespace", "name", "limit"],
@@ -361,7 +411,10 @@ impl Engine {
         let (status, namespace, name, limit) = kw.optional;
         let status = status
             .flatten()
-            .map(|s| s.parse::<TaskState>().map_err(|e| invalid(&ruby, e.to_string())))
+            .map(|s| {
+                s.parse::<TaskState>()
+                    .map_err(|e| invalid(&ruby, e.to_string()))
+            })
             .transpose()?;
         let filter = TaskFilter {
             status,
@@ -415,14 +468,19 @@ impl Engine {
         let ruby = ruby();
         let id = task_id(&ruby, &id)?;
         let result = to_json(&ruby, result, "the result")?;
-        self.call(&ruby, move |e| async move { e.resolve_step(id, &step, result).await })
+        self.call(&ruby, move |e| async move {
+            e.resolve_step(id, &step, result).await
+        })
     }
 
     fn subscribe(&self, args: &[Value]) -> Result<Subscription, Error> {
         let ruby = ruby();
         let args = scan_args::<(), (Option<String>,), (), (), (), ()>(args)?;
         let pattern = args.optional.0.unwrap_or_else(|| "*".to_owned());
-        let sub = self.engine.subscribe(&pattern).map_err(|e| rb_err(&ruby, e))?;
+        let sub = self
+            .engine
+            .subscribe(&pattern)
+            .map_err(|e| rb_err(&ruby, e))?;
         Ok(Subscription { sub: Arc::new(sub) })
     }
 
@@ -480,11 +538,18 @@ impl Subscription {
         let ruby = ruby();
         let args = scan_args::<(), (), (), (), RHash, ()>(args)?;
         let kw = get_kwargs::<_, (), (Option<Option<f64>>,), ()>(args.keywords, &[], &["timeout"])?;
-        let timeout = kw.optional.0.flatten().map(|t| seconds(&ruby, t, "timeout")).transpose()?;
+        let timeout = kw
+            .optional
+            .0
+            .flatten()
+            .map(|t| seconds(&ruby, t, "timeout"))
+            .transpose()?;
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
             let slice = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(Duration::from_millis(100)),
+                Some(d) => d
+                    .saturating_duration_since(Instant::now())
+                    .min(Duration::from_millis(100)),
                 None => Duration::from_millis(100),
             };
             let sub = self.sub.clone();
@@ -513,7 +578,12 @@ impl Subscription {
 fn init(ruby: &Ruby) -> Result<(), Error> {
     let module = ruby.define_module("TaskerCore")?;
     let base = module.define_error("Error", ruby.exception_standard_error())?;
-    for name in ["TemplateError", "NotFoundError", "StoreError", "InvalidArgumentError"] {
+    for name in [
+        "TemplateError",
+        "NotFoundError",
+        "StoreError",
+        "InvalidArgumentError",
+    ] {
         module.define_error(name, base)?;
     }
     let transition = module.define_error("InvalidTransitionError", base)?;
