@@ -72,7 +72,9 @@ module TaskerCore
     #
     # @param engine [Engine, nil]
     def engine=(engine)
-      raise TypeError, "TaskerCore.engine must be a TaskerCore::Engine or nil, not #{engine.class}" unless engine.nil? || engine.is_a?(Engine)
+      unless engine.nil? || engine.is_a?(Engine)
+        raise TypeError, "TaskerCore.engine must be a TaskerCore::Engine or nil, not #{engine.class}"
+      end
 
       @engine_lock.synchronize do
         @engine = engine

@@ -272,6 +272,13 @@ class EngineTest < Minitest::Test
     reader, writer = IO.pipe
     pid = fork do
       reader.close
+      refused = begin
+        parent.create_task("test", "forked")
+        false
+      rescue TaskerCore::StoreError
+        true
+      end
+      writer.write("refused ") if refused
       child = TaskerCore.engine
       child.register_template(template("forked", "a"))
       child.create_task("test", "forked")
@@ -282,7 +289,7 @@ class EngineTest < Minitest::Test
     writer.close
     _, status = Process.wait2(pid)
     assert status.success?
-    assert_equal "own", reader.read
+    assert_equal "refused own", reader.read
     assert_same parent, TaskerCore.engine
     parent.close
   ensure

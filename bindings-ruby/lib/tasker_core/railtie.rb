@@ -138,6 +138,9 @@ module TaskerCore
             event = subscription.next(timeout: POLL)
           rescue TaskerCore::StoreError
             break # the engine was closed
+          rescue TaskerCore::Error => e
+            TaskerCore.logger.error { "the tasker_core event relay stopped: #{e.class}: #{e.message}" }
+            break
           end
           next if event.nil?
 

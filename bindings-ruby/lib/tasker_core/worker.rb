@@ -68,7 +68,9 @@ module TaskerCore
       elsif worker_id.empty?
         raise ArgumentError, "worker_id must not be empty"
       end
-      raise TypeError, "poll_interval must be a number of seconds, not #{poll_interval.class}" unless poll_interval.is_a?(Numeric)
+      unless poll_interval.is_a?(Numeric)
+        raise TypeError, "poll_interval must be a number of seconds, not #{poll_interval.class}"
+      end
       unless poll_interval.to_f.finite? && poll_interval.to_f.positive?
         raise ArgumentError, "poll_interval must be a positive number of seconds, not #{poll_interval.inspect}"
       end
@@ -179,7 +181,9 @@ module TaskerCore
     # @raise [RuntimeError] without handlers, or while the worker runs already
     def run_until_idle(timeout: nil)
       unless timeout.nil?
-        raise TypeError, "timeout must be a number of seconds or nil, not #{timeout.class}" unless timeout.is_a?(Numeric)
+        unless timeout.is_a?(Numeric)
+          raise TypeError, "timeout must be a number of seconds or nil, not #{timeout.class}"
+        end
         raise ArgumentError, "timeout must be >= 0 seconds, not #{timeout.inspect}" unless timeout.to_f >= 0
       end
       deadline = timeout.nil? ? nil : monotonic + timeout.to_f
@@ -420,7 +424,9 @@ module TaskerCore
       logger.warn { "step #{step.name.inspect} failed too late, the report was refused: #{e.message}" }
       LOST
     rescue TaskerCore::Error => e
-      logger.error { "step #{step.name.inspect} failed but the failure could not be recorded: #{e.class}: #{e.message}" }
+      logger.error do
+        "step #{step.name.inspect} failed but the failure could not be recorded: #{e.class}: #{e.message}"
+      end
       LOST
     end
 
@@ -454,15 +460,23 @@ module TaskerCore
     end
 
     def check_callable(name, callable)
-      raise TypeError, "the handler #{name.inspect} must respond to call(step), not be a #{callable.class}" unless callable.respond_to?(:call)
+      unless callable.respond_to?(:call)
+        raise TypeError, "the handler #{name.inspect} must respond to call(step), not be a #{callable.class}"
+      end
+      return if callable.is_a?(Proc) && !callable.lambda? # a block takes what it is given
 
-      fn = callable.is_a?(Proc) ? callable : callable.method(:call)
-      return if callable.is_a?(Proc) && !callable.lambda?
-
-      arity = fn.arity
-      return if arity == 1 || (arity.negative? && arity >= -2)
+      arity = callable_arity(callable)
+      return if arity.nil? || arity == 1 || (arity.negative? && arity >= -2)
 
       raise ArgumentError, "the handler #{name.inspect} must take one argument (the step), its call takes #{arity}"
+    end
+
+    def callable_arity(callable)
+      return callable.arity if callable.is_a?(Proc) || callable.is_a?(Method)
+
+      callable.method(:call).arity
+    rescue NameError
+      nil # call answered through method_missing: nothing to check
     end
 
     # -- signals --------------------------------------------------------------------------
@@ -568,7 +582,7 @@ module TaskerCore
       # Lets the threads end once the queue is empty; joins those that have nothing left.
       def close
         @jobs.close
-        @threads.each { |t| t.join(0) } if @mutex.synchronize { @in_flight.zero? }
+        @threads.each { |t| t.join(5) } if @mutex.synchronize { @in_flight.zero? }
       end
 
       private

@@ -522,8 +522,9 @@ impl Engine {
         self.engine.close();
     }
 
+    /// Closed, or inherited across a fork (unusable in the child either way).
     fn is_closed(&self) -> bool {
-        self.engine.is_closed()
+        self.engine.is_closed() || std::process::id() != self.pid
     }
 }
 
