@@ -86,6 +86,15 @@ pub enum ErrorKind {
 }
 
 impl Error {
+    /// [`Error::TemplateNotFound`] for `namespace/name` at `version` (any version when `None`).
+    pub fn template_not_found(namespace: &str, name: &str, version: Option<String>) -> Error {
+        Error::TemplateNotFound {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            version,
+        }
+    }
+
     /// The coarse kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

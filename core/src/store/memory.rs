@@ -224,10 +224,8 @@ impl Store for MemoryStore {
                 Some(v) => versions.get_key_value(v).map(|(k, _)| k.clone()),
                 None => versions.keys().next_back().cloned(),
             });
-        found.ok_or_else(|| Error::TemplateNotFound {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            version: version.map(|v| v.to_string()),
+        found.ok_or_else(|| {
+            Error::template_not_found(namespace, name, version.map(|v| v.to_string()))
         })
     }
 
@@ -243,11 +241,7 @@ impl Store for MemoryStore {
             .get(&(namespace.to_owned(), name.to_owned()))
             .and_then(|versions| versions.get(version))
             .cloned()
-            .ok_or_else(|| Error::TemplateNotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                version: Some(version.to_string()),
-            })
+            .ok_or_else(|| Error::template_not_found(namespace, name, Some(version.to_string())))
     }
 
     async fn create_task(

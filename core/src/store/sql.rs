@@ -433,11 +433,7 @@ impl SqlStore {
             .fetch_optional(&mut *conn)
             .await
             .map_err(db)?
-            .ok_or_else(|| Error::TemplateNotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                version: Some(version.to_owned()),
-            })?;
+            .ok_or_else(|| Error::template_not_found(namespace, name, Some(version.to_owned())))?;
         let graph = Arc::new(TaskTemplate::from_json(&text)?.compile()?);
         self.graphs.write().insert(key, graph.clone());
         Ok(graph)
@@ -1047,10 +1043,8 @@ impl Store for SqlStore {
             Some(v) => parsed.into_iter().find(|p| p == v),
             None => parsed.pop(),
         };
-        found.ok_or_else(|| Error::TemplateNotFound {
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            version: version.map(|v| v.to_string()),
+        found.ok_or_else(|| {
+            Error::template_not_found(namespace, name, version.map(|v| v.to_string()))
         })
     }
 
