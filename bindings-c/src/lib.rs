@@ -12,7 +12,7 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 use tasker_core::error::ErrorKind;
@@ -1052,19 +1052,7 @@ pub unsafe extern "C" fn tc_claim(
             };
             let wait = Duration::from_millis(wait_ms.min(86_400_000));
             let engine = e.engine.clone();
-            let claimed = runtime()?.block_on(async {
-                let deadline = Instant::now() + wait;
-                loop {
-                    let claimed = engine.claim(&request).await?;
-                    let left = deadline.saturating_duration_since(Instant::now());
-                    if !claimed.is_empty() || left.is_zero() {
-                        return Ok::<_, Error>(claimed);
-                    }
-                    engine
-                        .wait_for_work(left.min(Duration::from_millis(50)))
-                        .await;
-                }
-            })?;
+            let claimed = runtime()?.block_on(engine.claim_waiting(&request, wait))?;
             let steps = claimed
                 .into_iter()
                 .map(|s| tc_step::new(s, e.engine.clone(), true))

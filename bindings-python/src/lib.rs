@@ -371,12 +371,7 @@ impl Engine {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
             let claimed = self.call(py, move |e| async move {
-                let claimed = e.claim(&request).await?;
-                if claimed.is_empty() && !slice.is_zero() {
-                    e.wait_for_work(slice).await;
-                    return e.claim(&request).await;
-                }
-                Ok(claimed)
+                e.claim_waiting(&request, slice).await
             })?;
             if !claimed.is_empty() || Instant::now() >= deadline {
                 break claimed;
@@ -552,24 +547,8 @@ impl Engine {
     /// only steps of ``handlers`` when given).
     #[pyo3(signature = (handlers = None))]
     fn work_status(&self, py: Python<'_>, handlers: Option<Vec<String>>) -> PyResult<Py<PyAny>> {
-        let status = self.call(py, move |e| async move {
-            match handlers {
-                Some(h) => {
-                    let names: Vec<Arc<str>> = h.into_iter().map(Into::into).collect();
-                    e.work_status_for(&names).await
-                }
-                None => e.work_status().await,
-            }
-        })?;
-        to_py(
-            py,
-            &serde_json::json!({
-                "ready": status.ready,
-                "running": status.running,
-                "waiting": status.waiting,
-                "next_due": status.next_due,
-            }),
-        )
+        let status = self.call(py, move |e| async move { e.work_status_of(handlers).await })?;
+        to_py(py, &status)
     }
 
     /// Gives back every step whose lease has expired; returns how many.

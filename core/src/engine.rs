@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use parking_lot::RwLock;
 use semver::Version;
@@ -220,6 +221,26 @@ impl Engine {
         Ok(claimed)
     }
 
+    /// [`Engine::claim`], waiting up to `wait` for a step when none is ready (woken by work made
+    /// ready in this process or, on PostgreSQL, by any engine; otherwise looking again every
+    /// 50 ms). What the bindings' blocking `claim` calls.
+    pub async fn claim_waiting(
+        &self,
+        request: &ClaimRequest,
+        wait: Duration,
+    ) -> Result<Vec<ClaimedStep>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let claimed = self.claim(request).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if !claimed.is_empty() || left.is_zero() {
+                return Ok(claimed);
+            }
+            self.wait_for_work(left.min(Duration::from_millis(50)))
+                .await;
+        }
+    }
+
     /// Reports a claimed attempt's result. Refused with [`Error::ClaimLost`] when the claim is no
     /// longer held (lease expired, task cancelled, step resolved).
     pub async fn complete(&self, step: StepId, attempt: u32, result: Value) -> Result<()> {
@@ -342,6 +363,17 @@ impl Engine {
     /// What work the store holds, counting as ready only the steps of `handlers`.
     pub async fn work_status_for(&self, handlers: &[Arc<str>]) -> Result<WorkStatus> {
         self.store()?.work_status(Some(handlers), self.now()).await
+    }
+
+    /// [`Engine::work_status_for`] the named handlers, or [`Engine::work_status`] for `None`.
+    pub async fn work_status_of(&self, handlers: Option<Vec<String>>) -> Result<WorkStatus> {
+        match handlers {
+            Some(names) => {
+                let names: Vec<Arc<str>> = names.into_iter().map(Into::into).collect();
+                self.work_status_for(&names).await
+            }
+            None => self.work_status().await,
+        }
     }
 
     /// Waits until a step may have become ready in this process (or `timeout` passes).

@@ -228,7 +228,7 @@ pub struct Created {
 }
 
 /// Work in the store, for idle detection and wake-ups.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct WorkStatus {
     /// Steps claimable now (approximately: the queue may hold stale entries).
     pub ready: u64,

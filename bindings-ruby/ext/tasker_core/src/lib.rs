@@ -317,12 +317,7 @@ impl Engine {
                 .saturating_duration_since(Instant::now())
                 .min(Duration::from_millis(100));
             let claimed = self.call(&ruby, move |e| async move {
-                let claimed = e.claim(&request).await?;
-                if claimed.is_empty() && !slice.is_zero() {
-                    e.wait_for_work(slice).await;
-                    return e.claim(&request).await;
-                }
-                Ok(claimed)
+                e.claim_waiting(&request, slice).await
             })?;
             if !claimed.is_empty() || Instant::now() >= deadline {
                 break claimed;
@@ -488,24 +483,11 @@ impl Engine {
         let ruby = ruby();
         let args = scan_args::<(), (Option<Option<Vec<String>>>,), (), (), (), ()>(args)?;
         let handlers = args.optional.0.flatten();
-        let status = self.call(&ruby, move |e| async move {
-            match handlers {
-                Some(h) => {
-                    let names: Vec<Arc<str>> = h.into_iter().map(Into::into).collect();
-                    e.work_status_for(&names).await
-                }
-                None => e.work_status().await,
-            }
-        })?;
-        to_ruby(
+        let status = self.call(
             &ruby,
-            &serde_json::json!({
-                "ready": status.ready,
-                "running": status.running,
-                "waiting": status.waiting,
-                "next_due": status.next_due,
-            }),
-        )
+            move |e| async move { e.work_status_of(handlers).await },
+        )?;
+        to_ruby(&ruby, &status)
     }
 
     fn reclaim_expired(&self) -> Result<usize, Error> {
