@@ -1,0 +1,195 @@
+//! End to end: steps/s of no-op Rust handlers through the engine on memory, SQLite and
+//! PostgreSQL (workers in this process, and in 3 worker processes), for the 5-step diamond and
+//! the 1,000-step wide template; then ready → claimed latency (p50 / p99) on each store.
+//!
+//! Each configuration runs on a fresh store (a temporary SQLite file, a PostgreSQL schema of its
+//! own). One iteration creates its tasks (not timed), then times the workers from start until
+//! idle; every step must have completed. PostgreSQL as in the readiness bench
+//! (`TASKER_BENCH_POSTGRES_URL`, `DATABASE_URL` or 127.0.0.1:5432).
+
+use std::path::Path;
+use std::time::Duration;
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use tasker_core::Engine;
+use tasker_core_benches::measuring;
+use tasker_core_benches::report::{self, human_rate, Table};
+use tasker_core_benches::stores::{self, FreshStore, StoreKind};
+use tasker_core_benches::workload::{self, Placement, Template};
+
+const GROUP: &str = "end_to_end";
+/// Workers per process and handlers per worker, as in the `throughput` harness.
+const WORKERS: usize = 2;
+const CONCURRENCY: usize = 64;
+
+struct Config {
+    store: StoreKind,
+    processes: usize,
+    template: Template,
+    tasks: usize,
+}
+
+impl Config {
+    fn id(&self) -> String {
+        let placement = if self.processes > 0 {
+            format!("{}-processes", self.processes)
+        } else {
+            "1-process".to_owned()
+        };
+        format!("{}-{}-{placement}", self.store.name(), self.template.name())
+    }
+}
+
+fn configs(postgres: bool) -> Vec<Config> {
+    let full = measuring();
+    // Steps per iteration: 20,000 on memory, 2,000 on the SQL stores; a handful when smoke testing.
+    let tasks = |store: StoreKind, template: Template| match (full, store, template) {
+        (false, _, Template::Diamond) => 10,
+        (false, _, Template::Wide) => 1,
+        (true, StoreKind::Memory, Template::Diamond) => 4_000,
+        (true, StoreKind::Memory, Template::Wide) => 20,
+        (true, _, Template::Diamond) => 400,
+        (true, _, Template::Wide) => 2,
+    };
+    let mut out = Vec::new();
+    for template in [Template::Diamond, Template::Wide] {
+        let mut stores = vec![(StoreKind::Memory, 0), (StoreKind::Sqlite, 0)];
+        if postgres {
+            stores.extend([(StoreKind::Postgres, 0), (StoreKind::Postgres, 3)]);
+        }
+        for (store, processes) in stores {
+            out.push(Config {
+                store,
+                processes,
+                template,
+                tasks: tasks(store, template),
+            });
+        }
+    }
+    out
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(1))
+        .measurement_time(Duration::from_secs(1))
+        .configure_from_args();
+    let postgres = rt.block_on(stores::postgres_available());
+    let exe = Path::new(env!("CARGO_BIN_EXE_throughput"));
+    let configs = configs(postgres);
+
+    let mut group = c.benchmark_group(GROUP);
+    group.sampling_mode(SamplingMode::Flat);
+    for config in &configs {
+        let id = config.id();
+        let fresh = rt
+            .block_on(FreshStore::new(config.store, &id))
+            .expect("a fresh store");
+        let engine = rt
+            .block_on(Engine::open(&fresh.url))
+            .expect("opening the store");
+        let placement = if config.processes > 0 {
+            Placement::Processes {
+                exe,
+                processes: config.processes,
+                workers: WORKERS,
+            }
+        } else {
+            Placement::InProcess { workers: WORKERS }
+        };
+        let mut created = 0;
+        let steps = config.tasks
+            * rt.block_on(async {
+                engine
+                    .register_template_str(&config.template.text())
+                    .await
+                    .map(|g| g.len())
+            })
+            .expect("registering the template");
+        group.throughput(Throughput::Elements(steps as u64));
+        group.bench_function(BenchmarkId::new("steps", &id), |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let (_, elapsed) = rt
+                        .block_on(workload::run_once(
+                            &engine,
+                            &fresh.url,
+                            config.template,
+                            config.tasks,
+                            placement,
+                            CONCURRENCY,
+                        ))
+                        .expect("a run of the workload");
+                    created += config.tasks;
+                    total += elapsed;
+                }
+                total
+            })
+        });
+        let complete = rt
+            .block_on(workload::complete_tasks(&engine, config.template))
+            .expect("counting the complete tasks");
+        assert_eq!(complete, created, "{id}: not every task completed");
+        drop(engine);
+        rt.block_on(fresh.remove()).expect("removing the store");
+    }
+    group.finish();
+    c.final_summary();
+
+    let mut table = Table::new(
+        "End to end, no-op Rust handlers (2 workers of 64 handlers per process)",
+        &["store", "template", "worker processes", "steps/s"],
+    );
+    for config in &configs {
+        if let Some(ns) = report::mean_ns(GROUP, "steps", &config.id()) {
+            let steps = config.tasks as f64
+                * match config.template {
+                    Template::Diamond => 5.0,
+                    Template::Wide => 1000.0,
+                };
+            table.row(vec![
+                config.store.name().to_owned(),
+                config.template.name().to_owned(),
+                format!("{}", config.processes.max(1)),
+                human_rate(steps / (ns / 1e9)),
+            ]);
+        }
+    }
+    table.print();
+
+    // Ready → claimed latency: percentiles, not means, so measured outside criterion.
+    let samples = if measuring() { 100 } else { 3 };
+    let mut latency = Table::new(
+        &format!("Ready → claimed latency over {samples} one-step tasks, 20 ms apart"),
+        &["store", "wake-up", "p50", "p99"],
+    );
+    let mut kinds = vec![
+        (StoreKind::Memory, "in-process"),
+        (StoreKind::Sqlite, "in-process"),
+    ];
+    if postgres {
+        kinds.push((StoreKind::Postgres, "LISTEN/NOTIFY, second engine"));
+    }
+    for (kind, how) in kinds {
+        let fresh = rt
+            .block_on(FreshStore::new(kind, "latency"))
+            .expect("a fresh store");
+        let sorted = rt
+            .block_on(workload::latency(&fresh.url, samples))
+            .expect("the latency run");
+        latency.row(vec![
+            kind.name().to_owned(),
+            how.to_owned(),
+            format!("{:.2} ms", workload::percentile_ms(&sorted, 0.5)),
+            format!("{:.2} ms", workload::percentile_ms(&sorted, 0.99)),
+        ]);
+        rt.block_on(fresh.remove()).expect("removing the store");
+    }
+    latency.print();
+}

@@ -1,0 +1,264 @@
+//! The end-to-end workload shared by the `throughput` harness and the criterion benches: tasks
+//! of a template created up front, then no-op Rust handlers run until nothing is left.
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context};
+use serde_json::{json, Value};
+use tasker_core::{ClaimedStep, Engine, HandlerError, NewTask, TaskFilter, TaskState, Worker};
+
+/// The 5-step diamond: `a`, then `b`, `c`, `d` in parallel, then `e`.
+pub const DIAMOND: &str = "namespace: bench\nname: diamond\nversion: 1.0.0\nsteps:\n  - name: a\n    handler: noop\n  - name: b\n    handler: noop\n    depends_on: [a]\n  - name: c\n    handler: noop\n    depends_on: [a]\n  - name: d\n    handler: noop\n    depends_on: [a]\n  - name: e\n    handler: noop\n    depends_on: [b, c, d]\n";
+
+/// The workflow templates of the end-to-end figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Template {
+    /// [`DIAMOND`], 5 steps.
+    Diamond,
+    /// One root and 999 steps that depend on it: 1,000 steps.
+    Wide,
+}
+
+impl Template {
+    /// Parses `diamond` or `wide`.
+    pub fn parse(name: &str) -> anyhow::Result<Template> {
+        match name {
+            "diamond" => Ok(Template::Diamond),
+            "wide" => Ok(Template::Wide),
+            other => bail!("unknown template {other:?}: expected diamond or wide"),
+        }
+    }
+
+    /// The template's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Template::Diamond => "diamond",
+            Template::Wide => "wide",
+        }
+    }
+
+    /// The template's YAML text.
+    pub fn text(self) -> String {
+        match self {
+            Template::Diamond => DIAMOND.to_owned(),
+            Template::Wide => {
+                let mut t = String::from(
+                    "namespace: bench\nname: wide\nversion: 1.0.0\nsteps:\n  - name: root\n    handler: noop\n",
+                );
+                for i in 0..999 {
+                    t.push_str(&format!(
+                        "  - name: s{i}\n    handler: noop\n    depends_on: [root]\n"
+                    ));
+                }
+                t
+            }
+        }
+    }
+}
+
+/// A worker with one no-op handler, `noop`.
+pub fn noop_worker(engine: &Engine, concurrency: usize) -> Worker {
+    Worker::builder(engine.clone())
+        .concurrency(concurrency)
+        .handler("noop", |_s: ClaimedStep| async {
+            Ok::<Value, HandlerError>(Value::Null)
+        })
+        .build()
+}
+
+/// Runs `workers` no-op workers on `engine` until nothing is left; the steps they completed.
+pub async fn run_workers(
+    engine: &Engine,
+    workers: usize,
+    concurrency: usize,
+) -> anyhow::Result<u64> {
+    let mut runs = Vec::new();
+    for _ in 0..workers {
+        let worker = noop_worker(engine, concurrency);
+        runs.push(tokio::spawn(async move {
+            worker.run_until_idle(Duration::from_secs(600)).await
+        }));
+    }
+    let mut completed = 0;
+    for run in runs {
+        completed += run.await??.completed;
+    }
+    Ok(completed)
+}
+
+/// Runs the workers in `processes` child processes of `exe` (the `throughput` harness, each
+/// with `--worker-only` and `workers` workers) until each is idle.
+pub fn run_worker_processes(
+    exe: &Path,
+    store: &str,
+    processes: usize,
+    workers: usize,
+    concurrency: usize,
+) -> anyhow::Result<()> {
+    let children: Vec<_> = (0..processes)
+        .map(|_| {
+            std::process::Command::new(exe)
+                .args(["--worker-only", "--store", store])
+                .args(["--workers", &workers.to_string()])
+                .args(["--concurrency", &concurrency.to_string()])
+                .spawn()
+                .with_context(|| format!("starting {}", exe.display()))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    for mut child in children {
+        if !child.wait()?.success() {
+            bail!("a worker process failed");
+        }
+    }
+    Ok(())
+}
+
+/// Registers `template` on `engine` and creates `tasks` tasks of it; the number of steps made.
+pub async fn create_tasks(
+    engine: &Engine,
+    template: Template,
+    tasks: usize,
+) -> anyhow::Result<usize> {
+    let graph = engine.register_template_str(&template.text()).await?;
+    for i in 0..tasks {
+        engine
+            .create_task(NewTask::new("bench", template.name()).context(json!({ "i": i })))
+            .await?;
+    }
+    Ok(tasks * graph.len())
+}
+
+/// How the workers of one run are placed.
+#[derive(Debug, Clone, Copy)]
+pub enum Placement<'a> {
+    /// `workers` workers in this process.
+    InProcess {
+        /// Workers.
+        workers: usize,
+    },
+    /// `processes` child processes of the harness at `exe`, `workers` workers each.
+    Processes {
+        /// The `throughput` executable.
+        exe: &'a Path,
+        /// Child processes.
+        processes: usize,
+        /// Workers per process.
+        workers: usize,
+    },
+}
+
+/// Creates `tasks` tasks of `template` on `engine` (opened on `store`), runs the workers until
+/// idle and returns the steps and the run phase's wall time. Every step must have completed.
+pub async fn run_once(
+    engine: &Engine,
+    store: &str,
+    template: Template,
+    tasks: usize,
+    placement: Placement<'_>,
+    concurrency: usize,
+) -> anyhow::Result<(usize, Duration)> {
+    let steps = create_tasks(engine, template, tasks).await?;
+    let started = Instant::now();
+    match placement {
+        Placement::InProcess { workers } => {
+            let completed = run_workers(engine, workers, concurrency).await?;
+            let elapsed = started.elapsed();
+            if completed != steps as u64 {
+                bail!("{completed} of {steps} steps completed");
+            }
+            Ok((steps, elapsed))
+        }
+        Placement::Processes {
+            exe,
+            processes,
+            workers,
+        } => {
+            let store = store.to_owned();
+            let exe = exe.to_owned();
+            tokio::task::spawn_blocking(move || {
+                run_worker_processes(&exe, &store, processes, workers, concurrency)
+            })
+            .await??;
+            Ok((steps, started.elapsed()))
+        }
+    }
+}
+
+/// The number of complete tasks of `template` on `engine`.
+pub async fn complete_tasks(engine: &Engine, template: Template) -> anyhow::Result<usize> {
+    Ok(engine
+        .list_tasks(&TaskFilter {
+            status: Some(TaskState::Complete),
+            name: Some(template.name().to_owned()),
+            limit: usize::MAX,
+            ..TaskFilter::default()
+        })
+        .await?
+        .len())
+}
+
+fn micros_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Ready → claimed latency in microseconds over `samples` one-step tasks created 20 ms apart
+/// while a worker waits with a 10 s poll interval, so only a wake-up (in-process, or
+/// LISTEN/NOTIFY through a second engine on PostgreSQL) explains a short latency.
+pub async fn latency(store: &str, samples: usize) -> anyhow::Result<Vec<u64>> {
+    let creator = Engine::open(store).await?;
+    creator
+        .register_template_str(
+            "namespace: bench\nname: ping\nversion: 1.0.0\nsteps: [{name: ping}]",
+        )
+        .await?;
+    let worker_engine = if store.starts_with("postgres") {
+        Engine::open(store).await?
+    } else {
+        creator.clone()
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let worker = Worker::builder(worker_engine)
+        .poll_interval(Duration::from_secs(10))
+        .handler("ping", move |step: ClaimedStep| {
+            let tx = tx.clone();
+            async move {
+                let created = step.context["created_us"].as_u64().unwrap_or(0);
+                let _ = tx.send(micros_now().saturating_sub(created));
+                Ok::<Value, HandlerError>(Value::Null)
+            }
+        })
+        .build();
+    let running = worker.clone();
+    let run = tokio::spawn(async move { running.run().await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut out = Vec::with_capacity(samples);
+    for _ in 0..samples {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        creator
+            .create_task(
+                NewTask::new("bench", "ping").context(json!({ "created_us": micros_now() })),
+            )
+            .await?;
+        let sample = tokio::time::timeout(Duration::from_secs(30), rx.recv())
+            .await
+            .context("no step was claimed within 30 s")?
+            .context("the worker stopped")?;
+        out.push(sample);
+    }
+    worker.stop();
+    run.await??;
+    out.sort_unstable();
+    Ok(out)
+}
+
+/// The `p`-quantile (0..=1) of sorted `samples`, in milliseconds.
+pub fn percentile_ms(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize] as f64 / 1000.0
+}
