@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every test: formatting, lints, the Rust unit / property / scenario tests of every crate (the
-# scenario suite against memory, SQLite and PostgreSQL), the examples and a smoke run of the
-# throughput harness. PostgreSQL: the server at DATABASE_URL, else a throwaway cluster.
+# scenario suite against memory, SQLite and PostgreSQL), the examples, and every benchmark built
+# and run once as a smoke test. PostgreSQL: the server at DATABASE_URL, else a throwaway cluster.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -52,18 +52,16 @@ cargo run --quiet -p tasker-core-examples --bin order_fulfilment memory:
 LD_LIBRARY_PATH=target/release ./target/c-example examples/order_fulfilment.yaml memory:
 ruby examples/ruby/order_fulfilment.rb memory:
 
-step "throughput harness (smoke: memory, SQLite, PostgreSQL in 2 processes, wake-up latency)"
-smoke_db="$(mktemp -d)/smoke.db"
+step "benchmarks: every bench builds (cargo bench --no-run); smoke: each runs once at a small size"
+# The smoke runs are criterion's test mode: a handful of steps per figure, nothing measured. They
+# check the readiness SQL baseline against the Rust answer, run the end-to-end workload on every
+# store (3 worker processes on PostgreSQL) and drive the FFI workload from Python, Ruby and C.
+cargo bench --workspace --no-run --quiet
+TASKER_BENCH_POSTGRES_URL="$TASKER_TEST_POSTGRES_URL" TASKER_BENCH_REQUIRE_BINDINGS=1 \
+  cargo test --quiet -p tasker-core-benches --benches 2>&1 | tee target/bench-smoke-output.txt
+bench_passed=$(grep -c '^Success$' target/bench-smoke-output.txt || true)
 cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke
-cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke --store "sqlite://$smoke_db"
-# In a schema of its own, dropped afterwards (DATABASE_URL may name a database in use).
-smoke_schema="tasker_smoke_$$"
-psql -q "$TASKER_TEST_POSTGRES_URL" -c "CREATE SCHEMA $smoke_schema"
-sep='?'; case "$TASKER_TEST_POSTGRES_URL" in *\?*) sep='&' ;; esac
-smoke_pg="${TASKER_TEST_POSTGRES_URL}${sep}options=-c%20search_path%3D${smoke_schema}"
-cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke --processes 2 --store "$smoke_pg"
-cargo run --quiet -p tasker-core-benches --bin throughput -- --latency 10 --store "$smoke_pg"
-psql -q "$TASKER_TEST_POSTGRES_URL" -c "DROP SCHEMA $smoke_schema CASCADE" 2>/dev/null
+passed=$((passed + bench_passed))
 
 echo
 echo "rust: ${passed} passed, ${failed} failed"

@@ -11,7 +11,8 @@
 //!
 //! Before measuring, every graph's SQL answer is checked against the Rust one. PostgreSQL comes
 //! from `TASKER_BENCH_POSTGRES_URL` (required when set), `DATABASE_URL` or 127.0.0.1:5432;
-//! without a server the SQL side is skipped.
+//! without a server the SQL side is skipped. `TASKER_BENCH_KEEP_SCHEMA=1` keeps the baseline's
+//! schema afterwards, to look at its plans.
 
 use std::hint::black_box;
 use std::time::Duration;
@@ -176,8 +177,13 @@ fn main() {
             human_time(ping)
         );
     }
+    // TASKER_BENCH_KEEP_SCHEMA=1 leaves the tables for a look at the plans (EXPLAIN ANALYZE).
     if let Some(sql) = sql {
-        rt.block_on(sql.drop_schema())
-            .expect("dropping the baseline's schema");
+        if std::env::var_os("TASKER_BENCH_KEEP_SCHEMA").is_some() {
+            println!("kept schema {}", sql.schema());
+        } else {
+            rt.block_on(sql.drop_schema())
+                .expect("dropping the baseline's schema");
+        }
     }
 }

@@ -97,6 +97,11 @@ impl SqlBaseline {
         sqlx::query_scalar("SELECT 1").fetch_one(&self.pool).await
     }
 
+    /// The schema's name.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
     /// Drops the schema.
     pub async fn drop_schema(self) -> Result<(), sqlx::Error> {
         self.pool

@@ -22,6 +22,9 @@ pub fn criterion_home() -> PathBuf {
 /// The mean time per iteration, in nanoseconds, of benchmark `group/function/parameter` in the
 /// run that just finished; `None` when it was not measured (smoke mode, or skipped).
 pub fn mean_ns(group: &str, function: &str, parameter: &str) -> Option<f64> {
+    if !crate::measuring() {
+        return None; // criterion's files hold an earlier run's figures
+    }
     let path = criterion_home()
         .join(group)
         .join(function)

@@ -352,3 +352,44 @@ async fn a_store_error_ends_the_run_only_after_running_steps_have_finished() {
         assert_eq!(finished_handlers.load(Ordering::SeqCst), 1, "{store}");
     }
 }
+
+/// Two workers share a run: the one that runs out of work while the other still runs a step
+/// sees the run end within milliseconds of that step, not a poll interval (100 ms) later.
+#[tokio::test(start_paused = true)]
+async fn run_until_idle_ends_soon_after_another_workers_last_step() {
+    let engine = tasker_core::Engine::open("memory:").await.unwrap();
+    register(&engine, &independent(2)).await;
+    let task = create(&engine, NewTask::new("w", "many")).await;
+    let sleeper = |step: ClaimedStep| async move {
+        let ms = if &*step.name == "s0" { 10 } else { 50 };
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok::<_, HandlerError>(json!(ms))
+    };
+    let workers: Vec<Worker> = (0..2)
+        .map(|_| {
+            Worker::builder(engine.clone())
+                .concurrency(1)
+                .handler("h", sleeper)
+                .build()
+        })
+        .collect();
+    let started = tokio::time::Instant::now();
+    let runs: Vec<_> = workers
+        .into_iter()
+        .map(|w| tokio::spawn(async move { w.run_until_idle(RUN_LIMIT).await }))
+        .collect();
+    let mut ends = Vec::new();
+    for run in runs {
+        let report = finished(run, "a worker").await;
+        assert!(report.idle);
+        ends.push(started.elapsed());
+    }
+    assert_eq!(status(&engine, task).await, TaskState::Complete);
+    // Both end right after the 50 ms step, far from 50 ms + a 100 ms poll interval.
+    for end in ends {
+        assert!(
+            end < Duration::from_millis(80),
+            "a worker ended after {end:?}"
+        );
+    }
+}
