@@ -15,7 +15,8 @@ command -v valgrind >/dev/null 2>&1 || need_apt+=(valgrind)
 # is not used.
 command -v ruby >/dev/null 2>&1 || need_apt+=(ruby)
 [ -f /usr/include/ruby-*/ruby.h ] 2>/dev/null || ls /usr/include/ruby-*/ruby.h >/dev/null 2>&1 || need_apt+=(ruby-dev)
-ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need_apt+=(libclang-dev)
+# libclang-cpp (pulled in by other packages) is not the C library bindgen loads.
+ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
 ruby -e 'require "minitest"' >/dev/null 2>&1 || need_apt+=(ruby-minitest)
 ruby -e 'require "rails"' >/dev/null 2>&1 || need_apt+=(ruby-rails)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
