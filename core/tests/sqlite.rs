@@ -110,3 +110,52 @@ async fn migrating_an_up_to_date_database_again_is_a_no_op_and_registration_fill
     assert_eq!(steps[0], ("s0".to_owned(), "h".to_owned()));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Two engines on one database (two processes' worth of cached task aggregates): each sees the
+/// other's writes, because a cached task is reused only while its rows keep the revision it was
+/// cached at. On SQLite (one file) and, when the test server is there, PostgreSQL.
+#[tokio::test]
+async fn two_engines_on_one_database_see_each_others_writes() {
+    let file = std::env::temp_dir().join(format!("tasker-two-{}.db", tasker_core::TaskId::new()));
+    let mut urls = vec![format!("sqlite://{}", file.display())];
+    urls.extend(postgres_schema().await);
+    let clock = ManualClock::new();
+    let chain = template("two", "engines")
+        .default_retry(attempts(3).backoff_ms(0))
+        .steps(chain_of("s", 3, "h"));
+    for url in urls {
+        let open = |url: String| {
+            let clock = Arc::new(clock.clone());
+            async move {
+                Engine::builder()
+                    .url(url)
+                    .clock(clock)
+                    .build()
+                    .await
+                    .unwrap()
+            }
+        };
+        let (a, b) = (open(url.clone()).await, open(url.clone()).await);
+        register(&a, &chain).await;
+        let task = create(&a, NewTask::new("two", "engines")).await;
+
+        let s0 = claim_one(&a, "s0").await; // a caches the task with s0 running
+        complete(&b, &s0, json!(0)).await; // b writes behind a's back
+        let s1 = claim_one(&a, "s1").await; // a must see s0 complete, or s1 is not claimable
+        assert_eq!(s1.inputs.get("s0"), Some(&json!(0)), "{url}");
+        complete(&a, &s1, json!(1)).await;
+        let s2 = claim_one(&b, "s2").await; // b's own cached copy is stale now
+        complete(&b, &s2, json!(2)).await;
+
+        for engine in [&a, &b] {
+            let view = task_view(engine, task).await;
+            assert_eq!(view.status, TaskState::Complete, "{url}");
+            assert_eq!(view.step("s2").unwrap().result, Some(json!(2)), "{url}");
+            assert_eq!(
+                view.step("s0").unwrap().status,
+                StepState::Complete,
+                "{url}"
+            );
+        }
+    }
+}

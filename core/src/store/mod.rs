@@ -19,6 +19,7 @@ use crate::state::Transition;
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{TaskFilter, TaskView, TransitionView};
 
+mod cache;
 pub mod memory;
 mod record;
 pub mod sql;

@@ -29,6 +29,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::{AnyConnection, AnyPool, Executor as _, Row};
 use tokio::sync::Notify;
 
+use super::cache::RecordCache;
 use super::record::{Schedule, StepRecord, TaskRecord};
 use super::{
     Changes, ClaimRequest, ClaimedStep, Created, NewTask, Outcome, StepFailure, StepReport, Store,
@@ -123,10 +124,11 @@ mod queries {
     /// Completed with the value tuples and [`UPSERT_TASKS_SET`].
     pub const UPSERT_TASKS: &str = "INSERT INTO tasker_tasks (task_id, namespace, name, version, \
         status, priority, context, idempotency_key, unfinished_steps, created_at, updated_at, \
-        completed_at) VALUES";
+        completed_at, revision) VALUES";
     pub const UPSERT_TASKS_SET: &str = "ON CONFLICT (task_id) DO UPDATE SET \
         status = excluded.status, unfinished_steps = excluded.unfinished_steps, \
-        updated_at = excluded.updated_at, completed_at = excluded.completed_at";
+        updated_at = excluded.updated_at, completed_at = excluded.completed_at, \
+        revision = excluded.revision";
     /// Completed with the value tuples and [`UPSERT_STEPS_SET`].
     pub const UPSERT_STEPS: &str = "INSERT INTO tasker_workflow_steps (task_id, step_index, name, \
         handler, status, priority, attempts, max_attempts, unfinished_parents, \
@@ -189,6 +191,8 @@ pub struct SqlStore {
     ready_steps: String,
     work_status: String,
     listener: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Task aggregates as last read or written, reused while their revision holds.
+    cache: RecordCache,
 }
 
 impl Drop for SqlStore {
@@ -341,6 +345,7 @@ impl SqlStore {
             },
             work_status: queries::WORK_STATUS.replace("{handlers}", handlers),
             listener: parking_lot::Mutex::new(None),
+            cache: RecordCache::default(),
         };
         store.migrate().await?;
         Ok(store)
@@ -468,22 +473,37 @@ impl SqlStore {
             if tasks.is_empty() {
                 continue;
             }
-            let found: Vec<String> = tasks
-                .iter()
-                .map(|r| r.try_get("task_id").map_err(db))
-                .collect::<Result<_>>()?;
-            let sql = format!(
-                "{} IN {} ORDER BY task_id, step_index",
-                queries::STEPS,
-                placeholders(self.dialect, found.len(), 1, 1)
-            );
-            let mut query = sqlx::query(&sql);
-            for id in &found {
-                query = query.bind(id.as_str());
-            }
-            let steps = query.fetch_all(&mut *conn).await.map_err(db)?;
-            let mut steps = steps.iter().peekable();
+            // A task whose rows are at the revision cached is not read again.
+            let mut cached: Vec<Option<TaskRecord>> = Vec::with_capacity(tasks.len());
+            let mut missing: Vec<String> = Vec::new();
             for row in &tasks {
+                let id: String = row.try_get("task_id").map_err(db)?;
+                let hit = self.cache.get(id.parse()?, int(row, "revision")?);
+                if hit.is_none() {
+                    missing.push(id);
+                }
+                cached.push(hit);
+            }
+            let steps = if missing.is_empty() {
+                Vec::new()
+            } else {
+                let sql = format!(
+                    "{} IN {} ORDER BY task_id, step_index",
+                    queries::STEPS,
+                    placeholders(self.dialect, missing.len(), 1, 1)
+                );
+                let mut query = sqlx::query(&sql);
+                for id in &missing {
+                    query = query.bind(id.as_str());
+                }
+                query.fetch_all(&mut *conn).await.map_err(db)?
+            };
+            let mut steps = steps.iter().peekable();
+            for (row, hit) in tasks.iter().zip(cached) {
+                if let Some(task) = hit {
+                    records.push(task);
+                    continue;
+                }
                 let mut task = self.task_record(conn, row).await?;
                 let id = task.id.to_string();
                 while let Some(r) = steps.next_if(|r| {
@@ -504,6 +524,7 @@ impl SqlStore {
                         task.graph.len()
                     )));
                 }
+                self.cache.put(int(row, "revision")?, task.clone());
                 records.push(task);
             }
         }
@@ -569,7 +590,7 @@ impl SqlStore {
                 ready,
             })
             .collect();
-        save(
+        let written = save(
             conn,
             self.dialect,
             &edits,
@@ -578,6 +599,14 @@ impl SqlStore {
         )
         .await
         .map_err(db)?;
+        drop(edits);
+        // Cached as written, before the commit: should it fail, the rows keep a revision that
+        // no cached entry has.
+        for (task, revision) in tasks.into_iter().zip(written) {
+            if let Some(revision) = revision {
+                self.cache.put(revision, task);
+            }
+        }
         Ok(out)
     }
 
@@ -824,35 +853,54 @@ struct Edit<'a> {
 }
 
 /// Writes the task and step rows that differ from what was loaded, and the new transitions:
-/// one multi-row upsert per table, whatever the number of tasks.
+/// one multi-row upsert per table, whatever the number of tasks. Returns, per edit, the new
+/// revision of a task that changed (see [`RecordCache`]).
 async fn save(
     conn: &mut AnyConnection,
     dialect: Dialect,
     edits: &[Edit<'_>],
     now: Timestamp,
     transitions: &[Transition],
-) -> std::result::Result<(), sqlx::Error> {
-    let tasks: Vec<&TaskRecord> = edits
-        .iter()
-        .filter(|e| {
-            e.before.is_none_or(|b| {
+) -> std::result::Result<Vec<Option<i64>>, sqlx::Error> {
+    let mut steps: Vec<(&TaskRecord, usize, bool)> = Vec::new();
+    let mut revisions: Vec<Option<i64>> = Vec::with_capacity(edits.len());
+    let mut tasks: Vec<(&TaskRecord, i64)> = Vec::new();
+    for e in edits {
+        let written = steps.len();
+        for i in 0..e.after.states.len() {
+            let ready = e.ready.0.contains(&(i as u32));
+            let changed = e.before.is_none_or(|b| {
+                b.states[i] != e.after.states[i]
+                    || b.counters[i] != e.after.counters[i]
+                    || b.steps[i] != e.after.steps[i]
+            });
+            if changed || ready {
+                steps.push((e.after, i, ready));
+            }
+        }
+        // Any change to the task or its steps gives the task row a new revision.
+        let changed = steps.len() > written
+            || e.before.is_none_or(|b| {
                 b.status != e.after.status
                     || b.unfinished != e.after.unfinished
                     || b.updated_at != e.after.updated_at
                     || b.completed_at != e.after.completed_at
-            })
-        })
-        .map(|e| e.after)
-        .collect();
+            });
+        let revision = changed.then(RecordCache::new_revision);
+        if let Some(revision) = revision {
+            tasks.push((e.after, revision));
+        }
+        revisions.push(revision);
+    }
     for chunk in tasks.chunks(MAX_ROWS) {
         let sql = format!(
             "{} {} {}",
             queries::UPSERT_TASKS,
-            placeholders(dialect, 12, chunk.len(), 1),
+            placeholders(dialect, 13, chunk.len(), 1),
             queries::UPSERT_TASKS_SET
         );
         let mut q = sqlx::query(&sql);
-        for t in chunk {
+        for &(t, revision) in chunk {
             q = q
                 .bind(t.id.to_string())
                 .bind(t.namespace.to_string())
@@ -865,23 +913,10 @@ async fn save(
                 .bind(t.unfinished as i64)
                 .bind(ms(t.created_at))
                 .bind(ms(t.updated_at))
-                .bind(t.completed_at.map(ms));
+                .bind(t.completed_at.map(ms))
+                .bind(revision);
         }
         q.execute(&mut *conn).await?;
-    }
-    let mut steps: Vec<(&TaskRecord, usize, bool)> = Vec::new();
-    for e in edits {
-        for i in 0..e.after.states.len() {
-            let ready = e.ready.0.contains(&(i as u32));
-            let changed = e.before.is_none_or(|b| {
-                b.states[i] != e.after.states[i]
-                    || b.counters[i] != e.after.counters[i]
-                    || b.steps[i] != e.after.steps[i]
-            });
-            if changed || ready {
-                steps.push((e.after, i, ready));
-            }
-        }
     }
     for chunk in steps.chunks(MAX_ROWS) {
         let sql = format!(
@@ -953,7 +988,7 @@ async fn save(
         }
         q.execute(&mut *conn).await?;
     }
-    Ok(())
+    Ok(revisions)
 }
 
 /// The SQL stores are opened by URL; PostgreSQL engines also listen for wake-ups.
@@ -1107,8 +1142,8 @@ impl Store for SqlStore {
             &changes.transitions,
         )
         .await;
-        match inserted {
-            Ok(()) => {}
+        let revision = match inserted {
+            Ok(revisions) => revisions.first().copied().flatten(),
             // Another engine created the task with this key between our look-up and insert.
             Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
                 let _ = tx.tx.rollback().await;
@@ -1125,7 +1160,7 @@ impl Store for SqlStore {
                 };
             }
             Err(e) => return Err(db(e)),
-        }
+        };
         let edges: Vec<(u32, u32, bool)> = (0..graph.len() as u32)
             .flat_map(|i| {
                 graph
@@ -1155,6 +1190,9 @@ impl Store for SqlStore {
             }
         }
         self.commit(tx, &changes).await?;
+        if let Some(revision) = revision {
+            self.cache.put(revision, task);
+        }
         Ok(Created {
             task_id: id,
             created: true,
