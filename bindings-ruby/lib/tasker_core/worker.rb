@@ -9,7 +9,8 @@ module TaskerCore
   # The engine never calls into Ruby. The worker's loop asks it for work ({Engine#claim}, which
   # waits without the GVL), runs each claimed step's handler on one of +concurrency+ Ruby
   # threads, and reports the outcome ({Engine#complete} / {Engine#fail}) from the thread that
-  # ran the handler. The loop claims only as many steps as it has idle threads.
+  # ran the handler. The loop claims only as many steps as it has idle threads, in batches
+  # (when a quarter of them are idle).
   #
   # @example
   #   worker = TaskerCore::Worker.new(engine, concurrency: 4)
@@ -311,7 +312,9 @@ module TaskerCore
         wait = [wait, deadline - now].min if deadline
         pool.take(0).each { |outcome| tally(counts, outcome) }
         free = @concurrency - pool.in_flight
-        if free <= 0
+        # Claim in batches, as the Rust worker does: with steps running, wait until a quarter
+        # of the threads are free, so that one claim hands out many steps.
+        if free < claim_batch && pool.in_flight.positive?
           pool.take(wait).each { |outcome| tally(counts, outcome) }
           next
         end
@@ -346,6 +349,10 @@ module TaskerCore
           return false
         end
       end
+    end
+
+    def claim_batch
+      [@concurrency / 4, 1].max
     end
 
     def idle?(status)

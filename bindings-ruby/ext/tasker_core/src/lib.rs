@@ -155,7 +155,12 @@ fn check_value(ruby: &Ruby, value: Value, what: &str, depth: usize) -> Result<()
 fn to_ruby<T: serde::Serialize>(ruby: &Ruby, value: &T) -> Result<Value, Error> {
     let json = serde_json::to_value(value)
         .map_err(|e| Error::new(error_class(ruby, "Error"), e.to_string()))?;
-    serde_magnus::serialize::<_, Value>(ruby, &json)
+    json_to_ruby(ruby, &json)
+}
+
+/// A JSON value as Ruby objects (its object keys are strings already: no copy first).
+fn json_to_ruby(ruby: &Ruby, json: &Json) -> Result<Value, Error> {
+    serde_magnus::serialize::<_, Value>(ruby, json)
 }
 
 fn task_id(ruby: &Ruby, s: &str) -> Result<TaskId, Error> {
@@ -324,8 +329,8 @@ impl Engine {
             }
             ruby.thread_check_ints()?;
         };
-        let list: Vec<Json> = claimed.iter().map(|s| s.to_json()).collect();
-        to_ruby(&ruby, &list)
+        let list = Json::Array(claimed.iter().map(|s| s.to_json()).collect());
+        json_to_ruby(&ruby, &list)
     }
 
     fn complete(&self, step_id: String, attempt: u32, result: Value) -> Result<(), Error> {
@@ -539,7 +544,7 @@ impl Subscription {
             let event = without_gvl(move || sub.next_timeout(slice))
                 .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?;
             if let Some(event) = event {
-                return to_ruby(&ruby, &event.to_json());
+                return json_to_ruby(&ruby, &event.to_json());
             }
             ruby.thread_check_ints()?;
             if deadline.is_some_and(|d| Instant::now() >= d) {
