@@ -128,9 +128,12 @@ impl Engine {
         &self.inner.bus
     }
 
-    /// The engine's current time.
+    /// The engine's current time, to the millisecond (what the SQL stores keep; a custom
+    /// [`Clock`] with finer times is truncated, so that a task reads the same from memory and
+    /// from its rows).
     pub fn now(&self) -> Timestamp {
-        self.inner.clock.now()
+        use chrono::SubsecRound;
+        self.inner.clock.now().trunc_subsecs(3)
     }
 
     fn store(&self) -> Result<&dyn Store> {

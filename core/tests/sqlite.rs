@@ -141,6 +141,12 @@ async fn two_engines_on_one_database_see_each_others_writes() {
 
         let s0 = claim_one(&a, "s0").await; // a caches the task with s0 running
         complete(&b, &s0, json!(0)).await; // b writes behind a's back
+        let view = task_view(&a, task).await; // a running task: a reads its rows again
+        assert_eq!(
+            view.step("s0").unwrap().status,
+            StepState::Complete,
+            "{url}"
+        );
         let s1 = claim_one(&a, "s1").await; // a must see s0 complete, or s1 is not claimable
         assert_eq!(s1.inputs.get("s0"), Some(&json!(0)), "{url}");
         complete(&a, &s1, json!(1)).await;
@@ -157,5 +163,8 @@ async fn two_engines_on_one_database_see_each_others_writes() {
                 "{url}"
             );
         }
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
     }
 }

@@ -48,14 +48,29 @@ impl RecordCache {
         }
     }
 
-    /// A fresh revision for a write: random, never 0 (the revision of rows written before
-    /// revisions existed).
+    /// A fresh revision for a write: random from the operating system (a generator seeded in
+    /// the process would repeat its numbers in every child forked from it, and two processes
+    /// writing the same revision with different contents would read each other's tasks from
+    /// their caches), positive, never 0 (the revision of rows written before revisions
+    /// existed, which is never cached).
     pub fn new_revision() -> i64 {
-        fastrand::i64(1..=i64::MAX)
+        let bits = getrandom::u64().unwrap_or_else(|_| {
+            // No OS randomness (it never fails on Linux): the process id tells forked
+            // processes apart, the time and a local generator tell writes apart.
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or_default();
+            (u64::from(std::process::id()) << 40) ^ nanos ^ fastrand::u64(..)
+        });
+        (bits >> 1).max(1) as i64
     }
 
-    /// A copy of task `id` as cached, when its rows are still at `revision`.
+    /// A copy of task `id` as cached, when its rows are still at `revision` (never for 0).
     pub fn get(&self, id: TaskId, revision: i64) -> Option<TaskRecord> {
+        if revision == 0 {
+            return None;
+        }
         let inner = self.inner.lock();
         match inner.entries.get(&id) {
             Some((cached, record)) if *cached == revision => Some(record.clone()),
@@ -63,13 +78,14 @@ impl RecordCache {
         }
     }
 
-    /// Caches `record` as its rows are at `revision` (a finished task is dropped instead).
+    /// Caches `record` as its rows are at `revision` (a finished task, or rows at revision 0,
+    /// written by a version without revisions, are dropped instead).
     pub fn put(&self, revision: i64, record: TaskRecord) {
         let mut inner = self.inner.lock();
         if let Some((_, old)) = inner.entries.remove(&record.id) {
             inner.steps -= old.states.len();
         }
-        if record.status.is_finished() {
+        if record.status.is_finished() || revision == 0 {
             return;
         }
         if inner.steps + record.states.len() > self.limit {
@@ -148,7 +164,20 @@ mod tests {
     }
 
     #[test]
-    fn revisions_are_never_zero() {
-        assert!((0..10_000).all(|_| RecordCache::new_revision() != 0));
+    fn rows_at_revision_zero_are_never_taken_from_the_cache() {
+        let cache = RecordCache::default();
+        let task = record(1);
+        let id = task.id;
+        cache.put(0, task);
+        assert_eq!(cache.len(), 0);
+        assert!(cache.get(id, 0).is_none());
+    }
+
+    #[test]
+    fn revisions_are_positive_and_do_not_repeat() {
+        let drawn: std::collections::HashSet<i64> =
+            (0..10_000).map(|_| RecordCache::new_revision()).collect();
+        assert_eq!(drawn.len(), 10_000);
+        assert!(drawn.iter().all(|&r| r > 0));
     }
 }
