@@ -10,7 +10,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::{BenchmarkId, SamplingMode, Throughput};
 use tasker_core::Engine;
 use tasker_core_benches::measuring;
 use tasker_core_benches::report::{self, human_rate, Table};
@@ -30,6 +30,11 @@ struct Config {
 }
 
 impl Config {
+    /// Steps per iteration.
+    fn steps(&self) -> usize {
+        self.tasks * self.template.steps()
+    }
+
     fn id(&self) -> String {
         let placement = if self.processes > 0 {
             format!("{}-processes", self.processes)
@@ -70,15 +75,8 @@ fn configs(postgres: bool) -> Vec<Config> {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let mut c = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(1))
-        .configure_from_args();
+    let rt = tasker_core_benches::runtime();
+    let mut c = tasker_core_benches::whole_run_criterion();
     let postgres = rt.block_on(stores::postgres_available());
     let exe = Path::new(env!("CARGO_BIN_EXE_throughput"));
     let configs = configs(postgres);
@@ -103,15 +101,9 @@ fn main() {
             Placement::InProcess { workers: WORKERS }
         };
         let mut created = 0;
-        let steps = config.tasks
-            * rt.block_on(async {
-                engine
-                    .register_template_str(&config.template.text())
-                    .await
-                    .map(|g| g.len())
-            })
+        rt.block_on(workload::register(&engine, config.template))
             .expect("registering the template");
-        group.throughput(Throughput::Elements(steps as u64));
+        group.throughput(Throughput::Elements(config.steps() as u64));
         group.bench_function(BenchmarkId::new("steps", &id), |b| {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
@@ -148,11 +140,7 @@ fn main() {
     );
     for config in &configs {
         if let Some(ns) = report::mean_ns(GROUP, "steps", &config.id()) {
-            let steps = config.tasks as f64
-                * match config.template {
-                    Template::Diamond => 5.0,
-                    Template::Wide => 1000.0,
-                };
+            let steps = config.steps() as f64;
             table.row(vec![
                 config.store.name().to_owned(),
                 config.template.name().to_owned(),

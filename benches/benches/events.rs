@@ -21,11 +21,16 @@ const FAST_CAPACITY: usize = 1 << 16;
 const GROUP: &str = "event_bus";
 
 struct Subscriber {
-    /// Events received plus events lost.
-    seen: Arc<AtomicU64>,
     dropped: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
     thread: JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Events received plus events lost.
+    fn seen(&self) -> u64 {
+        self.received.load(Ordering::Acquire) + self.dropped.load(Ordering::Acquire)
+    }
 }
 
 fn spawn_subscriber(
@@ -33,10 +38,9 @@ fn spawn_subscriber(
     stop: Arc<AtomicBool>,
     pause: Option<Duration>,
 ) -> Subscriber {
-    let seen = Arc::new(AtomicU64::new(0));
     let dropped = Arc::new(AtomicU64::new(0));
     let received = Arc::new(AtomicU64::new(0));
-    let (s, d, r) = (seen.clone(), dropped.clone(), received.clone());
+    let (d, r) = (dropped.clone(), received.clone());
     let thread = std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             // One that keeps up takes what is queued in one go; the slow one takes one event,
@@ -51,14 +55,11 @@ fn spawn_subscriber(
                     std::thread::sleep(pause);
                 }
             }
-            r.fetch_add(got, Ordering::Relaxed);
-            let lost = sub.dropped();
-            d.store(lost, Ordering::Relaxed);
-            s.store(r.load(Ordering::Relaxed) + lost, Ordering::Release);
+            r.fetch_add(got, Ordering::Release);
+            d.store(sub.dropped(), Ordering::Release);
         }
     });
     Subscriber {
-        seen,
         dropped,
         received,
         thread,
@@ -117,7 +118,7 @@ fn main() {
                 }
                 published += iters * BATCH;
                 for s in &subscribers {
-                    while s.seen.load(Ordering::Acquire) < published {
+                    while s.seen() < published {
                         std::thread::yield_now();
                     }
                 }

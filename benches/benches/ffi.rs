@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
+use criterion::{BenchmarkId, SamplingMode, Throughput};
 use tasker_core::Engine;
 use tasker_core_benches::measuring;
 use tasker_core_benches::report::{self, human_rate, Table};
@@ -99,27 +99,23 @@ fn run_binding(cmd: &mut Command, tasks: usize) -> Duration {
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
-    let mut c = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_millis(1))
-        .measurement_time(Duration::from_secs(1))
-        .configure_from_args();
+    let rt = tasker_core_benches::runtime();
+    let mut c = tasker_core_benches::whole_run_criterion();
     let tasks = if measuring() { 5_000 } else { 20 };
     let require = std::env::var_os("TASKER_BENCH_REQUIRE_BINDINGS").is_some();
 
     let mut group = c.benchmark_group(GROUP);
     group.sampling_mode(SamplingMode::Flat);
-    group.throughput(Throughput::Elements(tasks as u64 * 5));
+    let steps = tasks * Template::Diamond.steps();
+    group.throughput(Throughput::Elements(steps as u64));
     group.bench_function(BenchmarkId::new("diamond", "rust"), |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 // A fresh engine per run, as each binding program opens its own.
                 let engine = rt.block_on(Engine::open("memory:")).expect("memory engine");
+                rt.block_on(workload::register(&engine, Template::Diamond))
+                    .expect("registering the template");
                 let (_, elapsed) = rt
                     .block_on(workload::run_once(
                         &engine,
@@ -154,7 +150,7 @@ fn main() {
     let Some(rust) = report::mean_ns(GROUP, "diamond", "rust") else {
         return;
     };
-    let steps = tasks as f64 * 5.0;
+    let steps = steps as f64;
     let mut table = Table::new(
         &format!("FFI overhead: {tasks} diamond tasks on memory, one worker of {CONCURRENCY}, no-op handlers"),
         &["driven from", "steps/s", "Rust is … faster"],

@@ -23,7 +23,7 @@ use tasker_core::{StepState, TaskGraph};
 use tasker_core_benches::dags::{self, Shape};
 use tasker_core_benches::readiness_sql::SqlBaseline;
 use tasker_core_benches::report::{self, human_time, Table};
-use tasker_core_benches::{postgres_url, stores};
+use tasker_core_benches::stores::{self, FreshStore, StoreKind};
 
 const SIZES: [usize; 4] = [10, 100, 1_000, 10_000];
 const GROUP: &str = "readiness";
@@ -72,9 +72,12 @@ fn main() {
         if !stores::postgres_available().await {
             return None;
         }
-        let sql = SqlBaseline::create(&postgres_url())
+        let fresh = FreshStore::new(StoreKind::Postgres, "readiness")
             .await
-            .expect("creating the SQL baseline's schema");
+            .expect("a schema for the SQL baseline");
+        let sql = SqlBaseline::create(&fresh.url)
+            .await
+            .expect("creating the SQL baseline's tables");
         for case in &cases {
             sql.load(case.task_id, &case.graph, &case.states)
                 .await
@@ -93,7 +96,7 @@ fn main() {
                 case.id
             );
         }
-        Some(sql)
+        Some((sql, fresh))
     });
 
     let mut group = c.benchmark_group(GROUP);
@@ -122,14 +125,14 @@ fn main() {
                 )
             });
         }
-        if let Some(sql) = &sql {
+        if let Some((sql, _)) = &sql {
             group.bench_function(BenchmarkId::new("sql", &case.id), |b| {
                 b.to_async(&rt)
                     .iter(|| async { sql.ready(case.task_id).await.expect("the SQL query") })
             });
         }
     }
-    if let Some(sql) = &sql {
+    if let Some((sql, _)) = &sql {
         group.bench_function("sql-round-trip", |b| {
             b.to_async(&rt)
                 .iter(|| async { sql.ping().await.expect("SELECT 1") })
@@ -178,11 +181,12 @@ fn main() {
         );
     }
     // TASKER_BENCH_KEEP_SCHEMA=1 leaves the tables for a look at the plans (EXPLAIN ANALYZE).
-    if let Some(sql) = sql {
+    if let Some((sql, fresh)) = sql {
+        drop(sql);
         if std::env::var_os("TASKER_BENCH_KEEP_SCHEMA").is_some() {
-            println!("kept schema {}", sql.schema());
+            println!("kept the baseline's tables at {}", fresh.url);
         } else {
-            rt.block_on(sql.drop_schema())
+            rt.block_on(fresh.remove())
                 .expect("dropping the baseline's schema");
         }
     }

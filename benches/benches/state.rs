@@ -7,7 +7,7 @@ use std::hint::black_box;
 use std::sync::Arc;
 use std::time::Duration;
 
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{criterion_group, criterion_main, Bencher, Criterion, Throughput};
 use tasker_core::state::{StepEvent, TaskEvent, Transition};
 use tasker_core::{StepState, TaskId, TaskState, Timestamp};
 
@@ -56,6 +56,18 @@ fn task_life(task: TaskId, at: Timestamp, trail: &mut Vec<Transition>) {
     }
 }
 
+/// Runs `life` over one audit trail, emptied now and then as a store flushes it.
+fn with_trail(b: &mut Bencher<'_>, mut life: impl FnMut(&mut Vec<Transition>)) {
+    const ROOM: usize = 1 << 16;
+    let mut trail = Vec::with_capacity(ROOM);
+    b.iter(|| {
+        if trail.len() > ROOM - STEP_LIFE.len().max(TASK_LIFE.len()) {
+            trail.clear();
+        }
+        life(&mut trail)
+    })
+}
+
 fn transitions(c: &mut Criterion) {
     let task = TaskId::new();
     let name: Arc<str> = Arc::from("charge");
@@ -64,13 +76,7 @@ fn transitions(c: &mut Criterion) {
 
     group.throughput(Throughput::Elements(STEP_LIFE.len() as u64));
     group.bench_function("step-with-audit", |b| {
-        let mut trail = Vec::with_capacity(1 << 16);
-        b.iter(|| {
-            if trail.len() > (1 << 16) - STEP_LIFE.len() {
-                trail.clear();
-            }
-            step_life(task, &name, at, &mut trail)
-        })
+        with_trail(b, |trail| step_life(task, &name, at, trail))
     });
     group.bench_function("step-machine-only", |b| {
         b.iter(|| {
@@ -84,13 +90,7 @@ fn transitions(c: &mut Criterion) {
 
     group.throughput(Throughput::Elements(TASK_LIFE.len() as u64));
     group.bench_function("task-with-audit", |b| {
-        let mut trail = Vec::with_capacity(1 << 16);
-        b.iter(|| {
-            if trail.len() > (1 << 16) - TASK_LIFE.len() {
-                trail.clear();
-            }
-            task_life(task, at, &mut trail)
-        })
+        with_trail(b, |trail| task_life(task, at, trail))
     });
     group.bench_function("task-machine-only", |b| {
         b.iter(|| {

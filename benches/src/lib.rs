@@ -18,6 +18,24 @@ pub fn measuring() -> bool {
     std::env::args().any(|a| a == "--bench")
 }
 
+/// A multi-thread tokio runtime for the benches that drive the engine.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+}
+
+/// Criterion for benchmarks whose iteration is a whole run of a workload (a second or more):
+/// 10 samples of one run each, the first run as the only warm-up.
+pub fn whole_run_criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_millis(1))
+        .measurement_time(std::time::Duration::from_secs(1))
+        .configure_from_args()
+}
+
 /// The URL of the PostgreSQL server the benches use: `TASKER_BENCH_POSTGRES_URL`, else
 /// `DATABASE_URL`, else the local server on 127.0.0.1:5432.
 pub fn postgres_url() -> String {

@@ -1,5 +1,5 @@
 //! The SQL side of the readiness comparison: the tables and function of
-//! `benches/sql/readiness_baseline.sql` in a schema of their own on a PostgreSQL server, loaded
+//! `benches/sql/readiness_baseline.sql` in a fresh schema on a PostgreSQL server, loaded
 //! with the same graphs and states as the Rust side.
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
@@ -8,37 +8,18 @@ use tasker_core::{StepState, TaskGraph};
 
 const SCHEMA_SQL: &str = include_str!("../sql/readiness_baseline.sql");
 
-/// The baseline's schema on one connection (the question is one round trip on one connection).
+/// The baseline's tables on one connection (the question is one round trip on one connection).
 pub struct SqlBaseline {
     pool: PgPool,
-    schema: String,
 }
 
 impl SqlBaseline {
-    /// Creates the schema `tasker_bench_<pid>` with the baseline's tables and function.
+    /// Creates the baseline's tables and function at `url` (a fresh schema: see
+    /// [`crate::stores::FreshStore`]).
     pub async fn create(url: &str) -> Result<SqlBaseline, sqlx::Error> {
-        let schema = format!("tasker_bench_{}", std::process::id());
-        let admin = PgPoolOptions::new().max_connections(1).connect(url).await?;
-        admin
-            .execute(
-                format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}").as_str(),
-            )
-            .await?;
-        admin.close().await;
-        let search_path = format!("SET search_path TO {schema}");
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .after_connect(move |conn, _| {
-                let search_path = search_path.clone();
-                Box::pin(async move {
-                    conn.execute(search_path.as_str()).await?;
-                    Ok(())
-                })
-            })
-            .connect(url)
-            .await?;
+        let pool = PgPoolOptions::new().max_connections(1).connect(url).await?;
         sqlx::raw_sql(SCHEMA_SQL).execute(&pool).await?;
-        Ok(SqlBaseline { pool, schema })
+        Ok(SqlBaseline { pool })
     }
 
     /// Stores task `task_id`: one row per step with its state, one per edge; then refreshes the
@@ -95,19 +76,5 @@ impl SqlBaseline {
     /// One round trip that does no work: the floor under every SQL figure.
     pub async fn ping(&self) -> Result<i32, sqlx::Error> {
         sqlx::query_scalar("SELECT 1").fetch_one(&self.pool).await
-    }
-
-    /// The schema's name.
-    pub fn schema(&self) -> &str {
-        &self.schema
-    }
-
-    /// Drops the schema.
-    pub async fn drop_schema(self) -> Result<(), sqlx::Error> {
-        self.pool
-            .execute(format!("DROP SCHEMA {} CASCADE", self.schema).as_str())
-            .await?;
-        self.pool.close().await;
-        Ok(())
     }
 }

@@ -11,6 +11,9 @@ use tasker_core::{ClaimedStep, Engine, HandlerError, NewTask, TaskFilter, TaskSt
 /// The 5-step diamond: `a`, then `b`, `c`, `d` in parallel, then `e`.
 pub const DIAMOND: &str = "namespace: bench\nname: diamond\nversion: 1.0.0\nsteps:\n  - name: a\n    handler: noop\n  - name: b\n    handler: noop\n    depends_on: [a]\n  - name: c\n    handler: noop\n    depends_on: [a]\n  - name: d\n    handler: noop\n    depends_on: [a]\n  - name: e\n    handler: noop\n    depends_on: [b, c, d]\n";
 
+/// The steps of the wide template that depend on its root.
+const WIDE_CHILDREN: usize = 999;
+
 /// The workflow templates of the end-to-end figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Template {
@@ -38,6 +41,14 @@ impl Template {
         }
     }
 
+    /// How many steps a task of it has.
+    pub fn steps(self) -> usize {
+        match self {
+            Template::Diamond => 5,
+            Template::Wide => 1 + WIDE_CHILDREN,
+        }
+    }
+
     /// The template's YAML text.
     pub fn text(self) -> String {
         match self {
@@ -46,7 +57,7 @@ impl Template {
                 let mut t = String::from(
                     "namespace: bench\nname: wide\nversion: 1.0.0\nsteps:\n  - name: root\n    handler: noop\n",
                 );
-                for i in 0..999 {
+                for i in 0..WIDE_CHILDREN {
                     t.push_str(&format!(
                         "  - name: s{i}\n    handler: noop\n    depends_on: [root]\n"
                     ));
@@ -114,19 +125,32 @@ pub fn run_worker_processes(
     Ok(())
 }
 
-/// Registers `template` on `engine` and creates `tasks` tasks of it; the number of steps made.
+/// Registers `template` on `engine`.
+pub async fn register(engine: &Engine, template: Template) -> anyhow::Result<()> {
+    let graph = engine.register_template_str(&template.text()).await?;
+    if graph.len() != template.steps() {
+        bail!(
+            "the {} template has {} steps, not {}",
+            template.name(),
+            graph.len(),
+            template.steps()
+        );
+    }
+    Ok(())
+}
+
+/// Creates `tasks` tasks of `template` (registered) on `engine`; the number of steps made.
 pub async fn create_tasks(
     engine: &Engine,
     template: Template,
     tasks: usize,
 ) -> anyhow::Result<usize> {
-    let graph = engine.register_template_str(&template.text()).await?;
     for i in 0..tasks {
         engine
             .create_task(NewTask::new("bench", template.name()).context(json!({ "i": i })))
             .await?;
     }
-    Ok(tasks * graph.len())
+    Ok(tasks * template.steps())
 }
 
 /// How the workers of one run are placed.
@@ -148,7 +172,7 @@ pub enum Placement<'a> {
     },
 }
 
-/// Creates `tasks` tasks of `template` on `engine` (opened on `store`), runs the workers until
+/// Creates `tasks` tasks of `template` (registered) on `engine` (opened on `store`), runs the workers until
 /// idle and returns the steps and the run phase's wall time. Every step must have completed.
 pub async fn run_once(
     engine: &Engine,

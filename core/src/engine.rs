@@ -15,7 +15,7 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
 use crate::events::{names, Event, EventBus, Subscription};
 use crate::ids::{StepId, TaskId};
-use crate::state::{Change, StepEvent, Transition};
+use crate::state::{Change, StepEvent, TaskEvent, Transition};
 use crate::store::memory::MemoryStore;
 use crate::store::sql;
 use crate::store::{
@@ -404,12 +404,18 @@ impl Engine {
     /// In that order: a worker woken by this change publishes its own events (`step.claimed`)
     /// only after this change's events (`step.completed`, `step.ready`) are out.
     fn publish(&self, changes: Changes) {
+        // Waiting workers look again when a step became claimable, and when a task finished:
+        // the last report of a run finishes its task, and a worker waiting in
+        // `run_until_idle` must see that nothing is left rather than sleep a poll interval.
         let wake = !changes.ready.is_empty()
             || changes.transitions.iter().any(|t| {
                 matches!(
                     t.change,
                     Change::Step {
                         event: StepEvent::RetryDue,
+                        ..
+                    } | Change::Task {
+                        event: TaskEvent::Complete | TaskEvent::Fail,
                         ..
                     }
                 )

@@ -347,12 +347,6 @@ impl Worker {
                     report.idle = true;
                     break;
                 }
-                if until_idle && status.running > 0 {
-                    // Other workers' steps are in flight: they either release children (which
-                    // wakes us) or finish the run, which no wake-up announces. Look again soon
-                    // rather than idling a whole poll interval at the end of the run.
-                    wait = wait.min(IDLE_RECHECK);
-                }
                 if let Some(due) = status.next_due {
                     let ms = (due - inner.engine.now()).num_milliseconds().max(0) as u64;
                     wait = wait.min(Duration::from_millis(ms));
@@ -382,10 +376,6 @@ impl Worker {
         }
     }
 }
-
-/// How soon a worker in [`Worker::run_until_idle`] with nothing to do looks again while other
-/// workers still hold running steps.
-const IDLE_RECHECK: Duration = Duration::from_millis(5);
 
 /// Waits after the `n`th store error in a row (the pool reconnects meanwhile), or until a stop.
 async fn back_off(error: &str, n: u32, stop: &mut watch::Receiver<bool>) {

@@ -95,6 +95,7 @@ async fn main() -> anyhow::Result<()> {
             workers: args.workers,
         }
     };
+    workload::register(&engine, args.template).await?;
     let before = workload::complete_tasks(&engine, args.template).await?;
     let setup = Instant::now();
     let (steps, elapsed) = workload::run_once(

@@ -473,16 +473,21 @@ impl SqlStore {
             if tasks.is_empty() {
                 continue;
             }
-            // A task whose rows are at the revision cached is not read again.
-            let mut cached: Vec<Option<TaskRecord>> = Vec::with_capacity(tasks.len());
+            // A task whose rows are at the revision cached is not read again; for the others,
+            // the revision their rows are read at.
+            let mut cached: Vec<std::result::Result<TaskRecord, i64>> =
+                Vec::with_capacity(tasks.len());
             let mut missing: Vec<String> = Vec::new();
             for row in &tasks {
                 let id: String = row.try_get("task_id").map_err(db)?;
-                let hit = self.cache.get(id.parse()?, int(row, "revision")?);
-                if hit.is_none() {
-                    missing.push(id);
+                let revision = int(row, "revision")?;
+                match self.cache.get(id.parse()?, revision) {
+                    Some(task) => cached.push(Ok(task)),
+                    None => {
+                        missing.push(id);
+                        cached.push(Err(revision));
+                    }
                 }
-                cached.push(hit);
             }
             let steps = if missing.is_empty() {
                 Vec::new()
@@ -500,10 +505,13 @@ impl SqlStore {
             };
             let mut steps = steps.iter().peekable();
             for (row, hit) in tasks.iter().zip(cached) {
-                if let Some(task) = hit {
-                    records.push(task);
-                    continue;
-                }
+                let revision = match hit {
+                    Ok(task) => {
+                        records.push(task);
+                        continue;
+                    }
+                    Err(revision) => revision,
+                };
                 let mut task = self.task_record(conn, row).await?;
                 let id = task.id.to_string();
                 while let Some(r) = steps.next_if(|r| {
@@ -524,7 +532,7 @@ impl SqlStore {
                         task.graph.len()
                     )));
                 }
-                self.cache.put(int(row, "revision")?, task.clone());
+                self.cache.put(revision, task.clone());
                 records.push(task);
             }
         }
