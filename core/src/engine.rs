@@ -217,9 +217,11 @@ impl Engine {
         Ok(created.task_id)
     }
 
-    /// Claims up to `request.limit` ready steps, each with a lease of its `timeout_ms`.
+    /// Claims up to `request.limit` ready steps, each with a lease of its `lease_ms` that
+    /// starts once the store holds its write lock.
     pub async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedStep>> {
-        let (claimed, changes) = self.store()?.claim(request, self.now()).await?;
+        let now = || self.now();
+        let (claimed, changes) = self.store()?.claim(request, &now).await?;
         self.publish(changes);
         Ok(claimed)
     }
@@ -273,7 +275,15 @@ impl Engine {
         Ok(())
     }
 
-    /// Extends a claimed attempt's lease by its timeout; returns the new expiry.
+    /// Gives back a claimed attempt unfinished: the step is pending again at once and the
+    /// attempt is not counted (what a stopping worker does with the steps it could not finish).
+    pub async fn release(&self, step: StepId, attempt: u32) -> Result<()> {
+        let changes = self.store()?.release(step, attempt, self.now()).await?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// Extends a claimed attempt's lease by its `lease_ms`; returns the new expiry.
     pub async fn heartbeat(&self, step: StepId, attempt: u32) -> Result<Timestamp> {
         self.store()?.heartbeat(step, attempt, self.now()).await
     }

@@ -64,6 +64,9 @@ pub mod names {
     pub const STEP_CANCELLED: &str = "step.cancelled";
     /// An operator retry reset the step so that it runs again.
     pub const STEP_RETRIED: &str = "step.retried";
+    /// A stopping worker gave back a claimed step it had not finished (the attempt not
+    /// counted); it is pending again.
+    pub const STEP_RELEASED: &str = "step.released";
 
     /// Every name above, tasks first.
     pub const ALL: &[&str] = &[
@@ -86,6 +89,7 @@ pub mod names {
         STEP_RESOLVED_MANUALLY,
         STEP_CANCELLED,
         STEP_RETRIED,
+        STEP_RELEASED,
     ];
 }
 
@@ -590,7 +594,7 @@ mod tests {
             assert!(seen.insert(*name), "{name} listed twice");
             assert!(name.starts_with("task.") || name.starts_with("step."));
         }
-        assert_eq!(names::ALL.len(), 19);
+        assert_eq!(names::ALL.len(), 20);
     }
 
     #[test]

@@ -145,6 +145,9 @@ string_enum! {
         ResolveManually => "resolve_manually",
         /// An operator retry gave it a fresh attempt budget.
         Reset => "reset",
+        /// Its worker stopped before running it to the end and gave it back: pending again,
+        /// the attempt not counted.
+        Release => "release",
     }
 }
 
@@ -237,6 +240,7 @@ impl StepState {
                 E::ResolveManually,
             ) => S::ResolvedManually,
             (S::Error | S::Skipped | S::Cancelled, E::Reset) => S::Pending,
+            (S::InProgress, E::Release) => S::Pending,
             _ => {
                 return Err(InvalidTransition {
                     entity: "step",
@@ -384,6 +388,7 @@ impl Transition {
                 StepEvent::Cancel => n::STEP_CANCELLED,
                 StepEvent::ResolveManually => n::STEP_RESOLVED_MANUALLY,
                 StepEvent::Reset => n::STEP_RETRIED,
+                StepEvent::Release => n::STEP_RELEASED,
             },
         }
     }

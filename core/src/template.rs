@@ -28,6 +28,8 @@ pub const MAX_DEPENDENCIES: usize = 1_000;
 pub const DEFAULT_TIMEOUT_MS: u64 = 300_000;
 /// The longest timeout a step may have (7 days); anything longer is taken for a mistake.
 pub const MAX_TIMEOUT_MS: u64 = 7 * 24 * 60 * 60 * 1_000;
+/// The longest lease a step gets when it names none: its lease is `min(timeout_ms, 30 s)`.
+pub const DEFAULT_LEASE_MS: u64 = 30_000;
 
 /// A task template as written: a namespace, a name, a semver version and a list of steps.
 ///
@@ -82,12 +84,15 @@ pub struct StepDefaults {
     /// The timeout of steps without their own `timeout_ms`, in milliseconds.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The lease of steps without their own `lease_ms`, in milliseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
 }
 
 impl StepDefaults {
     /// Whether no default is set (then the built-in defaults apply).
     pub fn is_empty(&self) -> bool {
-        self.retry.is_none() && self.timeout_ms.is_none()
+        self.retry.is_none() && self.timeout_ms.is_none() && self.lease_ms.is_none()
     }
 }
 
@@ -109,9 +114,15 @@ pub struct StepTemplate {
     /// This step's retry policy; replaces the template default whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetryPolicy>,
-    /// How long a claimed attempt may run without completing or heartbeating, in milliseconds.
+    /// The longest one attempt may run, in milliseconds; past it the attempt fails as
+    /// retryable ("timed out").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// The length of a claim's lease, in milliseconds (default `min(timeout_ms, 30000)`). The
+    /// worker renews it while the handler runs, so another worker gets the step only about
+    /// `lease_ms` after its holder's process is gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_ms: Option<u64>,
 }
 
 /// One entry of a step's `depends_on`: a plain step name, or
@@ -322,6 +333,16 @@ pub enum TemplateError {
         /// The timeout, in milliseconds.
         timeout_ms: u64,
     },
+    /// A step's lease (its own or the inherited default) is zero or longer than 7 days.
+    #[error(
+        "step {step:?} has an invalid lease of {lease_ms} ms: it must be between 1 ms and 7 days ({MAX_TIMEOUT_MS} ms)"
+    )]
+    InvalidLease {
+        /// The step's name.
+        step: String,
+        /// The lease, in milliseconds.
+        lease_ms: u64,
+    },
 }
 
 /// A quoted name, cut short when it is too long to print whole.
@@ -474,6 +495,16 @@ impl TaskTemplate {
                     timeout_ms,
                 });
             }
+            let lease_ms = step
+                .lease_ms
+                .or(self.defaults.lease_ms)
+                .unwrap_or(timeout_ms.min(DEFAULT_LEASE_MS));
+            if lease_ms == 0 || lease_ms > MAX_TIMEOUT_MS {
+                return Err(TemplateError::InvalidLease {
+                    step: step.name.clone(),
+                    lease_ms,
+                });
+            }
             if step.depends_on.len() > MAX_DEPENDENCIES {
                 return Err(TemplateError::TooManyDependencies {
                     step: step.name.clone(),
@@ -487,6 +518,7 @@ impl TaskTemplate {
                 handler,
                 retry,
                 timeout_ms,
+                lease_ms,
             });
         }
 
@@ -722,6 +754,9 @@ pub struct StepSpec {
     /// The step's timeout in milliseconds: its own, else the template default, else
     /// [`DEFAULT_TIMEOUT_MS`].
     pub timeout_ms: u64,
+    /// The length of a claim's lease in milliseconds: its own, else the template default, else
+    /// `min(timeout_ms, DEFAULT_LEASE_MS)`.
+    pub lease_ms: u64,
 }
 
 /// A validated template compiled into an immutable DAG; built only by
@@ -884,6 +919,7 @@ steps:
                 .collect(),
             retry: None,
             timeout_ms: None,
+            lease_ms: None,
         }
     }
 

@@ -215,7 +215,7 @@ async fn a_handler_that_outlives_its_timeout_fails_and_is_retried() {
         assert_eq!(view.status, TaskState::Complete, "{store}");
         assert_eq!(
             first_failure_reason(&engine, task, "slow").await.as_deref(),
-            Some("handler timed out after 50 ms"),
+            Some("timed out after 50 ms"),
             "{store}"
         );
     }

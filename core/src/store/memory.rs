@@ -13,7 +13,9 @@ use semver::Version;
 use serde_json::Value;
 
 use super::record::{Schedule, TaskRecord};
-use super::{Changes, ClaimRequest, ClaimedStep, Created, NewTask, StepFailure, Store, WorkStatus};
+use super::{
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, StepFailure, Store, WorkStatus,
+};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::ids::{StepId, TaskId};
@@ -295,9 +297,10 @@ impl Store for MemoryStore {
     async fn claim(
         &self,
         request: &ClaimRequest,
-        now: Timestamp,
+        now: Now<'_>,
     ) -> Result<(Vec<ClaimedStep>, Changes)> {
         let mut inner = self.inner.lock();
+        let now = now();
         let mut changes = Changes::default();
         // Reclaim first, so that a step whose lease ran out and whose backoff has already
         // elapsed (e.g. zero) is handed out by this very claim.
@@ -357,6 +360,13 @@ impl Store for MemoryStore {
         let ((), changes) = inner.with_task(step.task, |t, q, c| {
             t.fail(step, attempt, failure, now, q, c)
         })?;
+        Ok(changes)
+    }
+
+    async fn release(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Changes> {
+        let mut inner = self.inner.lock();
+        let ((), changes) =
+            inner.with_task(step.task, |t, q, c| t.release(step, attempt, now, q, c))?;
         Ok(changes)
     }
 

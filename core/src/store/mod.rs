@@ -138,10 +138,12 @@ pub struct ClaimedStep {
     pub context: Arc<Value>,
     /// The parents' results.
     pub inputs: StepInputs,
-    /// The lease runs out then unless heartbeated.
+    /// The lease runs out then unless renewed (the worker renews it while the handler runs).
     pub lease_expires_at: Timestamp,
-    /// The step's lease length in milliseconds (its `timeout_ms`).
+    /// The longest this attempt may run, in milliseconds (the step's `timeout_ms`).
     pub timeout_ms: u64,
+    /// The length of the lease and of each renewal, in milliseconds (the step's `lease_ms`).
+    pub lease_ms: u64,
 }
 
 impl ClaimedStep {
@@ -152,7 +154,7 @@ impl ClaimedStep {
 
     /// The step as the bindings hand it to a handler: step_id, task_id, name, handler,
     /// namespace, task_name, attempt, max_attempts, context, inputs, lease_expires_at,
-    /// timeout_ms.
+    /// timeout_ms, lease_ms.
     pub fn to_json(&self) -> Value {
         serde_json::json!({
             "step_id": self.step_id.to_string(),
@@ -167,6 +169,7 @@ impl ClaimedStep {
             "inputs": self.inputs.to_json(),
             "lease_expires_at": self.lease_expires_at,
             "timeout_ms": self.timeout_ms,
+            "lease_ms": self.lease_ms,
         })
     }
 }
@@ -249,6 +252,10 @@ impl WorkStatus {
     }
 }
 
+/// The engine's clock as a store reads it when it must take the time only once it holds its
+/// locks (a claim's lease starts when the claim is made, not when it was asked for).
+pub type Now<'a> = &'a (dyn Fn() -> Timestamp + Send + Sync);
+
 /// The atomic operations every backend implements; see the module docs.
 ///
 /// `now` comes from the engine's clock so that time is injectable.
@@ -289,11 +296,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     ) -> Result<Created>;
 
     /// Reclaims expired leases, makes due retries claimable, then claims up to `limit` ready
-    /// steps (higher task priority first, then oldest) with a lease of each step's timeout.
+    /// steps (higher task priority first, then oldest) with a lease of each step's `lease_ms`.
+    /// The time is read through `now` once the store holds its write lock.
     async fn claim(
         &self,
         request: &ClaimRequest,
-        now: Timestamp,
+        now: Now<'_>,
     ) -> Result<(Vec<ClaimedStep>, Changes)>;
 
     /// Records the result of a claimed attempt and releases its children.
@@ -343,7 +351,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         Ok((results, changes))
     }
 
-    /// Extends the lease of a claimed attempt by the step's timeout; returns the new expiry.
+    /// The holder of a claimed attempt gives the step back unfinished: pending again, the
+    /// attempt not counted. [`crate::Error::ClaimLost`] when the claim is no longer held.
+    async fn release(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Changes>;
+
+    /// Extends the lease of a claimed attempt by the step's `lease_ms`; returns the new expiry.
+    /// Accepted from the holder even after the lease ran out, until another worker reclaims it.
     async fn heartbeat(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Timestamp>;
 
     /// Gives back every step whose lease has expired (the attempt counts as a retryable failure).

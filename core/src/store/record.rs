@@ -201,16 +201,15 @@ impl TaskRecord {
             && self.counters[i].is_clear()
     }
 
-    /// The claim `(step, attempt)` is still held at `now`.
-    fn check_claim(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<u32> {
+    /// The claim `(step, attempt)` is still held: the step runs that very attempt. The attempt
+    /// number is the fence: a report from the only holder counts even after its lease ran out,
+    /// as long as nobody reclaimed the step meanwhile (a reclaim moves the step on).
+    fn check_claim(&self, step: StepId, attempt: u32) -> Result<u32> {
         let index = self.step_index(step)?;
         let i = index as usize;
         let held = self.states[i] == StepState::InProgress
             && self.steps[i].attempts == attempt
-            && self.steps[i]
-                .lease
-                .as_ref()
-                .is_some_and(|(_, exp)| *exp > now);
+            && self.steps[i].lease.is_some();
         if held {
             Ok(index)
         } else {
@@ -232,7 +231,7 @@ impl TaskRecord {
         }
     }
 
-    /// Claims claimable step `index` for `worker` with a lease of the step's timeout.
+    /// Claims claimable step `index` for `worker` with a lease of the step's `lease_ms`.
     pub fn claim(
         &mut self,
         index: u32,
@@ -257,7 +256,7 @@ impl TaskRecord {
         self.steps[i].attempts += 1;
         self.step_to(index, StepEvent::Claim, now, None, changes)?;
         let spec = self.graph.step(index);
-        let expires = add_ms(now, spec.timeout_ms);
+        let expires = add_ms(now, spec.lease_ms);
         let rec = &mut self.steps[i];
         rec.lease = Some((worker.clone(), expires));
         rec.started_at = Some(now);
@@ -289,6 +288,7 @@ impl TaskRecord {
             inputs: StepInputs(inputs),
             lease_expires_at: expires,
             timeout_ms: spec.timeout_ms,
+            lease_ms: spec.lease_ms,
         })
     }
 
@@ -302,7 +302,7 @@ impl TaskRecord {
         schedule: &mut impl Schedule,
         changes: &mut Changes,
     ) -> Result<()> {
-        let index = self.check_claim(step, attempt, now)?;
+        let index = self.check_claim(step, attempt)?;
         self.release_lease(index, schedule);
         let i = index as usize;
         self.steps[i].result = Some(Arc::new(result));
@@ -322,7 +322,7 @@ impl TaskRecord {
         schedule: &mut impl Schedule,
         changes: &mut Changes,
     ) -> Result<()> {
-        let index = self.check_claim(step, attempt, now)?;
+        let index = self.check_claim(step, attempt)?;
         self.release_lease(index, schedule);
         let message = failure.message.clone();
         self.record_failure(
@@ -345,14 +345,36 @@ impl TaskRecord {
         now: Timestamp,
         schedule: &mut impl Schedule,
     ) -> Result<Timestamp> {
-        let index = self.check_claim(step, attempt, now)?;
-        let expires = add_ms(now, self.graph.step(index).timeout_ms);
+        let index = self.check_claim(step, attempt)?;
+        let expires = add_ms(now, self.graph.step(index).lease_ms);
         if let Some((_, exp)) = self.steps[index as usize].lease.as_mut() {
             schedule.lease_released(step, attempt, *exp);
             *exp = expires;
             schedule.lease_taken(step, attempt, expires);
         }
         Ok(expires)
+    }
+
+    /// The holder of attempt `attempt` gives the step back unfinished (a stopping worker):
+    /// pending again at once, the attempt not counted.
+    pub fn release(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let index = self.check_claim(step, attempt)?;
+        self.release_lease(index, schedule);
+        let i = index as usize;
+        self.steps[i].started_at = None;
+        let reason = Some("released by its worker".to_owned());
+        self.step_to(index, StepEvent::Release, now, reason, changes)?;
+        // Not counted: the next claim runs this attempt number again.
+        self.steps[i].attempts -= 1;
+        self.queue_ready(&[index], schedule, changes);
+        Ok(())
     }
 
     /// Gives back step `index` if attempt `attempt` still holds it and its lease has run out:
@@ -382,7 +404,7 @@ impl TaskRecord {
         self.release_lease(index, schedule);
         let message = format!(
             "lease expired after {} ms (worker {owner})",
-            self.graph.step(index).timeout_ms
+            self.graph.step(index).lease_ms
         );
         let retryable = FailureKind::Retryable {
             retry_after_ms: None,

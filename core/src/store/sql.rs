@@ -32,7 +32,7 @@ use tokio::sync::Notify;
 use super::cache::RecordCache;
 use super::record::{Schedule, StepRecord, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Outcome, StepFailure, StepReport, Store,
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, StepFailure, StepReport, Store,
     WorkStatus,
 };
 use crate::clock::Timestamp;
@@ -1211,9 +1211,11 @@ impl Store for SqlStore {
     async fn claim(
         &self,
         request: &ClaimRequest,
-        now: Timestamp,
+        now: Now<'_>,
     ) -> Result<(Vec<ClaimedStep>, Changes)> {
         let mut tx = self.begin().await?;
+        // Read once the write lock is held: waiting for it must not eat into the leases.
+        let now = now();
         let mut changes = Changes::default();
         let result = self.claim_in(&mut tx.tx, request, now, &mut changes).await;
         let claimed = self.finish(tx, result, &changes).await?;
@@ -1290,6 +1292,13 @@ impl Store for SqlStore {
             results[slot] = result;
         }
         Ok((results, changes))
+    }
+
+    async fn release(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Changes> {
+        Ok(self
+            .run(step.task, now, |t, s, c| t.release(step, attempt, now, s, c))
+            .await?
+            .1)
     }
 
     async fn heartbeat(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Timestamp> {

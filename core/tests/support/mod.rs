@@ -386,6 +386,9 @@ impl Template {
             if let Some(timeout) = step.timeout_ms {
                 writeln!(yaml, "    timeout_ms: {timeout}").unwrap();
             }
+            if let Some(lease) = step.lease_ms {
+                writeln!(yaml, "    lease_ms: {lease}").unwrap();
+            }
             if let Some(retry) = &step.retry {
                 writeln!(yaml, "    retry: {}", retry.yaml()).unwrap();
             }
@@ -414,6 +417,7 @@ pub struct Step {
     name: String,
     handler: Option<String>,
     timeout_ms: Option<u64>,
+    lease_ms: Option<u64>,
     retry: Option<Retry>,
     depends_on: Vec<(String, bool)>,
 }
@@ -424,6 +428,7 @@ pub fn step(name: &str) -> Step {
         name: name.to_owned(),
         handler: None,
         timeout_ms: None,
+        lease_ms: None,
         retry: None,
         depends_on: Vec::new(),
     }
@@ -449,9 +454,15 @@ impl Step {
         self
     }
 
-    /// With a lease (and handler timeout) of `ms` milliseconds.
+    /// With a timeout (and, unless `lease_ms` says otherwise, a lease) of `ms` milliseconds.
     pub fn timeout_ms(mut self, ms: u64) -> Self {
         self.timeout_ms = Some(ms);
+        self
+    }
+
+    /// With a lease of `ms` (renewed by workers while the handler runs).
+    pub fn lease_ms(mut self, ms: u64) -> Self {
+        self.lease_ms = Some(ms);
         self
     }
 

@@ -1,0 +1,854 @@
+//! The one worker: a [`WorkerSession`] owns every decision a worker makes, whatever language
+//! its handlers are written in.
+//!
+//! A session claims steps in batches into its slots, hands each claimed attempt to whichever
+//! host asks for one ([`WorkerSession::next`]: a tokio task of the Rust [`crate::Worker`], or a
+//! Python, Ruby or C thread blocked with its interpreter lock released), takes the outcome back
+//! ([`WorkerSession::report`]) and writes outcomes to the store in batches. Meanwhile it renews
+//! the lease of every attempt it holds, fails an attempt that outlives its `timeout_ms`, backs
+//! off while the store is unreachable and retries the reports it could not write, notices when
+//! nothing is left to do, and on [`WorkerSession::stop`] drains: no new claims, running handlers
+//! finish and report until the drain timeout, and what still runs then is released (pending again
+//! at once, the attempt not counted).
+//!
+//! Nothing here calls into a host: hosts poll. One driver task per session, on the engine's
+//! runtime, does the store work; hosts only touch a queue under a mutex.
+//!
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! use std::time::Duration;
+//! use tasker_core::worker::{AttemptOutcome, Next, SessionConfig, WorkerSession};
+//! use tasker_core::{Engine, NewTask};
+//! let engine = Engine::open("memory:").await?;
+//! engine.register_template_str("namespace: n\nname: t\nversion: 1.0.0\nsteps: [{name: only}]").await?;
+//! engine.create_task(NewTask::new("n", "t")).await?;
+//! let session = WorkerSession::start(engine, SessionConfig::until_idle(4));
+//! while let Next::Attempt(attempt) = session.next(Duration::from_secs(5)).await {
+//!     let outcome = AttemptOutcome::Complete(serde_json::json!({"done": true}));
+//!     session.report(attempt.id(), outcome).expect("held");
+//! }
+//! let report = session.finished().await?;
+//! assert_eq!((report.completed, report.idle), (1, true));
+//! # Ok::<_, tasker_core::Error>(()) }).unwrap();
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::engine::Engine;
+use crate::error::{Error, Result};
+use crate::ids::StepId;
+use crate::retry::FailureKind;
+use crate::store::{ClaimRequest, ClaimedStep, Outcome, StepFailure, StepReport};
+
+/// How often a report is written again through store errors before it is given up (about
+/// 15 s of backoff in all; the attempt's lease then runs out and the step comes back).
+pub const REPORT_TRIES: u32 = 12;
+/// The most reports written in one store call.
+const MAX_BATCH: usize = 256;
+
+/// How a session runs: its slots, what it claims, when it ends.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// Recorded as the owner of every lease the session takes.
+    pub worker_id: Arc<str>,
+    /// Only steps with these handler names; `None` takes any.
+    pub handlers: Option<Vec<Arc<str>>>,
+    /// How many attempts it holds at once (claimed and not yet returned by a host); ≥ 1.
+    pub concurrency: usize,
+    /// How long an idle session waits before it looks for work made ready elsewhere (work made
+    /// ready in this process, or on PostgreSQL anywhere, wakes it at once).
+    pub poll_interval: Duration,
+    /// After [`WorkerSession::stop`], how long running handlers may take to finish before their
+    /// steps are released.
+    pub drain_timeout: Duration,
+    /// End once nothing is ready, running or waiting for a retry (`run_until_idle`).
+    pub until_idle: bool,
+    /// End (draining) at this instant, if given (`run_until_idle`'s timeout).
+    pub deadline: Option<Instant>,
+}
+
+impl SessionConfig {
+    /// A session of `concurrency` slots that runs until stopped, claiming for any handler.
+    pub fn new(concurrency: usize) -> Self {
+        SessionConfig {
+            worker_id: default_worker_id("worker").into(),
+            handlers: None,
+            concurrency: concurrency.max(1),
+            poll_interval: Duration::from_millis(100),
+            drain_timeout: Duration::from_secs(30),
+            until_idle: false,
+            deadline: None,
+        }
+    }
+
+    /// A session that ends once nothing is left to do.
+    pub fn until_idle(concurrency: usize) -> Self {
+        SessionConfig {
+            until_idle: true,
+            ..SessionConfig::new(concurrency)
+        }
+    }
+
+    /// With these handler names only.
+    pub fn handlers<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.handlers = Some(names.into_iter().map(|n| n.as_ref().into()).collect());
+        self
+    }
+
+    /// Ending (draining) `timeout` from now.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.deadline = Instant::now().checked_add(timeout);
+        self
+    }
+}
+
+/// A lease owner id: `<prefix>-<host>-<pid>-<random>`.
+pub fn default_worker_id(prefix: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".to_owned());
+    format!(
+        "{prefix}-{host}-{}-{:06x}",
+        std::process::id(),
+        fastrand::u32(..0x100_0000)
+    )
+}
+
+/// What a run of a worker did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct RunReport {
+    /// Attempts completed.
+    pub completed: u64,
+    /// Attempts failed (retryable or not; timeouts included).
+    pub failed: u64,
+    /// Outcomes the store did not record: the claim was lost (reclaimed, cancelled, resolved),
+    /// or the report could not be written.
+    pub lost: u64,
+    /// Attempts given back unfinished when the run ended (not counted against the steps).
+    pub released: u64,
+    /// Whether the run ended because there was nothing left to do (not by timeout or stop).
+    pub idle: bool,
+}
+
+/// One claimed attempt, as a host runs it.
+#[derive(Debug, Clone)]
+pub struct Attempt {
+    /// The step with its context, inputs and lease.
+    pub step: ClaimedStep,
+    /// When the attempt times out.
+    pub deadline: Instant,
+}
+
+impl Attempt {
+    /// The attempt's identity, to report it with.
+    pub fn id(&self) -> AttemptId {
+        AttemptId {
+            step: self.step.step_id,
+            attempt: self.step.attempt,
+        }
+    }
+}
+
+/// Names one attempt of one step: the step and the attempt number (the claim's fence).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct AttemptId {
+    /// The step.
+    pub step: StepId,
+    /// The attempt number, from 1.
+    pub attempt: u32,
+}
+
+/// What [`WorkerSession::next`] hands a host.
+#[derive(Debug)]
+pub enum Next {
+    /// An attempt to run; report it with [`WorkerSession::report`].
+    Attempt(Box<Attempt>),
+    /// Nothing within the wait; ask again (a host checks its signals meanwhile).
+    Empty,
+    /// The session has ended: the host's loop ends too.
+    Finished,
+}
+
+/// What a host hands back for an attempt.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AttemptOutcome {
+    /// The handler's result.
+    Complete(Value),
+    /// The handler failed.
+    Fail(StepFailure),
+    /// The host cancelled the handler at the attempt's deadline (a Rust future, an asyncio
+    /// task): recorded as the same retryable "timed out" failure the session records itself.
+    TimedOut,
+}
+
+/// Why [`WorkerSession::report`] refused an outcome: the session had let go of the attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// The attempt outlived its `timeout_ms` and was failed as timed out; the step may run
+    /// again. The late outcome is dropped.
+    #[error("the attempt ran past its timeout and was failed as timed out; this late outcome is dropped")]
+    TimedOut,
+    /// The worker stopped and its drain timeout passed: the step was given back unfinished.
+    #[error("the worker's drain timeout passed and the step was given back; this late outcome is dropped")]
+    Released,
+    /// The session does not hold this attempt (already reported, or never handed out).
+    #[error("this worker does not hold the attempt (already reported?)")]
+    NotHeld,
+}
+
+/// The retryable failure of an attempt that outlived its `timeout_ms`.
+pub fn timed_out(timeout_ms: u64) -> StepFailure {
+    StepFailure {
+        message: format!("timed out after {timeout_ms} ms"),
+        kind: FailureKind::Retryable {
+            retry_after_ms: None,
+        },
+    }
+}
+
+/// Where one held attempt stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Claimed, waiting in the queue for a host.
+    Queued,
+    /// A host runs it.
+    Running,
+    /// Failed as timed out while a host still runs it: the slot stays taken until it returns.
+    TimedOut,
+}
+
+#[derive(Debug)]
+struct Held {
+    stage: Stage,
+    deadline: Instant,
+    renew_at: Instant,
+    renew_every: Duration,
+    timeout_ms: u64,
+}
+
+/// A report waiting to be written, with the tries it has had.
+#[derive(Debug)]
+struct Pending {
+    report: StepReport,
+    tries: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Claiming.
+    Running,
+    /// No new claims; running handlers finish until `until`, then the rest is released.
+    Draining { until: Instant },
+    /// Ended.
+    Done,
+}
+
+#[derive(Debug)]
+struct State {
+    phase: Phase,
+    queue: VecDeque<ClaimedStep>,
+    held: HashMap<AttemptId, Held>,
+    reports: Vec<Pending>,
+    /// Attempts let go of while a host still runs them, with the answer its report gets.
+    let_go: HashMap<AttemptId, Refused>,
+    /// The earliest deadline or renewal among `held` (a lower bound).
+    next_timer: Option<Instant>,
+    stop: bool,
+    abort: bool,
+    report: RunReport,
+    failure: Option<Error>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    engine: Engine,
+    config: SessionConfig,
+    state: Mutex<State>,
+    /// Wakes the driver: an outcome came back, a slot is free, a stop.
+    driver: Notify,
+    /// Wakes hosts waiting in `next`.
+    hosts: Notify,
+    done: watch::Sender<bool>,
+}
+
+/// The core's worker; see the module docs. Cheap to clone: clones share the session.
+#[derive(Debug, Clone)]
+pub struct WorkerSession {
+    shared: Arc<Shared>,
+}
+
+impl WorkerSession {
+    /// Starts a session on `engine`: its driver runs on the current tokio runtime until the
+    /// session ends.
+    pub fn start(engine: Engine, mut config: SessionConfig) -> WorkerSession {
+        config.concurrency = config.concurrency.max(1);
+        let shared = Arc::new(Shared {
+            engine,
+            config,
+            state: Mutex::new(State {
+                phase: Phase::Running,
+                queue: VecDeque::new(),
+                held: HashMap::new(),
+                reports: Vec::new(),
+                let_go: HashMap::new(),
+                next_timer: None,
+                stop: false,
+                abort: false,
+                report: RunReport::default(),
+                failure: None,
+            }),
+            driver: Notify::new(),
+            hosts: Notify::new(),
+            done: watch::channel(false).0,
+        });
+        tokio::spawn(drive(shared.clone()));
+        WorkerSession { shared }
+    }
+
+    /// The session's configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.shared.config
+    }
+
+    /// The engine it works for.
+    pub fn engine(&self) -> &Engine {
+        &self.shared.engine
+    }
+
+    /// The next attempt to run, waiting up to `wait` for one.
+    pub async fn next(&self, wait: Duration) -> Next {
+        let deadline = Instant::now().checked_add(wait);
+        loop {
+            let notified = self.shared.hosts.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut state = self.shared.state.lock();
+                if let Some(step) = state.queue.pop_front() {
+                    let id = AttemptId {
+                        step: step.step_id,
+                        attempt: step.attempt,
+                    };
+                    let deadline = match state.held.get_mut(&id) {
+                        Some(held) => {
+                            held.stage = Stage::Running;
+                            held.deadline
+                        }
+                        None => continue, // let go meanwhile (timed out in the queue)
+                    };
+                    if !state.queue.is_empty() {
+                        self.shared.hosts.notify_one(); // the next host takes the next one
+                    }
+                    return Next::Attempt(Box::new(Attempt { step, deadline }));
+                }
+                if state.phase == Phase::Done {
+                    return Next::Finished;
+                }
+            }
+            match deadline {
+                Some(d) => {
+                    if tokio::time::timeout_at(d, notified).await.is_err() {
+                        return Next::Empty;
+                    }
+                }
+                None => notified.await,
+            }
+        }
+    }
+
+    /// Hands back the outcome of an attempt from [`WorkerSession::next`]. It is written to the
+    /// store with others in the next batch; refused when the session had let go of the attempt
+    /// (the host logs it; the attempt was already counted).
+    pub fn report(&self, id: AttemptId, outcome: AttemptOutcome) -> std::result::Result<(), Refused> {
+        let mut state = self.shared.state.lock();
+        let Some(held) = state.held.get(&id) else {
+            return Err(state.let_go.remove(&id).unwrap_or(Refused::NotHeld));
+        };
+        let (stage, timeout_ms) = (held.stage, held.timeout_ms);
+        if stage == Stage::TimedOut {
+            state.held.remove(&id);
+            drop(state);
+            self.shared.driver.notify_one();
+            return Err(Refused::TimedOut);
+        }
+        state.held.remove(&id);
+        let outcome = match outcome {
+            AttemptOutcome::Complete(value) => Outcome::Complete(value),
+            AttemptOutcome::Fail(failure) => Outcome::Fail(failure),
+            AttemptOutcome::TimedOut => Outcome::Fail(timed_out(timeout_ms)),
+        };
+        state.reports.push(Pending {
+            report: StepReport {
+                step: id.step,
+                attempt: id.attempt,
+                outcome,
+            },
+            tries: 0,
+        });
+        drop(state);
+        self.shared.driver.notify_one();
+        Ok(())
+    }
+
+    /// Renews the lease of a running attempt now (a handler's `step.heartbeat()`); returns the
+    /// new expiry. [`Error::ClaimLost`] when the session or the store no longer holds it.
+    pub async fn heartbeat(&self, id: AttemptId) -> Result<crate::Timestamp> {
+        let held = {
+            let state = self.shared.state.lock();
+            state
+                .held
+                .get(&id)
+                .is_some_and(|h| h.stage == Stage::Running)
+        };
+        if !held {
+            return Err(Error::ClaimLost {
+                step: id.step,
+                attempt: id.attempt,
+            });
+        }
+        let expires = self.shared.engine.heartbeat(id.step, id.attempt).await?;
+        if let Some(h) = self.shared.state.lock().held.get_mut(&id) {
+            h.renew_at = Instant::now() + h.renew_every;
+        }
+        Ok(expires)
+    }
+
+    /// Stops claiming; running handlers finish and report (up to the drain timeout), then the
+    /// session ends. Idempotent; safe from any thread.
+    pub fn stop(&self) {
+        self.shared.state.lock().stop = true;
+        self.shared.driver.notify_one();
+    }
+
+    /// Ends the session at once: outcomes already handed back are written, every other attempt
+    /// it holds is released (pending again, the attempt not counted). What dropping a Rust
+    /// `run()` future does.
+    pub fn abort(&self) {
+        {
+            let mut state = self.shared.state.lock();
+            state.stop = true;
+            state.abort = true;
+        }
+        self.shared.driver.notify_one();
+    }
+
+    /// Whether the session has ended.
+    pub fn is_finished(&self) -> bool {
+        *self.shared.done.borrow()
+    }
+
+    /// Waits for the session to end; what it did, or the error that ended it (the engine was
+    /// closed, say).
+    pub async fn finished(&self) -> Result<RunReport> {
+        let mut done = self.shared.done.subscribe();
+        let _ = done.wait_for(|d| *d).await;
+        let mut state = self.shared.state.lock();
+        match state.failure.take() {
+            Some(e) => Err(e),
+            None => Ok(state.report),
+        }
+    }
+
+    /// Attempts held: claimed and not yet returned by a host.
+    pub fn held(&self) -> usize {
+        self.shared.state.lock().held.len()
+    }
+}
+
+impl State {
+    fn note_timer(&mut self, at: Instant) {
+        self.next_timer = Some(self.next_timer.map_or(at, |t| t.min(at)));
+    }
+}
+
+/// The driver: one loop per session doing every store call, in order — write outcomes, renew
+/// leases and fail overdue attempts, end or drain, claim, detect idleness — then sleep until the
+/// next thing to do.
+async fn drive(shared: Arc<Shared>) {
+    let engine = &shared.engine;
+    let config = &shared.config;
+    let claim_batch = (config.concurrency / 4).max(1);
+    let mut request = ClaimRequest {
+        worker_id: config.worker_id.clone(),
+        handlers: config.handlers.clone(),
+        limit: config.concurrency,
+    };
+    let mut store_errors = 0u32;
+    let mut retry_claims_at: Option<Instant> = None;
+    let mut retry_reports_at: Option<Instant> = None;
+    loop {
+        let woken = shared.driver.notified();
+        tokio::pin!(woken);
+        woken.as_mut().enable();
+        let work = engine.work_notify().notified();
+        tokio::pin!(work);
+        work.as_mut().enable();
+        let now = Instant::now();
+
+        // 1. Outcomes handed back, in batches.
+        if retry_reports_at.is_none_or(|t| t <= now) {
+            retry_reports_at = write_reports(&shared).await;
+        }
+
+        // 2. Deadlines and lease renewals.
+        let renew = timers(&shared, now);
+        for id in renew {
+            renew_lease(&shared, id).await;
+        }
+
+        // 3. Stop, timeout, abort: drain, release, end.
+        let (phase, claimable, wait_for_hosts) = {
+            let mut state = shared.state.lock();
+            if state.failure.is_some() {
+                state.stop = true;
+                state.abort = true;
+            }
+            if state.phase == Phase::Running
+                && (state.stop || config.deadline.is_some_and(|d| d <= now))
+            {
+                let until = if state.abort {
+                    now
+                } else {
+                    now + config.drain_timeout
+                };
+                state.phase = Phase::Draining { until };
+            }
+            if state.abort {
+                if let Phase::Draining { until } = &mut state.phase {
+                    *until = (*until).min(now);
+                }
+            }
+            let free = config
+                .concurrency
+                .saturating_sub(state.held.len());
+            (state.phase, free, state.held.len())
+        };
+        if let Phase::Draining { until } = phase {
+            let to_release = {
+                let mut state = shared.state.lock();
+                // Queued attempts no host has taken go back at once.
+                let mut ids: Vec<AttemptId> = state
+                    .queue
+                    .drain(..)
+                    .map(|s| AttemptId {
+                        step: s.step_id,
+                        attempt: s.attempt,
+                    })
+                    .collect();
+                for id in &ids {
+                    state.held.remove(id);
+                }
+                if until <= now {
+                    // Handlers still running: their steps go back; timed-out ones were failed
+                    // already. Either way a late outcome is refused.
+                    let held: Vec<(AttemptId, Stage)> =
+                        state.held.drain().map(|(id, h)| (id, h.stage)).collect();
+                    for (id, stage) in held {
+                        if stage == Stage::TimedOut {
+                            state.let_go.insert(id, Refused::TimedOut);
+                        } else {
+                            state.let_go.insert(id, Refused::Released);
+                            ids.push(id);
+                        }
+                    }
+                }
+                ids
+            };
+            for id in to_release {
+                match engine.release(id.step, id.attempt).await {
+                    Ok(()) => shared.state.lock().report.released += 1,
+                    Err(e) => {
+                        tracing::warn!(step = %id.step, attempt = id.attempt, error = %e,
+                            "could not release a step; its lease will run out");
+                        shared.state.lock().report.lost += 1;
+                    }
+                }
+            }
+            let finished = {
+                let state = shared.state.lock();
+                state.held.is_empty() && state.reports.is_empty()
+            };
+            // Give up reports that cannot be written once the drain time is over.
+            let overdue = until <= now;
+            if finished || overdue {
+                if overdue {
+                    let mut state = shared.state.lock();
+                    let gave_up = state.reports.len() as u64;
+                    state.reports.clear();
+                    state.report.lost += gave_up;
+                }
+                finish(&shared);
+                return;
+            }
+        }
+
+        // 4. Claims, in batches: when a quarter of the slots are free, or none is taken.
+        let mut got = 0usize;
+        let may_claim = phase == Phase::Running
+            && claimable > 0
+            && (claimable >= claim_batch || wait_for_hosts == 0)
+            && retry_claims_at.is_none_or(|t| t <= now);
+        if may_claim {
+            request.limit = claimable;
+            match engine.claim(&request).await {
+                Ok(claimed) => {
+                    store_errors = 0;
+                    retry_claims_at = None;
+                    got = claimed.len();
+                    hand_out(&shared, claimed);
+                }
+                Err(Error::Store(e)) => {
+                    store_errors += 1;
+                    let delay = back_off(store_errors);
+                    tracing::warn!(error = %e, attempt = store_errors, ?delay,
+                        "store unavailable; the worker retries");
+                    retry_claims_at = Some(Instant::now() + delay);
+                }
+                Err(e) => {
+                    shared.state.lock().failure = Some(e);
+                    continue;
+                }
+            }
+            if got == claimable {
+                continue; // there may be more
+            }
+        }
+
+        // 5. Idle?
+        let mut wait = config.poll_interval;
+        let idle_now = {
+            let state = shared.state.lock();
+            state.held.is_empty() && state.reports.is_empty() && state.phase == Phase::Running
+        };
+        if idle_now && got == 0 && retry_claims_at.is_none() {
+            match engine.work_status_for(config.handlers.as_deref().unwrap_or_default()).await {
+                Ok(status) => {
+                    if config.until_idle && status.is_idle() {
+                        shared.state.lock().report.idle = true;
+                        finish(&shared);
+                        return;
+                    }
+                    if let Some(due) = status.next_due {
+                        let ms = (due - engine.now()).num_milliseconds().max(0) as u64;
+                        wait = wait.min(Duration::from_millis(ms));
+                    }
+                }
+                Err(Error::Store(e)) => {
+                    store_errors += 1;
+                    let delay = back_off(store_errors);
+                    tracing::warn!(error = %e, attempt = store_errors, ?delay,
+                        "store unavailable; the worker retries");
+                    retry_claims_at = Some(Instant::now() + delay);
+                }
+                Err(e) => {
+                    shared.state.lock().failure = Some(e);
+                    continue;
+                }
+            }
+        }
+
+        // 6. Sleep until something happens.
+        let mut until = Instant::now() + wait;
+        {
+            let state = shared.state.lock();
+            if let Some(t) = state.next_timer {
+                until = until.min(t);
+            }
+            if let Phase::Draining { until: d } = state.phase {
+                until = until.min(d);
+            }
+        }
+        for t in [retry_claims_at, retry_reports_at, config.deadline].into_iter().flatten() {
+            until = until.min(t.max(Instant::now()));
+        }
+        tokio::select! {
+            _ = &mut woken => {}
+            _ = &mut work, if phase == Phase::Running => {}
+            _ = tokio::time::sleep_until(until) => {}
+        }
+    }
+}
+
+/// Queues claimed steps for the hosts and holds their slots.
+fn hand_out(shared: &Shared, claimed: Vec<ClaimedStep>) {
+    if claimed.is_empty() {
+        return;
+    }
+    let now = Instant::now();
+    let mut state = shared.state.lock();
+    for step in claimed {
+        let id = AttemptId {
+            step: step.step_id,
+            attempt: step.attempt,
+        };
+        let deadline = now + Duration::from_millis(step.timeout_ms);
+        let renew_every = Duration::from_millis((step.lease_ms / 3).max(1));
+        let renew_at = now + renew_every;
+        state.note_timer(deadline.min(renew_at));
+        state.held.insert(
+            id,
+            Held {
+                stage: Stage::Queued,
+                deadline,
+                renew_at,
+                renew_every,
+                timeout_ms: step.timeout_ms,
+            },
+        );
+        state.queue.push_back(step);
+    }
+    let n = state.queue.len();
+    drop(state);
+    // One wake-up per step: each wakes one waiting host.
+    for _ in 0..n {
+        shared.hosts.notify_one();
+    }
+}
+
+/// Fails overdue attempts (as timed out) and returns those whose lease is due for renewal.
+fn timers(shared: &Shared, now: Instant) -> Vec<AttemptId> {
+    let mut state = shared.state.lock();
+    if state.next_timer.is_none_or(|t| t > now) {
+        return Vec::new();
+    }
+    let mut renew = Vec::new();
+    let mut overdue = Vec::new();
+    let mut next: Option<Instant> = None;
+    for (id, held) in state.held.iter_mut() {
+        match held.stage {
+            Stage::TimedOut => continue,
+            Stage::Queued | Stage::Running if held.deadline <= now => {
+                overdue.push((*id, held.stage, held.timeout_ms));
+                held.stage = Stage::TimedOut;
+                continue;
+            }
+            _ => {}
+        }
+        if held.renew_at <= now {
+            renew.push(*id);
+            held.renew_at = now + held.renew_every;
+        }
+        let t = held.deadline.min(held.renew_at);
+        next = Some(next.map_or(t, |n| n.min(t)));
+    }
+    state.next_timer = next;
+    for (id, stage, timeout_ms) in overdue {
+        tracing::warn!(step = %id.step, attempt = id.attempt, timeout_ms, "attempt timed out");
+        if stage == Stage::Queued {
+            // No host took it: nothing will return it.
+            state.held.remove(&id);
+            state.queue.retain(|s| (s.step_id, s.attempt) != (id.step, id.attempt));
+        }
+        state.reports.push(Pending {
+            report: StepReport {
+                step: id.step,
+                attempt: id.attempt,
+                outcome: Outcome::Fail(timed_out(timeout_ms)),
+            },
+            tries: 0,
+        });
+    }
+    renew
+}
+
+/// Renews one lease; a lease the store says is lost is let go of (its host's report will be
+/// refused by the store and counted lost).
+async fn renew_lease(shared: &Shared, id: AttemptId) {
+    match shared.engine.heartbeat(id.step, id.attempt).await {
+        Ok(_) => {}
+        Err(Error::ClaimLost { .. }) | Err(Error::TaskNotFound(_)) => {
+            tracing::warn!(step = %id.step, attempt = id.attempt, "lease lost while the handler runs");
+        }
+        Err(e) => {
+            tracing::warn!(step = %id.step, attempt = id.attempt, error = %e,
+                "could not renew a lease; trying again");
+            let mut state = shared.state.lock();
+            let soon = Instant::now() + Duration::from_millis(200);
+            if let Some(h) = state.held.get_mut(&id) {
+                h.renew_at = soon;
+            }
+            state.note_timer(soon);
+        }
+    }
+}
+
+/// Writes the outcomes handed back, in batches; returns when to try again if the store failed.
+async fn write_reports(shared: &Shared) -> Option<Instant> {
+    loop {
+        let batch: Vec<Pending> = {
+            let mut state = shared.state.lock();
+            if state.reports.is_empty() {
+                return None;
+            }
+            let n = state.reports.len().min(MAX_BATCH);
+            state.reports.drain(..n).collect()
+        };
+        let reports: Vec<StepReport> = batch.iter().map(|p| p.report.clone()).collect();
+        match shared.engine.report_many(reports).await {
+            Ok(results) => {
+                let mut state = shared.state.lock();
+                for (p, result) in batch.iter().zip(results) {
+                    match result {
+                        Ok(()) => match p.report.outcome {
+                            Outcome::Complete(_) => state.report.completed += 1,
+                            Outcome::Fail(_) => state.report.failed += 1,
+                        },
+                        Err(e) => {
+                            tracing::warn!(step = %p.report.step, attempt = p.report.attempt,
+                                error = %e, "report refused");
+                            state.report.lost += 1;
+                        }
+                    }
+                }
+            }
+            Err(Error::Closed) => {
+                let mut state = shared.state.lock();
+                state.report.lost += batch.len() as u64;
+                state.failure.get_or_insert(Error::Closed);
+                return None;
+            }
+            Err(e) => {
+                let mut state = shared.state.lock();
+                let mut tries = 0;
+                let mut keep = Vec::with_capacity(batch.len());
+                for mut p in batch {
+                    p.tries += 1;
+                    tries = tries.max(p.tries);
+                    if p.tries >= REPORT_TRIES {
+                        tracing::error!(step = %p.report.step, attempt = p.report.attempt,
+                            error = %e, "gave up reporting a step; its lease will run out");
+                        state.report.lost += 1;
+                    } else {
+                        keep.push(p);
+                    }
+                }
+                tracing::warn!(error = %e, "could not write reports; retrying");
+                keep.append(&mut state.reports);
+                state.reports = keep;
+                let delay = Duration::from_millis(50u64 << tries.min(6)).min(Duration::from_secs(2));
+                return Some(Instant::now() + delay);
+            }
+        }
+    }
+}
+
+/// The wait after the `n`th store error in a row (the pool reconnects meanwhile).
+fn back_off(n: u32) -> Duration {
+    Duration::from_millis(100u64 << n.min(5)).min(Duration::from_secs(3))
+}
+
+/// Ends the session: hosts waiting in `next` get [`Next::Finished`].
+fn finish(shared: &Shared) {
+    shared.state.lock().phase = Phase::Done;
+    shared.done.send_replace(true);
+    shared.hosts.notify_waiters();
+}
