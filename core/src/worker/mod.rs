@@ -296,10 +296,14 @@ impl Worker {
         for _ in 0..concurrency {
             hosts.spawn(host(session.clone(), self.inner.handlers.clone()));
         }
+        // The hosts end with the session; a handler still running when the drain timeout
+        // released its step is cancelled.
+        let report = session.finished().await;
+        hosts.abort_all();
         while hosts.join_next().await.is_some() {}
         guard.0 = None;
         self.inner.current.lock().session = None;
-        session.finished().await
+        report
     }
 }
 

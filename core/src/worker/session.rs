@@ -509,8 +509,8 @@ async fn drive(shared: Arc<Shared>) {
         let (phase, claimable, wait_for_hosts) = {
             let mut state = shared.state.lock();
             if state.failure.is_some() {
+                // Running handlers still finish (their reports may be refused).
                 state.stop = true;
-                state.abort = true;
             }
             if state.phase == Phase::Running
                 && (state.stop || config.deadline.is_some_and(|d| d <= now))

@@ -66,6 +66,30 @@ pub async fn engines(clock: ManualClock) -> Vec<(&'static str, Engine)> {
     engines
 }
 
+/// One engine per store under test on the system clock (for tests of real time: leases,
+/// timeouts, drains), each with `templates` registered.
+pub async fn real_time_engines_with(templates: &[Template]) -> Vec<(&'static str, Engine)> {
+    let file = std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
+    let mut stores = vec![
+        ("memory", "memory:".to_owned()),
+        ("sqlite", format!("sqlite://{}", file.display())),
+    ];
+    if let Some(url) = postgres_schema().await {
+        stores.push(("postgres", url));
+    }
+    let mut engines = Vec::new();
+    for (name, url) in stores {
+        let engine = Engine::open(&url)
+            .await
+            .unwrap_or_else(|e| panic!("open the {name} store: {e}"));
+        for template in templates {
+            register(&engine, template).await;
+        }
+        engines.push((name, engine));
+    }
+    engines
+}
+
 #[path = "../../../tests/postgres_schema.rs"]
 mod postgres_schema_impl;
 pub use postgres_schema_impl::postgres_schema;

@@ -1,0 +1,318 @@
+//! The worker conformance suite, Rust side: what `../shared/API.md` § "Worker semantics"
+//! promises, on the real clock and every store. The same cases run from Python
+//! (`bindings-python/tests/test_worker_conformance.py`), Ruby
+//! (`bindings-ruby/test/worker_conformance_test.rb`) and C (`tests/c/test_conformance.c`).
+
+mod support;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use tasker_core::store::ClaimRequest;
+use tasker_core::worker::{AttemptOutcome, Next, Refused, SessionConfig, WorkerSession};
+use tasker_core::{ClaimedStep, HandlerError, NewTask, StepState, TaskState, Worker};
+
+use support::*;
+
+fn spawn_run_until_idle(
+    worker: &Worker,
+) -> tokio::task::JoinHandle<tasker_core::error::Result<tasker_core::worker::RunReport>> {
+    let worker = worker.clone();
+    tokio::spawn(async move { worker.run_until_idle(RUN_LIMIT).await })
+}
+
+fn one(name: &str, step: Step) -> Template {
+    template("conf", name).step(step)
+}
+
+async fn trail_events(engine: &tasker_core::Engine, task: tasker_core::TaskId) -> Vec<String> {
+    transitions_of(engine, task, Some("s"))
+        .await
+        .into_iter()
+        .map(|t| t.event)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeout_ms_bounds_an_attempt_and_the_step_runs_again() {
+    let t = one(
+        "timeout",
+        step("s").timeout_ms(200).retry(attempts(2).backoff_ms(0)),
+    );
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        let task = create(&engine, NewTask::new("conf", "timeout")).await;
+        let worker = Worker::builder(engine.clone())
+            .handler("s", |step: ClaimedStep| async move {
+                if step.attempt == 1 {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                Ok::<_, HandlerError>(json!(step.attempt))
+            })
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert_eq!((report.completed, report.failed), (1, 1), "{store}");
+        let view = task_view(&engine, task).await;
+        assert_eq!(view.status, TaskState::Complete, "{store}");
+        assert_eq!(view.steps[0].result, Some(json!(2)), "{store}");
+        assert_eq!(
+            first_failure_reason(&engine, task, "s").await.as_deref(),
+            Some("timed out after 200 ms"),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_returns_after_the_timeout_is_refused_and_the_attempt_is_failed() {
+    let t = one(
+        "late",
+        step("s").timeout_ms(100).retry(attempts(1).backoff_ms(0)),
+    );
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        let task = create(&engine, NewTask::new("conf", "late")).await;
+        let session = WorkerSession::start(engine.clone(), SessionConfig::until_idle(1));
+        let Next::Attempt(attempt) = session.next(Duration::from_secs(5)).await else {
+            panic!("{store}: no attempt");
+        };
+        // A sync handler cannot be killed: the host returns late.
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let late = session.report(attempt.id(), AttemptOutcome::Complete(json!("late")));
+        assert_eq!(late, Err(Refused::TimedOut), "{store}");
+        let report = session.finished().await.unwrap();
+        assert_eq!((report.completed, report.failed), (0, 1), "{store}");
+        let view = task_view(&engine, task).await;
+        assert_eq!(view.steps[0].status, StepState::Error, "{store}");
+        assert_eq!(view.steps[0].error.as_deref(), Some("timed out after 100 ms"), "{store}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_lease_is_renewed_while_a_long_handler_runs() {
+    let t = one("lease", step("s").timeout_ms(10_000).lease_ms(150));
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        let task = create(&engine, NewTask::new("conf", "lease")).await;
+        let runs = Arc::new(AtomicU32::new(0));
+        let counted = runs.clone();
+        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(1);
+        let worker = Worker::builder(engine.clone())
+            .handler("s", move |_step: ClaimedStep| {
+                let (counted, started_tx) = (counted.clone(), started_tx.clone());
+                async move {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    let _ = started_tx.send(()).await;
+                    tokio::time::sleep(Duration::from_millis(700)).await;
+                    Ok::<_, HandlerError>(json!("slow but alive"))
+                }
+            })
+            .build();
+        // Once the handler runs, another worker keeps claiming (which reclaims expired
+        // leases).
+        let run = spawn_run_until_idle(&worker);
+        started.recv().await.unwrap();
+        let rival = {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let request = ClaimRequest {
+                    worker_id: "rival".into(),
+                    handlers: None,
+                    limit: 1,
+                };
+                let mut got = Vec::new();
+                for _ in 0..20 {
+                    got.extend(engine.claim(&request).await.unwrap());
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+                got
+            })
+        };
+        let report = finished(run, store).await;
+        assert!(rival.await.unwrap().is_empty(), "{store}: the rival got the step");
+        assert_eq!(report.completed, 1, "{store}");
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "{store}");
+        let view = task_view(&engine, task).await;
+        assert_eq!(view.steps[0].attempts, 1, "{store}");
+        assert!(
+            !trail_events(&engine, task).await.contains(&"lease_expired".to_owned()),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_step_comes_back_within_a_few_leases() {
+    let t = one(
+        "dead",
+        step("s")
+            .timeout_ms(10_000)
+            .lease_ms(200)
+            .retry(attempts(3).backoff_ms(0)),
+    );
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        let task = create(&engine, NewTask::new("conf", "dead")).await;
+        // A worker whose process died right after its claim: it never renews nor reports.
+        let dead = engine
+            .claim(&ClaimRequest {
+                worker_id: "dead".into(),
+                handlers: None,
+                limit: 1,
+            })
+            .await
+            .unwrap();
+        assert_eq!(dead.len(), 1, "{store}");
+        let started = Instant::now();
+        let report = worker_answering(&engine, &["s"], json!("recovered"))
+            .run_until_idle(RUN_LIMIT)
+            .await
+            .unwrap();
+        let took = started.elapsed();
+        assert_eq!(report.completed, 1, "{store}");
+        assert!(
+            took < Duration::from_millis(800),
+            "{store}: came back after {took:?}, more than 4 leases"
+        );
+        let view = task_view(&engine, task).await;
+        assert_eq!((view.status, view.steps[0].attempts), (TaskState::Complete, 2), "{store}");
+        assert!(trail_events(&engine, task).await.contains(&"lease_expired".to_owned()));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_drains_running_handlers_before_returning() {
+    let t = one("drain", step("s"));
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        let task = create(&engine, NewTask::new("conf", "drain")).await;
+        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(1);
+        let worker = Worker::builder(engine.clone())
+            .handler("s", move |_step: ClaimedStep| {
+                let started_tx = started_tx.clone();
+                async move {
+                    let _ = started_tx.send(()).await;
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    Ok::<_, HandlerError>(json!("finished"))
+                }
+            })
+            .build();
+        let run = spawn_run(&worker);
+        started.recv().await.unwrap();
+        worker.stop();
+        let report = finished(run, store).await;
+        assert_eq!((report.completed, report.released), (1, 0), "{store}");
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_outlives_the_drain_timeout_is_released_without_counting_the_attempt() {
+    let t = one("release", step("s"));
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        let task = create(&engine, NewTask::new("conf", "release")).await;
+        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(1);
+        let worker = Worker::builder(engine.clone())
+            .drain_timeout(Duration::from_millis(100))
+            .handler("s", move |_step: ClaimedStep| {
+                let started_tx = started_tx.clone();
+                async move {
+                    let _ = started_tx.send(()).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    Ok::<_, HandlerError>(json!("never"))
+                }
+            })
+            .build();
+        let run = spawn_run(&worker);
+        started.recv().await.unwrap();
+        let stopping = Instant::now();
+        worker.stop();
+        let report = finished(run, store).await;
+        assert!(stopping.elapsed() < Duration::from_secs(5), "{store}");
+        assert_eq!((report.completed, report.released), (0, 1), "{store}");
+        let view = task_view(&engine, task).await;
+        assert_eq!(
+            (view.steps[0].status, view.steps[0].attempts),
+            (StepState::Pending, 0),
+            "{store}: released, the attempt not counted"
+        );
+        assert!(trail_events(&engine, task).await.contains(&"release".to_owned()));
+        // The next worker runs it as attempt 1.
+        let again = claim_one(&engine, "s").await;
+        assert_eq!(again.attempt, 1, "{store}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_run_future_releases_its_steps() {
+    let t = one("dropped", step("s").retry(attempts(1)));
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        let task = create(&engine, NewTask::new("conf", "dropped")).await;
+        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(1);
+        let worker = Worker::builder(engine.clone())
+            .handler("s", move |_step: ClaimedStep| {
+                let started_tx = started_tx.clone();
+                async move {
+                    let _ = started_tx.send(()).await;
+                    std::future::pending::<()>().await;
+                    Ok::<_, HandlerError>(json!("never"))
+                }
+            })
+            .build();
+        let run = spawn_run(&worker);
+        started.recv().await.unwrap();
+        run.abort();
+        let _ = run.await;
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let view = task_view(&engine, task).await;
+            if view.steps[0].status == StepState::Pending {
+                assert_eq!(view.steps[0].attempts, 0, "{store}");
+                break;
+            }
+            assert!(Instant::now() < deadline, "{store}: never released: {view:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A max_attempts: 1 step still has its one attempt.
+        let again = claim_one(&engine, "s").await;
+        assert_eq!((again.attempt, again.max_attempts), (1, 1), "{store}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_lost_to_a_cancel_is_counted_lost() {
+    let t = one("lost", step("s"));
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        let task = create(&engine, NewTask::new("conf", "lost")).await;
+        let canceller = engine.clone();
+        let worker = Worker::builder(engine.clone())
+            .handler("s", move |step: ClaimedStep| {
+                let engine = canceller.clone();
+                async move {
+                    engine.cancel_task(step.task_id()).await.unwrap();
+                    Ok::<_, HandlerError>(json!("too late"))
+                }
+            })
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert_eq!((report.completed, report.lost), (0, 1), "{store}");
+        assert_eq!(status(&engine, task).await, TaskState::Cancelled, "{store}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_ends_the_run_only_after_the_running_handlers_reported() {
+    let t = one("outage", step("s"));
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        create(&engine, NewTask::new("conf", "outage")).await;
+        let closer = engine.clone();
+        let worker = Worker::builder(engine.clone())
+            .handler("s", move |_step: ClaimedStep| {
+                let engine = closer.clone();
+                async move {
+                    engine.close();
+                    Ok::<_, HandlerError>(json!("done"))
+                }
+            })
+            .build();
+        let result = worker.run_until_idle(RUN_LIMIT).await;
+        assert_err!(result, tasker_core::Error::Closed, "{store}");
+    }
+}
