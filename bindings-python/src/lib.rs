@@ -8,7 +8,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use parking_lot::Mutex;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
@@ -18,6 +17,7 @@ use serde_json::Value;
 use tasker_core::error::ErrorKind;
 use tasker_core::events::Subscription as CoreSubscription;
 use tasker_core::store::{ClaimRequest, StepFailure};
+use tasker_core::worker::{AttemptId, AttemptOutcome, Next, SessionConfig, WorkerSession as CoreSession};
 use tasker_core::{Error, FailureKind, NewTask, StepId, TaskFilter, TaskId, TaskState};
 use tokio::runtime::Runtime;
 
@@ -81,30 +81,8 @@ fn invalid(message: impl Into<String>) -> PyErr {
     InvalidArgumentError::new_err(message.into())
 }
 
-/// One tokio runtime per process, made again in a forked child (a fork keeps no threads).
 fn runtime() -> PyResult<Arc<Runtime>> {
-    static RUNTIME: Mutex<Option<(u32, Arc<Runtime>)>> = Mutex::new(None);
-    let mut slot = RUNTIME.lock();
-    let pid = std::process::id();
-    if let Some((owner, rt)) = slot.as_ref() {
-        if *owner == pid {
-            return Ok(rt.clone());
-        }
-    }
-    // A forked child: the parent's runtime threads do not exist here, and dropping it would
-    // wait for them forever. Leak it.
-    if let Some((_, parent)) = slot.take() {
-        std::mem::forget(parent);
-    }
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("tasker-core")
-        .enable_all()
-        .build()
-        .map(Arc::new)
-        .map_err(|e| StoreError::new_err(format!("cannot start the engine's runtime: {e}")))?;
-    *slot = Some((pid, rt.clone()));
-    Ok(rt)
+    tasker_core::host::runtime().map_err(py_err)
 }
 
 /// A Python object as a JSON value. NaN and infinities are refused (JSON has none; they would
@@ -178,14 +156,7 @@ fn step_id(text: &str) -> PyResult<StepId> {
 
 /// A duration in seconds from Python: non-negative, finite, at most a year.
 fn seconds(value: f64, what: &str) -> PyResult<Duration> {
-    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
-    if !(0.0..=YEAR).contains(&value) {
-        return Err(invalid(format!(
-            "{what} must be a number of seconds between 0 and one year, not {value}"
-        )));
-    }
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| invalid(format!("{what} is not a valid number of seconds: {value}")))
+    tasker_core::host::seconds(value, what).map_err(py_err)
 }
 
 /// The engine: templates, tasks, the worker protocol, views, operator verbs and events.
@@ -411,18 +382,7 @@ impl Engine {
         retry_after: Option<f64>,
     ) -> PyResult<()> {
         let step = self::step_id(step_id)?;
-        let kind = if retryable {
-            let retry_after_ms = retry_after
-                .map(|s| {
-                    seconds(s, "retry_after")
-                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                })
-                .transpose()?;
-            FailureKind::Retryable { retry_after_ms }
-        } else {
-            FailureKind::Permanent
-        };
-        let failure = StepFailure { message, kind };
+        let failure = failure(message, retryable, retry_after)?;
         self.call(
             py,
             move |e| async move { e.fail(step, attempt, failure).await },
@@ -593,6 +553,220 @@ impl Engine {
     }
 }
 
+/// A handler's failure: retryable (after ``retry_after`` seconds if given) or permanent.
+fn failure(message: String, retryable: bool, retry_after: Option<f64>) -> PyResult<StepFailure> {
+    let kind = if retryable {
+        let retry_after_ms = retry_after
+            .map(|s| tasker_core::host::seconds_ms(s, "retry_after").map_err(py_err))
+            .transpose()?;
+        FailureKind::Retryable { retry_after_ms }
+    } else {
+        FailureKind::Permanent
+    };
+    Ok(StepFailure { message, kind })
+}
+
+/// The core's worker session, driven by Python threads: each asks for the next attempt
+/// (``next``, GIL released while it waits), runs the handler and hands the outcome back
+/// (``complete`` / ``fail`` / ``timed_out``). Slots, claim and report batching, lease renewal,
+/// timeouts, store back-off, drain and idleness are the core's. ``tasker_core.Worker`` is the
+/// convenient loop over it.
+#[pyclass(module = "tasker_core._native", frozen)]
+struct WorkerSession {
+    session: ForkSafe<CoreSession>,
+    runtime: ForkSafe<Arc<Runtime>>,
+    pid: u32,
+}
+
+impl WorkerSession {
+    fn check(&self) -> PyResult<()> {
+        if std::process::id() != self.pid {
+            return Err(StoreError::new_err(
+                "this worker session was started before a fork: start a new one in the child",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Hands an outcome back; ``None`` when taken, else why it was refused (to log).
+    fn hand_back(&self, step_id: &str, attempt: u32, outcome: AttemptOutcome) -> PyResult<Option<String>> {
+        let id = AttemptId {
+            step: self::step_id(step_id)?,
+            attempt,
+        };
+        Ok(self.session.report(id, outcome).err().map(|r| r.to_string()))
+    }
+}
+
+#[pymethods]
+impl WorkerSession {
+    #[new]
+    #[pyo3(signature = (engine, handlers, concurrency, worker_id, poll_interval = 0.1, drain_timeout = 30.0, until_idle = false, timeout = None))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of the Python API
+    fn new(
+        py: Python<'_>,
+        engine: &Engine,
+        handlers: Option<Vec<String>>,
+        concurrency: usize,
+        worker_id: String,
+        poll_interval: f64,
+        drain_timeout: f64,
+        until_idle: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<Self> {
+        if std::process::id() != engine.pid {
+            return Err(StoreError::new_err(
+                "this engine was opened before a fork: open a new Engine in the child process",
+            ));
+        }
+        if concurrency == 0 {
+            return Err(invalid("concurrency must be at least 1"));
+        }
+        let mut config = SessionConfig::new(concurrency);
+        config.worker_id = worker_id.into();
+        config.handlers = handlers.map(|h| h.into_iter().map(Into::into).collect());
+        config.poll_interval = seconds(poll_interval, "poll_interval")?;
+        config.drain_timeout = seconds(drain_timeout, "drain_timeout")?;
+        config.until_idle = until_idle;
+        let timeout = timeout.map(|t| seconds(t, "timeout")).transpose()?;
+        let runtime = engine.runtime.clone();
+        let core = engine.engine.clone();
+        let session = py.detach(|| {
+            let _entered = runtime.enter();
+            let config = match timeout {
+                Some(t) => config.timeout(t),
+                None => config,
+            };
+            CoreSession::start(core, config)
+        });
+        Ok(WorkerSession {
+            session: ForkSafe::new(session),
+            runtime: ForkSafe::new(runtime),
+            pid: std::process::id(),
+        })
+    }
+
+    /// The next attempt as a step dict, waiting up to ``wait`` seconds with the GIL released;
+    /// ``None`` when none came (see ``finished``).
+    #[pyo3(signature = (wait = 0.1))]
+    fn next(&self, py: Python<'_>, wait: f64) -> PyResult<Option<Py<PyAny>>> {
+        self.check()?;
+        let wait = seconds(wait, "wait")?;
+        // Without giving up the GIL when an attempt is queued already.
+        let next = match self.session.try_next() {
+            Next::Empty => {
+                let (session, runtime) = (self.session.clone(), self.runtime.clone());
+                py.detach(move || runtime.block_on(session.next(wait)))
+            }
+            next => next,
+        };
+        match next {
+            Next::Attempt(attempt) => to_py(py, &attempt.step.to_json()).map(Some),
+            Next::Empty | Next::Finished => Ok(None),
+        }
+    }
+
+    /// Hands back a result. Returns ``None`` when taken, else the reason it was refused (a
+    /// late return after the timeout, say). A result that is not JSON fails the attempt for
+    /// good ("result is not JSON-serialisable: …"), and that message is returned.
+    fn complete(&self, step_id: &str, attempt: u32, result: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+        self.check()?;
+        match to_json(result, "the result") {
+            Ok(value) => self.hand_back(step_id, attempt, AttemptOutcome::Complete(value)),
+            Err(e) => {
+                let message = e.to_string();
+                let detail = message
+                    .split_once("is not JSON-serialisable: ")
+                    .map_or(message.as_str(), |(_, d)| d);
+                let message = format!("result is not JSON-serialisable: {detail}");
+                let failure = StepFailure {
+                    message: message.clone(),
+                    kind: FailureKind::Permanent,
+                };
+                Ok(Some(
+                    self.hand_back(step_id, attempt, AttemptOutcome::Fail(failure))?
+                        .unwrap_or(message),
+                ))
+            }
+        }
+    }
+
+    /// Hands back a failure: retryable (after ``retry_after`` seconds, else the backoff) or
+    /// permanent. ``None`` when taken, else why it was refused.
+    #[pyo3(signature = (step_id, attempt, message, retryable = true, retry_after = None))]
+    fn fail(
+        &self,
+        step_id: &str,
+        attempt: u32,
+        message: String,
+        retryable: bool,
+        retry_after: Option<f64>,
+    ) -> PyResult<Option<String>> {
+        self.check()?;
+        let failure = failure(message, retryable, retry_after)?;
+        self.hand_back(step_id, attempt, AttemptOutcome::Fail(failure))
+    }
+
+    /// The host cancelled the handler at its deadline (an async handler): the attempt fails
+    /// as timed out. ``None`` when taken, else why it was refused.
+    fn timed_out(&self, step_id: &str, attempt: u32) -> PyResult<Option<String>> {
+        self.check()?;
+        self.hand_back(step_id, attempt, AttemptOutcome::TimedOut)
+    }
+
+    /// Renews the attempt's lease now; returns the new expiry (RFC 3339). Raises
+    /// ClaimLostError when the attempt is no longer held.
+    fn heartbeat(&self, py: Python<'_>, step_id: &str, attempt: u32) -> PyResult<String> {
+        self.check()?;
+        let id = AttemptId {
+            step: self::step_id(step_id)?,
+            attempt,
+        };
+        let (session, runtime) = (self.session.clone(), self.runtime.clone());
+        let at = py
+            .detach(move || runtime.block_on(session.heartbeat(id)))
+            .map_err(py_err)?;
+        Ok(serde_json::to_value(at)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_else(|| at.to_rfc3339()))
+    }
+
+    /// Stops claiming; running handlers finish (up to the drain timeout), then it ends.
+    fn stop(&self) {
+        self.session.stop();
+    }
+
+    /// Ends at once: what is not reported is released (pending again, the attempt not counted).
+    fn abort(&self) {
+        self.session.abort();
+    }
+
+    /// Whether the session has ended.
+    #[getter]
+    fn finished(&self) -> bool {
+        self.session.is_finished()
+    }
+
+    /// Waits up to ``wait`` seconds (GIL released) for the end; the counts ``{"completed",
+    /// "failed", "lost", "released", "idle"}``, or ``None`` if it has not ended yet.
+    #[pyo3(signature = (wait = 0.1))]
+    fn result(&self, py: Python<'_>, wait: f64) -> PyResult<Option<Py<PyAny>>> {
+        self.check()?;
+        let wait = seconds(wait, "wait")?;
+        let (session, runtime) = (self.session.clone(), self.runtime.clone());
+        let report = py.detach(move || {
+            runtime.block_on(async move {
+                tokio::time::timeout(wait, session.finished()).await.ok()
+            })
+        });
+        match report {
+            None => Ok(None),
+            Some(report) => to_py(py, &report.map_err(py_err)?).map(Some),
+        }
+    }
+}
+
 /// A subscription to lifecycle events: ``next(timeout=None)`` or iterate. Each event is a dict
 /// with name, task_id, step_id, step_name, attempt, at and detail. A slow subscriber loses
 /// events (counted in ``dropped``) instead of slowing the engine.
@@ -660,6 +834,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<Engine>()?;
     m.add_class::<Subscription>()?;
+    m.add_class::<WorkerSession>()?;
     m.add("TaskerError", py.get_type::<TaskerError>())?;
     m.add("TemplateError", py.get_type::<TemplateError>())?;
     m.add("NotFoundError", py.get_type::<NotFoundError>())?;

@@ -70,6 +70,7 @@ def test_a_worker_is_idle_while_its_only_task_is_paused(engine):
         "completed": 0,
         "failed": 0,
         "lost": 0,
+        "released": 0,
         "idle": True,
     }
     engine.resume_task(task_id)

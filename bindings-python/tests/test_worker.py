@@ -131,7 +131,7 @@ def test_run_until_idle_runs_a_workflow_to_the_end(engine):
     engine.register_template(DIAMOND)
     task_id = engine.create_task("test", "diamond", context={"order": 42})
     counts = diamond_worker(engine, concurrency=4).run_until_idle(timeout=30)
-    assert counts == {"completed": 5, "failed": 0, "lost": 0, "idle": True}
+    assert counts == {"completed": 5, "failed": 0, "lost": 0, "released": 0, "idle": True}
     task = engine.task(task_id)
     assert task["status"] == "complete"
     assert step_of(task, "ship")["result"] == {"tracking": "TRK-42"}
@@ -147,6 +147,7 @@ def test_run_until_idle_with_nothing_to_do_returns_idle_at_once(engine):
         "completed": 0,
         "failed": 0,
         "lost": 0,
+        "released": 0,
         "idle": True,
     }
     assert time.monotonic() - started < 2
@@ -177,7 +178,7 @@ def test_run_until_idle_returns_at_the_timeout(memory_engine):
     started = time.monotonic()
     counts = worker.run_until_idle(timeout=0.1)
     # The running step finishes and reports before run_until_idle returns.
-    assert counts == {"completed": 1, "failed": 0, "lost": 0, "idle": False}
+    assert counts == {"completed": 1, "failed": 0, "lost": 0, "released": 0, "idle": False}
     assert 0.4 < time.monotonic() - started < 5
 
 
@@ -225,7 +226,7 @@ def test_run_stops_when_stop_is_called_from_another_thread(engine, caplog):
         worker.stop()
         thread.join(timeout=10)
     assert not thread.is_alive()
-    assert result == {"completed": 15, "failed": 0, "lost": 0, "idle": False}
+    assert result == {"completed": 15, "failed": 0, "lost": 0, "released": 0, "idle": False}
     assert any("stopped" in r.getMessage() for r in caplog.records)
     assert not worker.running
 
@@ -359,9 +360,14 @@ def test_a_second_ctrl_c_stops_waiting_for_the_running_steps(
     assert time.monotonic() - began < 5
     assert counts["completed"] == 0
     assert any("interrupted again" in r.getMessage() for r in caplog.records)
-    # The abandoned handler still reports when it ends (its lease had not expired).
+    # The second Ctrl-C released the step at once: pending again, the attempt not counted.
+    assert counts["released"] == 1
+    step = memory_engine.task(task_id)["steps"][0]
+    assert (step["status"], step["attempts"]) == ("pending", 0)
+    # The handler returns later: its result is refused (and logged), the step stays pending.
     release.set()
-    wait_for(lambda: memory_engine.task(task_id)["status"] == "complete")
+    wait_for(lambda: any("given back" in r.getMessage() for r in caplog.records))
+    assert memory_engine.task(task_id)["steps"][0]["status"] == "pending"
 
 
 def test_ctrl_c_under_an_application_sigint_handler_still_stops_cleanly(
@@ -577,7 +583,7 @@ def test_a_permanent_error_fails_the_task_and_skips_the_dependents(engine):
     assert step_of(task, "ship")["status"] == "skipped"
     # notify does not require ship's success: it ran and saw no shipment.
     assert step_of(task, "notify")["result"] == {"notified": True, "shipped": False}
-    assert counts == {"completed": 3, "failed": 1, "lost": 0, "idle": True}
+    assert counts == {"completed": 3, "failed": 1, "lost": 0, "released": 0, "idle": True}
 
 
 def test_a_result_that_is_not_json_fails_the_step_for_good(engine):
@@ -607,7 +613,7 @@ def test_a_report_on_a_lost_claim_is_counted_and_logged(memory_engine, caplog):
 
     with caplog.at_level(logging.WARNING, logger="tasker_core"):
         counts = worker.run_until_idle(timeout=30)
-    assert counts == {"completed": 0, "failed": 0, "lost": 1, "idle": True}
+    assert counts == {"completed": 0, "failed": 0, "lost": 1, "released": 0, "idle": True}
     assert memory_engine.task(task_id)["status"] == "cancelled"
     assert any(
         r.levelno == logging.WARNING and "refused" in r.getMessage()

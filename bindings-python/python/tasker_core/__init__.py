@@ -34,6 +34,7 @@ from typing import Any
 from ._native import (
     ClaimLostError,
     Engine,
+    WorkerSession,
     InvalidArgumentError,
     InvalidTransitionError,
     NotFoundError,
@@ -57,6 +58,7 @@ __all__ = [
     "TaskerError",
     "TemplateError",
     "Worker",
+    "WorkerSession",
     "__version__",
 ]
 
@@ -164,8 +166,19 @@ class Step:
     task_name: str = ""
     #: When the lease of this attempt runs out (RFC 3339), unless extended by a heartbeat.
     lease_expires_at: str | None = None
-    #: The step's ``timeout_ms``: the length of a lease.
+    #: The step's ``timeout_ms``: the longest this attempt may run.
     timeout_ms: int | None = None
+    #: The step's ``lease_ms``: the worker renews the lease this often (by a third) by itself.
+    lease_ms: int | None = None
+    _session: Any = field(default=None, repr=False, compare=False)
+
+    def heartbeat(self) -> str:
+        """Renews this attempt's lease now and returns the new expiry (RFC 3339). Optional:
+        the worker renews leases by itself while a handler runs. Raises ClaimLostError when
+        the attempt is no longer held (timed out, task cancelled, …)."""
+        if self._session is None:
+            raise RuntimeError("this step was not handed out by a Worker")
+        return self._session.heartbeat(self.step_id, self.attempt)
 
     @property
     def is_last_attempt(self) -> bool:
@@ -173,8 +186,8 @@ class Step:
         return self.attempt >= self.max_attempts
 
     @classmethod
-    def from_claim(cls, claimed: Mapping[str, Any]) -> Step:
-        """The step of one dict returned by :meth:`Engine.claim`."""
+    def from_claim(cls, claimed: Mapping[str, Any], session: Any = None) -> Step:
+        """The step of one dict returned by :meth:`Engine.claim` (or a worker session)."""
         return cls(
             task_id=claimed["task_id"],
             step_id=claimed["step_id"],
@@ -188,6 +201,8 @@ class Step:
             task_name=claimed.get("task_name", ""),
             lease_expires_at=claimed.get("lease_expires_at"),
             timeout_ms=claimed.get("timeout_ms"),
+            lease_ms=claimed.get("lease_ms"),
+            _session=session,
         )
 
 

@@ -324,6 +324,30 @@ impl WorkerSession {
         &self.shared.engine
     }
 
+    /// The next attempt if one is queued now, without waiting (and without a runtime: a host
+    /// holding its interpreter lock tries this first, and waits in [`WorkerSession::next`]
+    /// only when it gets [`Next::Empty`]).
+    pub fn try_next(&self) -> Next {
+        let mut state = self.shared.state.lock();
+        while let Some(step) = state.queue.pop_front() {
+            let id = AttemptId {
+                step: step.step_id,
+                attempt: step.attempt,
+            };
+            if let Some(held) = state.held.get_mut(&id) {
+                held.stage = Stage::Running;
+                let deadline = held.deadline;
+                return Next::Attempt(Box::new(Attempt { step, deadline }));
+            }
+            // Let go of meanwhile (timed out in the queue): skip it.
+        }
+        if state.phase == Phase::Done {
+            Next::Finished
+        } else {
+            Next::Empty
+        }
+    }
+
     /// The next attempt to run, waiting up to `wait` for one.
     pub async fn next(&self, wait: Duration) -> Next {
         let deadline = Instant::now().checked_add(wait);
@@ -331,28 +355,9 @@ impl WorkerSession {
             let notified = self.shared.hosts.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            {
-                let mut state = self.shared.state.lock();
-                if let Some(step) = state.queue.pop_front() {
-                    let id = AttemptId {
-                        step: step.step_id,
-                        attempt: step.attempt,
-                    };
-                    let deadline = match state.held.get_mut(&id) {
-                        Some(held) => {
-                            held.stage = Stage::Running;
-                            held.deadline
-                        }
-                        None => continue, // let go meanwhile (timed out in the queue)
-                    };
-                    if !state.queue.is_empty() {
-                        self.shared.hosts.notify_one(); // the next host takes the next one
-                    }
-                    return Next::Attempt(Box::new(Attempt { step, deadline }));
-                }
-                if state.phase == Phase::Done {
-                    return Next::Finished;
-                }
+            match self.try_next() {
+                Next::Empty => {}
+                next => return next,
             }
             match deadline {
                 Some(d) => {
