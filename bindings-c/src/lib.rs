@@ -12,15 +12,14 @@ use std::ffi::{c_char, c_void, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::ptr;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::thread;
 use std::time::Duration;
 
 use serde_json::Value;
 use tasker_core::error::ErrorKind;
 use tasker_core::store::{ClaimRequest, StepFailure};
-use tasker_core::{
-    ClaimedStep, Engine, Error, FailureKind, HandlerError, NewTask, StepHandler, TaskFilter,
-    TaskId, Worker,
-};
+use tasker_core::worker::{AttemptOutcome, Next, SessionConfig, WorkerSession};
+use tasker_core::{ClaimedStep, Engine, Error, FailureKind, NewTask, TaskFilter, TaskId};
 use tokio::runtime::Runtime;
 
 /// The result of every call that can fail. Numbers are stable.
@@ -180,19 +179,8 @@ fn json_out<T: serde::Serialize>(value: &T) -> Res<*mut c_char> {
         .map_err(|e| Fail(TC_ERR_STORE, format!("cannot encode JSON: {e}")))
 }
 
-fn runtime() -> Res<&'static Runtime> {
-    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("tasker-core")
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| Fail(TC_ERR_STORE, format!("cannot start the runtime: {e}")))
+fn runtime() -> Res<Arc<Runtime>> {
+    tasker_core::host::runtime().map_err(Fail::from)
 }
 
 /// Borrows a handle argument.
@@ -632,6 +620,8 @@ enum Report {
 pub struct tc_step {
     step: ClaimedStep,
     engine: Engine,
+    /// The worker session that handed the step to a handler (None: a claimed batch's step).
+    session: Option<WorkerSession>,
     /// Reports go to the engine directly (a claimed batch) or back to the worker (a handler).
     direct: bool,
     report: Mutex<Option<Report>>,
@@ -651,6 +641,7 @@ fn c_string(s: String) -> CString {
 impl tc_step {
     fn new(step: ClaimedStep, engine: Engine, direct: bool) -> tc_step {
         tc_step {
+            session: None,
             name: OnceLock::new(),
             id: OnceLock::new(),
             task_id: OnceLock::new(),
@@ -827,19 +818,17 @@ pub unsafe extern "C" fn tc_step_heartbeat(step: *const tc_step) -> tc_status {
     boundary(|| {
         // SAFETY: NULL or live by contract.
         let s = unsafe { handle(step, "step")? };
-        runtime()?
-            .block_on(s.engine.heartbeat(s.step.step_id, s.step.attempt))
-            .map(drop)
-            .map_err(Fail::from)
+        let rt = runtime()?;
+        match &s.session {
+            Some(session) => rt.block_on(session.heartbeat(tasker_core::worker::AttemptId {
+                step: s.step.step_id,
+                attempt: s.step.attempt,
+            })),
+            None => rt.block_on(s.engine.heartbeat(s.step.step_id, s.step.attempt)),
+        }
+        .map(drop)
+        .map_err(Fail::from)
     })
-}
-
-/// A C function pointer and its user data, called from the worker's threads.
-#[derive(Clone)]
-struct CHandler {
-    fn_: tc_handler_fn,
-    user_data: UserData,
-    engine: Engine,
 }
 
 #[derive(Clone, Copy)]
@@ -861,31 +850,48 @@ unsafe impl Sync for UserData {}
 /// threads; it reports with tc_step_complete or tc_step_fail before returning.
 pub type tc_handler_fn = extern "C" fn(step: *mut tc_step, user_data: *mut c_void);
 
-#[async_trait::async_trait]
-impl StepHandler for CHandler {
-    async fn call(&self, step: ClaimedStep) -> Result<Value, HandlerError> {
-        let (fn_, user_data) = (self.fn_, self.user_data);
-        let engine = self.engine.clone();
-        // The handler may block: block_in_place lets the runtime move its other work off this
-        // thread instead of handing the call to another thread (cheaper than spawn_blocking).
-        let outcome = tokio::task::block_in_place(move || {
-            let mut s = tc_step::new(step, engine, false);
-            // A C function cannot unwind; the guard is for the Rust around it.
-            let _ = catch_unwind(AssertUnwindSafe(|| fn_(&mut s, user_data.get())));
-            s.report.into_inner().ok().flatten()
-        });
-        match outcome {
-            Some(Report::Complete(v)) => Ok(v),
-            Some(Report::Fail(f)) => Err(match f.kind {
-                FailureKind::Permanent => HandlerError::permanent(f.message),
-                FailureKind::Retryable { retry_after_ms } => HandlerError::Retryable {
-                    message: f.message,
-                    retry_after: retry_after_ms.map(Duration::from_millis),
+type CHandlers = HashMap<String, (tc_handler_fn, UserData)>;
+
+/// One of the worker's threads: takes attempts from the session, calls their C handler (outside
+/// the async runtime) and hands back what it reported.
+fn c_host(rt: Arc<Runtime>, session: WorkerSession, handlers: Arc<CHandlers>) {
+    loop {
+        let next = match session.try_next() {
+            Next::Empty => rt.block_on(session.next(Duration::from_millis(500))),
+            next => next,
+        };
+        let attempt = match next {
+            Next::Attempt(attempt) => attempt,
+            Next::Empty => continue,
+            Next::Finished => return,
+        };
+        let id = attempt.id();
+        let outcome = match handlers.get(&*attempt.step.handler) {
+            None => AttemptOutcome::Fail(StepFailure {
+                message: format!("no handler registered for {:?}", attempt.step.handler),
+                kind: FailureKind::Retryable {
+                    retry_after_ms: None,
                 },
             }),
-            None => Err(HandlerError::retryable(
-                "the handler returned without reporting",
-            )),
+            Some(&(fn_, user_data)) => {
+                let mut s = tc_step::new(attempt.step, session.engine().clone(), false);
+                s.session = Some(session.clone());
+                // A C function cannot unwind; the guard is for the Rust around it.
+                let _ = catch_unwind(AssertUnwindSafe(|| fn_(&mut s, user_data.get())));
+                match s.report.into_inner().ok().flatten() {
+                    Some(Report::Complete(v)) => AttemptOutcome::Complete(v),
+                    Some(Report::Fail(f)) => AttemptOutcome::Fail(f),
+                    None => AttemptOutcome::Fail(StepFailure {
+                        message: "the handler returned without reporting".into(),
+                        kind: FailureKind::Retryable {
+                            retry_after_ms: None,
+                        },
+                    }),
+                }
+            }
+        };
+        if let Err(refused) = session.report(id, outcome) {
+            tracing::warn!(step = %id.step, attempt = id.attempt, %refused, "outcome refused");
         }
     }
 }
@@ -966,24 +972,38 @@ pub unsafe extern "C" fn tc_worker_run_until_idle(
     boundary(|| {
         // SAFETY: NULL or live by contract.
         let w = unsafe { handle(worker, "worker")? };
-        let mut builder = Worker::builder(w.engine.clone()).concurrency(w.concurrency as usize);
-        for (name, &(fn_, user_data)) in &w.handlers {
-            let engine = w.engine.clone();
-            builder = builder.handler(
-                name,
-                CHandler {
-                    fn_,
-                    user_data,
-                    engine,
-                },
-            );
+        let rt = runtime()?;
+        let mut config = SessionConfig::until_idle(w.concurrency as usize)
+            .timeout(Duration::from_millis(timeout_ms.min(u64::MAX / 2)));
+        config.worker_id = tasker_core::worker::default_worker_id("c").into();
+        config.handlers = Some(w.handlers.keys().map(|n| n.as_str().into()).collect());
+        let session = {
+            let _entered = rt.enter();
+            WorkerSession::start(w.engine.clone(), config)
+        };
+        let handlers = Arc::new(w.handlers.clone());
+        let mut threads = Vec::with_capacity(w.concurrency as usize);
+        for i in 0..w.concurrency {
+            let (rt, host, handlers) = (rt.clone(), session.clone(), handlers.clone());
+            let spawned = thread::Builder::new()
+                .name(format!("tasker-core-c-{i}"))
+                .spawn(move || c_host(rt, host, handlers));
+            match spawned {
+                Ok(t) => threads.push(t),
+                Err(e) => {
+                    session.abort();
+                    return Err(Fail(
+                        TC_ERR_STORE,
+                        format!("cannot start a worker thread: {e}"),
+                    ));
+                }
+            }
         }
-        let worker = builder.build();
-        let timeout = Duration::from_millis(timeout_ms.min(u64::MAX / 2));
-        runtime()?
-            .block_on(worker.run_until_idle(timeout))
-            .map(drop)
-            .map_err(Fail::from)
+        let report = rt.block_on(session.finished());
+        for t in threads {
+            let _ = t.join();
+        }
+        report.map(drop).map_err(Fail::from)
     })
 }
 

@@ -17,7 +17,9 @@ use serde_json::Value;
 use tasker_core::error::ErrorKind;
 use tasker_core::events::Subscription as CoreSubscription;
 use tasker_core::store::{ClaimRequest, StepFailure};
-use tasker_core::worker::{AttemptId, AttemptOutcome, Next, SessionConfig, WorkerSession as CoreSession};
+use tasker_core::worker::{
+    AttemptId, AttemptOutcome, Next, SessionConfig, WorkerSession as CoreSession,
+};
 use tasker_core::{Error, FailureKind, NewTask, StepId, TaskFilter, TaskId, TaskState};
 use tokio::runtime::Runtime;
 
@@ -589,12 +591,21 @@ impl WorkerSession {
     }
 
     /// Hands an outcome back; ``None`` when taken, else why it was refused (to log).
-    fn hand_back(&self, step_id: &str, attempt: u32, outcome: AttemptOutcome) -> PyResult<Option<String>> {
+    fn hand_back(
+        &self,
+        step_id: &str,
+        attempt: u32,
+        outcome: AttemptOutcome,
+    ) -> PyResult<Option<String>> {
         let id = AttemptId {
             step: self::step_id(step_id)?,
             attempt,
         };
-        Ok(self.session.report(id, outcome).err().map(|r| r.to_string()))
+        Ok(self
+            .session
+            .report(id, outcome)
+            .err()
+            .map(|r| r.to_string()))
     }
 }
 
@@ -669,7 +680,12 @@ impl WorkerSession {
     /// Hands back a result. Returns ``None`` when taken, else the reason it was refused (a
     /// late return after the timeout, say). A result that is not JSON fails the attempt for
     /// good ("result is not JSON-serialisable: …"), and that message is returned.
-    fn complete(&self, step_id: &str, attempt: u32, result: &Bound<'_, PyAny>) -> PyResult<Option<String>> {
+    fn complete(
+        &self,
+        step_id: &str,
+        attempt: u32,
+        result: &Bound<'_, PyAny>,
+    ) -> PyResult<Option<String>> {
         self.check()?;
         match to_json(result, "the result") {
             Ok(value) => self.hand_back(step_id, attempt, AttemptOutcome::Complete(value)),
@@ -756,9 +772,8 @@ impl WorkerSession {
         let wait = seconds(wait, "wait")?;
         let (session, runtime) = (self.session.clone(), self.runtime.clone());
         let report = py.detach(move || {
-            runtime.block_on(async move {
-                tokio::time::timeout(wait, session.finished()).await.ok()
-            })
+            runtime
+                .block_on(async move { tokio::time::timeout(wait, session.finished()).await.ok() })
         });
         match report {
             None => Ok(None),

@@ -129,7 +129,7 @@ class StepHandlerTest < Minitest::Test
     worker = TaskerCore::Worker.new(@engine, concurrency: 2)
     worker.register_handlers(HandlerFixtures::ALL)
     assert_equal %w[validate charge reserve_stock ship notify], worker.handlers
-    assert_equal({ "completed" => 5, "failed" => 1, "lost" => 0, "idle" => true }, worker.run_until_idle(timeout: 30))
+    assert_equal({ "completed" => 5, "failed" => 1, "lost" => 0, "released" => 0, "idle" => true }, worker.run_until_idle(timeout: 30))
     task = @engine.task(id)
     assert_equal "complete", task["status"]
     assert_equal 2, step_of(task, "charge")["attempts"]

@@ -112,7 +112,7 @@ module ViewsBehaviour
     assert_raises(TaskerCore::InvalidTransitionError) { @engine.pause_task(id) }
     worker = TaskerCore::Worker.new(@engine)
     %w[a b c].each { |name| worker.handler(name, &:name) }
-    assert_equal({ "completed" => 0, "failed" => 0, "lost" => 0, "idle" => true }, worker.run_until_idle(timeout: 10))
+    assert_equal({ "completed" => 0, "failed" => 0, "lost" => 0, "released" => 0, "idle" => true }, worker.run_until_idle(timeout: 10))
     @engine.resume_task(id)
     refute_equal "paused", @engine.task(id)["status"]
     assert_equal 3, worker.run_until_idle(timeout: 30)["completed"]

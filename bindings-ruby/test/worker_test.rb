@@ -4,8 +4,8 @@ require_relative "test_helper"
 
 # The Worker: handlers as blocks, run_until_idle, run/stop, failures, concurrency.
 module WorkerBehaviour
-  def counts(completed: 0, failed: 0, lost: 0, idle: true)
-    { "completed" => completed, "failed" => failed, "lost" => lost, "idle" => idle }
+  def counts(completed: 0, failed: 0, lost: 0, idle: true, released: 0)
+    { "completed" => completed, "failed" => failed, "lost" => lost, "released" => released, "idle" => idle }
   end
 
   def test_run_until_idle_runs_a_workflow_to_the_end
@@ -435,7 +435,7 @@ class WorkerSignalTest < Minitest::Test
 
       report = run_child(signal)
       # The running step finished and reported; nothing new was claimed after the signal.
-      assert_equal({ "completed" => 1, "failed" => 0, "lost" => 0, "idle" => false }, report["counts"])
+      assert_equal({ "completed" => 1, "failed" => 0, "lost" => 0, "released" => 0, "idle" => false }, report["counts"])
       assert_equal [["a", "complete", "finished"], ["b", "pending", nil]], report["steps"]
       assert report["restored"], "the previous #{signal} handler was not put back"
     end

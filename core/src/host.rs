@@ -86,8 +86,9 @@ pub fn seconds(value: f64, what: &str) -> Result<Duration> {
             "{what} must be a number of seconds between 0 and one year, not {value}"
         )));
     }
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| Error::InvalidArgument(format!("{what} is not a valid number of seconds: {value}")))
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        Error::InvalidArgument(format!("{what} is not a valid number of seconds: {value}"))
+    })
 }
 
 /// `seconds` as whole milliseconds (saturating), for a `retry_after`.

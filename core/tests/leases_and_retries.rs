@@ -247,8 +247,16 @@ async fn an_expired_lease_can_be_renewed_by_its_holder_until_reclaimed() {
             .heartbeat(first.step_id, 1)
             .await
             .unwrap_or_else(|e| panic!("{store}: {e}"));
-        assert_eq!(expires, engine.now() + chrono::Duration::milliseconds(1000), "{store}");
-        assert_eq!(engine.reclaim_expired().await.unwrap(), 0, "{store}: renewed in time");
+        assert_eq!(
+            expires,
+            engine.now() + chrono::Duration::milliseconds(1000),
+            "{store}"
+        );
+        assert_eq!(
+            engine.reclaim_expired().await.unwrap(),
+            0,
+            "{store}: renewed in time"
+        );
     }
 }
 

@@ -84,7 +84,11 @@ async fn a_host_that_returns_after_the_timeout_is_refused_and_the_attempt_is_fai
         assert_eq!((report.completed, report.failed), (0, 1), "{store}");
         let view = task_view(&engine, task).await;
         assert_eq!(view.steps[0].status, StepState::Error, "{store}");
-        assert_eq!(view.steps[0].error.as_deref(), Some("timed out after 100 ms"), "{store}");
+        assert_eq!(
+            view.steps[0].error.as_deref(),
+            Some("timed out after 100 ms"),
+            "{store}"
+        );
     }
 }
 
@@ -128,13 +132,18 @@ async fn the_lease_is_renewed_while_a_long_handler_runs() {
             })
         };
         let report = finished(run, store).await;
-        assert!(rival.await.unwrap().is_empty(), "{store}: the rival got the step");
+        assert!(
+            rival.await.unwrap().is_empty(),
+            "{store}: the rival got the step"
+        );
         assert_eq!(report.completed, 1, "{store}");
         assert_eq!(runs.load(Ordering::SeqCst), 1, "{store}");
         let view = task_view(&engine, task).await;
         assert_eq!(view.steps[0].attempts, 1, "{store}");
         assert!(
-            !trail_events(&engine, task).await.contains(&"lease_expired".to_owned()),
+            !trail_events(&engine, task)
+                .await
+                .contains(&"lease_expired".to_owned()),
             "{store}"
         );
     }
@@ -173,8 +182,14 @@ async fn a_dead_workers_step_comes_back_within_a_few_leases() {
             "{store}: came back after {took:?}, more than 4 leases"
         );
         let view = task_view(&engine, task).await;
-        assert_eq!((view.status, view.steps[0].attempts), (TaskState::Complete, 2), "{store}");
-        assert!(trail_events(&engine, task).await.contains(&"lease_expired".to_owned()));
+        assert_eq!(
+            (view.status, view.steps[0].attempts),
+            (TaskState::Complete, 2),
+            "{store}"
+        );
+        assert!(trail_events(&engine, task)
+            .await
+            .contains(&"lease_expired".to_owned()));
     }
 }
 
@@ -233,7 +248,9 @@ async fn what_outlives_the_drain_timeout_is_released_without_counting_the_attemp
             (StepState::Pending, 0),
             "{store}: released, the attempt not counted"
         );
-        assert!(trail_events(&engine, task).await.contains(&"release".to_owned()));
+        assert!(trail_events(&engine, task)
+            .await
+            .contains(&"release".to_owned()));
         // The next worker runs it as attempt 1.
         let again = claim_one(&engine, "s").await;
         assert_eq!(again.attempt, 1, "{store}");
@@ -267,7 +284,10 @@ async fn dropping_a_run_future_releases_its_steps() {
                 assert_eq!(view.steps[0].attempts, 0, "{store}");
                 break;
             }
-            assert!(Instant::now() < deadline, "{store}: never released: {view:?}");
+            assert!(
+                Instant::now() < deadline,
+                "{store}: never released: {view:?}"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         // A max_attempts: 1 step still has its one attempt.

@@ -38,13 +38,15 @@ module TaskerCore
     attr_reader :task_name
     # @return [String, nil] when this attempt's lease runs out (RFC 3339), unless heartbeated
     attr_reader :lease_expires_at
-    # @return [Integer, nil] the step's +timeout_ms+: the length of a lease
+    # @return [Integer, nil] the step's +timeout_ms+: the longest this attempt may run
     attr_reader :timeout_ms
+    # @return [Integer, nil] the step's +lease_ms+: the worker renews the lease by itself
+    attr_reader :lease_ms
 
     # The step of one Hash returned by {Engine#claim}.
     #
     # @param claimed [Hash{String => Object}] one element of +engine.claim(...)+
-    # @param engine [Engine, nil] the engine that handed it out (for {#heartbeat})
+    # @param engine [Engine, WorkerSession, nil] what handed it out (for {#heartbeat})
     # @return [Step]
     def self.from_claim(claimed, engine = nil)
       new(
@@ -60,6 +62,7 @@ module TaskerCore
         task_name: claimed.fetch("task_name", ""),
         lease_expires_at: claimed.fetch("lease_expires_at", nil),
         timeout_ms: claimed.fetch("timeout_ms", nil),
+        lease_ms: claimed.fetch("lease_ms", nil),
         engine: engine
       )
     end
@@ -67,7 +70,7 @@ module TaskerCore
     # @param engine [Engine, nil] the engine that handed the step out (for {#heartbeat})
     def initialize(task_id:, step_id:, name:, handler: name, context: nil, inputs: {}, attempt: 1,
                    max_attempts: 1, namespace: "", task_name: "", lease_expires_at: nil,
-                   timeout_ms: nil, engine: nil)
+                   timeout_ms: nil, lease_ms: nil, engine: nil)
       @task_id = task_id
       @step_id = step_id
       @name = name
@@ -80,6 +83,7 @@ module TaskerCore
       @task_name = task_name
       @lease_expires_at = lease_expires_at
       @timeout_ms = timeout_ms
+      @lease_ms = lease_ms
       @engine = engine
       freeze
     end
@@ -90,8 +94,8 @@ module TaskerCore
       attempt >= max_attempts
     end
 
-    # Extends this attempt's lease by the step's +timeout_ms+; call it now and then from a
-    # handler that runs long. Same as +engine.heartbeat(step.step_id, step.attempt)+.
+    # Renews this attempt's lease now. Optional: the worker renews leases by itself while a
+    # handler runs; a heartbeat records progress.
     #
     # @return [String] the new lease expiry (RFC 3339)
     # @raise [ClaimLostError] when the lease was lost already (expired, task cancelled, …)

@@ -32,8 +32,8 @@ use tokio::sync::Notify;
 use super::cache::RecordCache;
 use super::record::{Schedule, StepRecord, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, StepFailure, StepReport, Store,
-    WorkStatus,
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, StepFailure, StepReport,
+    Store, WorkStatus,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -1296,7 +1296,9 @@ impl Store for SqlStore {
 
     async fn release(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Changes> {
         Ok(self
-            .run(step.task, now, |t, s, c| t.release(step, attempt, now, s, c))
+            .run(step.task, now, |t, s, c| {
+                t.release(step, attempt, now, s, c)
+            })
             .await?
             .1)
     }

@@ -373,7 +373,11 @@ impl WorkerSession {
     /// Hands back the outcome of an attempt from [`WorkerSession::next`]. It is written to the
     /// store with others in the next batch; refused when the session had let go of the attempt
     /// (the host logs it; the attempt was already counted).
-    pub fn report(&self, id: AttemptId, outcome: AttemptOutcome) -> std::result::Result<(), Refused> {
+    pub fn report(
+        &self,
+        id: AttemptId,
+        outcome: AttemptOutcome,
+    ) -> std::result::Result<(), Refused> {
         let mut state = self.shared.state.lock();
         let Some(held) = state.held.get(&id) else {
             return Err(state.let_go.remove(&id).unwrap_or(Refused::NotHeld));
@@ -532,9 +536,7 @@ async fn drive(shared: Arc<Shared>) {
                     *until = (*until).min(now);
                 }
             }
-            let free = config
-                .concurrency
-                .saturating_sub(state.held.len());
+            let free = config.concurrency.saturating_sub(state.held.len());
             (state.phase, free, state.held.len())
         };
         if let Phase::Draining { until } = phase {
@@ -635,7 +637,10 @@ async fn drive(shared: Arc<Shared>) {
             state.held.is_empty() && state.reports.is_empty() && state.phase == Phase::Running
         };
         if idle_now && got == 0 && retry_claims_at.is_none() {
-            match engine.work_status_for(config.handlers.as_deref().unwrap_or_default()).await {
+            match engine
+                .work_status_for(config.handlers.as_deref().unwrap_or_default())
+                .await
+            {
                 Ok(status) => {
                     if config.until_idle && status.is_idle() {
                         shared.state.lock().report.idle = true;
@@ -672,7 +677,10 @@ async fn drive(shared: Arc<Shared>) {
                 until = until.min(d);
             }
         }
-        for t in [retry_claims_at, retry_reports_at, config.deadline].into_iter().flatten() {
+        for t in [retry_claims_at, retry_reports_at, config.deadline]
+            .into_iter()
+            .flatten()
+        {
             until = until.min(t.max(Instant::now()));
         }
         tokio::select! {
@@ -751,7 +759,9 @@ fn timers(shared: &Shared, now: Instant) -> Vec<AttemptId> {
         if stage == Stage::Queued {
             // No host took it: nothing will return it.
             state.held.remove(&id);
-            state.queue.retain(|s| (s.step_id, s.attempt) != (id.step, id.attempt));
+            state
+                .queue
+                .retain(|s| (s.step_id, s.attempt) != (id.step, id.attempt));
         }
         state.reports.push(Pending {
             report: StepReport {
@@ -839,7 +849,8 @@ async fn write_reports(shared: &Shared) -> Option<Instant> {
                 tracing::warn!(error = %e, "could not write reports; retrying");
                 keep.append(&mut state.reports);
                 state.reports = keep;
-                let delay = Duration::from_millis(50u64 << tries.min(6)).min(Duration::from_secs(2));
+                let delay =
+                    Duration::from_millis(50u64 << tries.min(6)).min(Duration::from_secs(2));
                 return Some(Instant::now() + delay);
             }
         }

@@ -17,42 +17,80 @@ use magnus::{function, method, Error, ExceptionClass, RHash, RModule, RString, R
 use serde_json::Value as Json;
 use tasker_core::error::ErrorKind;
 use tasker_core::store::{ClaimRequest, StepFailure};
+use tasker_core::worker::{AttemptId, AttemptOutcome, Next, SessionConfig, WorkerSession};
 use tasker_core::{FailureKind, NewTask, StepId, TaskFilter, TaskId, TaskState};
 use tokio::runtime::Runtime;
 
 /// Runs `f` with the GVL released, so that other Ruby threads run meanwhile. `f` must not touch
-/// Ruby objects (it only sees Rust data).
-fn without_gvl<F: FnOnce() -> R, R>(f: F) -> Result<R, String> {
+/// Ruby objects (it only sees Rust data). It is handed a [`Cancel`] that Ruby's unblock function
+/// fires when the thread is interrupted (Thread#raise, Thread#kill, a signal, process exit):
+/// long waits select on it and return early, so the thread never hangs in Rust.
+fn without_gvl<F: FnOnce(&Cancel) -> R, R>(f: F) -> Result<R, String> {
     struct Call<G, R> {
         f: Option<G>,
+        cancel: Cancel,
         result: Option<std::thread::Result<R>>,
     }
-    unsafe extern "C" fn trampoline<G: FnOnce() -> R, R>(data: *mut c_void) -> *mut c_void {
+    unsafe extern "C" fn trampoline<G: FnOnce(&Cancel) -> R, R>(data: *mut c_void) -> *mut c_void {
         // SAFETY: `data` is the `Call` below, alive and exclusively ours during the call.
         let call = unsafe { &mut *(data as *mut Call<G, R>) };
         if let Some(f) = call.f.take() {
-            call.result = Some(catch_unwind(AssertUnwindSafe(f)));
+            let cancel = call.cancel.clone();
+            call.result = Some(catch_unwind(AssertUnwindSafe(|| f(&cancel))));
         }
         std::ptr::null_mut()
     }
+    unsafe extern "C" fn unblock(data: *mut c_void) {
+        // SAFETY: `data` is the `Cancel` inside the `Call` below, alive while the call runs
+        // (Ruby calls the unblock function only during it). Firing it only touches atomics.
+        let cancel = unsafe { &*(data as *const Cancel) };
+        cancel.fire();
+    }
     let mut call = Call {
         f: Some(f),
+        cancel: Cancel::default(),
         result: None,
     };
-    // SAFETY: the trampoline matches `Call<F, R>`; no unblocking function is given, so the call
-    // runs to its end (callers wait in short slices and check for interrupts between them).
+    let cancel_ptr = &call.cancel as *const Cancel as *mut c_void;
+    // SAFETY: the trampoline matches `Call<F, R>`; the unblock function gets the call's `Cancel`,
+    // which outlives the call.
     unsafe {
         rb_sys::rb_thread_call_without_gvl(
             Some(trampoline::<F, R>),
             &mut call as *mut Call<F, R> as *mut c_void,
-            None,
-            std::ptr::null_mut(),
+            Some(unblock),
+            cancel_ptr,
         );
     }
     match call.result {
         Some(Ok(r)) => Ok(r),
         Some(Err(_)) => Err("internal panic in the engine".into()),
         None => Err("the engine call did not run".into()),
+    }
+}
+
+/// Fired by Ruby's unblock function; waits select on it.
+#[derive(Clone, Default)]
+struct Cancel(Arc<tokio::sync::Notify>, Arc<std::sync::atomic::AtomicBool>);
+
+impl Cancel {
+    fn fire(&self) {
+        self.1.store(true, std::sync::atomic::Ordering::Release);
+        self.0.notify_waiters();
+    }
+
+    /// Runs `fut` unless the thread is interrupted first (then `None`).
+    async fn run<T>(&self, fut: impl std::future::Future<Output = T>) -> Option<T> {
+        let fired = self.0.notified();
+        tokio::pin!(fired);
+        fired.as_mut().enable();
+        if self.1.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        tokio::select! {
+            out = fut => Some(out),
+            _ = fired => None,
+        }
     }
 }
 
@@ -85,24 +123,9 @@ fn invalid(ruby: &Ruby, message: impl Into<String>) -> Error {
     Error::new(error_class(ruby, "InvalidArgumentError"), message.into())
 }
 
-fn runtime(ruby: &Ruby) -> Result<&'static Runtime, Error> {
-    static RUNTIME: OnceLock<Result<Runtime, String>> = OnceLock::new();
-    RUNTIME
-        .get_or_init(|| {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .thread_name("tasker-core")
-                .enable_all()
-                .build()
-                .map_err(|e| e.to_string())
-        })
-        .as_ref()
-        .map_err(|e| {
-            Error::new(
-                error_class(ruby, "StoreError"),
-                format!("cannot start the runtime: {e}"),
-            )
-        })
+fn runtime(ruby: &Ruby) -> Result<Arc<Runtime>, Error> {
+    // One per process, made again in a forked child (Puma, Unicorn, Spring).
+    tasker_core::host::runtime().map_err(|e| rb_err(ruby, e))
 }
 
 /// How deeply a value may nest (a value that contains itself would otherwise recurse forever).
@@ -174,15 +197,7 @@ fn step_id(ruby: &Ruby, s: &str) -> Result<StepId, Error> {
 }
 
 fn seconds(ruby: &Ruby, value: f64, what: &str) -> Result<Duration, Error> {
-    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
-    if !(0.0..=YEAR).contains(&value) {
-        return Err(invalid(
-            ruby,
-            format!("{what} must be a number of seconds between 0 and one year, not {value}"),
-        ));
-    }
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| invalid(ruby, format!("{what} is not a valid number of seconds")))
+    tasker_core::host::seconds(value, what).map_err(|e| rb_err(ruby, e))
 }
 
 /// The engine (`TaskerCore::Engine`).
@@ -210,7 +225,7 @@ impl Engine {
         }
         let rt = runtime(ruby)?;
         let engine = self.engine.clone();
-        without_gvl(move || rt.block_on(f(engine)))
+        without_gvl(move |_| rt.block_on(f(engine)))
             .map_err(|m| Error::new(error_class(ruby, "Error"), m))?
             .map_err(|e| rb_err(ruby, e))
     }
@@ -224,7 +239,7 @@ impl Engine {
             .flatten()
             .unwrap_or_else(|| tasker_core::engine::DEFAULT_URL.to_owned());
         let rt = runtime(&ruby)?;
-        let engine = without_gvl(move || rt.block_on(tasker_core::Engine::open(&url)))
+        let engine = without_gvl(move |_| rt.block_on(tasker_core::Engine::open(&url)))
             .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
             .map_err(|e| rb_err(&ruby, e))?;
         Ok(Engine {
@@ -541,7 +556,7 @@ impl Subscription {
                 None => Duration::from_millis(100),
             };
             let sub = self.sub.clone();
-            let event = without_gvl(move || sub.next_timeout(slice))
+            let event = without_gvl(move |_| sub.next_timeout(slice))
                 .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?;
             if let Some(event) = event {
                 return json_to_ruby(&ruby, &event.to_json());
@@ -559,6 +574,189 @@ impl Subscription {
 
     fn pattern(&self) -> String {
         self.sub.pattern().to_owned()
+    }
+}
+
+/// The core's worker session, driven by Ruby threads (`TaskerCore::WorkerSession`): each asks
+/// for the next attempt (`next`, without the GVL while it waits), runs the handler and hands the
+/// outcome back. Slots, batching, lease renewal, timeouts, back-off, drain and idleness are the
+/// core's; `TaskerCore::Worker` is the convenient loop over it.
+#[magnus::wrap(class = "TaskerCore::WorkerSession", free_immediately, size)]
+struct Session {
+    session: WorkerSession,
+    runtime: Arc<Runtime>,
+    pid: u32,
+}
+
+fn failure(ruby: &Ruby, message: String, retryable: bool, retry_after: Option<f64>) -> Result<StepFailure, Error> {
+    let kind = if retryable {
+        let retry_after_ms = retry_after
+            .map(|s| tasker_core::host::seconds_ms(s, "retry_after").map_err(|e| rb_err(ruby, e)))
+            .transpose()?;
+        FailureKind::Retryable { retry_after_ms }
+    } else {
+        FailureKind::Permanent
+    };
+    Ok(StepFailure { message, kind })
+}
+
+impl Session {
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of the Ruby API, in order
+    fn new(
+        engine: &Engine,
+        handlers: Vec<String>,
+        concurrency: usize,
+        worker_id: String,
+        poll_interval: f64,
+        drain_timeout: f64,
+        until_idle: bool,
+        timeout: Option<f64>,
+    ) -> Result<Self, Error> {
+        let ruby = ruby();
+        if std::process::id() != engine.pid {
+            return Err(Error::new(
+                error_class(&ruby, "StoreError"),
+                "this engine was opened before a fork: open a new TaskerCore::Engine in the child",
+            ));
+        }
+        if concurrency == 0 {
+            return Err(invalid(&ruby, "concurrency must be at least 1"));
+        }
+        let mut config = SessionConfig::new(concurrency).handlers(handlers);
+        config.worker_id = worker_id.into();
+        config.poll_interval = seconds(&ruby, poll_interval, "poll_interval")?;
+        config.drain_timeout = seconds(&ruby, drain_timeout, "drain_timeout")?;
+        config.until_idle = until_idle;
+        if let Some(t) = timeout {
+            config = config.timeout(seconds(&ruby, t, "timeout")?);
+        }
+        let runtime = runtime(&ruby)?;
+        let session = {
+            let _entered = runtime.enter();
+            WorkerSession::start(engine.engine.clone(), config)
+        };
+        Ok(Session {
+            session,
+            runtime,
+            pid: std::process::id(),
+        })
+    }
+
+    fn check(&self, ruby: &Ruby) -> Result<(), Error> {
+        if std::process::id() != self.pid {
+            return Err(Error::new(
+                error_class(ruby, "StoreError"),
+                "this worker session was started before a fork: start a new one in the child",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The next attempt as a Hash, waiting up to `wait` seconds without the GVL; nil if none.
+    fn next(&self, wait: f64) -> Result<Value, Error> {
+        let ruby = ruby();
+        self.check(&ruby)?;
+        let wait = seconds(&ruby, wait, "wait")?;
+        let next = match self.session.try_next() {
+            Next::Empty => {
+                let (session, rt) = (self.session.clone(), self.runtime.clone());
+                without_gvl(move |cancel| rt.block_on(cancel.run(session.next(wait))))
+                    .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
+                    .unwrap_or(Next::Empty)
+            }
+            next => next,
+        };
+        match next {
+            Next::Attempt(attempt) => json_to_ruby(&ruby, &attempt.step.to_json()),
+            Next::Empty | Next::Finished => Ok(ruby.qnil().as_value()),
+        }
+    }
+
+    fn hand_back(&self, ruby: &Ruby, step_id: &str, attempt: u32, outcome: AttemptOutcome) -> Result<Option<String>, Error> {
+        let id = AttemptId {
+            step: self::step_id(ruby, step_id)?,
+            attempt,
+        };
+        Ok(self.session.report(id, outcome).err().map(|r| r.to_string()))
+    }
+
+    /// Hands back a result: nil when taken, else why it was refused. A result that is not JSON
+    /// fails the attempt for good, and that message is returned.
+    fn complete(&self, step_id: String, attempt: u32, result: Value) -> Result<Option<String>, Error> {
+        let ruby = ruby();
+        self.check(&ruby)?;
+        match to_json(&ruby, result, "the result") {
+            Ok(value) => self.hand_back(&ruby, &step_id, attempt, AttemptOutcome::Complete(value)),
+            Err(e) => {
+                let text = e.to_string();
+                let detail = text
+                    .split_once("is not JSON-serialisable: ")
+                    .map_or(text.as_str(), |(_, d)| d);
+                let message = format!("result is not JSON-serialisable: {detail}");
+                let failure = StepFailure {
+                    message: message.clone(),
+                    kind: FailureKind::Permanent,
+                };
+                Ok(Some(
+                    self.hand_back(&ruby, &step_id, attempt, AttemptOutcome::Fail(failure))?
+                        .unwrap_or(message),
+                ))
+            }
+        }
+    }
+
+    /// Hands back a failure: nil when taken, else why it was refused.
+    fn fail(&self, step_id: String, attempt: u32, message: String, retryable: bool, retry_after: Option<f64>) -> Result<Option<String>, Error> {
+        let ruby = ruby();
+        self.check(&ruby)?;
+        let failure = failure(&ruby, message, retryable, retry_after)?;
+        self.hand_back(&ruby, &step_id, attempt, AttemptOutcome::Fail(failure))
+    }
+
+    /// Renews the attempt's lease now; the new expiry (RFC 3339).
+    fn heartbeat(&self, step_id: String, attempt: u32) -> Result<Value, Error> {
+        let ruby = ruby();
+        self.check(&ruby)?;
+        let id = AttemptId {
+            step: self::step_id(&ruby, &step_id)?,
+            attempt,
+        };
+        let (session, rt) = (self.session.clone(), self.runtime.clone());
+        let at = without_gvl(move |_| rt.block_on(session.heartbeat(id)))
+            .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
+            .map_err(|e| rb_err(&ruby, e))?;
+        to_ruby(&ruby, &at)
+    }
+
+    fn stop(&self) {
+        self.session.stop();
+    }
+
+    fn abort(&self) {
+        self.session.abort();
+    }
+
+    fn is_finished(&self) -> bool {
+        self.session.is_finished()
+    }
+
+    /// The counts once ended (waiting up to `wait` seconds without the GVL), else nil.
+    fn result(&self, wait: f64) -> Result<Value, Error> {
+        let ruby = ruby();
+        self.check(&ruby)?;
+        let wait = seconds(&ruby, wait, "wait")?;
+        let (session, rt) = (self.session.clone(), self.runtime.clone());
+        let report = without_gvl(move |cancel| {
+            rt.block_on(cancel.run(async move {
+                tokio::time::timeout(wait, session.finished()).await.ok()
+            }))
+        })
+        .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
+        .flatten();
+        match report {
+            None => Ok(ruby.qnil().as_value()),
+            Some(report) => to_ruby(&ruby, &report.map_err(|e| rb_err(&ruby, e))?),
+        }
     }
 }
 
@@ -601,6 +799,17 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     engine.define_method("migrate", method!(Engine::migrate, 0))?;
     engine.define_method("close", method!(Engine::close, 0))?;
     engine.define_method("closed?", method!(Engine::is_closed, 0))?;
+
+    let session = module.define_class("WorkerSession", ruby.class_object())?;
+    session.define_singleton_method("new", function!(Session::new, 8))?;
+    session.define_method("next", method!(Session::next, 1))?;
+    session.define_method("complete", method!(Session::complete, 3))?;
+    session.define_method("fail", method!(Session::fail, 5))?;
+    session.define_method("heartbeat", method!(Session::heartbeat, 2))?;
+    session.define_method("stop", method!(Session::stop, 0))?;
+    session.define_method("abort", method!(Session::abort, 0))?;
+    session.define_method("finished?", method!(Session::is_finished, 0))?;
+    session.define_method("result", method!(Session::result, 1))?;
 
     let sub = module.define_class("Subscription", ruby.class_object())?;
     sub.define_method("next", method!(Subscription::next, -1))?;
