@@ -306,3 +306,45 @@ class Subscription:
     @property
     def pattern(self) -> str:
         """The glob this subscription matches."""
+
+class WorkerSession:
+    """The core's worker session (what ``tasker_core.Worker`` runs on): Python threads ask for
+    the next attempt, run its handler and hand the outcome back; slots, claim and report
+    batching, lease renewal, timeouts, store back-off, drain and idleness are the core's."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        handlers: list[str] | None,
+        concurrency: int,
+        worker_id: str,
+        poll_interval: float = 0.1,
+        drain_timeout: float = 30.0,
+        until_idle: bool = False,
+        timeout: float | None = None,
+    ) -> None: ...
+    def next(self, wait: float = 0.1) -> dict[str, Any] | None:
+        """The next attempt (a step dict), waiting up to ``wait`` s with the GIL released."""
+    def complete(self, step_id: str, attempt: int, result: Any) -> str | None:
+        """Hands back a result: None when taken, else why it was refused."""
+    def fail(
+        self,
+        step_id: str,
+        attempt: int,
+        message: str,
+        retryable: bool = True,
+        retry_after: float | None = None,
+    ) -> str | None:
+        """Hands back a failure: None when taken, else why it was refused."""
+    def timed_out(self, step_id: str, attempt: int) -> str | None:
+        """The host cancelled the handler at its deadline."""
+    def heartbeat(self, step_id: str, attempt: int) -> str:
+        """Renews the lease now; the new expiry (RFC 3339)."""
+    def stop(self) -> None:
+        """Drain: no new claims; running handlers finish (up to drain_timeout)."""
+    def abort(self) -> None:
+        """End now: what is not reported is released (the attempt not counted)."""
+    @property
+    def finished(self) -> bool: ...
+    def result(self, wait: float = 0.1) -> dict[str, Any] | None:
+        """The counts {completed, failed, lost, released, idle} once ended, else None."""
