@@ -13,6 +13,7 @@ import asyncio
 import inspect
 import logging
 import os
+import signal
 import socket
 import threading
 import uuid
@@ -161,14 +162,17 @@ class Worker:
                    for i in range(self._concurrency)]
         logger.info("worker %s started: handlers %s, concurrency %d",
                     self._worker_id, ", ".join(names), self._concurrency)
+        self._stopped = False
+        previous = _trap_sigint(self._on_interrupt)
         try:
             for t in threads:
-                t.start()
-            self._stopped = False
+                _uninterrupted(t.start, self._on_interrupt)
             counts = self._wait(session)
             for t in threads:
-                t.join(timeout=1.0)
+                _uninterrupted(lambda t=t: t.join(timeout=1.0), self._on_interrupt)
         finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
             loop.close()
             with self._lock:
                 self._session = None
@@ -180,23 +184,27 @@ class Worker:
         return counts
 
     def _wait(self, session: WorkerSession) -> dict[str, Any]:
-        """Waits for the session's end in slices, so that Ctrl-C is seen: the first drains, the
-        second releases what still runs."""
-        interrupted = False
+        """Waits for the session's end in slices, so that Ctrl-C is seen (under an application's
+        own SIGINT handler that raises, too): the first drains, the second releases."""
         while True:
             try:
                 counts = session.result(0.2)
                 if counts is not None:
                     return counts
             except KeyboardInterrupt:
-                if interrupted:
-                    logger.warning("interrupted again: releasing the running steps")
-                    session.abort()
-                else:
-                    logger.info("interrupted: no new claims; waiting for the running steps")
-                    session.stop()
-                interrupted = True
-                self._stopped = True
+                self._on_interrupt()
+
+    def _on_interrupt(self, *_: Any) -> None:
+        session = self._session
+        if session is None:
+            return
+        if self._stopped:
+            logger.warning("interrupted again: releasing the running steps")
+            session.abort()
+        else:
+            logger.info("interrupted: no new claims; waiting for the running steps")
+            session.stop()
+        self._stopped = True
 
     def _serve(self, session: WorkerSession, loop: _AsyncLoop) -> None:
         """One handler thread: next attempt, handler, outcome — until the session ends."""
@@ -233,6 +241,32 @@ class Worker:
             logger.error("%s raised %r", where, e, exc_info=e)
             return session.fail(step.step_id, step.attempt, repr(e), True, None)
         return session.complete(step.step_id, step.attempt, result)
+
+
+def _uninterrupted(call: Callable[[], Any], on_interrupt: Callable[[], None]) -> None:
+    """Calls ``call``; a KeyboardInterrupt meanwhile (an application's SIGINT handler) goes to
+    ``on_interrupt`` and the call is finished."""
+    while True:
+        try:
+            call()
+            return
+        except KeyboardInterrupt:
+            on_interrupt()
+        except RuntimeError:  # a thread started already when the interrupt came
+            return
+
+
+def _trap_sigint(handler: Callable[..., Any]) -> Any:
+    """In the main thread, with Python's own SIGINT handler in place, Ctrl-C calls ``handler``
+    instead of raising wherever the main thread is; returns the handler to put back."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            return signal.signal(signal.SIGINT, handler)
+    except (ValueError, OSError):  # pragma: no cover - no signals here
+        pass
+    return None
 
 
 class _TimedOut(Exception):
