@@ -9,18 +9,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
-use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 use pythonize::{depythonize, pythonize};
 use serde_json::Value;
 use tasker_core::error::ErrorKind;
 use tasker_core::events::Subscription as CoreSubscription;
+use tasker_core::host::{ForkSafe, Owner};
 use tasker_core::store::{ClaimRequest, StepFailure};
 use tasker_core::worker::{
     AttemptId, AttemptOutcome, Next, SessionConfig, WorkerSession as CoreSession,
 };
-use tasker_core::{Error, FailureKind, NewTask, StepId, TaskFilter, TaskId, TaskState};
+use tasker_core::{Error, NewTask, StepId, TaskFilter, TaskId, TaskState};
 use tokio::runtime::Runtime;
 
 create_exception!(
@@ -170,44 +171,7 @@ fn seconds(value: f64, what: &str) -> PyResult<Duration> {
 struct Engine {
     engine: ForkSafe<tasker_core::Engine>,
     runtime: ForkSafe<Arc<Runtime>>,
-    pid: u32,
-}
-
-/// A value made in one process that is dropped only there: in a forked child, the connection
-/// pool and the runtime belong to threads that do not exist, and dropping them could block
-/// forever, so the child leaks them instead.
-struct ForkSafe<T> {
-    value: Option<T>,
-    pid: u32,
-}
-
-impl<T> ForkSafe<T> {
-    fn new(value: T) -> Self {
-        ForkSafe {
-            value: Some(value),
-            pid: std::process::id(),
-        }
-    }
-}
-
-impl<T> std::ops::Deref for ForkSafe<T> {
-    type Target = T;
-    fn deref(&self) -> &T {
-        // Some from construction until Drop.
-        self.value
-            .as_ref()
-            .expect("a ForkSafe value is present until dropped")
-    }
-}
-
-impl<T> Drop for ForkSafe<T> {
-    fn drop(&mut self) {
-        if let Some(value) = self.value.take() {
-            if std::process::id() != self.pid {
-                std::mem::forget(value);
-            }
-        }
-    }
+    owner: Owner,
 }
 
 impl Engine {
@@ -218,11 +182,7 @@ impl Engine {
         F: FnOnce(tasker_core::Engine) -> Fut + Send,
         Fut: std::future::Future<Output = Result<T, Error>> + Send,
     {
-        if std::process::id() != self.pid {
-            return Err(StoreError::new_err(
-                "this engine was opened before a fork: open a new Engine in the child process",
-            ));
-        }
+        self.owner.check("engine").map_err(py_err)?;
         let engine = self.engine.clone();
         let runtime = self.runtime.clone();
         py.detach(move || runtime.block_on(f(engine)))
@@ -244,7 +204,7 @@ impl Engine {
         Ok(Engine {
             engine: ForkSafe::new(engine),
             runtime: ForkSafe::new(runtime),
-            pid: std::process::id(),
+            owner: Owner::current(),
         })
     }
 
@@ -557,15 +517,96 @@ impl Engine {
 
 /// A handler's failure: retryable (after ``retry_after`` seconds if given) or permanent.
 fn failure(message: String, retryable: bool, retry_after: Option<f64>) -> PyResult<StepFailure> {
-    let kind = if retryable {
-        let retry_after_ms = retry_after
-            .map(|s| tasker_core::host::seconds_ms(s, "retry_after").map_err(py_err))
-            .transpose()?;
-        FailureKind::Retryable { retry_after_ms }
-    } else {
-        FailureKind::Permanent
-    };
-    Ok(StepFailure { message, kind })
+    tasker_core::host::failure(message, retryable, retry_after).map_err(py_err)
+}
+
+/// One worker's configuration and runs, one at a time (the core's ``Runs``): ``start`` begins
+/// a run's ``WorkerSession``; ``stop`` stops the run under way or the next one to start.
+#[pyclass(module = "tasker_core._native", frozen)]
+struct WorkerRuns {
+    engine: ForkSafe<tasker_core::Engine>,
+    runtime: ForkSafe<Arc<Runtime>>,
+    config: SessionConfig,
+    runs: tasker_core::worker::Runs,
+}
+
+#[pymethods]
+impl WorkerRuns {
+    #[new]
+    #[pyo3(signature = (engine, concurrency, worker_id = None, poll_interval = 0.1, drain_timeout = 30.0))]
+    fn new(
+        engine: &Engine,
+        concurrency: usize,
+        worker_id: Option<String>,
+        poll_interval: f64,
+        drain_timeout: f64,
+    ) -> PyResult<Self> {
+        engine.owner.check("engine").map_err(py_err)?;
+        let config = tasker_core::host::session_config(
+            concurrency,
+            worker_id,
+            "py",
+            poll_interval,
+            drain_timeout,
+        )
+        .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        Ok(WorkerRuns {
+            engine: ForkSafe::new((*engine.engine).clone()),
+            runtime: ForkSafe::new((*engine.runtime).clone()),
+            config,
+            runs: Default::default(),
+        })
+    }
+
+    /// Starts a run for ``handlers`` (until idle, or until stopped), ending after ``timeout``
+    /// seconds if given. Raises RuntimeError while a run is under way or without handlers.
+    #[pyo3(signature = (handlers, until_idle, timeout = None))]
+    fn start(
+        &self,
+        handlers: Vec<String>,
+        until_idle: bool,
+        timeout: Option<f64>,
+    ) -> PyResult<WorkerSession> {
+        let mut config = self.config.clone().handlers(handlers);
+        config.until_idle = until_idle;
+        if let Some(t) = timeout {
+            let t = tasker_core::host::seconds(t, "timeout")
+                .map_err(|e| PyValueError::new_err(e.to_string()))?;
+            config = config.timeout(t);
+        }
+        let session = {
+            let _entered = self.runtime.enter();
+            self.runs.start((*self.engine).clone(), config)
+        }
+        .map_err(|refused| PyRuntimeError::new_err(refused.to_string()))?;
+        Ok(WorkerSession {
+            session: ForkSafe::new(session),
+            runtime: ForkSafe::new((*self.runtime).clone()),
+            owner: Owner::current(),
+        })
+    }
+
+    /// Stops the run under way, or the next one to start (that run returns at once).
+    fn stop(&self) {
+        self.runs.stop();
+    }
+
+    /// The run has returned.
+    fn end(&self) {
+        self.runs.end();
+    }
+
+    /// Whether a run is under way.
+    #[getter]
+    fn running(&self) -> bool {
+        self.runs.current().is_some()
+    }
+
+    /// The owner recorded on this worker's leases.
+    #[getter]
+    fn worker_id(&self) -> String {
+        self.config.worker_id.to_string()
+    }
 }
 
 /// The core's worker session, driven by Python threads: each asks for the next attempt
@@ -577,17 +618,12 @@ fn failure(message: String, retryable: bool, retry_after: Option<f64>) -> PyResu
 struct WorkerSession {
     session: ForkSafe<CoreSession>,
     runtime: ForkSafe<Arc<Runtime>>,
-    pid: u32,
+    owner: Owner,
 }
 
 impl WorkerSession {
     fn check(&self) -> PyResult<()> {
-        if std::process::id() != self.pid {
-            return Err(StoreError::new_err(
-                "this worker session was started before a fork: start a new one in the child",
-            ));
-        }
-        Ok(())
+        self.owner.check("worker session").map_err(py_err)
     }
 
     /// Hands an outcome back; ``None`` when taken, else why it was refused (to log).
@@ -611,52 +647,6 @@ impl WorkerSession {
 
 #[pymethods]
 impl WorkerSession {
-    #[new]
-    #[pyo3(signature = (engine, handlers, concurrency, worker_id, poll_interval = 0.1, drain_timeout = 30.0, until_idle = false, timeout = None))]
-    #[allow(clippy::too_many_arguments)] // the keyword arguments of the Python API
-    fn new(
-        py: Python<'_>,
-        engine: &Engine,
-        handlers: Option<Vec<String>>,
-        concurrency: usize,
-        worker_id: String,
-        poll_interval: f64,
-        drain_timeout: f64,
-        until_idle: bool,
-        timeout: Option<f64>,
-    ) -> PyResult<Self> {
-        if std::process::id() != engine.pid {
-            return Err(StoreError::new_err(
-                "this engine was opened before a fork: open a new Engine in the child process",
-            ));
-        }
-        if concurrency == 0 {
-            return Err(invalid("concurrency must be at least 1"));
-        }
-        let mut config = SessionConfig::new(concurrency);
-        config.worker_id = worker_id.into();
-        config.handlers = handlers.map(|h| h.into_iter().map(Into::into).collect());
-        config.poll_interval = seconds(poll_interval, "poll_interval")?;
-        config.drain_timeout = seconds(drain_timeout, "drain_timeout")?;
-        config.until_idle = until_idle;
-        let timeout = timeout.map(|t| seconds(t, "timeout")).transpose()?;
-        let runtime = engine.runtime.clone();
-        let core = engine.engine.clone();
-        let session = py.detach(|| {
-            let _entered = runtime.enter();
-            let config = match timeout {
-                Some(t) => config.timeout(t),
-                None => config,
-            };
-            CoreSession::start(core, config)
-        });
-        Ok(WorkerSession {
-            session: ForkSafe::new(session),
-            runtime: ForkSafe::new(runtime),
-            pid: std::process::id(),
-        })
-    }
-
     /// The next attempt as a step dict, waiting up to ``wait`` seconds with the GIL released;
     /// ``None`` when none came (see ``finished``).
     #[pyo3(signature = (wait = 0.1))]
@@ -687,24 +677,9 @@ impl WorkerSession {
         result: &Bound<'_, PyAny>,
     ) -> PyResult<Option<String>> {
         self.check()?;
-        match to_json(result, "the result") {
-            Ok(value) => self.hand_back(step_id, attempt, AttemptOutcome::Complete(value)),
-            Err(e) => {
-                let message = e.to_string();
-                let detail = message
-                    .split_once("is not JSON-serialisable: ")
-                    .map_or(message.as_str(), |(_, d)| d);
-                let message = format!("result is not JSON-serialisable: {detail}");
-                let failure = StepFailure {
-                    message: message.clone(),
-                    kind: FailureKind::Permanent,
-                };
-                Ok(Some(
-                    self.hand_back(step_id, attempt, AttemptOutcome::Fail(failure))?
-                        .unwrap_or(message),
-                ))
-            }
-        }
+        let converted = to_json(result, "the result").map_err(|e| e.to_string());
+        let (outcome, failed) = tasker_core::host::result_outcome(converted);
+        Ok(self.hand_back(step_id, attempt, outcome)?.or(failed))
     }
 
     /// Hands back a failure: retryable (after ``retry_after`` seconds, else the backoff) or
@@ -850,6 +825,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Engine>()?;
     m.add_class::<Subscription>()?;
     m.add_class::<WorkerSession>()?;
+    m.add_class::<WorkerRuns>()?;
     m.add("TaskerError", py.get_type::<TaskerError>())?;
     m.add("TemplateError", py.get_type::<TemplateError>())?;
     m.add("NotFoundError", py.get_type::<NotFoundError>())?;

@@ -23,6 +23,29 @@ fn spawn_run_until_idle(
     tokio::spawn(async move { worker.run_until_idle(RUN_LIMIT).await })
 }
 
+/// A handler that counts its runs and says when each begins, then takes `takes` to return.
+fn announcing(
+    takes: Duration,
+) -> (
+    impl tasker_core::StepHandler,
+    tokio::sync::mpsc::Receiver<()>,
+    Arc<AtomicU32>,
+) {
+    let (started_tx, started) = tokio::sync::mpsc::channel::<()>(4);
+    let runs = Arc::new(AtomicU32::new(0));
+    let counted = runs.clone();
+    let handler = move |_step: ClaimedStep| {
+        let (counted, started_tx) = (counted.clone(), started_tx.clone());
+        async move {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = started_tx.send(()).await;
+            tokio::time::sleep(takes).await;
+            Ok::<_, HandlerError>(json!("finished"))
+        }
+    };
+    (handler, started, runs)
+}
+
 fn one(name: &str, step: Step) -> Template {
     template("conf", name).step(step)
 }
@@ -97,19 +120,9 @@ async fn the_lease_is_renewed_while_a_long_handler_runs() {
     let t = one("lease", step("s").timeout_ms(10_000).lease_ms(150));
     for (store, engine) in real_time_engines_with(&[t]).await {
         let task = create(&engine, NewTask::new("conf", "lease")).await;
-        let runs = Arc::new(AtomicU32::new(0));
-        let counted = runs.clone();
-        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(1);
+        let (handler, mut started, runs) = announcing(Duration::from_millis(700));
         let worker = Worker::builder(engine.clone())
-            .handler("s", move |_step: ClaimedStep| {
-                let (counted, started_tx) = (counted.clone(), started_tx.clone());
-                async move {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    let _ = started_tx.send(()).await;
-                    tokio::time::sleep(Duration::from_millis(700)).await;
-                    Ok::<_, HandlerError>(json!("slow but alive"))
-                }
-            })
+            .handler("s", handler)
             .build();
         // Once the handler runs, another worker keeps claiming (which reclaims expired
         // leases).
@@ -198,16 +211,9 @@ async fn stop_drains_running_handlers_before_returning() {
     let t = one("drain", step("s"));
     for (store, engine) in real_time_engines_with(&[t]).await {
         let task = create(&engine, NewTask::new("conf", "drain")).await;
-        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(1);
+        let (handler, mut started, _) = announcing(Duration::from_millis(300));
         let worker = Worker::builder(engine.clone())
-            .handler("s", move |_step: ClaimedStep| {
-                let started_tx = started_tx.clone();
-                async move {
-                    let _ = started_tx.send(()).await;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    Ok::<_, HandlerError>(json!("finished"))
-                }
-            })
+            .handler("s", handler)
             .build();
         let run = spawn_run(&worker);
         started.recv().await.unwrap();
@@ -223,17 +229,10 @@ async fn what_outlives_the_drain_timeout_is_released_without_counting_the_attemp
     let t = one("release", step("s"));
     for (store, engine) in real_time_engines_with(&[t]).await {
         let task = create(&engine, NewTask::new("conf", "release")).await;
-        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(1);
+        let (handler, mut started, _) = announcing(Duration::from_secs(30));
         let worker = Worker::builder(engine.clone())
             .drain_timeout(Duration::from_millis(100))
-            .handler("s", move |_step: ClaimedStep| {
-                let started_tx = started_tx.clone();
-                async move {
-                    let _ = started_tx.send(()).await;
-                    tokio::time::sleep(Duration::from_secs(30)).await;
-                    Ok::<_, HandlerError>(json!("never"))
-                }
-            })
+            .handler("s", handler)
             .build();
         let run = spawn_run(&worker);
         started.recv().await.unwrap();
@@ -262,16 +261,9 @@ async fn dropping_a_run_future_releases_its_steps() {
     let t = one("dropped", step("s").retry(attempts(1)));
     for (store, engine) in real_time_engines_with(&[t]).await {
         let task = create(&engine, NewTask::new("conf", "dropped")).await;
-        let (started_tx, mut started) = tokio::sync::mpsc::channel::<()>(1);
+        let (handler, mut started, _) = announcing(Duration::from_secs(3600));
         let worker = Worker::builder(engine.clone())
-            .handler("s", move |_step: ClaimedStep| {
-                let started_tx = started_tx.clone();
-                async move {
-                    let _ = started_tx.send(()).await;
-                    std::future::pending::<()>().await;
-                    Ok::<_, HandlerError>(json!("never"))
-                }
-            })
+            .handler("s", handler)
             .build();
         let run = spawn_run(&worker);
         started.recv().await.unwrap();

@@ -34,6 +34,7 @@ from typing import Any
 from ._native import (
     ClaimLostError,
     Engine,
+    WorkerRuns,
     WorkerSession,
     InvalidArgumentError,
     InvalidTransitionError,
@@ -58,6 +59,7 @@ __all__ = [
     "TaskerError",
     "TemplateError",
     "Worker",
+    "WorkerRuns",
     "WorkerSession",
     "__version__",
 ]

@@ -307,22 +307,36 @@ class Subscription:
     def pattern(self) -> str:
         """The glob this subscription matches."""
 
-class WorkerSession:
-    """The core's worker session (what ``tasker_core.Worker`` runs on): Python threads ask for
-    the next attempt, run its handler and hand the outcome back; slots, claim and report
-    batching, lease renewal, timeouts, store back-off, drain and idleness are the core's."""
+class WorkerRuns:
+    """One worker's configuration and its runs, one at a time (what ``Worker`` keeps)."""
 
     def __init__(
         self,
         engine: Engine,
-        handlers: list[str] | None,
         concurrency: int,
-        worker_id: str,
+        worker_id: str | None = None,
         poll_interval: float = 0.1,
         drain_timeout: float = 30.0,
-        until_idle: bool = False,
-        timeout: float | None = None,
-    ) -> None: ...
+    ) -> None:
+        """Raises ValueError naming the argument that is wrong."""
+    def start(
+        self, handlers: list[str], until_idle: bool, timeout: float | None = None
+    ) -> WorkerSession:
+        """Starts a run; RuntimeError while one is under way or without handlers."""
+    def stop(self) -> None:
+        """Stops the run under way, or the next one to start."""
+    def end(self) -> None:
+        """The run has returned."""
+    @property
+    def running(self) -> bool: ...
+    @property
+    def worker_id(self) -> str: ...
+
+class WorkerSession:
+    """One run of the core's worker session (from ``WorkerRuns.start``): Python threads ask
+    for the next attempt, run its handler and hand the outcome back; slots, claim and report
+    batching, lease renewal, timeouts, store back-off, drain and idleness are the core's."""
+
     def next(self, wait: float = 0.1) -> dict[str, Any] | None:
         """The next attempt (a step dict), waiting up to ``wait`` s with the GIL released."""
     def complete(self, step_id: str, attempt: int, result: Any) -> str | None:

@@ -1,26 +1,19 @@
-"""The Python worker: handler functions run on the core's worker session.
-
-Every decision a worker makes (slots, claim and report batching, lease renewal, timeouts, store
-back-off, drain, idleness) is the core's ``WorkerSession``. This module is the Python glue:
-registering handlers, ``concurrency`` threads that each ask the session for the next attempt
-(the GIL released while they wait), call the handler and hand the outcome back, an asyncio loop
-for ``async def`` handlers, and Ctrl-C.
-"""
+"""The Python worker: the glue between handler functions and the core's ``WorkerSession``,
+which decides everything else (slots, batching, leases, timeouts, back-off, drain, idleness):
+registration, ``concurrency`` threads that each take the next attempt, call its handler and hand
+the outcome back, an asyncio loop for ``async def`` handlers, and Ctrl-C."""
 
 from __future__ import annotations
 
 import asyncio
 import inspect
 import logging
-import os
 import signal
-import socket
 import threading
-import uuid
 from typing import Any, Callable, TypeVar
 
-from . import PermanentError, RetryableError, Step, _seconds
-from ._native import Engine, WorkerSession
+from . import PermanentError, RetryableError, Step
+from ._native import Engine, WorkerRuns, WorkerSession
 
 __all__ = ["Worker"]
 
@@ -29,58 +22,32 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 class Worker:
-    """Runs registered handlers for the steps an :class:`~tasker_core.Engine` hands out.
-
-    ::
+    """Runs registered handlers for the steps an :class:`~tasker_core.Engine` hands out::
 
         worker = Worker(engine, concurrency=4)
-
         @worker.handler("charge")
         def charge(step):
-            if step.attempt == 1:
-                raise RetryableError("gateway busy", retry_after=2)
             return {"charged": step.context["order"]}
+        worker.run_until_idle(timeout=30)   # {'completed': 1, 'failed': 0, 'lost': 0, ...}
 
-        worker.run_until_idle(timeout=30)   # {'completed': 1, 'failed': 1, 'lost': 0, ...}
-
-    A handler takes a :class:`~tasker_core.Step` and returns its JSON-serialisable result, or
-    raises :class:`~tasker_core.RetryableError` / :class:`~tasker_core.PermanentError` (any
-    other exception is retryable). ``async def`` handlers run on an event loop of the worker's
-    and are cancelled at the step's ``timeout_ms``; a plain function cannot be killed, so its
-    attempt is failed at the timeout and its late return is refused and logged.
-
-    ``concurrency`` is the number of handler threads; ``worker_id`` the owner recorded on its
-    leases (default ``py-<host>-<pid>-<random>``); ``poll_interval`` (seconds) how often an idle
-    worker looks for work made ready elsewhere; ``drain_timeout`` (seconds) how long running
-    handlers may finish after :meth:`stop` before their steps are released.
+    A handler takes a :class:`~tasker_core.Step` and returns its JSON result, or raises
+    :class:`~tasker_core.RetryableError` / :class:`~tasker_core.PermanentError` (any other
+    exception is retryable). ``async def`` handlers are cancelled at the step's ``timeout_ms``; a
+    plain function cannot be killed: its attempt fails at the timeout, its late return is refused.
+    ``worker_id`` defaults to ``py-<host>-<pid>-<random>``; ``poll_interval`` and
+    ``drain_timeout`` are seconds (how often to look for work made ready elsewhere; how long
+    running handlers may finish after :meth:`stop` before their steps are released).
     """
 
     def __init__(self, engine: Engine, concurrency: int = 4, *, worker_id: str | None = None,
                  poll_interval: float = 0.1, drain_timeout: float = 30.0) -> None:
-        if not isinstance(engine, Engine):
-            raise TypeError(f"engine must be a tasker_core.Engine, not {type(engine).__name__}")
-        if isinstance(concurrency, bool) or not isinstance(concurrency, int):
-            raise TypeError(f"concurrency must be a positive int, not {type(concurrency).__name__}")
-        if concurrency < 1:
-            raise ValueError(f"concurrency must be a positive int, not {concurrency}")
-        if worker_id is None:
-            worker_id = f"py-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-        elif not isinstance(worker_id, str):
-            raise TypeError(f"worker_id must be a str or None, not {type(worker_id).__name__}")
-        elif not worker_id:
-            raise ValueError("worker_id must not be empty")
-        poll = _seconds(poll_interval, "poll_interval")
-        if not poll:
-            raise ValueError(f"poll_interval must be a positive number of seconds, not {poll_interval!r}")
-        self._engine, self._concurrency, self._worker_id = engine, concurrency, worker_id
-        self._poll_interval = poll
-        self._drain_timeout = _seconds(drain_timeout, "drain_timeout")
+        if isinstance(concurrency, bool):
+            raise TypeError("concurrency must be a positive int, not bool")
+        self._runs = WorkerRuns(engine, concurrency, worker_id, poll_interval, drain_timeout)
+        self._engine, self._concurrency = engine, concurrency
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._lock = threading.Lock()
-        self._session: WorkerSession | None = None
-        self._stop_requested = self._stopped = False
-
-    # -- registration --------------------------------------------------------------------
+        self._stopped = False
 
     def handler(self, name: str | Callable[..., Any] | None = None) -> Any:
         """Registers the decorated function as the handler ``name`` (default: its ``__name__``);
@@ -89,7 +56,7 @@ class Worker:
             return self.register(getattr(name, "__name__", ""), name)
         if name is not None:
             _check_name(name)
-        return lambda fn: self.register(name if name is not None else _name_of(fn), fn)
+        return lambda fn: self.register(name if name is not None else getattr(fn, "__name__", ""), fn)
 
     def register(self, name: str, fn: F) -> F:
         """Registers ``fn`` (a function or ``async def``) as the handler ``name``; returns ``fn``.
@@ -110,94 +77,64 @@ class Worker:
             return tuple(self._handlers)
 
     engine = property(lambda self: self._engine, doc="The engine this worker claims from.")
-    worker_id = property(lambda self: self._worker_id, doc="The owner recorded on its leases.")
+    worker_id = property(lambda self: self._runs.worker_id, doc="The owner recorded on its leases.")
     concurrency = property(lambda self: self._concurrency, doc="How many steps run at once.")
-    running = property(lambda self: self._session is not None, doc="Whether a run is under way.")
+    running = property(lambda self: self._runs.running, doc="Whether a run is under way.")
 
     def __repr__(self) -> str:
-        return (f"<tasker_core.Worker {self._worker_id!r} concurrency={self._concurrency} "
+        return (f"<tasker_core.Worker {self.worker_id!r} concurrency={self._concurrency} "
                 f"handlers={list(self.handlers)!r}>")
-
-    # -- running -------------------------------------------------------------------------
 
     def run_until_idle(self, timeout: float | None = None) -> dict[str, Any]:
         """Works until nothing is ready, running or waiting for a retry (for this worker's
         handlers), or ``timeout`` seconds; running handlers then finish and report. Returns the
         counts ``{"completed", "failed", "lost", "released", "idle"}``."""
-        if timeout is not None:
-            timeout = _seconds(timeout, "timeout")
-        return self._run(until_idle=True, timeout=timeout)
+        return self._run(True, timeout)
 
     def run(self) -> dict[str, Any]:
-        """Works until :meth:`stop` (from another thread or a handler) or Ctrl-C, then drains:
-        no new claims, running handlers finish and report (up to ``drain_timeout``), the rest is
-        released. A second Ctrl-C releases what still runs at once."""
-        return self._run(until_idle=False, timeout=None)
+        """Works until :meth:`stop` or Ctrl-C, then drains: no new claims, running handlers
+        finish (up to ``drain_timeout``), the rest is released. A second Ctrl-C releases at once."""
+        return self._run(False, None)
 
     def stop(self) -> None:
         """Asks the run to drain and return. A stop asked for before a run starts makes that
         run return at once; the request is used up by the run it ends."""
-        with self._lock:
-            if self._session is not None:
-                self._session.stop()
-            else:
-                self._stop_requested = True
+        self._runs.stop()
 
     def _run(self, until_idle: bool, timeout: float | None) -> dict[str, Any]:
         names = list(self.handlers)
-        if not names:
-            raise RuntimeError("the worker has no handlers: register some with @worker.handler(name)")
-        with self._lock:
-            if self._session is not None:
-                raise RuntimeError("this worker is running already; a worker runs one loop at a time")
-            session = WorkerSession(self._engine, names, self._concurrency, self._worker_id,
-                                    self._poll_interval, self._drain_timeout, until_idle, timeout)
-            self._session = session
-            if self._stop_requested:
-                self._stop_requested = False
-                session.stop()
-        loop = _AsyncLoop(self._worker_id)
+        session = self._runs.start(names, until_idle, timeout)
+        self._stopped = False
+        loop = _AsyncLoop(f"tasker_core-{self.worker_id}-asyncio")
         threads = [threading.Thread(target=self._serve, args=(session, loop), daemon=True,
-                                    name=f"tasker_core-{self._worker_id}-{i}")
+                                    name=f"tasker_core-{self.worker_id}-{i}")
                    for i in range(self._concurrency)]
         logger.info("worker %s started: handlers %s, concurrency %d",
-                    self._worker_id, ", ".join(names), self._concurrency)
-        self._stopped = False
-        previous = _trap_sigint(self._on_interrupt)
+                    self.worker_id, ", ".join(names), self._concurrency)
+        interrupt = lambda *_: self._on_interrupt(session)  # noqa: E731
+        previous = _trap_sigint(interrupt)
         try:
             for t in threads:
-                _uninterrupted(t.start, self._on_interrupt)
-            counts = self._wait(session)
+                _uninterrupted(t.start, interrupt)
+            counts = None
+            while counts is None:  # in slices, so that Ctrl-C is seen
+                counts = _uninterrupted(lambda: session.result(0.2), interrupt)
             for t in threads:
-                _uninterrupted(lambda t=t: t.join(timeout=1.0), self._on_interrupt)
+                _uninterrupted(lambda t=t: t.join(timeout=1.0), interrupt)
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
             loop.close()
-            with self._lock:
-                self._session = None
+            self._runs.end()
         if self._stopped or not until_idle and not counts["idle"]:
-            logger.info("worker %s stopped", self._worker_id)
+            logger.info("worker %s stopped", self.worker_id)
         logger.info("worker %s finished: %d completed, %d failed, %d lost, %d released%s",
-                    self._worker_id, counts["completed"], counts["failed"], counts["lost"],
+                    self.worker_id, counts["completed"], counts["failed"], counts["lost"],
                     counts["released"], " (idle)" if counts["idle"] else "")
         return counts
 
-    def _wait(self, session: WorkerSession) -> dict[str, Any]:
-        """Waits for the session's end in slices, so that Ctrl-C is seen (under an application's
-        own SIGINT handler that raises, too): the first drains, the second releases."""
-        while True:
-            try:
-                counts = session.result(0.2)
-                if counts is not None:
-                    return counts
-            except KeyboardInterrupt:
-                self._on_interrupt()
-
-    def _on_interrupt(self, *_: Any) -> None:
-        session = self._session
-        if session is None:
-            return
+    def _on_interrupt(self, session: WorkerSession) -> None:
+        """Ctrl-C: the first drains, the second releases what still runs."""
         if self._stopped:
             logger.warning("interrupted again: releasing the running steps")
             session.abort()
@@ -207,7 +144,7 @@ class Worker:
         self._stopped = True
 
     def _serve(self, session: WorkerSession, loop: _AsyncLoop) -> None:
-        """One handler thread: next attempt, handler, outcome — until the session ends."""
+        """One handler thread: next attempt, handler, outcome, until the session ends."""
         while True:
             claimed = session.next(0.5)
             if claimed is None:
@@ -222,11 +159,8 @@ class Worker:
 
     def _execute(self, session: WorkerSession, step: Step, loop: _AsyncLoop) -> str | None:
         where = f"step {step.name!r} ({step.step_id}) attempt {step.attempt}/{step.max_attempts}"
-        fn = self._handlers.get(step.handler)
         try:
-            if fn is None:
-                raise RetryableError(f"no handler named {step.handler!r} is registered")
-            result = fn(step)
+            result = self._handlers[step.handler](step)
             if inspect.isawaitable(result):
                 result = loop.run(result, step.timeout_ms)
         except _TimedOut:
@@ -243,22 +177,21 @@ class Worker:
         return session.complete(step.step_id, step.attempt, result)
 
 
-def _uninterrupted(call: Callable[[], Any], on_interrupt: Callable[[], None]) -> None:
-    """Calls ``call``; a KeyboardInterrupt meanwhile (an application's SIGINT handler) goes to
-    ``on_interrupt`` and the call is finished."""
+def _uninterrupted(call: Callable[[], Any], on_interrupt: Callable[[], None]) -> Any:
+    """``call()``; a KeyboardInterrupt meanwhile (an application's SIGINT handler) goes to
+    ``on_interrupt`` and the call is made again (a thread started already is left alone)."""
     while True:
         try:
-            call()
-            return
+            return call()
         except KeyboardInterrupt:
             on_interrupt()
-        except RuntimeError:  # a thread started already when the interrupt came
-            return
+        except RuntimeError:  # "threads can only be started once": it did start
+            return None
 
 
 def _trap_sigint(handler: Callable[..., Any]) -> Any:
-    """In the main thread, with Python's own SIGINT handler in place, Ctrl-C calls ``handler``
-    instead of raising wherever the main thread is; returns the handler to put back."""
+    """In the main thread, under Python's own SIGINT handler, Ctrl-C calls ``handler`` instead
+    of raising wherever the main thread is; returns the handler to put back."""
     if threading.current_thread() is not threading.main_thread():
         return None
     try:
@@ -269,26 +202,24 @@ def _trap_sigint(handler: Callable[..., Any]) -> Any:
     return None
 
 
-class _TimedOut(Exception):
-    """An async handler was cancelled at its step's timeout."""
+class _TimedOut(Exception):  # noqa: N818 - an async handler was cancelled at its timeout
+    pass
 
 
 class _AsyncLoop:
-    """One asyncio event loop on its own thread, started when the first coroutine comes."""
+    """One asyncio event loop on its own thread, started by the first coroutine."""
 
-    def __init__(self, worker_id: str) -> None:
-        self._name = f"tasker_core-{worker_id}-asyncio"
-        self._lock = threading.Lock()
+    def __init__(self, name: str) -> None:
+        self._name, self._lock, self._thread = name, threading.Lock(), None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     def run(self, awaitable: Any, timeout_ms: int | None) -> Any:
         """Runs ``awaitable`` on the loop (from a handler thread); cancels it at the timeout."""
         with self._lock:
             if self._loop is None:
-                self._loop = asyncio.new_event_loop()
-                self._thread = threading.Thread(target=self._loop.run_forever, name=self._name,
-                                                daemon=True)
+                self._loop = loop = asyncio.new_event_loop()
+                serve = lambda: (loop.run_forever(), loop.close())  # noqa: E731
+                self._thread = threading.Thread(target=serve, name=self._name, daemon=True)
                 self._thread.start()
             loop = self._loop
         timeout = timeout_ms / 1000.0 if timeout_ms else None
@@ -297,12 +228,9 @@ class _AsyncLoop:
     def close(self) -> None:
         with self._lock:
             loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
-        if loop is None or thread is None:
-            return
-        loop.call_soon_threadsafe(loop.stop)
-        thread.join(timeout=5.0)
-        if not loop.is_running():
-            loop.close()
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5.0)
 
 
 async def _bounded(awaitable: Any, timeout: float | None) -> Any:
@@ -312,15 +240,9 @@ async def _bounded(awaitable: Any, timeout: float | None) -> Any:
         raise _TimedOut from None
 
 
-def _check_name(name: Any) -> None:
+def _check_name(name: Any) -> str:
     if not isinstance(name, str):
         raise TypeError(f"a handler name must be a str, not {type(name).__name__}")
-    if not name:
-        raise ValueError("a handler name must not be empty")
-
-
-def _name_of(fn: Any) -> str:
-    name = getattr(fn, "__name__", None)
-    if not isinstance(name, str) or not name or name == "<lambda>":
-        raise ValueError('name the handler: @worker.handler("name") (this callable has no usable __name__)')
+    if not name or name == "<lambda>":
+        raise ValueError("a handler name must not be empty (name a lambda: @worker.handler(\"name\"))")
     return name

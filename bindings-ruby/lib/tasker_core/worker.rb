@@ -1,17 +1,12 @@
 # frozen_string_literal: true
 
-require "securerandom"
-require "socket"
-
 module TaskerCore
-  # Runs registered handlers for the steps an {Engine} hands out.
-  #
-  # Every decision a worker makes (slots, claim and report batching, lease renewal, timeouts,
-  # store back-off, drain, idleness) is the core's {WorkerSession}. This class is the Ruby glue:
-  # +concurrency+ Ruby threads each ask the session for the next attempt (without the GVL while
-  # they wait), run its handler and hand the outcome back; signals stop a run. A handler cannot
-  # be killed: one that outlives its step's +timeout_ms+ has its attempt failed ("timed out")
-  # and its late return is refused and logged.
+  # Runs registered handlers for the steps an {Engine} hands out. Every decision a worker makes (slots, claim and report batching, lease renewal, timeouts,
+  # store back-off, drain, idleness, one run at a time) is the core's ({WorkerRuns},
+  # {WorkerSession}). This class is the Ruby glue: +concurrency+ Ruby threads each take the next
+  # attempt (without the GVL while they wait), run its handler inside the executor and hand the
+  # outcome back; INT and TERM stop a run. A handler cannot be killed: past its step's
+  # +timeout_ms+ its attempt is failed ("timed out") and its late return is refused and logged.
   #
   # @example
   #   worker = TaskerCore::Worker.new(engine, concurrency: 4)
@@ -20,83 +15,52 @@ module TaskerCore
   #     { charged: step.context["order"] }
   #   end
   #   worker.register(ShipHandler)           # a TaskerCore::StepHandler subclass
-  #   worker.run_until_idle(timeout: 30)     # => {"completed"=>2, "failed"=>1, "lost"=>0, "idle"=>true}
-  #
-  # What a handler does, and what the worker reports:
-  # - returns a JSON-serialisable value: +complete(result)+;
-  # - returns something else (+Object.new+, a +Time+, a String that is not UTF-8): a permanent
-  #   failure, "result is not JSON-serialisable: …";
-  # - raises {RetryableError}: a retryable failure, with its +retry_after+;
-  # - raises {PermanentError}: a permanent failure;
-  # - raises anything else: a retryable failure "ErrorClass: message"; the backtrace is logged.
+  #   worker.run_until_idle(timeout: 30)     # => {"completed"=>2, "failed"=>1, "lost"=>0, ...}
+  # A handler returns its JSON result (anything else fails the step for good: "result is not
+  # JSON-serialisable: …"), or raises {RetryableError} (with its +retry_after+), {PermanentError},
+  # or anything else (retryable, "ErrorClass: message", the backtrace logged).
   class Worker
     # The signals that stop {#run} cleanly when it runs in the main thread.
     SIGNALS = %w[INT TERM].freeze
 
     # @return [Engine] the engine this worker claims from
     attr_reader :engine
-    # @return [String] the id recorded as the owner of this worker's leases
-    attr_reader :worker_id
     # @return [Integer] how many steps run at once (the number of handler threads)
     attr_reader :concurrency
-    # @return [Float] seconds a claim waits for work before the loop looks around again
-    attr_reader :poll_interval
 
     # @param engine [Engine]
-    # @param concurrency [Integer] how many steps run at once: the size of the thread pool
-    # @param worker_id [String, nil] the owner recorded on the leases this worker takes
-    #   (default: +rb-<host>-<pid>-<random>+)
-    # @param poll_interval [Numeric] seconds a claim waits for work before the loop looks
-    #   around again (stop requests, timeouts, work made ready by other processes)
-    # @param executor [#wrap, nil] an object whose +wrap { }+ surrounds every handler call;
-    #   under Rails, +Rails.application.executor+ (the default there, see {TaskerCore.executor})
-    # @raise [TypeError, ArgumentError] for arguments of the wrong type or range
+    # @param concurrency [Integer] how many steps run at once: the number of handler threads
+    # @param worker_id [String, nil] the owner recorded on its leases (default +rb-<host>-<pid>-<random>+)
+    # @param poll_interval [Numeric] seconds between looks for work made ready elsewhere
     # @param drain_timeout [Numeric] seconds running handlers may take to finish after {#stop}
     #   before their steps are released (pending again, the attempt not counted)
+    # @param executor [#wrap, nil] surrounds every handler call; under Rails,
+    #   +Rails.application.executor+ (the default there, see {TaskerCore.executor})
+    # @raise [TypeError, ArgumentError] for arguments of the wrong type or range
     def initialize(engine, concurrency: 4, worker_id: nil, poll_interval: 0.1, drain_timeout: 30,
                    executor: TaskerCore.executor)
-      raise TypeError, "engine must be a TaskerCore::Engine, not #{engine.class}" unless engine.is_a?(Engine)
-      raise TypeError, "concurrency must be an Integer, not #{concurrency.class}" unless concurrency.is_a?(Integer)
-      raise ArgumentError, "concurrency must be >= 1, not #{concurrency}" if concurrency < 1
-
-      if worker_id.nil?
-        worker_id = "rb-#{Socket.gethostname}-#{Process.pid}-#{SecureRandom.hex(3)}"
-      elsif !worker_id.is_a?(String)
-        raise TypeError, "worker_id must be a String or nil, not #{worker_id.class}"
-      elsif worker_id.empty?
-        raise ArgumentError, "worker_id must not be empty"
-      end
-      unless poll_interval.is_a?(Numeric)
-        raise TypeError, "poll_interval must be a number of seconds, not #{poll_interval.class}"
-      end
-      unless poll_interval.to_f.finite? && poll_interval.to_f.positive?
-        raise ArgumentError, "poll_interval must be a positive number of seconds, not #{poll_interval.inspect}"
-      end
       if !executor.nil? && !executor.respond_to?(:wrap)
         raise TypeError, "executor must respond to wrap (like Rails.application.executor), not #{executor.class}"
       end
 
+      # Checked by the core: TypeError / ArgumentError naming the argument that is wrong.
+      @runs = WorkerRuns.new(engine, concurrency, worker_id, poll_interval, drain_timeout)
       @engine = engine
       @concurrency = concurrency
-      @worker_id = worker_id.dup.freeze
-      @poll_interval = poll_interval.to_f
-      @drain_timeout = drain_timeout.to_f
       @executor = executor
       @handlers = {}
       @handlers_lock = Mutex.new
-      @run_lock = Mutex.new
-      @stop_requested = false
-      @session = nil
     end
 
-    # Registers the block as the handler named +name+.
-    #
-    # @example
-    #   worker.handler("validate") { |step| { valid: true, order: step.context["order"] } }
-    #
-    # @param name [String, Symbol] the template step's +handler:+ (which defaults to its name)
-    # @yieldparam step [Step]
-    # @yieldreturn [Object] the step's JSON-serialisable result
+    # @return [String] the id recorded as the owner of this worker's leases
+    def worker_id = @runs.worker_id
+    # @return [Float] seconds between looks for work made ready elsewhere
+    def poll_interval = @runs.poll_interval
+    # @return [Boolean] whether {#run} or {#run_until_idle} is under way
+    def running? = @runs.running?
+
+    # Registers the block as the handler named +name+ (the template step's +handler:+, which
+    # defaults to its name), e.g. +worker.handler("validate") { |step| { valid: true } }+.
     # @return [self]
     # @raise [ArgumentError] without a block, for an empty name or a name registered already
     def handler(name, &block)
@@ -105,16 +69,9 @@ module TaskerCore
       register(name, block)
     end
 
-    # Registers a handler: a {StepHandler} subclass under its {StepHandler.handler_name}, or
-    # a name with a callable (anything with +call(step)+: a lambda, a method, a
-    # {StepHandler} subclass, an object) or a block.
-    #
-    # @example
-    #   worker.register(ChargeHandler)
-    #   worker.register("ship", ShipHandler)
-    #   worker.register("notify", ->(step) { { notified: true } })
-    #   worker.register("reserve_stock") { |step| { reserved: 1 } }
-    #
+    # Registers a {StepHandler} subclass under its {StepHandler.handler_name}, or a name with a
+    # callable (anything with +call(step)+) or a block: +worker.register(ChargeHandler)+,
+    # +worker.register("notify", ->(step) { { notified: true } })+.
     # @return [self]
     # @raise [TypeError] when the handler is not callable or the name not a String/Symbol
     # @raise [ArgumentError] for an empty name or a name registered already
@@ -129,9 +86,8 @@ module TaskerCore
         callable = name_or_handler
         name = callable.handler_name.to_s
       else
-        raise TypeError,
-              "register takes a StepHandler subclass, or a handler name (String) with a callable or a block; " \
-              "not #{name_or_handler.class}"
+        raise TypeError, "register takes a StepHandler subclass, or a handler name (String) with a callable " \
+                         "or a block; not #{name_or_handler.class}"
       end
       raise ArgumentError, "a handler name must not be empty" if name.empty?
 
@@ -145,8 +101,6 @@ module TaskerCore
     end
 
     # Registers each handler class (e.g. +TaskerCore::StepHandler.registry+).
-    #
-    # @param classes [Enumerable<Class>] {StepHandler} subclasses
     # @return [self]
     def register_handlers(classes)
       classes.each { |klass| register(klass) }
@@ -158,49 +112,29 @@ module TaskerCore
       @handlers_lock.synchronize { @handlers.keys }
     end
 
-    # @return [Boolean] whether {#run} or {#run_until_idle} is under way
-    def running?
-      @run_lock.locked?
-    end
-
     # Works until nothing is ready, running or waiting for a retry (for this worker's handlers),
     # or +timeout+ seconds; running handlers then finish and report.
-    #
     # @param timeout [Numeric, nil] seconds; nil: no limit
-    # @return [Hash{String => Integer, Boolean}] +"completed"+, +"failed"+ (retryable or not),
-    #   +"lost"+ (outcomes the engine did not record), +"released"+ (steps given back unfinished)
-    #   and +"idle"+ (whether the run ended because there was nothing left to do)
+    # @return [Hash{String => Integer, Boolean}] +"completed"+, +"failed"+, +"lost"+ (outcomes
+    #   the engine did not record), +"released"+ (steps given back unfinished) and +"idle"+
     # @raise [RuntimeError] without handlers, or while the worker runs already
     def run_until_idle(timeout: nil)
-      unless timeout.nil?
-        raise TypeError, "timeout must be a number of seconds or nil, not #{timeout.class}" unless timeout.is_a?(Numeric)
-        raise ArgumentError, "timeout must be >= 0 seconds, not #{timeout.inspect}" unless timeout.to_f >= 0
-      end
-      run_loop(until_idle: true, timeout: timeout&.to_f)
+      work(@runs.start(handlers, true, timeout), traps: false)
     end
 
-    # Works until {#stop} (from another thread or a handler), SIGINT or SIGTERM, then drains: no
-    # new claims, running handlers finish and report (up to +drain_timeout+), the rest is
-    # released. From the main thread it traps INT and TERM for its duration (an ignored signal
-    # stays ignored); a second signal releases what still runs at once.
-    #
+    # Works until {#stop}, SIGINT or SIGTERM, then drains: no new claims, running handlers finish
+    # (up to +drain_timeout+), the rest is released. From the main thread it traps INT and TERM
+    # for its duration (an ignored signal stays ignored); a second signal releases at once.
     # @return [Hash{String => Integer, Boolean}] the counts, as {#run_until_idle} returns them
     def run
-      run_loop(until_idle: false, timeout: nil)
+      work(@runs.start(handlers, false, nil), traps: true)
     end
 
-    # Asks the run to drain and return. A stop requested before a run starts makes that run
-    # return at once; the request is used up by the run it ends. Safe from any thread, a handler
-    # and a trap.
-    #
+    # Asks the run to drain and return; asked before a run starts, that run returns at once (the
+    # request is used up by the run it ends). Safe from any thread, a handler and a trap.
     # @return [void]
     def stop
-      session = @session
-      if session.nil?
-        @stop_requested = true
-      else
-        session.stop
-      end
+      @runs.stop
       nil
     end
 
@@ -211,60 +145,33 @@ module TaskerCore
 
     private
 
-    def run_loop(until_idle:, timeout:)
-      raise "this worker is running already; a worker runs one loop at a time" unless @run_lock.try_lock
-
-      begin
-        names = handlers
-        raise "the worker has no handlers: register some with worker.handler(name) { |step| ... }" if names.empty?
-
-        session = WorkerSession.new(@engine, names, @concurrency, @worker_id, @poll_interval, @drain_timeout,
-                                    until_idle, timeout)
-        @session = session
-        if @stop_requested
-          @stop_requested = false
-          session.stop
-        end
-        previous_traps = until_idle ? {} : install_traps(session)
-        begin
-          work(session, names)
-        ensure
-          restore_traps(previous_traps)
-          @session = nil
-        end
-      ensure
-        @run_lock.unlock
-      end
-    end
-
-    def work(session, names)
-      logger.info { "worker #{@worker_id} started: handlers #{names.join(', ')}, concurrency #{@concurrency}" }
-      threads = Array.new(@concurrency) do |i|
-        Thread.new do
-          Thread.current.name = "tasker_core-#{@worker_id}-#{i}"
-          serve(session)
-        end
-      end
+    def work(session, traps:)
+      @signals = 0
+      previous = traps ? install_traps(session) : {}
+      logger.info { "worker #{worker_id} started: handlers #{handlers.join(', ')}, concurrency #{@concurrency}" }
+      threads = Array.new(@concurrency) { |i| Thread.new { serve(session, i) } }
       counts = nil
       counts = session.result(0.2) while counts.nil?
       threads.each { |t| t.join(1) }
-      logger.info { "worker #{@worker_id} stopped" } if @signals_seen.to_i.positive? || !counts["idle"]
+      logger.info { "worker #{worker_id} stopped" } if @signals.positive? || !counts["idle"]
       logger.info do
-        "worker #{@worker_id} finished: #{counts['completed']} completed, #{counts['failed']} failed, " \
+        "worker #{worker_id} finished: #{counts['completed']} completed, #{counts['failed']} failed, " \
           "#{counts['lost']} lost, #{counts['released']} released#{counts['idle'] ? ' (idle)' : ''}"
       end
       counts
+    ensure
+      restore_traps(previous || {})
+      @runs.end
     end
 
     # One handler thread: next attempt, handler, outcome, until the session ends.
-    def serve(session)
+    def serve(session, index)
+      Thread.current.name = "tasker_core-#{worker_id}-#{index}"
       loop do
         claimed = session.next(0.5)
-        if claimed.nil?
-          break if session.finished?
+        next if claimed.nil? && !session.finished?
+        break if claimed.nil?
 
-          next
-        end
         step = Step.from_claim(claimed, session)
         refused = execute(session, step)
         logger.warn { "step #{step.name.inspect} (#{step.step_id}) attempt #{step.attempt}: #{refused}" } if refused
@@ -275,8 +182,6 @@ module TaskerCore
       where = "step #{step.name.inspect} (#{step.step_id}) attempt #{step.attempt}/#{step.max_attempts}"
       fn = @handlers_lock.synchronize { @handlers[step.handler] }
       begin
-        raise RetryableError, "no handler named #{step.handler.inspect} is registered" if fn.nil?
-
         result = @executor.nil? ? fn.call(step) : @executor.wrap { fn.call(step) }
       rescue RetryableError => e
         logger.info { "#{where} failed, retryable: #{e.message}" }
@@ -297,13 +202,10 @@ module TaskerCore
 
     def utf8(text)
       text = text.to_s
-      if text.encoding == Encoding::UTF_8
-        text.valid_encoding? ? text : text.scrub("?")
-      elsif text.encoding == Encoding::BINARY
-        text.dup.force_encoding(Encoding::UTF_8).scrub("?")
-      else
-        text.encode(Encoding::UTF_8, invalid: :replace, undef: :replace, replace: "?")
-      end
+      return text.valid_encoding? ? text : text.scrub("?") if text.encoding == Encoding::UTF_8
+      return text.dup.force_encoding(Encoding::UTF_8).scrub("?") if text.encoding == Encoding::BINARY
+
+      text.encode(Encoding::UTF_8, invalid: :replace, undef: :replace, replace: "?")
     end
 
     def check_callable(name, callable)
@@ -320,15 +222,12 @@ module TaskerCore
       nil # call answered through method_missing: nothing to check
     end
 
-    # -- signals: the first drains, the second releases what still runs ---------------------
-
+    # The first signal drains, the second releases what still runs.
     def install_traps(session)
       return {} unless Thread.current == Thread.main
 
-      @signals_seen = 0
-      previous = {}
-      SIGNALS.each do |sig|
-        old = Signal.trap(sig) { on_signal(session) }
+      SIGNALS.each_with_object({}) do |sig, previous|
+        old = Signal.trap(sig) { (@signals += 1) == 1 ? session.stop : session.abort }
         if old.nil? || old == "IGNORE"
           Signal.trap(sig, old) # ignored (nohup, `cmd &`): stays ignored
         else
@@ -337,17 +236,10 @@ module TaskerCore
       rescue ArgumentError
         next # a signal this platform does not have
       end
-      previous
     end
 
     def restore_traps(previous)
       previous.each { |sig, old| Signal.trap(sig, old) }
-    end
-
-    # Runs in trap context: no Mutex, no Logger here.
-    def on_signal(session)
-      @signals_seen += 1
-      @signals_seen == 1 ? session.stop : session.abort
     end
 
     def logger

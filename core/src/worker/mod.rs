@@ -186,7 +186,7 @@ impl WorkerBuilder {
                 engine: self.engine,
                 handlers: Arc::new(self.handlers),
                 config,
-                current: Mutex::new(Current::default()),
+                runs: Runs::default(),
             }),
         }
     }
@@ -217,24 +217,89 @@ struct WorkerInner {
     engine: Engine,
     handlers: Handlers,
     config: SessionConfig,
+    runs: Runs,
+}
+
+/// One worker's runs, one at a time — the same in every language: the session of the run
+/// under way, and a stop asked for before a run started (that run returns at once; the request
+/// is used up by the run it ends).
+#[derive(Debug, Default)]
+pub struct Runs {
     current: Mutex<Current>,
 }
 
-/// The session of the run under way, or a stop asked for before one started.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Current {
     session: Option<WorkerSession>,
     stop_requested: bool,
 }
 
-/// Aborts the session when the run's future is dropped before the session ended.
-struct AbortOnDrop(Option<WorkerSession>);
+/// Why [`Runs::start`] refused to start a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RunRefused {
+    /// A run of this worker is under way.
+    #[error("this worker is running already; a worker runs one loop at a time")]
+    Running,
+    /// The worker has no handlers, so it could never claim anything.
+    #[error("the worker has no handlers: register some first")]
+    NoHandlers,
+}
 
-impl Drop for AbortOnDrop {
+impl Runs {
+    /// Starts a run: its session on `engine`, stopped at once if a stop was asked for.
+    pub fn start(
+        &self,
+        engine: Engine,
+        config: SessionConfig,
+    ) -> std::result::Result<WorkerSession, RunRefused> {
+        if config.handlers.as_ref().is_some_and(Vec::is_empty) {
+            return Err(RunRefused::NoHandlers);
+        }
+        let mut current = self.current.lock();
+        if current.session.is_some() {
+            return Err(RunRefused::Running);
+        }
+        let session = WorkerSession::start(engine, config);
+        if std::mem::take(&mut current.stop_requested) {
+            session.stop();
+        }
+        current.session = Some(session.clone());
+        Ok(session)
+    }
+
+    /// Stops the run under way, or the next one to start.
+    pub fn stop(&self) {
+        let mut current = self.current.lock();
+        match &current.session {
+            Some(session) => session.stop(),
+            None => current.stop_requested = true,
+        }
+    }
+
+    /// The run under way, if any.
+    pub fn current(&self) -> Option<WorkerSession> {
+        self.current.lock().session.clone()
+    }
+
+    /// The run has returned.
+    pub fn end(&self) {
+        self.current.lock().session = None;
+    }
+}
+
+/// Ends the run when its future returns or is dropped; dropped before the session ended, it
+/// aborts the session (which releases its steps).
+struct RunGuard<'a> {
+    runs: &'a Runs,
+    unfinished: Option<WorkerSession>,
+}
+
+impl Drop for RunGuard<'_> {
     fn drop(&mut self) {
-        if let Some(session) = self.0.take() {
+        if let Some(session) = self.unfinished.take() {
             session.abort();
         }
+        self.runs.end();
     }
 }
 
@@ -274,24 +339,22 @@ impl Worker {
     /// requested before the run gets going is not lost: that run returns at once. The request
     /// is used up by the run it ends, so the worker can run again.
     pub fn stop(&self) {
-        let mut current = self.inner.current.lock();
-        match &current.session {
-            Some(session) => session.stop(),
-            None => current.stop_requested = true,
-        }
+        self.inner.runs.stop();
     }
 
+    /// Runs a session; [`Error::InvalidArgument`] while another run of this worker is under
+    /// way.
     async fn run_session(&self, config: SessionConfig) -> Result<RunReport> {
         let concurrency = config.concurrency;
-        let session = WorkerSession::start(self.inner.engine.clone(), config);
-        {
-            let mut current = self.inner.current.lock();
-            if std::mem::take(&mut current.stop_requested) {
-                session.stop();
-            }
-            current.session = Some(session.clone());
-        }
-        let mut guard = AbortOnDrop(Some(session.clone()));
+        let session = self
+            .inner
+            .runs
+            .start(self.inner.engine.clone(), config)
+            .map_err(|refused| Error::InvalidArgument(refused.to_string()))?;
+        let mut guard = RunGuard {
+            runs: &self.inner.runs,
+            unfinished: Some(session.clone()),
+        };
         let mut hosts = JoinSet::new();
         for _ in 0..concurrency {
             hosts.spawn(host(session.clone(), self.inner.handlers.clone()));
@@ -301,8 +364,8 @@ impl Worker {
         let report = session.finished().await;
         hosts.abort_all();
         while hosts.join_next().await.is_some() {}
-        guard.0 = None;
-        self.inner.current.lock().session = None;
+        guard.unfinished = None;
+        drop(guard);
         report
     }
 }

@@ -314,11 +314,6 @@ impl WorkerSession {
         WorkerSession { shared }
     }
 
-    /// The session's configuration.
-    pub fn config(&self) -> &SessionConfig {
-        &self.shared.config
-    }
-
     /// The engine it works for.
     pub fn engine(&self) -> &Engine {
         &self.shared.engine
@@ -466,11 +461,6 @@ impl WorkerSession {
             None => Ok(state.report),
         }
     }
-
-    /// Attempts held: claimed and not yet returned by a host.
-    pub fn held(&self) -> usize {
-        self.shared.state.lock().held.len()
-    }
 }
 
 impl State {
@@ -524,12 +514,9 @@ async fn drive(shared: Arc<Shared>) {
             if state.phase == Phase::Running
                 && (state.stop || config.deadline.is_some_and(|d| d <= now))
             {
-                let until = if state.abort {
-                    now
-                } else {
-                    now + config.drain_timeout
+                state.phase = Phase::Draining {
+                    until: now + config.drain_timeout,
                 };
-                state.phase = Phase::Draining { until };
             }
             if state.abort {
                 if let Phase::Draining { until } = &mut state.phase {
@@ -540,59 +527,7 @@ async fn drive(shared: Arc<Shared>) {
             (state.phase, free, state.held.len())
         };
         if let Phase::Draining { until } = phase {
-            let to_release = {
-                let mut state = shared.state.lock();
-                // Queued attempts no host has taken go back at once.
-                let mut ids: Vec<AttemptId> = state
-                    .queue
-                    .drain(..)
-                    .map(|s| AttemptId {
-                        step: s.step_id,
-                        attempt: s.attempt,
-                    })
-                    .collect();
-                for id in &ids {
-                    state.held.remove(id);
-                }
-                if until <= now {
-                    // Handlers still running: their steps go back; timed-out ones were failed
-                    // already. Either way a late outcome is refused.
-                    let held: Vec<(AttemptId, Stage)> =
-                        state.held.drain().map(|(id, h)| (id, h.stage)).collect();
-                    for (id, stage) in held {
-                        if stage == Stage::TimedOut {
-                            state.let_go.insert(id, Refused::TimedOut);
-                        } else {
-                            state.let_go.insert(id, Refused::Released);
-                            ids.push(id);
-                        }
-                    }
-                }
-                ids
-            };
-            for id in to_release {
-                match engine.release(id.step, id.attempt).await {
-                    Ok(()) => shared.state.lock().report.released += 1,
-                    Err(e) => {
-                        tracing::warn!(step = %id.step, attempt = id.attempt, error = %e,
-                            "could not release a step; its lease will run out");
-                        shared.state.lock().report.lost += 1;
-                    }
-                }
-            }
-            let finished = {
-                let state = shared.state.lock();
-                state.held.is_empty() && state.reports.is_empty()
-            };
-            // Give up reports that cannot be written once the drain time is over.
-            let overdue = until <= now;
-            if finished || overdue {
-                if overdue {
-                    let mut state = shared.state.lock();
-                    let gave_up = state.reports.len() as u64;
-                    state.reports.clear();
-                    state.report.lost += gave_up;
-                }
+            if drain(&shared, until, now).await {
                 finish(&shared);
                 return;
             }
@@ -613,15 +548,8 @@ async fn drive(shared: Arc<Shared>) {
                     got = claimed.len();
                     hand_out(&shared, claimed);
                 }
-                Err(Error::Store(e)) => {
-                    store_errors += 1;
-                    let delay = back_off(store_errors);
-                    tracing::warn!(error = %e, attempt = store_errors, ?delay,
-                        "store unavailable; the worker retries");
-                    retry_claims_at = Some(Instant::now() + delay);
-                }
                 Err(e) => {
-                    shared.state.lock().failure = Some(e);
+                    retry_claims_at = store_trouble(&shared, e, &mut store_errors);
                     continue;
                 }
             }
@@ -652,15 +580,8 @@ async fn drive(shared: Arc<Shared>) {
                         wait = wait.min(Duration::from_millis(ms));
                     }
                 }
-                Err(Error::Store(e)) => {
-                    store_errors += 1;
-                    let delay = back_off(store_errors);
-                    tracing::warn!(error = %e, attempt = store_errors, ?delay,
-                        "store unavailable; the worker retries");
-                    retry_claims_at = Some(Instant::now() + delay);
-                }
                 Err(e) => {
-                    shared.state.lock().failure = Some(e);
+                    retry_claims_at = store_trouble(&shared, e, &mut store_errors);
                     continue;
                 }
             }
@@ -689,6 +610,61 @@ async fn drive(shared: Arc<Shared>) {
             _ = tokio::time::sleep_until(until) => {}
         }
     }
+}
+
+/// One pass of a drain that lasts until `until`: queued attempts go back at once; once `until`
+/// has passed, so do the running ones (their late outcomes are refused) and reports that could
+/// not be written are given up. Returns whether the session may end.
+async fn drain(shared: &Shared, until: Instant, now: Instant) -> bool {
+    let overdue = until <= now;
+    let to_release = {
+        let mut state = shared.state.lock();
+        let mut ids: Vec<AttemptId> = state
+            .queue
+            .drain(..)
+            .map(|s| AttemptId {
+                step: s.step_id,
+                attempt: s.attempt,
+            })
+            .collect();
+        for id in &ids {
+            state.held.remove(id);
+        }
+        if overdue {
+            let held: Vec<(AttemptId, Stage)> =
+                state.held.drain().map(|(id, h)| (id, h.stage)).collect();
+            for (id, stage) in held {
+                // A timed-out attempt was failed already; the others go back.
+                let refused = if stage == Stage::TimedOut {
+                    Refused::TimedOut
+                } else {
+                    ids.push(id);
+                    Refused::Released
+                };
+                state.let_go.insert(id, refused);
+            }
+        }
+        ids
+    };
+    for id in to_release {
+        let released = shared.engine.release(id.step, id.attempt).await;
+        let mut state = shared.state.lock();
+        match released {
+            Ok(()) => state.report.released += 1,
+            Err(e) => {
+                tracing::warn!(step = %id.step, attempt = id.attempt, error = %e,
+                    "could not release a step; its lease will run out");
+                state.report.lost += 1;
+            }
+        }
+    }
+    let mut state = shared.state.lock();
+    if overdue {
+        let gave_up = state.reports.len() as u64;
+        state.reports.clear();
+        state.report.lost += gave_up;
+    }
+    state.held.is_empty() && state.reports.is_empty()
 }
 
 /// Queues claimed steps for the hosts and holds their slots.
@@ -857,9 +833,17 @@ async fn write_reports(shared: &Shared) -> Option<Instant> {
     }
 }
 
-/// The wait after the `n`th store error in a row (the pool reconnects meanwhile).
-fn back_off(n: u32) -> Duration {
-    Duration::from_millis(100u64 << n.min(5)).min(Duration::from_secs(3))
+/// After a failed claim or status: for a store error (the `n`th in a row), when to try again
+/// (the pool reconnects meanwhile); any other error ends the session.
+fn store_trouble(shared: &Shared, error: Error, n: &mut u32) -> Option<Instant> {
+    let Error::Store(e) = error else {
+        shared.state.lock().failure = Some(error);
+        return None;
+    };
+    *n += 1;
+    let delay = Duration::from_millis(100u64 << (*n).min(5)).min(Duration::from_secs(3));
+    tracing::warn!(error = %e, attempt = *n, ?delay, "store unavailable; the worker retries");
+    Some(Instant::now() + delay)
 }
 
 /// Ends the session: hosts waiting in `next` get [`Next::Finished`].

@@ -44,31 +44,19 @@ pub(crate) use assert_err;
 /// fresh database file, and PostgreSQL in a fresh schema when `TASKER_TEST_POSTGRES_URL` names
 /// a server (the test command starts one).
 pub async fn engines(clock: ManualClock) -> Vec<(&'static str, Engine)> {
-    let clock = Arc::new(clock);
-    let file = std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
-    let mut stores = vec![
-        ("memory", "memory:".to_owned()),
-        ("sqlite", format!("sqlite://{}", file.display())),
-    ];
-    if let Some(url) = postgres_schema().await {
-        stores.push(("postgres", url));
-    }
-    let mut engines = Vec::new();
-    for (name, url) in stores {
-        let engine = Engine::builder()
-            .url(url)
-            .clock(clock.clone())
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("open the {name} store: {e}"));
-        engines.push((name, engine));
-    }
-    engines
+    each_store(Some(Arc::new(clock))).await
 }
 
 /// One engine per store under test on the system clock (for tests of real time: leases,
 /// timeouts, drains), each with `templates` registered.
 pub async fn real_time_engines_with(templates: &[Template]) -> Vec<(&'static str, Engine)> {
+    let engines = each_store(None).await;
+    register_all(&engines, templates).await;
+    engines
+}
+
+/// One engine per store under test, on `clock` (the system clock when `None`).
+async fn each_store(clock: Option<Arc<dyn tasker_core::Clock>>) -> Vec<(&'static str, Engine)> {
     let file = std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
     let mut stores = vec![
         ("memory", "memory:".to_owned()),
@@ -79,12 +67,14 @@ pub async fn real_time_engines_with(templates: &[Template]) -> Vec<(&'static str
     }
     let mut engines = Vec::new();
     for (name, url) in stores {
-        let engine = Engine::open(&url)
+        let mut builder = Engine::builder().url(url);
+        if let Some(clock) = &clock {
+            builder = builder.clock(clock.clone());
+        }
+        let engine = builder
+            .build()
             .await
             .unwrap_or_else(|e| panic!("open the {name} store: {e}"));
-        for template in templates {
-            register(&engine, template).await;
-        }
         engines.push((name, engine));
     }
     engines
@@ -100,12 +90,17 @@ pub async fn engines_with(
     templates: &[Template],
 ) -> Vec<(&'static str, Engine)> {
     let engines = engines(clock).await;
-    for (_, engine) in &engines {
+    register_all(&engines, templates).await;
+    engines
+}
+
+/// Registers `templates` on every engine.
+async fn register_all(engines: &[(&'static str, Engine)], templates: &[Template]) {
+    for (_, engine) in engines {
         for template in templates {
             register(engine, template).await;
         }
     }
-    engines
 }
 
 /// Registers a template, panicking with the error if it is refused.

@@ -8,7 +8,7 @@
 
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use magnus::prelude::*;
@@ -16,9 +16,10 @@ use magnus::scan_args::{get_kwargs, scan_args};
 use magnus::{function, method, Error, ExceptionClass, RHash, RModule, RString, Ruby, Value};
 use serde_json::Value as Json;
 use tasker_core::error::ErrorKind;
+use tasker_core::host::{ForkSafe, Owner};
 use tasker_core::store::{ClaimRequest, StepFailure};
 use tasker_core::worker::{AttemptId, AttemptOutcome, Next, SessionConfig, WorkerSession};
-use tasker_core::{FailureKind, NewTask, StepId, TaskFilter, TaskId, TaskState};
+use tasker_core::{NewTask, StepId, TaskFilter, TaskId, TaskState};
 use tokio::runtime::Runtime;
 
 /// Runs `f` with the GVL released, so that other Ruby threads run meanwhile. `f` must not touch
@@ -203,8 +204,8 @@ fn seconds(ruby: &Ruby, value: f64, what: &str) -> Result<Duration, Error> {
 /// The engine (`TaskerCore::Engine`).
 #[magnus::wrap(class = "TaskerCore::Engine", free_immediately, size)]
 struct Engine {
-    engine: tasker_core::Engine,
-    pid: u32,
+    engine: ForkSafe<tasker_core::Engine>,
+    owner: Owner,
 }
 
 impl Engine {
@@ -217,12 +218,7 @@ impl Engine {
     where
         Fut: std::future::Future<Output = Result<T, tasker_core::Error>> + Send,
     {
-        if std::process::id() != self.pid {
-            return Err(Error::new(
-                error_class(ruby, "StoreError"),
-                "this engine was opened before a fork: open a new TaskerCore::Engine in the child",
-            ));
-        }
+        self.owner.check("engine").map_err(|e| rb_err(ruby, e))?;
         let rt = runtime(ruby)?;
         let engine = self.engine.clone();
         without_gvl(move |_| rt.block_on(f(engine)))
@@ -243,8 +239,8 @@ impl Engine {
             .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
             .map_err(|e| rb_err(&ruby, e))?;
         Ok(Engine {
-            engine,
-            pid: std::process::id(),
+            engine: ForkSafe::new(engine),
+            owner: Owner::current(),
         })
     }
 
@@ -370,19 +366,12 @@ impl Engine {
         let (step_id, attempt, message) = args.required;
         let (retryable, retry_after) = args.optional;
         let step = self::step_id(&ruby, &step_id)?;
-        let kind = if retryable.unwrap_or(true) {
-            let retry_after_ms = retry_after
-                .flatten()
-                .map(|s| {
-                    seconds(&ruby, s, "retry_after")
-                        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-                })
-                .transpose()?;
-            FailureKind::Retryable { retry_after_ms }
-        } else {
-            FailureKind::Permanent
-        };
-        let failure = StepFailure { message, kind };
+        let failure = failure(
+            &ruby,
+            message,
+            retryable.unwrap_or(true),
+            retry_after.flatten(),
+        )?;
         self.call(&ruby, move |e| async move {
             e.fail(step, attempt, failure).await
         })
@@ -526,7 +515,7 @@ impl Engine {
 
     /// Closed, or inherited across a fork (unusable in the child either way).
     fn is_closed(&self) -> bool {
-        self.engine.is_closed() || std::process::id() != self.pid
+        self.engine.is_closed() || !self.owner.is_current()
     }
 }
 
@@ -583,73 +572,114 @@ impl Subscription {
 /// core's; `TaskerCore::Worker` is the convenient loop over it.
 #[magnus::wrap(class = "TaskerCore::WorkerSession", free_immediately, size)]
 struct Session {
-    session: WorkerSession,
-    runtime: Arc<Runtime>,
-    pid: u32,
+    session: ForkSafe<WorkerSession>,
+    runtime: ForkSafe<Arc<Runtime>>,
+    owner: Owner,
 }
 
-fn failure(ruby: &Ruby, message: String, retryable: bool, retry_after: Option<f64>) -> Result<StepFailure, Error> {
-    let kind = if retryable {
-        let retry_after_ms = retry_after
-            .map(|s| tasker_core::host::seconds_ms(s, "retry_after").map_err(|e| rb_err(ruby, e)))
-            .transpose()?;
-        FailureKind::Retryable { retry_after_ms }
-    } else {
-        FailureKind::Permanent
-    };
-    Ok(StepFailure { message, kind })
+fn failure(
+    ruby: &Ruby,
+    message: String,
+    retryable: bool,
+    retry_after: Option<f64>,
+) -> Result<StepFailure, Error> {
+    tasker_core::host::failure(message, retryable, retry_after).map_err(|e| rb_err(ruby, e))
 }
 
-impl Session {
-    #[allow(clippy::too_many_arguments)] // the keyword arguments of the Ruby API, in order
+/// One worker's configuration and runs, one at a time (the core's `Runs`;
+/// `TaskerCore::WorkerRuns`): `start` begins a run's session; `stop` stops the run under way or
+/// the next one to start.
+#[magnus::wrap(class = "TaskerCore::WorkerRuns", free_immediately, size)]
+struct WorkerRuns {
+    engine: ForkSafe<tasker_core::Engine>,
+    config: SessionConfig,
+    runs: tasker_core::worker::Runs,
+}
+
+/// An ArgumentError for a bad worker argument.
+fn argument_error(ruby: &Ruby, e: tasker_core::Error) -> Error {
+    Error::new(ruby.exception_arg_error(), e.to_string())
+}
+
+impl WorkerRuns {
     fn new(
         engine: &Engine,
-        handlers: Vec<String>,
         concurrency: usize,
-        worker_id: String,
+        worker_id: Option<String>,
         poll_interval: f64,
         drain_timeout: f64,
-        until_idle: bool,
-        timeout: Option<f64>,
     ) -> Result<Self, Error> {
         let ruby = ruby();
-        if std::process::id() != engine.pid {
-            return Err(Error::new(
-                error_class(&ruby, "StoreError"),
-                "this engine was opened before a fork: open a new TaskerCore::Engine in the child",
-            ));
-        }
-        if concurrency == 0 {
-            return Err(invalid(&ruby, "concurrency must be at least 1"));
-        }
-        let mut config = SessionConfig::new(concurrency).handlers(handlers);
-        config.worker_id = worker_id.into();
-        config.poll_interval = seconds(&ruby, poll_interval, "poll_interval")?;
-        config.drain_timeout = seconds(&ruby, drain_timeout, "drain_timeout")?;
+        engine.owner.check("engine").map_err(|e| rb_err(&ruby, e))?;
+        let config = tasker_core::host::session_config(
+            concurrency,
+            worker_id,
+            "rb",
+            poll_interval,
+            drain_timeout,
+        )
+        .map_err(|e| argument_error(&ruby, e))?;
+        Ok(WorkerRuns {
+            engine: ForkSafe::new((*engine.engine).clone()),
+            config,
+            runs: Default::default(),
+        })
+    }
+
+    /// Starts a run for `handlers`; RuntimeError while one is under way or without handlers.
+    fn start(
+        &self,
+        handlers: Vec<String>,
+        until_idle: bool,
+        timeout: Option<f64>,
+    ) -> Result<Session, Error> {
+        let ruby = ruby();
+        let mut config = self.config.clone().handlers(handlers);
         config.until_idle = until_idle;
         if let Some(t) = timeout {
-            config = config.timeout(seconds(&ruby, t, "timeout")?);
+            let t =
+                tasker_core::host::seconds(t, "timeout").map_err(|e| argument_error(&ruby, e))?;
+            config = config.timeout(t);
         }
         let runtime = runtime(&ruby)?;
         let session = {
             let _entered = runtime.enter();
-            WorkerSession::start(engine.engine.clone(), config)
-        };
+            self.runs.start((*self.engine).clone(), config)
+        }
+        .map_err(|refused| Error::new(ruby.exception_runtime_error(), refused.to_string()))?;
         Ok(Session {
-            session,
-            runtime,
-            pid: std::process::id(),
+            session: ForkSafe::new(session),
+            runtime: ForkSafe::new(runtime),
+            owner: Owner::current(),
         })
     }
 
+    fn stop(&self) {
+        self.runs.stop();
+    }
+
+    fn end(&self) {
+        self.runs.end();
+    }
+
+    fn is_running(&self) -> bool {
+        self.runs.current().is_some()
+    }
+
+    fn worker_id(&self) -> String {
+        self.config.worker_id.to_string()
+    }
+
+    fn poll_interval(&self) -> f64 {
+        self.config.poll_interval.as_secs_f64()
+    }
+}
+
+impl Session {
     fn check(&self, ruby: &Ruby) -> Result<(), Error> {
-        if std::process::id() != self.pid {
-            return Err(Error::new(
-                error_class(ruby, "StoreError"),
-                "this worker session was started before a fork: start a new one in the child",
-            ));
-        }
-        Ok(())
+        self.owner
+            .check("worker session")
+            .map_err(|e| rb_err(ruby, e))
     }
 
     /// The next attempt as a Hash, waiting up to `wait` seconds without the GVL; nil if none.
@@ -672,41 +702,50 @@ impl Session {
         }
     }
 
-    fn hand_back(&self, ruby: &Ruby, step_id: &str, attempt: u32, outcome: AttemptOutcome) -> Result<Option<String>, Error> {
+    fn hand_back(
+        &self,
+        ruby: &Ruby,
+        step_id: &str,
+        attempt: u32,
+        outcome: AttemptOutcome,
+    ) -> Result<Option<String>, Error> {
         let id = AttemptId {
             step: self::step_id(ruby, step_id)?,
             attempt,
         };
-        Ok(self.session.report(id, outcome).err().map(|r| r.to_string()))
+        Ok(self
+            .session
+            .report(id, outcome)
+            .err()
+            .map(|r| r.to_string()))
     }
 
     /// Hands back a result: nil when taken, else why it was refused. A result that is not JSON
     /// fails the attempt for good, and that message is returned.
-    fn complete(&self, step_id: String, attempt: u32, result: Value) -> Result<Option<String>, Error> {
+    fn complete(
+        &self,
+        step_id: String,
+        attempt: u32,
+        result: Value,
+    ) -> Result<Option<String>, Error> {
         let ruby = ruby();
         self.check(&ruby)?;
-        match to_json(&ruby, result, "the result") {
-            Ok(value) => self.hand_back(&ruby, &step_id, attempt, AttemptOutcome::Complete(value)),
-            Err(e) => {
-                let text = e.to_string();
-                let detail = text
-                    .split_once("is not JSON-serialisable: ")
-                    .map_or(text.as_str(), |(_, d)| d);
-                let message = format!("result is not JSON-serialisable: {detail}");
-                let failure = StepFailure {
-                    message: message.clone(),
-                    kind: FailureKind::Permanent,
-                };
-                Ok(Some(
-                    self.hand_back(&ruby, &step_id, attempt, AttemptOutcome::Fail(failure))?
-                        .unwrap_or(message),
-                ))
-            }
-        }
+        let converted = to_json(&ruby, result, "the result").map_err(|e| e.to_string());
+        let (outcome, failed) = tasker_core::host::result_outcome(converted);
+        Ok(self
+            .hand_back(&ruby, &step_id, attempt, outcome)?
+            .or(failed))
     }
 
     /// Hands back a failure: nil when taken, else why it was refused.
-    fn fail(&self, step_id: String, attempt: u32, message: String, retryable: bool, retry_after: Option<f64>) -> Result<Option<String>, Error> {
+    fn fail(
+        &self,
+        step_id: String,
+        attempt: u32,
+        message: String,
+        retryable: bool,
+        retry_after: Option<f64>,
+    ) -> Result<Option<String>, Error> {
         let ruby = ruby();
         self.check(&ruby)?;
         let failure = failure(&ruby, message, retryable, retry_after)?;
@@ -747,9 +786,10 @@ impl Session {
         let wait = seconds(&ruby, wait, "wait")?;
         let (session, rt) = (self.session.clone(), self.runtime.clone());
         let report = without_gvl(move |cancel| {
-            rt.block_on(cancel.run(async move {
-                tokio::time::timeout(wait, session.finished()).await.ok()
-            }))
+            rt.block_on(
+                cancel
+                    .run(async move { tokio::time::timeout(wait, session.finished()).await.ok() }),
+            )
         })
         .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
         .flatten();
@@ -800,8 +840,16 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     engine.define_method("close", method!(Engine::close, 0))?;
     engine.define_method("closed?", method!(Engine::is_closed, 0))?;
 
+    let runs = module.define_class("WorkerRuns", ruby.class_object())?;
+    runs.define_singleton_method("new", function!(WorkerRuns::new, 5))?;
+    runs.define_method("start", method!(WorkerRuns::start, 3))?;
+    runs.define_method("stop", method!(WorkerRuns::stop, 0))?;
+    runs.define_method("end", method!(WorkerRuns::end, 0))?;
+    runs.define_method("running?", method!(WorkerRuns::is_running, 0))?;
+    runs.define_method("worker_id", method!(WorkerRuns::worker_id, 0))?;
+    runs.define_method("poll_interval", method!(WorkerRuns::poll_interval, 0))?;
+
     let session = module.define_class("WorkerSession", ruby.class_object())?;
-    session.define_singleton_method("new", function!(Session::new, 8))?;
     session.define_method("next", method!(Session::next, 1))?;
     session.define_method("complete", method!(Session::complete, 3))?;
     session.define_method("fail", method!(Session::fail, 5))?;
