@@ -9,6 +9,8 @@ vendor=bindings-ruby/ext/tasker_core/vendor
 rm -rf "$vendor" && mkdir -p "$vendor"
 tar -xzf target/package/tasker-core-*.crate -C "$vendor"
 mv "$vendor"/tasker-core-* "$vendor/tasker-core"
+# The package keeps the sources' old times: touch them, or an incremental build keeps stale code.
+find "$vendor" -type f -exec touch {} +
 # The extension's build shares one cargo target dir across runs (it is not in the workspace).
 export TASKER_CORE_CARGO_TARGET_DIR="$PWD/target/ruby-ext"
 (cd bindings-ruby && rm -f tasker_core-*.gem && gem build --quiet tasker_core.gemspec >&2 \

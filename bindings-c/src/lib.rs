@@ -977,6 +977,8 @@ pub unsafe extern "C" fn tc_worker_run_until_idle(
             .timeout(Duration::from_millis(timeout_ms.min(u64::MAX / 2)));
         config.worker_id = tasker_core::worker::default_worker_id("c").into();
         config.handlers = Some(w.handlers.keys().map(|n| n.as_str().into()).collect());
+        // Handler threads take attempts back to back.
+        config.wake_on_demand = true;
         let session = {
             let _entered = rt.enter();
             WorkerSession::start(w.engine.clone(), config)

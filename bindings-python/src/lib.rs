@@ -542,7 +542,7 @@ impl WorkerRuns {
         drain_timeout: f64,
     ) -> PyResult<Self> {
         engine.owner.check("engine").map_err(py_err)?;
-        let config = tasker_core::host::session_config(
+        let mut config = tasker_core::host::session_config(
             concurrency,
             worker_id,
             "py",
@@ -550,6 +550,8 @@ impl WorkerRuns {
             drain_timeout,
         )
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
+        // Handler threads take attempts back to back (under the interpreter lock).
+        config.wake_on_demand = true;
         Ok(WorkerRuns {
             engine: ForkSafe::new((*engine.engine).clone()),
             runtime: ForkSafe::new((*engine.runtime).clone()),
@@ -662,7 +664,7 @@ impl WorkerSession {
             next => next,
         };
         match next {
-            Next::Attempt(attempt) => to_py(py, &attempt.step.to_json()).map(Some),
+            Next::Attempt(attempt) => to_py(py, &attempt.step).map(Some),
             Next::Empty | Next::Finished => Ok(None),
         }
     }

@@ -189,23 +189,19 @@ class Step:
 
     @classmethod
     def from_claim(cls, claimed: Mapping[str, Any], session: Any = None) -> Step:
-        """The step of one dict returned by :meth:`Engine.claim` (or a worker session)."""
-        return cls(
-            task_id=claimed["task_id"],
-            step_id=claimed["step_id"],
-            name=claimed["name"],
-            handler=claimed.get("handler", claimed["name"]),
-            context=claimed.get("context"),
-            inputs=claimed.get("inputs") or {},
-            attempt=claimed.get("attempt", 1),
-            max_attempts=claimed.get("max_attempts", 1),
-            namespace=claimed.get("namespace", ""),
-            task_name=claimed.get("task_name", ""),
-            lease_expires_at=claimed.get("lease_expires_at"),
-            timeout_ms=claimed.get("timeout_ms"),
-            lease_ms=claimed.get("lease_ms"),
-            _session=session,
-        )
+        """The step of one dict returned by :meth:`Engine.claim` (or a worker session), whose
+        keys are this class's fields."""
+        step = object.__new__(cls)
+        # Frozen: filled through its __dict__, as dataclasses.replace would, without a setattr
+        # call per field (a step per attempt, on the hot path).
+        vars(step).update(_STEP_DEFAULTS, **claimed, _session=session)
+        return step
+
+
+_STEP_DEFAULTS = {
+    "context": None, "inputs": {}, "attempt": 1, "max_attempts": 1, "namespace": "",
+    "task_name": "", "lease_expires_at": None, "timeout_ms": None, "lease_ms": None,
+}
 
 
 from ._worker import Worker

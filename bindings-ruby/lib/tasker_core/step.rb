@@ -49,22 +49,7 @@ module TaskerCore
     # @param engine [Engine, WorkerSession, nil] what handed it out (for {#heartbeat})
     # @return [Step]
     def self.from_claim(claimed, engine = nil)
-      new(
-        task_id: claimed.fetch("task_id"),
-        step_id: claimed.fetch("step_id"),
-        name: claimed.fetch("name"),
-        handler: claimed.fetch("handler", nil) || claimed.fetch("name"),
-        context: claimed.fetch("context", nil),
-        inputs: claimed.fetch("inputs", nil) || {},
-        attempt: claimed.fetch("attempt", 1),
-        max_attempts: claimed.fetch("max_attempts", 1),
-        namespace: claimed.fetch("namespace", ""),
-        task_name: claimed.fetch("task_name", ""),
-        lease_expires_at: claimed.fetch("lease_expires_at", nil),
-        timeout_ms: claimed.fetch("timeout_ms", nil),
-        lease_ms: claimed.fetch("lease_ms", nil),
-        engine: engine
-      )
+      allocate.send(:load, claimed, engine)
     end
 
     # @param engine [Engine, nil] the engine that handed the step out (for {#heartbeat})
@@ -84,6 +69,26 @@ module TaskerCore
       @lease_expires_at = lease_expires_at
       @timeout_ms = timeout_ms
       @lease_ms = lease_ms
+      @engine = engine
+      freeze
+    end
+
+    # @!visibility private
+    # Fills a step from a claimed Hash (one hash lookup per field: a step per attempt).
+    private def load(claimed, engine)
+      @task_id = claimed.fetch("task_id")
+      @step_id = claimed.fetch("step_id")
+      @name = claimed.fetch("name")
+      @handler = claimed["handler"] || @name
+      @context = claimed["context"]
+      @inputs = claimed["inputs"] || {}
+      @attempt = claimed.fetch("attempt", 1)
+      @max_attempts = claimed.fetch("max_attempts", 1)
+      @namespace = claimed.fetch("namespace", "")
+      @task_name = claimed.fetch("task_name", "")
+      @lease_expires_at = claimed["lease_expires_at"]
+      @timeout_ms = claimed["timeout_ms"]
+      @lease_ms = claimed["lease_ms"]
       @engine = engine
       freeze
     end

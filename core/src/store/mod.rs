@@ -152,25 +152,50 @@ impl ClaimedStep {
         self.step_id.task
     }
 
-    /// The step as the bindings hand it to a handler: step_id, task_id, name, handler,
-    /// namespace, task_name, attempt, max_attempts, context, inputs, lease_expires_at,
-    /// timeout_ms, lease_ms.
+    /// The step as the bindings hand it to a handler (its [`serde::Serialize`] form as a JSON
+    /// value): step_id, task_id, name, handler, namespace, task_name, attempt, max_attempts,
+    /// context, inputs, lease_expires_at, timeout_ms, lease_ms.
     pub fn to_json(&self) -> Value {
-        serde_json::json!({
-            "step_id": self.step_id.to_string(),
-            "task_id": self.task_id().to_string(),
-            "name": &*self.name,
-            "handler": &*self.handler,
-            "namespace": &*self.namespace,
-            "task_name": &*self.task_name,
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "context": &*self.context,
-            "inputs": self.inputs.to_json(),
-            "lease_expires_at": self.lease_expires_at,
-            "timeout_ms": self.timeout_ms,
-            "lease_ms": self.lease_ms,
-        })
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+}
+
+/// The form the bindings hand to a handler, without copying the context or the inputs.
+impl serde::Serialize for ClaimedStep {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        struct Inputs<'a>(&'a StepInputs);
+        impl serde::Serialize for Inputs<'_> {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(Some(self.0 .0.len()))?;
+                for (name, value) in self.0.iter() {
+                    map.serialize_entry(name, value)?;
+                }
+                map.end()
+            }
+        }
+        // A map, not a struct: every binding's serializer makes string keys of it.
+        let mut s = serializer.serialize_map(Some(13))?;
+        s.serialize_entry("step_id", &self.step_id.to_string())?;
+        s.serialize_entry("task_id", &self.task_id().to_string())?;
+        s.serialize_entry("name", &*self.name)?;
+        s.serialize_entry("handler", &*self.handler)?;
+        s.serialize_entry("namespace", &*self.namespace)?;
+        s.serialize_entry("task_name", &*self.task_name)?;
+        s.serialize_entry("attempt", &self.attempt)?;
+        s.serialize_entry("max_attempts", &self.max_attempts)?;
+        s.serialize_entry("context", &*self.context)?;
+        s.serialize_entry("inputs", &Inputs(&self.inputs))?;
+        s.serialize_entry("lease_expires_at", &self.lease_expires_at)?;
+        s.serialize_entry("timeout_ms", &self.timeout_ms)?;
+        s.serialize_entry("lease_ms", &self.lease_ms)?;
+        s.end()
     }
 }
 

@@ -72,7 +72,21 @@ pub struct SessionConfig {
     pub until_idle: bool,
     /// End (draining) at this instant, if given (`run_until_idle`'s timeout).
     pub deadline: Option<Instant>,
+    /// The hosts are OS threads that take attempts back to back (Python, Ruby, C): claimed
+    /// attempts wake one host, and more only once attempts have waited [`HANDOFF_WAIT`] for one.
+    /// A busy host takes the next attempt itself, without a thread switch (nor, under Python's
+    /// GIL or Ruby's GVL, a lock hand-over). Otherwise (tokio tasks: the Rust worker) each
+    /// claimed attempt wakes a host.
+    pub wake_on_demand: bool,
 }
+
+/// With [`SessionConfig::wake_on_demand`], how long queued attempts wait before more hosts
+/// are woken.
+pub const HANDOFF_WAIT: Duration = Duration::from_millis(1);
+/// How long outcomes handed back wait for others to join their batch while hosts still run
+/// attempts (a batch is written at once when a quarter of the slots have reported, or when no
+/// attempt runs any more).
+pub const REPORT_LINGER: Duration = Duration::from_millis(1);
 
 impl SessionConfig {
     /// A session of `concurrency` slots that runs until stopped, claiming for any handler.
@@ -85,6 +99,7 @@ impl SessionConfig {
             drain_timeout: Duration::from_secs(30),
             until_idle: false,
             deadline: None,
+            wake_on_demand: false,
         }
     }
 
@@ -258,6 +273,10 @@ struct State {
     queue: VecDeque<ClaimedStep>,
     held: HashMap<AttemptId, Held>,
     reports: Vec<Pending>,
+    /// When the first of `reports` came back.
+    reports_since: Option<Instant>,
+    /// When a host last took an attempt from the queue, or the queue last filled.
+    queue_touched: Instant,
     /// Attempts let go of while a host still runs them, with the answer its report gets.
     let_go: HashMap<AttemptId, Refused>,
     /// The earliest deadline or renewal among `held` (a lower bound).
@@ -272,6 +291,8 @@ struct State {
 struct Shared {
     engine: Engine,
     config: SessionConfig,
+    /// Claim (and write outcomes) when this many slots are free: a quarter of them.
+    claim_batch: usize,
     state: Mutex<State>,
     /// Wakes the driver: an outcome came back, a slot is free, a stop.
     driver: Notify,
@@ -293,12 +314,15 @@ impl WorkerSession {
         config.concurrency = config.concurrency.max(1);
         let shared = Arc::new(Shared {
             engine,
+            claim_batch: (config.concurrency / 4).max(1),
             config,
             state: Mutex::new(State {
                 phase: Phase::Running,
                 queue: VecDeque::new(),
                 held: HashMap::new(),
                 reports: Vec::new(),
+                reports_since: None,
+                queue_touched: Instant::now(),
                 let_go: HashMap::new(),
                 next_timer: None,
                 stop: false,
@@ -332,6 +356,9 @@ impl WorkerSession {
             if let Some(held) = state.held.get_mut(&id) {
                 held.stage = Stage::Running;
                 let deadline = held.deadline;
+                if self.shared.config.wake_on_demand {
+                    state.queue_touched = Instant::now();
+                }
                 return Next::Attempt(Box::new(Attempt { step, deadline }));
             }
             // Let go of meanwhile (timed out in the queue): skip it.
@@ -398,8 +425,16 @@ impl WorkerSession {
             },
             tries: 0,
         });
+        // The driver is woken by the first outcome of a batch (it lingers for more), by the one
+        // that fills a batch, and by the last of the attempts held.
+        let wake = state.reports.len() == 1
+            || state.reports.len() == self.shared.claim_batch
+            || state.held.is_empty();
+        state.reports_since.get_or_insert_with(Instant::now);
         drop(state);
-        self.shared.driver.notify_one();
+        if wake {
+            self.shared.driver.notify_one();
+        }
         Ok(())
     }
 
@@ -475,7 +510,7 @@ impl State {
 async fn drive(shared: Arc<Shared>) {
     let engine = &shared.engine;
     let config = &shared.config;
-    let claim_batch = (config.concurrency / 4).max(1);
+    let claim_batch = shared.claim_batch;
     let mut request = ClaimRequest {
         worker_id: config.worker_id.clone(),
         handlers: config.handlers.clone(),
@@ -494,9 +529,37 @@ async fn drive(shared: Arc<Shared>) {
         let now = Instant::now();
 
         // 1. Outcomes handed back, in batches.
-        if retry_reports_at.is_none_or(|t| t <= now) {
+        let linger_until = {
+            let state = shared.state.lock();
+            let full = state.reports.len() >= claim_batch
+                || state.held.is_empty()
+                || state.phase != Phase::Running
+                || state.stop;
+            state
+                .reports_since
+                .map(|since| since + REPORT_LINGER)
+                .filter(|&until| !full && until > now)
+        };
+        if linger_until.is_none() && retry_reports_at.is_none_or(|t| t <= now) {
             retry_reports_at = write_reports(&shared).await;
         }
+        // Waking on demand: attempts that waited for a host wake more hosts.
+        let handoff_at = if config.wake_on_demand {
+            let state = shared.state.lock();
+            let at = state.queue_touched + HANDOFF_WAIT;
+            match state.queue.len() {
+                0 => None,
+                n if at <= now => {
+                    for _ in 0..n {
+                        shared.hosts.notify_one();
+                    }
+                    None
+                }
+                _ => Some(at),
+            }
+        } else {
+            None
+        };
 
         // 2. Deadlines and lease renewals.
         let renew = timers(&shared, now);
@@ -598,9 +661,15 @@ async fn drive(shared: Arc<Shared>) {
                 until = until.min(d);
             }
         }
-        for t in [retry_claims_at, retry_reports_at, config.deadline]
-            .into_iter()
-            .flatten()
+        for t in [
+            retry_claims_at,
+            retry_reports_at,
+            config.deadline,
+            linger_until,
+            handoff_at,
+        ]
+        .into_iter()
+        .flatten()
         {
             until = until.min(t.max(Instant::now()));
         }
@@ -662,6 +731,7 @@ async fn drain(shared: &Shared, until: Instant, now: Instant) -> bool {
     if overdue {
         let gave_up = state.reports.len() as u64;
         state.reports.clear();
+        state.reports_since = None;
         state.report.lost += gave_up;
     }
     state.held.is_empty() && state.reports.is_empty()
@@ -695,10 +765,15 @@ fn hand_out(shared: &Shared, claimed: Vec<ClaimedStep>) {
         );
         state.queue.push_back(step);
     }
-    let n = state.queue.len();
+    let wakes = if shared.config.wake_on_demand {
+        state.queue_touched = now;
+        1
+    } else {
+        state.queue.len()
+    };
     drop(state);
-    // One wake-up per step: each wakes one waiting host.
-    for _ in 0..n {
+    // Each wake-up wakes one waiting host.
+    for _ in 0..wakes {
         shared.hosts.notify_one();
     }
 }
@@ -747,6 +822,7 @@ fn timers(shared: &Shared, now: Instant) -> Vec<AttemptId> {
             },
             tries: 0,
         });
+        state.reports_since.get_or_insert(now);
     }
     renew
 }
@@ -781,7 +857,11 @@ async fn write_reports(shared: &Shared) -> Option<Instant> {
                 return None;
             }
             let n = state.reports.len().min(MAX_BATCH);
-            state.reports.drain(..n).collect()
+            let batch = state.reports.drain(..n).collect();
+            if state.reports.is_empty() {
+                state.reports_since = None;
+            }
+            batch
         };
         let reports: Vec<StepReport> = batch.iter().map(|p| p.report.clone()).collect();
         match shared.engine.report_many(reports).await {
@@ -825,6 +905,9 @@ async fn write_reports(shared: &Shared) -> Option<Instant> {
                 tracing::warn!(error = %e, "could not write reports; retrying");
                 keep.append(&mut state.reports);
                 state.reports = keep;
+                if !state.reports.is_empty() {
+                    state.reports_since.get_or_insert_with(Instant::now);
+                }
                 let delay =
                     Duration::from_millis(50u64 << tries.min(6)).min(Duration::from_secs(2));
                 return Some(Instant::now() + delay);

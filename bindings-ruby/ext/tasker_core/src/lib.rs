@@ -611,7 +611,7 @@ impl WorkerRuns {
     ) -> Result<Self, Error> {
         let ruby = ruby();
         engine.owner.check("engine").map_err(|e| rb_err(&ruby, e))?;
-        let config = tasker_core::host::session_config(
+        let mut config = tasker_core::host::session_config(
             concurrency,
             worker_id,
             "rb",
@@ -619,6 +619,8 @@ impl WorkerRuns {
             drain_timeout,
         )
         .map_err(|e| argument_error(&ruby, e))?;
+        // Handler threads take attempts back to back (under the interpreter lock).
+        config.wake_on_demand = true;
         Ok(WorkerRuns {
             engine: ForkSafe::new((*engine.engine).clone()),
             config,
@@ -697,7 +699,8 @@ impl Session {
             next => next,
         };
         match next {
-            Next::Attempt(attempt) => json_to_ruby(&ruby, &attempt.step.to_json()),
+            // Straight from the step (a map: String keys), without a JSON copy of its context.
+            Next::Attempt(attempt) => serde_magnus::serialize::<_, Value>(&ruby, &attempt.step),
             Next::Empty | Next::Finished => Ok(ruby.qnil().as_value()),
         }
     }
