@@ -112,28 +112,48 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library's version, e.g. "0.1.0". A static string: never free it.
- */
-const char *tc_version(void);
-
-/**
- * The message of the last failure on this thread, or NULL if there was none. Valid until the
- * next failing call on this thread; never free it.
- */
-const char *tc_last_error_message(void);
-
-/**
- * The name of a status, e.g. "TC_ERR_NOT_FOUND". A static string: never free it.
- */
-const char *tc_status_name(enum tc_status status);
-
-/**
- * Frees a string the library returned through a `char **out` argument. NULL is fine.
+ * The low-level protocol: claims up to `limit` ready steps whose handler is one of the
+ * `handler_count` names in `handlers` (NULL and 0: any handler) for `worker_id`, waiting up
+ * to `wait_ms` for one when none is ready. `*out` is a batch (possibly empty) to free with
+ * tc_claim_batch_free; report each step with tc_step_complete / tc_step_fail. Thread-safe.
  *
  * # Safety
- * `s` is NULL or a string from this library not freed before.
+ * `engine` is a live handle; `worker_id` NUL-terminated; `handlers` NULL or an array of
+ * `handler_count` NUL-terminated strings; `out` valid for writes.
  */
-void tc_string_free(char *s);
+enum tc_status tc_claim(const struct tc_engine *engine,
+                        const char *worker_id,
+                        const char *const *handlers,
+                        size_t handler_count,
+                        size_t limit,
+                        uint64_t wait_ms,
+                        struct tc_claim_batch **out);
+
+/**
+ * The number of steps in the batch; 0 for NULL.
+ *
+ * # Safety
+ * `batch` is NULL or a live batch.
+ */
+size_t tc_claim_batch_len(const struct tc_claim_batch *batch);
+
+/**
+ * Step `index` of the batch, owned by the batch (valid until tc_claim_batch_free); NULL when
+ * out of range.
+ *
+ * # Safety
+ * `batch` is NULL or a live batch.
+ */
+struct tc_step *tc_claim_batch_get(struct tc_claim_batch *batch, size_t index);
+
+/**
+ * Frees a batch and its steps. NULL is fine. Steps not reported are not failed: their lease
+ * runs out and they are handed out again.
+ *
+ * # Safety
+ * `batch` is NULL or a batch from tc_claim not freed before.
+ */
+void tc_claim_batch_free(struct tc_claim_batch *batch);
 
 /**
  * Opens an engine on `url` ("memory:", "sqlite:///path.db", "postgres://…"; NULL: the SQLite
@@ -276,6 +296,30 @@ enum tc_status tc_resolve_step(const struct tc_engine *engine,
                                const char *result_json);
 
 /**
+ * The library's version, e.g. "0.1.0". A static string: never free it.
+ */
+const char *tc_version(void);
+
+/**
+ * The message of the last failure on this thread, or NULL if there was none. Valid until the
+ * next failing call on this thread; never free it.
+ */
+const char *tc_last_error_message(void);
+
+/**
+ * The name of a status, e.g. "TC_ERR_NOT_FOUND". A static string: never free it.
+ */
+const char *tc_status_name(enum tc_status status);
+
+/**
+ * Frees a string the library returned through a `char **out` argument. NULL is fine.
+ *
+ * # Safety
+ * `s` is NULL or a string from this library not freed before.
+ */
+void tc_string_free(char *s);
+
+/**
  * The step's name in its template. NULL if `step` is NULL. Valid while the step is; never free it.
  *
  * # Safety
@@ -353,6 +397,36 @@ enum tc_status tc_step_fail(const struct tc_step *step,
 enum tc_status tc_step_heartbeat(const struct tc_step *step);
 
 /**
+ * Subscribes to events whose name matches the glob `pattern` ("step.*"; NULL: all). Free
+ * with tc_subscription_free.
+ *
+ * # Safety
+ * `engine` is a live handle; `pattern` NULL or NUL-terminated; `out` valid for writes.
+ */
+enum tc_status tc_subscribe(const struct tc_engine *engine,
+                            const char *pattern,
+                            struct tc_subscription **out);
+
+/**
+ * The next event as JSON (free with tc_string_free), waiting up to `timeout_ms`; on timeout
+ * `*out_json` is NULL and the status TC_OK.
+ *
+ * # Safety
+ * `sub` is a live subscription; `out_json` valid for writes.
+ */
+enum tc_status tc_subscription_next_json(const struct tc_subscription *sub,
+                                         uint64_t timeout_ms,
+                                         char **out_json);
+
+/**
+ * Frees a subscription. NULL is fine.
+ *
+ * # Safety
+ * `sub` is NULL or a handle from tc_subscribe not freed before.
+ */
+void tc_subscription_free(struct tc_subscription *sub);
+
+/**
  * A worker on `engine` running at most `concurrency` (≥ 1) handlers at once. Free it with
  * tc_worker_free (before closing the engine).
  *
@@ -392,80 +466,6 @@ enum tc_status tc_worker_run_until_idle(const struct tc_worker *worker, uint64_t
  * `worker` is NULL or a handle from tc_worker_new not freed before, and not running.
  */
 void tc_worker_free(struct tc_worker *worker);
-
-/**
- * The low-level protocol: claims up to `limit` ready steps whose handler is one of the
- * `handler_count` names in `handlers` (NULL and 0: any handler) for `worker_id`, waiting up
- * to `wait_ms` for one when none is ready. `*out` is a batch (possibly empty) to free with
- * tc_claim_batch_free; report each step with tc_step_complete / tc_step_fail. Thread-safe.
- *
- * # Safety
- * `engine` is a live handle; `worker_id` NUL-terminated; `handlers` NULL or an array of
- * `handler_count` NUL-terminated strings; `out` valid for writes.
- */
-enum tc_status tc_claim(const struct tc_engine *engine,
-                        const char *worker_id,
-                        const char *const *handlers,
-                        size_t handler_count,
-                        size_t limit,
-                        uint64_t wait_ms,
-                        struct tc_claim_batch **out);
-
-/**
- * The number of steps in the batch; 0 for NULL.
- *
- * # Safety
- * `batch` is NULL or a live batch.
- */
-size_t tc_claim_batch_len(const struct tc_claim_batch *batch);
-
-/**
- * Step `index` of the batch, owned by the batch (valid until tc_claim_batch_free); NULL when
- * out of range.
- *
- * # Safety
- * `batch` is NULL or a live batch.
- */
-struct tc_step *tc_claim_batch_get(struct tc_claim_batch *batch, size_t index);
-
-/**
- * Frees a batch and its steps. NULL is fine. Steps not reported are not failed: their lease
- * runs out and they are handed out again.
- *
- * # Safety
- * `batch` is NULL or a batch from tc_claim not freed before.
- */
-void tc_claim_batch_free(struct tc_claim_batch *batch);
-
-/**
- * Subscribes to events whose name matches the glob `pattern` ("step.*"; NULL: all). Free
- * with tc_subscription_free.
- *
- * # Safety
- * `engine` is a live handle; `pattern` NULL or NUL-terminated; `out` valid for writes.
- */
-enum tc_status tc_subscribe(const struct tc_engine *engine,
-                            const char *pattern,
-                            struct tc_subscription **out);
-
-/**
- * The next event as JSON (free with tc_string_free), waiting up to `timeout_ms`; on timeout
- * `*out_json` is NULL and the status TC_OK.
- *
- * # Safety
- * `sub` is a live subscription; `out_json` valid for writes.
- */
-enum tc_status tc_subscription_next_json(const struct tc_subscription *sub,
-                                         uint64_t timeout_ms,
-                                         char **out_json);
-
-/**
- * Frees a subscription. NULL is fine.
- *
- * # Safety
- * `sub` is NULL or a handle from tc_subscribe not freed before.
- */
-void tc_subscription_free(struct tc_subscription *sub);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,0 +1,379 @@
+//! The engine handle (`tc_engine`): open and close, templates, tasks, views, operator verbs.
+
+use std::ffi::c_char;
+use std::ptr;
+
+use serde_json::Value;
+use tasker_core::{Engine, Error, NewTask, TaskFilter, TaskId};
+
+use crate::{error::*, ffi::*, panic::*};
+
+/// An engine handle. Thread-safe: one engine may be used from many threads at once.
+pub struct tc_engine {
+    pub(crate) engine: Engine,
+}
+
+impl tc_engine {
+    pub(crate) fn run<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> Res<T> {
+        Ok(runtime()?.block_on(f)?)
+    }
+}
+
+/// Opens an engine on `url` ("memory:", "sqlite:///path.db", "postgres://…"; NULL: the SQLite
+/// file ./tasker.db). On success `*out` is a handle to free with tc_engine_close.
+///
+/// # Safety
+/// `url` is NULL or a NUL-terminated string; `out` is valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_engine_open(url: *const c_char, out: *mut *mut tc_engine) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out, || {
+            let url = opt_text(url, "url")?.unwrap_or(tasker_core::engine::DEFAULT_URL);
+            let engine = runtime()?.block_on(Engine::open(url))?;
+            Ok(Box::into_raw(Box::new(tc_engine { engine })))
+        })
+    }
+}
+
+/// Closes the engine and frees the handle. NULL is fine. Workers and subscriptions made from it
+/// must not be used afterwards (free them first).
+///
+/// # Safety
+/// `engine` is NULL or a handle from tc_engine_open not freed before.
+#[no_mangle]
+pub unsafe extern "C" fn tc_engine_close(engine: *mut tc_engine) -> tc_status {
+    boundary(|| {
+        if !engine.is_null() {
+            // SAFETY: made by Box::into_raw in tc_engine_open, freed once by contract.
+            let engine = unsafe { Box::from_raw(engine) };
+            engine.engine.close();
+        }
+        Ok(())
+    })
+}
+
+/// Validates and stores a template given as YAML or JSON text.
+///
+/// # Safety
+/// `engine` is a live handle; `yaml_or_json` a NUL-terminated string.
+#[no_mangle]
+pub unsafe extern "C" fn tc_register_template(
+    engine: *const tc_engine,
+    yaml_or_json: *const c_char,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (e, text) = unsafe {
+            (
+                handle(engine, "engine")?,
+                self::text(yaml_or_json, "template")?,
+            )
+        };
+        e.run(e.engine.register_template_str(text)).map(drop)
+    })
+}
+
+/// Starts a task of the newest version of template `ns/name` with the JSON `context_json`
+/// (NULL: {}). On success `*out_task_id` is the task id, to free with tc_string_free.
+///
+/// # Safety
+/// `engine` is a live handle; strings are NUL-terminated (context may be NULL); `out_task_id`
+/// is valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_create_task(
+    engine: *const tc_engine,
+    ns: *const c_char,
+    name: *const c_char,
+    context_json: *const c_char,
+    out_task_id: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        tc_create_task_ex(
+            engine,
+            ns,
+            name,
+            context_json,
+            ptr::null(),
+            ptr::null(),
+            0,
+            out_task_id,
+        )
+    }
+}
+
+/// tc_create_task with a template `version` (NULL: newest), an `idempotency_key` (NULL: none; a
+/// key seen before for the template returns the first task's id) and a `priority` (higher
+/// first).
+///
+/// # Safety
+/// As tc_create_task; `version` and `idempotency_key` are NULL or NUL-terminated.
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn tc_create_task_ex(
+    engine: *const tc_engine,
+    ns: *const c_char,
+    name: *const c_char,
+    context_json: *const c_char,
+    version: *const c_char,
+    idempotency_key: *const c_char,
+    priority: i32,
+    out_task_id: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_task_id, || {
+            let e = handle(engine, "engine")?;
+            let task = NewTask {
+                namespace: text(ns, "namespace")?.to_owned(),
+                name: text(name, "name")?.to_owned(),
+                context: if context_json.is_null() {
+                    Value::Object(Default::default())
+                } else {
+                    json(context_json, "context_json")?
+                },
+                version: opt_text(version, "version")?.map(str::to_owned),
+                idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(str::to_owned),
+                priority,
+            };
+            let id = e.run(e.engine.create_task(task))?;
+            Ok(out_string(id.to_string()))
+        })
+    }
+}
+
+/// A JSON view of one task, for the three view functions below.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `task_id` NULL or NUL-terminated; `out_json` valid for
+/// writes.
+pub(crate) unsafe fn task_view<
+    T: serde::Serialize,
+    F: std::future::Future<Output = Result<T, Error>>,
+>(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+    out_json: *mut *mut c_char,
+    view: impl FnOnce(Engine, TaskId) -> F,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_json, || {
+            let e = handle(engine, "engine")?;
+            let id = self::task_id(text(task_id, "task_id")?)?;
+            let value = e.run(view(e.engine.clone(), id))?;
+            json_out(&value)
+        })
+    }
+}
+
+/// The task as JSON (same fields as Python's engine.task): free with tc_string_free.
+///
+/// # Safety
+/// `engine` is a live handle; `task_id` NUL-terminated; `out_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_task_json(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+    out_json: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        task_view(engine, task_id, out_json, |e, id| async move {
+            e.task(id).await
+        })
+    }
+}
+
+/// The task's audit trail as a JSON array: free with tc_string_free.
+///
+/// # Safety
+/// `engine` is a live handle; `task_id` NUL-terminated; `out_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_transitions_json(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+    out_json: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        task_view(engine, task_id, out_json, |e, id| async move {
+            e.transitions(id).await
+        })
+    }
+}
+
+/// The task's DAG with each step's state as JSON: free with tc_string_free.
+///
+/// # Safety
+/// `engine` is a live handle; `task_id` NUL-terminated; `out_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_graph_json(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+    out_json: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        task_view(engine, task_id, out_json, |e, id| async move {
+            e.graph(id).await
+        })
+    }
+}
+
+/// Tasks as a JSON array, newest first, filtered by `status` and namespace `ns` (NULL: any);
+/// at most `limit`. Free with tc_string_free.
+///
+/// # Safety
+/// `engine` is a live handle; strings NULL or NUL-terminated; `out_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_list_tasks_json(
+    engine: *const tc_engine,
+    status: *const c_char,
+    ns: *const c_char,
+    limit: usize,
+    out_json: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_json, || {
+            let e = handle(engine, "engine")?;
+            let status = opt_text(status, "status")?
+                .map(|s| {
+                    s.parse().map_err(|err: tasker_core::state::UnknownName| {
+                        Fail(TC_ERR_INVALID_ARGUMENT, err.to_string())
+                    })
+                })
+                .transpose()?;
+            let filter = TaskFilter {
+                status,
+                namespace: opt_text(ns, "ns")?.map(str::to_owned),
+                name: None,
+                limit,
+            };
+            let tasks = e.run(e.engine.list_tasks(&filter))?;
+            json_out(&tasks)
+        })
+    }
+}
+
+/// An operator verb on one task, for the four functions below.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `task_id` NULL or NUL-terminated.
+pub(crate) unsafe fn operator<F: std::future::Future<Output = Result<(), Error>>>(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+    verb: impl FnOnce(Engine, TaskId) -> F,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (e, id) = unsafe { (handle(engine, "engine")?, text(task_id, "task_id")?) };
+        let id = self::task_id(id)?;
+        e.run(verb(e.engine.clone(), id))
+    })
+}
+
+/// Cancels the task and its unfinished steps.
+///
+/// # Safety
+/// `engine` is a live handle; `task_id` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_cancel_task(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        operator(
+            engine,
+            task_id,
+            |e, id| async move { e.cancel_task(id).await },
+        )
+    }
+}
+
+/// Pauses the task: none of its steps is handed out until it is resumed.
+///
+/// # Safety
+/// `engine` is a live handle; `task_id` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_pause_task(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        operator(
+            engine,
+            task_id,
+            |e, id| async move { e.pause_task(id).await },
+        )
+    }
+}
+
+/// Resumes a paused task.
+///
+/// # Safety
+/// `engine` is a live handle; `task_id` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_resume_task(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        operator(
+            engine,
+            task_id,
+            |e, id| async move { e.resume_task(id).await },
+        )
+    }
+}
+
+/// Runs a failed task again: its failed steps get a fresh attempt budget.
+///
+/// # Safety
+/// `engine` is a live handle; `task_id` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_retry_task(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        operator(
+            engine,
+            task_id,
+            |e, id| async move { e.retry_task(id).await },
+        )
+    }
+}
+
+/// An operator supplies the JSON result of step `step_name` of the task; its dependents run as
+/// if it had completed.
+///
+/// # Safety
+/// `engine` is a live handle; strings NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_resolve_step(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+    step_name: *const c_char,
+    result_json: *const c_char,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (e, id, step, result) = unsafe {
+            (
+                handle(engine, "engine")?,
+                text(task_id, "task_id")?,
+                text(step_name, "step_name")?,
+                json(result_json, "result_json")?,
+            )
+        };
+        let id = self::task_id(id)?;
+        e.run(e.engine.resolve_step(id, step, result))
+    })
+}

@@ -1,0 +1,234 @@
+//! One claimed step (`tc_step`): its fields, and the reports of its outcome.
+
+use std::ffi::{c_char, CString};
+use std::ptr;
+use std::sync::{Mutex, OnceLock};
+
+use serde_json::Value;
+use tasker_core::store::StepFailure;
+use tasker_core::worker::WorkerSession;
+use tasker_core::{ClaimedStep, Engine, FailureKind};
+
+use crate::{error::*, ffi::*, panic::*};
+
+/// What a handler reported through its step.
+pub(crate) enum Report {
+    Complete(Value),
+    Fail(StepFailure),
+}
+
+/// One claimed step. Its strings are valid while the step is: until the handler returns (for a
+/// worker's step) or until tc_claim_batch_free (for a claimed batch's step).
+pub struct tc_step {
+    pub(crate) step: ClaimedStep,
+    pub(crate) engine: Engine,
+    /// The worker session that handed the step to a handler (None: a claimed batch's step).
+    pub(crate) session: Option<WorkerSession>,
+    /// Reports go to the engine directly (a claimed batch) or back to the worker (a handler).
+    pub(crate) direct: bool,
+    pub(crate) report: Mutex<Option<Report>>,
+    pub(crate) reported: std::sync::atomic::AtomicBool,
+    /// The strings the accessors return, made on first use.
+    pub(crate) name: OnceLock<CString>,
+    pub(crate) id: OnceLock<CString>,
+    pub(crate) task_id: OnceLock<CString>,
+    pub(crate) context: OnceLock<CString>,
+    pub(crate) inputs: OnceLock<CString>,
+}
+
+pub(crate) fn c_string(s: String) -> CString {
+    CString::new(s.replace('\0', "\\u0000")).unwrap_or_default()
+}
+
+impl tc_step {
+    pub(crate) fn new(step: ClaimedStep, engine: Engine, direct: bool) -> tc_step {
+        tc_step {
+            session: None,
+            name: OnceLock::new(),
+            id: OnceLock::new(),
+            task_id: OnceLock::new(),
+            context: OnceLock::new(),
+            inputs: OnceLock::new(),
+            report: Mutex::new(None),
+            reported: std::sync::atomic::AtomicBool::new(false),
+            engine,
+            direct,
+            step,
+        }
+    }
+
+    pub(crate) fn report(&self, report: Report) -> Res<()> {
+        if self
+            .reported
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            return Err(Fail(
+                TC_ERR_INVALID_TRANSITION,
+                format!("step {} was already reported", self.step.step_id),
+            ));
+        }
+        let outcome = if self.direct {
+            let (id, attempt) = (self.step.step_id, self.step.attempt);
+            let done = match report {
+                Report::Complete(v) => runtime()?.block_on(self.engine.complete(id, attempt, v)),
+                Report::Fail(f) => runtime()?.block_on(self.engine.fail(id, attempt, f)),
+            };
+            done.map_err(Fail::from)
+        } else {
+            if let Ok(mut slot) = self.report.lock() {
+                *slot = Some(report);
+            }
+            Ok(())
+        };
+        if outcome.is_err() {
+            // Refused by the store: the caller may try again (e.g. after a store error).
+            self.reported
+                .store(false, std::sync::atomic::Ordering::Release);
+        }
+        outcome
+    }
+}
+
+/// One of a step's strings, made on first use.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+pub(crate) unsafe fn step_str(
+    step: *const tc_step,
+    field: impl FnOnce(&tc_step) -> &OnceLock<CString>,
+    make: impl FnOnce(&tc_step) -> String,
+) -> *const c_char {
+    // SAFETY: NULL or live by contract.
+    match unsafe { step.as_ref() } {
+        Some(s) => field(s).get_or_init(|| c_string(make(s))).as_ptr(),
+        None => ptr::null(),
+    }
+}
+
+/// The step's name in its template. NULL if `step` is NULL. Valid while the step is; never free it.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_name(step: *const tc_step) -> *const c_char {
+    // SAFETY: forwarded contract.
+    unsafe { step_str(step, |s| &s.name, |s| s.step.name.to_string()) }
+}
+
+/// The step's id, "<task-uuid>/<index>". NULL if `step` is NULL. Valid while the step is; never free it.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_id(step: *const tc_step) -> *const c_char {
+    // SAFETY: forwarded contract.
+    unsafe { step_str(step, |s| &s.id, |s| s.step.step_id.to_string()) }
+}
+
+/// The step's task id. NULL if `step` is NULL. Valid while the step is; never free it.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_task_id(step: *const tc_step) -> *const c_char {
+    // SAFETY: forwarded contract.
+    unsafe { step_str(step, |s| &s.task_id, |s| s.step.task_id().to_string()) }
+}
+
+/// The task's context as JSON. NULL if `step` is NULL. Valid while the step is; never free it.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_context_json(step: *const tc_step) -> *const c_char {
+    // SAFETY: forwarded contract.
+    unsafe { step_str(step, |s| &s.context, |s| s.step.context.to_string()) }
+}
+
+/// The parents' results as a JSON object {"parent": result, …}. NULL if `step` is NULL. Valid while the step is; never free it.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_inputs_json(step: *const tc_step) -> *const c_char {
+    // SAFETY: forwarded contract.
+    unsafe { step_str(step, |s| &s.inputs, |s| s.step.inputs.to_json().to_string()) }
+}
+
+/// The attempt number, 1-based; 0 if `step` is NULL.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_attempt(step: *const tc_step) -> u32 {
+    // SAFETY: NULL or live by contract.
+    unsafe { step.as_ref() }.map_or(0, |s| s.step.attempt)
+}
+
+/// Reports the step's JSON result. A second report of the same step is
+/// TC_ERR_INVALID_TRANSITION; a claim that was lost, TC_ERR_CLAIM_LOST.
+///
+/// # Safety
+/// `step` is a live step; `result_json` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_complete(
+    step: *const tc_step,
+    result_json: *const c_char,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (s, result) = unsafe { (handle(step, "step")?, json(result_json, "result_json")?) };
+        s.report(Report::Complete(result))
+    })
+}
+
+/// Reports the step's failure with `message`: `retryable` (after `retry_after_ms`, or the
+/// step's backoff when negative) or permanent.
+///
+/// # Safety
+/// `step` is a live step; `message` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_fail(
+    step: *const tc_step,
+    message: *const c_char,
+    retryable: bool,
+    retry_after_ms: i64,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (s, message) = unsafe { (handle(step, "step")?, text(message, "message")?) };
+        let kind = if retryable {
+            FailureKind::Retryable {
+                retry_after_ms: u64::try_from(retry_after_ms).ok(),
+            }
+        } else {
+            FailureKind::Permanent
+        };
+        s.report(Report::Fail(StepFailure {
+            message: message.to_owned(),
+            kind,
+        }))
+    })
+}
+
+/// Extends the step's lease by its timeout (for long handlers).
+///
+/// # Safety
+/// `step` is a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_heartbeat(step: *const tc_step) -> tc_status {
+    boundary(|| {
+        // SAFETY: NULL or live by contract.
+        let s = unsafe { handle(step, "step")? };
+        let rt = runtime()?;
+        match &s.session {
+            Some(session) => rt.block_on(session.heartbeat(tasker_core::worker::AttemptId {
+                step: s.step.step_id,
+                attempt: s.step.attempt,
+            })),
+            None => rt.block_on(s.engine.heartbeat(s.step.step_id, s.step.attempt)),
+        }
+        .map(drop)
+        .map_err(Fail::from)
+    })
+}
