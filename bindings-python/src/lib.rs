@@ -1,9 +1,14 @@
 //! `tasker_core._native`: the Python face of the engine. Thin by design: argument conversion
 //! (JSON values through `pythonize`), error mapping, handle lifetimes, and the GIL released
-//! whenever Rust waits. The worker loop lives in Python (`tasker_core/_worker.py`) and calls
-//! the low-level protocol here; no Rust thread ever calls into Python.
+//! whenever Rust waits. The worker's decisions are the core's `WorkerSession`; the Python threads
+//! that run handlers (`tasker_core/_worker.py`) call it here; no Rust thread calls into Python.
 
 #![deny(unsafe_code)]
+
+/// Rust allocations of the extension: the runtime's threads allocate the steps that Python's
+/// threads free, and glibc's malloc takes an arena lock on each such free (mimalloc does not).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,7 +16,8 @@ use std::time::{Duration, Instant};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyString, PyType};
 use pythonize::{depythonize, pythonize};
 use serde_json::Value;
 use tasker_core::error::ErrorKind;
@@ -562,12 +568,16 @@ impl WorkerRuns {
 
     /// Starts a run for ``handlers`` (until idle, or until stopped), ending after ``timeout``
     /// seconds if given. Raises RuntimeError while a run is under way or without handlers.
-    #[pyo3(signature = (handlers, until_idle, timeout = None))]
+    ///
+    /// With ``step_type`` (``tasker_core.Step``), ``next`` returns instances of it, each with
+    /// the claim's fields and ``_session`` in its ``__dict__``; without, plain dicts.
+    #[pyo3(signature = (handlers, until_idle, timeout = None, step_type = None))]
     fn start(
         &self,
         handlers: Vec<String>,
         until_idle: bool,
         timeout: Option<f64>,
+        step_type: Option<Py<PyType>>,
     ) -> PyResult<WorkerSession> {
         let mut config = self.config.clone().handlers(handlers);
         config.until_idle = until_idle;
@@ -585,6 +595,7 @@ impl WorkerRuns {
             session: ForkSafe::new(session),
             runtime: ForkSafe::new((*self.runtime).clone()),
             owner: Owner::current(),
+            step_type,
         })
     }
 
@@ -621,9 +632,38 @@ struct WorkerSession {
     session: ForkSafe<CoreSession>,
     runtime: ForkSafe<Arc<Runtime>>,
     owner: Owner,
+    /// What `next` makes of an attempt: instances of this class, or dicts.
+    step_type: Option<Py<PyType>>,
 }
 
 impl WorkerSession {
+    /// The claimed step as the host's step object: a `step_type` whose `__dict__` is the
+    /// claim's dict with `_session`, made as `dataclasses.replace` would (`object.__new__`,
+    /// then `object.__setattr__`: the class is frozen), or the dict itself.
+    fn step_object(
+        slf: &Bound<'_, Self>,
+        step: &tasker_core::store::ClaimedStep,
+    ) -> PyResult<Py<PyAny>> {
+        let py = slf.py();
+        let fields = to_py(py, step)?;
+        let Some(step_type) = &slf.get().step_type else {
+            return Ok(fields);
+        };
+        static NEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        static SETATTR: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+        let object = py.get_type::<pyo3::types::PyAny>();
+        let new = NEW.get_or_try_init(py, || object.getattr("__new__").map(Bound::unbind))?;
+        let setattr =
+            SETATTR.get_or_try_init(py, || object.getattr("__setattr__").map(Bound::unbind))?;
+        let fields = fields.bind(py);
+        fields.set_item(pyo3::intern!(py, "_session"), slf)?;
+        let instance = new.bind(py).call1((step_type.bind(py),))?;
+        setattr
+            .bind(py)
+            .call1((&instance, pyo3::intern!(py, "__dict__"), fields))?;
+        Ok(instance.unbind())
+    }
+
     fn check(&self) -> PyResult<()> {
         self.owner.check("worker session").map_err(py_err)
     }
@@ -652,19 +692,20 @@ impl WorkerSession {
     /// The next attempt as a step dict, waiting up to ``wait`` seconds with the GIL released;
     /// ``None`` when none came (see ``finished``).
     #[pyo3(signature = (wait = 0.1))]
-    fn next(&self, py: Python<'_>, wait: f64) -> PyResult<Option<Py<PyAny>>> {
-        self.check()?;
+    fn next(slf: &Bound<'_, Self>, wait: f64) -> PyResult<Option<Py<PyAny>>> {
+        let (py, this) = (slf.py(), slf.get());
+        this.check()?;
         let wait = seconds(wait, "wait")?;
         // Without giving up the GIL when an attempt is queued already.
-        let next = match self.session.try_next() {
+        let next = match this.session.try_next() {
             Next::Empty => {
-                let (session, runtime) = (self.session.clone(), self.runtime.clone());
+                let (session, runtime) = (this.session.clone(), this.runtime.clone());
                 py.detach(move || runtime.block_on(session.next(wait)))
             }
             next => next,
         };
         match next {
-            Next::Attempt(attempt) => to_py(py, &attempt.step).map(Some),
+            Next::Attempt(attempt) => Self::step_object(slf, &attempt.step).map(Some),
             Next::Empty | Next::Finished => Ok(None),
         }
     }

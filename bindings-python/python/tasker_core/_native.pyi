@@ -320,9 +320,14 @@ class WorkerRuns:
     ) -> None:
         """Raises ValueError naming the argument that is wrong."""
     def start(
-        self, handlers: list[str], until_idle: bool, timeout: float | None = None
+        self,
+        handlers: list[str],
+        until_idle: bool,
+        timeout: float | None = None,
+        step_type: type | None = None,
     ) -> WorkerSession:
-        """Starts a run; RuntimeError while one is under way or without handlers."""
+        """Starts a run; RuntimeError while one is under way or without handlers. With
+        ``step_type`` (``tasker_core.Step``) the session's ``next`` returns its instances."""
     def stop(self) -> None:
         """Stops the run under way, or the next one to start."""
     def end(self) -> None:
@@ -337,8 +342,9 @@ class WorkerSession:
     for the next attempt, run its handler and hand the outcome back; slots, claim and report
     batching, lease renewal, timeouts, store back-off, drain and idleness are the core's."""
 
-    def next(self, wait: float = 0.1) -> dict[str, Any] | None:
-        """The next attempt (a step dict), waiting up to ``wait`` s with the GIL released."""
+    def next(self, wait: float = 0.1) -> Any:
+        """The next attempt (a step dict, or a ``step_type`` instance), or None; waits up to
+        ``wait`` s with the GIL released."""
     def complete(self, step_id: str, attempt: int, result: Any) -> str | None:
         """Hands back a result: None when taken, else why it was refused."""
     def fail(

@@ -103,7 +103,7 @@ class Worker:
 
     def _run(self, until_idle: bool, timeout: float | None) -> dict[str, Any]:
         names = list(self.handlers)
-        session = self._runs.start(names, until_idle, timeout)
+        session = self._runs.start(names, until_idle, timeout, Step)
         self._stopped = False
         loop = _AsyncLoop(f"tasker_core-{self.worker_id}-asyncio")
         threads = [threading.Thread(target=self._serve, args=(session, loop), daemon=True,
@@ -146,35 +146,37 @@ class Worker:
     def _serve(self, session: WorkerSession, loop: _AsyncLoop) -> None:
         """One handler thread: next attempt, handler, outcome, until the session ends."""
         while True:
-            claimed = session.next(0.5)
-            if claimed is None:
+            step = session.next(0.5)
+            if step is None:
                 if session.finished:
                     return
                 continue
-            step = Step.from_claim(claimed, session)
             refused = self._execute(session, step, loop)
             if refused:
                 logger.warning("step %r (%s) attempt %d: %s", step.name, step.step_id,
                                step.attempt, refused)
 
     def _execute(self, session: WorkerSession, step: Step, loop: _AsyncLoop) -> str | None:
-        where = f"step {step.name!r} ({step.step_id}) attempt {step.attempt}/{step.max_attempts}"
         try:
             result = self._handlers[step.handler](step)
-            if inspect.isawaitable(result):
+            if result is not None and inspect.isawaitable(result):
                 result = loop.run(result, step.timeout_ms)
         except _TimedOut:
             return session.timed_out(step.step_id, step.attempt)
         except RetryableError as e:
-            logger.info("%s failed, retryable: %s", where, e.message)
+            logger.info("%s failed, retryable: %s", _where(step), e.message)
             return session.fail(step.step_id, step.attempt, e.message, True, e.retry_after)
         except PermanentError as e:
-            logger.warning("%s failed permanently: %s", where, e.message)
+            logger.warning("%s failed permanently: %s", _where(step), e.message)
             return session.fail(step.step_id, step.attempt, e.message, False, None)
         except BaseException as e:  # noqa: BLE001 - any other error is a retryable failure
-            logger.error("%s raised %r", where, e, exc_info=e)
+            logger.error("%s raised %r", _where(step), e, exc_info=e)
             return session.fail(step.step_id, step.attempt, repr(e), True, None)
         return session.complete(step.step_id, step.attempt, result)
+
+
+def _where(step: Step) -> str:
+    return f"step {step.name!r} ({step.step_id}) attempt {step.attempt}/{step.max_attempts}"
 
 
 def _uninterrupted(call: Callable[[], Any], on_interrupt: Callable[[], None]) -> Any:

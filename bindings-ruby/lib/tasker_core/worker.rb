@@ -149,7 +149,8 @@ module TaskerCore
       @signals = 0
       previous = traps ? install_traps(session) : {}
       logger.info { "worker #{worker_id} started: handlers #{handlers.join(', ')}, concurrency #{@concurrency}" }
-      threads = Array.new(@concurrency) { |i| Thread.new { serve(session, i) } }
+      handlers = @handlers_lock.synchronize { @handlers.dup.freeze } # the session claims for these
+      threads = Array.new(@concurrency) { |i| Thread.new { serve(session, handlers, i) } }
       counts = nil
       counts = session.result(0.2) while counts.nil?
       threads.each { |t| t.join(1) }
@@ -165,7 +166,7 @@ module TaskerCore
     end
 
     # One handler thread: next attempt, handler, outcome, until the session ends.
-    def serve(session, index)
+    def serve(session, handlers, index)
       Thread.current.name = "tasker_core-#{worker_id}-#{index}"
       loop do
         claimed = session.next(0.5)
@@ -173,31 +174,28 @@ module TaskerCore
         break if claimed.nil?
 
         step = Step.from_claim(claimed, session)
-        refused = execute(session, step)
+        refused = execute(session, handlers[step.handler], step)
         logger.warn { "step #{step.name.inspect} (#{step.step_id}) attempt #{step.attempt}: #{refused}" } if refused
       end
     end
 
-    def execute(session, step)
-      where = "step #{step.name.inspect} (#{step.step_id}) attempt #{step.attempt}/#{step.max_attempts}"
-      fn = @handlers_lock.synchronize { @handlers[step.handler] }
-      begin
-        result = @executor.nil? ? fn.call(step) : @executor.wrap { fn.call(step) }
-      rescue RetryableError => e
-        logger.info { "#{where} failed, retryable: #{e.message}" }
-        return session.fail(step.step_id, step.attempt, utf8(e.message), true, e.retry_after)
-      rescue PermanentError => e
-        logger.warn { "#{where} failed permanently: #{e.message}" }
-        return session.fail(step.step_id, step.attempt, utf8(e.message), false, nil)
-      rescue Exception => e # rubocop:disable Lint/RescueException -- any other error is a retryable failure
-        logger.error { "#{where} raised #{e.class}: #{e.message}\n#{(e.backtrace || []).join("\n")}" }
-        return session.fail(step.step_id, step.attempt, utf8("#{e.class}: #{e.message}"), true, nil)
-      end
-      begin
-        session.complete(step.step_id, step.attempt, result)
-      rescue TypeError, RangeError, EncodingError, TaskerCore::Error => e
-        session.fail(step.step_id, step.attempt, utf8("result is not JSON-serialisable: #{e.message}"), false, nil)
-      end
+    def execute(session, fn, step)
+      result = @executor.nil? ? fn.call(step) : @executor.wrap { fn.call(step) }
+    rescue RetryableError => e
+      logger.info { "#{where(step)} failed, retryable: #{e.message}" }
+      session.fail(step.step_id, step.attempt, utf8(e.message), true, e.retry_after)
+    rescue PermanentError => e
+      logger.warn { "#{where(step)} failed permanently: #{e.message}" }
+      session.fail(step.step_id, step.attempt, utf8(e.message), false, nil)
+    rescue Exception => e # rubocop:disable Lint/RescueException -- any other error is a retryable failure
+      logger.error { "#{where(step)} raised #{e.class}: #{e.message}\n#{(e.backtrace || []).join("\n")}" }
+      session.fail(step.step_id, step.attempt, utf8("#{e.class}: #{e.message}"), true, nil)
+    else
+      session.complete(step.step_id, step.attempt, result) # a result that is not JSON fails for good
+    end
+
+    def where(step)
+      "step #{step.name.inspect} (#{step.step_id}) attempt #{step.attempt}/#{step.max_attempts}"
     end
 
     def utf8(text)

@@ -73,10 +73,11 @@ pub struct SessionConfig {
     /// End (draining) at this instant, if given (`run_until_idle`'s timeout).
     pub deadline: Option<Instant>,
     /// The hosts are OS threads that take attempts back to back (Python, Ruby, C): claimed
-    /// attempts wake one host, and more only once attempts have waited [`HANDOFF_WAIT`] for one.
-    /// A busy host takes the next attempt itself, without a thread switch (nor, under Python's
-    /// GIL or Ruby's GVL, a lock hand-over). Otherwise (tokio tasks: the Rust worker) each
-    /// claimed attempt wakes a host.
+    /// attempts wake one host only when no host has taken one within [`HANDOFF_WAIT`], and more
+    /// only once attempts have waited that long for one. A busy host takes the next attempt
+    /// itself, without a thread switch (nor, under Python's GIL or Ruby's GVL, a lock
+    /// hand-over to a thread woken only to wait for the lock). Otherwise (tokio tasks: the Rust
+    /// worker) each claimed attempt wakes a host.
     pub wake_on_demand: bool,
 }
 
@@ -277,6 +278,9 @@ struct State {
     reports_since: Option<Instant>,
     /// When a host last took an attempt from the queue, or the queue last filled.
     queue_touched: Instant,
+    /// When a host last took an attempt from the queue (with `wake_on_demand`); `None` once a
+    /// host found it empty (that host waits to be woken).
+    host_took: Option<Instant>,
     /// Attempts let go of while a host still runs them, with the answer its report gets.
     let_go: HashMap<AttemptId, Refused>,
     /// The earliest deadline or renewal among `held` (a lower bound).
@@ -323,6 +327,7 @@ impl WorkerSession {
                 reports: Vec::new(),
                 reports_since: None,
                 queue_touched: Instant::now(),
+                host_took: None,
                 let_go: HashMap::new(),
                 next_timer: None,
                 stop: false,
@@ -357,12 +362,16 @@ impl WorkerSession {
                 held.stage = Stage::Running;
                 let deadline = held.deadline;
                 if self.shared.config.wake_on_demand {
-                    state.queue_touched = Instant::now();
+                    let now = Instant::now();
+                    state.queue_touched = now;
+                    state.host_took = Some(now);
                 }
                 return Next::Attempt(Box::new(Attempt { step, deadline }));
             }
             // Let go of meanwhile (timed out in the queue): skip it.
         }
+        // This host will wait: the next attempts queued wake one.
+        state.host_took = None;
         if state.phase == Phase::Done {
             Next::Finished
         } else {
@@ -544,22 +553,7 @@ async fn drive(shared: Arc<Shared>) {
             retry_reports_at = write_reports(&shared).await;
         }
         // Waking on demand: attempts that waited for a host wake more hosts.
-        let handoff_at = if config.wake_on_demand {
-            let state = shared.state.lock();
-            let at = state.queue_touched + HANDOFF_WAIT;
-            match state.queue.len() {
-                0 => None,
-                n if at <= now => {
-                    for _ in 0..n {
-                        shared.hosts.notify_one();
-                    }
-                    None
-                }
-                _ => Some(at),
-            }
-        } else {
-            None
-        };
+        let mut handoff_at = hand_over(&shared, now);
 
         // 2. Deadlines and lease renewals.
         let renew = timers(&shared, now);
@@ -610,6 +604,7 @@ async fn drive(shared: Arc<Shared>) {
                     retry_claims_at = None;
                     got = claimed.len();
                     hand_out(&shared, claimed);
+                    handoff_at = hand_over(&shared, Instant::now());
                 }
                 Err(e) => {
                     retry_claims_at = store_trouble(&shared, e, &mut store_errors);
@@ -737,6 +732,27 @@ async fn drain(shared: &Shared, until: Instant, now: Instant) -> bool {
     state.held.is_empty() && state.reports.is_empty()
 }
 
+/// With `wake_on_demand`: wakes a host for each queued attempt once the queue has waited
+/// [`HANDOFF_WAIT`] for one; otherwise when to look again (`None`: nothing waits).
+fn hand_over(shared: &Shared, now: Instant) -> Option<Instant> {
+    if !shared.config.wake_on_demand {
+        return None;
+    }
+    let state = shared.state.lock();
+    let at = state.queue_touched + HANDOFF_WAIT;
+    match state.queue.len() {
+        0 => None,
+        n if at <= now => {
+            drop(state);
+            for _ in 0..n {
+                shared.hosts.notify_one();
+            }
+            None
+        }
+        _ => Some(at),
+    }
+}
+
 /// Queues claimed steps for the hosts and holds their slots.
 fn hand_out(shared: &Shared, claimed: Vec<ClaimedStep>) {
     if claimed.is_empty() {
@@ -767,7 +783,11 @@ fn hand_out(shared: &Shared, claimed: Vec<ClaimedStep>) {
     }
     let wakes = if shared.config.wake_on_demand {
         state.queue_touched = now;
-        1
+        // A host that took an attempt just now comes back for the next one itself.
+        let host_busy = state
+            .host_took
+            .is_some_and(|t| now.saturating_duration_since(t) < HANDOFF_WAIT);
+        usize::from(!host_busy)
     } else {
         state.queue.len()
     };

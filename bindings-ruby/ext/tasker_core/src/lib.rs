@@ -6,6 +6,11 @@
 
 #![deny(unsafe_op_in_unsafe_fn)]
 
+/// Rust allocations of the extension: the runtime's threads allocate the steps that Ruby's
+/// threads free, and glibc's malloc takes an arena lock on each such free (mimalloc does not).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::ffi::c_void;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
