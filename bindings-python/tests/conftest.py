@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -119,3 +125,62 @@ def step_of(task: dict[str, Any], name: str) -> dict[str, Any]:
         if s["name"] == name:
             return s
     raise KeyError(name)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def postgres_url() -> Iterable[str]:
+    """A fresh schema on the server of ``TASKER_TEST_POSTGRES_URL`` (the test command starts
+    one), dropped afterwards; the test is skipped without it."""
+    base = os.environ.get("TASKER_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("TASKER_TEST_POSTGRES_URL is not set")
+    schema = f"tasker_test_py_{uuid.uuid4().hex}"
+    subprocess.run(["psql", "-q", base, "-c", f"CREATE SCHEMA {schema}"], check=True)
+    sep = "&" if "?" in base else "?"
+    yield f"{base}{sep}options=-c%20search_path%3D{schema}"
+    subprocess.run(["psql", "-q", base, "-c", f"DROP SCHEMA {schema} CASCADE"], check=False,
+                   capture_output=True)
+
+
+class OutageProxy:
+    """``tests/support/outage_proxy.py`` in front of the PostgreSQL server of ``url`` (the
+    program every language's conformance suite starts): :meth:`cut` takes it down for
+    ``down_for`` seconds; :meth:`finish` returns how many connections it cut and refused."""
+
+    def __init__(self, url: str, down_for: float) -> None:
+        self._child = subprocess.Popen(
+            [sys.executable, str(ROOT / "tests/support/outage_proxy.py"), url, str(down_for)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self._child.stdout is not None
+        pid, self.url = self._child.stdout.readline().split()
+        self._pid = int(pid)
+
+    def cut(self) -> None:
+        os.kill(self._pid, signal.SIGUSR1)
+
+    def finish(self) -> tuple[int, int]:
+        out, _ = self._child.communicate(timeout=10)
+        counts = dict(w.split("=") for w in out.split() if "=" in w)
+        return int(counts["cut"]), int(counts["refused"])
+
+    def kill(self) -> None:
+        if self._child.poll() is None:
+            self._child.kill()
+            self._child.wait()
+
+
+@pytest.fixture
+def outage_proxy(postgres_url) -> Iterable[Callable[[float], OutageProxy]]:
+    """Starts :class:`OutageProxy` instances in front of a fresh PostgreSQL schema."""
+    made: list[OutageProxy] = []
+
+    def start(down_for: float) -> OutageProxy:
+        made.append(OutageProxy(postgres_url, down_for))
+        return made[-1]
+
+    yield start
+    for proxy in made:
+        proxy.kill()

@@ -7,7 +7,7 @@ import logging
 import threading
 import time
 
-from tasker_core import Worker
+from tasker_core import Engine, Worker
 
 
 def one_step(engine, name: str, **fields) -> str:
@@ -140,3 +140,32 @@ def test_step_heartbeat_renews_the_lease(memory_engine):
     worker.register("s", lambda step: seen.append(step.heartbeat()) or "ok")
     assert worker.run_until_idle(timeout=20)["completed"] == 1
     assert len(seen) == 1 and "T" in seen[0]
+
+
+def test_a_store_outage_is_waited_out_and_no_outcome_is_lost(outage_proxy):
+    proxy = outage_proxy(1.5)
+    with Engine(proxy.url) as engine:
+        engine.register_template(
+            "namespace: conf\nname: outage\nversion: 1.0.0\nsteps:\n  - name: first\n"
+            "  - name: second\n    depends_on: [first]\n")
+        tasks = [engine.create_task("conf", "outage") for _ in range(20)]
+        worker = Worker(engine, concurrency=4)
+        cut = threading.Event()
+
+        @worker.handler("first")
+        def first(step):
+            if not cut.is_set():
+                cut.set()
+                proxy.cut()
+            return "first"
+
+        worker.register("second", lambda step: "second")
+        started = time.monotonic()
+        report = worker.run_until_idle(timeout=60)
+        assert cut.is_set()
+        assert (report["completed"], report["lost"], report["failed"]) == (40, 0, 0), report
+        assert report["idle"], report
+        assert time.monotonic() - started >= 1.5
+        assert all(engine.task(t)["status"] == "complete" for t in tasks)
+    cut_connections, refused = proxy.finish()
+    assert cut_connections + refused > 0

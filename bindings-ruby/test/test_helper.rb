@@ -5,6 +5,7 @@ require "fileutils"
 require "json"
 require "logger"
 require "stringio"
+require "securerandom"
 require "tmpdir"
 require "yaml"
 
@@ -154,6 +155,58 @@ module TaskerTest
         define_singleton_method(:store) { store }
       end
       Object.const_set("#{behaviour.name}On#{label}Test", klass)
+    end
+  end
+end
+
+module TaskerTest
+  # A fresh schema on the server of +TASKER_TEST_POSTGRES_URL+ (the test command starts one),
+  # or nil without it; {drop_postgres_schema} drops it.
+  # @return [Array(String, String), nil] the engine URL and the schema
+  def self.postgres_schema
+    base = ENV["TASKER_TEST_POSTGRES_URL"]
+    return nil if base.nil? || base.empty?
+
+    schema = "tasker_test_rb_#{SecureRandom.hex(16)}"
+    system("psql", "-q", base, "-c", "CREATE SCHEMA #{schema}", exception: true)
+    ["#{base}#{base.include?('?') ? '&' : '?'}options=-c%20search_path%3D#{schema}", schema]
+  end
+
+  def self.drop_postgres_schema(schema)
+    system("psql", "-q", ENV.fetch("TASKER_TEST_POSTGRES_URL"), "-c", "DROP SCHEMA #{schema} CASCADE",
+           out: File::NULL, err: File::NULL)
+  end
+
+  # +tests/support/outage_proxy.py+ in front of the PostgreSQL server of a URL (the program
+  # every language's conformance suite starts): {#cut} takes it down for +down_for+ seconds.
+  class OutageProxy
+    # @return [String] the URL through the proxy
+    attr_reader :url
+
+    def initialize(url, down_for)
+      require "open3"
+      script = File.join(ROOT, "tests/support/outage_proxy.py")
+      @stdin, @stdout, @thread = Open3.popen2("python3", script, url, down_for.to_s)
+      pid, @url = @stdout.gets.split
+      @pid = Integer(pid)
+    end
+
+    def cut
+      Process.kill("USR1", @pid)
+    end
+
+    # Stops the proxy. @return [Array(Integer, Integer)] the connections it cut and refused
+    def finish
+      @stdin.close
+      counts = @stdout.read.scan(/(\w+)=(\d+)/).to_h
+      @thread.join
+      [Integer(counts.fetch("cut")), Integer(counts.fetch("refused"))]
+    end
+
+    def kill
+      Process.kill("KILL", @pid) if @thread.alive?
+    rescue Errno::ESRCH
+      nil
     end
   end
 end

@@ -98,3 +98,39 @@ module WorkerConformance
 end
 
 TaskerTest.on_each_store(WorkerConformance)
+
+# The store outage of the suite: the PostgreSQL server unreachable for 1.5 s in the middle of a
+# run (tests/support/outage_proxy.py cuts every connection and refuses new ones).
+class WorkerConformanceOutageTest < Minitest::Test
+  def setup
+    @url, @schema = TaskerTest.postgres_schema
+    skip "TASKER_TEST_POSTGRES_URL is not set" if @url.nil?
+    @proxy = TaskerTest::OutageProxy.new(@url, 1.5)
+  end
+
+  def teardown
+    @proxy&.kill
+    TaskerTest.drop_postgres_schema(@schema) if @schema
+  end
+
+  def test_a_store_outage_is_waited_out_and_no_outcome_is_lost
+    engine = TaskerCore::Engine.new(@proxy.url)
+    engine.register_template("namespace: conf\nname: outage\nversion: 1.0.0\nsteps:\n  - name: first\n" \
+                             "  - name: second\n    depends_on: [first]\n")
+    tasks = Array.new(20) { engine.create_task("conf", "outage") }
+    worker = TaskerCore::Worker.new(engine, concurrency: 4)
+    cut = Mutex.new
+    done = false
+    worker.handler("first") { |_step| cut.synchronize { @proxy.cut unless done; done = true }; "first" }
+    worker.handler("second") { |_step| "second" }
+    started = Process.clock_gettime(Process::CLOCK_MONOTONIC)
+    counts = worker.run_until_idle(timeout: 60)
+    assert done
+    assert_equal [40, 0, 0, true], counts.values_at("completed", "lost", "failed", "idle"), counts.inspect
+    assert_operator Process.clock_gettime(Process::CLOCK_MONOTONIC) - started, :>=, 1.5
+    assert(tasks.all? { |t| engine.task(t)["status"] == "complete" })
+    engine.close
+    cut_connections, refused = @proxy.finish
+    assert_operator cut_connections + refused, :>, 0
+  end
+end

@@ -328,3 +328,64 @@ async fn a_store_outage_ends_the_run_only_after_the_running_handlers_reported() 
         assert_err!(result, tasker_core::Error::Closed, "{store}");
     }
 }
+
+/// The PostgreSQL server unreachable for 1.5 s in the middle of a run (every connection cut,
+/// new ones refused, by `tests/support/outage_proxy.py`): the worker backs off, claims and
+/// reports again once the server is back, and no outcome is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_outage_is_waited_out_and_no_outcome_is_lost() {
+    let Some(url) = postgres_schema().await else {
+        eprintln!("skipped: TASKER_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let proxy = Arc::new(OutageProxy::start(&url, Duration::from_millis(1500)));
+    let engine = tasker_core::Engine::open(&proxy.url).await.unwrap();
+    register(
+        &engine,
+        &one("outage", step("first")).step(step("second").after(&["first"])),
+    )
+    .await;
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        tasks.push(create(&engine, NewTask::new("conf", "outage")).await);
+    }
+    let cut = Arc::new(std::sync::Once::new());
+    let (cutter, proxied) = (cut.clone(), proxy.clone());
+    let worker = Worker::builder(engine.clone())
+        .concurrency(4)
+        .handler("first", move |_step: ClaimedStep| {
+            let (cutter, proxied) = (cutter.clone(), proxied.clone());
+            async move {
+                cutter.call_once(|| proxied.cut());
+                Ok::<_, HandlerError>(json!("first"))
+            }
+        })
+        .handler("second", |_step: ClaimedStep| async {
+            Ok::<_, HandlerError>(json!("second"))
+        })
+        .build();
+    let started = Instant::now();
+    let report = worker
+        .run_until_idle(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert!(cut.is_completed(), "the outage happened");
+    assert_eq!(
+        (report.completed, report.lost, report.failed),
+        (40, 0, 0),
+        "{report:?}"
+    );
+    assert!(report.idle, "{report:?}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the run outlasted the outage"
+    );
+    for task in tasks {
+        assert_eq!(status(&engine, task).await, TaskState::Complete);
+    }
+    drop(worker);
+    engine.close();
+    let proxy = Arc::into_inner(proxy).expect("the handlers are gone");
+    let (cut_connections, refused) = proxy.finish();
+    assert!(cut_connections + refused > 0, "the engine used the proxy");
+}

@@ -2,13 +2,20 @@
  * test_conformance.c — the worker conformance suite, C side: the cases of
  * core/tests/worker_conformance.rs through the C ABI (../shared/API.md § "Worker semantics").
  * A C handler cannot be killed: past timeout_ms its attempt fails ("timed out") and its late
- * report is refused; the lease is renewed while a handler runs; a dead worker's step comes back.
+ * report is refused; the lease is renewed while a handler runs; a dead worker's step comes back;
+ * with TASKER_TEST_POSTGRES_URL, a PostgreSQL outage in the middle of a run is waited out
+ * (tests/support/outage_proxy.py, the proxy every language's suite starts).
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "tasker_core.h"
 #include "tc_test.h"
@@ -54,6 +61,104 @@ static int count_events(tc_engine *e, const char *id, const char *event) {
     }
     tc_string_free(json);
     return n;
+}
+
+/* The outage proxy: a python3 child whose stdin and stdout are pipes. */
+typedef struct {
+    pid_t child, proxy;
+    FILE *in, *out;
+    char url[512];
+} outage_proxy;
+
+static void proxy_start(outage_proxy *p, const char *url) {
+    int to[2], from[2];
+    ASSERT(pipe(to) == 0 && pipe(from) == 0);
+    p->child = fork();
+    ASSERT(p->child >= 0);
+    if (p->child == 0) {
+        dup2(to[0], 0);
+        dup2(from[1], 1);
+        close(to[1]);
+        close(from[0]);
+        execlp("python3", "python3", "tests/support/outage_proxy.py", url, "1.5", (char *)NULL);
+        _exit(127);
+    }
+    close(to[0]);
+    close(from[1]);
+    p->in = fdopen(to[1], "w");
+    p->out = fdopen(from[0], "r");
+    long pid = 0;
+    ASSERT(fscanf(p->out, "%ld %511s", &pid, p->url) == 2);
+    p->proxy = (pid_t)pid;
+}
+
+/* Stops the proxy: how many connections it cut and refused, added. */
+static long proxy_finish(outage_proxy *p) {
+    fclose(p->in);
+    long cut = -1, refused = -1;
+    ASSERT(fscanf(p->out, " cut=%ld refused=%ld", &cut, &refused) == 2);
+    fclose(p->out);
+    int status = 0;
+    waitpid(p->child, &status, 0);
+    return cut + refused;
+}
+
+static atomic_int outage_cut = 0;
+
+static void first_cuts(tc_step *step, void *user_data) {
+    outage_proxy *p = user_data;
+    if (atomic_exchange(&outage_cut, 1) == 0)
+        kill(p->proxy, SIGUSR1);
+    tc_step_complete(step, "\"first\"");
+}
+
+static void second(tc_step *step, void *user_data) {
+    (void)user_data;
+    tc_step_complete(step, "\"second\"");
+}
+
+/* The PostgreSQL server unreachable for 1.5 s in the middle of a run: the worker waits it out,
+ * and no outcome is lost (each step completes in its first attempt). */
+static void store_outage(const char *base) {
+    char schema[64], sql[256], url[512];
+    snprintf(schema, sizeof schema, "tasker_test_c_%ld", (long)getpid());
+    snprintf(sql, sizeof sql, "psql -q \"%s\" -c 'CREATE SCHEMA %s'", base, schema);
+    ASSERT(system(sql) == 0);
+    snprintf(url, sizeof url, "%s%soptions=-c%%20search_path%%3D%s", base,
+             strchr(base, '?') ? "&" : "?", schema);
+    outage_proxy p;
+    proxy_start(&p, url);
+    tc_engine *e = NULL;
+    ASSERT_OK(tc_engine_open(p.url, &e));
+    ASSERT_OK(tc_register_template(e, "namespace: conf\nname: outage\nversion: 1.0.0\nsteps:\n"
+                                      "  - name: first\n  - name: second\n"
+                                      "    depends_on: [first]\n"));
+    char *ids[20];
+    for (int i = 0; i < 20; i++)
+        ASSERT_OK(tc_create_task(e, "conf", "outage", NULL, &ids[i]));
+    tc_worker *w = NULL;
+    ASSERT_OK(tc_worker_new(e, 4, &w));
+    ASSERT_OK(tc_worker_register(w, "first", first_cuts, &p));
+    ASSERT_OK(tc_worker_register(w, "second", second, NULL));
+    long long started = now_ms();
+    ASSERT_OK(tc_worker_run_until_idle(w, 60000));
+    ASSERT(outage_cut == 1);
+    ASSERT(now_ms() - started >= 1500);
+    tc_worker_free(w);
+    for (int i = 0; i < 20; i++) {
+        char *task = TASK_JSON(e, ids[i]);
+        ASSERT_SHOW(tj_is(tj_get(task, "status"), "complete"), task);
+        ASSERT_SHOW(tj_int(tj_get(tj_step(task, "first"), "attempts")) == 1, task);
+        ASSERT_SHOW(tj_int(tj_get(tj_step(task, "second"), "attempts")) == 1, task);
+        tc_string_free(task);
+        tc_string_free(ids[i]);
+    }
+    ASSERT_OK(tc_engine_close(e));
+    ASSERT(proxy_finish(&p) > 0);
+    snprintf(sql, sizeof sql, "psql -q \"%s\" -c 'DROP SCHEMA %s CASCADE' >/dev/null 2>&1", base,
+             schema);
+    if (system(sql) != 0)
+        fprintf(stderr, "could not drop schema %s\n", schema);
 }
 
 static void run(tc_engine *e, const char *handler, tc_handler_fn fn) {
@@ -114,6 +219,11 @@ int main(void) {
         ASSERT_OK(tc_engine_close(e));
     }
     remove_sqlite(path);
+    const char *postgres = getenv("TASKER_TEST_POSTGRES_URL");
+    if (postgres && *postgres)
+        store_outage(postgres);
+    else
+        printf("test_conformance: the store outage skipped (no TASKER_TEST_POSTGRES_URL)\n");
     printf("test_conformance: ok\n");
     return 0;
 }

@@ -551,3 +551,77 @@ impl Retry {
         yaml
     }
 }
+
+/// `tests/support/outage_proxy.py` in front of a PostgreSQL server: the store outage of the
+/// worker conformance suite (the same program the Python, Ruby and C suites start).
+pub struct OutageProxy {
+    child: std::process::Child,
+    pid: String,
+    /// `url` with the proxy's address in place of the server's.
+    pub url: String,
+}
+
+impl OutageProxy {
+    /// Starts a proxy to the server of `url`; it goes down for `down_for` on [`OutageProxy::cut`].
+    pub fn start(url: &str, down_for: Duration) -> OutageProxy {
+        use std::io::BufRead;
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/support/outage_proxy.py"
+        );
+        let mut child = std::process::Command::new("python3")
+            .arg(script)
+            .arg(url)
+            .arg(down_for.as_secs_f64().to_string())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start python3 tests/support/outage_proxy.py");
+        let mut first = String::new();
+        std::io::BufReader::new(child.stdout.as_mut().expect("the proxy's stdout"))
+            .read_line(&mut first)
+            .expect("the proxy's first line");
+        let (pid, url) = first
+            .trim()
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("the proxy said {first:?}"));
+        OutageProxy {
+            pid: pid.to_owned(),
+            url: url.to_owned(),
+            child,
+        }
+    }
+
+    /// Takes the proxy down: open connections are cut, new ones refused until it is up again.
+    pub fn cut(&self) {
+        let status = std::process::Command::new("kill")
+            .args(["-USR1", &self.pid])
+            .status()
+            .expect("kill -USR1 the proxy");
+        assert!(status.success(), "the proxy is gone");
+    }
+
+    /// Stops the proxy; how many connections it cut and refused.
+    pub fn finish(mut self) -> (u64, u64) {
+        use std::io::Read;
+        drop(self.child.stdin.take());
+        let mut out = String::new();
+        if let Some(mut stdout) = self.child.stdout.take() {
+            let _ = stdout.read_to_string(&mut out);
+        }
+        let _ = self.child.wait();
+        let count = |key: &str| {
+            out.split_whitespace()
+                .find_map(|w| w.strip_prefix(key)?.parse().ok())
+                .unwrap_or_else(|| panic!("no {key} in the proxy's output {out:?}"))
+        };
+        (count("cut="), count("refused="))
+    }
+}
+
+impl Drop for OutageProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
