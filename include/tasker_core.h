@@ -73,6 +73,10 @@ typedef enum tc_status {
    * An internal panic was caught at the boundary (a bug: please report it).
    */
   TC_ERR_PANIC = -11,
+  /**
+   * tc_create_task with an idempotency key seen before, for another context or version.
+   */
+  TC_ERR_CONFLICT = -12,
 } tc_status;
 
 /**
@@ -307,9 +311,11 @@ const char *tc_version(void);
 const char *tc_last_error_message(void);
 
 /**
- * The name of a status, e.g. "TC_ERR_NOT_FOUND". A static string: never free it.
+ * The name of a status, e.g. "TC_ERR_NOT_FOUND"; "TC_UNKNOWN" for a number that is no
+ * status. Takes an `int`, not the enum: any number a caller passes is defined behaviour. A
+ * static string: never free it.
  */
-const char *tc_status_name(enum tc_status status);
+const char *tc_status_name(int status);
 
 /**
  * Frees a string the library returned through a `char **out` argument. NULL is fine.

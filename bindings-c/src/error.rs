@@ -1,7 +1,7 @@
 //! Status codes, the thread-local message of the last failure, and the library's static strings.
 
 use std::cell::RefCell;
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::{c_char, c_int, CStr, CString};
 use std::ptr;
 
 use tasker_core::error::ErrorKind;
@@ -36,6 +36,8 @@ pub enum tc_status {
     TC_ERR_CLOSED = -10,
     /// An internal panic was caught at the boundary (a bug: please report it).
     TC_ERR_PANIC = -11,
+    /// tc_create_task with an idempotency key seen before, for another context or version.
+    TC_ERR_CONFLICT = -12,
 }
 
 pub(crate) use tc_status::*;
@@ -49,6 +51,7 @@ impl From<Error> for Fail {
     fn from(e: Error) -> Self {
         let status = match (&e, e.kind()) {
             (Error::ClaimLost { .. }, _) => TC_ERR_CLAIM_LOST,
+            (Error::IdempotencyConflict { .. }, _) => TC_ERR_CONFLICT,
             (Error::Closed, _) => TC_ERR_CLOSED,
             (_, ErrorKind::Template) => TC_ERR_TEMPLATE,
             (_, ErrorKind::NotFound) => TC_ERR_NOT_FOUND,
@@ -87,24 +90,31 @@ pub extern "C" fn tc_last_error_message() -> *const c_char {
     LAST_ERROR.with(|slot| slot.borrow().as_ref().map_or(ptr::null(), |m| m.as_ptr()))
 }
 
-/// The name of a status, e.g. "TC_ERR_NOT_FOUND". A static string: never free it.
+/// The name of a status, e.g. "TC_ERR_NOT_FOUND"; "TC_UNKNOWN" for a number that is no
+/// status. Takes an `int`, not the enum: any number a caller passes is defined behaviour. A
+/// static string: never free it.
 #[no_mangle]
-pub extern "C" fn tc_status_name(status: tc_status) -> *const c_char {
-    let name: &'static CStr = match status {
-        TC_OK => c"TC_OK",
-        TC_ERR_TEMPLATE => c"TC_ERR_TEMPLATE",
-        TC_ERR_NOT_FOUND => c"TC_ERR_NOT_FOUND",
-        TC_ERR_INVALID_TRANSITION => c"TC_ERR_INVALID_TRANSITION",
-        TC_ERR_CLAIM_LOST => c"TC_ERR_CLAIM_LOST",
-        TC_ERR_STORE => c"TC_ERR_STORE",
-        TC_ERR_INVALID_ARGUMENT => c"TC_ERR_INVALID_ARGUMENT",
-        TC_ERR_NULL => c"TC_ERR_NULL",
-        TC_ERR_UTF8 => c"TC_ERR_UTF8",
-        TC_ERR_JSON => c"TC_ERR_JSON",
-        TC_ERR_CLOSED => c"TC_ERR_CLOSED",
-        TC_ERR_PANIC => c"TC_ERR_PANIC",
-    };
-    name.as_ptr()
+pub extern "C" fn tc_status_name(status: c_int) -> *const c_char {
+    const NAMES: [(tc_status, &CStr); 13] = [
+        (TC_OK, c"TC_OK"),
+        (TC_ERR_TEMPLATE, c"TC_ERR_TEMPLATE"),
+        (TC_ERR_NOT_FOUND, c"TC_ERR_NOT_FOUND"),
+        (TC_ERR_INVALID_TRANSITION, c"TC_ERR_INVALID_TRANSITION"),
+        (TC_ERR_CLAIM_LOST, c"TC_ERR_CLAIM_LOST"),
+        (TC_ERR_STORE, c"TC_ERR_STORE"),
+        (TC_ERR_INVALID_ARGUMENT, c"TC_ERR_INVALID_ARGUMENT"),
+        (TC_ERR_NULL, c"TC_ERR_NULL"),
+        (TC_ERR_UTF8, c"TC_ERR_UTF8"),
+        (TC_ERR_JSON, c"TC_ERR_JSON"),
+        (TC_ERR_CLOSED, c"TC_ERR_CLOSED"),
+        (TC_ERR_PANIC, c"TC_ERR_PANIC"),
+        (TC_ERR_CONFLICT, c"TC_ERR_CONFLICT"),
+    ];
+    NAMES
+        .iter()
+        .find(|(s, _)| *s as c_int == status)
+        .map_or(c"TC_UNKNOWN", |(_, name)| name)
+        .as_ptr()
 }
 
 /// Frees a string the library returned through a `char **out` argument. NULL is fine.

@@ -18,11 +18,12 @@ use pyo3::exceptions::{PyException, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString, PyType};
-use pythonize::{depythonize, pythonize};
+use pythonize::pythonize;
 use serde_json::Value;
 use tasker_core::error::ErrorKind;
 use tasker_core::events::Subscription as CoreSubscription;
 use tasker_core::host::{ForkSafe, Owner};
+use tasker_core::limits::MAX_JSON_DEPTH;
 use tasker_core::store::{ClaimRequest, StepFailure};
 use tasker_core::worker::{
     AttemptId, AttemptOutcome, Next, SessionConfig, WorkerSession as CoreSession,
@@ -72,12 +73,19 @@ create_exception!(
     TaskerError,
     "An argument is malformed: a URL, an id, a version, a pattern, a value that is not JSON."
 );
+create_exception!(
+    _native,
+    IdempotencyConflictError,
+    InvalidArgumentError,
+    "create_task with an idempotency key seen before, for another context or version."
+);
 
 /// Maps an engine error to its Python exception class.
 fn py_err(e: Error) -> PyErr {
     let message = e.to_string();
     match (&e, e.kind()) {
         (Error::ClaimLost { .. }, _) => ClaimLostError::new_err(message),
+        (Error::IdempotencyConflict { .. }, _) => IdempotencyConflictError::new_err(message),
         (_, ErrorKind::Template) => TemplateError::new_err(message),
         (_, ErrorKind::NotFound) => NotFoundError::new_err(message),
         (_, ErrorKind::InvalidTransition) => InvalidTransitionError::new_err(message),
@@ -94,56 +102,110 @@ fn runtime() -> PyResult<Arc<Runtime>> {
     tasker_core::host::runtime().map_err(py_err)
 }
 
-/// A Python object as a JSON value. NaN and infinities are refused (JSON has none; they would
-/// silently become null).
+/// A Python object as a JSON value, in one pass: `None`, `bool`, `int` (64-bit), finite `float`,
+/// `str`, and the containers pythonize accepts — `dict` and other mappings (with `str` keys),
+/// `list`, `tuple`, `set`, `frozenset` and other sequences (`collections.deque`, …) — nested at
+/// most the core's [`MAX_JSON_DEPTH`] levels (a value that contains itself is refused as too
+/// deep, never followed for ever). Anything else, NaN and infinities (JSON has none; they would
+/// silently become null) raise InvalidArgumentError naming what was wrong.
 fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
-    if let Some(bad) = non_finite(obj)? {
-        return Err(invalid(format!(
-            "{what} is not JSON-serialisable: {bad} is not a finite number"
-        )));
-    }
-    depythonize::<Value>(obj).map_err(|e| invalid(format!("{what} is not JSON-serialisable: {e}")))
+    convert(obj, what, 0)
 }
 
-/// How deeply a value may nest (a cyclic value would otherwise recurse without end).
-const MAX_DEPTH: usize = 128;
-
-/// The first float in `obj` (searched through dicts, lists and tuples) that is NaN or infinite;
-/// refuses values nested deeper than [`MAX_DEPTH`] (cyclic ones included).
-fn non_finite(obj: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
-    non_finite_at(obj, 0)
-}
-
-fn non_finite_at(obj: &Bound<'_, PyAny>, depth: usize) -> PyResult<Option<f64>> {
-    if depth > MAX_DEPTH {
-        return Err(invalid(format!(
-            "the value nests deeper than {MAX_DEPTH} levels (or contains itself)"
-        )));
+fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> {
+    use pyo3::types::{
+        PyBool, PyFloat, PyFrozenSet, PyInt, PyList, PyMapping, PySequence, PySet, PyTuple,
+    };
+    let not_json = |why: String| invalid(format!("{what} is not JSON-serialisable: {why}"));
+    if obj.is_none() {
+        return Ok(Value::Null);
     }
-    if let Ok(f) = obj.cast::<pyo3::types::PyFloat>() {
+    if let Ok(b) = obj.cast::<PyBool>() {
+        return Ok(Value::Bool(b.is_true()));
+    }
+    if let Ok(i) = obj.cast::<PyInt>() {
+        if let Ok(v) = i.extract::<i64>() {
+            return Ok(Value::from(v));
+        }
+        return i
+            .extract::<u64>()
+            .map(Value::from)
+            .map_err(|_| not_json(format!("{i} does not fit in 64 bits")));
+    }
+    if let Ok(f) = obj.cast::<PyFloat>() {
         let v = f.value();
-        return Ok((!v.is_finite()).then_some(v));
+        return serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| not_json(format!("{v} is not a finite number")));
     }
+    if let Ok(text) = obj.cast::<PyString>() {
+        return Ok(Value::String(text.to_cow()?.into_owned()));
+    }
+    let nested = |depth: usize| -> PyResult<usize> {
+        if depth >= MAX_JSON_DEPTH {
+            return Err(invalid(format!(
+                "{what} nests deeper than {MAX_JSON_DEPTH} levels (or contains itself)"
+            )));
+        }
+        Ok(depth + 1)
+    };
+    let key = |k: Bound<'_, PyAny>| -> PyResult<String> {
+        match k.cast::<PyString>() {
+            Ok(k) => Ok(k.to_cow()?.into_owned()),
+            Err(_) => Err(not_json(format!(
+                "a mapping key must be a str, not {}",
+                k.get_type().name()?
+            ))),
+        }
+    };
     if let Ok(d) = obj.cast::<PyDict>() {
-        for (_, v) in d.iter() {
-            if let Some(bad) = non_finite_at(&v, depth + 1)? {
-                return Ok(Some(bad));
-            }
+        let depth = nested(depth)?;
+        let mut map = serde_json::Map::with_capacity(d.len());
+        for (k, v) in d.iter() {
+            map.insert(key(k)?, convert(&v, what, depth)?);
         }
-    } else if let Ok(l) = obj.cast::<pyo3::types::PyList>() {
-        for v in l.iter() {
-            if let Some(bad) = non_finite_at(&v, depth + 1)? {
-                return Ok(Some(bad));
-            }
+        return Ok(Value::Object(map));
+    }
+    let array = |items: &mut dyn Iterator<Item = PyResult<Bound<'_, PyAny>>>| -> PyResult<Value> {
+        let depth = nested(depth)?;
+        let mut out = Vec::new();
+        for item in items {
+            out.push(convert(&item?, what, depth)?);
         }
-    } else if let Ok(t) = obj.cast::<pyo3::types::PyTuple>() {
-        for v in t.iter() {
-            if let Some(bad) = non_finite_at(&v, depth + 1)? {
-                return Ok(Some(bad));
-            }
+        Ok(Value::Array(out))
+    };
+    if let Ok(l) = obj.cast::<PyList>() {
+        return array(&mut l.iter().map(Ok));
+    }
+    if let Ok(t) = obj.cast::<PyTuple>() {
+        return array(&mut t.iter().map(Ok));
+    }
+    if let Ok(set) = obj.cast::<PySet>() {
+        return array(&mut set.iter().map(Ok));
+    }
+    if let Ok(set) = obj.cast::<PyFrozenSet>() {
+        return array(&mut set.iter().map(Ok));
+    }
+    if let Ok(m) = obj.cast::<PyMapping>() {
+        let depth = nested(depth)?;
+        let mut map = serde_json::Map::new();
+        for item in m.items()?.iter() {
+            let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
+            map.insert(key(k)?, convert(&v, what, depth)?);
+        }
+        return Ok(Value::Object(map));
+    }
+    let is_bytes = obj.is_instance_of::<pyo3::types::PyBytes>()
+        || obj.is_instance_of::<pyo3::types::PyByteArray>();
+    if !is_bytes {
+        if let Ok(seq) = obj.cast::<PySequence>() {
+            return array(&mut seq.try_iter()?);
         }
     }
-    Ok(None)
+    Err(not_json(format!(
+        "a {} is not a JSON value",
+        obj.get_type().name()?
+    )))
 }
 
 /// A JSON value (or anything serde serialises) as a Python object.
@@ -881,6 +943,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add(
         "InvalidArgumentError",
         py.get_type::<InvalidArgumentError>(),
+    )?;
+    m.add(
+        "IdempotencyConflictError",
+        py.get_type::<IdempotencyConflictError>(),
     )?;
     m.add("DEFAULT_URL", tasker_core::engine::DEFAULT_URL)?;
     Ok(())

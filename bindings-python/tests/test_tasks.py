@@ -193,3 +193,68 @@ def test_nan_and_infinity_are_refused_rather_than_stored_as_null(memory_engine):
         with pytest.raises(tasker_core.InvalidArgumentError, match="finite"):
             memory_engine.create_task("test", "ctx", context={"value": bad})
     assert memory_engine.list_tasks() == []
+
+
+def test_every_container_pythonize_accepts_is_converted_and_checked(memory_engine):
+    import collections
+    from types import MappingProxyType
+
+    memory_engine.register_template(
+        "namespace: test\nname: containers\nversion: 1.0.0\nsteps: [{name: a}]\n"
+    )
+    context = {
+        "deque": collections.deque([1, 2]),
+        "set": {3},
+        "frozenset": frozenset({4}),
+        "tuple": (5, 6),
+        "mapping": MappingProxyType({"k": "v"}),
+        "ordered": collections.OrderedDict(a=1),
+        "range": range(3),
+    }
+    task = memory_engine.task(memory_engine.create_task("test", "containers", context=context))
+    assert task["context"] == {
+        "deque": [1, 2], "set": [3], "frozenset": [4], "tuple": [5, 6], "mapping": {"k": "v"},
+        "ordered": {"a": 1}, "range": [0, 1, 2],
+    }
+    cyclic = collections.deque()
+    cyclic.append(cyclic)
+    for bad, why in (
+        (cyclic, "deeper than 64"),
+        (collections.deque([float("nan")]), "finite"),
+        ({frozenset({float("inf")})}, "finite"),
+        (MappingProxyType({"x": float("nan")}), "finite"),
+        ({1: "int key"}, "key must be a str"),
+        (b"bytes", "bytes is not a JSON value"),
+        (2**70, "64 bits"),
+        (object(), "object is not a JSON value"),
+    ):
+        with pytest.raises(tasker_core.InvalidArgumentError, match=why):
+            memory_engine.create_task("test", "containers", context={"v": bad})
+    assert len(memory_engine.list_tasks()) == 1
+
+
+def test_the_limits_are_the_cores(memory_engine):
+    memory_engine.register_template(
+        "namespace: test\nname: limits\nversion: 1.0.0\nsteps: [{name: a}]\n"
+    )
+    fits: object = 1
+    for _ in range(63):  # the context dict is the 64th level
+        fits = [fits]
+    memory_engine.create_task("test", "limits", context={"v": fits})
+    with pytest.raises(tasker_core.InvalidArgumentError, match="deeper than 64"):
+        memory_engine.create_task("test", "limits", context={"v": [fits]})
+    with pytest.raises(tasker_core.InvalidArgumentError, match="1024 KiB"):
+        memory_engine.create_task("test", "limits", context={"v": "x" * (1 << 20)})
+    with pytest.raises(tasker_core.InvalidArgumentError, match="256 bytes"):
+        memory_engine.create_task("test", "limits", idempotency_key="k" * 256)
+    first = memory_engine.create_task("test", "limits", context={"o": 1}, idempotency_key="o-1")
+    assert memory_engine.create_task("test", "limits", context={"o": 1}, idempotency_key="o-1") == first
+    with pytest.raises(tasker_core.IdempotencyConflictError, match="o-1"):
+        memory_engine.create_task("test", "limits", context={"o": 2}, idempotency_key="o-1")
+    assert issubclass(tasker_core.IdempotencyConflictError, tasker_core.InvalidArgumentError)
+    with pytest.raises(tasker_core.InvalidArgumentError, match="between 1 and 1000"):
+        memory_engine.claim("w", None, 1001)
+    with pytest.raises(tasker_core.TemplateError, match="at most 1000"):
+        memory_engine.register_template(
+            "namespace: test\nname: budget\nversion: 1.0.0\n"
+            "steps: [{name: a, retry: {max_attempts: 4294967295}}]\n")

@@ -38,7 +38,8 @@ require_relative "tasker_core/worker"
 #
 # The native extension defines {TaskerCore::Engine}, {TaskerCore::Subscription} and the error
 # classes: {TaskerCore::Error} (< StandardError) with +TemplateError+, +NotFoundError+,
-# +InvalidTransitionError+ (and its +ClaimLostError+), +StoreError+ and +InvalidArgumentError+.
+# +InvalidTransitionError+ (and its +ClaimLostError+), +StoreError+ and +InvalidArgumentError+
+# (and its +IdempotencyConflictError+: an idempotency key seen before, for another context).
 module TaskerCore
   @engine = nil
   @engine_pid = nil

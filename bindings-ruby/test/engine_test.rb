@@ -91,12 +91,45 @@ module EngineBehaviour
   def test_the_same_idempotency_key_returns_the_same_task
     @engine.register_template(template("idem", "a"))
     first = @engine.create_task("test", "idem", context: { n: 1 }, idempotency_key: "order-42")
-    again = @engine.create_task("test", "idem", context: { n: 2 }, idempotency_key: "order-42")
+    again = @engine.create_task("test", "idem", context: { n: 1 }, idempotency_key: "order-42")
     other = @engine.create_task("test", "idem", idempotency_key: "order-43")
     assert_equal first, again
     refute_equal first, other
     assert_equal "order-42", @engine.task(first)["idempotency_key"]
+    error = assert_raises(TaskerCore::IdempotencyConflictError) do
+      @engine.create_task("test", "idem", context: { n: 2 }, idempotency_key: "order-42")
+    end
+    assert_kind_of TaskerCore::InvalidArgumentError, error
+    assert_includes error.message, first
     assert_equal 2, @engine.list_tasks.size
+  end
+
+  def test_the_limits_are_the_cores
+    @engine.register_template(template("limits", "a"))
+    fits = 1
+    63.times { fits = [fits] } # the context Hash is the 64th level
+    @engine.create_task("test", "limits", context: { v: fits })
+    assert_raises(TaskerCore::InvalidArgumentError, /deeper than 64/) do
+      @engine.create_task("test", "limits", context: { v: [fits] })
+    end
+    cyclic = []
+    cyclic << cyclic
+    assert_raises(TaskerCore::InvalidArgumentError) { @engine.create_task("test", "limits", context: { v: cyclic }) }
+    big = assert_raises(TaskerCore::InvalidArgumentError) do
+      @engine.create_task("test", "limits", context: { v: "x" * (1 << 20) })
+    end
+    assert_includes big.message, "1024 KiB"
+    long = assert_raises(TaskerCore::InvalidArgumentError) do
+      @engine.create_task("test", "limits", idempotency_key: "k" * 256)
+    end
+    assert_includes long.message, "256 bytes"
+    assert_raises(TaskerCore::InvalidArgumentError) { @engine.claim("w", nil, 1001) }
+    budget = assert_raises(TaskerCore::TemplateError) do
+      @engine.register_template("namespace: test\nname: budget\nversion: 1.0.0\n" \
+                                "steps: [{name: a, retry: {max_attempts: 4294967295}}]\n")
+    end
+    assert_includes budget.message, "at most 1000"
+    assert_equal 1, @engine.list_tasks.size
   end
 
   def test_higher_priority_tasks_are_claimed_first

@@ -15,11 +15,13 @@ use crate::clock::{Clock, SystemClock, Timestamp};
 use crate::error::{Error, Result};
 use crate::events::{names, Event, EventBus, Subscription};
 use crate::ids::{StepId, TaskId};
+use crate::limits;
 use crate::state::{Change, StepEvent, TaskEvent, Transition};
 use crate::store::memory::MemoryStore;
 use crate::store::sql;
 use crate::store::{
-    Changes, ClaimRequest, ClaimedStep, NewTask, StepFailure, StepReport, Store, WorkStatus,
+    Changes, ClaimRequest, ClaimedStep, NewTask, Outcome, StepFailure, StepReport, Store,
+    WorkStatus,
 };
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{GraphView, TaskFilter, TaskView, TransitionView};
@@ -207,12 +209,28 @@ impl Engine {
         Ok(graph)
     }
 
-    /// Starts a task; with an idempotency key seen before, returns the earlier task's id.
+    /// Starts a task; with an idempotency key seen before, returns the earlier task's id, or
+    /// [`Error::IdempotencyConflict`] when that task has another context (or, when `version` is
+    /// given, another version). The context is checked against [`crate::limits`] first.
     pub async fn create_task(&self, task: NewTask) -> Result<TaskId> {
+        limits::check_json(&task.context, "the context")?;
+        if let Some(key) = &task.idempotency_key {
+            limits::check_idempotency_key(key)?;
+        }
         let graph = self
             .template(&task.namespace, &task.name, task.version.as_deref())
             .await?;
         let created = self.store()?.create_task(graph, &task, self.now()).await?;
+        if !created.created {
+            let earlier = self.task(created.task_id).await?;
+            let other_version = task.version.as_ref().is_some_and(|v| *v != earlier.version);
+            if earlier.context != task.context || other_version {
+                return Err(Error::IdempotencyConflict {
+                    key: task.idempotency_key.unwrap_or_default(),
+                    task: created.task_id,
+                });
+            }
+        }
         self.publish(created.changes);
         Ok(created.task_id)
     }
@@ -220,6 +238,7 @@ impl Engine {
     /// Claims up to `request.limit` ready steps, each with a lease of its `lease_ms` that
     /// starts once the store holds its write lock.
     pub async fn claim(&self, request: &ClaimRequest) -> Result<Vec<ClaimedStep>> {
+        limits::check_claim_limit(request.limit)?;
         let now = || self.now();
         let (claimed, changes) = self.store()?.claim(request, &now).await?;
         self.publish(changes);
@@ -248,7 +267,10 @@ impl Engine {
 
     /// Reports a claimed attempt's result. Refused with [`Error::ClaimLost`] when the claim is no
     /// longer held (lease expired, task cancelled, step resolved).
+    /// A result past [`crate::limits`] is refused with [`Error::InvalidArgument`] (nothing is
+    /// recorded; the claim is still held).
     pub async fn complete(&self, step: StepId, attempt: u32, result: Value) -> Result<()> {
+        limits::check_json(&result, "the result")?;
         let changes = self
             .store()?
             .complete(step, attempt, result, self.now())
@@ -259,14 +281,21 @@ impl Engine {
 
     /// Reports many claimed attempts at once (one transaction on the SQL stores); each report
     /// is accepted or refused on its own. An `Err` (the store failed) means none was recorded.
-    pub async fn report_many(&self, reports: Vec<StepReport>) -> Result<Vec<Result<()>>> {
+    /// A result past [`crate::limits`] fails its attempt for good instead (what a worker can do
+    /// with it); failure messages are cut to [`limits::MAX_MESSAGE_BYTES`].
+    pub async fn report_many(&self, mut reports: Vec<StepReport>) -> Result<Vec<Result<()>>> {
+        for report in &mut reports {
+            let outcome = std::mem::replace(&mut report.outcome, Outcome::Complete(Value::Null));
+            report.outcome = limits::outcome(outcome);
+        }
         let (results, changes) = self.store()?.report_many(reports, self.now()).await?;
         self.publish(changes);
         Ok(results)
     }
 
     /// Reports a claimed attempt's failure.
-    pub async fn fail(&self, step: StepId, attempt: u32, failure: StepFailure) -> Result<()> {
+    pub async fn fail(&self, step: StepId, attempt: u32, mut failure: StepFailure) -> Result<()> {
+        failure.message = limits::message(failure.message);
         let changes = self
             .store()?
             .fail(step, attempt, &failure, self.now())

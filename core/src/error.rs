@@ -62,6 +62,14 @@ pub enum Error {
     /// An argument was malformed (a URL, JSON, a pattern, a limit).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// `create_task` with an idempotency key seen before, for another context or version.
+    #[error("the idempotency key {key:?} belongs to task {task}, created with another context or version")]
+    IdempotencyConflict {
+        /// The key.
+        key: String,
+        /// The task created with it.
+        task: TaskId,
+    },
     /// The storage backend failed.
     #[error("store error: {0}")]
     Store(String),
@@ -103,7 +111,9 @@ impl Error {
             | Error::TaskNotFound(_)
             | Error::StepNotFound { .. } => ErrorKind::NotFound,
             Error::InvalidTransition(_) | Error::ClaimLost { .. } => ErrorKind::InvalidTransition,
-            Error::InvalidArgument(_) | Error::InvalidId(_) => ErrorKind::InvalidArgument,
+            Error::InvalidArgument(_) | Error::InvalidId(_) | Error::IdempotencyConflict { .. } => {
+                ErrorKind::InvalidArgument
+            }
             Error::Store(_) | Error::Closed => ErrorKind::Store,
         }
     }

@@ -49,6 +49,7 @@ pub mod error;
 pub mod events;
 pub mod host;
 pub mod ids;
+pub mod limits;
 pub mod readiness;
 pub mod retry;
 pub mod state;

@@ -101,9 +101,12 @@ impl RetryPolicy {
             FailureKind::Retryable { .. } if attempt >= max_attempts => {
                 RetryDecision::GiveUp { exhausted: true }
             }
+            // A handler's retry_after is capped at the step's backoff_max_ms.
             FailureKind::Retryable {
                 retry_after_ms: Some(ms),
-            } => RetryDecision::RetryAfter { delay_ms: ms },
+            } => RetryDecision::RetryAfter {
+                delay_ms: ms.min(self.backoff_max_ms),
+            },
             FailureKind::Retryable {
                 retry_after_ms: None,
             } => RetryDecision::RetryAfter {
@@ -135,14 +138,18 @@ mod tests {
     }
 
     #[test]
-    fn handler_retry_after_overrides_backoff() {
+    fn handler_retry_after_overrides_backoff_up_to_backoff_max() {
         let p = policy(200, 1_000, false);
-        let kind = FailureKind::Retryable {
-            retry_after_ms: Some(7_000),
+        let after = |ms| FailureKind::Retryable {
+            retry_after_ms: Some(ms),
         };
         assert_eq!(
-            p.decide(1, 5, kind, 0.0),
-            RetryDecision::RetryAfter { delay_ms: 7_000 }
+            p.decide(1, 5, after(700), 0.0),
+            RetryDecision::RetryAfter { delay_ms: 700 }
+        );
+        assert_eq!(
+            p.decide(1, 5, after(7_000), 0.0),
+            RetryDecision::RetryAfter { delay_ms: 1_000 }
         );
     }
 

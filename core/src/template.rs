@@ -614,6 +614,12 @@ impl TaskTemplate {
         };
         let problem = if retry.max_attempts == 0 {
             Some("max_attempts must be at least 1 (it counts the first attempt)".to_owned())
+        } else if retry.max_attempts > crate::limits::MAX_ATTEMPTS {
+            Some(format!(
+                "max_attempts must be at most {}, not {}",
+                crate::limits::MAX_ATTEMPTS,
+                retry.max_attempts
+            ))
         } else if retry.backoff_base_ms > retry.backoff_max_ms {
             Some(format!(
                 "backoff_base_ms ({}) must not exceed backoff_max_ms ({})",
@@ -1381,6 +1387,21 @@ steps:
             }
         );
         assert_eq!(err.to_string(), "cycle: a -> a");
+    }
+
+    #[test]
+    fn max_attempts_past_a_thousand_is_refused() {
+        let text = with_steps("  - name: charge\n    retry: { max_attempts: 4294967295 }\n");
+        let err = text.parse::<TaskTemplate>().unwrap().compile().unwrap_err();
+        assert_eq!(
+            err,
+            TemplateError::InvalidRetry {
+                step: "charge".into(),
+                message: "max_attempts must be at most 1000, not 4294967295".to_owned()
+            }
+        );
+        let ok = with_steps("  - name: charge\n    retry: { max_attempts: 1000 }\n");
+        assert!(ok.parse::<TaskTemplate>().unwrap().compile().is_ok());
     }
 
     #[test]

@@ -306,29 +306,45 @@ fn single() -> Template {
 #[tokio::test]
 async fn same_idempotency_key_returns_the_same_task() {
     for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
-        let first = create(
-            &engine,
-            NewTask::new("n", "single").idempotency_key("order-42"),
-        )
-        .await;
-        let again = create(
-            &engine,
+        let order = || {
             NewTask::new("n", "single")
                 .idempotency_key("order-42")
-                .context(json!({"ignored": true})),
-        )
-        .await;
+                .context(json!({"order": 42}))
+        };
+        let first = create(&engine, order()).await;
+        let again = create(&engine, order()).await;
         assert_eq!(first, again, "{store}");
+        let same_version = create(&engine, order().version("1.0.0")).await;
+        assert_eq!(first, same_version, "{store}");
 
+        // The same key for another context (or version) is a conflict, not the first task.
+        let other = engine
+            .create_task(order().context(json!({"order": 43})))
+            .await;
+        assert_err!(
+            other,
+            tasker_core::Error::IdempotencyConflict { ref key, task } if key == "order-42" && task == first,
+            "{store}"
+        );
         let tasks = engine.list_tasks(&TaskFilter::default()).await.unwrap();
         assert_eq!(tasks.len(), 1, "{store}");
         assert_eq!(tasks[0].idempotency_key.as_deref(), Some("order-42"));
-        assert_eq!(
-            tasks[0].context,
-            json!({}),
-            "{store}: the first context stays"
-        );
+        assert_eq!(tasks[0].context, json!({"order": 42}), "{store}");
         assert_eq!(claim(&engine, 10).await.len(), 1, "{store}: one step, once");
+    }
+}
+
+#[tokio::test]
+async fn an_idempotency_key_past_255_bytes_is_an_invalid_argument() {
+    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+        let ok = NewTask::new("n", "single").idempotency_key("k".repeat(255));
+        create(&engine, ok).await;
+        let long = NewTask::new("n", "single").idempotency_key("k".repeat(256));
+        assert_err!(
+            engine.create_task(long).await,
+            tasker_core::Error::InvalidArgument(ref m) if m.contains("256 bytes"),
+            "{store}"
+        );
     }
 }
 

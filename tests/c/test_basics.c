@@ -68,6 +68,7 @@ static void test_version_and_status_names(void) {
         {TC_ERR_JSON, "TC_ERR_JSON"},
         {TC_ERR_CLOSED, "TC_ERR_CLOSED"},
         {TC_ERR_PANIC, "TC_ERR_PANIC"},
+        {TC_ERR_CONFLICT, "TC_ERR_CONFLICT"},
     };
     for (size_t i = 0; i < sizeof names / sizeof *names; i++) {
         const char *name = tc_status_name(names[i].status);
@@ -78,6 +79,10 @@ static void test_version_and_status_names(void) {
     ASSERT(TC_ERR_INVALID_TRANSITION == -3 && TC_ERR_CLAIM_LOST == -4 && TC_ERR_STORE == -5);
     ASSERT(TC_ERR_INVALID_ARGUMENT == -6 && TC_ERR_NULL == -7 && TC_ERR_UTF8 == -8);
     ASSERT(TC_ERR_JSON == -9 && TC_ERR_CLOSED == -10 && TC_ERR_PANIC == -11);
+    ASSERT(TC_ERR_CONFLICT == -12);
+    /* Any int is a defined argument: numbers that are no status have a name too. */
+    ASSERT(strcmp(tc_status_name(42), "TC_UNKNOWN") == 0);
+    ASSERT(strcmp(tc_status_name(-1000), "TC_UNKNOWN") == 0);
 }
 
 static void test_open_and_close(void) {
@@ -233,6 +238,26 @@ static void test_create_task(tc_engine *e) {
     ASSERT_MESSAGE_HAS("one");
     ASSERT_FAILS_OUT(TC_ERR_NOT_FOUND, out,
                      tc_create_task_ex(e, "c_basics", "order", NULL, "9.9.9", NULL, 0, &out));
+
+    /* The same idempotency key for another context is a conflict; the limits are the core's. */
+    ASSERT_FAILS_OUT(TC_ERR_CONFLICT, out,
+                     tc_create_task_ex(e, "c_basics", "order", "{\"order\": 2}", "1.0.0",
+                                       "order-1", 5, &out));
+    ASSERT_MESSAGE_HAS("order-1");
+    char deep[200] = {0};
+    for (int i = 0; i < 65; i++)
+        strcat(deep, "[");
+    for (int i = 0; i < 65; i++)
+        strcat(deep, "]");
+    ASSERT_FAILS_OUT(TC_ERR_INVALID_ARGUMENT, out,
+                     tc_create_task_ex(e, "c_basics", "order", deep, NULL, NULL, 0, &out));
+    ASSERT_MESSAGE_HAS("deeper than 64");
+    char key[300];
+    memset(key, 'k', 256);
+    key[256] = 0;
+    ASSERT_FAILS_OUT(TC_ERR_INVALID_ARGUMENT, out,
+                     tc_create_task_ex(e, "c_basics", "order", NULL, NULL, key, 0, &out));
+    ASSERT_MESSAGE_HAS("256 bytes");
 }
 
 static void test_views(void) {

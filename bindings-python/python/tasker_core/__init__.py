@@ -36,6 +36,7 @@ from ._native import (
     Engine,
     WorkerRuns,
     WorkerSession,
+    IdempotencyConflictError,
     InvalidArgumentError,
     InvalidTransitionError,
     NotFoundError,
@@ -48,6 +49,7 @@ from ._native import (
 __all__ = [
     "ClaimLostError",
     "Engine",
+    "IdempotencyConflictError",
     "InvalidArgumentError",
     "InvalidTransitionError",
     "NotFoundError",

@@ -58,7 +58,12 @@ class StoreError(TaskerError):
 
 class InvalidArgumentError(TaskerError):
     """An argument is malformed: a store URL, an id string, a version string, an event
-    pattern, or a value that is not JSON-serialisable."""
+    pattern, or a value that is not JSON-serialisable or is past a limit (nested deeper than 64
+    levels, larger than 1 MiB, an idempotency key longer than 255 bytes, a claim limit outside
+    1…1000)."""
+
+class IdempotencyConflictError(InvalidArgumentError):
+    """``create_task`` with an idempotency key seen before, for another context or version."""
 
 class TemplateSummary(TypedDict):
     namespace: str
@@ -199,9 +204,11 @@ class Engine:
         """Starts a task of template ``namespace/name`` and returns its id.
 
         The newest version is used unless ``version`` is given. A second call with the same
-        ``idempotency_key`` returns the first task's id. Steps of tasks with a higher
-        ``priority`` are claimed first. Raises :class:`NotFoundError` for an unknown template,
-        :class:`InvalidArgumentError` for a bad version string or a context that is not JSON.
+        ``idempotency_key`` and context returns the first task's id; with another context (or
+        another ``version``) it raises :class:`IdempotencyConflictError`. Steps of tasks with a
+        higher ``priority`` are claimed first. Raises :class:`NotFoundError` for an unknown
+        template, :class:`InvalidArgumentError` for a bad version string, a context that is not
+        JSON or one past the limits (64 levels, 1 MiB; a key of 255 bytes).
         """
     def claim(
         self,

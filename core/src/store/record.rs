@@ -647,7 +647,10 @@ impl TaskRecord {
             let i = index as usize;
             if matches!(self.states[i], StepState::Error | StepState::Skipped) {
                 let rec = &mut self.steps[i];
-                rec.max_attempts = rec.attempts + self.graph.step(index).retry.max_attempts;
+                // Saturating: an operator may retry a task any number of times.
+                rec.max_attempts = rec
+                    .attempts
+                    .saturating_add(self.graph.step(index).retry.max_attempts);
                 rec.completed_at = None;
                 rec.next_attempt_at = None;
                 let reason = Some("operator retry".to_owned());

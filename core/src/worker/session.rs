@@ -409,6 +409,14 @@ impl WorkerSession {
         id: AttemptId,
         outcome: AttemptOutcome,
     ) -> std::result::Result<(), Refused> {
+        // Within the limits (a result past them fails for good), checked outside the lock.
+        let outcome = match outcome {
+            AttemptOutcome::Complete(value) => {
+                Some(crate::limits::outcome(Outcome::Complete(value)))
+            }
+            AttemptOutcome::Fail(failure) => Some(crate::limits::outcome(Outcome::Fail(failure))),
+            AttemptOutcome::TimedOut => None,
+        };
         let mut state = self.shared.state.lock();
         let Some(held) = state.held.get(&id) else {
             return Err(state.let_go.remove(&id).unwrap_or(Refused::NotHeld));
@@ -421,11 +429,7 @@ impl WorkerSession {
             return Err(Refused::TimedOut);
         }
         state.held.remove(&id);
-        let outcome = match outcome {
-            AttemptOutcome::Complete(value) => Outcome::Complete(value),
-            AttemptOutcome::Fail(failure) => Outcome::Fail(failure),
-            AttemptOutcome::TimedOut => Outcome::Fail(timed_out(timeout_ms)),
-        };
+        let outcome = outcome.unwrap_or_else(|| Outcome::Fail(timed_out(timeout_ms)));
         state.reports.push(Pending {
             report: StepReport {
                 step: id.step,
@@ -597,7 +601,7 @@ async fn drive(shared: Arc<Shared>) {
             && (claimable >= claim_batch || wait_for_hosts == 0)
             && retry_claims_at.is_none_or(|t| t <= now);
         if may_claim {
-            request.limit = claimable;
+            request.limit = claimable.min(crate::limits::MAX_CLAIM);
             match engine.claim(&request).await {
                 Ok(claimed) => {
                     store_errors = 0;

@@ -116,6 +116,7 @@ fn error_class(ruby: &Ruby, name: &str) -> ExceptionClass {
 fn rb_err(ruby: &Ruby, e: tasker_core::Error) -> Error {
     let class = match (&e, e.kind()) {
         (tasker_core::Error::ClaimLost { .. }, _) => "ClaimLostError",
+        (tasker_core::Error::IdempotencyConflict { .. }, _) => "IdempotencyConflictError",
         (_, ErrorKind::Template) => "TemplateError",
         (_, ErrorKind::NotFound) => "NotFoundError",
         (_, ErrorKind::InvalidTransition) => "InvalidTransitionError",
@@ -134,8 +135,9 @@ fn runtime(ruby: &Ruby) -> Result<Arc<Runtime>, Error> {
     tasker_core::host::runtime().map_err(|e| rb_err(ruby, e))
 }
 
-/// How deeply a value may nest (a value that contains itself would otherwise recurse forever).
-const MAX_DEPTH: usize = 128;
+/// The core's limit (`tasker_core::limits`): walked here first, so that a Hash or Array that
+/// contains itself is refused before serde_magnus follows it for ever.
+const MAX_DEPTH: usize = tasker_core::limits::MAX_JSON_DEPTH;
 
 /// A Ruby value as JSON (Symbol keys and values become strings). NaN and infinities are
 /// refused (JSON has none), and so are values nested deeper than [`MAX_DEPTH`].
@@ -146,7 +148,9 @@ fn to_json(ruby: &Ruby, value: Value, what: &str) -> Result<Json, Error> {
 }
 
 fn check_value(ruby: &Ruby, value: Value, what: &str, depth: usize) -> Result<(), Error> {
-    if depth > MAX_DEPTH {
+    let container =
+        magnus::RArray::from_value(value).is_some() || RHash::from_value(value).is_some();
+    if container && depth >= MAX_DEPTH {
         return Err(invalid(
             ruby,
             format!("{what} nests deeper than {MAX_DEPTH} levels (or contains itself)"),
@@ -812,14 +816,11 @@ impl Session {
 fn init(ruby: &Ruby) -> Result<(), Error> {
     let module = ruby.define_module("TaskerCore")?;
     let base = module.define_error("Error", ruby.exception_standard_error())?;
-    for name in [
-        "TemplateError",
-        "NotFoundError",
-        "StoreError",
-        "InvalidArgumentError",
-    ] {
+    for name in ["TemplateError", "NotFoundError", "StoreError"] {
         module.define_error(name, base)?;
     }
+    let invalid = module.define_error("InvalidArgumentError", base)?;
+    module.define_error("IdempotencyConflictError", invalid)?;
     let transition = module.define_error("InvalidTransitionError", base)?;
     module.define_error("ClaimLostError", transition)?;
     module.const_set("DEFAULT_URL", tasker_core::engine::DEFAULT_URL)?;

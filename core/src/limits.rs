@@ -1,0 +1,236 @@
+//! The limits of `API.md` § "Limits", the same in every language and enforced here once: the
+//! engine checks what it is given before anything is written, so that no value a user controls
+//! can be stored and then fail to load (serde_json refuses to read JSON nested deeper than 128
+//! levels), grow a store without bound or overflow a counter.
+//!
+//! | what | limit | past it |
+//! |---|---|---|
+//! | JSON nesting (context, results, config) | [`MAX_JSON_DEPTH`] levels | [`Error::InvalidArgument`] |
+//! | context, one result | [`MAX_JSON_BYTES`] serialised each | [`Error::InvalidArgument`] |
+//! | error message | [`MAX_MESSAGE_BYTES`] | truncated with `…` ([`message`]) |
+//! | idempotency key | [`MAX_IDEMPOTENCY_KEY_BYTES`] | [`Error::InvalidArgument`] |
+//! | `max_attempts` | 1 … [`MAX_ATTEMPTS`] | [`Error::Template`] |
+//! | `retry_after` | the step's `backoff_max_ms` | capped |
+//! | claim `limit` | 1 … [`MAX_CLAIM`] | [`Error::InvalidArgument`] |
+
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::retry::FailureKind;
+use crate::store::{Outcome, StepFailure};
+
+/// The deepest a JSON value may nest: a scalar is depth 0, `[1]` depth 1.
+pub const MAX_JSON_DEPTH: usize = 64;
+/// The most bytes a context or one result may take, serialised as JSON.
+pub const MAX_JSON_BYTES: usize = 1 << 20;
+/// The most bytes of a failure's message that are kept.
+pub const MAX_MESSAGE_BYTES: usize = 4096;
+/// The longest idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
+/// The largest `max_attempts` a template may give a step.
+pub const MAX_ATTEMPTS: u32 = 1000;
+/// The most steps one claim may ask for.
+pub const MAX_CLAIM: usize = 1000;
+
+/// Checks that `value` (named `what` in the error: "the context", "the result") nests at most
+/// [`MAX_JSON_DEPTH`] levels and serialises to at most [`MAX_JSON_BYTES`].
+///
+/// ```
+/// use serde_json::json;
+/// use tasker_core::limits::check_json;
+/// assert!(check_json(&json!({"order": [1, 2, 3]}), "the context").is_ok());
+/// let mut deep = json!(0);
+/// for _ in 0..65 { deep = json!([deep]); }
+/// assert!(check_json(&deep, "the context").unwrap_err().to_string().contains("64 levels"));
+/// ```
+pub fn check_json(value: &Value, what: &str) -> Result<()> {
+    // Iterative: a value nested far too deep must not exhaust the stack while it is checked.
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, depth)) = stack.pop() {
+        let children: Box<dyn Iterator<Item = &Value>> = match v {
+            Value::Array(items) => Box::new(items.iter()),
+            Value::Object(map) => Box::new(map.values()),
+            _ => continue,
+        };
+        if depth >= MAX_JSON_DEPTH {
+            return Err(Error::InvalidArgument(format!(
+                "{what} nests deeper than {MAX_JSON_DEPTH} levels"
+            )));
+        }
+        stack.extend(children.map(|c| (c, depth + 1)));
+    }
+    let size = json_size(value);
+    if size > MAX_JSON_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "{what} is larger than {} KiB serialised ({} bytes or more)",
+            MAX_JSON_BYTES / 1024,
+            size
+        )));
+    }
+    Ok(())
+}
+
+/// The serialised size of `value`, counted without building the text, and only up to just past
+/// [`MAX_JSON_BYTES`].
+fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            if self.0 > MAX_JSON_BYTES {
+                // Stops the serialiser: the size is known to be too large.
+                return Err(std::io::Error::other("too large"));
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
+/// `text` cut to at most [`MAX_MESSAGE_BYTES`] (at a character boundary, ending with `…`).
+///
+/// ```
+/// use tasker_core::limits::{message, MAX_MESSAGE_BYTES};
+/// assert_eq!(message("card declined".into()), "card declined");
+/// let long = message("é".repeat(5000));
+/// assert!(long.len() <= MAX_MESSAGE_BYTES && long.ends_with('…'));
+/// ```
+pub fn message(mut text: String) -> String {
+    if text.len() <= MAX_MESSAGE_BYTES {
+        return text;
+    }
+    let mut end = MAX_MESSAGE_BYTES - '…'.len_utf8();
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push('…');
+    text
+}
+
+/// A worker's outcome within the limits: a result past them becomes a permanent failure
+/// ("result refused: …", what a worker can do with it); a failure's message is cut to
+/// [`MAX_MESSAGE_BYTES`].
+pub fn outcome(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Complete(result) => match check_json(&result, "the result") {
+            Ok(()) => Outcome::Complete(result),
+            Err(e) => Outcome::Fail(StepFailure {
+                message: match e {
+                    Error::InvalidArgument(why) => format!("result refused: {why}"),
+                    other => format!("result refused: {other}"),
+                },
+                kind: FailureKind::Permanent,
+            }),
+        },
+        Outcome::Fail(failure) => Outcome::Fail(StepFailure {
+            message: message(failure.message),
+            kind: failure.kind,
+        }),
+    }
+}
+
+/// Checks an idempotency key's length.
+pub fn check_idempotency_key(key: &str) -> Result<()> {
+    if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
+        return Err(Error::InvalidArgument(format!(
+            "the idempotency key is {} bytes long; the limit is {MAX_IDEMPOTENCY_KEY_BYTES}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Checks a claim's `limit`.
+pub fn check_claim_limit(limit: usize) -> Result<()> {
+    if limit == 0 || limit > MAX_CLAIM {
+        return Err(Error::InvalidArgument(format!(
+            "a claim's limit must be between 1 and {MAX_CLAIM}, not {limit}"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    fn nested(depth: usize) -> Value {
+        let mut v = json!("leaf");
+        for i in 0..depth {
+            v = if i % 2 == 0 {
+                json!([v])
+            } else {
+                json!({ "k": v })
+            };
+        }
+        v
+    }
+
+    #[test]
+    fn sixty_four_levels_pass_and_sixty_five_do_not() {
+        assert!(check_json(&nested(64), "the context").is_ok());
+        let err = check_json(&nested(65), "the context").unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument(_)), "{err}");
+        assert!(err.to_string().contains("the context nests deeper than 64"));
+    }
+
+    #[test]
+    fn a_value_nested_a_million_levels_is_refused_without_overflowing_the_stack() {
+        let mut v = Value::Null;
+        for _ in 0..1_000_000 {
+            v = Value::Array(vec![v]);
+        }
+        assert!(check_json(&v, "the result").is_err());
+        // Dropping it recursively would overflow the stack: unwind it by hand.
+        while let Value::Array(mut items) = v {
+            v = items.pop().unwrap_or(Value::Null);
+        }
+    }
+
+    #[test]
+    fn one_mebibyte_passes_and_one_byte_more_does_not() {
+        // "…" plus the two quotes: the serialised size is the string's length + 2.
+        let fits = Value::String("x".repeat(MAX_JSON_BYTES - 2));
+        assert!(check_json(&fits, "the result").is_ok());
+        let over = Value::String("x".repeat(MAX_JSON_BYTES - 1));
+        let err = check_json(&over, "the result").unwrap_err();
+        assert!(err.to_string().contains("larger than 1024 KiB"), "{err}");
+    }
+
+    #[test]
+    fn keys_and_limits() {
+        assert!(check_idempotency_key(&"k".repeat(255)).is_ok());
+        assert!(check_idempotency_key(&"k".repeat(256)).is_err());
+        assert!(check_claim_limit(0).is_err());
+        assert!(check_claim_limit(1).is_ok());
+        assert!(check_claim_limit(1000).is_ok());
+        assert!(check_claim_limit(1001).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn the_depth_check_agrees_with_the_depth(depth in 0usize..130) {
+            prop_assert_eq!(check_json(&nested(depth), "v").is_ok(), depth <= MAX_JSON_DEPTH);
+        }
+
+        #[test]
+        fn messages_are_cut_at_a_char_boundary(text in "\\PC{0,3000}") {
+            let cut = message(text.clone());
+            prop_assert!(cut.len() <= MAX_MESSAGE_BYTES);
+            if text.len() <= MAX_MESSAGE_BYTES {
+                prop_assert_eq!(cut, text);
+            } else {
+                prop_assert!(cut.ends_with('…'));
+                prop_assert!(text.starts_with(cut.trim_end_matches('…')));
+            }
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The limits of `API.md` § "Limits" on every store: what a user controls can neither be stored
+//! and then fail to load, nor overflow a counter, nor stop other tasks.
+
+mod support;
+
+use serde_json::{json, Value};
+use tasker_core::retry::FailureKind;
+use tasker_core::store::{Outcome, StepFailure, StepReport};
+use tasker_core::{ClaimedStep, Error, HandlerError, ManualClock, NewTask, TaskState, Worker};
+
+use support::*;
+
+fn nested(depth: usize) -> Value {
+    let mut v = json!(1);
+    for _ in 0..depth {
+        v = json!({ "k": v });
+    }
+    v
+}
+
+fn single() -> Template {
+    template("lim", "single").step(step("s"))
+}
+
+#[tokio::test]
+async fn a_context_nested_past_64_levels_is_refused_and_nothing_is_written() {
+    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+        let deep = NewTask::new("lim", "single").context(nested(65));
+        assert_err!(
+            engine.create_task(deep).await,
+            Error::InvalidArgument(ref m) if m.contains("the context nests deeper than 64 levels"),
+            "{store}"
+        );
+        let big = NewTask::new("lim", "single").context(json!({"blob": "x".repeat(1 << 20)}));
+        assert_err!(
+            engine.create_task(big).await,
+            Error::InvalidArgument(ref m) if m.contains("larger than 1024 KiB"),
+            "{store}"
+        );
+        let fits = create(&engine, NewTask::new("lim", "single").context(nested(64))).await;
+        let listed = engine.list_tasks(&Default::default()).await.unwrap();
+        assert_eq!(listed.len(), 1, "{store}: only the task within the limits");
+        assert_eq!(listed[0].id, fits);
+        // A second engine on the same store reads everything back (what used to fail).
+        assert_eq!(claim(&engine, 10).await.len(), 1, "{store}");
+    }
+}
+
+#[tokio::test]
+async fn a_result_past_the_limits_fails_its_attempt_for_good_and_other_tasks_run() {
+    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+        let bad = create(
+            &engine,
+            NewTask::new("lim", "single").context(json!({"bad": true})),
+        )
+        .await;
+        let good = create(&engine, NewTask::new("lim", "single")).await;
+        // Through the engine's own API: refused, the claim still held.
+        let claimed = claim(&engine, 10).await;
+        assert_eq!(claimed.len(), 2);
+        let of = |task| claimed.iter().find(|c| c.task_id() == task).unwrap();
+        assert_err!(
+            engine.complete(of(bad).step_id, of(bad).attempt, nested(65)).await,
+            Error::InvalidArgument(ref m) if m.contains("the result nests deeper than 64"),
+            "{store}"
+        );
+        // Through report_many (what workers use): the attempt fails permanently.
+        let reports = vec![
+            StepReport {
+                step: of(bad).step_id,
+                attempt: of(bad).attempt,
+                outcome: Outcome::Complete(nested(65)),
+            },
+            StepReport {
+                step: of(good).step_id,
+                attempt: of(good).attempt,
+                outcome: Outcome::Complete(json!("ok")),
+            },
+        ];
+        let results = engine.report_many(reports).await.unwrap();
+        assert!(results.iter().all(Result::is_ok), "{store}: {results:?}");
+        assert_eq!(status(&engine, bad).await, TaskState::Error, "{store}");
+        assert_eq!(status(&engine, good).await, TaskState::Complete, "{store}");
+        let step = task_view(&engine, bad).await.steps.remove(0);
+        assert_eq!(
+            step.error.as_deref(),
+            Some("result refused: the result nests deeper than 64 levels"),
+            "{store}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_workers_deep_result_does_not_stop_the_worker() {
+    for (store, engine) in real_time_engines_with(&[single()]).await {
+        let bad = create(
+            &engine,
+            NewTask::new("lim", "single").context(json!({"bad": true})),
+        )
+        .await;
+        let others: Vec<_> = create_many(&engine, 5).await;
+        let worker = Worker::builder(engine.clone())
+            .handler("s", |step: ClaimedStep| async move {
+                let deep = step.context.get("bad").is_some();
+                Ok::<_, HandlerError>(if deep { nested(100) } else { json!("ok") })
+            })
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert_eq!(
+            (report.completed, report.failed),
+            (5, 1),
+            "{store}: {report:?}"
+        );
+        assert_eq!(status(&engine, bad).await, TaskState::Error, "{store}");
+        for task in others {
+            assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
+        }
+    }
+}
+
+async fn create_many(engine: &tasker_core::Engine, n: usize) -> Vec<tasker_core::TaskId> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        ids.push(create(engine, NewTask::new("lim", "single")).await);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn error_messages_are_cut_to_4_kib() {
+    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+        let task = create(&engine, NewTask::new("lim", "single")).await;
+        let c = claim_one(&engine, "s").await;
+        let failure = StepFailure {
+            message: "é".repeat(10_000),
+            kind: FailureKind::Permanent,
+        };
+        engine.fail(c.step_id, c.attempt, failure).await.unwrap();
+        let error = task_view(&engine, task).await.steps[0]
+            .error
+            .clone()
+            .unwrap();
+        assert!(
+            error.len() <= 4096 && error.ends_with('…'),
+            "{store}: {}",
+            error.len()
+        );
+        assert!(error.starts_with("éé"), "{store}");
+    }
+}
+
+#[tokio::test]
+async fn a_claim_limit_outside_1_to_1000_is_an_invalid_argument() {
+    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+        for limit in [0, 1001] {
+            assert_err!(
+                engine.claim(&any_handler(limit)).await,
+                Error::InvalidArgument(ref m) if m.contains(&format!("not {limit}")),
+                "{store}"
+            );
+        }
+        assert!(engine.claim(&any_handler(1000)).await.is_ok(), "{store}");
+    }
+}
+
+#[tokio::test]
+async fn retry_task_keeps_the_attempt_budget_in_range() {
+    let t = template("lim", "budget").step(step("s").retry(attempts(1000)));
+    for (store, engine) in engines_with(ManualClock::new(), &[t]).await {
+        let task = create(&engine, NewTask::new("lim", "budget")).await;
+        for round in 1..=3u32 {
+            let c = claim_one(&engine, "s").await;
+            let failure = StepFailure {
+                message: "no".into(),
+                kind: FailureKind::Permanent,
+            };
+            engine.fail(c.step_id, c.attempt, failure).await.unwrap();
+            assert_eq!(status(&engine, task).await, TaskState::Error, "{store}");
+            engine.retry_task(task).await.unwrap();
+            let step = task_view(&engine, task).await.steps.remove(0);
+            assert_eq!(step.max_attempts, round + 1000, "{store}");
+        }
+    }
+}
