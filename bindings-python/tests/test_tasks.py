@@ -258,3 +258,30 @@ def test_the_limits_are_the_cores(memory_engine):
         memory_engine.register_template(
             "namespace: test\nname: budget\nversion: 1.0.0\n"
             "steps: [{name: a, retry: {max_attempts: 4294967295}}]\n")
+
+
+def test_a_task_whose_rows_cannot_be_read_does_not_stop_the_worker(tmp_path):
+    import sqlite3
+
+    url = f"sqlite://{tmp_path / 'tasker.db'}"
+    with tasker_core.Engine(url) as engine:
+        engine.register_template(
+            "namespace: test\nname: rows\nversion: 1.0.0\nsteps: [{name: a}]\n")
+        bad = engine.create_task("test", "rows")
+        good = [engine.create_task("test", "rows") for _ in range(3)]
+    db = sqlite3.connect(tmp_path / "tasker.db")
+    # What an earlier version let in: a context nested deeper than JSON readers go.
+    db.execute("UPDATE tasker_tasks SET context = ? WHERE task_id = ?",
+               ("[" * 200 + "]" * 200, bad))
+    db.commit()
+    db.close()
+    with tasker_core.Engine(url) as engine:
+        worker = tasker_core.Worker(engine, concurrency=2)
+        worker.register("a", lambda step: "done")
+        counts = worker.run_until_idle(timeout=30)
+        assert (counts["completed"], counts["lost"]) == (3, 0), counts
+        assert all(engine.task(t)["status"] == "complete" for t in good)
+        assert len(engine.list_tasks()) == 3
+        with pytest.raises(tasker_core.StoreError, match="unreadable"):
+            engine.task(bad)
+        assert engine.transitions(bad)[-1]["event"] == "unreadable"

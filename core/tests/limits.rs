@@ -182,3 +182,74 @@ async fn retry_task_keeps_the_attempt_budget_in_range() {
         }
     }
 }
+
+/// Rows written by something else than this engine (a bad migration, a hand edit, an older
+/// version that let a 127-level context in): each such task is set to `error` ("unreadable:
+/// …") and skipped; claims, listings and a worker carry on with the others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_rows_cannot_be_read_is_set_to_error_and_the_others_run() {
+    use sqlx::Connection;
+    for (store, url) in sql_store_urls().await {
+        let engine = tasker_core::Engine::open(&url).await.unwrap();
+        register(&engine, &single()).await;
+        let deep = create(&engine, NewTask::new("lim", "single")).await;
+        let broken = create(&engine, NewTask::new("lim", "single")).await;
+        let fine = [
+            create(&engine, NewTask::new("lim", "single")).await,
+            create(&engine, NewTask::new("lim", "single")).await,
+        ];
+        {
+            sqlx::any::install_default_drivers();
+            let mut conn = sqlx::AnyConnection::connect(&url).await.unwrap();
+            let nested = format!("{}1{}", "[".repeat(200), "]".repeat(200));
+            for (task, context) in [(deep, nested.as_str()), (broken, "{\"broken\":")] {
+                sqlx::query("UPDATE tasker_tasks SET context = $1 WHERE task_id = $2")
+                    .bind(context)
+                    .bind(task.to_string())
+                    .execute(&mut conn)
+                    .await
+                    .unwrap();
+            }
+        }
+        // A second engine reads the rows afresh (the first one has them cached).
+        let other = tasker_core::Engine::open(&url).await.unwrap();
+        // Claims first (the bad tasks' steps are among the ready ones), then the listings.
+        let worker = worker_answering(&other, &["s"], json!("ok"));
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert_eq!(
+            (report.completed, report.lost),
+            (2, 0),
+            "{store}: {report:?}"
+        );
+        for task in fine {
+            assert_eq!(status(&other, task).await, TaskState::Complete, "{store}");
+        }
+        let listed = other.list_tasks(&Default::default()).await.unwrap();
+        assert_eq!(listed.len(), 2, "{store}: the readable tasks are listed");
+        for bad in [deep, broken] {
+            let err = other.task(bad).await.unwrap_err();
+            assert!(err.to_string().contains("unreadable"), "{store}: {err}");
+            let trail = other.transitions(bad).await.unwrap();
+            let last = trail.last().unwrap();
+            assert_eq!(last.event, "unreadable", "{store}");
+            assert!(
+                last.reason
+                    .as_deref()
+                    .unwrap_or("")
+                    .starts_with("unreadable: "),
+                "{store}"
+            );
+        }
+        let errors = other
+            .list_tasks(&tasker_core::TaskFilter {
+                status: Some(TaskState::Error),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(
+            errors.is_empty(),
+            "{store}: unreadable tasks are not listed"
+        );
+    }
+}

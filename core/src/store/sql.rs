@@ -177,6 +177,14 @@ mod queries {
         WHERE ($1 IS NULL OR status = $1) AND ($2 IS NULL OR namespace = $2) \
           AND ($3 IS NULL OR name = $3) ORDER BY task_id DESC LIMIT $4";
     pub const TASK_EXISTS: &str = "SELECT task_id FROM tasker_tasks WHERE task_id = $1";
+    /// A task whose rows cannot be read: set to `error`, out of every claim (`$2`: now).
+    pub const MARK_UNREADABLE: &str = "UPDATE tasker_tasks SET status = 'error', \
+        updated_at = $2, completed_at = $2, revision = revision + 1 \
+        WHERE task_id = $1 AND status <> 'error'";
+    /// The transition recorded with [`MARK_UNREADABLE`] (`$2`: the reason, `$3`: now).
+    pub const UNREADABLE_TRANSITION: &str = "INSERT INTO tasker_transitions (task_id, step_index, \
+        step_name, from_state, to_state, event, reason, attempt, at) \
+        VALUES ($1, NULL, NULL, NULL, 'error', 'unreadable', $2, 0, $3)";
     pub const TRANSITIONS: &str = "SELECT * FROM tasker_transitions WHERE task_id = $1 ORDER BY id";
 }
 
@@ -445,13 +453,16 @@ impl SqlStore {
     }
 
     /// Loads the tasks `ids` (locked as `lock` says; with [`Lock::Skip`], tasks that another
-    /// transaction holds are left out), in id order.
+    /// transaction holds are left out), in id order; with the tasks whose rows could not be
+    /// read (corrupt JSON, a state no version knows, a template that is gone), and why. Those
+    /// are left out: one bad task never fails a claim, a report batch or a listing of others.
     async fn load_many(
         &self,
         conn: &mut AnyConnection,
         ids: &[TaskId],
         lock: Lock,
-    ) -> Result<Vec<TaskRecord>> {
+    ) -> Result<(Vec<TaskRecord>, Vec<(TaskId, String)>)> {
+        let mut unreadable = Vec::new();
         let mut ids: Vec<TaskId> = ids.to_vec();
         ids.sort();
         ids.dedup();
@@ -512,31 +523,85 @@ impl SqlStore {
                     }
                     Err(revision) => revision,
                 };
-                let mut task = self.task_record(conn, row).await?;
-                let id = task.id.to_string();
-                while let Some(r) = steps.next_if(|r| {
-                    r.try_get::<String, _>("task_id").ok().as_deref() == Some(id.as_str())
-                }) {
-                    task.states
-                        .push(parse_state::<StepState>(r.try_get("status").map_err(db)?)?);
-                    task.counters.push(Counters {
-                        unfinished_parents: int(r, "unfinished_parents")? as u32,
-                        failed_required_parents: int(r, "failed_required_parents")? as u32,
-                    });
-                    task.steps.push(step_record(r)?);
+                let id: String = row.try_get("task_id").map_err(db)?;
+                let rows: Vec<&AnyRow> = std::iter::from_fn(|| {
+                    steps.next_if(|r| {
+                        r.try_get::<String, _>("task_id").ok().as_deref() == Some(id.as_str())
+                    })
+                })
+                .collect();
+                match self.decode(conn, row, &rows).await {
+                    Ok(task) => {
+                        self.cache.put(revision, task.clone());
+                        records.push(task);
+                    }
+                    Err(Error::Closed) => return Err(Error::Closed),
+                    Err(e) => {
+                        let why = match e {
+                            Error::Store(why) => why,
+                            other => other.to_string(),
+                        };
+                        tracing::error!(task = %id, error = %why, "a task's rows cannot be read; it is set to error");
+                        unreadable.push((id.parse()?, format!("unreadable: {why}")));
+                    }
                 }
-                if task.states.len() != task.graph.len() {
-                    return Err(Error::Store(format!(
-                        "task {id} has {} step rows, its template {} steps",
-                        task.states.len(),
-                        task.graph.len()
-                    )));
-                }
-                self.cache.put(revision, task.clone());
-                records.push(task);
             }
         }
-        Ok(records)
+        Ok((records, unreadable))
+    }
+
+    /// A task from its row and its step rows.
+    async fn decode(
+        &self,
+        conn: &mut AnyConnection,
+        row: &AnyRow,
+        steps: &[&AnyRow],
+    ) -> Result<TaskRecord> {
+        let mut task = self.task_record(conn, row).await?;
+        for r in steps {
+            task.states
+                .push(parse_state::<StepState>(r.try_get("status").map_err(db)?)?);
+            task.counters.push(Counters {
+                unfinished_parents: int(r, "unfinished_parents")? as u32,
+                failed_required_parents: int(r, "failed_required_parents")? as u32,
+            });
+            task.steps.push(step_record(r)?);
+        }
+        if task.states.len() != task.graph.len() {
+            return Err(Error::Store(format!(
+                "{} step rows, its template {} steps",
+                task.states.len(),
+                task.graph.len()
+            )));
+        }
+        Ok(task)
+    }
+
+    /// Sets each unreadable task to `error` with its reason (on `conn`: the open transaction
+    /// when there is one); the caller's work goes on without them.
+    async fn mark_unreadable(
+        conn: &mut AnyConnection,
+        unreadable: &[(TaskId, String)],
+        now: Timestamp,
+    ) -> Result<()> {
+        for (id, why) in unreadable {
+            let marked = sqlx::query(queries::MARK_UNREADABLE)
+                .bind(id.to_string())
+                .bind(ms(now))
+                .execute(&mut *conn)
+                .await
+                .map_err(db)?;
+            if marked.rows_affected() > 0 {
+                sqlx::query(queries::UNREADABLE_TRANSITION)
+                    .bind(id.to_string())
+                    .bind(crate::limits::message(why.clone()))
+                    .bind(ms(now))
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(db)?;
+            }
+        }
+        Ok(())
     }
 
     /// A task row as a record without its steps.
@@ -579,7 +644,8 @@ impl SqlStore {
         changes: &mut Changes,
         mut op: impl FnMut(&mut TaskRecord, &mut ReadySet, &mut Changes) -> Result<T>,
     ) -> Result<Vec<(TaskId, T)>> {
-        let mut tasks = self.load_many(conn, ids, lock).await?;
+        let (mut tasks, unreadable) = self.load_many(conn, ids, lock).await?;
+        Self::mark_unreadable(conn, &unreadable, now).await?;
         let mark = changes.transitions.len();
         let mut edits = Vec::with_capacity(tasks.len());
         let mut out = Vec::with_capacity(tasks.len());
@@ -765,24 +831,38 @@ impl SqlStore {
         Ok(claimed)
     }
 
-    /// Task `id` read without a lock, from one snapshot.
+    /// Task `id` read without a lock, from one snapshot; [`Error::Store`] naming why when its
+    /// rows cannot be read (it is set to `error`).
     async fn view_record(&self, id: TaskId) -> Result<TaskRecord> {
-        self.view_records(&[id])
-            .await?
-            .pop()
-            .ok_or(Error::TaskNotFound(id))
+        let (mut records, unreadable) = self.view_load(&[id]).await?;
+        if let Some((_, why)) = unreadable.into_iter().next() {
+            return Err(Error::Store(format!("task {id} is {why}")));
+        }
+        records.pop().ok_or(Error::TaskNotFound(id))
     }
 
-    /// Tasks `ids` read without a lock, from one snapshot, in id order.
+    /// Tasks `ids` read without a lock, from one snapshot, in id order; those whose rows cannot
+    /// be read are left out (and set to `error`).
     async fn view_records(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>> {
+        Ok(self.view_load(ids).await?.0)
+    }
+
+    async fn view_load(&self, ids: &[TaskId]) -> Result<(Vec<TaskRecord>, Vec<(TaskId, String)>)> {
         let mut tx = self
             .pool
             .begin_with(self.dialect.begin_read())
             .await
             .map_err(db)?;
-        let records = self.load_many(&mut tx, ids, Lock::None).await;
+        let loaded = self.load_many(&mut tx, ids, Lock::None).await;
         let _ = tx.rollback().await;
-        records
+        let (records, unreadable) = loaded?;
+        if !unreadable.is_empty() {
+            // Outside the read transaction (it may be read-only), in one of its own.
+            let mut tx = self.begin().await?;
+            let marked = Self::mark_unreadable(&mut tx.tx, &unreadable, chrono::Utc::now()).await;
+            self.finish(tx, marked, &Changes::default()).await?;
+        }
+        Ok((records, unreadable))
     }
 
     /// Starts the `LISTEN` loop that wakes `waker` when another engine makes steps ready.

@@ -55,6 +55,17 @@ pub async fn real_time_engines_with(templates: &[Template]) -> Vec<(&'static str
     engines
 }
 
+/// The URL of each SQL store under test: a fresh SQLite file, and a fresh PostgreSQL schema
+/// when `TASKER_TEST_POSTGRES_URL` names a server.
+pub async fn sql_store_urls() -> Vec<(&'static str, String)> {
+    let file = std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
+    let mut urls = vec![("sqlite", format!("sqlite://{}", file.display()))];
+    if let Some(url) = postgres_schema().await {
+        urls.push(("postgres", url));
+    }
+    urls
+}
+
 /// One engine per store under test, on `clock` (the system clock when `None`).
 async fn each_store(clock: Option<Arc<dyn tasker_core::Clock>>) -> Vec<(&'static str, Engine)> {
     let file = std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
