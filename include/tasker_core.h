@@ -85,7 +85,9 @@ typedef enum tc_status {
 typedef struct tc_claim_batch tc_claim_batch;
 
 /**
- * An engine handle. Thread-safe: one engine may be used from many threads at once.
+ * An engine handle. Thread-safe: one engine may be used from many threads at once. After
+ * `fork()` the child's copy refuses use (TC_ERR_STORE naming the fork: its connections belong
+ * to the parent); open another engine in the child.
  */
 typedef struct tc_engine tc_engine;
 

@@ -61,11 +61,11 @@ pub unsafe extern "C" fn tc_claim(
                 limit,
             };
             let wait = Duration::from_millis(wait_ms.min(86_400_000));
-            let engine = e.engine.clone();
+            let engine = e.engine()?.clone();
             let claimed = runtime()?.block_on(engine.claim_waiting(&request, wait))?;
             let steps = claimed
                 .into_iter()
-                .map(|s| tc_step::new(s, e.engine.clone(), true))
+                .map(|s| tc_step::new(s, engine.clone(), true))
                 .collect();
             Ok(Box::into_raw(Box::new(tc_claim_batch { steps })))
         })
@@ -93,9 +93,16 @@ pub unsafe extern "C" fn tc_claim_batch_get(
     index: usize,
 ) -> *mut tc_step {
     // SAFETY: NULL or live by contract.
-    unsafe { batch.as_mut() }
-        .and_then(|b| b.steps.get_mut(index))
-        .map_or(ptr::null_mut(), |s| s as *mut tc_step)
+    let Some(len) = (unsafe { batch.as_ref() }).map(|b| b.steps.len()) else {
+        return ptr::null_mut();
+    };
+    if index >= len {
+        return ptr::null_mut();
+    }
+    // SAFETY: live by contract and `index` in range. The pointer comes from the buffer
+    // (`as_mut_ptr` makes no reference to the steps), so the pointers two calls return, or
+    // one call returns twice, never alias a `&mut`.
+    unsafe { (*batch).steps.as_mut_ptr().add(index) }
 }
 
 /// Frees a batch and its steps. NULL is fine. Steps not reported are not failed: their lease
@@ -107,6 +114,6 @@ pub unsafe extern "C" fn tc_claim_batch_get(
 pub unsafe extern "C" fn tc_claim_batch_free(batch: *mut tc_claim_batch) {
     if !batch.is_null() {
         // SAFETY: made by Box::into_raw in tc_claim, freed once by contract.
-        drop(unsafe { Box::from_raw(batch) });
+        boundary_void(|| drop(unsafe { Box::from_raw(batch) }));
     }
 }

@@ -4,16 +4,26 @@ use std::ffi::c_char;
 use std::ptr;
 
 use serde_json::Value;
+use tasker_core::host::{ForkSafe, Owner};
 use tasker_core::{Engine, Error, NewTask, TaskFilter, TaskId};
 
 use crate::{error::*, ffi::*, panic::*};
 
-/// An engine handle. Thread-safe: one engine may be used from many threads at once.
+/// An engine handle. Thread-safe: one engine may be used from many threads at once. After
+/// `fork()` the child's copy refuses use (TC_ERR_STORE naming the fork: its connections belong
+/// to the parent); open another engine in the child.
 pub struct tc_engine {
-    pub(crate) engine: Engine,
+    engine: ForkSafe<Engine>,
+    owner: Owner,
 }
 
 impl tc_engine {
+    /// The engine, unless this handle was inherited across `fork()`.
+    pub(crate) fn engine(&self) -> Res<&Engine> {
+        self.owner.check("engine")?;
+        Ok(&self.engine)
+    }
+
     pub(crate) fn run<T>(&self, f: impl std::future::Future<Output = Result<T, Error>>) -> Res<T> {
         Ok(runtime()?.block_on(f)?)
     }
@@ -31,7 +41,10 @@ pub unsafe extern "C" fn tc_engine_open(url: *const c_char, out: *mut *mut tc_en
         with_out(out, || {
             let url = opt_text(url, "url")?.unwrap_or(tasker_core::engine::DEFAULT_URL);
             let engine = runtime()?.block_on(Engine::open(url))?;
-            Ok(Box::into_raw(Box::new(tc_engine { engine })))
+            Ok(Box::into_raw(Box::new(tc_engine {
+                engine: ForkSafe::new(engine),
+                owner: Owner::current(),
+            })))
         })
     }
 }
@@ -47,7 +60,10 @@ pub unsafe extern "C" fn tc_engine_close(engine: *mut tc_engine) -> tc_status {
         if !engine.is_null() {
             // SAFETY: made by Box::into_raw in tc_engine_open, freed once by contract.
             let engine = unsafe { Box::from_raw(engine) };
-            engine.engine.close();
+            // In a forked child the copy is only let go of (ForkSafe): nothing to close there.
+            if engine.owner.is_current() {
+                engine.engine.close();
+            }
         }
         Ok(())
     })
@@ -70,7 +86,7 @@ pub unsafe extern "C" fn tc_register_template(
                 self::text(yaml_or_json, "template")?,
             )
         };
-        e.run(e.engine.register_template_str(text)).map(drop)
+        e.run(e.engine()?.register_template_str(text)).map(drop)
     })
 }
 
@@ -137,7 +153,7 @@ pub unsafe extern "C" fn tc_create_task_ex(
                 idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(str::to_owned),
                 priority,
             };
-            let id = e.run(e.engine.create_task(task))?;
+            let id = e.run(e.engine()?.create_task(task))?;
             Ok(out_string(id.to_string()))
         })
     }
@@ -162,7 +178,7 @@ pub(crate) unsafe fn task_view<
         with_out(out_json, || {
             let e = handle(engine, "engine")?;
             let id = self::task_id(text(task_id, "task_id")?)?;
-            let value = e.run(view(e.engine.clone(), id))?;
+            let value = e.run(view(e.engine()?.clone(), id))?;
             json_out(&value)
         })
     }
@@ -252,7 +268,7 @@ pub unsafe extern "C" fn tc_list_tasks_json(
                 name: None,
                 limit,
             };
-            let tasks = e.run(e.engine.list_tasks(&filter))?;
+            let tasks = e.run(e.engine()?.list_tasks(&filter))?;
             json_out(&tasks)
         })
     }
@@ -271,7 +287,7 @@ pub(crate) unsafe fn operator<F: std::future::Future<Output = Result<(), Error>>
         // SAFETY: forwarded contracts.
         let (e, id) = unsafe { (handle(engine, "engine")?, text(task_id, "task_id")?) };
         let id = self::task_id(id)?;
-        e.run(verb(e.engine.clone(), id))
+        e.run(verb(e.engine()?.clone(), id))
     })
 }
 
@@ -374,6 +390,6 @@ pub unsafe extern "C" fn tc_resolve_step(
             )
         };
         let id = self::task_id(id)?;
-        e.run(e.engine.resolve_step(id, step, result))
+        e.run(e.engine()?.resolve_step(id, step, result))
     })
 }

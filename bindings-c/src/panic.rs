@@ -25,6 +25,15 @@ pub(crate) fn boundary(body: impl FnOnce() -> Res<()>) -> tc_status {
     }
 }
 
+/// Runs a function without a status (the frees) behind the panic boundary: a panic is caught
+/// and left in tc_last_error_message.
+pub(crate) fn boundary_void(body: impl FnOnce()) {
+    let _ = boundary(|| {
+        body();
+        Ok(())
+    });
+}
+
 /// Clears `*out` (so it is NULL on failure) and hands it to `body` to fill on success.
 ///
 /// # Safety

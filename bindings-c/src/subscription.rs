@@ -27,7 +27,7 @@ pub unsafe extern "C" fn tc_subscribe(
         with_out(out, || {
             let e = handle(engine, "engine")?;
             let pattern = opt_text(pattern, "pattern")?.unwrap_or("*");
-            let sub = e.engine.subscribe(pattern)?;
+            let sub = e.engine()?.subscribe(pattern)?;
             Ok(Box::into_raw(Box::new(tc_subscription { sub })))
         })
     }
@@ -67,6 +67,6 @@ pub unsafe extern "C" fn tc_subscription_next_json(
 pub unsafe extern "C" fn tc_subscription_free(sub: *mut tc_subscription) {
     if !sub.is_null() {
         // SAFETY: made by Box::into_raw in tc_subscribe, freed once by contract.
-        drop(unsafe { Box::from_raw(sub) });
+        boundary_void(|| drop(unsafe { Box::from_raw(sub) }));
     }
 }

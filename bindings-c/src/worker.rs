@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
+use tasker_core::host::{ForkSafe, Owner};
 use tasker_core::store::StepFailure;
 use tasker_core::worker::{AttemptOutcome, Next, SessionConfig, WorkerSession};
 use tasker_core::{Engine, FailureKind};
@@ -81,7 +82,9 @@ pub(crate) fn c_host(rt: Arc<Runtime>, session: WorkerSession, handlers: Arc<CHa
 
 /// A worker: runs registered C handlers for claimed steps with a concurrency limit.
 pub struct tc_worker {
-    pub(crate) engine: Engine,
+    pub(crate) engine: ForkSafe<Engine>,
+    /// Refused in a forked child, as its engine is.
+    pub(crate) owner: Owner,
     pub(crate) concurrency: u32,
     pub(crate) handlers: HashMap<String, (tc_handler_fn, UserData)>,
 }
@@ -108,7 +111,8 @@ pub unsafe extern "C" fn tc_worker_new(
                 ));
             }
             Ok(Box::into_raw(Box::new(tc_worker {
-                engine: e.engine.clone(),
+                engine: ForkSafe::new(e.engine()?.clone()),
+                owner: Owner::current(),
                 concurrency,
                 handlers: HashMap::new(),
             })))
@@ -155,6 +159,7 @@ pub unsafe extern "C" fn tc_worker_run_until_idle(
     boundary(|| {
         // SAFETY: NULL or live by contract.
         let w = unsafe { handle(worker, "worker")? };
+        w.owner.check("worker")?;
         let rt = runtime()?;
         let mut config = SessionConfig::until_idle(w.concurrency as usize)
             .timeout(Duration::from_millis(timeout_ms.min(u64::MAX / 2)));
@@ -164,7 +169,7 @@ pub unsafe extern "C" fn tc_worker_run_until_idle(
         config.wake_on_demand = true;
         let session = {
             let _entered = rt.enter();
-            WorkerSession::start(w.engine.clone(), config)
+            WorkerSession::start((*w.engine).clone(), config)
         };
         let handlers = Arc::new(w.handlers.clone());
         let mut threads = Vec::with_capacity(w.concurrency as usize);
@@ -200,6 +205,6 @@ pub unsafe extern "C" fn tc_worker_run_until_idle(
 pub unsafe extern "C" fn tc_worker_free(worker: *mut tc_worker) {
     if !worker.is_null() {
         // SAFETY: made by Box::into_raw in tc_worker_new, freed once by contract.
-        drop(unsafe { Box::from_raw(worker) });
+        boundary_void(|| drop(unsafe { Box::from_raw(worker) }));
     }
 }

@@ -296,6 +296,57 @@ class EngineTest < Minitest::Test
     TaskerCore.engine = previous
   end
 
+  # Puma preload_app!, Unicorn, Spring: the parent has used the runtime (and a SQLite file)
+  # before fork; the child opens its own engine on the file and runs a worker. It used to hang
+  # on its first claim (the parent's runtime threads do not exist in the child).
+  def test_a_forked_child_opens_its_own_engine_on_a_sqlite_file_and_works
+    skip "no fork on this platform" unless Process.respond_to?(:fork)
+
+    dir = Dir.mktmpdir("tasker_core-fork")
+    url = "sqlite://#{File.join(dir, 'tasker.db')}"
+    parent = TaskerCore::Engine.new(url)
+    parent.register_template(template("forked", "a"))
+    parent.create_task("test", "forked")
+    claimed = parent.claim("parent", nil, 1).first # the runtime and the pool in use before the fork
+    parent.complete(claimed["step_id"], claimed["attempt"], "from the parent")
+    parent.create_task("test", "forked")
+    reader, writer = IO.pipe
+    pid = fork do
+      reader.close
+      inherited = begin
+        parent.claim("child", nil, 1)
+        "used"
+      rescue TaskerCore::StoreError => e
+        e.message.include?("fork") ? "refused" : "other: #{e.message}"
+      end
+      child = TaskerCore::Engine.new(url)
+      worker = TaskerCore::Worker.new(child, concurrency: 2)
+      worker.handler("a") { |_step| "from the child" }
+      counts = worker.run_until_idle(timeout: 20)
+      writer.write("#{inherited} #{counts['completed']}")
+      writer.close
+      exit!(0)
+    end
+    writer.close
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
+    status = nil
+    while status.nil?
+      _, status = Process.wait2(pid, Process::WNOHANG)
+      next unless status.nil?
+
+      if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+        Process.kill("KILL", pid)
+        flunk "the forked child hung"
+      end
+      sleep 0.05
+    end
+    assert status.success?
+    assert_equal "refused 1", reader.read
+    parent.close
+  ensure
+    FileUtils.remove_entry(dir) if dir
+  end
+
   def test_a_forked_child_gets_an_engine_of_its_own_from_the_module_accessor
     skip "no fork on this platform" unless Process.respond_to?(:fork)
 
