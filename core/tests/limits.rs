@@ -253,3 +253,41 @@ async fn a_task_whose_rows_cannot_be_read_is_set_to_error_and_the_others_run() {
         );
     }
 }
+
+/// PostgreSQL's session timeouts: a row locked by a stuck session makes a write fail after
+/// the URL's `lock_timeout` (default 10 s) instead of waiting for ever, and the engine works
+/// again once the lock is gone. A malformed value is an invalid argument.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_postgres_session_cannot_stall_the_engine() {
+    use sqlx::Connection;
+    let Some(url) = postgres_schema().await else {
+        eprintln!("skipped: TASKER_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let bad = format!("{url}&lock_timeout=5s;DROP");
+    assert_err!(
+        tasker_core::Engine::open(&bad).await,
+        Error::InvalidArgument(ref m) if m.contains("lock_timeout"),
+        "a malformed timeout"
+    );
+    let engine = tasker_core::Engine::open(&format!("{url}&lock_timeout=300ms"))
+        .await
+        .unwrap();
+    register(&engine, &single()).await;
+    let task = create(&engine, NewTask::new("lim", "single")).await;
+    sqlx::any::install_default_drivers();
+    let mut stuck = sqlx::AnyConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN").execute(&mut stuck).await.unwrap();
+    sqlx::query("SELECT task_id FROM tasker_tasks WHERE task_id = $1 FOR UPDATE")
+        .bind(task.to_string())
+        .fetch_all(&mut stuck)
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let blocked = engine.pause_task(task).await;
+    assert_err!(blocked, Error::Store(ref m) if m.contains("lock timeout"), "the write gave up");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    sqlx::query("ROLLBACK").execute(&mut stuck).await.unwrap();
+    engine.pause_task(task).await.unwrap();
+    assert_eq!(status(&engine, task).await, TaskState::Paused);
+}

@@ -188,6 +188,55 @@ mod queries {
     pub const TRANSITIONS: &str = "SELECT * FROM tasker_transitions WHERE task_id = $1 ORDER BY id";
 }
 
+/// The PostgreSQL session timeouts, with their defaults: a stuck session (a lock held by a
+/// hung client, a runaway statement, a transaction left open) cannot stall every report.
+/// Each may be given in the store URL (`postgres://…?lock_timeout=2s`), in PostgreSQL's
+/// duration syntax (`0` turns it off).
+pub const POSTGRES_TIMEOUTS: [(&str, &str); 3] = [
+    ("lock_timeout", "10s"),
+    ("statement_timeout", "60s"),
+    ("idle_in_transaction_session_timeout", "60s"),
+];
+
+/// `url` without the [`POSTGRES_TIMEOUTS`] parameters, and the `SET` statements that apply
+/// them (the URL's values, else the defaults) to each new connection.
+fn postgres_session(url: &str) -> Result<(String, String)> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut kept = Vec::new();
+    let mut values: Vec<(&str, String)> = POSTGRES_TIMEOUTS
+        .iter()
+        .map(|(name, default)| (*name, (*default).to_owned()))
+        .collect();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match values.iter_mut().find(|(name, _)| *name == key) {
+            Some((name, slot)) => {
+                let ok = !value.is_empty()
+                    && value.len() <= 16
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric());
+                if !ok {
+                    return Err(Error::InvalidArgument(format!(
+                        "{name} in the store URL must be a duration such as 5s or 500ms, not {value:?}"
+                    )));
+                }
+                *slot = value.to_owned();
+            }
+            None => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    let session = values
+        .iter()
+        .map(|(name, value)| format!("SET {name} = '{value}';"))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok((url, session))
+}
+
 /// The SQLite and PostgreSQL [`Store`].
 #[derive(Debug)]
 pub struct SqlStore {
@@ -301,6 +350,10 @@ impl SqlStore {
             }
             _ => url.to_owned(),
         };
+        let (url, session) = match dialect {
+            Dialect::Postgres => postgres_session(&url)?,
+            Dialect::Sqlite => (url, String::new()),
+        };
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|e| Error::InvalidArgument(format!("invalid store URL {url:?}: {e}")))?;
         let max = match dialect {
@@ -317,7 +370,11 @@ impl SqlStore {
             .max_lifetime((!in_memory).then_some(Duration::from_secs(1800)))
             .acquire_timeout(Duration::from_secs(30))
             .after_connect(move |conn, _| {
+                let session = session.clone();
                 Box::pin(async move {
+                    if dialect == Dialect::Postgres {
+                        conn.execute(session.as_str()).await?;
+                    }
                     if dialect == Dialect::Sqlite {
                         // WAL with NORMAL: a commit survives the process crashing; an OS crash
                         // may lose the last transactions (SQLite's recommended pairing).
@@ -1083,7 +1140,8 @@ async fn save(
 pub(crate) async fn open(url: &str, waker: Arc<Notify>) -> Result<SqlStore> {
     let store = SqlStore::open(url).await?;
     if store.dialect == Dialect::Postgres {
-        store.listen(url, waker).await?;
+        // The listener's connection only waits: it takes the URL without the timeouts.
+        store.listen(&postgres_session(url)?.0, waker).await?;
     }
     Ok(store)
 }
