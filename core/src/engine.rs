@@ -253,7 +253,11 @@ impl Engine {
         request: &ClaimRequest,
         wait: Duration,
     ) -> Result<Vec<ClaimedStep>> {
-        let deadline = tokio::time::Instant::now() + wait;
+        let now = tokio::time::Instant::now();
+        // Duration::MAX and the like: a century is "for ever" here.
+        let deadline = now
+            .checked_add(wait.min(Duration::from_secs(100 * 365 * 24 * 3600)))
+            .unwrap_or(now);
         loop {
             let claimed = self.claim(request).await?;
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());

@@ -291,3 +291,33 @@ async fn a_stuck_postgres_session_cannot_stall_the_engine() {
     engine.pause_task(task).await.unwrap();
     assert_eq!(status(&engine, task).await, TaskState::Paused);
 }
+
+/// `Duration::MAX` means "no limit" wherever the Rust API takes a duration, and a template's
+/// longest `timeout_ms` / `lease_ms` are a very long time, never an overflow that stops
+/// the worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_durations_are_accepted_and_nothing_overflows() {
+    let week = 7 * 24 * 3600 * 1000; // the longest timeout_ms and lease_ms a template may give
+    let t = template("lim", "forever").step(step("s").timeout_ms(week).lease_ms(week));
+    for (store, engine) in real_time_engines_with(&[t]).await {
+        let task = create(&engine, NewTask::new("lim", "forever")).await;
+        let worker = Worker::builder(engine.clone())
+            .poll_interval(std::time::Duration::MAX)
+            .drain_timeout(std::time::Duration::MAX)
+            .handler("s", |_step: ClaimedStep| async {
+                Ok::<_, HandlerError>(json!("ok"))
+            })
+            .build();
+        let report = worker
+            .run_until_idle(std::time::Duration::MAX)
+            .await
+            .unwrap();
+        assert_eq!(report.completed, 1, "{store}: {report:?}");
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
+        // Nothing is ready: a claim that waits "for ever" waits (and does not overflow).
+        let request = any_handler(1);
+        let waiting = engine.claim_waiting(&request, std::time::Duration::MAX);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(200), waiting).await;
+        assert!(waited.is_err(), "{store}: still waiting");
+    }
+}

@@ -81,6 +81,13 @@ pub struct SessionConfig {
     pub wake_on_demand: bool,
 }
 
+/// `at + d`, or a century after `at` when that is past what an [`Instant`] holds: durations
+/// from users (a template's `timeout_ms`, `Duration::MAX` for "no limit") never overflow.
+fn later(at: Instant, d: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(d.min(CENTURY)).unwrap_or(at)
+}
+
 /// With [`SessionConfig::wake_on_demand`], how long queued attempts wait before more hosts
 /// are woken.
 pub const HANDOFF_WAIT: Duration = Duration::from_millis(1);
@@ -469,7 +476,7 @@ impl WorkerSession {
         }
         let expires = self.shared.engine.heartbeat(id.step, id.attempt).await?;
         if let Some(h) = self.shared.state.lock().held.get_mut(&id) {
-            h.renew_at = Instant::now() + h.renew_every;
+            h.renew_at = later(Instant::now(), h.renew_every);
         }
         Ok(expires)
     }
@@ -576,7 +583,7 @@ async fn drive(shared: Arc<Shared>) {
                 && (state.stop || config.deadline.is_some_and(|d| d <= now))
             {
                 state.phase = Phase::Draining {
-                    until: now + config.drain_timeout,
+                    until: later(now, config.drain_timeout),
                 };
             }
             if state.abort {
@@ -650,7 +657,7 @@ async fn drive(shared: Arc<Shared>) {
         }
 
         // 6. Sleep until something happens.
-        let mut until = Instant::now() + wait;
+        let mut until = later(Instant::now(), wait);
         {
             let state = shared.state.lock();
             if let Some(t) = state.next_timer {
@@ -769,9 +776,9 @@ fn hand_out(shared: &Shared, claimed: Vec<ClaimedStep>) {
             step: step.step_id,
             attempt: step.attempt,
         };
-        let deadline = now + Duration::from_millis(step.timeout_ms);
+        let deadline = later(now, Duration::from_millis(step.timeout_ms));
         let renew_every = Duration::from_millis((step.lease_ms / 3).max(1));
-        let renew_at = now + renew_every;
+        let renew_at = later(now, renew_every);
         state.note_timer(deadline.min(renew_at));
         state.held.insert(
             id,
@@ -823,7 +830,7 @@ fn timers(shared: &Shared, now: Instant) -> Vec<AttemptId> {
         }
         if held.renew_at <= now {
             renew.push(*id);
-            held.renew_at = now + held.renew_every;
+            held.renew_at = later(now, held.renew_every);
         }
         let t = held.deadline.min(held.renew_at);
         next = Some(next.map_or(t, |n| n.min(t)));
