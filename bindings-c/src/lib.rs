@@ -15,6 +15,9 @@ mod step;
 mod subscription;
 mod worker;
 
+#[cfg(test)]
+mod fuzz;
+
 pub use claim::*;
 pub use engine::*;
 pub use error::*;

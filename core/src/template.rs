@@ -389,7 +389,9 @@ impl TaskTemplate {
     /// ```
     pub fn parse(text: &str) -> Result<Self, TemplateError> {
         let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-        if text.trim_start().starts_with('{') {
+        let json = text.trim_start().starts_with('{');
+        check_text(text, if json { "json" } else { "yaml" })?;
+        if json {
             Self::from_json(text)
         } else {
             Self::from_yaml(text)
@@ -640,6 +642,49 @@ impl TaskTemplate {
             }),
         }
     }
+}
+
+/// The most bytes a template's text may have.
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
+/// Refuses, before parsing, a text larger than [`MAX_TEMPLATE_BYTES`] or whose brackets and
+/// braces nest deeper than a template can ([`crate::limits::MAX_JSON_DEPTH`] levels of
+/// `config` inside the template's own few): the YAML parser takes time quadratic in such
+/// nesting (a 400 KB text of brackets took minutes), which would stall whoever registers it.
+fn check_text(text: &str, format: &'static str) -> Result<(), TemplateError> {
+    let refuse = |message: String| TemplateError::Parse { format, message };
+    if text.len() > MAX_TEMPLATE_BYTES {
+        return Err(refuse(format!(
+            "the text is {} bytes; a template may have at most {} KiB",
+            text.len(),
+            MAX_TEMPLATE_BYTES / 1024
+        )));
+    }
+    let limit = crate::limits::MAX_JSON_DEPTH + 8;
+    let (mut depth, mut quote, mut escaped, mut comment) = (0usize, None::<u8>, false, false);
+    let mut previous = b'\n';
+    for &b in text.as_bytes() {
+        match (quote, b) {
+            _ if comment => comment = b != b'\n',
+            (Some(_), _) if escaped => escaped = false,
+            (Some(b'"'), b'\\') => escaped = true,
+            (Some(q), _) if b == q => quote = None,
+            (Some(_), _) => {}
+            // A quoted scalar starts a token (an apostrophe inside a word is plain text).
+            (None, b'"' | b'\'') if b" \t\n[{,:".contains(&previous) => quote = Some(b),
+            (None, b'#') if previous.is_ascii_whitespace() => comment = true,
+            (None, b'[' | b'{') => {
+                depth += 1;
+                if depth > limit {
+                    return Err(refuse(format!("it nests deeper than {limit} levels")));
+                }
+            }
+            (None, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        previous = b;
+    }
+    Ok(())
 }
 
 impl FromStr for TaskTemplate {
