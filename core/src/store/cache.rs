@@ -7,7 +7,8 @@
 //! by another process, leaves the row with a revision this cache never holds for other
 //! contents, so the next load reads the rows again.
 //!
-//! Finished tasks are not kept; past [`MAX_STEPS`] cached steps the cache starts afresh.
+//! Finished tasks are not kept; past [`MAX_BYTES`] (the cached tasks' estimated memory:
+//! contexts and results included, each up to 1 MiB) the cache starts afresh.
 
 use std::collections::HashMap;
 
@@ -16,31 +17,35 @@ use parking_lot::Mutex;
 use super::record::TaskRecord;
 use crate::ids::TaskId;
 
-/// The most steps, summed over the cached tasks, kept before the cache is emptied.
-pub const MAX_STEPS: usize = 1_000_000;
+/// The most bytes, estimated over the cached tasks, kept before the cache is emptied.
+pub const MAX_BYTES: usize = 256 << 20;
+
+/// What one step of a cached task costs besides its result (its record, state and counters).
+const STEP_BYTES: usize = 192;
 
 /// Task aggregates by id, each with the revision of the rows it was read from or written as.
 #[derive(Debug)]
 pub(crate) struct RecordCache {
     inner: Mutex<Inner>,
-    /// The most steps kept, summed over the cached tasks.
+    /// The most bytes kept, estimated over the cached tasks.
     limit: usize,
 }
 
 impl Default for RecordCache {
     fn default() -> Self {
-        RecordCache::with_limit(MAX_STEPS)
+        RecordCache::with_limit(MAX_BYTES)
     }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
-    entries: HashMap<TaskId, (i64, TaskRecord)>,
-    steps: usize,
+    /// Each task's revision, record and estimated size.
+    entries: HashMap<TaskId, (i64, TaskRecord, usize)>,
+    bytes: usize,
 }
 
 impl RecordCache {
-    /// A cache that keeps at most `limit` steps.
+    /// A cache that keeps at most `limit` bytes (estimated).
     pub fn with_limit(limit: usize) -> Self {
         RecordCache {
             inner: Mutex::default(),
@@ -73,7 +78,7 @@ impl RecordCache {
         }
         let inner = self.inner.lock();
         match inner.entries.get(&id) {
-            Some((cached, record)) if *cached == revision => Some(record.clone()),
+            Some((cached, record, _)) if *cached == revision => Some(record.clone()),
             _ => None,
         }
     }
@@ -81,19 +86,23 @@ impl RecordCache {
     /// Caches `record` as its rows are at `revision` (a finished task, or rows at revision 0,
     /// written by a version without revisions, are dropped instead).
     pub fn put(&self, revision: i64, record: TaskRecord) {
+        let size = (!record.status.is_finished() && revision != 0).then(|| bytes_of(&record));
         let mut inner = self.inner.lock();
-        if let Some((_, old)) = inner.entries.remove(&record.id) {
-            inner.steps -= old.states.len();
+        if let Some((_, _, old)) = inner.entries.remove(&record.id) {
+            inner.bytes -= old;
         }
-        if record.status.is_finished() || revision == 0 {
+        let Some(size) = size else {
+            return;
+        };
+        if size > self.limit {
             return;
         }
-        if inner.steps + record.states.len() > self.limit {
+        if inner.bytes + size > self.limit {
             inner.entries.clear();
-            inner.steps = 0;
+            inner.bytes = 0;
         }
-        inner.steps += record.states.len();
-        inner.entries.insert(record.id, (revision, record));
+        inner.bytes += size;
+        inner.entries.insert(record.id, (revision, record, size));
     }
 
     /// The number of cached tasks.
@@ -101,6 +110,39 @@ impl RecordCache {
     pub fn len(&self) -> usize {
         self.inner.lock().entries.len()
     }
+}
+
+/// A task's estimated memory: its steps, its context and its results.
+fn bytes_of(record: &TaskRecord) -> usize {
+    let results: usize = record
+        .steps
+        .iter()
+        .filter_map(|s| s.result.as_deref())
+        .map(value_bytes)
+        .sum();
+    STEP_BYTES * record.states.len() + value_bytes(&record.context) + results
+}
+
+/// A JSON value's estimated memory: a node's size for each value, plus its strings' bytes.
+fn value_bytes(value: &serde_json::Value) -> usize {
+    use serde_json::Value;
+    let mut bytes = 0;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        bytes += std::mem::size_of::<Value>();
+        match v {
+            Value::String(s) => bytes += s.len(),
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                for (k, v) in map {
+                    bytes += k.len() + std::mem::size_of::<String>();
+                    stack.push(v);
+                }
+            }
+            _ => {}
+        }
+    }
+    bytes
 }
 
 #[cfg(test)]
@@ -156,11 +198,38 @@ mod tests {
         assert!(cache.get(id, 1).is_none() && cache.get(id, 2).is_none());
         assert_eq!(cache.len(), 0);
 
-        let cache = RecordCache::with_limit(100);
+        let size = bytes_of(&record(26));
+        let cache = RecordCache::with_limit(3 * size + size / 2);
         for _ in 0..4 {
             cache.put(RecordCache::new_revision(), record(26));
         }
         assert_eq!(cache.len(), 1, "the fourth task emptied the cache first");
+    }
+
+    #[test]
+    fn the_budget_counts_contexts_and_results_not_only_steps() {
+        let small = bytes_of(&record(1));
+        let cache = RecordCache::with_limit(100 * small);
+        let mut big = record(1);
+        big.context = Arc::new(json!({"blob": "x".repeat(1 << 20)}));
+        assert!(bytes_of(&big) > (1 << 20));
+        cache.put(1, big);
+        assert_eq!(
+            cache.len(),
+            0,
+            "one task larger than the whole budget is not kept"
+        );
+        for _ in 0..10 {
+            cache.put(RecordCache::new_revision(), record(1));
+        }
+        assert_eq!(cache.len(), 10);
+        let mut heavy = record(1);
+        heavy.steps[0].result = Some(Arc::new(json!(vec!["y".repeat(100); 10 * 100])));
+        cache.put(2, heavy);
+        assert!(
+            cache.len() < 11,
+            "a step's large result counts against the budget"
+        );
     }
 
     #[test]
