@@ -253,3 +253,94 @@ async fn a_run_survives_a_postgres_restart() {
     );
     let _ = std::fs::remove_file(runs);
 }
+
+/// Faults together: three worker processes on PostgreSQL, one of them killed with SIGKILL (and
+/// replaced) every 300 ms for 30 s, and a `pg_ctl restart` in the middle. Afterwards every step
+/// is complete exactly once in the records, and a step ran more than once only when the process
+/// that ran it before died.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_workers_and_a_restart_lose_nothing_and_run_nothing_twice() {
+    if std::env::var("TASKER_PG_DIR").is_err() {
+        eprintln!("skipped: needs the throwaway cluster of the test command (DATABASE_URL given)");
+        return;
+    }
+    // Leases of 2 s: a killed worker's steps come back soon; 50 attempts: many may die.
+    let template = DIAMOND
+        .replace("handler: work", "handler: work, lease_ms: 2000")
+        .replace("max_attempts: 3", "max_attempts: 50");
+    let Some((url, engine, runs)) = setup(&template).await else {
+        return;
+    };
+    // About 20 s of work for 12 handlers: the kills and the restart land mid-run.
+    let tasks = 300;
+    for i in 0..tasks {
+        engine
+            .create_task(NewTask::new("pg", "diamond").context(json!({ "i": i, "sleep_ms": 150 })))
+            .await
+            .unwrap();
+    }
+    let mut workers: Vec<Child> = (0..3).map(|_| spawn_worker(&url, &runs, 300)).collect();
+    let mut killed = std::collections::HashSet::new();
+    let (started, mut restarted, mut victim) = (Instant::now(), false, 0);
+    while started.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let doomed = &mut workers[victim % 3];
+        killed.insert(doomed.id());
+        let _ = doomed.kill(); // SIGKILL
+        let _ = doomed.wait();
+        workers[victim % 3] = spawn_worker(&url, &runs, 300);
+        victim += 1;
+        if !restarted && started.elapsed() > Duration::from_secs(12) {
+            assert!(
+                read_runs(&runs).len() < tasks * 5,
+                "work was left at the restart"
+            );
+            restarted = tokio::task::spawn_blocking(restart_postgres).await.unwrap();
+            assert!(restarted, "pg_ctl restart failed");
+        }
+    }
+    // The survivors (and one more) finish the rest: the dead ones' leases run out meanwhile.
+    workers.push(spawn_worker(&url, &runs, 300));
+    for mut w in workers {
+        assert!(w.wait().unwrap().success(), "a surviving worker failed");
+    }
+    let all = all_tasks(&engine).await;
+    assert_eq!(all.len(), tasks);
+    assert!(all.iter().all(|t| t.status == TaskState::Complete));
+    for t in &all {
+        let trail = engine.transitions(t.id).await.unwrap();
+        for step in &t.steps {
+            let completions = trail
+                .iter()
+                .filter(|tr| tr.step.as_deref() == Some(&step.name) && tr.event == "complete")
+                .count();
+            assert_eq!(
+                completions, 1,
+                "step {} of {} completed {completions} times",
+                step.name, t.id
+            );
+        }
+    }
+    let mut by_step: HashMap<String, Vec<(u32, u32)>> = HashMap::new();
+    for (step, attempt, pid) in read_runs(&runs) {
+        by_step.entry(step).or_default().push((attempt, pid));
+    }
+    assert_eq!(by_step.len(), tasks * 5, "every step ran");
+    for (step, mut ran) in by_step {
+        ran.sort();
+        for (attempt, pid) in &ran[..ran.len() - 1] {
+            assert!(
+                killed.contains(pid),
+                "step {step} attempt {attempt} ran in {pid}, which was not killed, and ran again: {ran:?}"
+            );
+        }
+    }
+    let pids: std::collections::HashSet<u32> = read_runs(&runs).iter().map(|r| r.2).collect();
+    let mid_run = killed.iter().filter(|p| pids.contains(p)).count();
+    assert!(
+        mid_run >= 10,
+        "only {mid_run} of the killed workers had run steps"
+    );
+    eprintln!("{victim} workers killed ({mid_run} had run steps), the server restarted once");
+    let _ = std::fs::remove_file(runs);
+}
