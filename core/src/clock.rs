@@ -15,6 +15,13 @@ pub type Timestamp = DateTime<Utc>;
 pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The current time.
     fn now(&self) -> Timestamp;
+
+    /// Whether this is a host's wall clock, which an engine on PostgreSQL corrects by the
+    /// database's clock (so that hosts whose clocks disagree agree on when a lease runs out).
+    /// `false` for clocks a test moves by hand.
+    fn is_wall_clock(&self) -> bool {
+        false
+    }
 }
 
 /// The system's wall clock.
@@ -24,6 +31,10 @@ pub struct SystemClock;
 impl Clock for SystemClock {
     fn now(&self) -> Timestamp {
         Utc::now().trunc_subsecs(3)
+    }
+
+    fn is_wall_clock(&self) -> bool {
+        true
     }
 }
 
@@ -84,4 +95,11 @@ pub fn add_ms(at: Timestamp, ms: u64) -> Timestamp {
     chrono::TimeDelta::try_milliseconds(ms)
         .and_then(|d| at.checked_add_signed(d))
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// `at + ms` milliseconds (`ms` may be negative), unchanged if that is out of range.
+pub fn add_signed_ms(at: Timestamp, ms: i64) -> Timestamp {
+    chrono::TimeDelta::try_milliseconds(ms)
+        .and_then(|d| at.checked_add_signed(d))
+        .unwrap_or(at)
 }

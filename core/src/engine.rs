@@ -53,7 +53,13 @@ struct EngineInner {
     graphs: RwLock<HashMap<(String, String, Version), Arc<TaskGraph>>>,
     work: Arc<Notify>,
     closed: AtomicBool,
+    /// On a store with its own clock (PostgreSQL) and a wall clock: how far the store's clock
+    /// is ahead of ours, in milliseconds, measured at open and every [`CLOCK_CHECK`].
+    clock_offset_ms: std::sync::atomic::AtomicI64,
 }
+
+/// How often an engine on PostgreSQL measures its host clock against the database's.
+pub const CLOCK_CHECK: Duration = Duration::from_secs(60);
 
 /// Builds an [`Engine`] with a chosen store URL, store or clock.
 #[derive(Debug, Default)]
@@ -90,16 +96,43 @@ impl EngineBuilder {
             Some(store) => store,
             None => open_store(self.url.as_deref().unwrap_or(DEFAULT_URL), work.clone()).await?,
         };
-        Ok(Engine {
+        let clock: Arc<dyn Clock> = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        // Leases and the reaper on a shared database follow the database's clock, not each
+        // host's: a host whose clock runs ahead must not reclaim live leases.
+        let offset = if clock.is_wall_clock() {
+            store.clock_offset_ms(clock.as_ref()).await?
+        } else {
+            None
+        };
+        let engine = Engine {
             inner: Arc::new(EngineInner {
                 store,
                 bus: EventBus::new(),
-                clock: self.clock.unwrap_or_else(|| Arc::new(SystemClock)),
+                clock,
                 graphs: RwLock::new(HashMap::new()),
                 work,
                 closed: AtomicBool::new(false),
+                clock_offset_ms: std::sync::atomic::AtomicI64::new(offset.unwrap_or(0)),
             }),
-        })
+        };
+        if offset.is_some() {
+            let inner = Arc::downgrade(&engine.inner);
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(CLOCK_CHECK).await;
+                    let Some(inner) = inner.upgrade() else { return };
+                    if inner.closed.load(Ordering::Acquire) {
+                        return;
+                    }
+                    match inner.store.clock_offset_ms(inner.clock.as_ref()).await {
+                        Ok(Some(ms)) => inner.clock_offset_ms.store(ms, Ordering::Relaxed),
+                        Ok(None) => return,
+                        Err(e) => tracing::warn!(error = %e, "could not read the database's clock"),
+                    }
+                }
+            });
+        }
+        Ok(engine)
     }
 }
 
@@ -135,7 +168,11 @@ impl Engine {
     /// from its rows).
     pub fn now(&self) -> Timestamp {
         use chrono::SubsecRound;
-        self.inner.clock.now().trunc_subsecs(3)
+        let now = self.inner.clock.now().trunc_subsecs(3);
+        match self.inner.clock_offset_ms.load(Ordering::Relaxed) {
+            0 => now,
+            ms => crate::clock::add_signed_ms(now, ms),
+        }
     }
 
     fn store(&self) -> Result<&dyn Store> {

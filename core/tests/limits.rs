@@ -321,3 +321,58 @@ async fn the_largest_durations_are_accepted_and_nothing_overflows() {
         assert!(waited.is_err(), "{store}: still waiting");
     }
 }
+
+/// A host clock an hour ahead (a badly set machine).
+#[derive(Debug)]
+struct AnHourAhead;
+
+impl tasker_core::Clock for AnHourAhead {
+    fn now(&self) -> tasker_core::Timestamp {
+        chrono::Utc::now() + chrono::Duration::hours(1)
+    }
+    fn is_wall_clock(&self) -> bool {
+        true
+    }
+}
+
+/// On PostgreSQL leases and the reaper follow the database's clock: an engine on a host whose
+/// clock runs an hour ahead neither reclaims another host's live lease nor hands out leases
+/// that end an hour late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_whose_clock_runs_ahead_does_not_reclaim_live_leases() {
+    let Some(url) = postgres_schema().await else {
+        eprintln!("skipped: TASKER_TEST_POSTGRES_URL is not set");
+        return;
+    };
+    let honest = tasker_core::Engine::open(&url).await.unwrap();
+    register(&honest, &single()).await;
+    let ahead = tasker_core::Engine::builder()
+        .url(url.as_str())
+        .clock(std::sync::Arc::new(AnHourAhead))
+        .build()
+        .await
+        .unwrap();
+    let drift = (ahead.now() - honest.now()).num_seconds().abs();
+    assert!(
+        drift < 5,
+        "the engines agree on the time within seconds, not {drift} s"
+    );
+
+    create(&honest, NewTask::new("lim", "single")).await;
+    let held = claim(&honest, 1).await;
+    assert_eq!(held.len(), 1);
+    assert_eq!(
+        ahead.reclaim_expired().await.unwrap(),
+        0,
+        "the lease is live"
+    );
+    create(&ahead, NewTask::new("lim", "single")).await;
+    let theirs = claim(&ahead, 1).await;
+    let late = (theirs[0].lease_expires_at - held[0].lease_expires_at)
+        .num_seconds()
+        .abs();
+    assert!(
+        late < 5,
+        "leases from both hosts end at about the same time, not {late} s apart"
+    );
+}

@@ -286,6 +286,12 @@ pub type Now<'a> = &'a (dyn Fn() -> Timestamp + Send + Sync);
 /// `now` comes from the engine's clock so that time is injectable.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
+    /// How far the store's own clock is ahead of `host` (a clock read just now), in
+    /// milliseconds, for a store shared by many hosts (PostgreSQL); `None` for the others.
+    async fn clock_offset_ms(&self, _host: &dyn crate::clock::Clock) -> Result<Option<i64>> {
+        Ok(None)
+    }
+
     /// Applies the schema migrations not yet applied (stores apply them on open too).
     async fn migrate(&self) -> Result<()> {
         Ok(())

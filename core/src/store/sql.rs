@@ -1148,6 +1148,23 @@ pub(crate) async fn open(url: &str, waker: Arc<Notify>) -> Result<SqlStore> {
 
 #[async_trait]
 impl Store for SqlStore {
+    async fn clock_offset_ms(&self, host: &dyn crate::clock::Clock) -> Result<Option<i64>> {
+        if self.dialect != Dialect::Postgres {
+            return Ok(None);
+        }
+        let before = host.now();
+        let db: i64 = sqlx::query_scalar(
+            "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(db)?;
+        let after = host.now();
+        // The server read its clock about half way through the round trip.
+        let host_ms = (ms(before) + ms(after)) / 2;
+        Ok(Some(db - host_ms))
+    }
+
     async fn migrate(&self) -> Result<()> {
         SqlStore::migrate(self).await
     }
