@@ -99,10 +99,13 @@ pub(crate) unsafe fn step_str(
     make: impl FnOnce(&tc_step) -> String,
 ) -> *const c_char {
     // SAFETY: NULL or live by contract.
-    match unsafe { step.as_ref() } {
-        Some(s) => field(s).get_or_init(|| c_string(make(s))).as_ptr(),
-        None => ptr::null(),
-    }
+    let Some(s) = (unsafe { step.as_ref() }) else {
+        return ptr::null();
+    };
+    // Behind the panic boundary too: NULL (and the message) should making the string panic.
+    let mut out = ptr::null();
+    crate::panic::boundary_void(|| out = field(s).get_or_init(|| c_string(make(s))).as_ptr());
+    out
 }
 
 /// The step's name in its template. NULL if `step` is NULL. Valid while the step is; never free it.

@@ -104,7 +104,8 @@ fn runtime() -> PyResult<Arc<Runtime>> {
 
 /// A Python object as a JSON value, in one pass: `None`, `bool`, `int` (64-bit), finite `float`,
 /// `str`, and the containers pythonize accepts — `dict` and other mappings (with `str` keys),
-/// `list`, `tuple`, `set`, `frozenset` and other sequences (`collections.deque`, …) — nested at
+/// `list`, `tuple`, `set`, `frozenset` and other sequences (`collections.deque`, …), dataclass
+/// instances (their fields) — nested at
 /// most the core's [`MAX_JSON_DEPTH`] levels (a value that contains itself is refused as too
 /// deep, never followed for ever). Anything else, NaN and infinities (JSON has none; they would
 /// silently become null) raise InvalidArgumentError naming what was wrong.
@@ -192,6 +193,19 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> 
         for item in m.items()?.iter() {
             let (k, v): (Bound<'_, PyAny>, Bound<'_, PyAny>) = item.extract()?;
             map.insert(key(k)?, convert(&v, what, depth)?);
+        }
+        return Ok(Value::Object(map));
+    }
+    // A dataclass instance: a mapping of its fields (as pythonize and dataclasses.asdict do).
+    let py = obj.py();
+    if obj.hasattr(pyo3::intern!(py, "__dataclass_fields__"))? && !obj.is_instance_of::<PyType>() {
+        let depth = nested(depth)?;
+        let fields = py.import("dataclasses")?.call_method1("fields", (obj,))?;
+        let mut map = serde_json::Map::new();
+        for field in fields.try_iter()? {
+            let name: String = field?.getattr(pyo3::intern!(py, "name"))?.extract()?;
+            let value = obj.getattr(name.as_str())?;
+            map.insert(name, convert(&value, what, depth)?);
         }
         return Ok(Value::Object(map));
     }

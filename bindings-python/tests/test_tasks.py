@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import time
 import uuid
 
@@ -195,6 +197,12 @@ def test_nan_and_infinity_are_refused_rather_than_stored_as_null(memory_engine):
     assert memory_engine.list_tasks() == []
 
 
+@dataclasses.dataclass
+class _Point:
+    x: float
+    ys: list
+
+
 def test_every_container_pythonize_accepts_is_converted_and_checked(memory_engine):
     import collections
     from types import MappingProxyType
@@ -210,11 +218,12 @@ def test_every_container_pythonize_accepts_is_converted_and_checked(memory_engin
         "mapping": MappingProxyType({"k": "v"}),
         "ordered": collections.OrderedDict(a=1),
         "range": range(3),
+        "dataclass": _Point(1, [2]),
     }
     task = memory_engine.task(memory_engine.create_task("test", "containers", context=context))
     assert task["context"] == {
         "deque": [1, 2], "set": [3], "frozenset": [4], "tuple": [5, 6], "mapping": {"k": "v"},
-        "ordered": {"a": 1}, "range": [0, 1, 2],
+        "ordered": {"a": 1}, "range": [0, 1, 2], "dataclass": {"x": 1, "ys": [2]},
     }
     cyclic = collections.deque()
     cyclic.append(cyclic)
@@ -227,6 +236,8 @@ def test_every_container_pythonize_accepts_is_converted_and_checked(memory_engin
         (b"bytes", "bytes is not a JSON value"),
         (2**70, "64 bits"),
         (object(), "object is not a JSON value"),
+        (_Point(float("nan"), []), "finite"),
+        (_Point, "type is not a JSON value"),
     ):
         with pytest.raises(tasker_core.InvalidArgumentError, match=why):
             memory_engine.create_task("test", "containers", context={"v": bad})
