@@ -147,14 +147,11 @@ class Worker:
         """One handler thread: next attempt, handler, outcome, until the session ends."""
         while True:
             step = session.next(0.5)
-            if step is None:
-                if session.finished:
-                    return
-                continue
-            refused = self._execute(session, step, loop)
+            if step is None and session.finished:
+                return
+            refused = step is not None and self._execute(session, step, loop)
             if refused:
-                logger.warning("step %r (%s) attempt %d: %s", step.name, step.step_id,
-                               step.attempt, refused)
+                logger.warning("%s: %s", _where(step), refused)
 
     def _execute(self, session: WorkerSession, step: Step, loop: _AsyncLoop) -> str | None:
         try:
