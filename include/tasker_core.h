@@ -219,6 +219,20 @@ enum tc_status tc_create_task_ex(const struct tc_engine *engine,
                                  char **out_task_id);
 
 /**
+ * Starts many tasks at once. `tasks_json` is a JSON array of objects with tc_create_task_ex's
+ * arguments: "namespace" and "name", optionally "context", "version", "idempotency_key" and
+ * "priority". All are checked before any is written (an unknown key is TC_ERR_JSON); those
+ * without an idempotency key are written in one transaction. On success `*out_ids_json` is
+ * the JSON array of the task ids, in order, to free with tc_string_free.
+ *
+ * # Safety
+ * `engine` is a live handle; `tasks_json` NUL-terminated; `out_ids_json` valid for writes.
+ */
+enum tc_status tc_create_tasks_json(const struct tc_engine *engine,
+                                    const char *tasks_json,
+                                    char **out_ids_json);
+
+/**
  * The task as JSON (same fields as Python's engine.task): free with tc_string_free.
  *
  * # Safety

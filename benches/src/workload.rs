@@ -153,6 +153,39 @@ pub async fn create_tasks(
     Ok(tasks * template.steps())
 }
 
+/// Creation as users pay for it, with no worker running: `create_task` one at a time (the
+/// latency of each, in microseconds, sorted) and the same number through `create_tasks` in
+/// batches of `batch`; returns (the latencies, tasks/s one by one, tasks/s in batches).
+pub async fn create_costs(
+    engine: &Engine,
+    template: Template,
+    tasks: usize,
+    batch: usize,
+) -> anyhow::Result<(Vec<u64>, f64, f64)> {
+    let mut latencies = Vec::with_capacity(tasks);
+    let started = Instant::now();
+    for i in 0..tasks {
+        let one = Instant::now();
+        engine
+            .create_task(NewTask::new("bench", template.name()).context(json!({ "i": i })))
+            .await?;
+        latencies.push(one.elapsed().as_micros() as u64);
+    }
+    let single = tasks as f64 / started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let started = Instant::now();
+    let mut made = 0;
+    while made < tasks {
+        let n = batch.max(1).min(tasks - made);
+        let batch: Vec<NewTask> = (made..made + n)
+            .map(|i| NewTask::new("bench", template.name()).context(json!({ "i": i })))
+            .collect();
+        made += engine.create_tasks(batch).await?.len();
+    }
+    let batched = tasks as f64 / started.elapsed().as_secs_f64();
+    Ok((latencies, single, batched))
+}
+
 /// How the workers of one run are placed.
 #[derive(Debug, Clone, Copy)]
 pub enum Placement<'a> {

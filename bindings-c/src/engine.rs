@@ -159,6 +159,60 @@ pub unsafe extern "C" fn tc_create_task_ex(
     }
 }
 
+/// Starts many tasks at once. `tasks_json` is a JSON array of objects with tc_create_task_ex's
+/// arguments: "namespace" and "name", optionally "context", "version", "idempotency_key" and
+/// "priority". All are checked before any is written (an unknown key is TC_ERR_JSON); those
+/// without an idempotency key are written in one transaction. On success `*out_ids_json` is
+/// the JSON array of the task ids, in order, to free with tc_string_free.
+///
+/// # Safety
+/// `engine` is a live handle; `tasks_json` NUL-terminated; `out_ids_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_create_tasks_json(
+    engine: *const tc_engine,
+    tasks_json: *const c_char,
+    out_ids_json: *mut *mut c_char,
+) -> tc_status {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Task {
+        namespace: String,
+        name: String,
+        #[serde(default)]
+        context: Option<Value>,
+        #[serde(default)]
+        version: Option<String>,
+        #[serde(default)]
+        idempotency_key: Option<String>,
+        #[serde(default)]
+        priority: i32,
+    }
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_ids_json, || {
+            let e = handle(engine, "engine")?;
+            let tasks: Vec<Task> = serde_json::from_value(json(tasks_json, "tasks_json")?)
+                .map_err(|err| Fail(TC_ERR_JSON, format!("tasks_json: {err}")))?;
+            let tasks = tasks
+                .into_iter()
+                .map(|t| NewTask {
+                    namespace: t.namespace,
+                    name: t.name,
+                    context: t
+                        .context
+                        .unwrap_or_else(|| Value::Object(Default::default())),
+                    version: t.version,
+                    idempotency_key: t.idempotency_key,
+                    priority: t.priority,
+                })
+                .collect();
+            let ids = e.run(e.engine()?.create_tasks(tasks))?;
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            json_out(&ids)
+        })
+    }
+}
+
 /// A JSON view of one task, for the three view functions below.
 ///
 /// # Safety

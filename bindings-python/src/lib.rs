@@ -363,6 +363,65 @@ impl Engine {
     /// ``wait`` seconds for one. Returns a list of step dicts (step_id, task_id, name, handler,
     /// namespace, task_name, attempt, max_attempts, context, inputs, lease_expires_at,
     /// timeout_ms).
+    /// Starts many tasks at once and returns their ids, in order. Each item is a mapping with
+    /// ``create_task``'s arguments: ``namespace``, ``name`` and optionally ``context``,
+    /// ``version``, ``idempotency_key``, ``priority``. All are checked before any is written;
+    /// those without an idempotency key are written in one transaction.
+    fn create_tasks(&self, py: Python<'_>, tasks: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
+        const KEYS: [&str; 6] = [
+            "namespace",
+            "name",
+            "context",
+            "version",
+            "idempotency_key",
+            "priority",
+        ];
+        let mut batch = Vec::new();
+        for (n, item) in tasks.try_iter()?.enumerate() {
+            let item = item?;
+            let task = item.cast::<pyo3::types::PyMapping>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "task {n} must be a mapping, not {}",
+                    item.get_type()
+                ))
+            })?;
+            for key in task.keys()?.iter() {
+                let key: String = key.extract()?;
+                if !KEYS.contains(&key.as_str()) {
+                    return Err(PyTypeError::new_err(format!(
+                        "task {n} has an unknown key {key:?} (expected {})",
+                        KEYS.join(", ")
+                    )));
+                }
+            }
+            let get = |key: &str| -> PyResult<Option<Bound<'_, PyAny>>> {
+                Ok(task.get_item(key).ok().filter(|v| !v.is_none()))
+            };
+            let text = |key: &str| -> PyResult<Option<String>> {
+                get(key)?.map(|v| v.extract::<String>()).transpose()
+            };
+            let required = |key: &str| -> PyResult<String> {
+                text(key)?.ok_or_else(|| PyTypeError::new_err(format!("task {n} has no {key}")))
+            };
+            batch.push(NewTask {
+                namespace: required("namespace")?,
+                name: required("name")?,
+                version: text("version")?,
+                context: match get("context")? {
+                    Some(c) => to_json(&c, "the context")?,
+                    None => Value::Object(Default::default()),
+                },
+                idempotency_key: text("idempotency_key")?,
+                priority: get("priority")?
+                    .map(|p| p.extract::<i32>())
+                    .transpose()?
+                    .unwrap_or(0),
+            });
+        }
+        let ids = self.call(py, move |e| async move { e.create_tasks(batch).await })?;
+        Ok(ids.iter().map(ToString::to_string).collect())
+    }
+
     #[pyo3(signature = (worker_id, handlers, limit, wait = 0.0))]
     fn claim(
         &self,

@@ -296,3 +296,30 @@ def test_a_task_whose_rows_cannot_be_read_does_not_stop_the_worker(tmp_path):
         with pytest.raises(tasker_core.StoreError, match="unreadable"):
             engine.task(bad)
         assert engine.transitions(bad)[-1]["event"] == "unreadable"
+
+
+def test_create_tasks_makes_a_batch_in_order(engine):
+    engine.register_template(
+        "namespace: test\nname: batch\nversion: 1.0.0\nsteps: [{name: a}]\n")
+    ids = engine.create_tasks(
+        [{"namespace": "test", "name": "batch", "context": {"i": i}} for i in range(50)]
+        + [{"namespace": "test", "name": "batch", "idempotency_key": "k", "priority": 3}] * 2)
+    assert len(ids) == 52 and len(set(ids)) == 51 and ids[50] == ids[51]
+    assert [engine.task(i)["context"] for i in ids[:3]] == [{"i": 0}, {"i": 1}, {"i": 2}]
+    assert engine.task(ids[50])["priority"] == 3
+    worker = tasker_core.Worker(engine, concurrency=4)
+    worker.register("a", lambda step: step.context.get("i"))
+    assert worker.run_until_idle(timeout=30)["completed"] == 51
+    before = len(engine.list_tasks(limit=1000))
+    for bad, error in (
+        ([{"namespace": "test", "name": "batch"}, {"namespace": "test", "name": "nope"}],
+         tasker_core.NotFoundError),
+        ([{"namespace": "test", "name": "batch", "context": {"x": float("nan")}}],
+         tasker_core.InvalidArgumentError),
+        ([{"namespace": "test", "name": "batch", "contxt": {}}], TypeError),
+        ([{"namespace": "test"}], TypeError),
+        (["not a mapping"], TypeError),
+    ):
+        with pytest.raises(error):
+            engine.create_tasks(bad)
+    assert len(engine.list_tasks(limit=1000)) == before, "nothing of a refused batch"

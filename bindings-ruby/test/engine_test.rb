@@ -104,6 +104,24 @@ module EngineBehaviour
     assert_equal 2, @engine.list_tasks.size
   end
 
+  def test_create_tasks_makes_a_batch_in_order
+    @engine.register_template(template("batch", "a"))
+    ids = @engine.create_tasks(Array.new(30) { |i| { namespace: "test", name: "batch", context: { i: i } } } +
+                               [{ "namespace" => "test", "name" => "batch", "idempotency_key" => "k" }] * 2)
+    assert_equal 32, ids.size
+    assert_equal 31, ids.uniq.size
+    assert_equal ids[30], ids[31]
+    assert_equal({ "i" => 2 }, @engine.task(ids[2])["context"])
+    before = @engine.list_tasks(limit: 1000).size
+    assert_raises(TaskerCore::NotFoundError) do
+      @engine.create_tasks([{ namespace: "test", name: "batch" }, { namespace: "test", name: "nope" }])
+    end
+    assert_raises(ArgumentError) { @engine.create_tasks([{ namespace: "test", name: "batch", contxt: {} }]) }
+    assert_raises(ArgumentError) { @engine.create_tasks([{ namespace: "test" }]) }
+    assert_raises(TypeError) { @engine.create_tasks(["not a hash"]) }
+    assert_equal before, @engine.list_tasks(limit: 1000).size
+  end
+
   def test_the_limits_are_the_cores
     @engine.register_template(template("limits", "a"))
     fits = 1

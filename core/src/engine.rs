@@ -250,26 +250,65 @@ impl Engine {
     /// [`Error::IdempotencyConflict`] when that task has another context (or, when `version` is
     /// given, another version). The context is checked against [`crate::limits`] first.
     pub async fn create_task(&self, task: NewTask) -> Result<TaskId> {
+        let graph = self.checked(&task).await?;
+        let created = self.store()?.create_task(graph, &task, self.now()).await?;
+        if !created.created {
+            self.same_task(created.task_id, &task).await?;
+        }
+        self.publish(created.changes);
+        Ok(created.task_id)
+    }
+
+    /// Starts many tasks at once; their ids, in order. Each is checked as [`Engine::create_task`]
+    /// checks it, all before any is written; the SQL stores write those without an idempotency
+    /// key in one transaction (a commit per 500), so a batch costs about what one task does.
+    /// Keyed ones are created one by one; an [`Error::IdempotencyConflict`] among them leaves
+    /// the others of the batch created.
+    pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>> {
+        let mut batch = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            batch.push((self.checked(&task).await?, task));
+        }
+        let created = self.store()?.create_tasks(&batch, self.now()).await?;
+        let mut ids = Vec::with_capacity(created.len());
+        let mut conflict = None;
+        for (created, (_, task)) in created.into_iter().zip(&batch) {
+            if !created.created && conflict.is_none() {
+                if let Err(e) = self.same_task(created.task_id, task).await {
+                    conflict = Some(e);
+                }
+            }
+            self.publish(created.changes);
+            ids.push(created.task_id);
+        }
+        match conflict {
+            Some(e) => Err(e),
+            None => Ok(ids),
+        }
+    }
+
+    /// `task` within the limits ([`crate::limits`]), and its template's graph.
+    async fn checked(&self, task: &NewTask) -> Result<Arc<TaskGraph>> {
         limits::check_json(&task.context, "the context")?;
         if let Some(key) = &task.idempotency_key {
             limits::check_idempotency_key(key)?;
         }
-        let graph = self
-            .template(&task.namespace, &task.name, task.version.as_deref())
-            .await?;
-        let created = self.store()?.create_task(graph, &task, self.now()).await?;
-        if !created.created {
-            let earlier = self.task(created.task_id).await?;
-            let other_version = task.version.as_ref().is_some_and(|v| *v != earlier.version);
-            if earlier.context != task.context || other_version {
-                return Err(Error::IdempotencyConflict {
-                    key: task.idempotency_key.unwrap_or_default(),
-                    task: created.task_id,
-                });
-            }
+        self.template(&task.namespace, &task.name, task.version.as_deref())
+            .await
+    }
+
+    /// [`Error::IdempotencyConflict`] unless the earlier task `id` (returned for `task`'s
+    /// idempotency key) has `task`'s context (and its version, when `task` names one).
+    async fn same_task(&self, id: TaskId, task: &NewTask) -> Result<()> {
+        let earlier = self.task(id).await?;
+        let other_version = task.version.as_ref().is_some_and(|v| *v != earlier.version);
+        if earlier.context != task.context || other_version {
+            return Err(Error::IdempotencyConflict {
+                key: task.idempotency_key.clone().unwrap_or_default(),
+                task: id,
+            });
         }
-        self.publish(created.changes);
-        Ok(created.task_id)
+        Ok(())
     }
 
     /// Claims up to `request.limit` ready steps, each with a lease of its `lease_ms` that

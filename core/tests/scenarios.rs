@@ -8,7 +8,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 use tasker_core::view::TaskFilter;
-use tasker_core::{ClaimedStep, HandlerError, ManualClock, NewTask, StepState, TaskState, Worker};
+use tasker_core::{
+    ClaimedStep, Error, HandlerError, ManualClock, NewTask, StepState, TaskState, Worker,
+};
 
 use support::*;
 
@@ -431,5 +433,76 @@ async fn steps_released_in_a_high_priority_task_overtake_older_low_priority_work
             vec![(high, "b".to_owned()), (low, "a".to_owned())],
             "{store}"
         );
+    }
+}
+
+#[tokio::test]
+async fn create_tasks_makes_a_batch_that_runs_like_tasks_made_one_by_one() {
+    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+        let batch: Vec<NewTask> = (0..1200)
+            .map(|i| NewTask::new("n", "single").context(json!({ "i": i })))
+            .chain([
+                NewTask::new("n", "single")
+                    .idempotency_key("k-1")
+                    .context(json!({"k": 1})),
+                NewTask::new("n", "single")
+                    .idempotency_key("k-1")
+                    .context(json!({"k": 1})),
+            ])
+            .collect();
+        let ids = engine.create_tasks(batch).await.unwrap();
+        assert_eq!(ids.len(), 1202, "{store}");
+        assert_eq!(ids[1200], ids[1201], "{store}: one key, one task");
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), 1201, "{store}");
+        let view = task_view(&engine, ids[7]).await;
+        assert_eq!(view.context, json!({ "i": 7 }), "{store}: in order");
+        let tasks = engine
+            .list_tasks(&TaskFilter {
+                limit: 5000,
+                ..TaskFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(tasks.len(), 1201, "{store}");
+        let mut claimed = 0;
+        loop {
+            let got = claim(&engine, 1000).await;
+            if got.is_empty() {
+                break;
+            }
+            claimed += got.len();
+        }
+        assert_eq!(claimed, 1201, "{store}: every step is ready once");
+
+        // Bad input anywhere in the batch: nothing of it is written.
+        let bad = vec![
+            NewTask::new("n", "single"),
+            NewTask::new("n", "no-such-template"),
+        ];
+        assert_err!(
+            engine.create_tasks(bad).await,
+            Error::TemplateNotFound { .. },
+            "{store}"
+        );
+        let deep = vec![
+            NewTask::new("n", "single"),
+            NewTask::new("n", "single").context(
+                serde_json::from_str(&format!("{}1{}", "[".repeat(66), "]".repeat(66))).unwrap(),
+            ),
+        ];
+        assert_err!(
+            engine.create_tasks(deep).await,
+            Error::InvalidArgument(_),
+            "{store}"
+        );
+        let after = engine
+            .list_tasks(&TaskFilter {
+                limit: 5000,
+                ..TaskFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(after.len(), 1201, "{store}: nothing of a refused batch");
     }
 }

@@ -258,6 +258,28 @@ static void test_create_task(tc_engine *e) {
     ASSERT_FAILS_OUT(TC_ERR_INVALID_ARGUMENT, out,
                      tc_create_task_ex(e, "c_basics", "order", NULL, NULL, key, 0, &out));
     ASSERT_MESSAGE_HAS("256 bytes");
+
+    /* Many at once: the ids in order; a bad batch writes nothing. */
+    char *ids = NULL;
+    ASSERT_OK(tc_create_tasks_json(e,
+                                   "[{\"namespace\": \"c_basics\", \"name\": \"order\", "
+                                   "\"context\": {\"n\": 1}}, {\"namespace\": \"c_basics\", "
+                                   "\"name\": \"order\", \"priority\": 2}]",
+                                   &ids));
+    ASSERT_SHOW(tj_len(ids) == 2, ids);
+    char *second_id = tj_strdup(tj_at(ids, 1));
+    json = TASK_JSON(e, second_id);
+    ASSERT_SHOW(tj_int(tj_get(json, "priority")) == 2, json);
+    tc_string_free(json);
+    free(second_id);
+    tc_string_free(ids);
+    ASSERT_FAILS_OUT(TC_ERR_JSON, out,
+                     tc_create_tasks_json(e, "[{\"namespace\": \"c_basics\", \"nme\": 1}]", &out));
+    ASSERT_FAILS_OUT(TC_ERR_NOT_FOUND, out,
+                     tc_create_tasks_json(e,
+                                          "[{\"namespace\": \"c_basics\", \"name\": \"order\"}, "
+                                          "{\"namespace\": \"c_basics\", \"name\": \"nope\"}]",
+                                          &out));
 }
 
 static void test_views(void) {

@@ -1,12 +1,14 @@
 //! End-to-end throughput: steps/s of no-op Rust handlers through the engine.
 //!
 //! `throughput [--store URL] [--template diamond|wide] [--tasks N] [--concurrency N]
-//!             [--workers N] [--processes N] [--latency N] [--smoke]`
+//!             [--workers N] [--processes N] [--latency N] [--create N] [--smoke]`
 //!
 //! Creates the tasks first, then runs the workers until idle and reports steps per second of
 //! the run phase. With `--processes N` the workers run in N child processes (each with
 //! `--workers` workers) instead of this one. `--latency N` instead measures ready → claimed
-//! latency over N one-step tasks (see [`workload::latency`]). `--smoke` runs a tiny
+//! latency over N one-step tasks (see [`workload::latency`]); `--create N` the cost of creating
+//! N tasks, one by one (p50/p99 latency) and through `create_tasks` in batches of 1,000 (see
+//! [`workload::create_costs`]). `--smoke` runs a tiny
 //! configuration (used by the test command). The criterion bench `end_to_end` runs the same
 //! workload; this harness is for one-off runs at any size.
 
@@ -24,6 +26,7 @@ struct Args {
     workers: usize,
     processes: usize,
     latency: usize,
+    create: usize,
     worker_only: bool,
 }
 
@@ -36,6 +39,7 @@ fn parse_args() -> anyhow::Result<Args> {
         workers: 2,
         processes: 0,
         latency: 0,
+        create: 0,
         worker_only: false,
     };
     let mut it = std::env::args().skip(1);
@@ -49,6 +53,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--workers" => args.workers = value()?.parse()?,
             "--processes" => args.processes = value()?.parse()?,
             "--latency" => args.latency = value()?.parse()?,
+            "--create" => args.create = value()?.parse()?,
             "--worker-only" => args.worker_only = true,
             "--smoke" => args.tasks = 50,
             other => bail!("unknown argument {other}"),
@@ -74,6 +79,23 @@ async fn main() -> anyhow::Result<()> {
             workload::percentile_ms(&samples, 0.5),
             workload::percentile_ms(&samples, 0.99),
             workload::percentile_ms(&samples, 1.0)
+        );
+        return Ok(());
+    }
+    if args.create > 0 {
+        let engine = Engine::open(&args.store).await?;
+        workload::register(&engine, args.template).await?;
+        let (latencies, single, batched) =
+            workload::create_costs(&engine, args.template, args.create, 1000).await?;
+        let us = |p: f64| latencies[((latencies.len() - 1) as f64 * p) as usize];
+        println!(
+            "store={} template={} create_task: p50={} us p99={} us, {:.0} tasks/s; create_tasks of 1000: {:.0} tasks/s",
+            args.store,
+            args.template.name(),
+            us(0.5),
+            us(0.99),
+            single,
+            batched
         );
         return Ok(());
     }

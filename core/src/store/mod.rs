@@ -326,6 +326,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> Result<Created>;
 
+    /// Creates many tasks (each as [`Store::create_task`] would), in order; stores write them
+    /// in as few transactions as they can. An `Err` may leave the earlier ones created.
+    async fn create_tasks(
+        &self,
+        tasks: &[(Arc<TaskGraph>, NewTask)],
+        now: Timestamp,
+    ) -> Result<Vec<Created>> {
+        let mut created = Vec::with_capacity(tasks.len());
+        for (graph, task) in tasks {
+            created.push(self.create_task(graph.clone(), task, now).await?);
+        }
+        Ok(created)
+    }
+
     /// Reclaims expired leases, makes due retries claimable, then claims up to `limit` ready
     /// steps (higher task priority first, then oldest) with a lease of each step's `lease_ms`.
     /// The time is read through `now` once the store holds its write lock.

@@ -1136,6 +1136,40 @@ async fn save(
     Ok(revisions)
 }
 
+/// The edges of each task's graph (in the open transaction), in multi-row statements.
+async fn insert_edges(
+    conn: &mut AnyConnection,
+    dialect: Dialect,
+    tasks: &[(TaskId, &TaskGraph)],
+) -> std::result::Result<(), sqlx::Error> {
+    let mut edges: Vec<(String, u32, u32, bool)> = Vec::new();
+    for (id, graph) in tasks {
+        let id = id.to_string();
+        for i in 0..graph.len() as u32 {
+            for e in graph.children(i) {
+                edges.push((id.clone(), i, e.step, e.requires_success));
+            }
+        }
+    }
+    for chunk in edges.chunks(MAX_ROWS) {
+        let sql = format!(
+            "{} {}",
+            queries::INSERT_EDGES,
+            placeholders(dialect, 4, chunk.len(), 1)
+        );
+        let mut q = sqlx::query(&sql);
+        for (id, from, to, requires_success) in chunk {
+            q = q
+                .bind(id.as_str())
+                .bind(*from as i64)
+                .bind(*to as i64)
+                .bind(*requires_success);
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// The SQL stores are opened by URL; PostgreSQL engines also listen for wake-ups.
 pub(crate) async fn open(url: &str, waker: Arc<Notify>) -> Result<SqlStore> {
     let store = SqlStore::open(url).await?;
@@ -1324,33 +1358,9 @@ impl Store for SqlStore {
             }
             Err(e) => return Err(db(e)),
         };
-        let edges: Vec<(u32, u32, bool)> = (0..graph.len() as u32)
-            .flat_map(|i| {
-                graph
-                    .children(i)
-                    .iter()
-                    .map(move |e| (i, e.step, e.requires_success))
-            })
-            .collect();
-        let id_text = id.to_string();
-        for chunk in edges.chunks(MAX_ROWS) {
-            let sql = format!(
-                "{} {}",
-                queries::INSERT_EDGES,
-                placeholders(self.dialect, 4, chunk.len(), 1)
-            );
-            let mut q = sqlx::query(&sql);
-            for &(from, to, requires_success) in chunk {
-                q = q
-                    .bind(id_text.as_str())
-                    .bind(from as i64)
-                    .bind(to as i64)
-                    .bind(requires_success);
-            }
-            if let Err(e) = q.execute(&mut *tx.tx).await {
-                let _ = tx.tx.rollback().await;
-                return Err(db(e));
-            }
+        if let Err(e) = insert_edges(&mut tx.tx, self.dialect, &[(id, &graph)]).await {
+            let _ = tx.tx.rollback().await;
+            return Err(db(e));
         }
         self.commit(tx, &changes).await?;
         if let Some(revision) = revision {
@@ -1361,6 +1371,81 @@ impl Store for SqlStore {
             created: true,
             changes,
         })
+    }
+
+    /// Tasks without an idempotency key in one transaction (one commit, one fsync on SQLite);
+    /// keyed ones one by one, as `create_task` does (each may meet an earlier task).
+    async fn create_tasks(
+        &self,
+        tasks: &[(Arc<TaskGraph>, NewTask)],
+        now: Timestamp,
+    ) -> Result<Vec<Created>> {
+        let mut created: Vec<Option<Created>> = (0..tasks.len()).map(|_| None).collect();
+        let (keyed, plain): (Vec<usize>, Vec<usize>) =
+            (0..tasks.len()).partition(|&i| tasks[i].1.idempotency_key.is_some());
+        for chunk in plain.chunks(500) {
+            let mut records = Vec::with_capacity(chunk.len());
+            let mut all = Changes::default();
+            for &i in chunk {
+                let (graph, new) = &tasks[i];
+                let (mut ready, mut changes) = (ReadySet::default(), Changes::default());
+                let record = TaskRecord::create(
+                    TaskId::new(),
+                    graph.clone(),
+                    new,
+                    now,
+                    &mut ready,
+                    &mut changes,
+                );
+                all.extend(changes.clone());
+                records.push((i, record, ready, changes));
+            }
+            let mut tx = self.begin().await?;
+            let edits: Vec<Edit<'_>> = records
+                .iter()
+                .map(|(_, after, ready, _)| Edit {
+                    before: None,
+                    after,
+                    ready,
+                })
+                .collect();
+            let saved = save(&mut tx.tx, self.dialect, &edits, now, &all.transitions).await;
+            drop(edits);
+            let revisions = match saved {
+                Ok(revisions) => revisions,
+                Err(e) => {
+                    let _ = tx.tx.rollback().await;
+                    return Err(db(e));
+                }
+            };
+            let graphs: Vec<(TaskId, &TaskGraph)> = records
+                .iter()
+                .map(|(_, r, _, _)| (r.id, &*r.graph))
+                .collect();
+            let edges = insert_edges(&mut tx.tx, self.dialect, &graphs).await;
+            drop(graphs);
+            if let Err(e) = edges {
+                let _ = tx.tx.rollback().await;
+                return Err(db(e));
+            }
+            self.commit(tx, &all).await?;
+            for ((i, record, _, changes), revision) in records.into_iter().zip(revisions) {
+                let task_id = record.id;
+                if let Some(revision) = revision {
+                    self.cache.put(revision, record);
+                }
+                created[i] = Some(Created {
+                    task_id,
+                    created: true,
+                    changes,
+                });
+            }
+        }
+        for i in keyed {
+            let (graph, new) = &tasks[i];
+            created[i] = Some(self.create_task(graph.clone(), new, now).await?);
+        }
+        Ok(created.into_iter().flatten().collect())
     }
 
     async fn claim(

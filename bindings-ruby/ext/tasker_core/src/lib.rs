@@ -18,7 +18,9 @@ use std::time::{Duration, Instant};
 
 use magnus::prelude::*;
 use magnus::scan_args::{get_kwargs, scan_args};
-use magnus::{function, method, Error, ExceptionClass, RHash, RModule, RString, Ruby, Value};
+use magnus::{
+    function, method, Error, ExceptionClass, RArray, RHash, RModule, RString, Ruby, Value,
+};
 use serde_json::Value as Json;
 use tasker_core::error::ErrorKind;
 use tasker_core::host::{ForkSafe, Owner};
@@ -320,6 +322,54 @@ impl Engine {
         };
         let id = self.call(&ruby, move |e| async move { e.create_task(task).await })?;
         Ok(id.to_string())
+    }
+
+    /// Many tasks at once: an Array of Hashes of create_task's arguments (Symbol or String
+    /// keys: namespace, name; optionally context, version, idempotency_key, priority). All are
+    /// checked before any is written; the ids, in order.
+    fn create_tasks(&self, tasks: RArray) -> Result<Vec<String>, Error> {
+        let ruby = ruby();
+        let mut batch = Vec::with_capacity(tasks.len());
+        for item in tasks.into_iter() {
+            let given = RHash::try_convert(item)?;
+            // Symbol keys in a fresh Hash: get_kwargs reads Symbols and may edit the Hash.
+            let hash = ruby.hash_new();
+            given.foreach(|key: Value, value: Value| {
+                let key: String = key.funcall("to_s", ())?;
+                hash.aset(ruby.to_symbol(key), value)?;
+                Ok(magnus::r_hash::ForEach::Continue)
+            })?;
+            let kw = get_kwargs::<
+                _,
+                (String, String),
+                (
+                    Option<Value>,
+                    Option<Option<String>>,
+                    Option<Option<String>>,
+                    Option<i32>,
+                ),
+                (),
+            >(
+                hash,
+                &["namespace", "name"],
+                &["context", "version", "idempotency_key", "priority"],
+            )?;
+            let (namespace, name) = kw.required;
+            let (context, version, idempotency_key, priority) = kw.optional;
+            batch.push(NewTask {
+                namespace,
+                name,
+                version: version.flatten(),
+                context: match context {
+                    Some(c) if !c.is_nil() => to_json(&ruby, c, "the context")?,
+                    _ => Json::Object(Default::default()),
+                },
+                idempotency_key: idempotency_key.flatten(),
+                priority: priority.unwrap_or(0),
+            });
+        }
+        let ids = self.call(&ruby, move |e| async move { e.create_tasks(batch).await })?;
+        Ok(ids.iter().map(ToString::to_string).collect())
     }
 
     fn claim(&self, args: &[Value]) -> Result<Value, Error> {
@@ -829,6 +879,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     engine.define_singleton_method("new", function!(Engine::new, -1))?;
     engine.define_method("register_template", method!(Engine::register_template, 1))?;
     engine.define_method("create_task", method!(Engine::create_task, -1))?;
+    engine.define_method("create_tasks", method!(Engine::create_tasks, 1))?;
     engine.define_method("claim", method!(Engine::claim, -1))?;
     engine.define_method("complete", method!(Engine::complete, 3))?;
     engine.define_method("fail", method!(Engine::fail, -1))?;
