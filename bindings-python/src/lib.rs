@@ -358,11 +358,6 @@ impl Engine {
         Ok(id.to_string())
     }
 
-    /// Claims up to ``limit`` ready steps whose handler is in ``handlers`` (all when None) for
-    /// ``worker_id``, each with a lease of its ``timeout_ms``. When none is ready, waits up to
-    /// ``wait`` seconds for one. Returns a list of step dicts (step_id, task_id, name, handler,
-    /// namespace, task_name, attempt, max_attempts, context, inputs, lease_expires_at,
-    /// timeout_ms).
     /// Starts many tasks at once and returns their ids, in order. Each item is a mapping with
     /// ``create_task``'s arguments: ``namespace``, ``name`` and optionally ``context``,
     /// ``version``, ``idempotency_key``, ``priority``. All are checked before any is written;
@@ -422,6 +417,11 @@ impl Engine {
         Ok(ids.iter().map(ToString::to_string).collect())
     }
 
+    /// Claims up to ``limit`` ready steps whose handler is in ``handlers`` (all when None) for
+    /// ``worker_id``, each with a lease of its ``timeout_ms``. When none is ready, waits up to
+    /// ``wait`` seconds for one. Returns a list of step dicts (step_id, task_id, name, handler,
+    /// namespace, task_name, attempt, max_attempts, context, inputs, lease_expires_at,
+    /// timeout_ms).
     #[pyo3(signature = (worker_id, handlers, limit, wait = 0.0))]
     fn claim(
         &self,
