@@ -168,3 +168,34 @@ async fn two_engines_on_one_database_see_each_others_writes() {
         let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
     }
 }
+
+/// `synchronous` is chosen in the URL: `normal` by default, `full` (or `extra`) for whoever
+/// wants each commit on disk before it returns; anything else is refused, naming the choices.
+#[tokio::test]
+async fn synchronous_is_chosen_in_the_url() {
+    let dir = std::env::temp_dir().join(format!("tasker-sync-{}", tasker_core::TaskId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for level in ["full", "EXTRA", "normal"] {
+        let url = format!(
+            "sqlite://{}?synchronous={level}",
+            dir.join(format!("{level}.db")).display()
+        );
+        let engine = Engine::open(&url).await.unwrap();
+        register(&engine, &template("s", "one").step(step("a"))).await;
+        let task = create(&engine, NewTask::new("s", "one")).await;
+        let c = claim_one(&engine, "a").await;
+        engine
+            .complete(c.step_id, c.attempt, json!(level))
+            .await
+            .unwrap();
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{level}");
+    }
+    let bad = format!("sqlite://{}?synchronous=off", dir.join("off.db").display());
+    let err = Engine::open(&bad).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("synchronous in the store URL must be normal, full or extra"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

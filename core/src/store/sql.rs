@@ -198,12 +198,17 @@ pub const POSTGRES_TIMEOUTS: [(&str, &str); 3] = [
     ("idle_in_transaction_session_timeout", "60s"),
 ];
 
-/// `url` without the [`POSTGRES_TIMEOUTS`] parameters, and the `SET` statements that apply
-/// them (the URL's values, else the defaults) to each new connection.
-fn postgres_session(url: &str) -> Result<(String, String)> {
+/// `url` without the engine's own parameters `params` (each with its default), and their
+/// values: the URL's, checked by `valid` (`what` describes a valid one), else the defaults.
+fn own_params(
+    url: &str,
+    params: &[(&'static str, &'static str)],
+    valid: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<(String, Vec<(&'static str, String)>)> {
     let (base, query) = url.split_once('?').unwrap_or((url, ""));
     let mut kept = Vec::new();
-    let mut values: Vec<(&str, String)> = POSTGRES_TIMEOUTS
+    let mut values: Vec<(&'static str, String)> = params
         .iter()
         .map(|(name, default)| (*name, (*default).to_owned()))
         .collect();
@@ -211,12 +216,9 @@ fn postgres_session(url: &str) -> Result<(String, String)> {
         let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
         match values.iter_mut().find(|(name, _)| *name == key) {
             Some((name, slot)) => {
-                let ok = !value.is_empty()
-                    && value.len() <= 16
-                    && value.bytes().all(|b| b.is_ascii_alphanumeric());
-                if !ok {
+                if !valid(value) {
                     return Err(Error::InvalidArgument(format!(
-                        "{name} in the store URL must be a duration such as 5s or 500ms, not {value:?}"
+                        "{name} in the store URL must be {what}, not {value:?}"
                     )));
                 }
                 *slot = value.to_owned();
@@ -229,12 +231,47 @@ fn postgres_session(url: &str) -> Result<(String, String)> {
     } else {
         format!("{base}?{}", kept.join("&"))
     };
+    Ok((url, values))
+}
+
+/// `url` without the [`POSTGRES_TIMEOUTS`] parameters, and the `SET` statements that apply
+/// them (the URL's values, else the defaults) to each new connection.
+fn postgres_session(url: &str) -> Result<(String, String)> {
+    let duration =
+        |v: &str| !v.is_empty() && v.len() <= 16 && v.bytes().all(|b| b.is_ascii_alphanumeric());
+    let (url, values) = own_params(
+        url,
+        &POSTGRES_TIMEOUTS,
+        duration,
+        "a duration such as 5s or 500ms",
+    )?;
     let session = values
         .iter()
         .map(|(name, value)| format!("SET {name} = '{value}';"))
         .collect::<Vec<_>>()
         .join(" ");
     Ok((url, session))
+}
+
+/// SQLite's `synchronous` level, from the store URL (`sqlite://tasker.db?synchronous=full`):
+/// `normal` (the default; with WAL a commit survives the process crashing, an OS crash or a
+/// power loss may lose the last transactions) or `full` / `extra` (each commit is on disk
+/// before it returns: power-loss durability, slower).
+pub const SQLITE_SYNCHRONOUS: (&str, &str) = ("synchronous", "normal");
+
+/// `url` without its `synchronous` parameter, and the `PRAGMA` statements of each new
+/// SQLite connection.
+fn sqlite_session(url: &str) -> Result<(String, String)> {
+    let level = |v: &str| matches!(v.to_ascii_lowercase().as_str(), "normal" | "full" | "extra");
+    let (url, values) = own_params(url, &[SQLITE_SYNCHRONOUS], level, "normal, full or extra")?;
+    let level = values[0].1.to_ascii_uppercase();
+    Ok((
+        url,
+        format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {level}; \
+             PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;"
+        ),
+    ))
 }
 
 /// The SQLite and PostgreSQL [`Store`].
@@ -352,7 +389,7 @@ impl SqlStore {
         };
         let (url, session) = match dialect {
             Dialect::Postgres => postgres_session(&url)?,
-            Dialect::Sqlite => (url, String::new()),
+            Dialect::Sqlite => sqlite_session(&url)?,
         };
         let options = AnyConnectOptions::from_str(&url)
             .map_err(|e| Error::InvalidArgument(format!("invalid store URL {url:?}: {e}")))?;
@@ -372,18 +409,9 @@ impl SqlStore {
             .after_connect(move |conn, _| {
                 let session = session.clone();
                 Box::pin(async move {
-                    if dialect == Dialect::Postgres {
-                        conn.execute(session.as_str()).await?;
-                    }
-                    if dialect == Dialect::Sqlite {
-                        // WAL with NORMAL: a commit survives the process crashing; an OS crash
-                        // may lose the last transactions (SQLite's recommended pairing).
-                        conn.execute(
-                            "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                             PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;",
-                        )
-                        .await?;
-                    }
+                    // PostgreSQL: the session timeouts. SQLite: WAL, with NORMAL (SQLite's
+                    // recommended pairing) unless the URL asks for FULL.
+                    conn.execute(session.as_str()).await?;
                     Ok(())
                 })
             })
