@@ -61,6 +61,8 @@ TASKER_BENCH_POSTGRES_URL="$TASKER_TEST_POSTGRES_URL" TASKER_BENCH_REQUIRE_BINDI
   cargo test --quiet -p tasker-core-benches --benches 2>&1 | tee target/bench-smoke-output.txt
 bench_passed=$(grep -c '^Success$' target/bench-smoke-output.txt || true)
 cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke
+cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke --template chain --overlap
+cargo run --quiet -p tasker-core-benches --bin throughput -- --create 50
 passed=$((passed + bench_passed))
 
 echo

@@ -11,6 +11,9 @@ use tasker_core::{ClaimedStep, Engine, HandlerError, NewTask, TaskFilter, TaskSt
 /// The 5-step diamond: `a`, then `b`, `c`, `d` in parallel, then `e`.
 pub const DIAMOND: &str = "namespace: bench\nname: diamond\nversion: 1.0.0\nsteps:\n  - name: a\n    handler: noop\n  - name: b\n    handler: noop\n    depends_on: [a]\n  - name: c\n    handler: noop\n    depends_on: [a]\n  - name: d\n    handler: noop\n    depends_on: [a]\n  - name: e\n    handler: noop\n    depends_on: [b, c, d]\n";
 
+/// The peers' workload: a chain of three no-op steps.
+pub const CHAIN: &str = "namespace: bench\nname: chain\nversion: 1.0.0\nsteps:\n  - name: a\n    handler: noop\n  - name: b\n    handler: noop\n    depends_on: [a]\n  - name: c\n    handler: noop\n    depends_on: [b]\n";
+
 /// The steps of the wide template that depend on its root.
 const WIDE_CHILDREN: usize = 999;
 
@@ -21,6 +24,8 @@ pub enum Template {
     Diamond,
     /// One root and 999 steps that depend on it: 1,000 steps.
     Wide,
+    /// [`CHAIN`], 3 steps (the workload the peers are compared on).
+    Chain,
 }
 
 impl Template {
@@ -29,7 +34,8 @@ impl Template {
         match name {
             "diamond" => Ok(Template::Diamond),
             "wide" => Ok(Template::Wide),
-            other => bail!("unknown template {other:?}: expected diamond or wide"),
+            "chain" => Ok(Template::Chain),
+            other => bail!("unknown template {other:?}: expected diamond, wide or chain"),
         }
     }
 
@@ -38,6 +44,7 @@ impl Template {
         match self {
             Template::Diamond => "diamond",
             Template::Wide => "wide",
+            Template::Chain => "chain",
         }
     }
 
@@ -46,6 +53,7 @@ impl Template {
         match self {
             Template::Diamond => 5,
             Template::Wide => 1 + WIDE_CHILDREN,
+            Template::Chain => 3,
         }
     }
 
@@ -53,6 +61,7 @@ impl Template {
     pub fn text(self) -> String {
         match self {
             Template::Diamond => DIAMOND.to_owned(),
+            Template::Chain => CHAIN.to_owned(),
             Template::Wide => {
                 let mut t = String::from(
                     "namespace: bench\nname: wide\nversion: 1.0.0\nsteps:\n  - name: root\n    handler: noop\n",
@@ -184,6 +193,70 @@ pub async fn create_costs(
     }
     let batched = tasks as f64 / started.elapsed().as_secs_f64();
     Ok((latencies, single, batched))
+}
+
+/// The peers' way of counting: the workers run first; `tasks` tasks of `template` are then
+/// created one at a time while they work, and the time runs from the first create to the last
+/// step complete. Returns the steps and that time.
+pub async fn run_overlapped(
+    engine: &Engine,
+    store: &str,
+    template: Template,
+    tasks: usize,
+    placement: Placement<'_>,
+    concurrency: usize,
+) -> anyhow::Result<(usize, Duration)> {
+    let mut local = Vec::new();
+    let mut children = Vec::new();
+    match placement {
+        Placement::InProcess { workers } => {
+            for _ in 0..workers {
+                let worker = noop_worker(engine, concurrency);
+                let running = worker.clone();
+                local.push((worker, tokio::spawn(async move { running.run().await })));
+            }
+        }
+        Placement::Processes {
+            exe,
+            processes,
+            workers,
+        } => {
+            for _ in 0..processes {
+                children.push(
+                    std::process::Command::new(exe)
+                        .args(["--worker-only", "--serve", "--store", store])
+                        .args(["--workers", &workers.to_string()])
+                        .args(["--concurrency", &concurrency.to_string()])
+                        .spawn()
+                        .with_context(|| format!("starting {}", exe.display()))?,
+                );
+            }
+        }
+    }
+    let started = Instant::now();
+    let steps = create_tasks(engine, template, tasks).await?;
+    let handlers: Vec<std::sync::Arc<str>> = vec!["noop".into()];
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let status = engine.work_status_for(&handlers).await?;
+        if status.is_idle() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the overlapped run did not finish in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = started.elapsed();
+    for (worker, run) in local {
+        worker.stop();
+        run.await??;
+    }
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    Ok((steps, elapsed))
 }
 
 /// How the workers of one run are placed.

@@ -1,10 +1,12 @@
 //! End-to-end throughput: steps/s of no-op Rust handlers through the engine.
 //!
-//! `throughput [--store URL] [--template diamond|wide] [--tasks N] [--concurrency N]
-//!             [--workers N] [--processes N] [--latency N] [--create N] [--smoke]`
+//! `throughput [--store URL] [--template diamond|wide|chain] [--tasks N] [--concurrency N]
+//!             [--workers N] [--processes N] [--overlap] [--latency N] [--create N] [--smoke]`
 //!
 //! Creates the tasks first, then runs the workers until idle and reports steps per second of
-//! the run phase. With `--processes N` the workers run in N child processes (each with
+//! the run phase. With `--overlap` the workers start first and the tasks are created one at a
+//! time while they run, timed from the first create to the last step complete (the peers'
+//! workload: `--template chain --overlap`). With `--processes N` the workers run in N child processes (each with
 //! `--workers` workers) instead of this one. `--latency N` instead measures ready → claimed
 //! latency over N one-step tasks (see [`workload::latency`]); `--create N` the cost of creating
 //! N tasks, one by one (p50/p99 latency) and through `create_tasks` in batches of 1,000 (see
@@ -27,6 +29,8 @@ struct Args {
     processes: usize,
     latency: usize,
     create: usize,
+    overlap: bool,
+    serve: bool,
     worker_only: bool,
 }
 
@@ -40,6 +44,8 @@ fn parse_args() -> anyhow::Result<Args> {
         processes: 0,
         latency: 0,
         create: 0,
+        overlap: false,
+        serve: false,
         worker_only: false,
     };
     let mut it = std::env::args().skip(1);
@@ -55,6 +61,8 @@ fn parse_args() -> anyhow::Result<Args> {
             "--latency" => args.latency = value()?.parse()?,
             "--create" => args.create = value()?.parse()?,
             "--worker-only" => args.worker_only = true,
+            "--overlap" => args.overlap = true,
+            "--serve" => args.serve = true,
             "--smoke" => args.tasks = 50,
             other => bail!("unknown argument {other}"),
         }
@@ -67,6 +75,20 @@ async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     if args.worker_only {
         let engine = Engine::open(&args.store).await?;
+        if args.serve {
+            // Until killed: the overlapped run's parent ends it when the work is done.
+            let workers: Vec<_> = (0..args.workers)
+                .map(|_| workload::noop_worker(&engine, args.concurrency))
+                .collect();
+            let runs: Vec<_> = workers
+                .into_iter()
+                .map(|w| tokio::spawn(async move { w.run().await }))
+                .collect();
+            for run in runs {
+                run.await??;
+            }
+            return Ok(());
+        }
         workload::run_workers(&engine, args.workers, args.concurrency).await?;
         return Ok(());
     }
@@ -103,7 +125,7 @@ async fn main() -> anyhow::Result<()> {
     // The wide template has 200× the steps of the diamond: keep the step count comparable.
     let tasks = match args.template {
         Template::Wide => (args.tasks / 200).max(1),
-        Template::Diamond => args.tasks,
+        Template::Diamond | Template::Chain => args.tasks,
     };
     let exe = std::env::current_exe()?;
     let placement = if args.processes > 0 {
@@ -120,28 +142,47 @@ async fn main() -> anyhow::Result<()> {
     workload::register(&engine, args.template).await?;
     let before = workload::complete_tasks(&engine, args.template).await?;
     let setup = Instant::now();
-    let (steps, elapsed) = workload::run_once(
-        &engine,
-        &args.store,
-        args.template,
-        tasks,
-        placement,
-        args.concurrency,
-    )
-    .await?;
+    let (steps, elapsed) = if args.overlap {
+        workload::run_overlapped(
+            &engine,
+            &args.store,
+            args.template,
+            tasks,
+            placement,
+            args.concurrency,
+        )
+        .await?
+    } else {
+        workload::run_once(
+            &engine,
+            &args.store,
+            args.template,
+            tasks,
+            placement,
+            args.concurrency,
+        )
+        .await?
+    };
     let total = setup.elapsed();
     let done = workload::complete_tasks(&engine, args.template).await? - before;
     if done != tasks {
         bail!("only {done} of {tasks} tasks completed");
     }
+    let create = if args.overlap {
+        "created while the workers ran, one at a time".to_owned()
+    } else {
+        format!(
+            "create={:.0} tasks/s",
+            tasks as f64 / (total - elapsed).as_secs_f64()
+        )
+    };
     println!(
-        "store={} template={} tasks={tasks} steps={steps} processes={} workers={} concurrency={} create={:.0} tasks/s run={:.3}s => {:.0} steps/s",
+        "store={} template={} tasks={tasks} steps={steps} processes={} workers={} concurrency={} {create} run={:.3}s => {:.0} steps/s",
         args.store,
         args.template.name(),
         args.processes.max(1),
         args.workers,
         args.concurrency,
-        tasks as f64 / (total - elapsed).as_secs_f64(),
         elapsed.as_secs_f64(),
         steps as f64 / elapsed.as_secs_f64()
     );
