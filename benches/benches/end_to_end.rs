@@ -49,11 +49,11 @@ fn configs(postgres: bool) -> Vec<Config> {
     let full = measuring();
     // Steps per iteration: 20,000 on memory, 2,000 on the SQL stores; a handful when smoke testing.
     let tasks = |store: StoreKind, template: Template| match (full, store, template) {
-        (false, _, Template::Diamond) => 10,
+        (false, _, Template::Diamond | Template::Chain) => 10,
         (false, _, Template::Wide) => 1,
-        (true, StoreKind::Memory, Template::Diamond) => 4_000,
+        (true, StoreKind::Memory, Template::Diamond | Template::Chain) => 4_000,
         (true, StoreKind::Memory, Template::Wide) => 20,
-        (true, _, Template::Diamond) => 400,
+        (true, _, Template::Diamond | Template::Chain) => 400,
         (true, _, Template::Wide) => 2,
     };
     let mut out = Vec::new();
@@ -116,6 +116,7 @@ fn main() {
                             config.tasks,
                             placement,
                             CONCURRENCY,
+                            workload::Creation::First,
                         ))
                         .expect("a run of the workload");
                     created += config.tasks;

@@ -124,6 +124,7 @@ fn main() {
                         tasks,
                         Placement::InProcess { workers: 1 },
                         CONCURRENCY,
+                        workload::Creation::First,
                     ))
                     .expect("the Rust run");
                 total += elapsed;

@@ -195,10 +195,17 @@ pub async fn create_costs(
     Ok((latencies, single, batched))
 }
 
-/// The peers' way of counting: the workers run first; `tasks` tasks of `template` are then
-/// created one at a time while they work, and the time runs from the first create to the last
-/// step complete. Returns the steps and that time.
-pub async fn run_overlapped(
+/// When the tasks of a run are created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Creation {
+    /// All of them first; the run phase is timed alone.
+    First,
+    /// The peers' way of counting: the workers run first, the tasks are created one at a time
+    /// while they work, and the time runs from the first create to the last step complete.
+    Overlapped,
+}
+
+async fn run_overlapped(
     engine: &Engine,
     store: &str,
     template: Template,
@@ -280,6 +287,7 @@ pub enum Placement<'a> {
 
 /// Creates `tasks` tasks of `template` (registered) on `engine` (opened on `store`), runs the workers until
 /// idle and returns the steps and the run phase's wall time. Every step must have completed.
+/// With [`Creation::Overlapped`], the tasks are created while the workers run (and timed).
 pub async fn run_once(
     engine: &Engine,
     store: &str,
@@ -287,7 +295,11 @@ pub async fn run_once(
     tasks: usize,
     placement: Placement<'_>,
     concurrency: usize,
+    creation: Creation,
 ) -> anyhow::Result<(usize, Duration)> {
+    if creation == Creation::Overlapped {
+        return run_overlapped(engine, store, template, tasks, placement, concurrency).await;
+    }
     let steps = create_tasks(engine, template, tasks).await?;
     let started = Instant::now();
     match placement {

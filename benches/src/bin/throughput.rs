@@ -142,27 +142,21 @@ async fn main() -> anyhow::Result<()> {
     workload::register(&engine, args.template).await?;
     let before = workload::complete_tasks(&engine, args.template).await?;
     let setup = Instant::now();
-    let (steps, elapsed) = if args.overlap {
-        workload::run_overlapped(
-            &engine,
-            &args.store,
-            args.template,
-            tasks,
-            placement,
-            args.concurrency,
-        )
-        .await?
+    let creation = if args.overlap {
+        workload::Creation::Overlapped
     } else {
-        workload::run_once(
-            &engine,
-            &args.store,
-            args.template,
-            tasks,
-            placement,
-            args.concurrency,
-        )
-        .await?
+        workload::Creation::First
     };
+    let (steps, elapsed) = workload::run_once(
+        &engine,
+        &args.store,
+        args.template,
+        tasks,
+        placement,
+        args.concurrency,
+        creation,
+    )
+    .await?;
     let total = setup.elapsed();
     let done = workload::complete_tasks(&engine, args.template).await? - before;
     if done != tasks {
