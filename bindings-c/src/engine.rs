@@ -191,7 +191,7 @@ pub unsafe extern "C" fn tc_create_tasks_json(
     unsafe {
         with_out(out_ids_json, || {
             let e = handle(engine, "engine")?;
-            let tasks: Vec<Task> = serde_json::from_value(json(tasks_json, "tasks_json")?)
+            let tasks: Vec<Task> = serde_json::from_str(text(tasks_json, "tasks_json")?)
                 .map_err(|err| Fail(TC_ERR_JSON, format!("tasks_json: {err}")))?;
             let tasks = tasks
                 .into_iter()

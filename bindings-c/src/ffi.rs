@@ -54,9 +54,12 @@ pub(crate) fn task_id(s: &str) -> Res<TaskId> {
 
 /// A string for the caller to free with `tc_string_free`.
 pub(crate) fn out_string(s: String) -> *mut c_char {
-    CString::new(s.replace('\0', "\\u0000"))
-        .unwrap_or_default()
-        .into_raw()
+    c_string(s).into_raw()
+}
+
+/// `s` as a C string, a NUL inside written as `\u0000` (JSON's spelling of it).
+pub(crate) fn c_string(s: String) -> CString {
+    CString::new(s.replace('\0', "\\u0000")).unwrap_or_default()
 }
 
 pub(crate) fn json_out<T: serde::Serialize>(value: &T) -> Res<*mut c_char> {

@@ -36,9 +36,6 @@ pub struct tc_step {
     pub(crate) inputs: OnceLock<CString>,
 }
 
-pub(crate) fn c_string(s: String) -> CString {
-    CString::new(s.replace('\0', "\\u0000")).unwrap_or_default()
-}
 
 impl tc_step {
     pub(crate) fn new(step: ClaimedStep, engine: Engine, direct: bool) -> tc_step {

@@ -8,9 +8,8 @@ use std::thread;
 use std::time::Duration;
 
 use tasker_core::host::{ForkSafe, Owner};
-use tasker_core::store::StepFailure;
 use tasker_core::worker::{AttemptOutcome, Next, SessionConfig, WorkerSession};
-use tasker_core::{Engine, FailureKind};
+use tasker_core::{Engine, HandlerError};
 use tokio::runtime::Runtime;
 
 use crate::{engine::*, error::*, ffi::*, panic::*, step::*};
@@ -51,12 +50,13 @@ pub(crate) fn c_host(rt: Arc<Runtime>, session: WorkerSession, handlers: Arc<CHa
         };
         let id = attempt.id();
         let outcome = match handlers.get(&*attempt.step.handler) {
-            None => AttemptOutcome::Fail(StepFailure {
-                message: format!("no handler registered for {:?}", attempt.step.handler),
-                kind: FailureKind::Retryable {
-                    retry_after_ms: None,
-                },
-            }),
+            None => AttemptOutcome::Fail(
+                HandlerError::retryable(format!(
+                    "no handler registered for {:?}",
+                    attempt.step.handler
+                ))
+                .to_failure(),
+            ),
             Some(&(fn_, user_data)) => {
                 let mut s = tc_step::new(attempt.step, session.engine().clone(), false);
                 s.session = Some(session.clone());
@@ -65,12 +65,10 @@ pub(crate) fn c_host(rt: Arc<Runtime>, session: WorkerSession, handlers: Arc<CHa
                 match s.report.into_inner().ok().flatten() {
                     Some(Report::Complete(v)) => AttemptOutcome::Complete(v),
                     Some(Report::Fail(f)) => AttemptOutcome::Fail(f),
-                    None => AttemptOutcome::Fail(StepFailure {
-                        message: "the handler returned without reporting".into(),
-                        kind: FailureKind::Retryable {
-                            retry_after_ms: None,
-                        },
-                    }),
+                    None => AttemptOutcome::Fail(
+                        HandlerError::retryable("the handler returned without reporting")
+                            .to_failure(),
+                    ),
                 }
             }
         };

@@ -683,7 +683,7 @@ impl WorkerRuns {
         drain_timeout: f64,
     ) -> PyResult<Self> {
         engine.owner.check("engine").map_err(py_err)?;
-        let mut config = tasker_core::host::session_config(
+        let config = tasker_core::host::session_config(
             concurrency,
             worker_id,
             "py",
@@ -691,8 +691,6 @@ impl WorkerRuns {
             drain_timeout,
         )
         .map_err(|e| PyValueError::new_err(e.to_string()))?;
-        // Handler threads take attempts back to back (under the interpreter lock).
-        config.wake_on_demand = true;
         Ok(WorkerRuns {
             engine: ForkSafe::new((*engine.engine).clone()),
             runtime: ForkSafe::new((*engine.runtime).clone()),

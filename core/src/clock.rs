@@ -97,6 +97,13 @@ pub fn add_ms(at: Timestamp, ms: u64) -> Timestamp {
         .unwrap_or(DateTime::<Utc>::MAX_UTC)
 }
 
+/// `d`, at most a century: what "for ever" means where a user's duration (`Duration::MAX` for
+/// "no limit", a template's longest timeout) is added to an instant, which must not overflow.
+pub(crate) fn at_most_a_century(d: Duration) -> Duration {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    d.min(CENTURY)
+}
+
 /// `at + ms` milliseconds (`ms` may be negative), unchanged if that is out of range.
 pub fn add_signed_ms(at: Timestamp, ms: i64) -> Timestamp {
     chrono::TimeDelta::try_milliseconds(ms)

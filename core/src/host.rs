@@ -144,7 +144,7 @@ pub fn seconds_ms(value: f64, what: &str) -> Result<u64> {
 
 /// A worker's configuration from a host's arguments, each checked:
 /// [`Error::InvalidArgument`] naming the one that is wrong. `worker_id` defaults to
-/// `<prefix>-<host>-<pid>-<random>`.
+/// `<prefix>-<host>-<pid>-<random>`; the host's threads are woken on demand.
 pub fn session_config(
     concurrency: usize,
     worker_id: Option<String>,
@@ -171,6 +171,8 @@ pub fn session_config(
         ));
     }
     let mut config = SessionConfig::new(concurrency);
+    // The hosts are the bindings' threads: woken on demand.
+    config.wake_on_demand = true;
     config.worker_id = worker_id.into();
     config.poll_interval = poll;
     config.drain_timeout = seconds(drain_timeout, "drain_timeout")?;

@@ -44,30 +44,34 @@ pub const MAX_CLAIM: usize = 1000;
 /// assert!(check_json(&deep, "the context").unwrap_err().to_string().contains("64 levels"));
 /// ```
 pub fn check_json(value: &Value, what: &str) -> Result<()> {
+    match json_problem(value, what) {
+        Some(why) => Err(Error::InvalidArgument(why)),
+        None => Ok(()),
+    }
+}
+
+/// What makes `value` past the limits, if anything (the message of [`check_json`]'s error).
+fn json_problem(value: &Value, what: &str) -> Option<String> {
     // Iterative: a value nested far too deep must not exhaust the stack while it is checked.
     let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
     while let Some((v, depth)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        if depth >= MAX_JSON_DEPTH {
-            return Err(Error::InvalidArgument(format!(
-                "{what} nests deeper than {MAX_JSON_DEPTH} levels"
-            )));
+        if matches!(v, Value::Array(_) | Value::Object(_)) && depth >= MAX_JSON_DEPTH {
+            return Some(format!("{what} nests deeper than {MAX_JSON_DEPTH} levels"));
         }
-        stack.extend(children.map(|c| (c, depth + 1)));
+        match v {
+            Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth + 1))),
+            Value::Object(map) => stack.extend(map.values().map(|c| (c, depth + 1))),
+            _ => {}
+        }
     }
     let size = json_size(value);
-    if size > MAX_JSON_BYTES {
-        return Err(Error::InvalidArgument(format!(
+    (size > MAX_JSON_BYTES).then(|| {
+        format!(
             "{what} is larger than {} KiB serialised ({} bytes or more)",
             MAX_JSON_BYTES / 1024,
             size
-        )));
-    }
-    Ok(())
+        )
+    })
 }
 
 /// The serialised size of `value`, counted without building the text, and only up to just past
@@ -118,13 +122,10 @@ pub fn message(mut text: String) -> String {
 /// [`MAX_MESSAGE_BYTES`].
 pub fn outcome(outcome: Outcome) -> Outcome {
     match outcome {
-        Outcome::Complete(result) => match check_json(&result, "the result") {
-            Ok(()) => Outcome::Complete(result),
-            Err(e) => Outcome::Fail(StepFailure {
-                message: match e {
-                    Error::InvalidArgument(why) => format!("result refused: {why}"),
-                    other => format!("result refused: {other}"),
-                },
+        Outcome::Complete(result) => match json_problem(&result, "the result") {
+            None => Outcome::Complete(result),
+            Some(why) => Outcome::Fail(StepFailure {
+                message: format!("result refused: {why}"),
                 kind: FailureKind::Permanent,
             }),
         },

@@ -84,8 +84,8 @@ pub struct SessionConfig {
 /// `at + d`, or a century after `at` when that is past what an [`Instant`] holds: durations
 /// from users (a template's `timeout_ms`, `Duration::MAX` for "no limit") never overflow.
 fn later(at: Instant, d: Duration) -> Instant {
-    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    at.checked_add(d.min(CENTURY)).unwrap_or(at)
+    at.checked_add(crate::clock::at_most_a_century(d))
+        .unwrap_or(at)
 }
 
 /// With [`SessionConfig::wake_on_demand`], how long queued attempts wait before more hosts
@@ -895,7 +895,7 @@ async fn write_reports(shared: &Shared) -> Option<Instant> {
             batch
         };
         let reports: Vec<StepReport> = batch.iter().map(|p| p.report.clone()).collect();
-        match shared.engine.report_many(reports).await {
+        match shared.engine.report_checked(reports).await {
             Ok(results) => {
                 let mut state = shared.state.lock();
                 for (p, result) in batch.iter().zip(results) {

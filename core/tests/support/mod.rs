@@ -68,14 +68,8 @@ pub async fn sql_store_urls() -> Vec<(&'static str, String)> {
 
 /// One engine per store under test, on `clock` (the system clock when `None`).
 async fn each_store(clock: Option<Arc<dyn tasker_core::Clock>>) -> Vec<(&'static str, Engine)> {
-    let file = std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
-    let mut stores = vec![
-        ("memory", "memory:".to_owned()),
-        ("sqlite", format!("sqlite://{}", file.display())),
-    ];
-    if let Some(url) = postgres_schema().await {
-        stores.push(("postgres", url));
-    }
+    let mut stores = vec![("memory", "memory:".to_owned())];
+    stores.extend(sql_store_urls().await);
     let mut engines = Vec::new();
     for (name, url) in stores {
         let mut builder = Engine::builder().url(url);

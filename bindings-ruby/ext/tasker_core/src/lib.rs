@@ -670,7 +670,7 @@ impl WorkerRuns {
     ) -> Result<Self, Error> {
         let ruby = ruby();
         engine.owner.check("engine").map_err(|e| rb_err(&ruby, e))?;
-        let mut config = tasker_core::host::session_config(
+        let config = tasker_core::host::session_config(
             concurrency,
             worker_id,
             "rb",
@@ -678,8 +678,6 @@ impl WorkerRuns {
             drain_timeout,
         )
         .map_err(|e| argument_error(&ruby, e))?;
-        // Handler threads take attempts back to back (under the interpreter lock).
-        config.wake_on_demand = true;
         Ok(WorkerRuns {
             engine: ForkSafe::new((*engine.engine).clone()),
             config,
