@@ -36,7 +36,6 @@ pub struct tc_step {
     pub(crate) inputs: OnceLock<CString>,
 }
 
-
 impl tc_step {
     pub(crate) fn new(step: ClaimedStep, engine: Engine, direct: bool) -> tc_step {
         tc_step {
