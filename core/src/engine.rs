@@ -140,7 +140,7 @@ async fn open_store(url: &str, waker: Arc<Notify>) -> Result<Arc<dyn Store>> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
     match scheme {
         "memory" => Ok(Arc::new(MemoryStore::new())),
-        "sqlite" | "postgres" | "postgresql" => Ok(Arc::new(sql::open(url, waker).await?)),
+        "sqlite" | "postgres" | "postgresql" => sql::open(url, waker).await,
         _ => Err(Error::InvalidArgument(format!(
             "unknown store URL {url:?}: expected \"memory:\", \"sqlite://path\" or \"postgres://…\""
         ))),

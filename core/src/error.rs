@@ -70,12 +70,52 @@ pub enum Error {
         /// The task created with it.
         task: TaskId,
     },
-    /// The storage backend failed.
+    /// The storage backend failed; [`StoreError::kind`] says how.
     #[error("store error: {0}")]
-    Store(String),
+    Store(StoreError),
     /// The engine was closed.
     #[error("the engine is closed")]
     Closed,
+}
+
+/// How a store failed, kept from the database driver's own error so that callers can tell a
+/// lost connection (worth a retry) from a constraint or from rows that cannot be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum StoreErrorKind {
+    /// The database could not be reached or the connection was lost; a retry may succeed.
+    Unavailable,
+    /// A statement, a lock wait or the wait for a pooled connection ran out of time.
+    Timeout,
+    /// A constraint refused a write: a unique key taken by a concurrent writer, a
+    /// serialization failure or a deadlock.
+    Conflict,
+    /// Stored rows could not be read: corrupt JSON, a state no version knows, a template gone.
+    Corrupt,
+    /// Anything else the store reported.
+    Other,
+}
+
+impl StoreErrorKind {
+    /// The kind's name: `unavailable`, `timeout`, `conflict`, `corrupt` or `other`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoreErrorKind::Unavailable => "unavailable",
+            StoreErrorKind::Timeout => "timeout",
+            StoreErrorKind::Conflict => "conflict",
+            StoreErrorKind::Corrupt => "corrupt",
+            StoreErrorKind::Other => "other",
+        }
+    }
+}
+
+/// A failure of the storage backend: its [`StoreErrorKind`] and the driver's message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct StoreError {
+    /// How the store failed.
+    pub kind: StoreErrorKind,
+    /// What the store said.
+    pub message: String,
 }
 
 /// The coarse kind of an [`Error`], for mapping to other languages' error types.
@@ -101,6 +141,14 @@ impl Error {
             name: name.to_owned(),
             version,
         }
+    }
+
+    /// [`Error::Store`] of `kind` with `message`.
+    pub fn store(kind: StoreErrorKind, message: impl Into<String>) -> Error {
+        Error::Store(StoreError {
+            kind,
+            message: message.into(),
+        })
     }
 
     /// The coarse kind of this error.

@@ -13,7 +13,7 @@ use tokio::runtime::Runtime;
 
 use serde_json::Value;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StoreErrorKind};
 use crate::retry::FailureKind;
 use crate::store::StepFailure;
 use crate::worker::{default_worker_id, AttemptOutcome, SessionConfig};
@@ -39,7 +39,12 @@ pub fn runtime() -> Result<Arc<Runtime>> {
         .enable_all()
         .build()
         .map(Arc::new)
-        .map_err(|e| Error::Store(format!("cannot start the engine's runtime: {e}")))?;
+        .map_err(|e| {
+            Error::store(
+                StoreErrorKind::Other,
+                format!("cannot start the engine's runtime: {e}"),
+            )
+        })?;
     *slot = Some((pid, rt.clone()));
     Ok(rt)
 }
@@ -69,10 +74,13 @@ impl Owner {
         if self.is_current() {
             Ok(())
         } else {
-            Err(Error::Store(format!(
-                "this {what} was opened before a fork (pid {}): open a new one in the child process",
-                self.pid
-            )))
+            Err(Error::store(
+                StoreErrorKind::Unavailable,
+                format!(
+                    "this {what} was opened before a fork (pid {}): open a new one in the child process",
+                    self.pid
+                ),
+            ))
         }
     }
 }

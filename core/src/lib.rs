@@ -60,7 +60,7 @@ pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
 pub use engine::{Engine, EngineBuilder};
-pub use error::Error;
+pub use error::{Error, StoreError, StoreErrorKind};
 pub use events::{Event, EventBus, Subscription};
 pub use ids::{StepId, TaskId};
 pub use retry::{FailureKind, RetryPolicy};

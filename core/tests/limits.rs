@@ -285,7 +285,11 @@ async fn a_stuck_postgres_session_cannot_stall_the_engine() {
         .unwrap();
     let started = std::time::Instant::now();
     let blocked = engine.pause_task(task).await;
-    assert_err!(blocked, Error::Store(ref m) if m.contains("lock timeout"), "the write gave up");
+    assert_err!(
+        blocked,
+        Error::Store(ref e) if e.kind == tasker_core::StoreErrorKind::Timeout && e.message.contains("lock timeout"),
+        "the write gave up, as a timeout"
+    );
     assert!(started.elapsed() < std::time::Duration::from_secs(5));
     sqlx::query("ROLLBACK").execute(&mut stuck).await.unwrap();
     engine.pause_task(task).await.unwrap();

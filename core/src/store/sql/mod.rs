@@ -1,0 +1,1435 @@
+//! The SQL stores (sqlx): the embedded SQLite default and PostgreSQL for many workers, each on
+//! sqlx's own driver ([`sqlite`], [`postgres`]) behind one [`Backend`] trait, with every
+//! statement static text in a `.sql` file beside its store (`shared/` holds the statements
+//! both speak alike).
+//!
+//! An operation runs in one transaction: it locks and loads the task it touches into a
+//! [`TaskRecord`], calls the same method the memory store calls, and writes back the rows that
+//! changed with the new transitions (one batch, [`rows::Rows`]) — so the rules live in one
+//! place and nothing is ever half-written.
+//!
+//! * **SQLite**: WAL mode, `synchronous = NORMAL` (selectable), a busy timeout, and
+//!   `BEGIN IMMEDIATE` transactions (one writer at a time; writers of one process queue on an
+//!   async mutex). A batch is written with one round trip to the driver's thread.
+//! * **PostgreSQL**: the task row is the lock (`SELECT … FOR UPDATE`); claims skip tasks that
+//!   another worker holds (`FOR UPDATE SKIP LOCKED`), so many workers in many processes claim
+//!   without blocking each other and never claim a step twice. A batch is one statement of
+//!   array binds; `create_task` is one statement in all. A write that makes steps ready sends
+//!   `NOTIFY tasker_ready`; every engine on the database `LISTEN`s and wakes its workers at
+//!   once (polling remains the fallback).
+
+use std::collections::{BTreeSet, HashMap};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::DateTime;
+use parking_lot::RwLock;
+use semver::Version;
+use serde_json::Value;
+use sqlx::{Database, Pool};
+use tokio::sync::Notify;
+
+use super::cache::RecordCache;
+use super::record::{Schedule, StepRecord, TaskRecord};
+use super::{
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, StepFailure, StepReport,
+    Store, WorkStatus,
+};
+use crate::clock::Timestamp;
+use crate::error::{Error, Result, StoreErrorKind};
+use crate::ids::{StepId, TaskId};
+use crate::readiness::Counters;
+use crate::state::{Change, StepEvent, StepState};
+use crate::template::{TaskGraph, TaskTemplate};
+use crate::view::{TaskFilter, TaskView, TransitionView};
+
+mod postgres;
+mod rows;
+mod sqlite;
+
+pub use postgres::{POSTGRES_TIMEOUTS, READY_CHANNEL};
+pub use sqlite::SQLITE_SYNCHRONOUS;
+
+use rows::{ms, Rows, StepKey, StepRow, StepWrite, TaskRow, TaskWrite, TransitionWrite};
+
+/// Which database a SQL store speaks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// SQLite, embedded.
+    Sqlite,
+    /// PostgreSQL, shared by many workers.
+    Postgres,
+}
+
+impl Dialect {
+    /// The dialect of a store URL (`sqlite:…`, `postgres://…`, `postgresql://…`).
+    pub fn of(url: &str) -> Option<Dialect> {
+        match url.split_once(':').map(|(s, _)| s) {
+            Some("sqlite") => Some(Dialect::Sqlite),
+            Some("postgres" | "postgresql") => Some(Dialect::Postgres),
+            _ => None,
+        }
+    }
+}
+
+/// How a task row is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lock {
+    /// A plain read (views).
+    None,
+    /// Wait for the row lock (operations on a named task).
+    Wait,
+    /// Take the row lock or skip the task (claims and the reaper).
+    Skip,
+}
+
+/// The statements both databases speak alike (`$n` placeholders, the same types).
+mod shared {
+    pub const TEMPLATE: &str = include_str!("shared/template.sql");
+    pub const TEMPLATE_VERSIONS: &str = include_str!("shared/template_versions.sql");
+    pub const INSERT_TEMPLATE: &str = include_str!("shared/insert_template.sql");
+    pub const INSERT_NAMESPACE: &str = include_str!("shared/insert_namespace.sql");
+    pub const TASK_BY_KEY: &str = include_str!("shared/task_by_key.sql");
+    pub const DUE: &str = include_str!("shared/due.sql");
+    pub const LIST_TASKS: &str = include_str!("shared/list_tasks.sql");
+    pub const TASK_EXISTS: &str = include_str!("shared/task_exists.sql");
+    pub const MARK_UNREADABLE: &str = include_str!("shared/mark_unreadable.sql");
+    pub const UNREADABLE_TRANSITION: &str = include_str!("shared/unreadable_transition.sql");
+    pub const TRANSITIONS: &str = include_str!("shared/transitions.sql");
+}
+
+/// A connection of backend `B`'s driver.
+type Conn<B> = <<B as Backend>::Db as Database>::Connection;
+
+/// What differs between the two databases: connecting, migrating, and the statements whose
+/// text or binds are the database's own. Everything else — locking, loading, the cache,
+/// deciding what to write — is [`SqlStore`]'s, once.
+#[async_trait]
+trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
+    /// The sqlx driver.
+    type Db: Database;
+    /// Which database.
+    const DIALECT: Dialect;
+    /// The statement that opens a write transaction.
+    const BEGIN: &'static str;
+    /// A read-only transaction with one snapshot for a view's two statements.
+    const BEGIN_READ: &'static str;
+
+    /// A pool on `url`, each connection set up for the engine.
+    async fn connect(url: &str) -> Result<Pool<Self::Db>>;
+    /// Applies the migrations not yet applied.
+    async fn migrate(pool: &Pool<Self::Db>)
+        -> std::result::Result<(), sqlx::migrate::MigrateError>;
+    /// The template of `namespace/name` at `version`, as JSON.
+    async fn template(
+        c: &mut Conn<Self>,
+        namespace: &str,
+        name: &str,
+        version: &str,
+    ) -> sqlx::Result<Option<String>>;
+    /// The versions of `namespace/name`.
+    async fn template_versions(
+        c: &mut Conn<Self>,
+        namespace: &str,
+        name: &str,
+    ) -> sqlx::Result<Vec<String>>;
+    /// Registers a template version (its JSON `text`), its namespace and its named steps.
+    async fn insert_template(
+        c: &mut Conn<Self>,
+        graph: &TaskGraph,
+        text: &str,
+        now: i64,
+    ) -> sqlx::Result<()>;
+    /// The named steps of `graph` at `version`, in order.
+    async fn named_steps(c: &mut Conn<Self>, graph: &TaskGraph, version: &str) -> sqlx::Result<()>;
+    /// The task rows of `ids` (sorted), locked as `lock` says.
+    async fn tasks(c: &mut Conn<Self>, ids: &[String], lock: Lock) -> sqlx::Result<Vec<TaskRow>>;
+    /// The step rows of the tasks `ids`, by task and index.
+    async fn steps(c: &mut Conn<Self>, ids: &[String]) -> sqlx::Result<Vec<StepRow>>;
+    /// Writes `rows` (upserts), with a wake-up for the other engines when `notify`.
+    async fn write(c: &mut Conn<Self>, rows: &Rows<'_>, notify: bool) -> sqlx::Result<()>;
+    /// Inserts new tasks (`rows`), leaving out each whose idempotency key is taken (with its
+    /// steps and transitions), in one transaction of its own; the ids written.
+    async fn create(
+        pool: &Pool<Self::Db>,
+        rows: &Rows<'_>,
+        notify: bool,
+    ) -> sqlx::Result<Vec<String>>;
+    /// The task of `namespace/name` created with idempotency key `key`.
+    async fn task_by_key(
+        c: &mut Conn<Self>,
+        namespace: &str,
+        name: &str,
+        key: &str,
+    ) -> sqlx::Result<Option<String>>;
+    /// Steps whose lease ran out and retries that are due at `now`.
+    async fn due(c: &mut Conn<Self>, now: i64) -> sqlx::Result<Vec<rows::DueStep>>;
+    /// Claimable steps in claim order.
+    async fn ready(
+        c: &mut Conn<Self>,
+        handlers: Option<&[Arc<str>]>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<StepKey>>;
+    /// The counts of `work_status`.
+    async fn work_status(
+        c: &mut Conn<Self>,
+        handlers: Option<&[Arc<str>]>,
+    ) -> sqlx::Result<rows::StatusRow>;
+    /// The ids of tasks matching `filter`, newest first.
+    async fn list_tasks(c: &mut Conn<Self>, filter: &TaskFilter) -> sqlx::Result<Vec<String>>;
+    /// Whether task `id` exists.
+    async fn task_exists(c: &mut Conn<Self>, id: &str) -> sqlx::Result<bool>;
+    /// Task `id`'s transitions in order.
+    async fn transitions(c: &mut Conn<Self>, id: &str) -> sqlx::Result<Vec<rows::TransitionRow>>;
+    /// Sets task `id` to `error` with the transition saying `why`, unless it is there already.
+    async fn mark_unreadable(c: &mut Conn<Self>, id: &str, why: &str, now: i64)
+        -> sqlx::Result<()>;
+    /// The database server's clock in milliseconds, when it is another machine's.
+    async fn clock_ms(pool: &Pool<Self::Db>) -> sqlx::Result<Option<i64>>;
+    /// Starts waking `waker` when another engine makes steps ready (a no-op where there is no
+    /// other engine to hear from).
+    async fn listen(url: &str, waker: Arc<Notify>) -> Result<Option<tokio::task::JoinHandle<()>>>;
+}
+
+/// `impl Backend for $backend { type Db = $db; … }` with the statements of [`shared`] added as
+/// methods (one text, each driver's own types).
+macro_rules! impl_backend {
+    (impl Backend for $backend:ty { type Db = $db:ty; $($body:tt)* }) => {
+        #[async_trait::async_trait]
+        impl $crate::store::sql::Backend for $backend {
+        type Db = $db;
+        $($body)*
+        async fn template(
+            c: &mut <$db as sqlx::Database>::Connection,
+            namespace: &str,
+            name: &str,
+            version: &str,
+        ) -> sqlx::Result<Option<String>> {
+            sqlx::query_scalar($crate::store::sql::shared::TEMPLATE)
+                .bind(namespace)
+                .bind(name)
+                .bind(version)
+                .fetch_optional(c)
+                .await
+        }
+
+        async fn template_versions(
+            c: &mut <$db as sqlx::Database>::Connection,
+            namespace: &str,
+            name: &str,
+        ) -> sqlx::Result<Vec<String>> {
+            sqlx::query_scalar($crate::store::sql::shared::TEMPLATE_VERSIONS)
+                .bind(namespace)
+                .bind(name)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn task_by_key(
+            c: &mut <$db as sqlx::Database>::Connection,
+            namespace: &str,
+            name: &str,
+            key: &str,
+        ) -> sqlx::Result<Option<String>> {
+            sqlx::query_scalar($crate::store::sql::shared::TASK_BY_KEY)
+                .bind(namespace)
+                .bind(name)
+                .bind(key)
+                .fetch_optional(c)
+                .await
+        }
+
+        async fn due(
+            c: &mut <$db as sqlx::Database>::Connection,
+            now: i64,
+        ) -> sqlx::Result<Vec<$crate::store::sql::rows::DueStep>> {
+            sqlx::query_as($crate::store::sql::shared::DUE)
+                .bind(now)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn list_tasks(
+            c: &mut <$db as sqlx::Database>::Connection,
+            filter: &$crate::view::TaskFilter,
+        ) -> sqlx::Result<Vec<String>> {
+            sqlx::query_scalar($crate::store::sql::shared::LIST_TASKS)
+                .bind(filter.status.map(|s| s.as_str()))
+                .bind(filter.namespace.as_deref())
+                .bind(filter.name.as_deref())
+                .bind(filter.limit.min(i64::MAX as usize) as i64)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn task_exists(
+            c: &mut <$db as sqlx::Database>::Connection,
+            id: &str,
+        ) -> sqlx::Result<bool> {
+            let found: Option<String> =
+                sqlx::query_scalar($crate::store::sql::shared::TASK_EXISTS)
+                    .bind(id)
+                    .fetch_optional(c)
+                    .await?;
+            Ok(found.is_some())
+        }
+
+        async fn transitions(
+            c: &mut <$db as sqlx::Database>::Connection,
+            id: &str,
+        ) -> sqlx::Result<Vec<$crate::store::sql::rows::TransitionRow>> {
+            sqlx::query_as($crate::store::sql::shared::TRANSITIONS)
+                .bind(id)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn mark_unreadable(
+            c: &mut <$db as sqlx::Database>::Connection,
+            id: &str,
+            why: &str,
+            now: i64,
+        ) -> sqlx::Result<()> {
+            let marked = sqlx::query($crate::store::sql::shared::MARK_UNREADABLE)
+                .bind(id)
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+            if marked.rows_affected() > 0 {
+                sqlx::query($crate::store::sql::shared::UNREADABLE_TRANSITION)
+                    .bind(id)
+                    .bind(why)
+                    .bind(now)
+                    .execute(&mut *c)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        async fn insert_template(
+            c: &mut <$db as sqlx::Database>::Connection,
+            graph: &$crate::template::TaskGraph,
+            text: &str,
+            now: i64,
+        ) -> sqlx::Result<()> {
+            let version = graph.version().to_string();
+            sqlx::query($crate::store::sql::shared::INSERT_TEMPLATE)
+                .bind(graph.namespace())
+                .bind(graph.name())
+                .bind(version.as_str())
+                .bind(text)
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+            sqlx::query($crate::store::sql::shared::INSERT_NAMESPACE)
+                .bind(graph.namespace())
+                .bind(now)
+                .execute(&mut *c)
+                .await?;
+            Self::named_steps(c, graph, &version).await
+        }
+        }
+    };
+}
+use impl_backend;
+
+/// A store failure from sqlx, with its kind kept.
+fn db(e: sqlx::Error) -> Error {
+    let kind = match &e {
+        sqlx::Error::Database(d) => {
+            let code = d.code().unwrap_or_default();
+            match d.kind() {
+                sqlx::error::ErrorKind::UniqueViolation => StoreErrorKind::Conflict,
+                _ => match &*code {
+                    // PostgreSQL: serialization failure, deadlock.
+                    "40001" | "40P01" => StoreErrorKind::Conflict,
+                    // PostgreSQL: lock_timeout, statement_timeout, idle in transaction.
+                    // SQLite: SQLITE_BUSY, SQLITE_LOCKED (and their extended codes).
+                    "55P03" | "57014" | "25P03" => StoreErrorKind::Timeout,
+                    c if c.starts_with("08") || c.starts_with("57P") => StoreErrorKind::Unavailable,
+                    c if sqlite_busy(c) => StoreErrorKind::Timeout,
+                    _ => StoreErrorKind::Other,
+                },
+            }
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed
+        | sqlx::Error::Protocol(_) => StoreErrorKind::Unavailable,
+        sqlx::Error::PoolTimedOut => StoreErrorKind::Timeout,
+        sqlx::Error::ColumnDecode { .. }
+        | sqlx::Error::Decode(_)
+        | sqlx::Error::ColumnNotFound(_)
+        | sqlx::Error::RowNotFound
+        | sqlx::Error::TypeNotFound { .. } => StoreErrorKind::Corrupt,
+        _ => StoreErrorKind::Other,
+    };
+    Error::store(kind, e.to_string())
+}
+
+/// Whether SQLite's result `code` (primary or extended) is SQLITE_BUSY (5) or SQLITE_LOCKED
+/// (6).
+fn sqlite_busy(code: &str) -> bool {
+    code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+/// Rows that cannot be read, naming why.
+fn corrupt(why: impl std::fmt::Display) -> Error {
+    Error::store(StoreErrorKind::Corrupt, why.to_string())
+}
+
+fn time(ms: Option<i64>) -> Option<Timestamp> {
+    ms.and_then(DateTime::from_timestamp_millis)
+}
+
+fn parse_state<S: FromStr>(text: &str) -> Result<S>
+where
+    S::Err: std::fmt::Display,
+{
+    text.parse().map_err(corrupt)
+}
+
+fn count(n: i64, what: &str) -> Result<u32> {
+    u32::try_from(n).map_err(|_| corrupt(format!("{what} {n} is out of range")))
+}
+
+fn step_key(k: &StepKey) -> Result<(TaskId, u32, u32)> {
+    Ok((
+        k.task_id.parse()?,
+        count(k.step_index, "step_index")?,
+        count(k.attempts, "attempts")?,
+    ))
+}
+
+fn step_record(r: &StepRow) -> Result<StepRecord> {
+    Ok(StepRecord {
+        attempts: count(r.attempts, "attempts")?,
+        max_attempts: count(r.max_attempts, "max_attempts")?,
+        next_attempt_at: time(r.next_attempt_at),
+        lease: r
+            .lease_owner
+            .as_deref()
+            .zip(time(r.lease_expires_at))
+            .map(|(o, e)| (Arc::from(o), e)),
+        result: r
+            .result
+            .as_deref()
+            .map(|t| serde_json::from_str(t).map(Arc::new).map_err(corrupt))
+            .transpose()?,
+        error: r.error.clone(),
+        started_at: time(r.started_at),
+        completed_at: time(r.completed_at),
+    })
+}
+
+/// Steps that became ready during an operation (their claim-order column is set).
+#[derive(Default)]
+struct ReadySet(BTreeSet<u32>);
+
+impl Schedule for ReadySet {
+    fn ready(&mut self, _task: &TaskRecord, index: u32) {
+        self.0.insert(index);
+    }
+}
+
+/// A write transaction (and, on SQLite, this process's writer turn).
+struct Tx<'a, B: Backend> {
+    _writer: Option<tokio::sync::MutexGuard<'a, ()>>,
+    tx: sqlx::Transaction<'static, B::Db>,
+}
+
+/// How long the newest version of a template, once read, is taken as the newest: a version
+/// registered through this store is seen at once, one registered by another process within
+/// this time.
+pub const NEWEST_FOR: Duration = Duration::from_secs(1);
+
+/// The most tasks one statement loads or one create batch writes.
+const MAX_ROWS: usize = 500;
+
+/// `url` without the engine's own parameters `params` (each with its default), and their
+/// values: the URL's, checked by `valid` (`what` describes a valid one), else the defaults.
+fn own_params(
+    url: &str,
+    params: &[(&'static str, &'static str)],
+    valid: impl Fn(&str) -> bool,
+    what: &str,
+) -> Result<(String, Vec<(&'static str, String)>)> {
+    let (base, query) = url.split_once('?').unwrap_or((url, ""));
+    let mut kept = Vec::new();
+    let mut values: Vec<(&'static str, String)> = params
+        .iter()
+        .map(|(name, default)| (*name, (*default).to_owned()))
+        .collect();
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        match values.iter_mut().find(|(name, _)| *name == key) {
+            Some((name, slot)) => {
+                if !valid(value) {
+                    return Err(Error::InvalidArgument(format!(
+                        "{name} in the store URL must be {what}, not {value:?}"
+                    )));
+                }
+                *slot = value.to_owned();
+            }
+            None => kept.push(pair),
+        }
+    }
+    let url = if kept.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", kept.join("&"))
+    };
+    Ok((url, values))
+}
+
+/// The pool settings both backends share: at most `max` connections, kept `idle_timeout` /
+/// `max_lifetime` unless `keep` (an in-memory SQLite database lives as long as its one
+/// connection), each new connection set up with the statements `session`.
+fn pool_options<DB: Database>(max: u32, keep: bool, session: String) -> sqlx::pool::PoolOptions<DB>
+where
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+{
+    sqlx::pool::PoolOptions::<DB>::new()
+        .max_connections(max)
+        .min_connections(u32::from(keep))
+        .idle_timeout((!keep).then_some(Duration::from_secs(600)))
+        .max_lifetime((!keep).then_some(Duration::from_secs(1800)))
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn, _| {
+            let session = session.clone();
+            Box::pin(async move {
+                sqlx::Executor::execute(&mut *conn, session.as_str()).await?;
+                Ok(())
+            })
+        })
+}
+
+/// The SQLite or PostgreSQL [`Store`], on backend `B`.
+#[derive(Debug)]
+struct SqlStore<B: Backend> {
+    pool: Pool<B::Db>,
+    /// SQLite writers of this process queue here instead of sleeping in the busy handler.
+    writer: tokio::sync::Mutex<()>,
+    graphs: RwLock<HashMap<(String, String, String), Arc<TaskGraph>>>,
+    /// The newest version of each template as last read, and when: reused for
+    /// [`NEWEST_FOR`], so that a `create_task` naming no version costs no extra round trip.
+    newest: RwLock<HashMap<(String, String), (Version, std::time::Instant)>>,
+    listener: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Task aggregates as last read or written, reused while their revision holds.
+    cache: RecordCache,
+}
+
+impl<B: Backend> Drop for SqlStore<B> {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.lock().take() {
+            listener.abort();
+        }
+    }
+}
+
+/// Opens the SQL store at `url` (`sqlite://path`, `sqlite::memory:`, `postgres://…`),
+/// creating a SQLite file if missing, and applies the migrations; PostgreSQL engines also
+/// listen for wake-ups on `waker`.
+pub(crate) async fn open(url: &str, waker: Arc<Notify>) -> Result<Arc<dyn Store>> {
+    match Dialect::of(url) {
+        Some(Dialect::Sqlite) => Ok(Arc::new(
+            SqlStore::<sqlite::Sqlite>::open(url, waker).await?,
+        )),
+        Some(Dialect::Postgres) => Ok(Arc::new(
+            SqlStore::<postgres::Postgres>::open(url, waker).await?,
+        )),
+        None => Err(Error::InvalidArgument(format!(
+            "not an SQL store URL: {url:?}"
+        ))),
+    }
+}
+
+impl<B: Backend> SqlStore<B> {
+    async fn open(url: &str, waker: Arc<Notify>) -> Result<Self> {
+        let store = SqlStore {
+            pool: B::connect(url).await?,
+            writer: tokio::sync::Mutex::new(()),
+            graphs: RwLock::new(HashMap::new()),
+            newest: RwLock::new(HashMap::new()),
+            listener: parking_lot::Mutex::new(None),
+            cache: RecordCache::default(),
+        };
+        store.migrate().await?;
+        *store.listener.lock() = B::listen(url, waker).await?;
+        Ok(store)
+    }
+
+    /// Applies any migration not yet applied. A few tries: two processes opening a new SQLite
+    /// file at once race to migrate it (PostgreSQL's migrator takes an advisory lock).
+    async fn migrate(&self) -> Result<()> {
+        let mut tries = 0;
+        loop {
+            match B::migrate(&self.pool).await {
+                Ok(()) => return Ok(()),
+                Err(e) if tries < 5 && B::DIALECT == Dialect::Sqlite => {
+                    tries += 1;
+                    tracing::debug!(error = %e, "migration raced another process; trying again");
+                    tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                }
+                Err(sqlx::migrate::MigrateError::Execute(e)) => return Err(db(e)),
+                Err(e) => return Err(Error::store(StoreErrorKind::Other, e.to_string())),
+            }
+        }
+    }
+
+    async fn begin(&self) -> Result<Tx<'_, B>> {
+        let writer = match B::DIALECT {
+            Dialect::Sqlite => Some(self.writer.lock().await),
+            Dialect::Postgres => None,
+        };
+        let tx = self.pool.begin_with(B::BEGIN).await.map_err(db)?;
+        Ok(Tx {
+            _writer: writer,
+            tx,
+        })
+    }
+
+    /// Commits when `result` is `Ok`, else rolls back at once — so that no lock outlives a
+    /// refused operation (a dropped transaction would roll back only when its connection is
+    /// next used).
+    async fn finish<T>(&self, tx: Tx<'_, B>, result: Result<T>) -> Result<T> {
+        match result {
+            Ok(value) => {
+                tx.tx.commit().await.map_err(db)?;
+                Ok(value)
+            }
+            Err(e) => {
+                let _ = tx.tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn graph(
+        &self,
+        conn: &mut Conn<B>,
+        namespace: &str,
+        name: &str,
+        version: &str,
+    ) -> Result<Arc<TaskGraph>> {
+        let key = (namespace.to_owned(), name.to_owned(), version.to_owned());
+        if let Some(g) = self.graphs.read().get(&key) {
+            return Ok(g.clone());
+        }
+        let text = B::template(conn, namespace, name, version)
+            .await
+            .map_err(db)?
+            .ok_or_else(|| Error::template_not_found(namespace, name, Some(version.to_owned())))?;
+        let graph = Arc::new(TaskTemplate::from_json(&text)?.compile()?);
+        self.graphs.write().insert(key, graph.clone());
+        Ok(graph)
+    }
+
+    /// Loads the tasks `ids` (locked as `lock` says; with [`Lock::Skip`], tasks that another
+    /// transaction holds are left out), in id order; with the tasks whose rows could not be
+    /// read (corrupt JSON, a state no version knows, a template that is gone), and why. Those
+    /// are left out: one bad task never fails a claim, a report batch or a listing of others.
+    async fn load_many(
+        &self,
+        conn: &mut Conn<B>,
+        ids: &[TaskId],
+        lock: Lock,
+    ) -> Result<(Vec<TaskRecord>, Vec<(TaskId, String)>)> {
+        let mut unreadable = Vec::new();
+        let mut ids: Vec<TaskId> = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let mut records = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_ROWS) {
+            let chunk: Vec<String> = chunk.iter().map(TaskId::to_string).collect();
+            let tasks = B::tasks(conn, &chunk, lock).await.map_err(db)?;
+            if tasks.is_empty() {
+                continue;
+            }
+            // A task whose rows are at the revision cached is not read again.
+            let mut cached: Vec<Option<TaskRecord>> = Vec::with_capacity(tasks.len());
+            let mut missing: Vec<String> = Vec::new();
+            for row in &tasks {
+                let hit = self.cache.get(row.task_id.parse()?, row.revision);
+                if hit.is_none() {
+                    missing.push(row.task_id.clone());
+                }
+                cached.push(hit);
+            }
+            let steps = if missing.is_empty() {
+                Vec::new()
+            } else {
+                B::steps(conn, &missing).await.map_err(db)?
+            };
+            let mut steps = steps.iter().peekable();
+            for (row, hit) in tasks.iter().zip(cached) {
+                if let Some(task) = hit {
+                    records.push(task);
+                    continue;
+                }
+                let rows: Vec<&StepRow> =
+                    std::iter::from_fn(|| steps.next_if(|r| r.task_id == row.task_id)).collect();
+                match self.decode(conn, row, &rows).await {
+                    Ok(task) => {
+                        self.cache.put(row.revision, task.clone());
+                        records.push(task);
+                    }
+                    Err(Error::Closed) => return Err(Error::Closed),
+                    Err(Error::Store(e)) if e.kind != StoreErrorKind::Corrupt => {
+                        return Err(Error::Store(e))
+                    }
+                    Err(e) => {
+                        let why = match e {
+                            Error::Store(e) => e.message,
+                            other => other.to_string(),
+                        };
+                        tracing::error!(task = %row.task_id, error = %why, "a task's rows cannot be read; it is set to error");
+                        unreadable.push((row.task_id.parse()?, format!("unreadable: {why}")));
+                    }
+                }
+            }
+        }
+        Ok((records, unreadable))
+    }
+
+    /// A task from its row and its step rows.
+    async fn decode(
+        &self,
+        conn: &mut Conn<B>,
+        row: &TaskRow,
+        steps: &[&StepRow],
+    ) -> Result<TaskRecord> {
+        let graph = self
+            .graph(conn, &row.namespace, &row.name, &row.version)
+            .await
+            .map_err(|e| match e {
+                Error::Store(e) => Error::Store(e),
+                other => corrupt(other),
+            })?;
+        let n = graph.len();
+        if steps.len() != n {
+            return Err(corrupt(format!(
+                "{} step rows, its template {n} steps",
+                steps.len()
+            )));
+        }
+        let mut task = TaskRecord {
+            id: row.task_id.parse()?,
+            namespace: row.namespace.as_str().into(),
+            name: row.name.as_str().into(),
+            context: Arc::new(serde_json::from_str(&row.context).map_err(corrupt)?),
+            status: parse_state(&row.status)?,
+            priority: i32::try_from(row.priority)
+                .map_err(|_| corrupt(format!("priority {} is out of range", row.priority)))?,
+            idempotency_key: row.idempotency_key.clone(),
+            states: Vec::with_capacity(n),
+            counters: Vec::with_capacity(n),
+            steps: Vec::with_capacity(n),
+            unfinished: count(row.unfinished_steps, "unfinished_steps")?,
+            created_at: time(Some(row.created_at)).unwrap_or_default(),
+            updated_at: time(Some(row.updated_at)).unwrap_or_default(),
+            completed_at: time(row.completed_at),
+            graph,
+        };
+        for r in steps {
+            task.states.push(parse_state::<StepState>(&r.status)?);
+            task.counters.push(Counters {
+                unfinished_parents: count(r.unfinished_parents, "unfinished_parents")?,
+                failed_required_parents: count(
+                    r.failed_required_parents,
+                    "failed_required_parents",
+                )?,
+            });
+            task.steps.push(step_record(r)?);
+        }
+        Ok(task)
+    }
+
+    /// Sets each unreadable task to `error` with its reason (on `conn`: the open transaction
+    /// when there is one); the caller's work goes on without them.
+    async fn mark_unreadable(
+        conn: &mut Conn<B>,
+        unreadable: &[(TaskId, String)],
+        now: Timestamp,
+    ) -> Result<()> {
+        for (id, why) in unreadable {
+            let why = crate::limits::message(why.clone());
+            B::mark_unreadable(conn, &id.to_string(), &why, ms(now))
+                .await
+                .map_err(db)?;
+        }
+        Ok(())
+    }
+
+    /// Loads the tasks `ids` (see [`SqlStore::load_many`]), runs `op` on each, and writes back
+    /// what changed — one batch for them all, in the open transaction. Returns each loaded
+    /// task's id with what `op` returned.
+    async fn modify<T>(
+        &self,
+        conn: &mut Conn<B>,
+        ids: &[TaskId],
+        lock: Lock,
+        now: Timestamp,
+        changes: &mut Changes,
+        mut op: impl FnMut(&mut TaskRecord, &mut ReadySet, &mut Changes) -> Result<T>,
+    ) -> Result<Vec<(TaskId, T)>> {
+        let (mut tasks, unreadable) = self.load_many(conn, ids, lock).await?;
+        Self::mark_unreadable(conn, &unreadable, now).await?;
+        let mark = changes.transitions.len();
+        let mut edits = Vec::with_capacity(tasks.len());
+        let mut out = Vec::with_capacity(tasks.len());
+        for task in tasks.iter_mut() {
+            let before = task.clone();
+            let mut ready = ReadySet::default();
+            out.push((task.id, op(task, &mut ready, changes)?));
+            edits.push((before, ready));
+        }
+        let edits: Vec<Edit<'_>> = edits
+            .iter()
+            .zip(&tasks)
+            .map(|((before, ready), after)| Edit {
+                before: Some(before),
+                after,
+                ready,
+            })
+            .collect();
+        let new = &changes.transitions[mark..];
+        let (rows, written) = rows_of(&edits, now, new);
+        if !rows.is_empty() {
+            B::write(conn, &rows, wakes_workers(!changes.ready.is_empty(), new))
+                .await
+                .map_err(db)?;
+        }
+        drop(rows);
+        drop(edits);
+        // Cached as written, before the commit: should it fail, the rows keep a revision that
+        // no cached entry has.
+        for (task, revision) in tasks.into_iter().zip(written) {
+            if let Some(revision) = revision {
+                self.cache.put(revision, task);
+            }
+        }
+        Ok(out)
+    }
+
+    /// One operation on one named task, in its own transaction.
+    async fn run<T>(
+        &self,
+        id: TaskId,
+        now: Timestamp,
+        op: impl FnOnce(&mut TaskRecord, &mut ReadySet, &mut Changes) -> Result<T>,
+    ) -> Result<(T, Changes)> {
+        let mut tx = self.begin().await?;
+        let mut changes = Changes::default();
+        let mut op = Some(op);
+        let result = self
+            .modify(
+                &mut tx.tx,
+                &[id],
+                Lock::Wait,
+                now,
+                &mut changes,
+                |t, s, c| match op.take() {
+                    Some(op) => op(t, s, c).map(Some),
+                    None => Ok(None),
+                },
+            )
+            .await
+            .and_then(|out| {
+                out.into_iter()
+                    .next()
+                    .and_then(|(_, out)| out)
+                    .ok_or(Error::TaskNotFound(id))
+            });
+        let out = self.finish(tx, result).await?;
+        Ok((out, changes))
+    }
+
+    /// Expired leases are given back and due retries become pending (tasks that another
+    /// transaction holds are left for it). A lease that ran out may leave a retry due at
+    /// once (no backoff): a second look promotes it.
+    async fn reclaim_and_promote(
+        &self,
+        conn: &mut Conn<B>,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        for _ in 0..2 {
+            let due = B::due(conn, ms(now)).await.map_err(db)?;
+            let keys: Vec<((TaskId, u32, u32), bool)> = due
+                .iter()
+                .map(|d| Ok((step_key(&d.key)?, d.due == "lease")))
+                .collect::<Result<_>>()?;
+            if keys.is_empty() {
+                return Ok(());
+            }
+            let ids: Vec<TaskId> = keys.iter().map(|k| k.0 .0).collect();
+            self.modify(conn, &ids, Lock::Skip, now, changes, |t, s, c| {
+                let id = t.id;
+                for &((_, index, attempt), lease) in keys.iter().filter(|k| k.0 .0 == id) {
+                    if lease {
+                        t.expire_lease(index, attempt, now, s, c);
+                    } else {
+                        t.retry_due(index, attempt, now, s, c);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+            if !keys.iter().any(|&(_, lease)| lease) {
+                return Ok(());
+            }
+        }
+        Ok(())
+    }
+
+    /// The body of [`Store::claim`], in the open transaction.
+    async fn claim_in(
+        &self,
+        conn: &mut Conn<B>,
+        request: &ClaimRequest,
+        now: Timestamp,
+        changes: &mut Changes,
+    ) -> Result<Vec<ClaimedStep>> {
+        self.reclaim_and_promote(conn, now, changes).await?;
+        let candidates = B::ready(
+            conn,
+            request.handlers.as_deref(),
+            request.limit.min(i64::MAX as usize) as i64,
+        )
+        .await
+        .map_err(db)?;
+        let keys: Vec<(TaskId, u32, u32)> =
+            candidates.iter().map(step_key).collect::<Result<_>>()?;
+        let ids: Vec<TaskId> = keys.iter().map(|k| k.0).collect();
+        // Tasks another worker holds are skipped; their steps go to the next claim.
+        let mut claimed: Vec<ClaimedStep> = self
+            .modify(conn, &ids, Lock::Skip, now, changes, |t, s, c| {
+                let mut out = Vec::new();
+                let id = t.id;
+                for &(_, index, _) in keys.iter().filter(|k| k.0 == id) {
+                    // Re-checked under the lock: another worker may have claimed it.
+                    if t.is_claimable(index) {
+                        out.push(t.claim(index, &request.worker_id, now, s, c)?);
+                    }
+                }
+                Ok(out)
+            })
+            .await?
+            .into_iter()
+            .flat_map(|(_, steps)| steps)
+            .collect();
+        // Hand them out in claim order (priority, then readiness), not lock order.
+        claimed.sort_by_key(|c| {
+            keys.iter()
+                .position(|k| (k.0, k.1) == (c.step_id.task, c.step_id.index))
+        });
+        Ok(claimed)
+    }
+
+    /// Task `id` read without a lock, from one snapshot; a corrupt-store error naming why when
+    /// its rows cannot be read (it is set to `error`).
+    async fn view_record(&self, id: TaskId) -> Result<TaskRecord> {
+        let (mut records, unreadable) = self.view_load(&[id]).await?;
+        if let Some((_, why)) = unreadable.into_iter().next() {
+            return Err(corrupt(format!("task {id} is {why}")));
+        }
+        records.pop().ok_or(Error::TaskNotFound(id))
+    }
+
+    /// Tasks `ids` read without a lock, from one snapshot, in id order; those whose rows cannot
+    /// be read are left out (and set to `error`).
+    async fn view_records(&self, ids: &[TaskId]) -> Result<Vec<TaskRecord>> {
+        Ok(self.view_load(ids).await?.0)
+    }
+
+    async fn view_load(&self, ids: &[TaskId]) -> Result<(Vec<TaskRecord>, Vec<(TaskId, String)>)> {
+        let mut tx = self.pool.begin_with(B::BEGIN_READ).await.map_err(db)?;
+        let loaded = self.load_many(&mut tx, ids, Lock::None).await;
+        let _ = tx.rollback().await;
+        let (records, unreadable) = loaded?;
+        if !unreadable.is_empty() {
+            // Outside the read transaction (it may be read-only), in one of its own.
+            let mut tx = self.begin().await?;
+            let marked = Self::mark_unreadable(&mut tx.tx, &unreadable, chrono::Utc::now()).await;
+            self.finish(tx, marked).await?;
+        }
+        Ok((records, unreadable))
+    }
+
+    /// New tasks, at most [`MAX_ROWS`] of them: written in one transaction (on PostgreSQL one
+    /// statement), each whose idempotency key is taken left out and answered with the task
+    /// that holds it.
+    async fn create_batch(
+        &self,
+        tasks: &[(Arc<TaskGraph>, &NewTask)],
+        now: Timestamp,
+    ) -> Result<Vec<Created>> {
+        let mut records = Vec::with_capacity(tasks.len());
+        let mut transitions = Vec::new();
+        let mut ready = false;
+        for (graph, new) in tasks {
+            let (mut schedule, mut changes) = (ReadySet::default(), Changes::default());
+            let record = TaskRecord::create(
+                TaskId::new(),
+                graph.clone(),
+                new,
+                now,
+                &mut schedule,
+                &mut changes,
+            );
+            transitions.extend(changes.transitions.iter().cloned());
+            ready |= !changes.ready.is_empty();
+            records.push((record, schedule, changes));
+        }
+        let edits: Vec<Edit<'_>> = records
+            .iter()
+            .map(|(after, ready, _)| Edit {
+                before: None,
+                after,
+                ready,
+            })
+            .collect();
+        let (rows, revisions) = rows_of(&edits, now, &transitions);
+        let notify = wakes_workers(ready, &transitions);
+        let written = {
+            let _writer = match B::DIALECT {
+                Dialect::Sqlite => Some(self.writer.lock().await),
+                Dialect::Postgres => None,
+            };
+            B::create(&self.pool, &rows, notify).await.map_err(db)?
+        };
+        drop(rows);
+        drop(edits);
+        let written: std::collections::HashSet<String> = written.into_iter().collect();
+        let mut out = Vec::with_capacity(records.len());
+        for ((record, _, changes), revision) in records.into_iter().zip(revisions) {
+            let id = record.id;
+            if written.contains(&id.to_string()) {
+                if let Some(revision) = revision {
+                    self.cache.put(revision, record);
+                }
+                out.push(Created {
+                    task_id: id,
+                    created: true,
+                    changes,
+                });
+                continue;
+            }
+            // Its key was taken, by an earlier task or by a concurrent create.
+            let key = record.idempotency_key.as_deref().ok_or_else(|| {
+                Error::store(
+                    StoreErrorKind::Other,
+                    format!("task {id} was not written and has no idempotency key"),
+                )
+            })?;
+            let mut conn = self.pool.acquire().await.map_err(db)?;
+            let found = B::task_by_key(&mut conn, &record.namespace, &record.name, key)
+                .await
+                .map_err(db)?
+                .ok_or_else(|| {
+                    Error::store(
+                        StoreErrorKind::Conflict,
+                        format!("the idempotency key {key:?} was taken, and its task is gone"),
+                    )
+                })?;
+            out.push(Created {
+                task_id: found.parse()?,
+                created: false,
+                changes: Changes::default(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Whether a write made a step claimable (workers elsewhere should look): steps became ready,
+/// or a retry fell due.
+fn wakes_workers(ready: bool, transitions: &[crate::state::Transition]) -> bool {
+    ready
+        || transitions.iter().any(|t| {
+            matches!(
+                t.change,
+                Change::Step {
+                    event: StepEvent::RetryDue,
+                    ..
+                }
+            )
+        })
+}
+
+/// One task to write back: `before` is `None` for a new task.
+struct Edit<'a> {
+    before: Option<&'a TaskRecord>,
+    after: &'a TaskRecord,
+    ready: &'a ReadySet,
+}
+
+/// The task and step rows that differ from what was loaded, and the new transitions. Returns
+/// them with, per edit, the new revision of a task that changed (see [`RecordCache`]).
+fn rows_of<'a>(
+    edits: &[Edit<'a>],
+    now: Timestamp,
+    transitions: &'a [crate::state::Transition],
+) -> (Rows<'a>, Vec<Option<i64>>) {
+    let mut rows = Rows::default();
+    let mut revisions: Vec<Option<i64>> = Vec::with_capacity(edits.len());
+    for e in edits {
+        let written = rows.steps.len();
+        for i in 0..e.after.states.len() {
+            let ready = e.ready.0.contains(&(i as u32));
+            let changed = e.before.is_none_or(|b| {
+                b.states[i] != e.after.states[i]
+                    || b.counters[i] != e.after.counters[i]
+                    || b.steps[i] != e.after.steps[i]
+            });
+            if changed || ready {
+                rows.steps
+                    .push(StepWrite::new(e.after, i, ready.then(|| ms(now))));
+            }
+        }
+        // Any change to the task or its steps gives the task row a new revision.
+        let changed = rows.steps.len() > written
+            || e.before.is_none_or(|b| {
+                b.status != e.after.status
+                    || b.unfinished != e.after.unfinished
+                    || b.updated_at != e.after.updated_at
+                    || b.completed_at != e.after.completed_at
+            });
+        let revision = changed.then(RecordCache::new_revision);
+        if let Some(revision) = revision {
+            rows.tasks.push(TaskWrite::new(e.after, revision));
+        }
+        revisions.push(revision);
+    }
+    rows.transitions = transitions.iter().map(TransitionWrite::new).collect();
+    (rows, revisions)
+}
+
+#[async_trait]
+impl<B: Backend> Store for SqlStore<B> {
+    async fn clock_offset_ms(&self, host: &dyn crate::clock::Clock) -> Result<Option<i64>> {
+        let before = host.now();
+        let Some(db_ms) = B::clock_ms(&self.pool).await.map_err(db)? else {
+            return Ok(None);
+        };
+        let after = host.now();
+        // The server read its clock about half way through the round trip.
+        let host_ms = (ms(before) + ms(after)) / 2;
+        Ok(Some(db_ms - host_ms))
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        SqlStore::migrate(self).await
+    }
+
+    async fn save_template(&self, graph: &TaskGraph) -> Result<()> {
+        let text = serde_json::to_string(graph.template())
+            .map_err(|e| Error::store(StoreErrorKind::Other, e.to_string()))?;
+        let version = graph.version().to_string();
+        let mut tx = self.begin().await?;
+        let existing =
+            match B::template(&mut tx.tx, graph.namespace(), graph.name(), &version).await {
+                Ok(found) => found,
+                Err(e) => return self.finish(tx, Err(db(e))).await,
+            };
+        let conflict = || Error::TemplateConflict {
+            namespace: graph.namespace().to_owned(),
+            name: graph.name().to_owned(),
+            version: version.clone(),
+        };
+        let result = match existing {
+            Some(old) if TaskTemplate::from_json(&old).ok().as_ref() == Some(graph.template()) => {
+                Ok(false)
+            }
+            Some(_) => Err(conflict()),
+            None => {
+                match B::insert_template(&mut tx.tx, graph, &text, ms(chrono::Utc::now())).await {
+                    Ok(()) => Ok(false),
+                    // Registered concurrently by another engine: compare with that.
+                    Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(true),
+                    Err(e) => Err(db(e)),
+                }
+            }
+        };
+        let again = self.finish(tx, result).await?;
+        if again {
+            return self.save_template(graph).await;
+        }
+        self.newest
+            .write()
+            .remove(&(graph.namespace().to_owned(), graph.name().to_owned()));
+        Ok(())
+    }
+
+    async fn resolve_template_version(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: Option<&Version>,
+    ) -> Result<Version> {
+        let key = (namespace.to_owned(), name.to_owned());
+        if version.is_none() {
+            if let Some((newest, at)) = self.newest.read().get(&key) {
+                if at.elapsed() < NEWEST_FOR {
+                    return Ok(newest.clone());
+                }
+            }
+        }
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let versions = B::template_versions(&mut conn, namespace, name)
+            .await
+            .map_err(db)?;
+        let mut parsed: Vec<Version> = versions.iter().filter_map(|v| v.parse().ok()).collect();
+        parsed.sort();
+        let found = match version {
+            Some(v) => parsed.into_iter().find(|p| p == v),
+            None => parsed.pop(),
+        };
+        if let (None, Some(newest)) = (version, &found) {
+            self.newest
+                .write()
+                .insert(key, (newest.clone(), std::time::Instant::now()));
+        }
+        found.ok_or_else(|| {
+            Error::template_not_found(namespace, name, version.map(|v| v.to_string()))
+        })
+    }
+
+    async fn load_template(
+        &self,
+        namespace: &str,
+        name: &str,
+        version: &Version,
+    ) -> Result<TaskTemplate> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let graph = self
+            .graph(&mut conn, namespace, name, &version.to_string())
+            .await?;
+        Ok(graph.template().clone())
+    }
+
+    async fn create_task(
+        &self,
+        graph: Arc<TaskGraph>,
+        new: &NewTask,
+        now: Timestamp,
+    ) -> Result<Created> {
+        self.create_batch(&[(graph, new)], now)
+            .await?
+            .pop()
+            .ok_or_else(|| Error::store(StoreErrorKind::Other, "no task was created"))
+    }
+
+    /// [`MAX_ROWS`] tasks at a time, each batch in one transaction (one commit).
+    async fn create_tasks(
+        &self,
+        tasks: &[(Arc<TaskGraph>, NewTask)],
+        now: Timestamp,
+    ) -> Result<Vec<Created>> {
+        let mut created = Vec::with_capacity(tasks.len());
+        for chunk in tasks.chunks(MAX_ROWS) {
+            let batch: Vec<(Arc<TaskGraph>, &NewTask)> =
+                chunk.iter().map(|(g, n)| (g.clone(), n)).collect();
+            created.extend(self.create_batch(&batch, now).await?);
+        }
+        Ok(created)
+    }
+
+    async fn claim(
+        &self,
+        request: &ClaimRequest,
+        now: Now<'_>,
+    ) -> Result<(Vec<ClaimedStep>, Changes)> {
+        let mut tx = self.begin().await?;
+        // Read once the write lock is held: waiting for it must not eat into the leases.
+        let now = now();
+        let mut changes = Changes::default();
+        let result = self.claim_in(&mut tx.tx, request, now, &mut changes).await;
+        let claimed = self.finish(tx, result).await?;
+        Ok((claimed, changes))
+    }
+
+    async fn complete(
+        &self,
+        step: StepId,
+        attempt: u32,
+        result: Value,
+        now: Timestamp,
+    ) -> Result<Changes> {
+        Ok(self
+            .run(step.task, now, |t, s, c| {
+                t.complete(step, attempt, result, now, s, c)
+            })
+            .await?
+            .1)
+    }
+
+    async fn fail(
+        &self,
+        step: StepId,
+        attempt: u32,
+        failure: &StepFailure,
+        now: Timestamp,
+    ) -> Result<Changes> {
+        Ok(self
+            .run(step.task, now, |t, s, c| {
+                t.fail(step, attempt, failure, now, s, c)
+            })
+            .await?
+            .1)
+    }
+
+    async fn report_many(
+        &self,
+        reports: Vec<StepReport>,
+        now: Timestamp,
+    ) -> Result<(Vec<Result<()>>, Changes)> {
+        let ids: Vec<TaskId> = reports.iter().map(|r| r.step.task).collect();
+        let mut slots: Vec<Option<StepReport>> = reports.into_iter().map(Some).collect();
+        let mut results: Vec<Result<()>> =
+            ids.iter().map(|&t| Err(Error::TaskNotFound(t))).collect();
+        let mut tx = self.begin().await?;
+        let mut changes = Changes::default();
+        // One lock, load and write for the whole batch; each task's reports in order.
+        let outcomes = self
+            .modify(
+                &mut tx.tx,
+                &ids,
+                Lock::Wait,
+                now,
+                &mut changes,
+                |t, s, c| {
+                    let mut out = Vec::new();
+                    for (slot, report) in slots.iter_mut().enumerate() {
+                        let Some(r) = report.take_if(|r| r.step.task == t.id) else {
+                            continue;
+                        };
+                        let result = match r.outcome {
+                            Outcome::Complete(v) => t.complete(r.step, r.attempt, v, now, s, c),
+                            Outcome::Fail(f) => t.fail(r.step, r.attempt, &f, now, s, c),
+                        };
+                        out.push((slot, result));
+                    }
+                    Ok(out)
+                },
+            )
+            .await;
+        let outcomes = self.finish(tx, outcomes).await?;
+        for (slot, result) in outcomes.into_iter().flat_map(|(_, o)| o) {
+            results[slot] = result;
+        }
+        Ok((results, changes))
+    }
+
+    async fn release(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Changes> {
+        Ok(self
+            .run(step.task, now, |t, s, c| {
+                t.release(step, attempt, now, s, c)
+            })
+            .await?
+            .1)
+    }
+
+    async fn heartbeat(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Timestamp> {
+        Ok(self
+            .run(step.task, now, |t, s, _| t.heartbeat(step, attempt, now, s))
+            .await?
+            .0)
+    }
+
+    async fn reclaim_expired(&self, now: Timestamp) -> Result<Changes> {
+        let mut tx = self.begin().await?;
+        let mut changes = Changes::default();
+        let result = self
+            .reclaim_and_promote(&mut tx.tx, now, &mut changes)
+            .await;
+        self.finish(tx, result).await?;
+        Ok(changes)
+    }
+
+    async fn cancel_task(&self, id: TaskId, now: Timestamp) -> Result<Changes> {
+        Ok(self.run(id, now, |t, s, c| t.cancel(now, s, c)).await?.1)
+    }
+
+    async fn pause_task(&self, id: TaskId, now: Timestamp) -> Result<Changes> {
+        Ok(self.run(id, now, |t, _, c| t.pause(now, c)).await?.1)
+    }
+
+    async fn resume_task(&self, id: TaskId, now: Timestamp) -> Result<Changes> {
+        Ok(self.run(id, now, |t, s, c| t.resume(now, s, c)).await?.1)
+    }
+
+    async fn retry_task(&self, id: TaskId, now: Timestamp) -> Result<Changes> {
+        Ok(self.run(id, now, |t, s, c| t.retry(now, s, c)).await?.1)
+    }
+
+    async fn resolve_step(&self, step: StepId, result: Value, now: Timestamp) -> Result<Changes> {
+        Ok(self
+            .run(step.task, now, |t, s, c| t.resolve(step, result, now, s, c))
+            .await?
+            .1)
+    }
+
+    async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId> {
+        self.view_record(task).await?.step_named(name)
+    }
+
+    async fn task(&self, task: TaskId) -> Result<TaskView> {
+        Ok(self.view_record(task).await?.view())
+    }
+
+    async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskView>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let ids = B::list_tasks(&mut conn, filter).await.map_err(db)?;
+        drop(conn);
+        let ids: Vec<TaskId> = ids.iter().map(|id| id.parse()).collect::<Result<_, _>>()?;
+        let mut tasks = self.view_records(&ids).await?;
+        tasks.sort_by_key(|t| std::cmp::Reverse(t.id));
+        Ok(tasks.iter().map(TaskRecord::view).collect())
+    }
+
+    async fn transitions(&self, task: TaskId) -> Result<Vec<TransitionView>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let id = task.to_string();
+        if !B::task_exists(&mut conn, &id).await.map_err(db)? {
+            return Err(Error::TaskNotFound(task));
+        }
+        let rows = B::transitions(&mut conn, &id).await.map_err(db)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(TransitionView {
+                    step_id: r
+                        .step_index
+                        .map(|i| count(i, "step_index").map(|index| StepId { task, index }))
+                        .transpose()?,
+                    step: r.step_name,
+                    from: r.from_state,
+                    to: r.to_state,
+                    event: r.event,
+                    reason: r.reason,
+                    attempt: count(r.attempt, "attempt")?,
+                    at: time(Some(r.at)).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn work_status(
+        &self,
+        handlers: Option<&[Arc<str>]>,
+        _now: Timestamp,
+    ) -> Result<WorkStatus> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let row = B::work_status(&mut conn, handlers).await.map_err(db)?;
+        Ok(WorkStatus {
+            ready: row.ready.max(0) as u64,
+            running: row.running.max(0) as u64,
+            waiting: row.waiting.max(0) as u64,
+            next_due: time(row.next_due),
+        })
+    }
+}

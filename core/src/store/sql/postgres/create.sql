@@ -1,0 +1,35 @@
+-- New tasks in one statement (one round trip, its own transaction): the task rows ($1–$13),
+-- their step rows ($14–$31) and transitions ($32–$40), each column an array. A task whose
+-- idempotency key is taken is left out with its steps and transitions; the ids written are
+-- returned. A NOTIFY to the other engines when $41 (steps became claimable).
+WITH tasks AS (
+    INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
+        idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision)
+    SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
+        $6::int8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
+        $13::int8[])
+    ON CONFLICT DO NOTHING
+    RETURNING task_id
+), steps AS (
+    INSERT INTO tasker_workflow_steps (task_id, step_index, name, handler, status, priority,
+        attempts, max_attempts, unfinished_parents, failed_required_parents, ready_at,
+        next_attempt_at, lease_owner, lease_expires_at, result, error, started_at, completed_at)
+    SELECT u.* FROM UNNEST($14::text[], $15::int8[], $16::text[], $17::text[], $18::text[],
+        $19::int8[], $20::int8[], $21::int8[], $22::int8[], $23::int8[], $24::int8[],
+        $25::int8[], $26::text[], $27::int8[], $28::text[], $29::text[], $30::int8[],
+        $31::int8[]) AS u(task_id)
+    WHERE u.task_id IN (SELECT task_id FROM tasks)
+), transitions AS (
+    INSERT INTO tasker_transitions (task_id, step_index, step_name, from_state, to_state, event,
+        reason, attempt, at)
+    SELECT u.task_id, u.step_index, u.step_name, u.from_state, u.to_state, u.event, u.reason,
+        u.attempt, u.at
+    FROM UNNEST($32::text[], $33::int8[], $34::text[], $35::text[], $36::text[], $37::text[],
+        $38::text[], $39::int8[], $40::int8[]) WITH ORDINALITY
+        AS u(task_id, step_index, step_name, from_state, to_state, event, reason, attempt, at, n)
+    WHERE u.task_id IN (SELECT task_id FROM tasks)
+    ORDER BY u.n
+), notified AS (
+    SELECT pg_notify('tasker_ready', '') FROM tasks WHERE $41 LIMIT 1
+)
+SELECT task_id FROM tasks WHERE (SELECT COUNT(*) FROM notified) >= 0

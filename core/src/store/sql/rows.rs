@@ -1,0 +1,237 @@
+//! The rows both SQL stores read and write, in one form: read with [`sqlx::FromRow`] from
+//! either driver, written as one batch ([`Rows`]) that SQLite takes as multi-row binds and
+//! PostgreSQL as one array per column (read with `UNNEST`).
+
+use super::super::record::{StepRecord, TaskRecord};
+use crate::clock::Timestamp;
+use crate::state::{Change, Transition};
+
+/// Milliseconds since the Unix epoch, as the stores keep times.
+pub(super) fn ms(t: Timestamp) -> i64 {
+    t.timestamp_millis()
+}
+
+/// A task row as read.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct TaskRow {
+    pub task_id: String,
+    pub namespace: String,
+    pub name: String,
+    pub version: String,
+    pub status: String,
+    pub priority: i64,
+    pub context: String,
+    pub idempotency_key: Option<String>,
+    pub unfinished_steps: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub completed_at: Option<i64>,
+    pub revision: i64,
+}
+
+/// A step row as read.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct StepRow {
+    pub task_id: String,
+    pub status: String,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub unfinished_parents: i64,
+    pub failed_required_parents: i64,
+    pub next_attempt_at: Option<i64>,
+    pub lease_owner: Option<String>,
+    pub lease_expires_at: Option<i64>,
+    pub result: Option<String>,
+    pub error: Option<String>,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
+/// A step named by a claim query or by the scan for expired leases and due retries.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct StepKey {
+    pub task_id: String,
+    pub step_index: i64,
+    pub attempts: i64,
+}
+
+/// A step whose lease ran out (`due` is `lease`) or whose retry is due (`retry`).
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct DueStep {
+    pub due: String,
+    #[sqlx(flatten)]
+    pub key: StepKey,
+}
+
+/// What `work_status` counts.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct StatusRow {
+    pub ready: i64,
+    pub running: i64,
+    pub waiting: i64,
+    pub next_due: Option<i64>,
+}
+
+/// A transition row as read.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct TransitionRow {
+    pub step_index: Option<i64>,
+    pub step_name: Option<String>,
+    pub from_state: Option<String>,
+    pub to_state: String,
+    pub event: String,
+    pub reason: Option<String>,
+    pub attempt: i64,
+    pub at: i64,
+}
+
+/// A task row to write.
+#[derive(Debug)]
+pub(super) struct TaskWrite<'a> {
+    pub task_id: String,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub version: String,
+    pub status: &'static str,
+    pub priority: i64,
+    pub context: String,
+    pub idempotency_key: Option<&'a str>,
+    pub unfinished_steps: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub completed_at: Option<i64>,
+    pub revision: i64,
+}
+
+impl<'a> TaskWrite<'a> {
+    pub fn new(t: &'a TaskRecord, revision: i64) -> Self {
+        TaskWrite {
+            task_id: t.id.to_string(),
+            namespace: &t.namespace,
+            name: &t.name,
+            version: t.graph.version().to_string(),
+            status: t.status.as_str(),
+            priority: i64::from(t.priority),
+            context: t.context.to_string(),
+            idempotency_key: t.idempotency_key.as_deref(),
+            unfinished_steps: i64::from(t.unfinished),
+            created_at: ms(t.created_at),
+            updated_at: ms(t.updated_at),
+            completed_at: t.completed_at.map(ms),
+            revision,
+        }
+    }
+}
+
+/// A step row to write.
+#[derive(Debug)]
+pub(super) struct StepWrite<'a> {
+    pub task_id: String,
+    pub step_index: i64,
+    pub name: &'a str,
+    pub handler: &'a str,
+    pub status: &'static str,
+    pub priority: i64,
+    pub attempts: i64,
+    pub max_attempts: i64,
+    pub unfinished_parents: i64,
+    pub failed_required_parents: i64,
+    /// Set when the step became claimable (its claim order); `None` keeps the old value.
+    pub ready_at: Option<i64>,
+    pub next_attempt_at: Option<i64>,
+    pub lease_owner: Option<&'a str>,
+    pub lease_expires_at: Option<i64>,
+    pub result: Option<String>,
+    pub error: Option<&'a str>,
+    pub started_at: Option<i64>,
+    pub completed_at: Option<i64>,
+}
+
+impl<'a> StepWrite<'a> {
+    /// Step `i` of `t`; `ready_at` when it became claimable in this operation.
+    pub fn new(t: &'a TaskRecord, i: usize, ready_at: Option<i64>) -> Self {
+        let spec = t.graph.step(i as u32);
+        let s: &'a StepRecord = &t.steps[i];
+        StepWrite {
+            task_id: t.id.to_string(),
+            step_index: i as i64,
+            name: &spec.name,
+            handler: &spec.handler,
+            status: t.states[i].as_str(),
+            priority: i64::from(t.priority),
+            attempts: i64::from(s.attempts),
+            max_attempts: i64::from(s.max_attempts),
+            unfinished_parents: i64::from(t.counters[i].unfinished_parents),
+            failed_required_parents: i64::from(t.counters[i].failed_required_parents),
+            ready_at,
+            next_attempt_at: s.next_attempt_at.map(ms),
+            lease_owner: s.lease.as_ref().map(|(o, _)| &**o),
+            lease_expires_at: s.lease.as_ref().map(|(_, e)| ms(*e)),
+            result: s.result.as_deref().map(serde_json::Value::to_string),
+            error: s.error.as_deref(),
+            started_at: s.started_at.map(ms),
+            completed_at: s.completed_at.map(ms),
+        }
+    }
+}
+
+/// A transition row to write.
+#[derive(Debug)]
+pub(super) struct TransitionWrite<'a> {
+    pub task_id: String,
+    pub step_index: Option<i64>,
+    pub step_name: Option<&'a str>,
+    pub from_state: Option<&'static str>,
+    pub to_state: &'static str,
+    pub event: &'static str,
+    pub reason: Option<&'a str>,
+    pub attempt: i64,
+    pub at: i64,
+}
+
+impl<'a> TransitionWrite<'a> {
+    pub fn new(t: &'a Transition) -> Self {
+        let (step_index, from_state, to_state, event) = match t.change {
+            Change::Task { from, to, event } => {
+                (None, from.map(|s| s.as_str()), to.as_str(), event.as_str())
+            }
+            Change::Step {
+                index,
+                from,
+                to,
+                event,
+            } => (
+                Some(i64::from(index)),
+                Some(from.as_str()),
+                to.as_str(),
+                event.as_str(),
+            ),
+        };
+        TransitionWrite {
+            task_id: t.task_id.to_string(),
+            step_index,
+            step_name: t.step_name.as_deref(),
+            from_state,
+            to_state,
+            event,
+            reason: t.reason.as_deref(),
+            attempt: i64::from(t.attempt),
+            at: ms(t.at),
+        }
+    }
+}
+
+/// Every row one operation writes.
+#[derive(Debug, Default)]
+pub(super) struct Rows<'a> {
+    pub tasks: Vec<TaskWrite<'a>>,
+    pub steps: Vec<StepWrite<'a>>,
+    pub transitions: Vec<TransitionWrite<'a>>,
+}
+
+impl Rows<'_> {
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.tasks.is_empty() && self.steps.is_empty() && self.transitions.is_empty()
+    }
+}

@@ -1,0 +1,3 @@
+-- A task whose rows cannot be read is set to error, out of every claim ($2: now).
+UPDATE tasker_tasks SET status = 'error', updated_at = $2, completed_at = $2, revision = revision + 1
+WHERE task_id = $1 AND status <> 'error'

@@ -1,0 +1,1 @@
+SELECT * FROM tasker_transitions WHERE task_id = $1 ORDER BY id

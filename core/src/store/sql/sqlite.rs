@@ -1,0 +1,292 @@
+//! The SQLite backend, on sqlx's SQLite driver: lists of ids go in as JSON arrays read with
+//! JSON1 (`json_each`), rows as multi-row binds, and one operation's writes are one call into
+//! the driver's thread.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection};
+use sqlx::{Pool, Row as _};
+use tokio::sync::Notify;
+
+use super::rows::{Rows, StatusRow, StepKey, StepRow, TaskRow};
+use super::{db, impl_backend, own_params, pool_options, Dialect, Lock};
+use crate::error::{Error, Result};
+use crate::template::TaskGraph;
+
+static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const TASKS: &str = include_str!("sqlite/tasks.sql");
+const STEPS: &str = include_str!("sqlite/steps.sql");
+const READY: &str = include_str!("sqlite/ready.sql");
+const WORK_STATUS: &str = include_str!("sqlite/work_status.sql");
+const NAMED_STEPS: &str = include_str!("sqlite/named_steps.sql");
+const TASKS_UPSERT: &str = include_str!("sqlite/tasks_upsert.sql");
+const TASKS_INSERT: &str = include_str!("sqlite/tasks_insert.sql");
+const STEPS_UPSERT: &str = include_str!("sqlite/steps_upsert.sql");
+const TRANSITIONS_INSERT: &str = include_str!("sqlite/transitions_insert.sql");
+const CREATED: &str = include_str!("sqlite/created.sql");
+
+/// `sql` (one of the `VALUES (?, …)` statements above) for `rows` rows: its tuple repeated.
+/// Multi-row binds, not JSON: SQLite reads bound values far faster than it extracts them
+/// from JSON text.
+fn for_rows(sql: &str, rows: usize) -> String {
+    let start = sql.find("VALUES (").map(|i| i + "VALUES ".len());
+    let end = start.and_then(|s| sql[s..].find(')').map(|e| s + e + 1));
+    let (Some(start), Some(end)) = (start, end) else {
+        return sql.to_owned();
+    };
+    let tuple = &sql[start..end];
+    let mut out = String::with_capacity(sql.len() + rows * (tuple.len() + 2));
+    out.push_str(&sql[..start]);
+    for i in 0..rows {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        out.push_str(tuple);
+    }
+    out.push_str(&sql[end..]);
+    out
+}
+
+/// The statements writing `rows` (task rows with `tasks`, then steps and transitions), one
+/// text for one call into the driver's thread; empty when there is nothing to write.
+fn write_text(tasks: &str, rows: &Rows<'_>) -> String {
+    let mut text = String::new();
+    for (sql, n) in [
+        (tasks, rows.tasks.len()),
+        (STEPS_UPSERT, rows.steps.len()),
+        (TRANSITIONS_INSERT, rows.transitions.len()),
+    ] {
+        // At most 500 rows a statement: well under SQLite's 32,766 parameters.
+        let mut left = n;
+        while left > 0 {
+            let rows = left.min(500);
+            text.push_str(&for_rows(sql, rows));
+            text.push_str(";\n");
+            left -= rows;
+        }
+    }
+    text
+}
+
+/// `rows` bound in the order of [`write_text`].
+fn bind_rows<'q>(
+    mut q: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>>,
+    rows: &'q Rows<'_>,
+) -> sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>> {
+    for t in &rows.tasks {
+        q = q
+            .bind(&*t.task_id)
+            .bind(t.namespace)
+            .bind(t.name)
+            .bind(&*t.version)
+            .bind(t.status)
+            .bind(t.priority)
+            .bind(&*t.context)
+            .bind(t.idempotency_key)
+            .bind(t.unfinished_steps)
+            .bind(t.created_at)
+            .bind(t.updated_at)
+            .bind(t.completed_at)
+            .bind(t.revision);
+    }
+    for s in &rows.steps {
+        q = q
+            .bind(&*s.task_id)
+            .bind(s.step_index)
+            .bind(s.name)
+            .bind(s.handler)
+            .bind(s.status)
+            .bind(s.priority)
+            .bind(s.attempts)
+            .bind(s.max_attempts)
+            .bind(s.unfinished_parents)
+            .bind(s.failed_required_parents)
+            .bind(s.ready_at)
+            .bind(s.next_attempt_at)
+            .bind(s.lease_owner)
+            .bind(s.lease_expires_at)
+            .bind(s.result.as_deref())
+            .bind(s.error)
+            .bind(s.started_at)
+            .bind(s.completed_at);
+    }
+    for r in &rows.transitions {
+        q = q
+            .bind(&*r.task_id)
+            .bind(r.step_index)
+            .bind(r.step_name)
+            .bind(r.from_state)
+            .bind(r.to_state)
+            .bind(r.event)
+            .bind(r.reason)
+            .bind(r.attempt)
+            .bind(r.at);
+    }
+    q
+}
+
+/// SQLite's `synchronous` level, from the store URL (`sqlite://tasker.db?synchronous=full`):
+/// `normal` (the default; with WAL a commit survives the process crashing, an OS crash or a
+/// power loss may lose the last transactions) or `full` / `extra` (each commit is on disk
+/// before it returns: power-loss durability, slower).
+pub const SQLITE_SYNCHRONOUS: (&str, &str) = ("synchronous", "normal");
+
+/// `url` without its `synchronous` parameter, and the `PRAGMA` statements of each new
+/// SQLite connection.
+fn session(url: &str) -> Result<(String, String)> {
+    let level = |v: &str| matches!(v.to_ascii_lowercase().as_str(), "normal" | "full" | "extra");
+    let (url, values) = own_params(url, &[SQLITE_SYNCHRONOUS], level, "normal, full or extra")?;
+    let level = values[0].1.to_ascii_uppercase();
+    Ok((
+        url,
+        format!(
+            "PRAGMA journal_mode = WAL; PRAGMA synchronous = {level}; \
+             PRAGMA busy_timeout = 30000; PRAGMA foreign_keys = ON;"
+        ),
+    ))
+}
+
+/// A JSON array of `items` (the rows of one batch).
+fn json<T: serde::Serialize>(items: &[T]) -> sqlx::Result<String> {
+    serde_json::to_string(items).map_err(|e| sqlx::Error::Encode(Box::new(e)))
+}
+
+/// The handler names as a JSON array, `None` for any.
+fn handler_list(handlers: Option<&[Arc<str>]>) -> sqlx::Result<Option<String>> {
+    handlers
+        .map(|h| json(&h.iter().map(|s| &**s).collect::<Vec<_>>()))
+        .transpose()
+}
+
+/// The embedded SQLite store.
+#[derive(Debug)]
+pub(super) struct Sqlite;
+
+impl_backend! {
+impl Backend for Sqlite {
+    type Db = sqlx::Sqlite;
+    const DIALECT: Dialect = Dialect::Sqlite;
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+    const BEGIN_READ: &'static str = "BEGIN";
+
+    async fn named_steps(
+        c: &mut SqliteConnection,
+        graph: &TaskGraph,
+        version: &str,
+    ) -> sqlx::Result<()> {
+        let steps: Vec<(&str, &str)> = graph
+            .steps()
+            .iter()
+            .map(|s| (&*s.name, &*s.handler))
+            .collect();
+        sqlx::query(NAMED_STEPS)
+            .bind(graph.namespace())
+            .bind(graph.name())
+            .bind(version)
+            .bind(json(&steps)?)
+            .execute(c)
+            .await?;
+        Ok(())
+    }
+
+    async fn connect(url: &str) -> Result<Pool<sqlx::Sqlite>> {
+        let in_memory = url.contains(":memory:");
+        // Create the file when missing.
+        let url = if !url.contains("mode=") && !in_memory {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            format!("{url}{sep}mode=rwc")
+        } else {
+            url.to_owned()
+        };
+        let (url, session) = session(&url)?;
+        let options = SqliteConnectOptions::from_str(&url)
+            .map_err(|e| Error::InvalidArgument(format!("invalid store URL {url:?}: {e}")))?;
+        // WAL, with NORMAL (SQLite's recommended pairing) unless the URL asks for FULL.
+        pool_options(if in_memory { 1 } else { 4 }, in_memory, session)
+            .connect_with(options)
+            .await
+            .map_err(db)
+    }
+
+    async fn migrate(pool: &Pool<sqlx::Sqlite>) -> Result<(), sqlx::migrate::MigrateError> {
+        MIGRATIONS.run(pool).await
+    }
+
+    async fn tasks(c: &mut SqliteConnection, ids: &[String], _lock: Lock) -> sqlx::Result<Vec<TaskRow>> {
+        // The write transaction (BEGIN IMMEDIATE) is the lock.
+        sqlx::query_as(TASKS).bind(json(ids)?).fetch_all(c).await
+    }
+
+    async fn steps(c: &mut SqliteConnection, ids: &[String]) -> sqlx::Result<Vec<StepRow>> {
+        sqlx::query_as(STEPS).bind(json(ids)?).fetch_all(c).await
+    }
+
+    async fn write(c: &mut SqliteConnection, rows: &Rows<'_>, _notify: bool) -> sqlx::Result<()> {
+        let text = write_text(TASKS_UPSERT, rows);
+        if !text.is_empty() {
+            bind_rows(sqlx::query(&text), rows).execute(c).await?;
+        }
+        Ok(())
+    }
+
+    async fn create(
+        pool: &Pool<sqlx::Sqlite>,
+        rows: &Rows<'_>,
+        _notify: bool,
+    ) -> sqlx::Result<Vec<String>> {
+        let ids: Vec<&str> = rows.tasks.iter().map(|t| &*t.task_id).collect();
+        let text = write_text(TASKS_INSERT, rows) + CREATED;
+        let ids = json(&ids)?;
+        let mut tx = pool.begin_with(Self::BEGIN).await?;
+        let written = bind_rows(sqlx::query(&text), rows)
+            .bind(ids)
+            .fetch_all(&mut *tx)
+            .await
+            .and_then(|found| found.iter().map(|row| row.try_get(0)).collect());
+        match written {
+            Ok(written) => {
+                tx.commit().await?;
+                Ok(written)
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn ready(
+        c: &mut SqliteConnection,
+        handlers: Option<&[Arc<str>]>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<StepKey>> {
+        sqlx::query_as(READY)
+            .bind(handler_list(handlers)?)
+            .bind(limit)
+            .fetch_all(c)
+            .await
+    }
+
+    async fn work_status(
+        c: &mut SqliteConnection,
+        handlers: Option<&[Arc<str>]>,
+    ) -> sqlx::Result<StatusRow> {
+        sqlx::query_as(WORK_STATUS)
+            .bind(handler_list(handlers)?)
+            .fetch_one(c)
+            .await
+    }
+
+    async fn clock_ms(_pool: &Pool<sqlx::Sqlite>) -> sqlx::Result<Option<i64>> {
+        // The database is a file on this machine: its clock is the host's.
+        Ok(None)
+    }
+
+    async fn listen(_url: &str, _waker: Arc<Notify>) -> Result<Option<tokio::task::JoinHandle<()>>> {
+        // One process's engines share their waker; nothing to listen to.
+        Ok(None)
+    }
+}
+}
