@@ -117,6 +117,30 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// A read-only transaction with one snapshot for a view's two statements.
     const BEGIN_READ: &'static str;
 
+    /// Whether the database takes one writer at a time (this process then writes through one
+    /// kept connection, [`Writer`]).
+    const ONE_WRITER: bool;
+
+    /// Runs `sql` (no binds), such as `BEGIN` or `ROLLBACK`.
+    async fn execute(c: &mut Conn<Self>, sql: &'static str) -> sqlx::Result<()>;
+    /// Writes `rows` and commits the transaction begun by hand on `c` (begun first when
+    /// `begin`).
+    async fn write_commit(
+        c: &mut Conn<Self>,
+        rows: &Rows<'_>,
+        notify: bool,
+        begin: bool,
+    ) -> sqlx::Result<()>;
+    /// Steps to look at for a claim, in one query: whose lease ran out (`lease`), whose retry
+    /// is due (`retry`) at `now`, and the claimable ones in claim order (`ready`) for
+    /// `handlers` (any when `None`), at most `limit`.
+    async fn claimable(
+        c: &mut Conn<Self>,
+        now: i64,
+        handlers: Option<&[Arc<str>]>,
+        limit: i64,
+        begin: bool,
+    ) -> sqlx::Result<Vec<rows::DueStep>>;
     /// A pool on `url`, each connection set up for the engine.
     async fn connect(url: &str) -> Result<Pool<Self::Db>>;
     /// Applies the migrations not yet applied.
@@ -144,19 +168,23 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     ) -> sqlx::Result<()>;
     /// The named steps of `graph` at `version`, in order.
     async fn named_steps(c: &mut Conn<Self>, graph: &TaskGraph, version: &str) -> sqlx::Result<()>;
-    /// The task rows of `ids` (sorted), locked as `lock` says.
-    async fn tasks(c: &mut Conn<Self>, ids: &[String], lock: Lock) -> sqlx::Result<Vec<TaskRow>>;
+    /// The task rows of `ids` (sorted), locked as `lock` says; the write transaction begun
+    /// first when `begin` (in the same call).
+    async fn tasks(
+        c: &mut Conn<Self>,
+        ids: &[String],
+        lock: Lock,
+        begin: bool,
+    ) -> sqlx::Result<Vec<TaskRow>>;
     /// The step rows of the tasks `ids`, by task and index.
     async fn steps(c: &mut Conn<Self>, ids: &[String]) -> sqlx::Result<Vec<StepRow>>;
     /// Writes `rows` (upserts), with a wake-up for the other engines when `notify`.
     async fn write(c: &mut Conn<Self>, rows: &Rows<'_>, notify: bool) -> sqlx::Result<()>;
     /// Inserts new tasks (`rows`), leaving out each whose idempotency key is taken (with its
-    /// steps and transitions), in one transaction of its own; the ids written.
-    async fn create(
-        pool: &Pool<Self::Db>,
-        rows: &Rows<'_>,
-        notify: bool,
-    ) -> sqlx::Result<Vec<String>>;
+    /// steps and transitions), in one transaction of its own on `c` (out of any
+    /// transaction); the ids written.
+    async fn create(c: &mut Conn<Self>, rows: &Rows<'_>, notify: bool)
+        -> sqlx::Result<Vec<String>>;
     /// The task of `namespace/name` created with idempotency key `key`.
     async fn task_by_key(
         c: &mut Conn<Self>,
@@ -166,12 +194,6 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     ) -> sqlx::Result<Option<String>>;
     /// Steps whose lease ran out and retries that are due at `now`.
     async fn due(c: &mut Conn<Self>, now: i64) -> sqlx::Result<Vec<rows::DueStep>>;
-    /// Claimable steps in claim order.
-    async fn ready(
-        c: &mut Conn<Self>,
-        handlers: Option<&[Arc<str>]>,
-        limit: i64,
-    ) -> sqlx::Result<Vec<StepKey>>;
     /// The counts of `work_status`.
     async fn work_status(
         c: &mut Conn<Self>,
@@ -225,6 +247,14 @@ macro_rules! impl_backend {
                 .bind(name)
                 .fetch_all(c)
                 .await
+        }
+
+        async fn execute(
+            c: &mut <$db as sqlx::Database>::Connection,
+            sql: &'static str,
+        ) -> sqlx::Result<()> {
+            sqlx::Executor::execute(c, sql).await?;
+            Ok(())
         }
 
         async fn task_by_key(
@@ -404,6 +434,33 @@ fn step_key(k: &StepKey) -> Result<(TaskId, u32, u32)> {
     ))
 }
 
+/// Why a step is looked at for a claim.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// Its lease ran out.
+    Lease,
+    /// Its retry is due.
+    Retry,
+    /// It is claimable.
+    Ready,
+}
+
+/// The steps of a claim query: task, index, attempts and why.
+fn due_keys(rows: &[rows::DueStep]) -> Result<Vec<(TaskId, u32, u32, Due)>> {
+    rows.iter()
+        .map(|d| {
+            let (task, index, attempts) = step_key(&d.key)?;
+            let due = match d.due.as_str() {
+                "lease" => Due::Lease,
+                "retry" => Due::Retry,
+                "ready" => Due::Ready,
+                other => return Err(corrupt(format!("a claim query said {other:?}"))),
+            };
+            Ok((task, index, attempts, due))
+        })
+        .collect()
+}
+
 fn step_record(r: &StepRow) -> Result<StepRecord> {
     Ok(StepRecord {
         attempts: count(r.attempts, "attempts")?,
@@ -435,10 +492,70 @@ impl Schedule for ReadySet {
     }
 }
 
-/// A write transaction (and, on SQLite, this process's writer turn).
-struct Tx<'a, B: Backend> {
-    _writer: Option<tokio::sync::MutexGuard<'a, ()>>,
-    tx: sqlx::Transaction<'static, B::Db>,
+/// The connection this process writes through when the database takes one writer at a time
+/// (SQLite): kept between operations, so that its page cache stays warm and no two of this
+/// process's writers wait on each other in the database's busy handler.
+#[derive(Debug)]
+struct Writer<B: Backend> {
+    conn: Option<sqlx::pool::PoolConnection<B::Db>>,
+    /// A transaction was begun and not yet ended (an operation was dropped half way): the next
+    /// one rolls it back first.
+    open: bool,
+}
+
+/// A write transaction: a pooled one (PostgreSQL), or this process's writer with a
+/// transaction begun by hand (SQLite), whose writes and `COMMIT` go in one call.
+enum Tx<'a, B: Backend> {
+    Pooled(sqlx::Transaction<'static, B::Db>),
+    /// `begun` once `BEGIN` was sent: it goes with the transaction's first statement.
+    Writer {
+        w: tokio::sync::MutexGuard<'a, Writer<B>>,
+        begun: bool,
+    },
+}
+
+fn writer_gone() -> Error {
+    Error::store(
+        StoreErrorKind::Unavailable,
+        "the writer's connection is gone",
+    )
+}
+
+impl<B: Backend> Tx<'_, B> {
+    /// The transaction's connection, the transaction begun.
+    async fn conn(&mut self) -> Result<&mut Conn<B>> {
+        match self {
+            Tx::Pooled(tx) => Ok(&mut **tx),
+            Tx::Writer { w, begun } => {
+                let conn = &mut **w.conn.as_mut().ok_or_else(writer_gone)?;
+                if !*begun {
+                    B::execute(conn, B::BEGIN).await.map_err(db)?;
+                    *begun = true;
+                }
+                Ok(conn)
+            }
+        }
+    }
+
+    /// The transaction's connection, and whether the next statement must begin it (it is
+    /// then taken as begun).
+    fn conn_to_begin(&mut self) -> Result<(&mut Conn<B>, bool)> {
+        match self {
+            Tx::Pooled(tx) => Ok((&mut **tx, false)),
+            Tx::Writer { w, begun } => {
+                let begin = !*begun;
+                *begun = true;
+                Ok((&mut **w.conn.as_mut().ok_or_else(writer_gone)?, begin))
+            }
+        }
+    }
+
+    /// Not begun after all: the statement meant to begin it was not sent.
+    fn not_begun(&mut self) {
+        if let Tx::Writer { begun, .. } = self {
+            *begun = false;
+        }
+    }
 }
 
 /// How long the newest version of a template, once read, is taken as the newest: a version
@@ -512,7 +629,10 @@ where
 struct SqlStore<B: Backend> {
     pool: Pool<B::Db>,
     /// SQLite writers of this process queue here instead of sleeping in the busy handler.
-    writer: tokio::sync::Mutex<()>,
+    writer: tokio::sync::Mutex<Writer<B>>,
+    /// Whether the writer's connection is kept between operations (not for an in-memory
+    /// SQLite database: its one connection also serves the views).
+    keep_writer: bool,
     graphs: RwLock<HashMap<(String, String, String), Arc<TaskGraph>>>,
     /// The newest version of each template as last read, and when: reused for
     /// [`NEWEST_FOR`], so that a `create_task` naming no version costs no extra round trip.
@@ -520,6 +640,8 @@ struct SqlStore<B: Backend> {
     listener: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
     /// Task aggregates as last read or written, reused while their revision holds.
     cache: RecordCache,
+    /// Whether the last claim found steps (the next one then skips its first look).
+    claims_found: std::sync::atomic::AtomicBool,
 }
 
 impl<B: Backend> Drop for SqlStore<B> {
@@ -551,11 +673,16 @@ impl<B: Backend> SqlStore<B> {
     async fn open(url: &str, waker: Arc<Notify>) -> Result<Self> {
         let store = SqlStore {
             pool: B::connect(url).await?,
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(Writer {
+                conn: None,
+                open: false,
+            }),
+            keep_writer: !url.contains(":memory:"),
             graphs: RwLock::new(HashMap::new()),
             newest: RwLock::new(HashMap::new()),
             listener: parking_lot::Mutex::new(None),
             cache: RecordCache::default(),
+            claims_found: std::sync::atomic::AtomicBool::new(false),
         };
         store.migrate().await?;
         *store.listener.lock() = B::listen(url, waker).await?;
@@ -581,28 +708,110 @@ impl<B: Backend> SqlStore<B> {
     }
 
     async fn begin(&self) -> Result<Tx<'_, B>> {
-        let writer = match B::DIALECT {
-            Dialect::Sqlite => Some(self.writer.lock().await),
-            Dialect::Postgres => None,
-        };
-        let tx = self.pool.begin_with(B::BEGIN).await.map_err(db)?;
-        Ok(Tx {
-            _writer: writer,
-            tx,
-        })
+        if !B::ONE_WRITER {
+            return Ok(Tx::Pooled(
+                self.pool.begin_with(B::BEGIN).await.map_err(db)?,
+            ));
+        }
+        let mut w = self.writer().await?;
+        w.open = true;
+        Ok(Tx::Writer { w, begun: false })
     }
 
-    /// Commits when `result` is `Ok`, else rolls back at once — so that no lock outlives a
-    /// refused operation (a dropped transaction would roll back only when its connection is
-    /// next used).
+    /// This process's writer, its connection taken from the pool when it has none, out of any
+    /// transaction (one left open by an operation dropped half way is rolled back).
+    async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, Writer<B>>> {
+        let mut writer = self.writer.lock().await;
+        if writer.conn.is_none() {
+            writer.conn = Some(self.pool.acquire().await.map_err(db)?);
+            writer.open = false;
+        }
+        let Writer { conn, open } = &mut *writer;
+        if let (Some(conn), true) = (conn.as_mut(), *open) {
+            let _ = B::execute(&mut **conn, "ROLLBACK").await;
+            *open = false;
+        }
+        Ok(writer)
+    }
+
+    /// Writes `rows` (when given) and commits: one call on SQLite. On an error the
+    /// transaction is rolled back.
+    async fn commit(&self, tx: Tx<'_, B>, rows: Option<(&Rows<'_>, bool)>) -> Result<()> {
+        match tx {
+            Tx::Pooled(mut tx) => {
+                if let Some((rows, notify)) = rows.filter(|(r, _)| !r.is_empty()) {
+                    if let Err(e) = B::write(&mut tx, rows, notify).await {
+                        let _ = tx.rollback().await;
+                        return Err(db(e));
+                    }
+                }
+                tx.commit().await.map_err(db)
+            }
+            Tx::Writer { mut w, begun } => {
+                let empty = Rows::default();
+                let (rows, notify) = rows.unwrap_or((&empty, false));
+                if !begun && rows.is_empty() {
+                    self.done_writing(&mut w, true);
+                    return Ok(());
+                }
+                let Some(conn) = w.conn.as_mut() else {
+                    return Err(writer_gone());
+                };
+                let written = B::write_commit(conn, rows, notify, !begun).await;
+                // A failure half way leaves the transaction open.
+                let clean = written.is_ok() || B::execute(conn, "ROLLBACK").await.is_ok();
+                self.done_writing(&mut w, clean);
+                written.map_err(db)
+            }
+        }
+    }
+
+    /// Rolls back at once — so that no lock outlives a refused operation (a dropped
+    /// transaction would roll back only when its connection is next used).
+    async fn rollback(&self, tx: Tx<'_, B>) {
+        match tx {
+            Tx::Pooled(tx) => {
+                let _ = tx.rollback().await;
+            }
+            Tx::Writer { mut w, begun } => {
+                let rolled = match w.conn.as_mut() {
+                    Some(_) if !begun => true,
+                    Some(conn) => B::execute(&mut **conn, "ROLLBACK").await.is_ok(),
+                    None => false,
+                };
+                self.done_writing(&mut w, rolled);
+            }
+        }
+    }
+
+    /// The writer's transaction is over: `clean` when it was committed or rolled back. A
+    /// connection whose transaction may still be open is closed, never handed to the pool
+    /// (an in-memory database keeps it: the next operation rolls back first).
+    fn done_writing(&self, w: &mut Writer<B>, clean: bool) {
+        if clean {
+            w.open = false;
+            if !self.keep_writer {
+                w.conn = None;
+            }
+        } else if self.keep_writer {
+            if let Some(conn) = w.conn.take() {
+                drop(conn.detach());
+            }
+            w.open = false;
+        } else {
+            w.open = true;
+        }
+    }
+
+    /// Commits when `result` is `Ok` (with no rows to write), else rolls back.
     async fn finish<T>(&self, tx: Tx<'_, B>, result: Result<T>) -> Result<T> {
         match result {
             Ok(value) => {
-                tx.tx.commit().await.map_err(db)?;
+                self.commit(tx, None).await?;
                 Ok(value)
             }
             Err(e) => {
-                let _ = tx.tx.rollback().await;
+                self.rollback(tx).await;
                 Err(e)
             }
         }
@@ -632,11 +841,15 @@ impl<B: Backend> SqlStore<B> {
     /// transaction holds are left out), in id order; with the tasks whose rows could not be
     /// read (corrupt JSON, a state no version knows, a template that is gone), and why. Those
     /// are left out: one bad task never fails a claim, a report batch or a listing of others.
+    ///
+    /// With `begin` set, the first statement begins the write transaction (and `begin` is
+    /// cleared).
     async fn load_many(
         &self,
         conn: &mut Conn<B>,
         ids: &[TaskId],
         lock: Lock,
+        begin: &mut bool,
     ) -> Result<(Vec<TaskRecord>, Vec<(TaskId, String)>)> {
         let mut unreadable = Vec::new();
         let mut ids: Vec<TaskId> = ids.to_vec();
@@ -645,7 +858,9 @@ impl<B: Backend> SqlStore<B> {
         let mut records = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_ROWS) {
             let chunk: Vec<String> = chunk.iter().map(TaskId::to_string).collect();
-            let tasks = B::tasks(conn, &chunk, lock).await.map_err(db)?;
+            let tasks = B::tasks(conn, &chunk, lock, std::mem::take(begin))
+                .await
+                .map_err(db)?;
             if tasks.is_empty() {
                 continue;
             }
@@ -764,21 +979,75 @@ impl<B: Backend> SqlStore<B> {
         Ok(())
     }
 
-    /// Loads the tasks `ids` (see [`SqlStore::load_many`]), runs `op` on each, and writes back
-    /// what changed — one batch for them all, in the open transaction. Returns each loaded
-    /// task's id with what `op` returned.
-    async fn modify<T>(
+    /// The operation of a write transaction: loads the tasks `ids` (see
+    /// [`SqlStore::load_many`]) on `tx`, runs `op` on each, writes back what changed (one
+    /// batch for them all) and commits — on SQLite the writes and the commit in one call.
+    /// Returns each loaded task's id with what `op` returned; when `op` fails nothing is
+    /// written.
+    async fn apply<T>(
         &self,
-        conn: &mut Conn<B>,
+        mut tx: Tx<'_, B>,
+        ids: &[TaskId],
+        lock: Lock,
+        now: Timestamp,
+        changes: &mut Changes,
+        op: impl FnMut(&mut TaskRecord, &mut ReadySet, &mut Changes) -> Result<T>,
+    ) -> Result<Vec<(TaskId, T)>> {
+        match self.apply_in(&mut tx, ids, lock, now, changes, op).await {
+            Ok((out, tasks, edits)) => {
+                let edits: Vec<Edit<'_>> = edits
+                    .iter()
+                    .zip(&tasks)
+                    .map(|((before, ready), after)| Edit {
+                        before: Some(before),
+                        after,
+                        ready,
+                    })
+                    .collect();
+                let (rows, written) = rows_of(&edits, now, &changes.transitions);
+                let notify = wakes_workers(!changes.ready.is_empty(), &changes.transitions);
+                self.commit(tx, Some((&rows, notify))).await?;
+                drop(rows);
+                drop(edits);
+                for (task, revision) in tasks.into_iter().zip(written) {
+                    if let Some(revision) = revision {
+                        self.cache.put(revision, task);
+                    }
+                }
+                Ok(out)
+            }
+            Err(e) => {
+                self.rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// The part of [`SqlStore::apply`] before the write: what `op` returned, the tasks after
+    /// it, and each as it was with the steps that became ready.
+    #[allow(clippy::type_complexity)]
+    async fn apply_in<T>(
+        &self,
+        tx: &mut Tx<'_, B>,
         ids: &[TaskId],
         lock: Lock,
         now: Timestamp,
         changes: &mut Changes,
         mut op: impl FnMut(&mut TaskRecord, &mut ReadySet, &mut Changes) -> Result<T>,
-    ) -> Result<Vec<(TaskId, T)>> {
-        let (mut tasks, unreadable) = self.load_many(conn, ids, lock).await?;
-        Self::mark_unreadable(conn, &unreadable, now).await?;
-        let mark = changes.transitions.len();
+    ) -> Result<(
+        Vec<(TaskId, T)>,
+        Vec<TaskRecord>,
+        Vec<(TaskRecord, ReadySet)>,
+    )> {
+        let (conn, mut begin) = tx.conn_to_begin()?;
+        let loaded = self.load_many(conn, ids, lock, &mut begin).await;
+        if begin {
+            tx.not_begun();
+        }
+        let (mut tasks, unreadable) = loaded?;
+        if !unreadable.is_empty() {
+            Self::mark_unreadable(tx.conn().await?, &unreadable, now).await?;
+        }
         let mut edits = Vec::with_capacity(tasks.len());
         let mut out = Vec::with_capacity(tasks.len());
         for task in tasks.iter_mut() {
@@ -787,32 +1056,7 @@ impl<B: Backend> SqlStore<B> {
             out.push((task.id, op(task, &mut ready, changes)?));
             edits.push((before, ready));
         }
-        let edits: Vec<Edit<'_>> = edits
-            .iter()
-            .zip(&tasks)
-            .map(|((before, ready), after)| Edit {
-                before: Some(before),
-                after,
-                ready,
-            })
-            .collect();
-        let new = &changes.transitions[mark..];
-        let (rows, written) = rows_of(&edits, now, new);
-        if !rows.is_empty() {
-            B::write(conn, &rows, wakes_workers(!changes.ready.is_empty(), new))
-                .await
-                .map_err(db)?;
-        }
-        drop(rows);
-        drop(edits);
-        // Cached as written, before the commit: should it fail, the rows keep a revision that
-        // no cached entry has.
-        for (task, revision) in tasks.into_iter().zip(written) {
-            if let Some(revision) = revision {
-                self.cache.put(revision, task);
-            }
-        }
-        Ok(out)
+        Ok((out, tasks, edits))
     }
 
     /// One operation on one named task, in its own transaction.
@@ -822,12 +1066,12 @@ impl<B: Backend> SqlStore<B> {
         now: Timestamp,
         op: impl FnOnce(&mut TaskRecord, &mut ReadySet, &mut Changes) -> Result<T>,
     ) -> Result<(T, Changes)> {
-        let mut tx = self.begin().await?;
+        let tx = self.begin().await?;
         let mut changes = Changes::default();
         let mut op = Some(op);
-        let result = self
-            .modify(
-                &mut tx.tx,
+        let out = self
+            .apply(
+                tx,
                 &[id],
                 Lock::Wait,
                 now,
@@ -837,83 +1081,109 @@ impl<B: Backend> SqlStore<B> {
                     None => Ok(None),
                 },
             )
-            .await
-            .and_then(|out| {
-                out.into_iter()
-                    .next()
-                    .and_then(|(_, out)| out)
-                    .ok_or(Error::TaskNotFound(id))
-            });
-        let out = self.finish(tx, result).await?;
+            .await?
+            .into_iter()
+            .next()
+            .and_then(|(_, out)| out)
+            .ok_or(Error::TaskNotFound(id))?;
         Ok((out, changes))
     }
 
-    /// Expired leases are given back and due retries become pending (tasks that another
-    /// transaction holds are left for it). A lease that ran out may leave a retry due at
-    /// once (no backoff): a second look promotes it.
-    async fn reclaim_and_promote(
-        &self,
-        conn: &mut Conn<B>,
+    /// Gives back step `index`'s lease when it ran out (`lease`), or makes its retry pending
+    /// when due; a lease that ran out may leave a retry due at once (no backoff).
+    fn due_step(
+        t: &mut TaskRecord,
+        (index, attempt, lease): (u32, u32, bool),
         now: Timestamp,
-        changes: &mut Changes,
-    ) -> Result<()> {
-        for _ in 0..2 {
-            let due = B::due(conn, ms(now)).await.map_err(db)?;
-            let keys: Vec<((TaskId, u32, u32), bool)> = due
-                .iter()
-                .map(|d| Ok((step_key(&d.key)?, d.due == "lease")))
-                .collect::<Result<_>>()?;
-            if keys.is_empty() {
-                return Ok(());
-            }
-            let ids: Vec<TaskId> = keys.iter().map(|k| k.0 .0).collect();
-            self.modify(conn, &ids, Lock::Skip, now, changes, |t, s, c| {
-                let id = t.id;
-                for &((_, index, attempt), lease) in keys.iter().filter(|k| k.0 .0 == id) {
-                    if lease {
-                        t.expire_lease(index, attempt, now, s, c);
-                    } else {
-                        t.retry_due(index, attempt, now, s, c);
-                    }
-                }
-                Ok(())
-            })
-            .await?;
-            if !keys.iter().any(|&(_, lease)| lease) {
-                return Ok(());
-            }
+        s: &mut ReadySet,
+        c: &mut Changes,
+    ) {
+        if lease {
+            t.expire_lease(index, attempt, now, s, c);
         }
-        Ok(())
+        let attempts = t.steps[index as usize].attempts;
+        t.retry_due(index, attempts, now, s, c);
     }
 
-    /// The body of [`Store::claim`], in the open transaction.
-    async fn claim_in(
+    /// Expired leases given back and due retries made pending, in one transaction (tasks
+    /// that another transaction holds are left for it).
+    async fn reclaim(&self, now: Timestamp) -> Result<Changes> {
+        let mut tx = self.begin().await?;
+        let mut changes = Changes::default();
+        let due = match tx.conn().await {
+            Ok(conn) => B::due(conn, ms(now)).await.map_err(db),
+            Err(e) => Err(e),
+        };
+        let due = match due {
+            Ok(due) => due,
+            Err(e) => {
+                self.rollback(tx).await;
+                return Err(e);
+            }
+        };
+        let keys = match due_keys(&due) {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.rollback(tx).await;
+                return Err(e);
+            }
+        };
+        let ids: Vec<TaskId> = keys.iter().map(|k| k.0).collect();
+        self.apply(tx, &ids, Lock::Skip, now, &mut changes, |t, s, c| {
+            let id = t.id;
+            for &(_, index, attempt, kind) in keys.iter().filter(|k| k.0 == id) {
+                Self::due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
+            }
+            Ok(())
+        })
+        .await?;
+        Ok(changes)
+    }
+
+    /// The body of [`Store::claim`]: expired leases and due retries first, then the claimable
+    /// steps (those among them too), one query and one write for all.
+    async fn claim_with(
         &self,
-        conn: &mut Conn<B>,
+        mut tx: Tx<'_, B>,
         request: &ClaimRequest,
         now: Timestamp,
         changes: &mut Changes,
     ) -> Result<Vec<ClaimedStep>> {
-        self.reclaim_and_promote(conn, now, changes).await?;
-        let candidates = B::ready(
-            conn,
-            request.handlers.as_deref(),
-            request.limit.min(i64::MAX as usize) as i64,
-        )
-        .await
-        .map_err(db)?;
-        let keys: Vec<(TaskId, u32, u32)> =
-            candidates.iter().map(step_key).collect::<Result<_>>()?;
+        let found = match tx.conn_to_begin() {
+            Ok((conn, begin)) => self.claimable(conn, request, now, begin).await,
+            Err(e) => Err(e),
+        };
+        let mut keys = match found {
+            Ok(keys) => keys,
+            Err(e) => {
+                self.rollback(tx).await;
+                return Err(e);
+            }
+        };
+        // Claim order: the ready steps as the query ordered them, then those made pending now.
+        keys.sort_by_key(|k| k.3 != Due::Ready);
         let ids: Vec<TaskId> = keys.iter().map(|k| k.0).collect();
+        let wanted = |handler: &str| {
+            request
+                .handlers
+                .as_ref()
+                .is_none_or(|h| h.iter().any(|n| &**n == handler))
+        };
+        let mut left = request.limit;
         // Tasks another worker holds are skipped; their steps go to the next claim.
         let mut claimed: Vec<ClaimedStep> = self
-            .modify(conn, &ids, Lock::Skip, now, changes, |t, s, c| {
-                let mut out = Vec::new();
+            .apply(tx, &ids, Lock::Skip, now, changes, |t, s, c| {
                 let id = t.id;
-                for &(_, index, _) in keys.iter().filter(|k| k.0 == id) {
+                let mine = || keys.iter().filter(move |k| k.0 == id);
+                for &(_, index, attempt, kind) in mine().filter(|k| k.3 != Due::Ready) {
+                    Self::due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
+                }
+                let mut out = Vec::new();
+                for &(_, index, _, _) in mine() {
                     // Re-checked under the lock: another worker may have claimed it.
-                    if t.is_claimable(index) {
+                    if left > 0 && t.is_claimable(index) && wanted(&t.graph.step(index).handler) {
                         out.push(t.claim(index, &request.worker_id, now, s, c)?);
+                        left -= 1;
                     }
                 }
                 Ok(out)
@@ -922,12 +1192,27 @@ impl<B: Backend> SqlStore<B> {
             .into_iter()
             .flat_map(|(_, steps)| steps)
             .collect();
-        // Hand them out in claim order (priority, then readiness), not lock order.
+        // Hand them out in claim order, not lock order.
         claimed.sort_by_key(|c| {
             keys.iter()
                 .position(|k| (k.0, k.1) == (c.step_id.task, c.step_id.index))
         });
         Ok(claimed)
+    }
+
+    /// The steps a claim looks at (see [`Backend::claimable`]).
+    async fn claimable(
+        &self,
+        conn: &mut Conn<B>,
+        request: &ClaimRequest,
+        now: Timestamp,
+        begin: bool,
+    ) -> Result<Vec<(TaskId, u32, u32, Due)>> {
+        let limit = request.limit.min(i64::MAX as usize) as i64;
+        let rows = B::claimable(conn, ms(now), request.handlers.as_deref(), limit, begin)
+            .await
+            .map_err(db)?;
+        due_keys(&rows)
     }
 
     /// Task `id` read without a lock, from one snapshot; a corrupt-store error naming why when
@@ -948,13 +1233,16 @@ impl<B: Backend> SqlStore<B> {
 
     async fn view_load(&self, ids: &[TaskId]) -> Result<(Vec<TaskRecord>, Vec<(TaskId, String)>)> {
         let mut tx = self.pool.begin_with(B::BEGIN_READ).await.map_err(db)?;
-        let loaded = self.load_many(&mut tx, ids, Lock::None).await;
+        let loaded = self.load_many(&mut tx, ids, Lock::None, &mut false).await;
         let _ = tx.rollback().await;
         let (records, unreadable) = loaded?;
         if !unreadable.is_empty() {
             // Outside the read transaction (it may be read-only), in one of its own.
             let mut tx = self.begin().await?;
-            let marked = Self::mark_unreadable(&mut tx.tx, &unreadable, chrono::Utc::now()).await;
+            let marked = match tx.conn().await {
+                Ok(conn) => Self::mark_unreadable(conn, &unreadable, chrono::Utc::now()).await,
+                Err(e) => Err(e),
+            };
             self.finish(tx, marked).await?;
         }
         Ok((records, unreadable))
@@ -995,12 +1283,26 @@ impl<B: Backend> SqlStore<B> {
             .collect();
         let (rows, revisions) = rows_of(&edits, now, &transitions);
         let notify = wakes_workers(ready, &transitions);
-        let written = {
-            let _writer = match B::DIALECT {
-                Dialect::Sqlite => Some(self.writer.lock().await),
-                Dialect::Postgres => None,
+        let written = if B::ONE_WRITER {
+            let mut w = self.writer().await?;
+            w.open = true;
+            let Writer { conn, .. } = &mut *w;
+            let written = match conn.as_mut() {
+                Some(conn) => {
+                    let written = B::create(&mut **conn, &rows, notify).await;
+                    // A failure half way leaves the transaction open.
+                    let clean =
+                        written.is_ok() || B::execute(&mut **conn, "ROLLBACK").await.is_ok();
+                    (written, clean)
+                }
+                None => (Err(sqlx::Error::PoolClosed), true),
             };
-            B::create(&self.pool, &rows, notify).await.map_err(db)?
+            let (written, clean) = written;
+            self.done_writing(&mut w, clean);
+            written.map_err(db)?
+        } else {
+            let mut conn = self.pool.acquire().await.map_err(db)?;
+            B::create(&mut conn, &rows, notify).await.map_err(db)?
         };
         drop(rows);
         drop(edits);
@@ -1132,7 +1434,7 @@ impl<B: Backend> Store for SqlStore<B> {
         let version = graph.version().to_string();
         let mut tx = self.begin().await?;
         let existing =
-            match B::template(&mut tx.tx, graph.namespace(), graph.name(), &version).await {
+            match B::template(tx.conn().await?, graph.namespace(), graph.name(), &version).await {
                 Ok(found) => found,
                 Err(e) => return self.finish(tx, Err(db(e))).await,
             };
@@ -1147,7 +1449,9 @@ impl<B: Backend> Store for SqlStore<B> {
             }
             Some(_) => Err(conflict()),
             None => {
-                match B::insert_template(&mut tx.tx, graph, &text, ms(chrono::Utc::now())).await {
+                match B::insert_template(tx.conn().await?, graph, &text, ms(chrono::Utc::now()))
+                    .await
+                {
                     Ok(()) => Ok(false),
                     // Registered concurrently by another engine: compare with that.
                     Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(true),
@@ -1244,12 +1548,30 @@ impl<B: Backend> Store for SqlStore<B> {
         request: &ClaimRequest,
         now: Now<'_>,
     ) -> Result<(Vec<ClaimedStep>, Changes)> {
-        let mut tx = self.begin().await?;
+        let mut changes = Changes::default();
+        let busy = self.claims_found.load(std::sync::atomic::Ordering::Relaxed);
+        if B::ONE_WRITER && !busy {
+            // After a claim that found nothing, a look first, on a reading connection: a claim
+            // that finds nothing takes no write lock.
+            let mut conn = self.pool.acquire().await.map_err(db)?;
+            let probe = ClaimRequest {
+                limit: 1,
+                ..request.clone()
+            };
+            if self
+                .claimable(&mut conn, &probe, now(), false)
+                .await?
+                .is_empty()
+            {
+                return Ok((Vec::new(), changes));
+            }
+        }
+        let tx = self.begin().await?;
         // Read once the write lock is held: waiting for it must not eat into the leases.
         let now = now();
-        let mut changes = Changes::default();
-        let result = self.claim_in(&mut tx.tx, request, now, &mut changes).await;
-        let claimed = self.finish(tx, result).await?;
+        let claimed = self.claim_with(tx, request, now, &mut changes).await?;
+        self.claims_found
+            .store(!claimed.is_empty(), std::sync::atomic::Ordering::Relaxed);
         Ok((claimed, changes))
     }
 
@@ -1292,33 +1614,25 @@ impl<B: Backend> Store for SqlStore<B> {
         let mut slots: Vec<Option<StepReport>> = reports.into_iter().map(Some).collect();
         let mut results: Vec<Result<()>> =
             ids.iter().map(|&t| Err(Error::TaskNotFound(t))).collect();
-        let mut tx = self.begin().await?;
+        let tx = self.begin().await?;
         let mut changes = Changes::default();
         // One lock, load and write for the whole batch; each task's reports in order.
         let outcomes = self
-            .modify(
-                &mut tx.tx,
-                &ids,
-                Lock::Wait,
-                now,
-                &mut changes,
-                |t, s, c| {
-                    let mut out = Vec::new();
-                    for (slot, report) in slots.iter_mut().enumerate() {
-                        let Some(r) = report.take_if(|r| r.step.task == t.id) else {
-                            continue;
-                        };
-                        let result = match r.outcome {
-                            Outcome::Complete(v) => t.complete(r.step, r.attempt, v, now, s, c),
-                            Outcome::Fail(f) => t.fail(r.step, r.attempt, &f, now, s, c),
-                        };
-                        out.push((slot, result));
-                    }
-                    Ok(out)
-                },
-            )
-            .await;
-        let outcomes = self.finish(tx, outcomes).await?;
+            .apply(tx, &ids, Lock::Wait, now, &mut changes, |t, s, c| {
+                let mut out = Vec::new();
+                for (slot, report) in slots.iter_mut().enumerate() {
+                    let Some(r) = report.take_if(|r| r.step.task == t.id) else {
+                        continue;
+                    };
+                    let result = match r.outcome {
+                        Outcome::Complete(v) => t.complete(r.step, r.attempt, v, now, s, c),
+                        Outcome::Fail(f) => t.fail(r.step, r.attempt, &f, now, s, c),
+                    };
+                    out.push((slot, result));
+                }
+                Ok(out)
+            })
+            .await?;
         for (slot, result) in outcomes.into_iter().flat_map(|(_, o)| o) {
             results[slot] = result;
         }
@@ -1342,13 +1656,7 @@ impl<B: Backend> Store for SqlStore<B> {
     }
 
     async fn reclaim_expired(&self, now: Timestamp) -> Result<Changes> {
-        let mut tx = self.begin().await?;
-        let mut changes = Changes::default();
-        let result = self
-            .reclaim_and_promote(&mut tx.tx, now, &mut changes)
-            .await;
-        self.finish(tx, result).await?;
-        Ok(changes)
+        self.reclaim(now).await
     }
 
     async fn cancel_task(&self, id: TaskId, now: Timestamp) -> Result<Changes> {

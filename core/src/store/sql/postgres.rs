@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener};
 use sqlx::{Pool, Row as _};
 use tokio::sync::Notify;
 
-use super::rows::{Rows, StatusRow, StepKey, StepRow, TaskRow};
+use super::rows::{DueStep, Rows, StatusRow, StepRow, TaskRow};
 use super::{db, impl_backend, own_params, pool_options, Dialect, Lock};
 use crate::error::{Error, Result};
 use crate::template::TaskGraph;
@@ -21,7 +21,7 @@ const TASKS: &str = include_str!("postgres/tasks.sql");
 const TASKS_FOR_UPDATE: &str = include_str!("postgres/tasks_for_update.sql");
 const TASKS_SKIP_LOCKED: &str = include_str!("postgres/tasks_skip_locked.sql");
 const STEPS: &str = include_str!("postgres/steps.sql");
-const READY: &str = include_str!("postgres/ready.sql");
+const CLAIMABLE: &str = include_str!("postgres/claimable.sql");
 const WORK_STATUS: &str = include_str!("postgres/work_status.sql");
 const NAMED_STEPS: &str = include_str!("postgres/named_steps.sql");
 const WRITE: &str = include_str!("postgres/write.sql");
@@ -142,6 +142,7 @@ impl Backend for Postgres {
     const DIALECT: Dialect = Dialect::Postgres;
     const BEGIN: &'static str = "BEGIN";
     const BEGIN_READ: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
+    const ONE_WRITER: bool = false;
 
     async fn connect(url: &str) -> Result<Pool<sqlx::Postgres>> {
         let (url, session) = session(url)?;
@@ -175,7 +176,13 @@ impl Backend for Postgres {
         Ok(())
     }
 
-    async fn tasks(c: &mut PgConnection, ids: &[String], lock: Lock) -> sqlx::Result<Vec<TaskRow>> {
+    async fn tasks(
+        c: &mut PgConnection,
+        ids: &[String],
+        lock: Lock,
+        _begin: bool,
+    ) -> sqlx::Result<Vec<TaskRow>> {
+        // Transactions are begun by sqlx (`_begin` is never set here).
         let sql = match lock {
             Lock::None => TASKS,
             Lock::Wait => TASKS_FOR_UPDATE,
@@ -194,24 +201,44 @@ impl Backend for Postgres {
     }
 
     async fn create(
-        pool: &Pool<sqlx::Postgres>,
+        c: &mut PgConnection,
         rows: &Rows<'_>,
         notify: bool,
     ) -> sqlx::Result<Vec<String>> {
-        let written = bind_rows(CREATE, rows, notify).fetch_all(pool).await?;
+        // One statement: its own transaction, one round trip.
+        let written = bind_rows(CREATE, rows, notify).fetch_all(c).await?;
         written.iter().map(|row| row.try_get(0)).collect()
     }
 
-    async fn ready(
+    async fn claimable(
         c: &mut PgConnection,
+        now: i64,
         handlers: Option<&[Arc<str>]>,
         limit: i64,
-    ) -> sqlx::Result<Vec<StepKey>> {
-        sqlx::query_as(READY)
+        _begin: bool,
+    ) -> sqlx::Result<Vec<DueStep>> {
+        sqlx::query_as(CLAIMABLE)
+            .bind(now)
             .bind(handler_list(handlers))
             .bind(limit)
             .fetch_all(c)
             .await
+    }
+
+    async fn write_commit(
+        c: &mut PgConnection,
+        rows: &Rows<'_>,
+        notify: bool,
+        begin: bool,
+    ) -> sqlx::Result<()> {
+        if begin {
+            sqlx::Executor::execute(&mut *c, Self::BEGIN).await?;
+        }
+        if !rows.is_empty() {
+            bind_rows(WRITE, rows, notify).execute(&mut *c).await?;
+        }
+        sqlx::Executor::execute(c, "COMMIT").await?;
+        Ok(())
     }
 
     async fn work_status(

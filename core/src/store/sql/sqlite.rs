@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection};
 use sqlx::{Pool, Row as _};
 use tokio::sync::Notify;
 
-use super::rows::{Rows, StatusRow, StepKey, StepRow, TaskRow};
+use super::rows::{DueStep, Rows, StatusRow, StepRow, TaskRow};
 use super::{db, impl_backend, own_params, pool_options, Dialect, Lock};
 use crate::error::{Error, Result};
 use crate::template::TaskGraph;
@@ -17,8 +17,22 @@ use crate::template::TaskGraph;
 static MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 const TASKS: &str = include_str!("sqlite/tasks.sql");
+/// [`TASKS`], the write transaction begun first: one call.
+const BEGIN_TASKS: &str = concat!("BEGIN IMMEDIATE;\n", include_str!("sqlite/tasks.sql"));
 const STEPS: &str = include_str!("sqlite/steps.sql");
-const READY: &str = include_str!("sqlite/ready.sql");
+/// Expired leases and due retries ($1: now), then the claimable steps ($2, $3): one call.
+const CLAIMABLE: &str = concat!(
+    include_str!("shared/due.sql"),
+    ";\n",
+    include_str!("sqlite/ready.sql")
+);
+/// [`CLAIMABLE`], the write transaction begun first: one call.
+const BEGIN_CLAIMABLE: &str = concat!(
+    "BEGIN IMMEDIATE;\n",
+    include_str!("shared/due.sql"),
+    ";\n",
+    include_str!("sqlite/ready.sql")
+);
 const WORK_STATUS: &str = include_str!("sqlite/work_status.sql");
 const NAMED_STEPS: &str = include_str!("sqlite/named_steps.sql");
 const TASKS_UPSERT: &str = include_str!("sqlite/tasks_upsert.sql");
@@ -170,6 +184,7 @@ impl Backend for Sqlite {
     const DIALECT: Dialect = Dialect::Sqlite;
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const BEGIN_READ: &'static str = "BEGIN";
+    const ONE_WRITER: bool = true;
 
     async fn named_steps(
         c: &mut SqliteConnection,
@@ -214,9 +229,15 @@ impl Backend for Sqlite {
         MIGRATIONS.run(pool).await
     }
 
-    async fn tasks(c: &mut SqliteConnection, ids: &[String], _lock: Lock) -> sqlx::Result<Vec<TaskRow>> {
+    async fn tasks(
+        c: &mut SqliteConnection,
+        ids: &[String],
+        _lock: Lock,
+        begin: bool,
+    ) -> sqlx::Result<Vec<TaskRow>> {
         // The write transaction (BEGIN IMMEDIATE) is the lock.
-        sqlx::query_as(TASKS).bind(json(ids)?).fetch_all(c).await
+        let sql = if begin { BEGIN_TASKS } else { TASKS };
+        sqlx::query_as(sql).bind(json(ids)?).fetch_all(c).await
     }
 
     async fn steps(c: &mut SqliteConnection, ids: &[String]) -> sqlx::Result<Vec<StepRow>> {
@@ -232,41 +253,49 @@ impl Backend for Sqlite {
     }
 
     async fn create(
-        pool: &Pool<sqlx::Sqlite>,
+        c: &mut SqliteConnection,
         rows: &Rows<'_>,
         _notify: bool,
     ) -> sqlx::Result<Vec<String>> {
         let ids: Vec<&str> = rows.tasks.iter().map(|t| &*t.task_id).collect();
-        let text = write_text(TASKS_INSERT, rows) + CREATED;
-        let ids = json(&ids)?;
-        let mut tx = pool.begin_with(Self::BEGIN).await?;
-        let written = bind_rows(sqlx::query(&text), rows)
-            .bind(ids)
-            .fetch_all(&mut *tx)
-            .await
-            .and_then(|found| found.iter().map(|row| row.try_get(0)).collect());
-        match written {
-            Ok(written) => {
-                tx.commit().await?;
-                Ok(written)
-            }
-            Err(e) => {
-                let _ = tx.rollback().await;
-                Err(e)
-            }
-        }
+        // One short transaction, begun, written and committed in one call.
+        let text = format!(
+            "BEGIN IMMEDIATE;\n{}{CREATED};\nCOMMIT;",
+            write_text(TASKS_INSERT, rows)
+        );
+        let found = bind_rows(sqlx::query(&text), rows)
+            .bind(json(&ids)?)
+            .fetch_all(c)
+            .await?;
+        found.iter().map(|row| row.try_get(0)).collect()
     }
 
-    async fn ready(
+    async fn claimable(
         c: &mut SqliteConnection,
+        now: i64,
         handlers: Option<&[Arc<str>]>,
         limit: i64,
-    ) -> sqlx::Result<Vec<StepKey>> {
-        sqlx::query_as(READY)
+        begin: bool,
+    ) -> sqlx::Result<Vec<DueStep>> {
+        let sql = if begin { BEGIN_CLAIMABLE } else { CLAIMABLE };
+        sqlx::query_as(sql)
+            .bind(now)
             .bind(handler_list(handlers)?)
             .bind(limit)
             .fetch_all(c)
             .await
+    }
+
+    async fn write_commit(
+        c: &mut SqliteConnection,
+        rows: &Rows<'_>,
+        _notify: bool,
+        begin: bool,
+    ) -> sqlx::Result<()> {
+        let begin = if begin { "BEGIN IMMEDIATE;\n" } else { "" };
+        let text = format!("{begin}{}COMMIT;", write_text(TASKS_UPSERT, rows));
+        bind_rows(sqlx::query(&text), rows).execute(c).await?;
+        Ok(())
     }
 
     async fn work_status(
