@@ -18,10 +18,12 @@ fn flaky() -> Template {
         .step(step("after").after(&["call"]))
 }
 
-#[tokio::test]
-async fn step_retried_twice_succeeds_on_the_third_attempt() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[flaky()]).await {
+per_store! {
+    async fn step_retried_twice_succeeds_on_the_third_attempt(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[flaky()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "flaky")).await;
 
         let first = claim_one(&engine, "call").await;
@@ -94,10 +96,12 @@ async fn step_retried_twice_succeeds_on_the_third_attempt() {
     }
 }
 
-#[tokio::test]
-async fn waiting_step_is_not_claimable_before_its_backoff_elapses() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[flaky()]).await {
+per_store! {
+    async fn waiting_step_is_not_claimable_before_its_backoff_elapses(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[flaky()]).await else {
+            return;
+        };
         create(&engine, NewTask::new("n", "flaky")).await;
 
         claim_and_fail(&engine, "call", retryable("busy")).await;
@@ -124,10 +128,12 @@ async fn waiting_step_is_not_claimable_before_its_backoff_elapses() {
     }
 }
 
-#[tokio::test]
-async fn handler_retry_after_overrides_the_backoff() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[flaky()]).await {
+per_store! {
+    async fn handler_retry_after_overrides_the_backoff(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[flaky()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "flaky")).await;
 
         claim_and_fail(&engine, "call", retryable_after("rate limited", 5000)).await;
@@ -155,10 +161,12 @@ async fn handler_retry_after_overrides_the_backoff() {
     }
 }
 
-#[tokio::test]
-async fn expired_lease_is_reclaimed_and_counts_as_an_attempt() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[flaky()]).await {
+per_store! {
+    async fn expired_lease_is_reclaimed_and_counts_as_an_attempt(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[flaky()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "flaky")).await;
 
         let first = claim_one(&engine, "call").await;
@@ -210,10 +218,12 @@ async fn expired_lease_is_reclaimed_and_counts_as_an_attempt() {
     }
 }
 
-#[tokio::test]
-async fn late_report_from_the_only_holder_is_accepted() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[flaky()]).await {
+per_store! {
+    async fn late_report_from_the_only_holder_is_accepted(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[flaky()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "flaky")).await;
 
         let first = claim_one(&engine, "call").await;
@@ -236,10 +246,12 @@ async fn late_report_from_the_only_holder_is_accepted() {
     }
 }
 
-#[tokio::test]
-async fn an_expired_lease_can_be_renewed_by_its_holder_until_reclaimed() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[flaky()]).await {
+per_store! {
+    async fn an_expired_lease_can_be_renewed_by_its_holder_until_reclaimed(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[flaky()]).await else {
+            return;
+        };
         create(&engine, NewTask::new("n", "flaky")).await;
         let first = claim_one(&engine, "call").await;
         clock.advance(ms(1500));
@@ -260,10 +272,12 @@ async fn an_expired_lease_can_be_renewed_by_its_holder_until_reclaimed() {
     }
 }
 
-#[tokio::test]
-async fn late_completion_after_the_step_was_reclaimed_is_refused() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[flaky()]).await {
+per_store! {
+    async fn late_completion_after_the_step_was_reclaimed_is_refused(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[flaky()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "flaky")).await;
 
         let first = claim_one(&engine, "call").await;
@@ -301,10 +315,12 @@ async fn late_completion_after_the_step_was_reclaimed_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn heartbeat_extends_the_lease_so_the_step_is_not_reclaimed() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[flaky()]).await {
+per_store! {
+    async fn heartbeat_extends_the_lease_so_the_step_is_not_reclaimed(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[flaky()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "flaky")).await;
 
         let step = claim_one(&engine, "call").await;
@@ -332,13 +348,15 @@ async fn heartbeat_extends_the_lease_so_the_step_is_not_reclaimed() {
     }
 }
 
-#[tokio::test]
-async fn lease_expiry_on_the_last_attempt_fails_the_step_for_good() {
-    let clock = ManualClock::new();
-    let once = template("n", "once")
-        .step(step("call").timeout_ms(500).retry(attempts(1)))
-        .step(step("after").after(&["call"]));
-    for (store, engine) in engines_with(clock.clone(), &[once]).await {
+per_store! {
+    async fn lease_expiry_on_the_last_attempt_fails_the_step_for_good(store) {
+        let clock = ManualClock::new();
+        let once = template("n", "once")
+            .step(step("call").timeout_ms(500).retry(attempts(1)))
+            .step(step("after").after(&["call"]));
+        let Some(engine) = engine_with(store, clock.clone(), &[once]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "once")).await;
         let step = claim_one(&engine, "call").await;
         clock.advance(ms(501));
@@ -362,9 +380,11 @@ async fn lease_expiry_on_the_last_attempt_fails_the_step_for_good() {
     }
 }
 
-#[tokio::test]
-async fn failure_reported_for_a_step_never_claimed_is_refused() {
-    for (store, engine) in engines_with(ManualClock::new(), &[flaky()]).await {
+per_store! {
+    async fn failure_reported_for_a_step_never_claimed_is_refused(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[flaky()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "flaky")).await;
         let call = task_view(&engine, task).await.steps[0].step_id;
         assert_err!(
@@ -398,15 +418,17 @@ async fn failure_reported_for_a_step_never_claimed_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn the_next_claim_hands_out_a_step_whose_lease_expired() {
-    let clock = ManualClock::new();
-    let eager = template("n", "eager").step(
-        step("call")
-            .timeout_ms(1000)
-            .retry(attempts(3).backoff_ms(0)),
-    );
-    for (store, engine) in engines_with(clock.clone(), &[eager]).await {
+per_store! {
+    async fn the_next_claim_hands_out_a_step_whose_lease_expired(store) {
+        let clock = ManualClock::new();
+        let eager = template("n", "eager").step(
+            step("call")
+                .timeout_ms(1000)
+                .retry(attempts(3).backoff_ms(0)),
+        );
+        let Some(engine) = engine_with(store, clock.clone(), &[eager]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "eager")).await;
         let first = claim_one(&engine, "call").await;
         clock.advance(ms(1000));

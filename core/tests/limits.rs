@@ -22,9 +22,11 @@ fn single() -> Template {
     template("lim", "single").step(step("s"))
 }
 
-#[tokio::test]
-async fn a_context_nested_past_64_levels_is_refused_and_nothing_is_written() {
-    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+per_store! {
+    async fn a_context_nested_past_64_levels_is_refused_and_nothing_is_written(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single()]).await else {
+            return;
+        };
         let deep = NewTask::new("lim", "single").context(nested(65));
         assert_err!(
             engine.create_task(deep).await,
@@ -46,9 +48,11 @@ async fn a_context_nested_past_64_levels_is_refused_and_nothing_is_written() {
     }
 }
 
-#[tokio::test]
-async fn a_result_past_the_limits_fails_its_attempt_for_good_and_other_tasks_run() {
-    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+per_store! {
+    async fn a_result_past_the_limits_fails_its_attempt_for_good_and_other_tasks_run(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single()]).await else {
+            return;
+        };
         let bad = create(
             &engine,
             NewTask::new("lim", "single").context(json!({"bad": true})),
@@ -90,9 +94,11 @@ async fn a_result_past_the_limits_fails_its_attempt_for_good_and_other_tasks_run
     }
 }
 
-#[tokio::test]
-async fn a_workers_deep_result_does_not_stop_the_worker() {
-    for (store, engine) in real_time_engines_with(&[single()]).await {
+per_store! {
+    async fn a_workers_deep_result_does_not_stop_the_worker(store) {
+        let Some(engine) = real_time_engine_with(store, &[single()]).await else {
+            return;
+        };
         let bad = create(
             &engine,
             NewTask::new("lim", "single").context(json!({"bad": true})),
@@ -126,9 +132,11 @@ async fn create_many(engine: &tasker_core::Engine, n: usize) -> Vec<tasker_core:
     ids
 }
 
-#[tokio::test]
-async fn error_messages_are_cut_to_4_kib() {
-    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+per_store! {
+    async fn error_messages_are_cut_to_4_kib(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("lim", "single")).await;
         let c = claim_one(&engine, "s").await;
         let failure = StepFailure {
@@ -149,9 +157,11 @@ async fn error_messages_are_cut_to_4_kib() {
     }
 }
 
-#[tokio::test]
-async fn a_claim_limit_outside_1_to_1000_is_an_invalid_argument() {
-    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+per_store! {
+    async fn a_claim_limit_outside_1_to_1000_is_an_invalid_argument(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single()]).await else {
+            return;
+        };
         for limit in [0, 1001] {
             assert_err!(
                 engine.claim(&any_handler(limit)).await,
@@ -163,10 +173,12 @@ async fn a_claim_limit_outside_1_to_1000_is_an_invalid_argument() {
     }
 }
 
-#[tokio::test]
-async fn retry_task_keeps_the_attempt_budget_in_range() {
-    let t = template("lim", "budget").step(step("s").retry(attempts(1000)));
-    for (store, engine) in engines_with(ManualClock::new(), &[t]).await {
+per_store! {
+    async fn retry_task_keeps_the_attempt_budget_in_range(store) {
+        let t = template("lim", "budget").step(step("s").retry(attempts(1000)));
+        let Some(engine) = engine_with(store, ManualClock::new(), &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("lim", "budget")).await;
         for round in 1..=3u32 {
             let c = claim_one(&engine, "s").await;
@@ -296,14 +308,16 @@ async fn a_stuck_postgres_session_cannot_stall_the_engine() {
     assert_eq!(status(&engine, task).await, TaskState::Paused);
 }
 
-/// `Duration::MAX` means "no limit" wherever the Rust API takes a duration, and a template's
-/// longest `timeout_ms` / `lease_ms` are a very long time, never an overflow that stops
-/// the worker.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_largest_durations_are_accepted_and_nothing_overflows() {
-    let week = 7 * 24 * 3600 * 1000; // the longest timeout_ms and lease_ms a template may give
-    let t = template("lim", "forever").step(step("s").timeout_ms(week).lease_ms(week));
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    /// `Duration::MAX` means "no limit" wherever the Rust API takes a duration, and a template's
+    /// longest `timeout_ms` / `lease_ms` are a very long time, never an overflow that stops
+    /// the worker.
+    async fn the_largest_durations_are_accepted_and_nothing_overflows(store) {
+        let week = 7 * 24 * 3600 * 1000; // the longest timeout_ms and lease_ms a template may give
+        let t = template("lim", "forever").step(step("s").timeout_ms(week).lease_ms(week));
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("lim", "forever")).await;
         let worker = Worker::builder(engine.clone())
             .poll_interval(std::time::Duration::MAX)

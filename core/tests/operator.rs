@@ -61,9 +61,11 @@ async fn join_with_a_waiting(engine: &Engine) -> (TaskId, ClaimedStep) {
     (task, named(&first, "b").clone())
 }
 
-#[tokio::test]
-async fn cancel_stops_pending_running_and_waiting_steps() {
-    for (store, engine) in engines_with(ManualClock::new(), &[join()]).await {
+per_store! {
+    async fn cancel_stops_pending_running_and_waiting_steps(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[join()]).await else {
+            return;
+        };
         let (task, b) = join_with_a_waiting(&engine).await;
         // a waits for a retry, b runs, c is pending.
 
@@ -103,9 +105,11 @@ async fn cancel_stops_pending_running_and_waiting_steps() {
     }
 }
 
-#[tokio::test]
-async fn cancelling_a_finished_task_is_an_invalid_transition() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn cancelling_a_finished_task_is_an_invalid_transition(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         complete_in_order(&engine, &["a", "b", "c"]).await;
         assert_eq!(status(&engine, task).await, TaskState::Complete);
@@ -130,9 +134,11 @@ async fn cancelling_a_finished_task_is_an_invalid_transition() {
     }
 }
 
-#[tokio::test]
-async fn paused_task_hands_out_nothing_until_resumed() {
-    for (store, engine) in engines_with(ManualClock::new(), &[join()]).await {
+per_store! {
+    async fn paused_task_hands_out_nothing_until_resumed(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[join()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "join")).await;
         engine.pause_task(task).await.unwrap();
         assert_eq!(status(&engine, task).await, TaskState::Paused);
@@ -168,9 +174,11 @@ async fn paused_task_hands_out_nothing_until_resumed() {
     }
 }
 
-#[tokio::test]
-async fn steps_finishing_while_paused_release_their_children_only_on_resume() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn steps_finishing_while_paused_release_their_children_only_on_resume(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         let a = claim_one(&engine, "a").await;
         engine.pause_task(task).await.unwrap();
@@ -194,9 +202,11 @@ async fn steps_finishing_while_paused_release_their_children_only_on_resume() {
     }
 }
 
-#[tokio::test]
-async fn pausing_a_finished_task_and_resuming_a_running_one_are_refused() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn pausing_a_finished_task_and_resuming_a_running_one_are_refused(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = failed_chain(&engine).await;
         assert_err!(
             engine.pause_task(task).await,
@@ -219,9 +229,11 @@ async fn pausing_a_finished_task_and_resuming_a_running_one_are_refused() {
     }
 }
 
-#[tokio::test]
-async fn retry_task_gives_failed_and_skipped_steps_a_fresh_budget() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn retry_task_gives_failed_and_skipped_steps_a_fresh_budget(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = failed_chain(&engine).await;
         assert_eq!(
             states(&engine, task).await,
@@ -283,9 +295,11 @@ async fn retry_task_gives_failed_and_skipped_steps_a_fresh_budget() {
     }
 }
 
-#[tokio::test]
-async fn retried_task_completes_once_the_handler_is_fixed() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn retried_task_completes_once_the_handler_is_fixed(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         let broken = Arc::new(AtomicBool::new(true));
         let a = {
@@ -329,9 +343,11 @@ async fn retried_task_completes_once_the_handler_is_fixed() {
     }
 }
 
-#[tokio::test]
-async fn retry_task_is_refused_unless_the_task_failed() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn retry_task_is_refused_unless_the_task_failed(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         assert_err!(
             engine.retry_task(task).await,
@@ -348,9 +364,11 @@ async fn retry_task_is_refused_unless_the_task_failed() {
     }
 }
 
-#[tokio::test]
-async fn resolving_a_failed_step_releases_its_skipped_dependents() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn resolving_a_failed_step_releases_its_skipped_dependents(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = failed_chain(&engine).await;
         engine
             .resolve_step(task, "a", json!({"by": "operator"}))
@@ -389,9 +407,11 @@ async fn resolving_a_failed_step_releases_its_skipped_dependents() {
     }
 }
 
-#[tokio::test]
-async fn resolving_a_failed_leaf_completes_the_task() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn resolving_a_failed_leaf_completes_the_task(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         complete_in_order(&engine, &["a", "b"]).await;
         claim_and_fail(&engine, "c", permanent("nope")).await;
@@ -407,9 +427,11 @@ async fn resolving_a_failed_leaf_completes_the_task() {
     }
 }
 
-#[tokio::test]
-async fn resolving_a_pending_step_feeds_the_operator_result_to_its_dependents() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn resolving_a_pending_step_feeds_the_operator_result_to_its_dependents(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         engine
             .resolve_step(task, "a", json!({"manual": 1}))
@@ -424,9 +446,11 @@ async fn resolving_a_pending_step_feeds_the_operator_result_to_its_dependents() 
     }
 }
 
-#[tokio::test]
-async fn resolving_a_running_step_refuses_its_late_report() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn resolving_a_running_step_refuses_its_late_report(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         let a = claim_one(&engine, "a").await;
         engine
@@ -449,9 +473,11 @@ async fn resolving_a_running_step_refuses_its_late_report() {
     }
 }
 
-#[tokio::test]
-async fn resolving_a_completed_or_unknown_step_is_refused() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn resolving_a_completed_or_unknown_step_is_refused(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         claim_and_complete(&engine, "a", json!("a")).await;
         assert_err!(
@@ -472,9 +498,11 @@ async fn resolving_a_completed_or_unknown_step_is_refused() {
     }
 }
 
-#[tokio::test]
-async fn operator_verbs_on_an_unknown_task_are_not_found() {
-    for (store, engine) in engines(ManualClock::new()).await {
+per_store! {
+    async fn operator_verbs_on_an_unknown_task_are_not_found(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[]).await else {
+            return;
+        };
         let id = TaskId::new();
         for result in [
             engine.cancel_task(id).await,
@@ -487,9 +515,11 @@ async fn operator_verbs_on_an_unknown_task_are_not_found() {
     }
 }
 
-#[tokio::test]
-async fn cancelling_a_paused_task_cancels_its_steps() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn cancelling_a_paused_task_cancels_its_steps(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         engine.pause_task(task).await.unwrap();
         engine.cancel_task(task).await.unwrap();
@@ -508,10 +538,12 @@ async fn cancelling_a_paused_task_cancels_its_steps() {
     }
 }
 
-#[tokio::test]
-async fn a_retry_falling_due_while_paused_runs_after_resume() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[join()]).await {
+per_store! {
+    async fn a_retry_falling_due_while_paused_runs_after_resume(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[join()]).await else {
+            return;
+        };
         let (task, b) = join_with_a_waiting(&engine).await;
         complete(&engine, &b, json!("b")).await;
 
@@ -526,10 +558,12 @@ async fn a_retry_falling_due_while_paused_runs_after_resume() {
     }
 }
 
-#[tokio::test]
-async fn resolving_a_step_waiting_for_retry_cancels_the_retry() {
-    let clock = ManualClock::new();
-    for (store, engine) in engines_with(clock.clone(), &[join()]).await {
+per_store! {
+    async fn resolving_a_step_waiting_for_retry_cancels_the_retry(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = engine_with(store, clock.clone(), &[join()]).await else {
+            return;
+        };
         let (task, b) = join_with_a_waiting(&engine).await;
         engine
             .resolve_step(task, "a", json!("manual a"))
@@ -552,9 +586,11 @@ async fn resolving_a_step_waiting_for_retry_cancels_the_retry() {
     }
 }
 
-#[tokio::test]
-async fn resolving_a_skipped_step_runs_its_dependents_while_the_failure_stands() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn resolving_a_skipped_step_runs_its_dependents_while_the_failure_stands(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = failed_chain(&engine).await;
         engine
             .resolve_step(task, "b", json!("manual b"))
@@ -579,9 +615,11 @@ async fn resolving_a_skipped_step_runs_its_dependents_while_the_failure_stands()
     }
 }
 
-#[tokio::test]
-async fn resolving_a_step_of_a_cancelled_task_is_refused_and_changes_nothing() {
-    for (store, engine) in engines_with(ManualClock::new(), &[chain()]).await {
+per_store! {
+    async fn resolving_a_step_of_a_cancelled_task_is_refused_and_changes_nothing(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "chain")).await;
         claim_and_fail(&engine, "a", permanent("broken")).await;
         engine.cancel_task(task).await.unwrap();
@@ -596,10 +634,12 @@ async fn resolving_a_step_of_a_cancelled_task_is_refused_and_changes_nothing() {
     }
 }
 
-#[tokio::test]
-async fn resolving_a_step_announces_only_the_steps_it_made_ready() {
-    let fork = template("ops", "fork").steps([step("a"), step("b"), step("after_a").after(&["a"])]);
-    for (store, engine) in engines_with(ManualClock::new(), &[fork]).await {
+per_store! {
+    async fn resolving_a_step_announces_only_the_steps_it_made_ready(store) {
+        let fork = template("ops", "fork").steps([step("a"), step("b"), step("after_a").after(&["a"])]);
+        let Some(engine) = engine_with(store, ManualClock::new(), &[fork]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("ops", "fork")).await;
         let ready = engine.subscribe("step.ready").unwrap();
         engine

@@ -25,9 +25,11 @@ fn diamond() -> Template {
 /// What each handler call saw: the step's name and its inputs.
 type CallLog = Arc<Mutex<Vec<(String, Value)>>>;
 
-#[tokio::test]
-async fn diamond_runs_in_dependency_order_and_the_join_gets_both_results() {
-    for (store, engine) in engines_with(ManualClock::new(), &[diamond()]).await {
+per_store! {
+    async fn diamond_runs_in_dependency_order_and_the_join_gets_both_results(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[diamond()]).await else {
+            return;
+        };
         let task = create(
             &engine,
             NewTask::new("shapes", "diamond").context(json!({"seed": 2})),
@@ -84,9 +86,11 @@ async fn diamond_runs_in_dependency_order_and_the_join_gets_both_results() {
     }
 }
 
-#[tokio::test]
-async fn join_step_is_not_claimable_until_its_last_parent_completes() {
-    for (store, engine) in engines_with(ManualClock::new(), &[diamond()]).await {
+per_store! {
+    async fn join_step_is_not_claimable_until_its_last_parent_completes(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[diamond()]).await else {
+            return;
+        };
         create(&engine, NewTask::new("shapes", "diamond")).await;
 
         let a = claim_one(&engine, "a").await;
@@ -126,10 +130,12 @@ fn fan_out_template(children: usize) -> Template {
         .step(step("join").after(&children))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wide_fan_out_runs_every_step_exactly_once_with_concurrency_8() {
-    const CHILDREN: usize = 200;
-    for (store, engine) in engines_with(ManualClock::new(), &[fan_out_template(CHILDREN)]).await {
+per_store! {
+    async fn wide_fan_out_runs_every_step_exactly_once_with_concurrency_8(store) {
+        const CHILDREN: usize = 200;
+        let Some(engine) = engine_with(store, ManualClock::new(), &[fan_out_template(CHILDREN)]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("shapes", "fan")).await;
 
         let runs: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
@@ -193,9 +199,11 @@ fn shipping() -> Template {
         .step(step("audit"))
 }
 
-#[tokio::test]
-async fn permanent_failure_skips_required_dependents_and_fails_the_task() {
-    for (store, engine) in engines_with(ManualClock::new(), &[shipping()]).await {
+per_store! {
+    async fn permanent_failure_skips_required_dependents_and_fails_the_task(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[shipping()]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("shop", "ship")).await;
 
         let first = claim(&engine, 10).await;
@@ -262,10 +270,12 @@ async fn permanent_failure_skips_required_dependents_and_fails_the_task() {
     }
 }
 
-#[tokio::test]
-async fn exhausting_max_attempts_fails_the_step_and_the_task() {
-    let flaky = template("n", "flaky").step(step("call").retry(attempts(2).backoff_ms(0)));
-    for (store, engine) in engines_with(ManualClock::new(), &[flaky]).await {
+per_store! {
+    async fn exhausting_max_attempts_fails_the_step_and_the_task(store) {
+        let flaky = template("n", "flaky").step(step("call").retry(attempts(2).backoff_ms(0)));
+        let Some(engine) = engine_with(store, ManualClock::new(), &[flaky]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("n", "flaky")).await;
 
         let first = claim_one(&engine, "call").await;
@@ -305,9 +315,11 @@ fn single() -> Template {
     template("n", "single").step(step("only"))
 }
 
-#[tokio::test]
-async fn same_idempotency_key_returns_the_same_task() {
-    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+per_store! {
+    async fn same_idempotency_key_returns_the_same_task(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single()]).await else {
+            return;
+        };
         let order = || {
             NewTask::new("n", "single")
                 .idempotency_key("order-42")
@@ -336,9 +348,11 @@ async fn same_idempotency_key_returns_the_same_task() {
     }
 }
 
-#[tokio::test]
-async fn an_idempotency_key_past_255_bytes_is_an_invalid_argument() {
-    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+per_store! {
+    async fn an_idempotency_key_past_255_bytes_is_an_invalid_argument(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single()]).await else {
+            return;
+        };
         let ok = NewTask::new("n", "single").idempotency_key("k".repeat(255));
         create(&engine, ok).await;
         let long = NewTask::new("n", "single").idempotency_key("k".repeat(256));
@@ -350,9 +364,11 @@ async fn an_idempotency_key_past_255_bytes_is_an_invalid_argument() {
     }
 }
 
-#[tokio::test]
-async fn different_idempotency_keys_create_different_tasks() {
-    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+per_store! {
+    async fn different_idempotency_keys_create_different_tasks(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single()]).await else {
+            return;
+        };
         let a = create(&engine, NewTask::new("n", "single").idempotency_key("a")).await;
         let b = create(&engine, NewTask::new("n", "single").idempotency_key("b")).await;
         let none_1 = create(&engine, NewTask::new("n", "single")).await;
@@ -366,10 +382,12 @@ async fn different_idempotency_keys_create_different_tasks() {
     }
 }
 
-#[tokio::test]
-async fn idempotency_keys_are_scoped_to_their_template() {
-    let other = template("n", "other").step(step("only"));
-    for (store, engine) in engines_with(ManualClock::new(), &[single(), other]).await {
+per_store! {
+    async fn idempotency_keys_are_scoped_to_their_template(store) {
+        let other = template("n", "other").step(step("only"));
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single(), other]).await else {
+            return;
+        };
         let single = create(&engine, NewTask::new("n", "single").idempotency_key("k")).await;
         let other = create(&engine, NewTask::new("n", "other").idempotency_key("k")).await;
         assert_ne!(single, other, "{store}");
@@ -378,10 +396,12 @@ async fn idempotency_keys_are_scoped_to_their_template() {
     }
 }
 
-#[tokio::test]
-async fn claim_hands_out_higher_priority_tasks_first_then_oldest_first() {
-    let other = template("n", "other").step(step("x").handler("other"));
-    for (store, engine) in engines_with(ManualClock::new(), &[single(), other]).await {
+per_store! {
+    async fn claim_hands_out_higher_priority_tasks_first_then_oldest_first(store) {
+        let other = template("n", "other").step(step("x").handler("other"));
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single(), other]).await else {
+            return;
+        };
         let mut created = Vec::new();
         for (name, priority) in [
             ("single", 0),
@@ -410,12 +430,14 @@ async fn claim_hands_out_higher_priority_tasks_first_then_oldest_first() {
     }
 }
 
-#[tokio::test]
-async fn steps_released_in_a_high_priority_task_overtake_older_low_priority_work() {
-    let chain = template("n", "chain")
-        .step(step("a").handler("h"))
-        .step(step("b").handler("h").after(&["a"]));
-    for (store, engine) in engines_with(ManualClock::new(), &[chain]).await {
+per_store! {
+    async fn steps_released_in_a_high_priority_task_overtake_older_low_priority_work(store) {
+        let chain = template("n", "chain")
+            .step(step("a").handler("h"))
+            .step(step("b").handler("h").after(&["a"]));
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain]).await else {
+            return;
+        };
         let low = create(&engine, NewTask::new("n", "chain").priority(1)).await;
         let high = create(&engine, NewTask::new("n", "chain").priority(9)).await;
         let a_high = claim(&engine, 1).await.remove(0);
@@ -436,9 +458,11 @@ async fn steps_released_in_a_high_priority_task_overtake_older_low_priority_work
     }
 }
 
-#[tokio::test]
-async fn create_tasks_makes_a_batch_that_runs_like_tasks_made_one_by_one() {
-    for (store, engine) in engines_with(ManualClock::new(), &[single()]).await {
+per_store! {
+    async fn create_tasks_makes_a_batch_that_runs_like_tasks_made_one_by_one(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single()]).await else {
+            return;
+        };
         let batch: Vec<NewTask> = (0..1200)
             .map(|i| NewTask::new("n", "single").context(json!({ "i": i })))
             .chain([

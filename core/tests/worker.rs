@@ -19,9 +19,11 @@ fn independent(count: usize) -> Template {
         .steps((0..count).map(|i| step(&format!("s{i}")).handler("h")))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panicking_handler_is_retried_and_the_worker_keeps_going() {
-    for (store, engine) in engines_with(ManualClock::new(), &[independent(3)]).await {
+per_store! {
+    async fn a_panicking_handler_is_retried_and_the_worker_keeps_going(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[independent(3)]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("w", "many")).await;
         let worker = Worker::builder(engine.clone())
             .handler("h", |step: ClaimedStep| async move {
@@ -48,10 +50,12 @@ async fn a_panicking_handler_is_retried_and_the_worker_keeps_going() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_worker_never_runs_more_handlers_at_once_than_its_concurrency() {
-    const LIMIT: usize = 3;
-    for (store, engine) in engines_with(ManualClock::new(), &[independent(24)]).await {
+per_store! {
+    async fn the_worker_never_runs_more_handlers_at_once_than_its_concurrency(store) {
+        const LIMIT: usize = 3;
+        let Some(engine) = engine_with(store, ManualClock::new(), &[independent(24)]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("w", "many")).await;
         let running = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
@@ -84,9 +88,11 @@ async fn the_worker_never_runs_more_handlers_at_once_than_its_concurrency() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_returns_from_run_after_in_flight_steps_finish() {
-    for (store, engine) in engines_with(ManualClock::new(), &[independent(2)]).await {
+per_store! {
+    async fn stop_returns_from_run_after_in_flight_steps_finish(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[independent(2)]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("w", "many")).await;
         let (started_tx, mut started) = mpsc::unbounded_channel::<String>();
         let release = Arc::new(Semaphore::new(0));
@@ -134,13 +140,15 @@ async fn stop_returns_from_run_after_in_flight_steps_finish() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_only_claims_steps_it_has_handlers_for() {
-    let split = template("w", "split")
-        .step(step("mine"))
-        .step(step("theirs"))
-        .step(step("after_mine").after(&["mine"]));
-    for (store, engine) in engines_with(ManualClock::new(), &[split]).await {
+per_store! {
+    async fn a_worker_only_claims_steps_it_has_handlers_for(store) {
+        let split = template("w", "split")
+            .step(step("mine"))
+            .step(step("theirs"))
+            .step(step("after_mine").after(&["mine"]));
+        let Some(engine) = engine_with(store, ManualClock::new(), &[split]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("w", "split")).await;
         let worker = worker_answering(&engine, &["mine", "after_mine"], json!("done"));
         let started = std::time::Instant::now();
@@ -169,12 +177,14 @@ async fn a_worker_only_claims_steps_it_has_handlers_for() {
     }
 }
 
-#[tokio::test]
-async fn claim_with_a_handler_filter_skips_other_handlers_steps() {
-    let two = template("w", "two")
-        .step(step("a").handler("x"))
-        .step(step("b").handler("y"));
-    for (store, engine) in engines_with(ManualClock::new(), &[two]).await {
+per_store! {
+    async fn claim_with_a_handler_filter_skips_other_handlers_steps(store) {
+        let two = template("w", "two")
+            .step(step("a").handler("x"))
+            .step(step("b").handler("y"));
+        let Some(engine) = engine_with(store, ManualClock::new(), &[two]).await else {
+            return;
+        };
         create(&engine, NewTask::new("w", "two")).await;
         assert!(
             engine
@@ -192,11 +202,13 @@ async fn claim_with_a_handler_filter_skips_other_handlers_steps() {
     }
 }
 
-#[tokio::test]
-async fn a_handler_that_outlives_its_timeout_fails_and_is_retried() {
-    let slow =
-        template("w", "slow").step(step("slow").timeout_ms(50).retry(attempts(2).backoff_ms(0)));
-    for (store, engine) in engines_with(ManualClock::new(), &[slow]).await {
+per_store! {
+    async fn a_handler_that_outlives_its_timeout_fails_and_is_retried(store) {
+        let slow =
+            template("w", "slow").step(step("slow").timeout_ms(50).retry(attempts(2).backoff_ms(0)));
+        let Some(engine) = engine_with(store, ManualClock::new(), &[slow]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("w", "slow")).await;
         let worker = Worker::builder(engine.clone())
             .handler("slow", |step: ClaimedStep| async move {
@@ -221,9 +233,11 @@ async fn a_handler_that_outlives_its_timeout_fails_and_is_retried() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_report_refused_because_the_task_was_cancelled_counts_as_lost() {
-    for (store, engine) in engines_with(ManualClock::new(), &[independent(1)]).await {
+per_store! {
+    async fn a_report_refused_because_the_task_was_cancelled_counts_as_lost(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[independent(1)]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("w", "many")).await;
         let handler = {
             let engine = engine.clone();
@@ -251,9 +265,11 @@ async fn a_report_refused_because_the_task_was_cancelled_counts_as_lost() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn handler_errors_follow_the_handler_contract() {
-    for (store, engine) in engines_with(ManualClock::new(), &[independent(3)]).await {
+per_store! {
+    async fn handler_errors_follow_the_handler_contract(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[independent(3)]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("w", "many")).await;
         let worker = Worker::builder(engine.clone())
             .handler("h", |step: ClaimedStep| async move {
@@ -277,9 +293,11 @@ async fn handler_errors_follow_the_handler_contract() {
     }
 }
 
-#[tokio::test]
-async fn stop_requested_before_run_gets_going_is_not_lost() {
-    for (store, engine) in engines_with(ManualClock::new(), &[independent(1)]).await {
+per_store! {
+    async fn stop_requested_before_run_gets_going_is_not_lost(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[independent(1)]).await else {
+            return;
+        };
         create(&engine, NewTask::new("w", "many")).await;
         let worker = worker_answering(&engine, &["h"], json!(1));
         // On this single-threaded runtime the spawned run has not started when stop is called.
@@ -290,9 +308,11 @@ async fn stop_requested_before_run_gets_going_is_not_lost() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stopped_worker_can_run_again() {
-    for (store, engine) in engines_with(ManualClock::new(), &[independent(2)]).await {
+per_store! {
+    async fn a_stopped_worker_can_run_again(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[independent(2)]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("w", "many")).await;
         let (started_tx, mut started) = mpsc::unbounded_channel::<()>();
         let worker = Worker::builder(engine.clone())
@@ -321,9 +341,11 @@ async fn a_stopped_worker_can_run_again() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_error_ends_the_run_only_after_running_steps_have_finished() {
-    for (store, engine) in engines_with(ManualClock::new(), &[independent(1)]).await {
+per_store! {
+    async fn a_store_error_ends_the_run_only_after_running_steps_have_finished(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[independent(1)]).await else {
+            return;
+        };
         create(&engine, NewTask::new("w", "many")).await;
         let (started_tx, mut started) = mpsc::channel::<()>(1);
         let release = Arc::new(Semaphore::new(0));

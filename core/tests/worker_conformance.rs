@@ -58,13 +58,15 @@ async fn trail_events(engine: &tasker_core::Engine, task: tasker_core::TaskId) -
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn timeout_ms_bounds_an_attempt_and_the_step_runs_again() {
-    let t = one(
-        "timeout",
-        step("s").timeout_ms(200).retry(attempts(2).backoff_ms(0)),
-    );
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    async fn timeout_ms_bounds_an_attempt_and_the_step_runs_again(store) {
+        let t = one(
+            "timeout",
+            step("s").timeout_ms(200).retry(attempts(2).backoff_ms(0)),
+        );
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("conf", "timeout")).await;
         let worker = Worker::builder(engine.clone())
             .handler("s", |step: ClaimedStep| async move {
@@ -87,13 +89,15 @@ async fn timeout_ms_bounds_an_attempt_and_the_step_runs_again() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_host_that_returns_after_the_timeout_is_refused_and_the_attempt_is_failed() {
-    let t = one(
-        "late",
-        step("s").timeout_ms(100).retry(attempts(1).backoff_ms(0)),
-    );
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    async fn a_host_that_returns_after_the_timeout_is_refused_and_the_attempt_is_failed(store) {
+        let t = one(
+            "late",
+            step("s").timeout_ms(100).retry(attempts(1).backoff_ms(0)),
+        );
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("conf", "late")).await;
         let session = WorkerSession::start(engine.clone(), SessionConfig::until_idle(1));
         let Next::Attempt(attempt) = session.next(Duration::from_secs(5)).await else {
@@ -115,10 +119,12 @@ async fn a_host_that_returns_after_the_timeout_is_refused_and_the_attempt_is_fai
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_lease_is_renewed_while_a_long_handler_runs() {
-    let t = one("lease", step("s").timeout_ms(10_000).lease_ms(150));
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    async fn the_lease_is_renewed_while_a_long_handler_runs(store) {
+        let t = one("lease", step("s").timeout_ms(10_000).lease_ms(150));
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("conf", "lease")).await;
         let (handler, mut started, runs) = announcing(Duration::from_millis(700));
         let worker = Worker::builder(engine.clone())
@@ -144,7 +150,7 @@ async fn the_lease_is_renewed_while_a_long_handler_runs() {
                 got
             })
         };
-        let report = finished(run, store).await;
+        let report = finished(run, &store.to_string()).await;
         assert!(
             rival.await.unwrap().is_empty(),
             "{store}: the rival got the step"
@@ -162,16 +168,18 @@ async fn the_lease_is_renewed_while_a_long_handler_runs() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_workers_step_comes_back_within_a_few_leases() {
-    let t = one(
-        "dead",
-        step("s")
-            .timeout_ms(10_000)
-            .lease_ms(200)
-            .retry(attempts(3).backoff_ms(0)),
-    );
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    async fn a_dead_workers_step_comes_back_within_a_few_leases(store) {
+        let t = one(
+            "dead",
+            step("s")
+                .timeout_ms(10_000)
+                .lease_ms(200)
+                .retry(attempts(3).backoff_ms(0)),
+        );
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("conf", "dead")).await;
         // A worker whose process died right after its claim: it never renews nor reports.
         let dead = engine
@@ -206,10 +214,12 @@ async fn a_dead_workers_step_comes_back_within_a_few_leases() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stop_drains_running_handlers_before_returning() {
-    let t = one("drain", step("s"));
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    async fn stop_drains_running_handlers_before_returning(store) {
+        let t = one("drain", step("s"));
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("conf", "drain")).await;
         let (handler, mut started, _) = announcing(Duration::from_millis(300));
         let worker = Worker::builder(engine.clone())
@@ -218,16 +228,18 @@ async fn stop_drains_running_handlers_before_returning() {
         let run = spawn_run(&worker);
         started.recv().await.unwrap();
         worker.stop();
-        let report = finished(run, store).await;
+        let report = finished(run, &store.to_string()).await;
         assert_eq!((report.completed, report.released), (1, 0), "{store}");
         assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn what_outlives_the_drain_timeout_is_released_without_counting_the_attempt() {
-    let t = one("release", step("s"));
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    async fn what_outlives_the_drain_timeout_is_released_without_counting_the_attempt(store) {
+        let t = one("release", step("s"));
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("conf", "release")).await;
         let (handler, mut started, _) = announcing(Duration::from_secs(30));
         let worker = Worker::builder(engine.clone())
@@ -238,7 +250,7 @@ async fn what_outlives_the_drain_timeout_is_released_without_counting_the_attemp
         started.recv().await.unwrap();
         let stopping = Instant::now();
         worker.stop();
-        let report = finished(run, store).await;
+        let report = finished(run, &store.to_string()).await;
         assert!(stopping.elapsed() < Duration::from_secs(5), "{store}");
         assert_eq!((report.completed, report.released), (0, 1), "{store}");
         let view = task_view(&engine, task).await;
@@ -256,10 +268,12 @@ async fn what_outlives_the_drain_timeout_is_released_without_counting_the_attemp
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dropping_a_run_future_releases_its_steps() {
-    let t = one("dropped", step("s").retry(attempts(1)));
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    async fn dropping_a_run_future_releases_its_steps(store) {
+        let t = one("dropped", step("s").retry(attempts(1)));
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("conf", "dropped")).await;
         let (handler, mut started, _) = announcing(Duration::from_secs(3600));
         let worker = Worker::builder(engine.clone())
@@ -288,10 +302,12 @@ async fn dropping_a_run_future_releases_its_steps() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_claim_lost_to_a_cancel_is_counted_lost() {
-    let t = one("lost", step("s"));
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    async fn a_claim_lost_to_a_cancel_is_counted_lost(store) {
+        let t = one("lost", step("s"));
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         let task = create(&engine, NewTask::new("conf", "lost")).await;
         let canceller = engine.clone();
         let worker = Worker::builder(engine.clone())
@@ -309,10 +325,12 @@ async fn a_claim_lost_to_a_cancel_is_counted_lost() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_store_outage_ends_the_run_only_after_the_running_handlers_reported() {
-    let t = one("outage", step("s"));
-    for (store, engine) in real_time_engines_with(&[t]).await {
+per_store! {
+    async fn a_store_outage_ends_the_run_only_after_the_running_handlers_reported(store) {
+        let t = one("outage", step("s"));
+        let Some(engine) = real_time_engine_with(store, &[t]).await else {
+            return;
+        };
         create(&engine, NewTask::new("conf", "outage")).await;
         let closer = engine.clone();
         let worker = Worker::builder(engine.clone())

@@ -1,7 +1,8 @@
 //! Shared helpers of the conformance suite.
 //!
-//! Every scenario loops over [`engines`] (or [`engines_with`]), so that adding a store (SQLite,
-//! PostgreSQL) is one line here and every scenario runs against it.
+//! Every scenario is written once and made one test per store by [`per_store!`] (a failure
+//! names its store: `case::sqlite`), or loops over [`engines`] when it compares stores; adding
+//! a store is one line here and every scenario runs against it.
 
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
@@ -39,6 +40,113 @@ macro_rules! assert_err {
 }
 #[allow(unused_imports)]
 pub(crate) use assert_err;
+
+/// A store the suite runs against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreKind {
+    /// `memory:`.
+    Memory,
+    /// A fresh SQLite file.
+    Sqlite,
+    /// A fresh schema on the server `TASKER_TEST_POSTGRES_URL` names.
+    Postgres,
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StoreKind::Memory => "memory",
+            StoreKind::Sqlite => "sqlite",
+            StoreKind::Postgres => "postgres",
+        })
+    }
+}
+
+/// A fresh store of `kind`'s URL; `None` for PostgreSQL when `TASKER_TEST_POSTGRES_URL` is not
+/// set (the test is then skipped).
+pub async fn store_url(kind: StoreKind) -> Option<String> {
+    match kind {
+        StoreKind::Memory => Some("memory:".to_owned()),
+        StoreKind::Sqlite => {
+            let file =
+                std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
+            Some(format!("sqlite://{}", file.display()))
+        }
+        StoreKind::Postgres => {
+            let url = postgres_schema().await;
+            if url.is_none() {
+                eprintln!("skipped: TASKER_TEST_POSTGRES_URL is not set");
+            }
+            url
+        }
+    }
+}
+
+/// An engine on a fresh store of `kind`, on the system clock, with `templates` registered;
+/// `None` when the store is not under test (see [`store_url`]).
+pub async fn real_time_engine_with(kind: StoreKind, templates: &[Template]) -> Option<Engine> {
+    let url = store_url(kind).await?;
+    let engine = Engine::open(&url)
+        .await
+        .unwrap_or_else(|e| panic!("open the {kind} store: {e}"));
+    for template in templates {
+        register(&engine, template).await;
+    }
+    Some(engine)
+}
+
+/// An engine on a fresh store of `kind`, reading the time from `clock`, with `templates`
+/// registered; `None` when the store is not under test (see [`store_url`]).
+pub async fn engine_with(
+    kind: StoreKind,
+    clock: ManualClock,
+    templates: &[Template],
+) -> Option<Engine> {
+    let url = store_url(kind).await?;
+    let engine = Engine::builder()
+        .url(url)
+        .clock(Arc::new(clock))
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("open the {kind} store: {e}"));
+    for template in templates {
+        register(&engine, template).await;
+    }
+    Some(engine)
+}
+
+/// One test per store: `per_store! { async fn case(store) { … } }` makes the tests
+/// `case::memory`, `case::sqlite` and `case::postgres`, each with `store` its
+/// [`StoreKind`], so that a failure names its store.
+#[allow(unused_macros)]
+macro_rules! per_store {
+    ($(#[$meta:meta])* async fn $name:ident($store:ident) $body:block) => {
+        $(#[$meta])*
+        mod $name {
+            use super::*;
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                let $store = $crate::support::StoreKind::Memory;
+                $body
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let $store = $crate::support::StoreKind::Sqlite;
+                $body
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let $store = $crate::support::StoreKind::Postgres;
+                $body
+            }
+        }
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use per_store;
 
 /// One engine per store under test, all reading the time from `clock`: memory, SQLite in a
 /// fresh database file, and PostgreSQL in a fresh schema when `TASKER_TEST_POSTGRES_URL` names
