@@ -1,6 +1,9 @@
 //! End to end: steps/s of no-op Rust handlers through the engine on memory, SQLite and
 //! PostgreSQL (workers in this process, and in 3 worker processes), for the 5-step diamond and
-//! the 1,000-step wide template; then ready → claimed latency (p50 / p99) on each store.
+//! the 1,000-step wide template with the tasks created first, and for the peers' workload — the
+//! 3-step chain, each task created one at a time while the workers run, timed from the first
+//! create to the last step (`chain-overlap`); then `create_task` latency (p50 / p99) and
+//! `create_tasks` throughput, and ready → claimed latency (p50 / p99), on each store.
 //!
 //! Each configuration runs on a fresh store (a temporary SQLite file, a PostgreSQL schema of its
 //! own). One iteration creates its tasks (not timed), then times the workers from start until
@@ -15,7 +18,7 @@ use tasker_core::Engine;
 use tasker_core_benches::measuring;
 use tasker_core_benches::report::{self, human_rate, Table};
 use tasker_core_benches::stores::{self, FreshStore, StoreKind};
-use tasker_core_benches::workload::{self, Placement, Template};
+use tasker_core_benches::workload::{self, Creation, Placement, Template};
 
 const GROUP: &str = "end_to_end";
 /// Workers per process and handlers per worker, as in the `throughput` harness.
@@ -27,6 +30,7 @@ struct Config {
     processes: usize,
     template: Template,
     tasks: usize,
+    creation: Creation,
 }
 
 impl Config {
@@ -41,7 +45,15 @@ impl Config {
         } else {
             "1-process".to_owned()
         };
-        format!("{}-{}-{placement}", self.store.name(), self.template.name())
+        let overlap = match self.creation {
+            Creation::First => "",
+            Creation::Overlapped => "-overlap",
+        };
+        format!(
+            "{}-{}{overlap}-{placement}",
+            self.store.name(),
+            self.template.name()
+        )
     }
 }
 
@@ -57,7 +69,11 @@ fn configs(postgres: bool) -> Vec<Config> {
         (true, _, Template::Wide) => 2,
     };
     let mut out = Vec::new();
-    for template in [Template::Diamond, Template::Wide] {
+    for (template, creation) in [
+        (Template::Diamond, Creation::First),
+        (Template::Wide, Creation::First),
+        (Template::Chain, Creation::Overlapped),
+    ] {
         let mut stores = vec![(StoreKind::Memory, 0), (StoreKind::Sqlite, 0)];
         if postgres {
             stores.extend([(StoreKind::Postgres, 0), (StoreKind::Postgres, 3)]);
@@ -68,6 +84,7 @@ fn configs(postgres: bool) -> Vec<Config> {
                 processes,
                 template,
                 tasks: tasks(store, template),
+                creation,
             });
         }
     }
@@ -116,7 +133,7 @@ fn main() {
                             config.tasks,
                             placement,
                             CONCURRENCY,
-                            workload::Creation::First,
+                            config.creation,
                         ))
                         .expect("a run of the workload");
                     created += config.tasks;
@@ -137,7 +154,13 @@ fn main() {
 
     let mut table = Table::new(
         "End to end, no-op Rust handlers (2 workers of 64 handlers per process)",
-        &["store", "template", "worker processes", "steps/s"],
+        &[
+            "store",
+            "template",
+            "tasks created",
+            "worker processes",
+            "steps/s",
+        ],
     );
     for config in &configs {
         if let Some(ns) = report::mean_ns(GROUP, "steps", &config.id()) {
@@ -145,12 +168,58 @@ fn main() {
             table.row(vec![
                 config.store.name().to_owned(),
                 config.template.name().to_owned(),
+                match config.creation {
+                    Creation::First => "first".to_owned(),
+                    Creation::Overlapped => "one at a time, while the workers run".to_owned(),
+                },
                 format!("{}", config.processes.max(1)),
                 human_rate(steps / (ns / 1e9)),
             ]);
         }
     }
     table.print();
+
+    // What creating tasks costs, with no worker running: percentiles, so outside criterion.
+    let creates = if measuring() { 2_000 } else { 20 };
+    let mut creation = Table::new(
+        &format!("create_task one at a time ({creates} diamond tasks) and create_tasks in batches of 1,000"),
+        &["store", "create_task p50", "create_task p99", "one by one", "in batches"],
+    );
+    let mut kinds = vec![StoreKind::Memory, StoreKind::Sqlite];
+    if postgres {
+        kinds.push(StoreKind::Postgres);
+    }
+    for kind in kinds {
+        let fresh = rt
+            .block_on(FreshStore::new(kind, "creation"))
+            .expect("a fresh store");
+        let engine = rt
+            .block_on(Engine::open(&fresh.url))
+            .expect("opening the store");
+        rt.block_on(workload::register(&engine, Template::Diamond))
+            .expect("registering the template");
+        let (sorted, single, batched) = rt
+            .block_on(workload::create_costs(
+                &engine,
+                Template::Diamond,
+                creates,
+                1000,
+            ))
+            .expect("the creation run");
+        creation.row(vec![
+            kind.name().to_owned(),
+            format!("{} µs", sorted[sorted.len() / 2]),
+            format!(
+                "{} µs",
+                sorted[(sorted.len() * 99 / 100).min(sorted.len() - 1)]
+            ),
+            format!("{} tasks/s", human_rate(single)),
+            format!("{} tasks/s", human_rate(batched)),
+        ]);
+        drop(engine);
+        rt.block_on(fresh.remove()).expect("removing the store");
+    }
+    creation.print();
 
     // Ready → claimed latency: percentiles, not means, so measured outside criterion.
     let samples = if measuring() { 100 } else { 3 };

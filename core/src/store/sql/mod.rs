@@ -497,10 +497,35 @@ impl Schedule for ReadySet {
 /// process's writers wait on each other in the database's busy handler.
 #[derive(Debug)]
 struct Writer<B: Backend> {
-    conn: Option<sqlx::pool::PoolConnection<B::Db>>,
+    conn: Option<WriterConn<B>>,
     /// A transaction was begun and not yet ended (an operation was dropped half way): the next
     /// one rolls it back first.
     open: bool,
+}
+
+/// The writer's connection: taken out of the pool for good (a file), or borrowed from it for
+/// one operation (an in-memory database, whose one connection also serves the views).
+enum WriterConn<B: Backend> {
+    Kept(Conn<B>),
+    Borrowed(sqlx::pool::PoolConnection<B::Db>),
+}
+
+impl<B: Backend> std::fmt::Debug for WriterConn<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            WriterConn::Kept(_) => "Kept",
+            WriterConn::Borrowed(_) => "Borrowed",
+        })
+    }
+}
+
+impl<B: Backend> WriterConn<B> {
+    fn get(&mut self) -> &mut Conn<B> {
+        match self {
+            WriterConn::Kept(conn) => conn,
+            WriterConn::Borrowed(conn) => conn,
+        }
+    }
 }
 
 /// A write transaction: a pooled one (PostgreSQL), or this process's writer with a
@@ -527,7 +552,7 @@ impl<B: Backend> Tx<'_, B> {
         match self {
             Tx::Pooled(tx) => Ok(&mut **tx),
             Tx::Writer { w, begun } => {
-                let conn = &mut **w.conn.as_mut().ok_or_else(writer_gone)?;
+                let conn = w.conn.as_mut().ok_or_else(writer_gone)?.get();
                 if !*begun {
                     B::execute(conn, B::BEGIN).await.map_err(db)?;
                     *begun = true;
@@ -545,7 +570,7 @@ impl<B: Backend> Tx<'_, B> {
             Tx::Writer { w, begun } => {
                 let begin = !*begun;
                 *begun = true;
-                Ok((&mut **w.conn.as_mut().ok_or_else(writer_gone)?, begin))
+                Ok((w.conn.as_mut().ok_or_else(writer_gone)?.get(), begin))
             }
         }
     }
@@ -646,6 +671,13 @@ struct SqlStore<B: Backend> {
 
 impl<B: Backend> Drop for SqlStore<B> {
     fn drop(&mut self) {
+        // A borrowed pooled connection goes back to its pool on a runtime; out of one it is
+        // closed instead.
+        if let Some(WriterConn::Borrowed(conn)) = self.writer.get_mut().conn.take() {
+            if tokio::runtime::Handle::try_current().is_err() {
+                drop(conn.leak());
+            }
+        }
         if let Some(listener) = self.listener.lock().take() {
             listener.abort();
         }
@@ -723,12 +755,18 @@ impl<B: Backend> SqlStore<B> {
     async fn writer(&self) -> Result<tokio::sync::MutexGuard<'_, Writer<B>>> {
         let mut writer = self.writer.lock().await;
         if writer.conn.is_none() {
-            writer.conn = Some(self.pool.acquire().await.map_err(db)?);
+            let conn = self.pool.acquire().await.map_err(db)?;
+            // A kept connection is the store's own: dropped with it, in or out of a runtime.
+            writer.conn = Some(if self.keep_writer {
+                WriterConn::Kept(conn.detach())
+            } else {
+                WriterConn::Borrowed(conn)
+            });
             writer.open = false;
         }
         let Writer { conn, open } = &mut *writer;
         if let (Some(conn), true) = (conn.as_mut(), *open) {
-            let _ = B::execute(&mut **conn, "ROLLBACK").await;
+            let _ = B::execute(conn.get(), "ROLLBACK").await;
             *open = false;
         }
         Ok(writer)
@@ -754,7 +792,7 @@ impl<B: Backend> SqlStore<B> {
                     self.done_writing(&mut w, true);
                     return Ok(());
                 }
-                let Some(conn) = w.conn.as_mut() else {
+                let Some(conn) = w.conn.as_mut().map(WriterConn::get) else {
                     return Err(writer_gone());
                 };
                 let written = B::write_commit(conn, rows, notify, !begun).await;
@@ -774,9 +812,9 @@ impl<B: Backend> SqlStore<B> {
                 let _ = tx.rollback().await;
             }
             Tx::Writer { mut w, begun } => {
-                let rolled = match w.conn.as_mut() {
+                let rolled = match w.conn.as_mut().map(WriterConn::get) {
                     Some(_) if !begun => true,
-                    Some(conn) => B::execute(&mut **conn, "ROLLBACK").await.is_ok(),
+                    Some(conn) => B::execute(conn, "ROLLBACK").await.is_ok(),
                     None => false,
                 };
                 self.done_writing(&mut w, rolled);
@@ -794,9 +832,8 @@ impl<B: Backend> SqlStore<B> {
                 w.conn = None;
             }
         } else if self.keep_writer {
-            if let Some(conn) = w.conn.take() {
-                drop(conn.detach());
-            }
+            // Closed: never back to the pool with a transaction that may be open.
+            w.conn = None;
             w.open = false;
         } else {
             w.open = true;
@@ -1287,12 +1324,11 @@ impl<B: Backend> SqlStore<B> {
             let mut w = self.writer().await?;
             w.open = true;
             let Writer { conn, .. } = &mut *w;
-            let written = match conn.as_mut() {
+            let written = match conn.as_mut().map(WriterConn::get) {
                 Some(conn) => {
-                    let written = B::create(&mut **conn, &rows, notify).await;
+                    let written = B::create(conn, &rows, notify).await;
                     // A failure half way leaves the transaction open.
-                    let clean =
-                        written.is_ok() || B::execute(&mut **conn, "ROLLBACK").await.is_ok();
+                    let clean = written.is_ok() || B::execute(conn, "ROLLBACK").await.is_ok();
                     (written, clean)
                 }
                 None => (Err(sqlx::Error::PoolClosed), true),
