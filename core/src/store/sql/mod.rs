@@ -916,15 +916,18 @@ impl<B: Backend> SqlStore<B> {
             } else {
                 B::steps(conn, &missing).await.map_err(db)?
             };
-            let mut steps = steps.iter().peekable();
+            // The step rows come by task, in the tasks' order: each task's are the next run.
+            let mut at = 0;
             for (row, hit) in tasks.iter().zip(cached) {
                 if let Some(task) = hit {
                     records.push(task);
                     continue;
                 }
-                let rows: Vec<&StepRow> =
-                    std::iter::from_fn(|| steps.next_if(|r| r.task_id == row.task_id)).collect();
-                match self.decode(conn, row, &rows).await {
+                let start = at;
+                while steps.get(at).is_some_and(|r| r.task_id == row.task_id) {
+                    at += 1;
+                }
+                match self.decode(conn, row, &steps[start..at]).await {
                     Ok(task) => {
                         self.cache.put(row.revision, task.clone());
                         records.push(task);
@@ -952,7 +955,7 @@ impl<B: Backend> SqlStore<B> {
         &self,
         conn: &mut Conn<B>,
         row: &TaskRow,
-        steps: &[&StepRow],
+        steps: &[StepRow],
     ) -> Result<TaskRecord> {
         let graph = self
             .graph(conn, &row.namespace, &row.name, &row.version)
