@@ -90,7 +90,15 @@ fn py_err(e: Error) -> PyErr {
         (_, ErrorKind::NotFound) => NotFoundError::new_err(message),
         (_, ErrorKind::InvalidTransition) => InvalidTransitionError::new_err(message),
         (_, ErrorKind::InvalidArgument) => InvalidArgumentError::new_err(message),
-        (_, ErrorKind::Store) => StoreError::new_err(message),
+        (_, ErrorKind::Store) => {
+            let err = StoreError::new_err(message);
+            Python::attach(|py| {
+                let _ = err
+                    .value(py)
+                    .setattr("kind", e.store_kind().unwrap_or("other"));
+            });
+            err
+        }
     }
 }
 

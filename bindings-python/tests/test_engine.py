@@ -91,8 +91,9 @@ def test_a_closed_engine_raises_store_error_on_every_call(memory_engine):
         lambda e: e.migrate(),
     ]
     for call in calls:
-        with pytest.raises(tasker_core.StoreError, match="closed"):
+        with pytest.raises(tasker_core.StoreError, match="closed") as raised:
             call(memory_engine)
+        assert raised.value.kind == "closed"
     memory_engine.close()  # closing twice is harmless
 
 

@@ -293,8 +293,9 @@ def test_a_task_whose_rows_cannot_be_read_does_not_stop_the_worker(tmp_path):
         assert (counts["completed"], counts["lost"]) == (3, 0), counts
         assert all(engine.task(t)["status"] == "complete" for t in good)
         assert len(engine.list_tasks()) == 3
-        with pytest.raises(tasker_core.StoreError, match="unreadable"):
+        with pytest.raises(tasker_core.StoreError, match="unreadable") as raised:
             engine.task(bad)
+        assert raised.value.kind == "corrupt"
         assert engine.transitions(bad)[-1]["event"] == "unreadable"
 
 

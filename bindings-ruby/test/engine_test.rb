@@ -242,7 +242,8 @@ module EngineBehaviour
       migrate: -> { @engine.migrate }
     }
     calls.each do |verb, call|
-      assert_raises(TaskerCore::StoreError, verb.to_s) { call.call }
+      error = assert_raises(TaskerCore::StoreError, verb.to_s) { call.call }
+      assert_equal "closed", error.kind, verb.to_s
     end
   end
 

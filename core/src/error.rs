@@ -151,6 +151,16 @@ impl Error {
         })
     }
 
+    /// For a store failure ([`ErrorKind::Store`]), how it failed as the bindings name it: the
+    /// [`StoreErrorKind`]'s name, or `closed` for [`Error::Closed`].
+    pub fn store_kind(&self) -> Option<&'static str> {
+        match self {
+            Error::Store(e) => Some(e.kind.as_str()),
+            Error::Closed => Some("closed"),
+            _ => None,
+        }
+    }
+
     /// The coarse kind of this error.
     pub fn kind(&self) -> ErrorKind {
         match self {

@@ -56,6 +56,13 @@ class ClaimLostError(InvalidTransitionError):
 class StoreError(TaskerError):
     """The database failed, or the engine is closed ("the engine is closed")."""
 
+    kind: str
+    """How: ``"unavailable"`` (the database cannot be reached or the connection was lost; a
+    retry may succeed), ``"timeout"`` (a statement, a lock wait or the wait for a connection ran
+    out of time), ``"conflict"`` (a concurrent writer took a unique key; a serialization failure
+    or a deadlock), ``"corrupt"`` (stored rows cannot be read), ``"other"``, or ``"closed"``
+    (the engine was closed)."""
+
 class InvalidArgumentError(TaskerError):
     """An argument is malformed: a store URL, an id string, a version string, an event
     pattern, or a value that is not JSON-serialisable or is past a limit (nested deeper than 64

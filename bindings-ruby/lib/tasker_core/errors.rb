@@ -1,6 +1,27 @@
 # frozen_string_literal: true
 
 module TaskerCore
+  # Raised when the database fails, or when the engine is closed ("the engine is closed").
+  #
+  # @example
+  #   begin
+  #     engine.create_task("shop", "order", context: ctx)
+  #   rescue TaskerCore::StoreError => e
+  #     retry if e.kind == "unavailable" && (tries += 1) < 3
+  #     raise
+  #   end
+  class StoreError
+    # How the store failed: +"unavailable"+ (the database cannot be reached or the connection
+    # was lost; a retry may succeed), +"timeout"+ (a statement, a lock wait or the wait for a
+    # connection ran out of time), +"conflict"+ (a concurrent writer took a unique key; a
+    # serialization failure or a deadlock), +"corrupt"+ (stored rows cannot be read),
+    # +"other"+, or +"closed"+ (the engine was closed).
+    # @return [String]
+    def kind
+      @kind || "other"
+    end
+  end
+
   # Raised by a handler: this attempt failed, try the step again.
   #
   # The step is retried while it has attempts left (+retry.max_attempts+ of its template).

@@ -125,7 +125,16 @@ fn rb_err(ruby: &Ruby, e: tasker_core::Error) -> Error {
         (_, ErrorKind::InvalidArgument) => "InvalidArgumentError",
         (_, ErrorKind::Store) => "StoreError",
     };
-    Error::new(error_class(ruby, class), e.to_string())
+    let class = error_class(ruby, class);
+    if let Some(kind) = e.store_kind() {
+        // A StoreError says how the store failed (`StoreError#kind`).
+        if let Ok(exception) = class.new_instance((e.to_string(),)) {
+            let _: Result<Value, Error> =
+                exception.funcall("instance_variable_set", ("@kind", kind));
+            return exception.into();
+        }
+    }
+    Error::new(class, e.to_string())
 }
 
 fn invalid(ruby: &Ruby, message: impl Into<String>) -> Error {
