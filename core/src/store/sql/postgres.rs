@@ -21,7 +21,12 @@ const TASKS: &str = include_str!("postgres/tasks.sql");
 const TASKS_FOR_UPDATE: &str = include_str!("postgres/tasks_for_update.sql");
 const TASKS_SKIP_LOCKED: &str = include_str!("postgres/tasks_skip_locked.sql");
 const STEPS: &str = include_str!("postgres/steps.sql");
-const CLAIMABLE: &str = include_str!("postgres/claimable.sql");
+/// The steps a claim looks at, in one query: the ready ones (locked), then the expired leases
+/// and due retries.
+const CLAIMABLE: &str = concat!(
+    include_str!("postgres/ready.sql"),
+    include_str!("shared/due.sql")
+);
 const WORK_STATUS: &str = include_str!("postgres/work_status.sql");
 const NAMED_STEPS: &str = include_str!("postgres/named_steps.sql");
 const WRITE: &str = include_str!("postgres/write.sql");
