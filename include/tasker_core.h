@@ -316,6 +316,16 @@ enum tc_status tc_resolve_step(const struct tc_engine *engine,
                                const char *result_json);
 
 /**
+ * How the last failure on this thread's store failed, when it was `TC_ERR_STORE` or
+ * `TC_ERR_CLOSED`: "unavailable" (the database cannot be reached or the connection was lost;
+ * a retry may succeed), "timeout" (a statement, a lock wait or the wait for a connection ran
+ * out of time), "conflict" (a unique key taken concurrently, a serialization failure, a
+ * deadlock), "corrupt" (stored rows cannot be read), "other", or "closed" (the engine was
+ * closed). NULL after any other failure, or none. A static string: never free it.
+ */
+const char *tc_last_error_kind(void);
+
+/**
  * The library's version, e.g. "0.1.0". A static string: never free it.
  */
 const char *tc_version(void);

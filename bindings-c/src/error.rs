@@ -1,6 +1,6 @@
 //! Status codes, the thread-local message of the last failure, and the library's static strings.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::{c_char, c_int, CStr, CString};
 use std::ptr;
 
@@ -59,8 +59,53 @@ impl From<Error> for Fail {
             (_, ErrorKind::InvalidArgument) => TC_ERR_INVALID_ARGUMENT,
             (_, ErrorKind::Store) => TC_ERR_STORE,
         };
+        PENDING_KIND.with(|k| k.set(e.store_kind().map(kind_name)));
         Fail(status, e.to_string())
     }
+}
+
+/// A store failure's kind as a static C string.
+fn kind_name(kind: &str) -> &'static CStr {
+    match kind {
+        "unavailable" => c"unavailable",
+        "timeout" => c"timeout",
+        "conflict" => c"conflict",
+        "corrupt" => c"corrupt",
+        "closed" => c"closed",
+        _ => c"other",
+    }
+}
+
+thread_local! {
+    /// The kind of the store failure converted last on this thread, until its call returns.
+    static PENDING_KIND: Cell<Option<&'static CStr>> = const { Cell::new(None) };
+    /// The kind of the last failure on this thread, when it was a store failure.
+    static LAST_KIND: Cell<Option<&'static CStr>> = const { Cell::new(None) };
+}
+
+/// A call begins: no store failure of it is known yet.
+pub(crate) fn begin_call() {
+    PENDING_KIND.with(|k| k.set(None));
+}
+
+/// A call failed with `status`: its store kind, if it was a store failure, is the last.
+pub(crate) fn set_last_kind(status: tc_status) {
+    let pending = PENDING_KIND.with(Cell::take);
+    let kind = matches!(status, TC_ERR_STORE | TC_ERR_CLOSED)
+        .then_some(pending)
+        .flatten();
+    LAST_KIND.with(|k| k.set(kind));
+}
+
+/// How the last failure on this thread's store failed, when it was `TC_ERR_STORE` or
+/// `TC_ERR_CLOSED`: "unavailable" (the database cannot be reached or the connection was lost;
+/// a retry may succeed), "timeout" (a statement, a lock wait or the wait for a connection ran
+/// out of time), "conflict" (a unique key taken concurrently, a serialization failure, a
+/// deadlock), "corrupt" (stored rows cannot be read), "other", or "closed" (the engine was
+/// closed). NULL after any other failure, or none. A static string: never free it.
+#[no_mangle]
+pub extern "C" fn tc_last_error_kind() -> *const c_char {
+    LAST_KIND.with(|k| k.get().map_or(ptr::null(), CStr::as_ptr))
 }
 
 thread_local! {
@@ -68,6 +113,8 @@ thread_local! {
 }
 
 pub(crate) fn set_last_error(message: String) {
+    // A kind, if the failure has one, is set after the message.
+    LAST_KIND.with(|k| k.set(None));
     let message = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
     LAST_ERROR.with(|slot| *slot.borrow_mut() = Some(message));
 }

@@ -71,7 +71,10 @@ async fn a_path_that_cannot_be_opened_is_a_store_error() {
     let err = Engine::open("sqlite:///nonexistent-dir/for/sure/tasker.db")
         .await
         .unwrap_err();
-    assert!(matches!(err, tasker_core::Error::Store(_)), "{err}");
+    assert!(
+        matches!(err, tasker_core::Error::Store(ref e) if e.kind == tasker_core::StoreErrorKind::Unavailable),
+        "{err}"
+    );
 }
 
 #[tokio::test]

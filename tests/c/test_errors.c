@@ -53,6 +53,10 @@ static void test_open(void) {
     /* A SQLite file in a directory that does not exist: the database cannot open it. */
     ASSERT_FAILS_OUT(TC_ERR_STORE, e,
                      tc_engine_open("sqlite:///nonexistent-tasker-dir/sub/t.db", &e));
+    /* A store failure says how it failed; any other failure has no kind. */
+    ASSERT(tc_last_error_kind() != NULL && strcmp(tc_last_error_kind(), "unavailable") == 0);
+    ASSERT_FAILS(TC_ERR_NULL, tc_engine_open("memory:", NULL));
+    ASSERT(tc_last_error_kind() == NULL);
 }
 
 static void test_templates(tc_engine *e) {

@@ -380,6 +380,8 @@ fn db(e: sqlx::Error) -> Error {
                     "55P03" | "57014" | "25P03" => StoreErrorKind::Timeout,
                     c if c.starts_with("08") || c.starts_with("57P") => StoreErrorKind::Unavailable,
                     c if sqlite_busy(c) => StoreErrorKind::Timeout,
+                    // SQLite: SQLITE_CANTOPEN (a file or directory that is not there).
+                    c if sqlite_primary(c) == Some(14) => StoreErrorKind::Unavailable,
                     _ => StoreErrorKind::Other,
                 },
             }
@@ -403,7 +405,12 @@ fn db(e: sqlx::Error) -> Error {
 /// Whether SQLite's result `code` (primary or extended) is SQLITE_BUSY (5) or SQLITE_LOCKED
 /// (6).
 fn sqlite_busy(code: &str) -> bool {
-    code.parse::<i64>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+    matches!(sqlite_primary(code), Some(5 | 6))
+}
+
+/// SQLite's primary result code of `code` (primary or extended).
+fn sqlite_primary(code: &str) -> Option<i64> {
+    code.parse::<i64>().ok().map(|c| c & 0xff)
 }
 
 /// Rows that cannot be read, naming why.
