@@ -623,7 +623,9 @@ async fn drive(shared: Arc<Shared>) {
                 }
             }
             if got == claimable {
-                continue; // there may be more
+                // There may be more: for this worker, and for another one woken now.
+                engine.work_notify().notify_one();
+                continue;
             }
         }
 

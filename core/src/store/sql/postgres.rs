@@ -268,7 +268,9 @@ impl Backend for Postgres {
         Ok(Some(tokio::spawn(async move {
             loop {
                 match listener.recv().await {
-                    Ok(_) => waker.notify_waiters(),
+                    // One worker of this process looks (it wakes the next when its claim
+                    // comes back full): not every worker for every step made ready elsewhere.
+                    Ok(_) => waker.notify_one(),
                     Err(e) => {
                         // PgListener reconnects on the next recv; polling covers the gap.
                         tracing::warn!(error = %e, "LISTEN connection lost; reconnecting");
