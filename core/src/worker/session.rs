@@ -622,7 +622,7 @@ async fn drive(shared: Arc<Shared>) {
                     continue;
                 }
             }
-            if got == claimable {
+            if got == request.limit {
                 // There may be more: for this worker, and for another one woken now.
                 engine.work_notify().notify_one();
                 continue;
