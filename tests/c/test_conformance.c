@@ -24,7 +24,7 @@ static const char *TIMEOUT_YAML = "namespace: conf\nname: timeout\nversion: 1.0.
                                   "  - name: s\n    timeout_ms: 300\n"
                                   "    retry: { max_attempts: 2, backoff_base_ms: 1, jitter: false }\n";
 static const char *LEASE_YAML = "namespace: conf\nname: lease\nversion: 1.0.0\nsteps:\n"
-                                "  - name: s\n    timeout_ms: 20000\n    lease_ms: 300\n";
+                                "  - name: s\n    timeout_ms: 20000\n    lease_ms: 1000\n";
 static const char *DEAD_YAML = "namespace: conf\nname: dead\nversion: 1.0.0\nsteps:\n"
                                "  - name: s\n    lease_ms: 200\n"
                                "    retry: { max_attempts: 3, backoff_base_ms: 1, jitter: false }\n";
@@ -41,7 +41,9 @@ static void slow_first(tc_step *step, void *user_data) {
 
 static void long_running(tc_step *step, void *user_data) {
     (void)user_data;
-    sleep_ms(1500); /* five leases long: the worker renews it meanwhile */
+    /* Three leases long: the worker renews it meanwhile (leases of 1 s: valgrind on a busy
+     * machine can hold a renewal up for a few hundred milliseconds). */
+    sleep_ms(3000);
     tc_step_complete(step, "\"alive\"");
 }
 
