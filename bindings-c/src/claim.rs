@@ -41,7 +41,7 @@ pub unsafe extern "C" fn tc_claim(
             let handlers = match (handlers.is_null(), handler_count) {
                 (true, 0) => None,
                 (true, _) => {
-                    return Err(Fail(
+                    return Err(Fail::new(
                         TC_ERR_NULL,
                         "handlers is NULL but handler_count is not 0".into(),
                     ))

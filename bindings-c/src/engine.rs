@@ -192,7 +192,7 @@ pub unsafe extern "C" fn tc_create_tasks_json(
         with_out(out_ids_json, || {
             let e = handle(engine, "engine")?;
             let tasks: Vec<Task> = serde_json::from_str(text(tasks_json, "tasks_json")?)
-                .map_err(|err| Fail(TC_ERR_JSON, format!("tasks_json: {err}")))?;
+                .map_err(|err| Fail::new(TC_ERR_JSON, format!("tasks_json: {err}")))?;
             let tasks = tasks
                 .into_iter()
                 .map(|t| NewTask {
@@ -312,7 +312,7 @@ pub unsafe extern "C" fn tc_list_tasks_json(
             let status = opt_text(status, "status")?
                 .map(|s| {
                     s.parse().map_err(|err: tasker_core::state::UnknownName| {
-                        Fail(TC_ERR_INVALID_ARGUMENT, err.to_string())
+                        Fail::new(TC_ERR_INVALID_ARGUMENT, err.to_string())
                     })
                 })
                 .transpose()?;

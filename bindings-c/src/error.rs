@@ -43,7 +43,23 @@ pub enum tc_status {
 pub(crate) use tc_status::*;
 
 /// A failure on its way out: the status and the message for `tc_last_error_message`.
-pub(crate) struct Fail(pub(crate) tc_status, pub(crate) String);
+pub(crate) struct Fail {
+    pub(crate) status: tc_status,
+    pub(crate) message: String,
+    /// How the store failed, for a store failure (`tc_last_error_kind`).
+    pub(crate) kind: Option<&'static CStr>,
+}
+
+impl Fail {
+    /// A failure with `status` and `message`, not of the store.
+    pub(crate) fn new(status: tc_status, message: String) -> Fail {
+        Fail {
+            status,
+            message,
+            kind: None,
+        }
+    }
+}
 
 pub(crate) type Res<T> = Result<T, Fail>;
 
@@ -59,8 +75,11 @@ impl From<Error> for Fail {
             (_, ErrorKind::InvalidArgument) => TC_ERR_INVALID_ARGUMENT,
             (_, ErrorKind::Store) => TC_ERR_STORE,
         };
-        PENDING_KIND.with(|k| k.set(e.store_kind().map(kind_name)));
-        Fail(status, e.to_string())
+        Fail {
+            status,
+            message: e.to_string(),
+            kind: e.store_kind().map(kind_name),
+        }
     }
 }
 
@@ -77,23 +96,12 @@ fn kind_name(kind: &str) -> &'static CStr {
 }
 
 thread_local! {
-    /// The kind of the store failure converted last on this thread, until its call returns.
-    static PENDING_KIND: Cell<Option<&'static CStr>> = const { Cell::new(None) };
     /// The kind of the last failure on this thread, when it was a store failure.
     static LAST_KIND: Cell<Option<&'static CStr>> = const { Cell::new(None) };
 }
 
-/// A call begins: no store failure of it is known yet.
-pub(crate) fn begin_call() {
-    PENDING_KIND.with(|k| k.set(None));
-}
-
-/// A call failed with `status`: its store kind, if it was a store failure, is the last.
-pub(crate) fn set_last_kind(status: tc_status) {
-    let pending = PENDING_KIND.with(Cell::take);
-    let kind = matches!(status, TC_ERR_STORE | TC_ERR_CLOSED)
-        .then_some(pending)
-        .flatten();
+/// The last failure's store kind (cleared by every new message: set after it).
+pub(crate) fn set_last_kind(kind: Option<&'static CStr>) {
     LAST_KIND.with(|k| k.set(kind));
 }
 

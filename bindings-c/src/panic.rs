@@ -7,12 +7,15 @@ use crate::error::*;
 
 /// Runs `body` behind the panic boundary and turns its result into a status.
 pub(crate) fn boundary(body: impl FnOnce() -> Res<()>) -> tc_status {
-    begin_call();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => TC_OK,
-        Ok(Err(Fail(status, message))) => {
+        Ok(Err(Fail {
+            status,
+            message,
+            kind,
+        })) => {
             set_last_error(message);
-            set_last_kind(status);
+            set_last_kind(kind);
             status
         }
         Err(panic) => {
@@ -22,7 +25,6 @@ pub(crate) fn boundary(body: impl FnOnce() -> Res<()>) -> tc_status {
                 .or_else(|| panic.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             set_last_error(format!("internal panic: {what}"));
-            set_last_kind(TC_ERR_PANIC);
             TC_ERR_PANIC
         }
     }

@@ -58,7 +58,7 @@ impl tc_step {
             .reported
             .swap(true, std::sync::atomic::Ordering::AcqRel)
         {
-            return Err(Fail(
+            return Err(Fail::new(
                 TC_ERR_INVALID_TRANSITION,
                 format!("step {} was already reported", self.step.step_id),
             ));

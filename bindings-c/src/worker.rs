@@ -103,7 +103,7 @@ pub unsafe extern "C" fn tc_worker_new(
         with_out(out, || {
             let e = handle(engine, "engine")?;
             if concurrency == 0 {
-                return Err(Fail(
+                return Err(Fail::new(
                     TC_ERR_INVALID_ARGUMENT,
                     "concurrency must be at least 1".into(),
                 ));
@@ -133,11 +133,11 @@ pub unsafe extern "C" fn tc_worker_register(
 ) -> tc_status {
     boundary(|| {
         // SAFETY: NULL or live (and not shared during the call) by contract.
-        let w =
-            unsafe { worker.as_mut() }.ok_or_else(|| Fail(TC_ERR_NULL, "worker is NULL".into()))?;
+        let w = unsafe { worker.as_mut() }
+            .ok_or_else(|| Fail::new(TC_ERR_NULL, "worker is NULL".into()))?;
         // SAFETY: forwarded contract.
         let name = unsafe { text(handler_name, "handler_name")? };
-        let fn_ = r#fn.ok_or_else(|| Fail(TC_ERR_NULL, "fn is NULL".into()))?;
+        let fn_ = r#fn.ok_or_else(|| Fail::new(TC_ERR_NULL, "fn is NULL".into()))?;
         w.handlers
             .insert(name.to_owned(), (fn_, UserData(user_data)));
         Ok(())
@@ -180,7 +180,7 @@ pub unsafe extern "C" fn tc_worker_run_until_idle(
                 Ok(t) => threads.push(t),
                 Err(e) => {
                     session.abort();
-                    return Err(Fail(
+                    return Err(Fail::new(
                         TC_ERR_STORE,
                         format!("cannot start a worker thread: {e}"),
                     ));

@@ -52,19 +52,26 @@ pub enum StoreKind {
     Postgres,
 }
 
-impl std::fmt::Display for StoreKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
+impl StoreKind {
+    /// `memory`, `sqlite` or `postgres`.
+    pub fn name(self) -> &'static str {
+        match self {
             StoreKind::Memory => "memory",
             StoreKind::Sqlite => "sqlite",
             StoreKind::Postgres => "postgres",
-        })
+        }
+    }
+}
+
+impl std::fmt::Display for StoreKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
     }
 }
 
 /// A fresh store of `kind`'s URL; `None` for PostgreSQL when `TASKER_TEST_POSTGRES_URL` is not
-/// set (the test is then skipped).
-pub async fn store_url(kind: StoreKind) -> Option<String> {
+/// set.
+async fn fresh_url(kind: StoreKind) -> Option<String> {
     match kind {
         StoreKind::Memory => Some("memory:".to_owned()),
         StoreKind::Sqlite => {
@@ -72,29 +79,23 @@ pub async fn store_url(kind: StoreKind) -> Option<String> {
                 std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
             Some(format!("sqlite://{}", file.display()))
         }
-        StoreKind::Postgres => {
-            let url = postgres_schema().await;
-            if url.is_none() {
-                eprintln!("skipped: TASKER_TEST_POSTGRES_URL is not set");
-            }
-            url
-        }
+        StoreKind::Postgres => postgres_schema().await,
     }
 }
 
+/// [`fresh_url`] for a test of `kind`, saying when it is skipped.
+pub async fn store_url(kind: StoreKind) -> Option<String> {
+    let url = fresh_url(kind).await;
+    if url.is_none() {
+        eprintln!("skipped: TASKER_TEST_POSTGRES_URL is not set");
+    }
+    url
+}
 /// An engine on a fresh store of `kind`, on the system clock, with `templates` registered;
 /// `None` when the store is not under test (see [`store_url`]).
 pub async fn real_time_engine_with(kind: StoreKind, templates: &[Template]) -> Option<Engine> {
-    let url = store_url(kind).await?;
-    let engine = Engine::open(&url)
-        .await
-        .unwrap_or_else(|e| panic!("open the {kind} store: {e}"));
-    for template in templates {
-        register(&engine, template).await;
-    }
-    Some(engine)
+    open_with(kind, None, templates).await
 }
-
 /// An engine on a fresh store of `kind`, reading the time from `clock`, with `templates`
 /// registered; `None` when the store is not under test (see [`store_url`]).
 pub async fn engine_with(
@@ -102,19 +103,38 @@ pub async fn engine_with(
     clock: ManualClock,
     templates: &[Template],
 ) -> Option<Engine> {
-    let url = store_url(kind).await?;
-    let engine = Engine::builder()
-        .url(url)
-        .clock(Arc::new(clock))
-        .build()
-        .await
-        .unwrap_or_else(|e| panic!("open the {kind} store: {e}"));
+    open_with(kind, Some(Arc::new(clock)), templates).await
+}
+
+/// An engine on a fresh store of `kind`, on `clock` (the system clock when `None`), with
+/// `templates` registered.
+async fn open_with(
+    kind: StoreKind,
+    clock: Option<Arc<dyn tasker_core::Clock>>,
+    templates: &[Template],
+) -> Option<Engine> {
+    let engine = open_engine(kind.name(), store_url(kind).await?, clock).await;
     for template in templates {
         register(&engine, template).await;
     }
     Some(engine)
 }
 
+/// An engine on `url` (the store called `name`), on `clock` (the system clock when `None`).
+async fn open_engine(
+    name: &str,
+    url: String,
+    clock: Option<Arc<dyn tasker_core::Clock>>,
+) -> Engine {
+    let mut builder = Engine::builder().url(url);
+    if let Some(clock) = clock {
+        builder = builder.clock(clock);
+    }
+    builder
+        .build()
+        .await
+        .unwrap_or_else(|e| panic!("open the {name} store: {e}"))
+}
 /// One test per store: `per_store! { async fn case(store) { … } }` makes the tests
 /// `case::memory`, `case::sqlite` and `case::postgres`, each with `store` its
 /// [`StoreKind`], so that a failure names its store.
@@ -166,33 +186,24 @@ pub async fn real_time_engines_with(templates: &[Template]) -> Vec<(&'static str
 /// The URL of each SQL store under test: a fresh SQLite file, and a fresh PostgreSQL schema
 /// when `TASKER_TEST_POSTGRES_URL` names a server.
 pub async fn sql_store_urls() -> Vec<(&'static str, String)> {
-    let file = std::env::temp_dir().join(format!("tasker-test-{}.db", tasker_core::TaskId::new()));
-    let mut urls = vec![("sqlite", format!("sqlite://{}", file.display()))];
-    if let Some(url) = postgres_schema().await {
-        urls.push(("postgres", url));
+    let mut urls = Vec::new();
+    for kind in [StoreKind::Sqlite, StoreKind::Postgres] {
+        if let Some(url) = fresh_url(kind).await {
+            urls.push((kind.name(), url));
+        }
     }
     urls
 }
-
 /// One engine per store under test, on `clock` (the system clock when `None`).
 async fn each_store(clock: Option<Arc<dyn tasker_core::Clock>>) -> Vec<(&'static str, Engine)> {
     let mut stores = vec![("memory", "memory:".to_owned())];
     stores.extend(sql_store_urls().await);
     let mut engines = Vec::new();
     for (name, url) in stores {
-        let mut builder = Engine::builder().url(url);
-        if let Some(clock) = &clock {
-            builder = builder.clock(clock.clone());
-        }
-        let engine = builder
-            .build()
-            .await
-            .unwrap_or_else(|e| panic!("open the {name} store: {e}"));
-        engines.push((name, engine));
+        engines.push((name, open_engine(name, url, clock.clone()).await));
     }
     engines
 }
-
 #[path = "../../../tests/postgres_schema.rs"]
 mod postgres_schema_impl;
 pub use postgres_schema_impl::postgres_schema;

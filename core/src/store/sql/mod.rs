@@ -124,13 +124,21 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// Runs `sql` (no binds), such as `BEGIN` or `ROLLBACK`.
     async fn execute(c: &mut Conn<Self>, sql: &'static str) -> sqlx::Result<()>;
     /// Writes `rows` and commits the transaction begun by hand on `c` (begun first when
-    /// `begin`).
+    /// `begin`); SQLite does it in one call.
     async fn write_commit(
         c: &mut Conn<Self>,
         rows: &Rows<'_>,
         notify: bool,
         begin: bool,
-    ) -> sqlx::Result<()>;
+    ) -> sqlx::Result<()> {
+        if begin {
+            Self::execute(c, Self::BEGIN).await?;
+        }
+        if !rows.is_empty() {
+            Self::write(c, rows, notify).await?;
+        }
+        Self::execute(c, "COMMIT").await
+    }
     /// Steps to look at for a claim, in one query: whose lease ran out (`lease`), whose retry
     /// is due (`retry`) at `now`, and the claimable ones in claim order (`ready`) for
     /// `handlers` (any when `None`), at most `limit`.
@@ -1354,6 +1362,12 @@ impl<B: Backend> SqlStore<B> {
         drop(edits);
         let written: std::collections::HashSet<String> = written.into_iter().collect();
         let mut out = Vec::with_capacity(records.len());
+        // One connection for every key found taken (a task not written).
+        let mut lookup = if written.len() < records.len() {
+            Some(self.pool.acquire().await.map_err(db)?)
+        } else {
+            None
+        };
         for ((record, _, changes), revision) in records.into_iter().zip(revisions) {
             let id = record.id;
             if written.contains(&id.to_string()) {
@@ -1374,8 +1388,10 @@ impl<B: Backend> SqlStore<B> {
                     format!("task {id} was not written and has no idempotency key"),
                 )
             })?;
-            let mut conn = self.pool.acquire().await.map_err(db)?;
-            let found = B::task_by_key(&mut conn, &record.namespace, &record.name, key)
+            let conn = lookup
+                .as_mut()
+                .ok_or_else(|| Error::store(StoreErrorKind::Other, "no connection for a key"))?;
+            let found = B::task_by_key(conn, &record.namespace, &record.name, key)
                 .await
                 .map_err(db)?
                 .ok_or_else(|| {
@@ -1449,7 +1465,8 @@ fn rows_of<'a>(
             });
         let revision = changed.then(RecordCache::new_revision);
         if let Some(revision) = revision {
-            rows.tasks.push(TaskWrite::new(e.after, revision));
+            rows.tasks
+                .push(TaskWrite::new(e.after, revision, e.before.is_none()));
         }
         revisions.push(revision);
     }

@@ -230,22 +230,6 @@ impl Backend for Postgres {
             .await
     }
 
-    async fn write_commit(
-        c: &mut PgConnection,
-        rows: &Rows<'_>,
-        notify: bool,
-        begin: bool,
-    ) -> sqlx::Result<()> {
-        if begin {
-            sqlx::Executor::execute(&mut *c, Self::BEGIN).await?;
-        }
-        if !rows.is_empty() {
-            bind_rows(WRITE, rows, notify).execute(&mut *c).await?;
-        }
-        sqlx::Executor::execute(c, "COMMIT").await?;
-        Ok(())
-    }
-
     async fn work_status(
         c: &mut PgConnection,
         handlers: Option<&[Arc<str>]>,

@@ -104,7 +104,10 @@ pub(super) struct TaskWrite<'a> {
 }
 
 impl<'a> TaskWrite<'a> {
-    pub fn new(t: &'a TaskRecord, revision: i64) -> Self {
+    /// Task `t`'s row at `revision`. Its context is serialized only when the row is `new`: the
+    /// upsert never changes an existing row's context (it may be up to 1 MiB, and is not
+    /// serialized again on every claim and report).
+    pub fn new(t: &'a TaskRecord, revision: i64, new: bool) -> Self {
         TaskWrite {
             task_id: t.id.to_string(),
             namespace: &t.namespace,
@@ -112,7 +115,11 @@ impl<'a> TaskWrite<'a> {
             version: t.graph.version().to_string(),
             status: t.status.as_str(),
             priority: i64::from(t.priority),
-            context: t.context.to_string(),
+            context: if new {
+                t.context.to_string()
+            } else {
+                String::new()
+            },
             idempotency_key: t.idempotency_key.as_deref(),
             unfinished_steps: i64::from(t.unfinished),
             created_at: ms(t.created_at),
