@@ -7,6 +7,12 @@
 //! by another process, leaves the row with a revision this cache never holds for other
 //! contents, so the next load reads the rows again.
 //!
+//! An entry put by this process's writer ([`RecordCache::put`] with `written`: rows it just
+//! wrote or read under the write lock) is also as the database holds it for as long as no
+//! other connection writes — which SQLite tells ([`RecordCache::written`]); an entry put by a
+//! reader may be older than one the writer put a moment before, and is never taken as current
+//! that way.
+//!
 //! Finished tasks are not kept; past [`MAX_BYTES`] (the cached tasks' estimated memory:
 //! contexts and results included, each up to 1 MiB) the cache starts afresh.
 
@@ -39,8 +45,8 @@ impl Default for RecordCache {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Each task's revision, record and estimated size.
-    entries: HashMap<TaskId, (i64, TaskRecord, usize)>,
+    /// Each task's revision, record, estimated size and whether this process's writer put it.
+    entries: HashMap<TaskId, (i64, TaskRecord, usize, bool)>,
     bytes: usize,
 }
 
@@ -78,17 +84,28 @@ impl RecordCache {
         }
         let inner = self.inner.lock();
         match inner.entries.get(&id) {
-            Some((cached, record, _)) if *cached == revision => Some(record.clone()),
+            Some((cached, record, _, _)) if *cached == revision => Some(record.clone()),
+            _ => None,
+        }
+    }
+
+    /// Task `id` as this process's writer last wrote or read it under the write lock, when that
+    /// is the entry cached (see the module docs for when it is the database's too).
+    pub fn written(&self, id: TaskId) -> Option<TaskRecord> {
+        let inner = self.inner.lock();
+        match inner.entries.get(&id) {
+            Some((_, record, _, true)) => Some(record.clone()),
             _ => None,
         }
     }
 
     /// Caches `record` as its rows are at `revision` (a finished task, or rows at revision 0,
-    /// written by a version without revisions, are dropped instead).
-    pub fn put(&self, revision: i64, record: TaskRecord) {
+    /// written by a version without revisions, are dropped instead); `written` when this
+    /// process's writer wrote the rows or read them under the write lock.
+    pub fn put(&self, revision: i64, record: TaskRecord, written: bool) {
         let size = (!record.status.is_finished() && revision != 0).then(|| bytes_of(&record));
         let mut inner = self.inner.lock();
-        if let Some((_, _, old)) = inner.entries.remove(&record.id) {
+        if let Some((_, _, old, _)) = inner.entries.remove(&record.id) {
             inner.bytes -= old;
         }
         let Some(size) = size else {
@@ -102,7 +119,9 @@ impl RecordCache {
             inner.bytes = 0;
         }
         inner.bytes += size;
-        inner.entries.insert(record.id, (revision, record, size));
+        inner
+            .entries
+            .insert(record.id, (revision, record, size, written));
     }
 
     /// The number of cached tasks.
@@ -181,10 +200,26 @@ mod tests {
         let cache = RecordCache::default();
         let task = record(3);
         let id = task.id;
-        cache.put(7, task);
+        cache.put(7, task, false);
         assert!(cache.get(id, 7).is_some());
         assert!(cache.get(id, 8).is_none(), "rows at another revision");
         assert!(cache.get(TaskId::new(), 7).is_none(), "another task");
+    }
+
+    #[test]
+    fn only_what_the_writer_put_is_taken_as_written() {
+        let cache = RecordCache::default();
+        let task = record(2);
+        let id = task.id;
+        cache.put(1, task.clone(), true);
+        assert!(cache.written(id).is_some());
+        // A reader's older copy replaces it: it is no longer taken as the writer's.
+        cache.put(2, task.clone(), false);
+        assert!(cache.written(id).is_none());
+        assert!(cache.get(id, 2).is_some(), "still reused at its revision");
+        cache.put(3, task, true);
+        assert!(cache.written(id).is_some());
+        assert!(cache.written(TaskId::new()).is_none());
     }
 
     #[test]
@@ -192,16 +227,16 @@ mod tests {
         let cache = RecordCache::default();
         let mut task = record(2);
         let id = task.id;
-        cache.put(1, task.clone());
+        cache.put(1, task.clone(), false);
         task.status = TaskState::Complete;
-        cache.put(2, task);
+        cache.put(2, task, false);
         assert!(cache.get(id, 1).is_none() && cache.get(id, 2).is_none());
         assert_eq!(cache.len(), 0);
 
         let size = bytes_of(&record(26));
         let cache = RecordCache::with_limit(3 * size + size / 2);
         for _ in 0..4 {
-            cache.put(RecordCache::new_revision(), record(26));
+            cache.put(RecordCache::new_revision(), record(26), false);
         }
         assert_eq!(cache.len(), 1, "the fourth task emptied the cache first");
     }
@@ -213,19 +248,19 @@ mod tests {
         let mut big = record(1);
         big.context = Arc::new(json!({"blob": "x".repeat(1 << 20)}));
         assert!(bytes_of(&big) > (1 << 20));
-        cache.put(1, big);
+        cache.put(1, big, false);
         assert_eq!(
             cache.len(),
             0,
             "one task larger than the whole budget is not kept"
         );
         for _ in 0..10 {
-            cache.put(RecordCache::new_revision(), record(1));
+            cache.put(RecordCache::new_revision(), record(1), false);
         }
         assert_eq!(cache.len(), 10);
         let mut heavy = record(1);
         heavy.steps[0].result = Some(Arc::new(json!(vec!["y".repeat(100); 10 * 100])));
-        cache.put(2, heavy);
+        cache.put(2, heavy, false);
         assert!(
             cache.len() < 11,
             "a step's large result counts against the budget"
@@ -237,7 +272,7 @@ mod tests {
         let cache = RecordCache::default();
         let task = record(1);
         let id = task.id;
-        cache.put(0, task);
+        cache.put(0, task, false);
         assert_eq!(cache.len(), 0);
         assert!(cache.get(id, 0).is_none());
     }

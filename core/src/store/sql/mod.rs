@@ -45,6 +45,7 @@ use crate::state::{Change, StepEvent, StepState};
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{TaskFilter, TaskView, TransitionView};
 
+mod group;
 mod postgres;
 mod rows;
 mod sqlite;
@@ -124,20 +125,44 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// Runs `sql` (no binds), such as `BEGIN` or `ROLLBACK`.
     async fn execute(c: &mut Conn<Self>, sql: &'static str) -> sqlx::Result<()>;
     /// Writes `rows` and commits the transaction begun by hand on `c` (begun first when
-    /// `begin`); SQLite does it in one call.
+    /// `begin`); SQLite does it in one call. The ids of the new tasks written: on SQLite each
+    /// new task whose idempotency key is taken is left out, elsewhere a taken key fails the
+    /// write.
     async fn write_commit(
         c: &mut Conn<Self>,
         rows: &Rows<'_>,
         notify: bool,
         begin: bool,
-    ) -> sqlx::Result<()> {
+    ) -> sqlx::Result<Vec<String>> {
         if begin {
             Self::execute(c, Self::BEGIN).await?;
         }
         if !rows.is_empty() {
             Self::write(c, rows, notify).await?;
         }
-        Self::execute(c, "COMMIT").await
+        Self::execute(c, "COMMIT").await?;
+        Ok(rows
+            .tasks
+            .iter()
+            .filter(|t| t.new)
+            .map(|t| t.task_id.clone())
+            .collect())
+    }
+    /// Begins the write transaction on `c` and reads, in the same call where the database
+    /// allows it, how many times other connections have changed the database (SQLite's
+    /// `data_version`; `None` where nothing tells) and the steps to look at for a claim of
+    /// `claim` (handlers, limit) at `now` (see [`Backend::claimable`]).
+    async fn begin_group(
+        c: &mut Conn<Self>,
+        now: i64,
+        claim: Option<(Option<&[Arc<str>]>, i64)>,
+    ) -> sqlx::Result<(Option<i64>, Vec<rows::DueStep>)> {
+        Self::execute(c, Self::BEGIN).await?;
+        let rows = match claim {
+            Some((handlers, limit)) => Self::claimable(c, now, handlers, limit, false).await?,
+            None => Vec::new(),
+        };
+        Ok((None, rows))
     }
     /// Steps to look at for a claim, in one query: whose lease ran out (`lease`), whose retry
     /// is due (`retry`) at `now`, and the claimable ones in claim order (`ready`) for
@@ -497,6 +522,22 @@ fn step_record(r: &StepRow) -> Result<StepRecord> {
     })
 }
 
+/// Gives back step `index`'s lease when it ran out (`lease`), or makes its retry pending
+/// when due; a lease that ran out may leave a retry due at once (no backoff).
+fn due_step(
+    t: &mut TaskRecord,
+    (index, attempt, lease): (u32, u32, bool),
+    now: Timestamp,
+    s: &mut ReadySet,
+    c: &mut Changes,
+) {
+    if lease {
+        t.expire_lease(index, attempt, now, s, c);
+    }
+    let attempts = t.steps[index as usize].attempts;
+    t.retry_due(index, attempts, now, s, c);
+}
+
 /// Steps that became ready during an operation (their claim-order column is set).
 #[derive(Default)]
 struct ReadySet(BTreeSet<u32>);
@@ -516,6 +557,10 @@ struct Writer<B: Backend> {
     /// A transaction was begun and not yet ended (an operation was dropped half way): the next
     /// one rolls it back first.
     open: bool,
+    /// The database's data version (see [`Backend::begin_group`]) as the last group on this
+    /// connection read it and committed: while it holds, no other connection has written
+    /// since, and the tasks this writer cached are as the database holds them.
+    data_version: Option<i64>,
 }
 
 /// The writer's connection: taken out of the pool for good (a file), or borrowed from it for
@@ -682,6 +727,8 @@ struct SqlStore<B: Backend> {
     cache: RecordCache,
     /// Whether the last claim found steps (the next one then skips its first look).
     claims_found: std::sync::atomic::AtomicBool,
+    /// Where the hot operations wait for their group, on a database with one writer.
+    committer: group::Committer,
 }
 
 impl<B: Backend> Drop for SqlStore<B> {
@@ -696,6 +743,7 @@ impl<B: Backend> Drop for SqlStore<B> {
         if let Some(listener) = self.listener.lock().take() {
             listener.abort();
         }
+        self.committer.stop();
     }
 }
 
@@ -704,9 +752,11 @@ impl<B: Backend> Drop for SqlStore<B> {
 /// listen for wake-ups on `waker`.
 pub(crate) async fn open(url: &str, waker: Arc<Notify>) -> Result<Arc<dyn Store>> {
     match Dialect::of(url) {
-        Some(Dialect::Sqlite) => Ok(Arc::new(
-            SqlStore::<sqlite::Sqlite>::open(url, waker).await?,
-        )),
+        Some(Dialect::Sqlite) => {
+            let store = Arc::new(SqlStore::<sqlite::Sqlite>::open(url, waker).await?);
+            group::Committer::start(&store);
+            Ok(store)
+        }
         Some(Dialect::Postgres) => Ok(Arc::new(
             SqlStore::<postgres::Postgres>::open(url, waker).await?,
         )),
@@ -723,6 +773,7 @@ impl<B: Backend> SqlStore<B> {
             writer: tokio::sync::Mutex::new(Writer {
                 conn: None,
                 open: false,
+                data_version: None,
             }),
             keep_writer: !url.contains(":memory:"),
             graphs: RwLock::new(HashMap::new()),
@@ -730,6 +781,7 @@ impl<B: Backend> SqlStore<B> {
             listener: parking_lot::Mutex::new(None),
             cache: RecordCache::default(),
             claims_found: std::sync::atomic::AtomicBool::new(false),
+            committer: group::Committer::default(),
         };
         store.migrate().await?;
         *store.listener.lock() = B::listen(url, waker).await?;
@@ -778,8 +830,9 @@ impl<B: Backend> SqlStore<B> {
                 WriterConn::Borrowed(conn)
             });
             writer.open = false;
+            writer.data_version = None;
         }
-        let Writer { conn, open } = &mut *writer;
+        let Writer { conn, open, .. } = &mut *writer;
         if let (Some(conn), true) = (conn.as_mut(), *open) {
             let _ = B::execute(conn.get(), "ROLLBACK").await;
             *open = false;
@@ -814,7 +867,7 @@ impl<B: Backend> SqlStore<B> {
                 // A failure half way leaves the transaction open.
                 let clean = written.is_ok() || B::execute(conn, "ROLLBACK").await.is_ok();
                 self.done_writing(&mut w, clean);
-                written.map_err(db)
+                written.map(drop).map_err(db)
             }
         }
     }
@@ -852,6 +905,9 @@ impl<B: Backend> SqlStore<B> {
             w.open = false;
         } else {
             w.open = true;
+        }
+        if !clean {
+            w.data_version = None;
         }
     }
 
@@ -944,7 +1000,8 @@ impl<B: Backend> SqlStore<B> {
                 }
                 match self.decode(conn, row, &steps[start..at]).await {
                     Ok(task) => {
-                        self.cache.put(row.revision, task.clone());
+                        self.cache
+                            .put(row.revision, task.clone(), lock != Lock::None);
                         records.push(task);
                     }
                     Err(Error::Closed) => return Err(Error::Closed),
@@ -1066,7 +1123,7 @@ impl<B: Backend> SqlStore<B> {
                 drop(edits);
                 for (task, revision) in tasks.into_iter().zip(written) {
                     if let Some(revision) = revision {
-                        self.cache.put(revision, task);
+                        self.cache.put(revision, task, true);
                     }
                 }
                 Ok(out)
@@ -1144,22 +1201,6 @@ impl<B: Backend> SqlStore<B> {
         Ok((out, changes))
     }
 
-    /// Gives back step `index`'s lease when it ran out (`lease`), or makes its retry pending
-    /// when due; a lease that ran out may leave a retry due at once (no backoff).
-    fn due_step(
-        t: &mut TaskRecord,
-        (index, attempt, lease): (u32, u32, bool),
-        now: Timestamp,
-        s: &mut ReadySet,
-        c: &mut Changes,
-    ) {
-        if lease {
-            t.expire_lease(index, attempt, now, s, c);
-        }
-        let attempts = t.steps[index as usize].attempts;
-        t.retry_due(index, attempts, now, s, c);
-    }
-
     /// Expired leases given back and due retries made pending, in one transaction (tasks
     /// that another transaction holds are left for it).
     async fn reclaim(&self, now: Timestamp) -> Result<Changes> {
@@ -1187,7 +1228,7 @@ impl<B: Backend> SqlStore<B> {
         self.apply(tx, &ids, Lock::Skip, now, &mut changes, |t, s, c| {
             let id = t.id;
             for &(_, index, attempt, kind) in keys.iter().filter(|k| k.0 == id) {
-                Self::due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
+                due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
             }
             Ok(())
         })
@@ -1231,7 +1272,7 @@ impl<B: Backend> SqlStore<B> {
                 let id = t.id;
                 let mine = || keys.iter().filter(move |k| k.0 == id);
                 for &(_, index, attempt, kind) in mine().filter(|k| k.3 != Due::Ready) {
-                    Self::due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
+                    due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
                 }
                 let mut out = Vec::new();
                 for &(_, index, _, _) in mine() {
@@ -1311,87 +1352,52 @@ impl<B: Backend> SqlStore<B> {
         tasks: &[(Arc<TaskGraph>, &NewTask)],
         now: Timestamp,
     ) -> Result<Vec<Created>> {
-        let mut records = Vec::with_capacity(tasks.len());
-        let mut transitions = Vec::new();
-        let mut ready = false;
-        for (graph, new) in tasks {
-            let (mut schedule, mut changes) = (ReadySet::default(), Changes::default());
-            let record = TaskRecord::create(
-                TaskId::new(),
-                graph.clone(),
-                new,
-                now,
-                &mut schedule,
-                &mut changes,
-            );
-            transitions.extend(changes.transitions.iter().cloned());
-            ready |= !changes.ready.is_empty();
-            records.push((record, schedule, changes));
-        }
-        let edits: Vec<Edit<'_>> = records
+        let records: Vec<group::NewRecord> = tasks
             .iter()
-            .map(|(after, ready, _)| Edit {
-                before: None,
-                after,
-                ready,
+            .map(|(graph, new)| {
+                let (mut ready, mut changes) = (ReadySet::default(), Changes::default());
+                let record = TaskRecord::create(
+                    TaskId::new(),
+                    graph.clone(),
+                    new,
+                    now,
+                    &mut ready,
+                    &mut changes,
+                );
+                group::NewRecord {
+                    record,
+                    ready,
+                    changes,
+                }
             })
             .collect();
-        let (rows, revisions) = rows_of(&edits, now, &transitions);
-        let notify = wakes_workers(ready, &transitions);
-        let written = if B::ONE_WRITER {
-            let mut w = self.writer().await?;
-            w.open = true;
-            let Writer { conn, .. } = &mut *w;
-            let written = match conn.as_mut().map(WriterConn::get) {
-                Some(conn) => {
-                    let written = B::create(conn, &rows, notify).await;
-                    // A failure half way leaves the transaction open.
-                    let clean = written.is_ok() || B::execute(conn, "ROLLBACK").await.is_ok();
-                    (written, clean)
-                }
-                None => (Err(sqlx::Error::PoolClosed), true),
-            };
-            let (written, clean) = written;
-            self.done_writing(&mut w, clean);
-            written.map_err(db)?
+        let made = if B::ONE_WRITER {
+            self.grouped(|reply| group::Job::Create {
+                tasks: records,
+                reply,
+            })
+            .await?
         } else {
-            let mut conn = self.pool.acquire().await.map_err(db)?;
-            B::create(&mut conn, &rows, notify).await.map_err(db)?
+            self.create_now(records, now).await?
         };
-        drop(rows);
-        drop(edits);
-        let written: std::collections::HashSet<String> = written.into_iter().collect();
-        let mut out = Vec::with_capacity(records.len());
+        let mut out = Vec::with_capacity(made.len());
         // One connection for every key found taken (a task not written).
-        let mut lookup = if written.len() < records.len() {
-            Some(self.pool.acquire().await.map_err(db)?)
-        } else {
-            None
-        };
-        for ((record, _, changes), revision) in records.into_iter().zip(revisions) {
-            let id = record.id;
-            if written.contains(&id.to_string()) {
-                if let Some(revision) = revision {
-                    self.cache.put(revision, record);
-                }
+        let mut lookup = None;
+        for made in made {
+            let Some((namespace, name, key)) = made.key else {
                 out.push(Created {
-                    task_id: id,
+                    task_id: made.id,
                     created: true,
-                    changes,
+                    changes: made.changes,
                 });
                 continue;
-            }
+            };
             // Its key was taken, by an earlier task or by a concurrent create.
-            let key = record.idempotency_key.as_deref().ok_or_else(|| {
-                Error::store(
-                    StoreErrorKind::Other,
-                    format!("task {id} was not written and has no idempotency key"),
-                )
-            })?;
-            let conn = lookup
-                .as_mut()
-                .ok_or_else(|| Error::store(StoreErrorKind::Other, "no connection for a key"))?;
-            let found = B::task_by_key(conn, &record.namespace, &record.name, key)
+            let conn = match &mut lookup {
+                Some(conn) => conn,
+                None => lookup.insert(self.pool.acquire().await.map_err(db)?),
+            };
+            let found = B::task_by_key(conn, &namespace, &name, &key)
                 .await
                 .map_err(db)?
                 .ok_or_else(|| {
@@ -1407,6 +1413,41 @@ impl<B: Backend> SqlStore<B> {
             });
         }
         Ok(out)
+    }
+
+    /// New tasks written at once, on a pooled connection in one transaction of their own (one
+    /// statement on PostgreSQL).
+    async fn create_now(
+        &self,
+        records: Vec<group::NewRecord>,
+        now: Timestamp,
+    ) -> Result<Vec<group::Made>> {
+        let transitions: Vec<_> = records
+            .iter()
+            .flat_map(|n| n.changes.transitions.iter().cloned())
+            .collect();
+        let ready = records.iter().any(|n| !n.changes.ready.is_empty());
+        let edits: Vec<Edit<'_>> = records
+            .iter()
+            .map(|n| Edit {
+                before: None,
+                after: &n.record,
+                ready: &n.ready,
+            })
+            .collect();
+        let (rows, revisions) = rows_of(&edits, now, &transitions);
+        let notify = wakes_workers(ready, &transitions);
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let written = B::create(&mut conn, &rows, notify).await.map_err(db)?;
+        drop(rows);
+        drop(edits);
+        Ok(group::made(
+            records,
+            revisions,
+            &written,
+            &self.cache,
+            false,
+        ))
     }
 }
 
@@ -1629,6 +1670,21 @@ impl<B: Backend> Store for SqlStore<B> {
                 return Ok((Vec::new(), changes));
             }
         }
+        if B::ONE_WRITER {
+            // With the next group: it waits for one group at most.
+            let now = now();
+            let request = request.clone();
+            let (claimed, changes) = self
+                .grouped(|reply| group::Job::Claim {
+                    request,
+                    now,
+                    reply,
+                })
+                .await?;
+            self.claims_found
+                .store(!claimed.is_empty(), std::sync::atomic::Ordering::Relaxed);
+            return Ok((claimed, changes));
+        }
         let tx = self.begin().await?;
         // Read once the write lock is held: waiting for it must not eat into the leases.
         let now = now();
@@ -1673,6 +1729,15 @@ impl<B: Backend> Store for SqlStore<B> {
         reports: Vec<StepReport>,
         now: Timestamp,
     ) -> Result<(Vec<Result<()>>, Changes)> {
+        if B::ONE_WRITER {
+            return self
+                .grouped(|reply| group::Job::Report {
+                    reports,
+                    now,
+                    reply,
+                })
+                .await;
+        }
         let ids: Vec<TaskId> = reports.iter().map(|r| r.step.task).collect();
         let mut slots: Vec<Option<StepReport>> = reports.into_iter().map(Some).collect();
         let mut results: Vec<Result<()>> =

@@ -101,6 +101,8 @@ pub(super) struct TaskWrite<'a> {
     pub updated_at: i64,
     pub completed_at: Option<i64>,
     pub revision: i64,
+    /// A new task (inserted, unless its idempotency key is taken), not one whose row exists.
+    pub new: bool,
 }
 
 impl<'a> TaskWrite<'a> {
@@ -126,6 +128,7 @@ impl<'a> TaskWrite<'a> {
             updated_at: ms(t.updated_at),
             completed_at: t.completed_at.map(ms),
             revision,
+            new,
         }
     }
 }

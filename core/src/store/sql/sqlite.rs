@@ -33,6 +33,20 @@ const BEGIN_CLAIMABLE: &str = concat!(
     ";\n",
     include_str!("sqlite/ready.sql")
 );
+/// The write transaction begun, then the database's data version (one row, see the file).
+const BEGIN_VERSION: &str = concat!(
+    "BEGIN IMMEDIATE;\n",
+    include_str!("sqlite/data_version.sql")
+);
+/// [`BEGIN_VERSION`], then [`CLAIMABLE`]: one call.
+const BEGIN_VERSION_CLAIMABLE: &str = concat!(
+    "BEGIN IMMEDIATE;\n",
+    include_str!("sqlite/data_version.sql"),
+    ";\n",
+    include_str!("shared/due.sql"),
+    ";\n",
+    include_str!("sqlite/ready.sql")
+);
 const WORK_STATUS: &str = include_str!("sqlite/work_status.sql");
 const NAMED_STEPS: &str = include_str!("sqlite/named_steps.sql");
 const TASKS_UPSERT: &str = include_str!("sqlite/tasks_upsert.sql");
@@ -63,12 +77,16 @@ fn for_rows(sql: &str, rows: usize) -> String {
     out
 }
 
-/// The statements writing `rows` (task rows with `tasks`, then steps and transitions), one
-/// text for one call into the driver's thread; empty when there is nothing to write.
-fn write_text(tasks: &str, rows: &Rows<'_>) -> String {
+/// The statements writing `rows` — new task rows inserted (left out, with their steps and
+/// transitions, when their idempotency key is taken), the others upserted, then steps and
+/// transitions — one text for one call into the driver's thread, ending with the query of
+/// which new tasks were written when there are any; empty when there is nothing to write.
+fn write_text(rows: &Rows<'_>) -> String {
+    let new = rows.tasks.iter().filter(|t| t.new).count();
     let mut text = String::new();
     for (sql, n) in [
-        (tasks, rows.tasks.len()),
+        (TASKS_INSERT, new),
+        (TASKS_UPSERT, rows.tasks.len() - new),
         (STEPS_UPSERT, rows.steps.len()),
         (TRANSITIONS_INSERT, rows.transitions.len()),
     ] {
@@ -81,6 +99,10 @@ fn write_text(tasks: &str, rows: &Rows<'_>) -> String {
             left -= rows;
         }
     }
+    if new > 0 {
+        text.push_str(CREATED);
+        text.push_str(";\n");
+    }
     text
 }
 
@@ -88,8 +110,9 @@ fn write_text(tasks: &str, rows: &Rows<'_>) -> String {
 fn bind_rows<'q>(
     mut q: sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>>,
     rows: &'q Rows<'_>,
-) -> sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>> {
-    for t in &rows.tasks {
+) -> sqlx::Result<sqlx::query::Query<'q, sqlx::Sqlite, SqliteArguments<'q>>> {
+    let new = rows.tasks.iter().filter(|t| t.new);
+    for t in new.chain(rows.tasks.iter().filter(|t| !t.new)) {
         q = q
             .bind(&*t.task_id)
             .bind(t.namespace)
@@ -138,7 +161,27 @@ fn bind_rows<'q>(
             .bind(r.attempt)
             .bind(r.at);
     }
-    q
+    let new: Vec<&str> = rows
+        .tasks
+        .iter()
+        .filter(|t| t.new)
+        .map(|t| &*t.task_id)
+        .collect();
+    if !new.is_empty() {
+        q = q.bind(json(&new)?);
+    }
+    Ok(q)
+}
+
+/// Runs `text` (from [`write_text`], with `BEGIN` or `COMMIT` around it) with `rows` bound:
+/// the ids of the new tasks written.
+async fn run_write(
+    c: &mut SqliteConnection,
+    text: &str,
+    rows: &Rows<'_>,
+) -> sqlx::Result<Vec<String>> {
+    let found = bind_rows(sqlx::query(text), rows)?.fetch_all(c).await?;
+    found.iter().map(|row| row.try_get(0)).collect()
 }
 
 /// SQLite's `synchronous` level, from the store URL (`sqlite://tasker.db?synchronous=full`):
@@ -245,9 +288,9 @@ impl Backend for Sqlite {
     }
 
     async fn write(c: &mut SqliteConnection, rows: &Rows<'_>, _notify: bool) -> sqlx::Result<()> {
-        let text = write_text(TASKS_UPSERT, rows);
+        let text = write_text(rows);
         if !text.is_empty() {
-            bind_rows(sqlx::query(&text), rows).execute(c).await?;
+            run_write(c, &text, rows).await?;
         }
         Ok(())
     }
@@ -257,17 +300,9 @@ impl Backend for Sqlite {
         rows: &Rows<'_>,
         _notify: bool,
     ) -> sqlx::Result<Vec<String>> {
-        let ids: Vec<&str> = rows.tasks.iter().map(|t| &*t.task_id).collect();
         // One short transaction, begun, written and committed in one call.
-        let text = format!(
-            "BEGIN IMMEDIATE;\n{}{CREATED};\nCOMMIT;",
-            write_text(TASKS_INSERT, rows)
-        );
-        let found = bind_rows(sqlx::query(&text), rows)
-            .bind(json(&ids)?)
-            .fetch_all(c)
-            .await?;
-        found.iter().map(|row| row.try_get(0)).collect()
+        let text = format!("BEGIN IMMEDIATE;\n{}COMMIT;", write_text(rows));
+        run_write(c, &text, rows).await
     }
 
     async fn claimable(
@@ -286,16 +321,41 @@ impl Backend for Sqlite {
             .await
     }
 
+    async fn begin_group(
+        c: &mut SqliteConnection,
+        now: i64,
+        claim: Option<(Option<&[Arc<str>]>, i64)>,
+    ) -> sqlx::Result<(Option<i64>, Vec<DueStep>)> {
+        let mut rows: Vec<DueStep> = match claim {
+            Some((handlers, limit)) => {
+                sqlx::query_as(BEGIN_VERSION_CLAIMABLE)
+                    .bind(now)
+                    .bind(handler_list(handlers)?)
+                    .bind(limit)
+                    .fetch_all(c)
+                    .await?
+            }
+            None => sqlx::query_as(BEGIN_VERSION).fetch_all(c).await?,
+        };
+        let version = match rows.first() {
+            Some(row) if row.due == "version" => Some(row.key.step_index),
+            _ => None,
+        };
+        if version.is_some() {
+            rows.remove(0);
+        }
+        Ok((version, rows))
+    }
+
     async fn write_commit(
         c: &mut SqliteConnection,
         rows: &Rows<'_>,
         _notify: bool,
         begin: bool,
-    ) -> sqlx::Result<()> {
+    ) -> sqlx::Result<Vec<String>> {
         let begin = if begin { "BEGIN IMMEDIATE;\n" } else { "" };
-        let text = format!("{begin}{}COMMIT;", write_text(TASKS_UPSERT, rows));
-        bind_rows(sqlx::query(&text), rows).execute(c).await?;
-        Ok(())
+        let text = format!("{begin}{}COMMIT;", write_text(rows));
+        run_write(c, &text, rows).await
     }
 
     async fn work_status(
