@@ -172,6 +172,81 @@ async fn two_engines_on_one_database_see_each_others_writes() {
     }
 }
 
+/// A write by an engine whose cached copy of a task is out of date never undoes another
+/// engine's: on PostgreSQL the task's row is read again under its lock (its revision tells),
+/// on SQLite a group reads again once another connection has written (`data_version`).
+#[tokio::test]
+async fn a_stale_cached_copy_never_overwrites_another_engines_write() {
+    for (name, url) in sql_store_urls().await {
+        let (a, b) = (
+            Engine::open(&url).await.unwrap(),
+            Engine::open(&url).await.unwrap(),
+        );
+        let pair =
+            template("stale", "pair").steps(vec![step("x").handler("h"), step("y").handler("h")]);
+        register(&a, &pair).await;
+        let task = create(&a, NewTask::new("stale", "pair")).await;
+        let x = claim_one(&a, "x").await; // a caches the task with x running
+        let y = claim_one(&b, "y").await; // b claims y behind a's back
+        complete(&a, &x, json!("x")).await; // a's cached copy has y still pending
+        let view = task_view(&b, task).await;
+        assert_eq!(
+            view.step("x").unwrap().status,
+            StepState::Complete,
+            "{name}"
+        );
+        assert_eq!(
+            view.step("y").unwrap().status,
+            StepState::InProgress,
+            "{name}: y's claim kept"
+        );
+        complete(&b, &y, json!("y")).await;
+        for engine in [&a, &b] {
+            let view = task_view(engine, task).await;
+            assert_eq!(view.status, TaskState::Complete, "{name}");
+            assert_eq!(view.step("y").unwrap().attempts, 1, "{name}: y ran once");
+        }
+    }
+}
+
+/// Engines racing for the same ready steps never claim one twice, and every step is claimed:
+/// on PostgreSQL each skips the tasks another holds, on SQLite their groups take turns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_racing_for_steps_never_claim_one_twice() {
+    for (name, url) in sql_store_urls().await {
+        let engines: Vec<Engine> = futures::future::join_all((0..3).map(|_| Engine::open(&url)))
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        let one = template("race", "one").step(step("s").handler("h"));
+        register(&engines[0], &one).await;
+        for _ in 0..60 {
+            create(&engines[0], NewTask::new("race", "one")).await;
+        }
+        let claims = engines.iter().map(|e| async move {
+            let mut mine = Vec::new();
+            loop {
+                let got = e.claim(&any_handler(4)).await.unwrap();
+                if got.is_empty() {
+                    break;
+                }
+                mine.extend(got.into_iter().map(|c| (c.step_id, c.attempt)));
+            }
+            mine
+        });
+        let all: Vec<_> = futures::future::join_all(claims)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        let distinct: std::collections::HashSet<_> = all.iter().map(|(id, _)| *id).collect();
+        assert_eq!(all.len(), 60, "{name}: every step claimed once, none twice");
+        assert_eq!(distinct.len(), 60, "{name}");
+        assert!(all.iter().all(|(_, attempt)| *attempt == 1), "{name}");
+    }
+}
+
 /// `synchronous` is chosen in the URL: `normal` by default, `full` (or `extra`) for whoever
 /// wants each commit on disk before it returns; anything else is refused, naming the choices.
 #[tokio::test]

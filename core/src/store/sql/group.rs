@@ -27,13 +27,14 @@ use tokio::sync::oneshot;
 
 use super::rows::ms;
 use super::{
-    corrupt, db, due_keys, due_step, rows_of, Backend, Due, Edit, Lock, ReadySet, SqlStore, Tx,
+    corrupt, db, due_keys, due_step, report_on, rows_of, Backend, Due, Edit, Lock, ReadySet,
+    SqlStore, Tx,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::ids::TaskId;
 use crate::store::record::TaskRecord;
-use crate::store::{Changes, ClaimRequest, ClaimedStep, Outcome, StepReport};
+use crate::store::{Changes, ClaimRequest, ClaimedStep, StepReport};
 
 /// The most operations one group takes (more wait for the next).
 const MAX_GROUP: usize = 64;
@@ -571,12 +572,15 @@ impl Group {
                     let Some((t, s)) = tasks.get(r.step.task) else {
                         return Err(Error::TaskNotFound(r.step.task));
                     };
-                    match &r.outcome {
-                        Outcome::Complete(v) => {
-                            t.complete(r.step, r.attempt, v.clone(), *now, s, &mut changes)
-                        }
-                        Outcome::Fail(f) => t.fail(r.step, r.attempt, f, *now, s, &mut changes),
-                    }
+                    report_on(
+                        t,
+                        r.step,
+                        r.attempt,
+                        r.outcome.clone(),
+                        *now,
+                        s,
+                        &mut changes,
+                    )
                 })
                 .collect();
             made_ready.extend(changes.ready.iter().map(|(id, _)| (id.task, id.index)));
@@ -714,7 +718,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::store::{NewTask, Store};
+    use crate::store::{NewTask, Outcome, Store};
     use crate::template::TaskTemplate;
 
     const CHAIN: &str = "namespace: g\nname: chain\nversion: 1.0.0\nsteps:\n  - name: a\n    handler: h\n  - name: b\n    handler: h\n    depends_on: [a]\n";

@@ -538,6 +538,68 @@ fn due_step(
     t.retry_due(index, attempts, now, s, c);
 }
 
+/// Records on `t` the outcome of attempt `attempt` of `step`.
+fn report_on(
+    t: &mut TaskRecord,
+    step: StepId,
+    attempt: u32,
+    outcome: Outcome,
+    now: Timestamp,
+    s: &mut ReadySet,
+    c: &mut Changes,
+) -> Result<()> {
+    match outcome {
+        Outcome::Complete(v) => t.complete(step, attempt, v, now, s, c),
+        Outcome::Fail(f) => t.fail(step, attempt, &f, now, s, c),
+    }
+}
+
+/// The claim of `request` on task `t`: its steps among `keys` whose lease ran out or whose
+/// retry is due are given back or made pending, then its steps among `keys` that are claimable
+/// (checked again: another worker may have claimed one) are claimed while `left` lasts.
+fn claim_task(
+    t: &mut TaskRecord,
+    keys: &[(TaskId, u32, u32, Due)],
+    request: &ClaimRequest,
+    now: Timestamp,
+    left: &mut usize,
+    s: &mut ReadySet,
+    c: &mut Changes,
+) -> Result<Vec<ClaimedStep>> {
+    let id = t.id;
+    let mine = || keys.iter().filter(move |k| k.0 == id);
+    for &(_, index, attempt, kind) in mine().filter(|k| k.3 != Due::Ready) {
+        due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
+    }
+    let wanted = |handler: &str| {
+        request
+            .handlers
+            .as_ref()
+            .is_none_or(|h| h.iter().any(|n| &**n == handler))
+    };
+    let mut out = Vec::new();
+    for &(_, index, _, _) in mine() {
+        if *left > 0 && t.is_claimable(index) && wanted(&t.graph.step(index).handler) {
+            out.push(t.claim(index, &request.worker_id, now, s, c)?);
+            *left -= 1;
+        }
+    }
+    Ok(out)
+}
+
+/// The steps each task's claim took, in the order of `keys` (claim order, not lock order).
+fn in_claim_order(
+    claimed: Vec<(TaskId, Vec<ClaimedStep>)>,
+    keys: &[(TaskId, u32, u32, Due)],
+) -> Vec<ClaimedStep> {
+    let mut claimed: Vec<ClaimedStep> = claimed.into_iter().flat_map(|(_, s)| s).collect();
+    claimed.sort_by_key(|c| {
+        keys.iter()
+            .position(|k| (k.0, k.1) == (c.step_id.task, c.step_id.index))
+    });
+    claimed
+}
+
 /// Steps that became ready during an operation (their claim-order column is set).
 #[derive(Default)]
 struct ReadySet(BTreeSet<u32>);
@@ -1259,41 +1321,14 @@ impl<B: Backend> SqlStore<B> {
         // Claim order: the ready steps as the query ordered them, then those made pending now.
         keys.sort_by_key(|k| k.3 != Due::Ready);
         let ids: Vec<TaskId> = keys.iter().map(|k| k.0).collect();
-        let wanted = |handler: &str| {
-            request
-                .handlers
-                .as_ref()
-                .is_none_or(|h| h.iter().any(|n| &**n == handler))
-        };
         let mut left = request.limit;
         // Tasks another worker holds are skipped; their steps go to the next claim.
-        let mut claimed: Vec<ClaimedStep> = self
+        let claimed = self
             .apply(tx, &ids, Lock::Skip, now, changes, |t, s, c| {
-                let id = t.id;
-                let mine = || keys.iter().filter(move |k| k.0 == id);
-                for &(_, index, attempt, kind) in mine().filter(|k| k.3 != Due::Ready) {
-                    due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
-                }
-                let mut out = Vec::new();
-                for &(_, index, _, _) in mine() {
-                    // Re-checked under the lock: another worker may have claimed it.
-                    if left > 0 && t.is_claimable(index) && wanted(&t.graph.step(index).handler) {
-                        out.push(t.claim(index, &request.worker_id, now, s, c)?);
-                        left -= 1;
-                    }
-                }
-                Ok(out)
+                claim_task(t, &keys, request, now, &mut left, s, c)
             })
-            .await?
-            .into_iter()
-            .flat_map(|(_, steps)| steps)
-            .collect();
-        // Hand them out in claim order, not lock order.
-        claimed.sort_by_key(|c| {
-            keys.iter()
-                .position(|k| (k.0, k.1) == (c.step_id.task, c.step_id.index))
-        });
-        Ok(claimed)
+            .await?;
+        Ok(in_claim_order(claimed, &keys))
     }
 
     /// The steps a claim looks at (see [`Backend::claimable`]).
@@ -1738,12 +1773,14 @@ impl<B: Backend> Store for SqlStore<B> {
                 })
                 .await;
         }
-        let ids: Vec<TaskId> = reports.iter().map(|r| r.step.task).collect();
+        let mut results: Vec<Result<()>> = reports
+            .iter()
+            .map(|r| Err(Error::TaskNotFound(r.step.task)))
+            .collect();
         let mut slots: Vec<Option<StepReport>> = reports.into_iter().map(Some).collect();
-        let mut results: Vec<Result<()>> =
-            ids.iter().map(|&t| Err(Error::TaskNotFound(t))).collect();
-        let tx = self.begin().await?;
         let mut changes = Changes::default();
+        let ids: Vec<TaskId> = slots.iter().flatten().map(|r| r.step.task).collect();
+        let tx = self.begin().await?;
         // One lock, load and write for the whole batch; each task's reports in order.
         let outcomes = self
             .apply(tx, &ids, Lock::Wait, now, &mut changes, |t, s, c| {
@@ -1752,11 +1789,7 @@ impl<B: Backend> Store for SqlStore<B> {
                     let Some(r) = report.take_if(|r| r.step.task == t.id) else {
                         continue;
                     };
-                    let result = match r.outcome {
-                        Outcome::Complete(v) => t.complete(r.step, r.attempt, v, now, s, c),
-                        Outcome::Fail(f) => t.fail(r.step, r.attempt, &f, now, s, c),
-                    };
-                    out.push((slot, result));
+                    out.push((slot, report_on(t, r.step, r.attempt, r.outcome, now, s, c)));
                 }
                 Ok(out)
             })
