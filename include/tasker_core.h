@@ -171,6 +171,15 @@ void tc_claim_batch_free(struct tc_claim_batch *batch);
 enum tc_status tc_engine_open(const char *url, struct tc_engine **out);
 
 /**
+ * tc_engine_open in `environment`: the environment whose template overrides apply
+ * (`environments.<env>` in a template). NULL: `TASKER_ENV`, then `RAILS_ENV`, else none.
+ *
+ * # Safety
+ * `url` and `environment` are NULL or NUL-terminated strings; `out` is valid for writes.
+ */
+enum tc_status tc_engine_open_env(const char *url, const char *environment, struct tc_engine **out);
+
+/**
  * Closes the engine and frees the handle. NULL is fine. Workers and subscriptions made from it
  * must not be used afterwards (free them first).
  *
@@ -390,6 +399,16 @@ const char *tc_step_context_json(const struct tc_step *step);
  * `step` is NULL or a live step.
  */
 const char *tc_step_inputs_json(const struct tc_step *step);
+
+/**
+ * The step's config from its template as a JSON object (Rails Tasker's `handler_config`,
+ * tasker-core's `handler.initialization`, after the engine's environment overrides; `{}` when
+ * none). NULL if `step` is NULL. Valid while the step is; never free it.
+ *
+ * # Safety
+ * `step` is NULL or a live step.
+ */
+const char *tc_step_config_json(const struct tc_step *step);
 
 /**
  * The attempt number, 1-based; 0 if `step` is NULL.

@@ -37,10 +37,26 @@ impl tc_engine {
 #[no_mangle]
 pub unsafe extern "C" fn tc_engine_open(url: *const c_char, out: *mut *mut tc_engine) -> tc_status {
     // SAFETY: forwarded contracts.
+    unsafe { tc_engine_open_env(url, std::ptr::null(), out) }
+}
+
+/// tc_engine_open in `environment`: the environment whose template overrides apply
+/// (`environments.<env>` in a template). NULL: `TASKER_ENV`, then `RAILS_ENV`, else none.
+///
+/// # Safety
+/// `url` and `environment` are NULL or NUL-terminated strings; `out` is valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_engine_open_env(
+    url: *const c_char,
+    environment: *const c_char,
+    out: *mut *mut tc_engine,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
     unsafe {
         with_out(out, || {
             let url = opt_text(url, "url")?.unwrap_or(tasker_core::engine::DEFAULT_URL);
-            let engine = runtime()?.block_on(Engine::open(url))?;
+            let environment = opt_text(environment, "environment")?.map(str::to_owned);
+            let engine = runtime()?.block_on(Engine::open_in(url, environment))?;
             Ok(Box::into_raw(Box::new(tc_engine {
                 engine: ForkSafe::new(engine),
                 owner: Owner::current(),

@@ -34,6 +34,7 @@ pub struct tc_step {
     pub(crate) task_id: OnceLock<CString>,
     pub(crate) context: OnceLock<CString>,
     pub(crate) inputs: OnceLock<CString>,
+    pub(crate) config: OnceLock<CString>,
 }
 
 impl tc_step {
@@ -45,6 +46,7 @@ impl tc_step {
             task_id: OnceLock::new(),
             context: OnceLock::new(),
             inputs: OnceLock::new(),
+            config: OnceLock::new(),
             report: Mutex::new(None),
             reported: std::sync::atomic::AtomicBool::new(false),
             engine,
@@ -152,6 +154,18 @@ pub unsafe extern "C" fn tc_step_context_json(step: *const tc_step) -> *const c_
 pub unsafe extern "C" fn tc_step_inputs_json(step: *const tc_step) -> *const c_char {
     // SAFETY: forwarded contract.
     unsafe { step_str(step, |s| &s.inputs, |s| s.step.inputs.to_json().to_string()) }
+}
+
+/// The step's config from its template as a JSON object (Rails Tasker's `handler_config`,
+/// tasker-core's `handler.initialization`, after the engine's environment overrides; `{}` when
+/// none). NULL if `step` is NULL. Valid while the step is; never free it.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_config_json(step: *const tc_step) -> *const c_char {
+    // SAFETY: forwarded contract.
+    unsafe { step_str(step, |s| &s.config, |s| s.step.config.to_string()) }
 }
 
 /// The attempt number, 1-based; 0 if `step` is NULL.

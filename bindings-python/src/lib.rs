@@ -75,6 +75,12 @@ create_exception!(
 );
 create_exception!(
     _native,
+    InvalidContextError,
+    InvalidArgumentError,
+    "create_task with a context that breaks its template's input_schema; the message names each failing path."
+);
+create_exception!(
+    _native,
     IdempotencyConflictError,
     InvalidArgumentError,
     "create_task with an idempotency key seen before, for another context or version."
@@ -86,6 +92,7 @@ fn py_err(e: Error) -> PyErr {
     match (&e, e.kind()) {
         (Error::ClaimLost { .. }, _) => ClaimLostError::new_err(message),
         (Error::IdempotencyConflict { .. }, _) => IdempotencyConflictError::new_err(message),
+        (Error::InvalidContext { .. }, _) => InvalidContextError::new_err(message),
         (_, ErrorKind::Template) => TemplateError::new_err(message),
         (_, ErrorKind::NotFound) => NotFoundError::new_err(message),
         (_, ErrorKind::InvalidTransition) => InvalidTransitionError::new_err(message),
@@ -283,13 +290,13 @@ impl Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (url = None))]
-    fn new(py: Python<'_>, url: Option<String>) -> PyResult<Self> {
+    #[pyo3(signature = (url = None, environment = None))]
+    fn new(py: Python<'_>, url: Option<String>, environment: Option<String>) -> PyResult<Self> {
         let runtime = runtime()?;
         let url = url.unwrap_or_else(|| tasker_core::engine::DEFAULT_URL.to_owned());
         let rt = runtime.clone();
         let engine = py
-            .detach(move || rt.block_on(tasker_core::Engine::open(&url)))
+            .detach(move || rt.block_on(tasker_core::Engine::open_in(&url, environment)))
             .map_err(py_err)?;
         Ok(Engine {
             engine: ForkSafe::new(engine),
@@ -298,41 +305,42 @@ impl Engine {
         })
     }
 
-    /// Validates and stores a template given as YAML or JSON text or as a dict. Returns
-    /// ``{"namespace", "name", "version", "steps": [step names]}``. Raises TemplateError.
+    /// The environment whose template overrides apply (``environment=``, else ``TASKER_ENV``,
+    /// else ``RAILS_ENV``), or None.
+    #[getter]
+    fn environment(&self, py: Python<'_>) -> PyResult<Option<String>> {
+        self.call(
+            py,
+            |e| async move { Ok(e.environment().map(str::to_owned)) },
+        )
+    }
+
+    /// Validates and stores a template given as YAML or JSON text or as a dict, in this
+    /// engine's format, Rails Tasker's or tasker-core's (detected by its keys). Returns
+    /// ``{"namespace", "name", "version", "steps": [step names], "format", "warnings"}``.
+    /// Raises TemplateError.
     #[pyo3(signature = (template))]
     fn register_template(
         &self,
         py: Python<'_>,
         template: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
-        let graph = if let Ok(text) = template.cast::<PyString>() {
+        let registered = if let Ok(text) = template.cast::<PyString>() {
             let text: String = text.extract()?;
             self.call(
                 py,
-                move |e| async move { e.register_template_str(&text).await },
+                move |e| async move { e.register_document_str(&text).await },
             )?
         } else if template.is_instance_of::<PyDict>() {
             let value = to_json(template, "the template")?;
-            self.call(py, move |e| async move {
-                e.register_template_value(value).await
-            })?
+            self.call(py, move |e| async move { e.register_document(value).await })?
         } else {
             return Err(PyTypeError::new_err(format!(
                 "a template is YAML or JSON text (str) or a dict, not {}",
                 template.get_type().name()?
             )));
         };
-        let steps: Vec<&str> = graph.steps().iter().map(|s| &*s.name).collect();
-        to_py(
-            py,
-            &serde_json::json!({
-                "namespace": graph.namespace(),
-                "name": graph.name(),
-                "version": graph.version().to_string(),
-                "steps": steps,
-            }),
-        )
+        to_py(py, &registered.summary())
     }
 
     /// Starts a task of template ``namespace/name`` (the newest version unless ``version`` is
@@ -1027,6 +1035,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "IdempotencyConflictError",
         py.get_type::<IdempotencyConflictError>(),
     )?;
+    m.add("InvalidContextError", py.get_type::<InvalidContextError>())?;
     m.add("DEFAULT_URL", tasker_core::engine::DEFAULT_URL)?;
     Ok(())
 }

@@ -16,6 +16,8 @@ def test_register_yaml_text_returns_a_summary(engine):
         "name": "diamond",
         "version": "1.0.0",
         "steps": ["validate", "charge", "reserve_stock", "ship", "notify"],
+        "format": "native",
+        "warnings": [],
     }
 
 
@@ -137,3 +139,61 @@ def test_a_malformed_version_is_an_invalid_argument(engine):
     engine.register_template(yaml_template("semver", "a"))
     with pytest.raises(tasker_core.InvalidArgumentError, match="banana"):
         engine.create_task("test", "semver", version="banana")
+
+
+RAILS = """
+name: refund
+namespace_name: payments
+version: 1.0.0
+task_handler_class: RefundHandler
+schema: {type: object, required: [amount], properties: {amount: {type: number}}}
+step_templates:
+  - name: look_up
+    handler_class: Payments::LookUp
+    handler_config: {gateway: stripe}
+  - name: refund
+    handler_class: Payments::Refund
+    depends_on_step: look_up
+    default_retry_limit: 2
+environments:
+  test:
+    step_templates:
+      - {name: look_up, handler_config: {gateway: sandbox}}
+"""
+
+
+def test_a_rails_tasker_template_registers_runs_and_hands_its_config_to_handlers(memory_engine):
+    summary = memory_engine.register_template(RAILS)
+    assert (summary["format"], summary["namespace"], summary["steps"]) == (
+        "rails",
+        "payments",
+        ["look_up", "refund"],
+    )
+    assert any("task_handler_class" in w for w in summary["warnings"])
+    seen = {}
+    worker = tasker_core.Worker(memory_engine)
+
+    @worker.handler("Payments::LookUp")
+    def look_up(step):
+        seen["config"] = dict(step.config)
+        return {"found": True}
+
+    worker.register("Payments::Refund", lambda step: {"config": dict(step.config)})
+    task = memory_engine.create_task("payments", "refund", context={"amount": 5})
+    worker.run_until_idle(timeout=30)
+    assert memory_engine.task(task)["status"] == "complete"
+    assert seen["config"] == {"gateway": "stripe"}
+    assert memory_engine.task(task)["steps"][1]["result"] == {"config": {}}
+
+
+def test_the_environment_picks_the_overrides_and_a_bad_context_names_its_path():
+    engine = tasker_core.Engine("memory:", environment="test")
+    assert engine.environment == "test"
+    engine.register_template(RAILS)
+    with pytest.raises(tasker_core.InvalidContextError) as caught:
+        engine.create_task("payments", "refund", context={"amount": "five"})
+    assert "/amount" in str(caught.value)
+    assert isinstance(caught.value, tasker_core.InvalidArgumentError)
+    engine.create_task("payments", "refund", context={"amount": 5})
+    step = engine.claim("w", None, 1)[0]
+    assert step["config"] == {"gateway": "sandbox"}

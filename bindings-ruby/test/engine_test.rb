@@ -7,7 +7,8 @@ module EngineBehaviour
   def test_register_yaml_text_returns_a_summary
     summary = @engine.register_template(TaskerTest::DIAMOND)
     assert_equal({ "namespace" => "test", "name" => "diamond", "version" => "1.0.0",
-                   "steps" => %w[validate charge reserve_stock ship notify] }, summary)
+                   "steps" => %w[validate charge reserve_stock ship notify],
+                   "format" => "native", "warnings" => [] }, summary)
   end
 
   def test_register_a_hash_with_symbol_keys_and_values
@@ -16,7 +17,8 @@ module EngineBehaviour
       steps: [{ name: :a, retry: { max_attempts: 2, backoff_base_ms: 0, jitter: false } },
               { name: "b", depends_on: [:a], handler: :bee }]
     )
-    assert_equal({ "namespace" => "test", "name" => "symbols", "version" => "2.0.0", "steps" => %w[a b] }, summary)
+    assert_equal({ "namespace" => "test", "name" => "symbols", "version" => "2.0.0", "steps" => %w[a b],
+                   "format" => "native", "warnings" => [] }, summary)
     id = @engine.create_task("test", "symbols")
     assert_equal %w[a b], @engine.task(id)["steps"].map { |s| s["name"] }
     assert_equal "bee", step_of(@engine.task(id), "b")["handler"]
@@ -284,6 +286,48 @@ class EngineTest < Minitest::Test
         assert File.exist?(File.join(dir, "tasker.db")), Dir.children(dir).inspect
       end
     end
+  end
+
+  RAILS = <<~YAML
+    name: refund
+    namespace_name: payments
+    version: 1.0.0
+    task_handler_class: RefundHandler
+    schema: {type: object, required: [amount], properties: {amount: {type: number}}}
+    step_templates:
+      - name: look_up
+        handler_class: Payments::LookUp
+        handler_config: {gateway: stripe}
+      - name: refund
+        handler_class: Payments::Refund
+        depends_on_step: look_up
+    environments:
+      test:
+        step_templates:
+          - {name: look_up, handler_config: {gateway: sandbox}}
+  YAML
+
+  def test_a_rails_tasker_template_registers_runs_and_hands_its_config_to_handlers
+    engine = TaskerCore::Engine.new("memory:", environment: "test")
+    summary = engine.register_template(RAILS)
+    assert_equal ["rails", "payments", %w[look_up refund]], summary.values_at("format", "namespace", "steps")
+    assert(summary["warnings"].any? { |w| w.include?("task_handler_class") }, summary["warnings"].inspect)
+    error = assert_raises(TaskerCore::InvalidContextError) do
+      engine.create_task("payments", "refund", context: { amount: "five" })
+    end
+    assert_includes error.message, "/amount"
+    assert_operator TaskerCore::InvalidContextError, :<, TaskerCore::InvalidArgumentError
+    id = engine.create_task("payments", "refund", context: { amount: 5 })
+    seen = Queue.new
+    worker = TaskerCore::Worker.new(engine)
+    worker.handler("Payments::LookUp") { |step| seen << step.config; { found: true } }
+    worker.handler("Payments::Refund") { |step| { config: step.config } }
+    worker.run_until_idle(timeout: 30)
+    assert_equal "complete", engine.task(id)["status"]
+    assert_equal({ "gateway" => "sandbox" }, seen.pop)
+    assert_equal({ "config" => {} }, step_of(engine.task(id), "refund")["result"])
+  ensure
+    engine&.close
   end
 
   def test_the_error_hierarchy

@@ -56,6 +56,37 @@ struct EngineInner {
     /// On a store with its own clock (PostgreSQL) and a wall clock: how far the store's clock
     /// is ahead of ours, in milliseconds, measured at open and every [`CLOCK_CHECK`].
     clock_offset_ms: std::sync::atomic::AtomicI64,
+    /// Whose template overrides apply.
+    environment: Option<String>,
+}
+
+/// A template registered from a document in any format: its compiled graph, the format it
+/// was written in, and what of it was not used.
+#[derive(Debug, Clone)]
+pub struct Registered {
+    /// The compiled template.
+    pub graph: Arc<TaskGraph>,
+    /// The format detected.
+    pub format: crate::template::Format,
+    /// Each key of a foreign format that means nothing here, naming it.
+    pub warnings: Vec<String>,
+}
+
+impl Registered {
+    /// What the bindings' `register_template` returns: `{namespace, name, version, steps:
+    /// [step names], format: "native" | "rails" | "tasker_core", warnings: [...]}`.
+    pub fn summary(&self) -> Value {
+        let g = &self.graph;
+        let steps: Vec<&str> = g.steps().iter().map(|s| &*s.name).collect();
+        serde_json::json!({
+            "namespace": g.namespace(),
+            "name": g.name(),
+            "version": g.version().to_string(),
+            "steps": steps,
+            "format": self.format.as_str(),
+            "warnings": self.warnings,
+        })
+    }
 }
 
 /// How often an engine on PostgreSQL measures its host clock against the database's.
@@ -67,6 +98,7 @@ pub struct EngineBuilder {
     url: Option<String>,
     store: Option<Arc<dyn Store>>,
     clock: Option<Arc<dyn Clock>>,
+    environment: Option<String>,
 }
 
 impl EngineBuilder {
@@ -86,6 +118,13 @@ impl EngineBuilder {
     /// The clock (default: the system clock); tests pass a [`crate::ManualClock`].
     pub fn clock(mut self, clock: Arc<dyn Clock>) -> Self {
         self.clock = Some(clock);
+        self
+    }
+
+    /// The environment whose overrides (`environments.<env>` in a template) apply to the
+    /// templates this engine registers; without one, `TASKER_ENV`, then `RAILS_ENV`, else none.
+    pub fn environment(mut self, environment: impl Into<String>) -> Self {
+        self.environment = Some(environment.into());
         self
     }
 
@@ -113,6 +152,7 @@ impl EngineBuilder {
                 work,
                 closed: AtomicBool::new(false),
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(offset.unwrap_or(0)),
+                environment: self.environment.or_else(environment_from_env),
             }),
         };
         if offset.is_some() {
@@ -136,6 +176,14 @@ impl EngineBuilder {
     }
 }
 
+/// The environment named by `TASKER_ENV`, else `RAILS_ENV` (blank values count as unset).
+fn environment_from_env() -> Option<String> {
+    ["TASKER_ENV", "RAILS_ENV"]
+        .iter()
+        .filter_map(|var| std::env::var(var).ok())
+        .find(|v| !v.trim().is_empty())
+}
+
 async fn open_store(url: &str, waker: Arc<Notify>) -> Result<Arc<dyn Store>> {
     let scheme = url.split_once(':').map(|(s, _)| s).unwrap_or(url);
     match scheme {
@@ -151,6 +199,16 @@ impl Engine {
     /// Opens an engine on the store named by `url`.
     pub async fn open(url: &str) -> Result<Engine> {
         Engine::builder().url(url).build().await
+    }
+
+    /// [`Engine::open`] in `environment` (see [`EngineBuilder::environment`]; `None`:
+    /// `TASKER_ENV`, then `RAILS_ENV`).
+    pub async fn open_in(url: &str, environment: Option<String>) -> Result<Engine> {
+        let mut builder = Engine::builder().url(url);
+        if let Some(env) = environment {
+            builder = builder.environment(env);
+        }
+        builder.build().await
     }
 
     /// A builder, for a custom clock or store.
@@ -201,15 +259,60 @@ impl Engine {
         Ok(graph)
     }
 
-    /// [`Engine::register_template`] from YAML or JSON text.
+    /// [`Engine::register_template`] from YAML or JSON text, in any of the formats
+    /// [`Engine::register_document`] reads.
     pub async fn register_template_str(&self, text: &str) -> Result<Arc<TaskGraph>> {
-        self.register_template(&TaskTemplate::parse(text)?).await
+        Ok(self.register_document_str(text).await?.graph)
     }
 
-    /// [`Engine::register_template`] from a JSON value (a dict / Hash in the bindings).
+    /// [`Engine::register_template`] from a JSON value (a dict / Hash in the bindings), in any
+    /// of the formats [`Engine::register_document`] reads.
     pub async fn register_template_value(&self, value: Value) -> Result<Arc<TaskGraph>> {
-        self.register_template(&TaskTemplate::from_value(value)?)
-            .await
+        Ok(self.register_document(value).await?.graph)
+    }
+
+    /// Registers a template written in this engine's format, the Rails Tasker engine's or
+    /// tasker-core's (detected by its keys, see [`crate::template::foreign`]), with the
+    /// overrides of this engine's environment applied. Keys of the foreign formats that mean
+    /// nothing here come back as warnings (and are logged); the native format stays strict.
+    pub async fn register_document(&self, document: Value) -> Result<Registered> {
+        let loaded = crate::template::foreign::load(document, self.environment())?;
+        self.register_loaded(loaded).await
+    }
+
+    /// [`Engine::register_document`] from YAML or JSON text.
+    pub async fn register_document_str(&self, text: &str) -> Result<Registered> {
+        use crate::template::{foreign, Format, Loaded};
+        let document = TaskTemplate::document(text)?;
+        let loaded =
+            if Format::of(&document) == Format::Native && document.get("environments").is_none() {
+                // Read from the text: a mistake is reported with its line and column.
+                Loaded {
+                    template: TaskTemplate::parse(text)?,
+                    format: Format::Native,
+                    warnings: Vec::new(),
+                }
+            } else {
+                foreign::load(document, self.environment())?
+            };
+        self.register_loaded(loaded).await
+    }
+
+    async fn register_loaded(&self, loaded: crate::template::Loaded) -> Result<Registered> {
+        let graph = self.register_template(&loaded.template).await?;
+        for warning in &loaded.warnings {
+            tracing::warn!(template = %format!("{}/{}", graph.namespace(), graph.name()), "{warning}");
+        }
+        Ok(Registered {
+            graph,
+            format: loaded.format,
+            warnings: loaded.warnings,
+        })
+    }
+
+    /// The environment whose template overrides apply (see [`EngineBuilder::environment`]).
+    pub fn environment(&self) -> Option<&str> {
+        self.inner.environment.as_deref()
     }
 
     /// The compiled graph of `namespace/name` at `version` (newest when `None`).
@@ -293,8 +396,17 @@ impl Engine {
         if let Some(key) = &task.idempotency_key {
             limits::check_idempotency_key(key)?;
         }
-        self.template(&task.namespace, &task.name, task.version.as_deref())
-            .await
+        let graph = self
+            .template(&task.namespace, &task.name, task.version.as_deref())
+            .await?;
+        let failures = graph.context_errors(&task.context);
+        if !failures.is_empty() {
+            return Err(Error::InvalidContext {
+                template: format!("{}/{}", graph.namespace(), graph.name()),
+                failures,
+            });
+        }
+        Ok(graph)
     }
 
     /// [`Error::IdempotencyConflict`] unless the earlier task `id` (returned for `task`'s

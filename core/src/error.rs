@@ -62,6 +62,15 @@ pub enum Error {
     /// An argument was malformed (a URL, JSON, a pattern, a limit).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A task's context breaks its template's `input_schema`: each failing place (a JSON
+    /// pointer, `""` for the whole context) with what is wrong there.
+    #[error("invalid context for {template}: {}", failures.iter().map(|(path, why)| format!("{}: {why}", if path.is_empty() { "(the context)" } else { path })).collect::<Vec<_>>().join("; "))]
+    InvalidContext {
+        /// `namespace/name` of the template.
+        template: String,
+        /// Each failing path with why.
+        failures: Vec<(String, String)>,
+    },
     /// `create_task` with an idempotency key seen before, for another context or version.
     #[error("the idempotency key {key:?} belongs to task {task}, created with another context or version")]
     IdempotencyConflict {
@@ -169,9 +178,10 @@ impl Error {
             | Error::TaskNotFound(_)
             | Error::StepNotFound { .. } => ErrorKind::NotFound,
             Error::InvalidTransition(_) | Error::ClaimLost { .. } => ErrorKind::InvalidTransition,
-            Error::InvalidArgument(_) | Error::InvalidId(_) | Error::IdempotencyConflict { .. } => {
-                ErrorKind::InvalidArgument
-            }
+            Error::InvalidArgument(_)
+            | Error::InvalidContext { .. }
+            | Error::InvalidId(_)
+            | Error::IdempotencyConflict { .. } => ErrorKind::InvalidArgument,
             Error::Store(_) | Error::Closed => ErrorKind::Store,
         }
     }

@@ -59,13 +59,13 @@ pub mod view;
 pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};
-pub use engine::{Engine, EngineBuilder};
+pub use engine::{Engine, EngineBuilder, Registered};
 pub use error::{Error, StoreError, StoreErrorKind};
 pub use events::{Event, EventBus, Subscription};
 pub use ids::{StepId, TaskId};
-pub use retry::{FailureKind, RetryPolicy};
+pub use retry::{Backoff, FailureKind, RetryPolicy};
 pub use state::{StepState, TaskState};
 pub use store::{ClaimedStep, NewTask, StepInputs};
-pub use template::{TaskGraph, TaskTemplate, TemplateError};
+pub use template::{Format, TaskGraph, TaskTemplate, TemplateError};
 pub use view::{StepView, TaskFilter, TaskView, TransitionView};
 pub use worker::{HandlerError, StepHandler, Worker, WorkerBuilder};

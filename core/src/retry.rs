@@ -6,9 +6,9 @@ use serde::{Deserialize, Serialize};
 
 /// How often and how patiently a step is retried.
 ///
-/// `max_attempts` counts the first attempt. The delay before attempt `n + 1` is
-/// `min(backoff_max_ms, backoff_base_ms * 2^(n-1))`, drawn uniformly from `[0, that]` when
-/// `jitter` is on ("full jitter").
+/// `max_attempts` counts the first attempt. The delay before attempt `n + 1` grows as
+/// `backoff` says — by default exponentially, `min(backoff_max_ms, backoff_base_ms * 2^(n-1))`
+/// — and is drawn uniformly from `[0, that]` when `jitter` is on ("full jitter").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetryPolicy {
@@ -18,8 +18,34 @@ pub struct RetryPolicy {
     pub backoff_base_ms: u64,
     /// The largest backoff delay, in milliseconds.
     pub backoff_max_ms: u64,
-    /// Full jitter: draw the delay uniformly between zero and the exponential value.
+    /// Full jitter: draw the delay uniformly between zero and the backoff's value.
     pub jitter: bool,
+    /// How the delay grows from one attempt to the next.
+    #[serde(skip_serializing_if = "Backoff::is_default")]
+    pub backoff: Backoff,
+}
+
+/// How a retry's delay grows with the attempts that failed (`n`, from 1), before
+/// `backoff_max_ms` caps it: `exponential` `base × 2^(n-1)` (the default), `linear`
+/// `base × n`, `fibonacci` `base × F(n)` (1, 1, 2, 3, 5, …), `none` no delay at all.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Backoff {
+    /// `base × 2^(n-1)`.
+    #[default]
+    Exponential,
+    /// `base × n`.
+    Linear,
+    /// `base × F(n)`, F(1) = F(2) = 1.
+    Fibonacci,
+    /// Retried at once.
+    None,
+}
+
+impl Backoff {
+    fn is_default(&self) -> bool {
+        *self == Backoff::Exponential
+    }
 }
 
 impl Default for RetryPolicy {
@@ -29,6 +55,7 @@ impl Default for RetryPolicy {
             backoff_base_ms: 1_000,
             backoff_max_ms: 300_000,
             jitter: true,
+            backoff: Backoff::Exponential,
         }
     }
 }
@@ -62,10 +89,16 @@ pub enum RetryDecision {
 }
 
 impl RetryPolicy {
-    /// The exponential delay before the attempt after `attempt` (1-based), before jitter.
+    /// The delay before the attempt after `attempt` (1-based) as [`RetryPolicy::backoff`]
+    /// grows it, capped at `backoff_max_ms`, before jitter.
     pub fn exponential_ms(&self, attempt: u32) -> u64 {
-        let shift = attempt.saturating_sub(1).min(63);
-        let factor = 1u64.checked_shl(shift).unwrap_or(u64::MAX);
+        let n = attempt.max(1);
+        let factor = match self.backoff {
+            Backoff::Exponential => 1u64.checked_shl((n - 1).min(63)).unwrap_or(u64::MAX),
+            Backoff::Linear => u64::from(n),
+            Backoff::Fibonacci => fibonacci(n),
+            Backoff::None => 0,
+        };
         self.backoff_base_ms
             .saturating_mul(factor)
             .min(self.backoff_max_ms)
@@ -116,6 +149,18 @@ impl RetryPolicy {
     }
 }
 
+/// F(n), F(1) = F(2) = 1, saturating.
+fn fibonacci(n: u32) -> u64 {
+    let (mut a, mut b) = (0u64, 1u64);
+    for _ in 1..n {
+        (a, b) = (b, a.saturating_add(b));
+        if b == u64::MAX {
+            break;
+        }
+    }
+    b
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -127,6 +172,46 @@ mod tests {
             backoff_base_ms: base,
             backoff_max_ms: max,
             jitter,
+            backoff: Backoff::Exponential,
+        }
+    }
+
+    #[test]
+    fn each_backoff_grows_as_named_and_caps() {
+        let grow = |backoff| {
+            let p = RetryPolicy {
+                backoff,
+                ..policy(100, 1_000, false)
+            };
+            (1..=7).map(|n| p.backoff_ms(n, 0.5)).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            grow(Backoff::Exponential),
+            [100, 200, 400, 800, 1000, 1000, 1000]
+        );
+        assert_eq!(grow(Backoff::Linear), [100, 200, 300, 400, 500, 600, 700]);
+        assert_eq!(
+            grow(Backoff::Fibonacci),
+            [100, 100, 200, 300, 500, 800, 1000]
+        );
+        assert_eq!(grow(Backoff::None), [0; 7]);
+        let named: RetryPolicy = serde_json::from_str(r#"{"backoff": "fibonacci"}"#).unwrap();
+        assert_eq!(named.backoff, Backoff::Fibonacci);
+        assert!(serde_json::from_str::<RetryPolicy>(r#"{"backoff": "cubic"}"#).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn no_backoff_ever_passes_its_cap_or_shrinks(
+            base in 0u64..10_000,
+            max in 0u64..1_000_000,
+            attempt in 1u32..200,
+            kind in prop::sample::select(vec![Backoff::Exponential, Backoff::Linear, Backoff::Fibonacci, Backoff::None]),
+        ) {
+            let p = RetryPolicy { backoff: kind, ..policy(base, max, false) };
+            let (now, next) = (p.backoff_ms(attempt, 0.0), p.backoff_ms(attempt + 1, 0.0));
+            prop_assert!(now <= max && next <= max);
+            prop_assert!(next >= now);
         }
     }
 

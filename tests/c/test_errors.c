@@ -321,10 +321,45 @@ static void test_messages_are_per_thread(tc_engine *e) {
     ASSERT(strstr(tc_last_error_message(), "main-thread-bad-id") != NULL);
 }
 
+/* A tasker-core template in an environment: its overrides apply, its schema refuses a bad
+ * context (TC_ERR_INVALID_ARGUMENT naming the path), and the claimed step carries its config. */
+static void test_foreign_template_environment_and_schema(void) {
+    static const char *CORE =
+        "name: sync\n"
+        "namespace_name: c_compat\n"
+        "version: 1.0.0\n"
+        "input_schema: {type: object, properties: {amount: {type: number}}}\n"
+        "steps:\n"
+        "  - name: pull\n"
+        "    handler: {callable: Crm::Pull, initialization: {page: 5}}\n"
+        "environments:\n"
+        "  qa:\n"
+        "    steps:\n"
+        "      - {name: pull, handler: {initialization: {page: 9}}}\n";
+    tc_engine *e = NULL;
+    ASSERT_FAILS_OUT(TC_ERR_UTF8, e, tc_engine_open_env("memory:", BAD_UTF8, &e));
+    ASSERT_OK(tc_engine_open_env("memory:", "qa", &e));
+    ASSERT_OK(tc_register_template(e, CORE));
+    char *id = NULL;
+    ASSERT_FAILS_OUT(TC_ERR_INVALID_ARGUMENT, id,
+                     tc_create_task(e, "c_compat", "sync", "{\"amount\": \"five\"}", &id));
+    ASSERT_MESSAGE_HAS("/amount");
+    ASSERT_OK(tc_create_task(e, "c_compat", "sync", "{\"amount\": 5}", &id));
+    tc_claim_batch *batch = NULL;
+    ASSERT_OK(tc_claim(e, "w", NULL, 0, 1, 0, &batch));
+    ASSERT(tc_claim_batch_len(batch) == 1);
+    const char *config = tc_step_config_json(tc_claim_batch_get(batch, 0));
+    ASSERT(config != NULL && strstr(config, "\"page\":9") != NULL);
+    tc_claim_batch_free(batch);
+    tc_string_free(id);
+    ASSERT_OK(tc_engine_close(e));
+}
+
 int main(void) {
     setvbuf(stdout, NULL, _IONBF, 0);
     test_frees_accept_null();
     test_open();
+    test_foreign_template_environment_and_schema();
 
     tc_engine *e = NULL;
     ASSERT_OK(tc_engine_open("memory:", &e));

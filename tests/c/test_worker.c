@@ -25,6 +25,7 @@ static const char *FULFIL_YAML =
     "version: 1.0.0\n"
     "steps:\n"
     "  - name: validate\n"
+    "    config: { limit: 7 }\n"
     "  - name: charge\n"
     "    depends_on: [validate]\n"
     "    retry: { max_attempts: 3, backoff_base_ms: 600000, backoff_max_ms: 600000,"
@@ -113,6 +114,7 @@ static void enter(tc_step *step, void *user_data) {
                   step_id[strlen(task_id)] == '/');
     HANDLER_CHECK(tc_step_context_json(step) != NULL);
     HANDLER_CHECK(tc_step_inputs_json(step) != NULL);
+    HANDLER_CHECK(tc_step_config_json(step) != NULL);
 }
 
 static void leave(void) { atomic_fetch_sub(&running, 1); }
@@ -143,6 +145,8 @@ static void validate(tc_step *step, void *user_data) {
     HANDLER_CHECK(strcmp(tc_step_id(step) + 36, "/0") == 0);
     long order = int_after(tc_step_context_json(step), "order");
     HANDLER_CHECK(order == 42);
+    /* The step's config from its template. */
+    HANDLER_CHECK(int_after(tc_step_config_json(step), "limit") == 7);
     char result[64];
     snprintf(result, sizeof result, "{\"order\":%ld,\"valid\":true}", order);
     HANDLER_OK(tc_step_complete(step, result));

@@ -38,6 +38,7 @@ from ._native import (
     WorkerSession,
     IdempotencyConflictError,
     InvalidArgumentError,
+    InvalidContextError,
     InvalidTransitionError,
     NotFoundError,
     StoreError,
@@ -51,6 +52,7 @@ __all__ = [
     "Engine",
     "IdempotencyConflictError",
     "InvalidArgumentError",
+    "InvalidContextError",
     "InvalidTransitionError",
     "NotFoundError",
     "PermanentError",
@@ -174,6 +176,9 @@ class Step:
     timeout_ms: int | None = None
     #: The step's ``lease_ms``: the worker renews the lease this often (by a third) by itself.
     lease_ms: int | None = None
+    #: The step's ``config`` from its template (Rails Tasker's ``handler_config``, tasker-core's
+    #: ``handler.initialization``), after the engine's environment overrides; ``{}`` when none.
+    config: Mapping[str, Any] = field(default_factory=dict)
     _session: Any = field(default=None, repr=False, compare=False)
 
     def heartbeat(self) -> str:
@@ -203,6 +208,7 @@ class Step:
 _STEP_DEFAULTS = {
     "context": None, "inputs": {}, "attempt": 1, "max_attempts": 1, "namespace": "",
     "task_name": "", "lease_expires_at": None, "timeout_ms": None, "lease_ms": None,
+    "config": {},
 }
 
 

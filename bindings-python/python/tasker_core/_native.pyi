@@ -72,11 +72,19 @@ class InvalidArgumentError(TaskerError):
 class IdempotencyConflictError(InvalidArgumentError):
     """``create_task`` with an idempotency key seen before, for another context or version."""
 
+class InvalidContextError(InvalidArgumentError):
+    """``create_task`` with a context that breaks its template's ``input_schema``; the
+    message names each failing path (a JSON pointer such as ``/cart_items/0/quantity``)."""
+
 class TemplateSummary(TypedDict):
     namespace: str
     name: str
     version: str
     steps: list[str]
+    #: ``"native"``, ``"rails"`` (Rails Tasker) or ``"tasker_core"``.
+    format: str
+    #: Each key of a foreign format that means nothing here, naming it (and its step).
+    warnings: list[str]
 
 class ClaimedStep(TypedDict):
     step_id: str
@@ -191,11 +199,19 @@ class Engine:
     exit). After :meth:`close`, every call raises :class:`StoreError`.
     """
 
-    def __init__(self, url: str | None = None) -> None: ...
+    def __init__(self, url: str | None = None, environment: str | None = None) -> None: ...
+    @property
+    def environment(self) -> str | None:
+        """The environment whose template overrides apply (``environment=``, else ``TASKER_ENV``,
+        else ``RAILS_ENV``), or None."""
     def register_template(self, template: str | dict[str, Any]) -> TemplateSummary:
-        """Validates and stores a template given as YAML or JSON text or as a dict.
+        """Validates and stores a template given as YAML or JSON text or as a dict, in this
+        engine's format, Rails Tasker's or tasker-core's (detected by its keys), with the
+        overrides of the engine's ``environment`` applied.
 
-        Returns ``{"namespace", "name", "version", "steps": [step names]}``. Raises
+        Returns ``{"namespace", "name", "version", "steps": [step names], "format",
+        "warnings"}``: ``format`` is ``"native"``, ``"rails"`` or ``"tasker_core"``, and each
+        warning names a key of a foreign format that means nothing here. Raises
         :class:`TemplateError` for a malformed or invalid template (the message names the
         offending steps) or a version registered already with other content.
         """

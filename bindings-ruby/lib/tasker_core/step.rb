@@ -42,6 +42,10 @@ module TaskerCore
     attr_reader :timeout_ms
     # @return [Integer, nil] the step's +lease_ms+: the worker renews the lease by itself
     attr_reader :lease_ms
+    # @return [Hash] the step's +config+ from its template (Rails Tasker's +handler_config+,
+    #   tasker-core's +handler.initialization+), after the engine's environment overrides;
+    #   +{}+ when none
+    attr_reader :config
 
     # The step of one Hash returned by {Engine#claim}.
     #
@@ -55,7 +59,7 @@ module TaskerCore
     # @param engine [Engine, nil] the engine that handed the step out (for {#heartbeat})
     def initialize(task_id:, step_id:, name:, handler: name, context: nil, inputs: {}, attempt: 1,
                    max_attempts: 1, namespace: "", task_name: "", lease_expires_at: nil,
-                   timeout_ms: nil, lease_ms: nil, engine: nil)
+                   timeout_ms: nil, lease_ms: nil, config: {}, engine: nil)
       @task_id = task_id
       @step_id = step_id
       @name = name
@@ -69,6 +73,7 @@ module TaskerCore
       @lease_expires_at = lease_expires_at
       @timeout_ms = timeout_ms
       @lease_ms = lease_ms
+      @config = config
       @engine = engine
       freeze
     end
@@ -89,6 +94,7 @@ module TaskerCore
       @lease_expires_at = claimed["lease_expires_at"]
       @timeout_ms = claimed["timeout_ms"]
       @lease_ms = claimed["lease_ms"]
+      @config = claimed["config"] || {}
       @engine = engine
       freeze
     end

@@ -144,6 +144,8 @@ pub struct ClaimedStep {
     pub timeout_ms: u64,
     /// The length of the lease and of each renewal, in milliseconds (the step's `lease_ms`).
     pub lease_ms: u64,
+    /// The step's `config` from its template (a JSON object, `{}` when none).
+    pub config: Arc<Value>,
 }
 
 impl ClaimedStep {
@@ -154,7 +156,7 @@ impl ClaimedStep {
 
     /// The step as the bindings hand it to a handler (its [`serde::Serialize`] form as a JSON
     /// value): step_id, task_id, name, handler, namespace, task_name, attempt, max_attempts,
-    /// context, inputs, lease_expires_at, timeout_ms, lease_ms.
+    /// context, inputs, lease_expires_at, timeout_ms, lease_ms, config.
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
@@ -181,7 +183,7 @@ impl serde::Serialize for ClaimedStep {
             }
         }
         // A map, not a struct: every binding's serializer makes string keys of it.
-        let mut s = serializer.serialize_map(Some(13))?;
+        let mut s = serializer.serialize_map(Some(14))?;
         s.serialize_entry("step_id", &self.step_id.to_string())?;
         s.serialize_entry("task_id", &self.task_id().to_string())?;
         s.serialize_entry("name", &*self.name)?;
@@ -195,6 +197,7 @@ impl serde::Serialize for ClaimedStep {
         s.serialize_entry("lease_expires_at", &self.lease_expires_at)?;
         s.serialize_entry("timeout_ms", &self.timeout_ms)?;
         s.serialize_entry("lease_ms", &self.lease_ms)?;
+        s.serialize_entry("config", &*self.config)?;
         s.end()
     }
 }

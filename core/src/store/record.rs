@@ -289,6 +289,7 @@ impl TaskRecord {
             lease_expires_at: expires,
             timeout_ms: spec.timeout_ms,
             lease_ms: spec.lease_ms,
+            config: spec.config.clone(),
         })
     }
 

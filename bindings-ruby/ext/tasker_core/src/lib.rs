@@ -119,6 +119,7 @@ fn rb_err(ruby: &Ruby, e: tasker_core::Error) -> Error {
     let class = match (&e, e.kind()) {
         (tasker_core::Error::ClaimLost { .. }, _) => "ClaimLostError",
         (tasker_core::Error::IdempotencyConflict { .. }, _) => "IdempotencyConflictError",
+        (tasker_core::Error::InvalidContext { .. }, _) => "InvalidContextError",
         (_, ErrorKind::Template) => "TemplateError",
         (_, ErrorKind::NotFound) => "NotFoundError",
         (_, ErrorKind::InvalidTransition) => "InvalidTransitionError",
@@ -248,14 +249,22 @@ impl Engine {
 
     fn new(args: &[Value]) -> Result<Self, Error> {
         let ruby = ruby();
-        let args = scan_args::<(), (Option<Option<String>>,), (), (), (), ()>(args)?;
+        let args = scan_args::<(), (Option<Option<String>>,), (), (), RHash, ()>(args)?;
+        let kw = get_kwargs::<_, (), (Option<Option<String>>,), ()>(
+            args.keywords,
+            &[],
+            &["environment"],
+        )?;
+        let environment = kw.optional.0.flatten();
         let url = args
             .optional
             .0
             .flatten()
             .unwrap_or_else(|| tasker_core::engine::DEFAULT_URL.to_owned());
         let rt = runtime(&ruby)?;
-        let engine = without_gvl(move |_| rt.block_on(tasker_core::Engine::open(&url)))
+        let engine = without_gvl(move |_| {
+            rt.block_on(tasker_core::Engine::open_in(&url, environment))
+        })
             .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
             .map_err(|e| rb_err(&ruby, e))?;
         Ok(Engine {
@@ -266,16 +275,14 @@ impl Engine {
 
     fn register_template(&self, template: Value) -> Result<Value, Error> {
         let ruby = ruby();
-        let graph = if let Some(text) = RString::from_value(template) {
+        let registered = if let Some(text) = RString::from_value(template) {
             let text = text.to_string()?;
             self.call(&ruby, move |e| async move {
-                e.register_template_str(&text).await
+                e.register_document_str(&text).await
             })?
         } else if RHash::from_value(template).is_some() {
             let value = to_json(&ruby, template, "the template")?;
-            self.call(&ruby, move |e| async move {
-                e.register_template_value(value).await
-            })?
+            self.call(&ruby, move |e| async move { e.register_document(value).await })?
         } else {
             return Err(Error::new(
                 ruby.exception_type_error(),
@@ -285,16 +292,7 @@ impl Engine {
                 ),
             ));
         };
-        let steps: Vec<&str> = graph.steps().iter().map(|s| &*s.name).collect();
-        to_ruby(
-            &ruby,
-            &serde_json::json!({
-                "namespace": graph.namespace(),
-                "name": graph.name(),
-                "version": graph.version().to_string(),
-                "steps": steps,
-            }),
-        )
+        to_ruby(&ruby, &registered.summary())
     }
 
     fn create_task(&self, args: &[Value]) -> Result<String, Error> {
@@ -878,6 +876,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     }
     let invalid = module.define_error("InvalidArgumentError", base)?;
     module.define_error("IdempotencyConflictError", invalid)?;
+    module.define_error("InvalidContextError", invalid)?;
     let transition = module.define_error("InvalidTransitionError", base)?;
     module.define_error("ClaimLostError", transition)?;
     module.const_set("DEFAULT_URL", tasker_core::engine::DEFAULT_URL)?;

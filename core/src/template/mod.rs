@@ -18,6 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::retry::RetryPolicy;
 
+pub mod foreign;
+
+pub use foreign::{Format, Loaded};
+
 /// The most steps a template may have.
 pub const MAX_STEPS: usize = 10_000;
 /// The longest namespace, template name, step name or handler name, in characters.
@@ -69,6 +73,11 @@ pub struct TaskTemplate {
     /// Template-wide defaults for the steps' retry policy and timeout.
     #[serde(default, skip_serializing_if = "StepDefaults::is_empty")]
     pub defaults: StepDefaults,
+    /// A JSON Schema (draft 7 or 2020-12, as its `$schema` says; 2020-12 when it says none)
+    /// that every task's context must satisfy: `create_task` refuses one that does not,
+    /// naming each failing path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_schema: Option<serde_json::Value>,
     /// The steps, in the order written; a compiled step's index is its position here.
     pub steps: Vec<StepTemplate>,
 }
@@ -123,6 +132,10 @@ pub struct StepTemplate {
     /// `lease_ms` after its holder's process is gone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<u64>,
+    /// Any JSON object, handed to the step's handler as `step.config` (Rails Tasker's
+    /// `handler_config`, tasker-core's `handler.initialization`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 /// One entry of a step's `depends_on`: a plain step name, or
@@ -333,6 +346,12 @@ pub enum TemplateError {
         /// The timeout, in milliseconds.
         timeout_ms: u64,
     },
+    /// The template's `input_schema` is not a JSON Schema.
+    #[error("the input_schema is not a valid JSON Schema: {message}")]
+    InvalidSchema {
+        /// What the schema compiler found wrong.
+        message: String,
+    },
     /// A step's lease (its own or the inherited default) is zero or longer than 7 days.
     #[error(
         "step {step:?} has an invalid lease of {lease_ms} ms: it must be between 1 ms and 7 days ({MAX_TIMEOUT_MS} ms)"
@@ -396,6 +415,21 @@ impl TaskTemplate {
         } else {
             Self::from_yaml(text)
         }
+    }
+
+    /// A template document (any format) read from YAML or JSON text into a JSON value, as
+    /// [`TaskTemplate::parse`] reads the text, for [`foreign::load`].
+    pub fn document(text: &str) -> Result<serde_json::Value, TemplateError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let json = text.trim_start().starts_with('{');
+        let format = if json { "json" } else { "yaml" };
+        check_text(text, format)?;
+        let parsed = if json {
+            serde_json::from_str(text).map_err(|e| e.to_string())
+        } else {
+            serde_norway::from_str(text).map_err(|e| e.to_string())
+        };
+        parsed.map_err(|message| TemplateError::Parse { format, message })
     }
 
     /// Reads a template from a JSON value (a Python dict or a Ruby Hash arrives as one).
@@ -521,6 +555,9 @@ impl TaskTemplate {
                 retry,
                 timeout_ms,
                 lease_ms,
+                config: Arc::new(serde_json::Value::Object(
+                    step.config.clone().unwrap_or_default(),
+                )),
             });
         }
 
@@ -594,9 +631,21 @@ impl TaskTemplate {
                     .collect(),
             })?;
 
+        let schema = self
+            .input_schema
+            .as_ref()
+            .map(|schema| {
+                jsonschema::validator_for(schema)
+                    .map(Arc::new)
+                    .map_err(|e| TemplateError::InvalidSchema {
+                        message: e.to_string(),
+                    })
+            })
+            .transpose()?;
         Ok(TaskGraph {
             template: self.clone(),
             version,
+            schema,
             steps: specs,
             index,
             parent_offsets,
@@ -808,6 +857,8 @@ pub struct StepSpec {
     /// The length of a claim's lease in milliseconds: its own, else the template default, else
     /// `min(timeout_ms, DEFAULT_LEASE_MS)`.
     pub lease_ms: u64,
+    /// The step's `config` (a JSON object, `{}` when none), handed to its handler.
+    pub config: Arc<serde_json::Value>,
 }
 
 /// A validated template compiled into an immutable DAG; built only by
@@ -824,6 +875,8 @@ pub struct StepSpec {
 pub struct TaskGraph {
     template: TaskTemplate,
     version: semver::Version,
+    /// The compiled `input_schema`.
+    schema: Option<Arc<jsonschema::Validator>>,
     steps: Vec<StepSpec>,
     index: HashMap<Arc<str>, u32>,
     parent_offsets: Vec<u32>,
@@ -871,6 +924,19 @@ impl TaskGraph {
     /// When `index` is not below [`TaskGraph::len`].
     pub fn step(&self, index: u32) -> &StepSpec {
         &self.steps[index as usize]
+    }
+
+    /// Why `context` breaks the template's `input_schema`: each failing place as a JSON
+    /// pointer (`""` for the whole context) with what is wrong there; empty when it satisfies
+    /// the schema, or there is none.
+    pub fn context_errors(&self, context: &serde_json::Value) -> Vec<(String, String)> {
+        match &self.schema {
+            Some(schema) => schema
+                .iter_errors(context)
+                .map(|e| (e.instance_path().to_string(), e.to_string()))
+                .collect(),
+            None => Vec::new(),
+        }
     }
 
     /// All steps, in template order.
@@ -971,6 +1037,7 @@ steps:
             retry: None,
             timeout_ms: None,
             lease_ms: None,
+            config: None,
         }
     }
 
@@ -981,6 +1048,7 @@ steps:
             version: "1.0.0".to_owned(),
             description: None,
             defaults: StepDefaults::default(),
+            input_schema: None,
             steps,
         }
     }
@@ -1045,7 +1113,8 @@ steps:
                 max_attempts: 5,
                 backoff_base_ms: 200,
                 backoff_max_ms: 60_000,
-                jitter: true
+                jitter: true,
+                backoff: crate::retry::Backoff::Exponential,
             }
         );
     }
