@@ -16,6 +16,7 @@ def test_register_yaml_text_returns_a_summary(engine):
         "name": "diamond",
         "version": "1.0.0",
         "steps": ["validate", "charge", "reserve_stock", "ship", "notify"],
+        "handlers": ["validate", "charge", "reserve_stock", "ship", "notify"],
         "format": "native",
         "warnings": [],
     }
@@ -170,6 +171,7 @@ def test_a_rails_tasker_template_registers_runs_and_hands_its_config_to_handlers
         ["look_up", "refund"],
     )
     assert any("task_handler_class" in w for w in summary["warnings"])
+    assert summary["handlers"] == ["Payments::LookUp", "Payments::Refund"]
     seen = {}
     worker = tasker_core.Worker(memory_engine)
 

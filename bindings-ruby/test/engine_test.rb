@@ -8,6 +8,7 @@ module EngineBehaviour
     summary = @engine.register_template(TaskerTest::DIAMOND)
     assert_equal({ "namespace" => "test", "name" => "diamond", "version" => "1.0.0",
                    "steps" => %w[validate charge reserve_stock ship notify],
+                   "handlers" => %w[validate charge reserve_stock ship notify],
                    "format" => "native", "warnings" => [] }, summary)
   end
 
@@ -18,7 +19,7 @@ module EngineBehaviour
               { name: "b", depends_on: [:a], handler: :bee }]
     )
     assert_equal({ "namespace" => "test", "name" => "symbols", "version" => "2.0.0", "steps" => %w[a b],
-                   "format" => "native", "warnings" => [] }, summary)
+                   "handlers" => %w[a bee], "format" => "native", "warnings" => [] }, summary)
     id = @engine.create_task("test", "symbols")
     assert_equal %w[a b], @engine.task(id)["steps"].map { |s| s["name"] }
     assert_equal "bee", step_of(@engine.task(id), "b")["handler"]

@@ -39,6 +39,50 @@ class RailsAppTest < Minitest::Test
     end
   RUBY
 
+  # A Rails Tasker template, and its handler classes written the Rails Tasker way.
+  REFUND_TEMPLATE = <<~YAML
+    name: refund
+    namespace_name: payments
+    version: 1.0.0
+    task_handler_class: RefundTask
+    schema: {type: object, required: [amount], properties: {amount: {type: integer}}}
+    step_templates:
+      - name: look_up
+        handler_class: Payments::LookUpHandler
+        handler_config: {gateway: stripe}
+      - name: refund
+        handler_class: Payments::RefundHandler
+        depends_on_step: look_up
+        default_retry_limit: 3
+  YAML
+
+  LOOK_UP_HANDLER = <<~RUBY
+    module Payments
+      class LookUpHandler < Tasker::StepHandler::Base
+        def process(task, _sequence, _step)
+          { "charge" => "ch_\#{task.context['amount']}", "gateway" => config["gateway"] }
+        end
+      end
+    end
+  RUBY
+
+  REFUND_HANDLER = <<~RUBY
+    module Payments
+      class RefundHandler < Tasker::StepHandler::Base
+        def process(task, sequence, step)
+          raise Tasker::RetryableError.new("rate limited", retry_after: 0) if step.attempts == 1
+
+          charge = sequence.steps.find { |s| s.name == "look_up" }.results["charge"]
+          { "refunded" => charge, "amount" => task.context["amount"] }
+        end
+
+        def process_results(step, output, _initial_results)
+          step.results = output.merge("shaped" => true)
+        end
+      end
+    end
+  RUBY
+
   APP = <<~'RUBY'
     root = ARGV.fetch(0)
     require "rails"
@@ -109,6 +153,26 @@ class RailsAppTest < Minitest::Test
     end
     fail "tasker_core:status printed #{status_out.string.inspect}" unless status_out.string =~ /complete\s+1\b/
 
+    # Rails Tasker templates and handler classes, unchanged: the classes the templates name
+    # are found (autoloaded from app/handlers) and run.
+    refunds = TaskerCore::Worker.new(engine)
+    found = refunds.autoload_handlers(*TaskerCore::Railtie.templates)
+    fail "autoloaded: #{found}" unless found.sort == %w[Payments::LookUpHandler Payments::RefundHandler]
+    begin
+      engine.create_task("payments", "refund", context: { amount: "twelve" })
+      fail "a context breaking the schema was accepted"
+    rescue TaskerCore::InvalidContextError => e
+      fail "the error does not name the path: #{e.message}" unless e.message.include?("/amount")
+    end
+    refund_id = engine.create_task("payments", "refund", context: { amount: 12 })
+    counts = refunds.run_until_idle(timeout: 30)
+    refund = engine.task(refund_id)
+    fail "the refund ended #{refund['status']} (#{counts})" unless refund["status"] == "complete"
+    look_up, paid = refund["steps"]
+    fail "look_up: #{look_up['result'].inspect}" unless look_up["result"] == { "charge" => "ch_12", "gateway" => "stripe" }
+    want = { "refunded" => "ch_12", "amount" => 12, "shaped" => true }
+    fail "refund: #{paid['result'].inspect} after #{paid['attempts']}" unless paid["result"] == want && paid["attempts"] == 2
+
     # A template that is not valid names its file.
     File.write(File.join(root, "config", "tasker", "templates", "zz_broken.yml"), "namespace: x\nname: y\nversion: 1.0.0\nsteps: []\n")
     begin
@@ -131,6 +195,10 @@ class RailsAppTest < Minitest::Test
       File.write(File.join(root, "config", "tasker", "templates", "x.yml"), TEMPLATE)
       File.write(File.join(root, "app", "handlers", "greet_handler.rb"), HANDLERS)
       File.write(File.join(root, "app", "handlers", "shout_handler.rb"), SHOUT_HANDLER)
+      File.write(File.join(root, "config", "tasker", "templates", "refund.yml"), REFUND_TEMPLATE)
+      FileUtils.mkdir_p(File.join(root, "app", "handlers", "payments"))
+      File.write(File.join(root, "app", "handlers", "payments", "look_up_handler.rb"), LOOK_UP_HANDLER)
+      File.write(File.join(root, "app", "handlers", "payments", "refund_handler.rb"), REFUND_HANDLER)
       out, err, status = Open3.capture3({ "TASKER_DATABASE_URL" => nil, "RAILS_ENV" => "test" },
                                         RbConfig.ruby, "-I", TaskerTest::LIB, "-e", APP, root, chdir: root)
       assert status.success?, "the Rails app failed:\n#{out}\n#{err}"

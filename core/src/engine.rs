@@ -74,15 +74,23 @@ pub struct Registered {
 
 impl Registered {
     /// What the bindings' `register_template` returns: `{namespace, name, version, steps:
-    /// [step names], format: "native" | "rails" | "tasker_core", warnings: [...]}`.
+    /// [step names], handlers: [handler names, each once], format: "native" | "rails" |
+    /// "tasker_core", warnings: [...]}`.
     pub fn summary(&self) -> Value {
         let g = &self.graph;
         let steps: Vec<&str> = g.steps().iter().map(|s| &*s.name).collect();
+        let mut handlers: Vec<&str> = Vec::new();
+        for s in g.steps() {
+            if !handlers.contains(&&*s.handler) {
+                handlers.push(&s.handler);
+            }
+        }
         serde_json::json!({
             "namespace": g.namespace(),
             "name": g.name(),
             "version": g.version().to_string(),
             "steps": steps,
+            "handlers": handlers,
             "format": self.format.as_str(),
             "warnings": self.warnings,
         })

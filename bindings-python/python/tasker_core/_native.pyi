@@ -81,6 +81,8 @@ class TemplateSummary(TypedDict):
     name: str
     version: str
     steps: list[str]
+    #: The steps' handler names, each once, in step order.
+    handlers: list[str]
     #: ``"native"``, ``"rails"`` (Rails Tasker) or ``"tasker_core"``.
     format: str
     #: Each key of a foreign format that means nothing here, naming it (and its step).
@@ -209,8 +211,8 @@ class Engine:
         engine's format, Rails Tasker's or tasker-core's (detected by its keys), with the
         overrides of the engine's ``environment`` applied.
 
-        Returns ``{"namespace", "name", "version", "steps": [step names], "format",
-        "warnings"}``: ``format`` is ``"native"``, ``"rails"`` or ``"tasker_core"``, and each
+        Returns ``{"namespace", "name", "version", "steps": [step names], "handlers": [handler
+        names], "format", "warnings"}``: ``format`` is ``"native"``, ``"rails"`` or ``"tasker_core"``, and each
         warning names a key of a foreign format that means nothing here. Raises
         :class:`TemplateError` for a malformed or invalid template (the message names the
         offending steps) or a version registered already with other content.

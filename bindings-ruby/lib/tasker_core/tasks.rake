@@ -11,14 +11,16 @@ namespace :tasker_core do
     engine = TaskerCore.engine
     abort "tasker_core: no engine (is the tasker_core Railtie loaded?)" if engine.nil?
 
-    classes = TaskerCore::StepHandler.registry
-    if classes.empty?
-      abort "tasker_core: no TaskerCore::StepHandler subclasses found; define them in app/handlers, " \
-            "e.g. class ChargeHandler < TaskerCore::StepHandler; def call(step) ... end; end"
-    end
     concurrency = Integer(ENV.fetch("CONCURRENCY", Rails.application.config.tasker_core.concurrency))
     worker = TaskerCore::Worker.new(engine, concurrency: concurrency)
-    worker.register_handlers(classes)
+    worker.register_handlers(TaskerCore::StepHandler.registry)
+    # The handler classes the templates name (Rails Tasker's handler_class).
+    worker.autoload_handlers(*TaskerCore::Railtie.templates)
+    if worker.handlers.empty?
+      abort "tasker_core: no handlers found; define TaskerCore::StepHandler subclasses in app/handlers " \
+            "(class ChargeHandler < TaskerCore::StepHandler; def call(step) ... end; end), or name " \
+            "handler classes in the templates"
+    end
     $stdout.puts "tasker_core: worker #{worker.worker_id} on #{Rails.application.config.tasker_core.database_url}, " \
                  "concurrency #{concurrency}, handlers #{worker.handlers.sort.join(', ')}"
     $stdout.flush

@@ -100,6 +100,34 @@ module TaskerCore
       self
     end
 
+    # Registers the handler classes that templates name (+handler_class+ of a Rails Tasker
+    # template, +handler.callable+ of a tasker-core one): each handler name of +templates+ —
+    # what {Engine#register_template} returned, or handler names — that names a class with
+    # Rails Tasker's +process(task, sequence, step)+ or this engine's +call(step)+ is registered
+    # under that name, each step run by a new instance (+new(config: step.config)+ when its
+    # +initialize+ takes +config:+). Names registered already and names that are no class are
+    # left alone. The Railtie's +tasker_core:work+ calls it with the templates it loaded.
+    #
+    # @example
+    #   require "tasker_core/compat"   # Tasker::StepHandler::Base and its errors
+    #   worker.autoload_handlers(engine.register_template(File.read("order_processing.yaml")))
+    # @param templates [Array<Hash, String>] template summaries (their "handlers") or names
+    # @return [Array<String>] the names registered
+    def autoload_handlers(*templates)
+      names = templates.flatten.flat_map do |t|
+        t.is_a?(Hash) ? Array(t["handlers"] || t[:handlers]).map(&:to_s) : [t.to_s]
+      end
+      names.uniq.filter_map do |name|
+        next if handlers.include?(name)
+
+        klass = HandlerClass.find(name)
+        next if klass.nil?
+
+        register(name, HandlerClass.adapter(klass, @engine))
+        name
+      end
+    end
+
     # Registers each handler class (e.g. +TaskerCore::StepHandler.registry+).
     # @return [self]
     def register_handlers(classes)
