@@ -305,6 +305,12 @@ impl Engine {
         })
     }
 
+    /// The handler names of every template this engine has registered or read, each once,
+    /// sorted (what ``Worker(engine, autoload=True)`` looks up).
+    fn registered_handlers(&self, py: Python<'_>) -> PyResult<Vec<String>> {
+        self.call(py, |e| async move { Ok(e.registered_handlers()) })
+    }
+
     /// The environment whose template overrides apply (``environment=``, else ``TASKER_ENV``,
     /// else ``RAILS_ENV``), or None.
     #[getter]

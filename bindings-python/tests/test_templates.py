@@ -199,3 +199,65 @@ def test_the_environment_picks_the_overrides_and_a_bad_context_names_its_path():
     engine.create_task("payments", "refund", context={"amount": 5})
     step = engine.claim("w", None, 1)[0]
     assert step["config"] == {"gateway": "sandbox"}
+
+
+CORE = """
+name: sync
+namespace_name: crm
+version: 1.0.0
+steps:
+  - name: pull
+    handler: {callable: compat_handlers.Pull, initialization: {page: 7}}
+  - name: push
+    handler: {callable: compat_handlers.Push}
+    dependencies: [pull]
+  - name: audit
+    handler: {callable: compat_handlers.audit, initialization: {level: 2}}
+    dependencies: [push]
+"""
+
+
+def test_a_worker_with_autoload_imports_the_handlers_templates_name(memory_engine):
+    summary = memory_engine.register_template(CORE)
+    assert summary["format"] == "tasker_core"
+    assert memory_engine.registered_handlers() == [
+        "compat_handlers.Pull", "compat_handlers.Push", "compat_handlers.audit",
+    ]
+    worker = tasker_core.Worker(memory_engine, autoload=True)
+    task = memory_engine.create_task("crm", "sync")
+    worker.run_until_idle(timeout=30)
+    view = memory_engine.task(task)
+    assert view["status"] == "complete"
+    results = {s["name"]: s["result"] for s in view["steps"]}
+    assert results == {
+        "pull": {"page": 7, "attempt": 1},
+        "push": {"pushed": 7},
+        "audit": {"audited": True, "config": {"level": 2}},
+    }
+
+
+def test_autoload_handlers_leaves_names_that_import_nothing(memory_engine):
+    worker = tasker_core.Worker(memory_engine)
+    worker.register("compat_handlers.audit", lambda step: {})
+    got = worker.autoload_handlers(
+        "validate", "compat_handlers.missing", "no_such_module.X", "compat_handlers.NOT_CALLABLE",
+        "compat_handlers.audit", {"handlers": ["compat_handlers.Push"]},
+    )
+    assert got == ["compat_handlers.Push"]
+
+
+def test_a_template_built_in_code_registers_and_is_checked_as_any_other(memory_engine):
+    built = (
+        tasker_core.Template("built", "chain", "1.0.0", description="in code")
+        .step("a", config={"k": 1})
+        .step("b", depends_on=["a"], retry={"max_attempts": 2}, handler="bee")
+        .step("c", depends_on=[{"step": "b", "requires_success": False}])
+    )
+    assert isinstance(built, dict)
+    summary = memory_engine.register_template(built)
+    assert (summary["steps"], summary["handlers"]) == (["a", "b", "c"], ["a", "bee", "c"])
+    looped = tasker_core.Template("built", "loop", "1.0.0").step("a", depends_on=["b"]).step(
+        "b", depends_on=["a"]
+    )
+    with pytest.raises(tasker_core.TemplateError, match="cycle: a -> b -> a"):
+        memory_engine.register_template(looped)

@@ -8,6 +8,7 @@ require_relative "tasker_core/errors"
 require_relative "tasker_core/step"
 require_relative "tasker_core/step_handler"
 require_relative "tasker_core/handler_class"
+require_relative "tasker_core/template"
 require_relative "tasker_core/worker"
 
 # Tasker Core: workflow orchestration with a Rust core.

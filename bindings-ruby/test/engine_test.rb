@@ -331,6 +331,26 @@ class EngineTest < Minitest::Test
     engine&.close
   end
 
+  def test_a_template_built_in_code_registers_and_is_checked_as_any_other
+    engine = TaskerCore::Engine.new("memory:")
+    built = TaskerCore::Template.build("built", :chain, "1.0.0", description: "in code") do
+      step :a, config: { k: 1 }
+      step :b, depends_on: [:a], retry: { max_attempts: 2 }, handler: :bee
+      step :c, depends_on: [{ step: :b, requires_success: false }]
+    end
+    summary = engine.register_template(built)
+    assert_equal [%w[a b c], %w[a bee c]], summary.values_at("steps", "handlers")
+    looped = TaskerCore::Template.build("built", "loop", "1.0.0") do
+      step :a, depends_on: [:b]
+      step :b, depends_on: [:a]
+    end
+    error = assert_raises(TaskerCore::TemplateError) { engine.register_template(looped) }
+    assert_includes error.message, "cycle: a -> b -> a"
+    assert_raises(ArgumentError) { TaskerCore::Template.build("x", "y", "1.0.0") { step :a, depend_on: [] } }
+  ensure
+    engine&.close
+  end
+
   def test_the_error_hierarchy
     assert_operator TaskerCore::Error, :<, StandardError
     %i[TemplateError NotFoundError InvalidTransitionError StoreError InvalidArgumentError].each do |name|

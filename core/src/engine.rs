@@ -318,6 +318,17 @@ impl Engine {
         })
     }
 
+    /// The handler names of every template this engine has registered or read, each once,
+    /// sorted (what a worker that loads handler classes by name looks up).
+    pub fn registered_handlers(&self) -> Vec<String> {
+        let graphs = self.inner.graphs.read();
+        let names: std::collections::BTreeSet<&str> = graphs
+            .values()
+            .flat_map(|g| g.steps().iter().map(|s| &*s.handler))
+            .collect();
+        names.into_iter().map(str::to_owned).collect()
+    }
+
     /// The environment whose template overrides apply (see [`EngineBuilder::environment`]).
     pub fn environment(&self) -> Option<&str> {
         self.inner.environment.as_deref()

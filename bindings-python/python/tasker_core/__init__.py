@@ -58,6 +58,7 @@ __all__ = [
     "PermanentError",
     "RetryableError",
     "Step",
+    "Template",
     "StoreError",
     "Subscription",
     "TaskerError",
@@ -204,6 +205,43 @@ class Step:
         vars(step).update(_STEP_DEFAULTS, **claimed, _session=session)
         return step
 
+
+
+class Template(dict):
+    """A template built in code — a ``dict``, so :meth:`Engine.register_template` takes it and
+    checks it as it checks any template::
+
+        engine.register_template(
+            tasker_core.Template("shop", "fulfil_order", "1.0.0")
+            .step("validate", timeout_ms=30_000)
+            .step("charge", depends_on=["validate"], retry={"max_attempts": 5})
+            .step("notify", depends_on=[{"step": "charge", "requires_success": False}])
+        )
+    """
+
+    def __init__(self, namespace: str, name: str, version: str, *, description: str | None = None,
+                 input_schema: Mapping[str, Any] | None = None,
+                 defaults: Mapping[str, Any] | None = None) -> None:
+        super().__init__(namespace=namespace, name=name, version=version)
+        for key, value in (("description", description), ("input_schema", input_schema),
+                           ("defaults", defaults)):
+            if value is not None:
+                self[key] = value
+        self["steps"] = []
+
+    def step(self, name: str, *, handler: str | None = None,
+             depends_on: list[Any] | None = None, retry: Mapping[str, Any] | None = None,
+             timeout_ms: int | None = None, lease_ms: int | None = None,
+             config: Mapping[str, Any] | None = None, description: str | None = None) -> Template:
+        """Adds the step ``name`` (the fields of a template's step) and returns the template."""
+        step: dict[str, Any] = {"name": name}
+        for key, value in (("handler", handler), ("description", description),
+                           ("depends_on", depends_on), ("retry", retry), ("timeout_ms", timeout_ms),
+                           ("lease_ms", lease_ms), ("config", config)):
+            if value is not None:
+                step[key] = value
+        self["steps"].append(step)
+        return self
 
 _STEP_DEFAULTS = {
     "context": None, "inputs": {}, "attempt": 1, "max_attempts": 1, "namespace": "",

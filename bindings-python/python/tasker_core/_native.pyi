@@ -206,6 +206,9 @@ class Engine:
     def environment(self) -> str | None:
         """The environment whose template overrides apply (``environment=``, else ``TASKER_ENV``,
         else ``RAILS_ENV``), or None."""
+    def registered_handlers(self) -> list[str]:
+        """The handler names of every template this engine has registered or read, each once,
+        sorted (what ``Worker(engine, autoload=True)`` looks up)."""
     def register_template(self, template: str | dict[str, Any]) -> TemplateSummary:
         """Validates and stores a template given as YAML or JSON text or as a dict, in this
         engine's format, Rails Tasker's or tasker-core's (detected by its keys), with the

@@ -6,6 +6,7 @@ the outcome back, an asyncio loop for ``async def`` handlers, and Ctrl-C."""
 from __future__ import annotations
 
 import asyncio
+import importlib
 import inspect
 import logging
 import signal
@@ -36,11 +37,14 @@ class Worker:
     plain function cannot be killed: its attempt fails at the timeout, its late return is refused.
     ``worker_id`` defaults to ``py-<host>-<pid>-<random>``; ``poll_interval`` and
     ``drain_timeout`` are seconds (how often to look for work made ready elsewhere; how long
-    running handlers may finish after :meth:`stop` before their steps are released).
+    running handlers may finish after :meth:`stop` before their steps are released). With
+    ``autoload=True`` each run first registers the handlers the engine's templates name as
+    ``package.module.attribute`` (see :meth:`autoload_handlers`).
     """
 
     def __init__(self, engine: Engine, concurrency: int = 4, *, worker_id: str | None = None,
-                 poll_interval: float = 0.1, drain_timeout: float = 30.0) -> None:
+                 poll_interval: float = 0.1, drain_timeout: float = 30.0,
+                 autoload: bool = False) -> None:
         if isinstance(concurrency, bool):
             raise TypeError("concurrency must be a positive int, not bool")
         self._runs = WorkerRuns(engine, concurrency, worker_id, poll_interval, drain_timeout)
@@ -48,6 +52,7 @@ class Worker:
         self._handlers: dict[str, Callable[..., Any]] = {}
         self._lock = threading.Lock()
         self._stopped = False
+        self._autoload = bool(autoload)
 
     def handler(self, name: str | Callable[..., Any] | None = None) -> Any:
         """Registers the decorated function as the handler ``name`` (default: its ``__name__``);
@@ -69,6 +74,32 @@ class Worker:
                 raise ValueError(f"a handler named {name!r} is registered already")
             self._handlers[name] = fn
         return fn
+
+    def autoload_handlers(self, *templates: Any) -> list[str]:
+        """Registers the handlers templates name as ``package.module.attribute`` (tasker-core's
+        ``handler.callable``): ``templates`` are what :meth:`Engine.register_template` returned
+        (their ``"handlers"``) or handler names; none: every handler of the engine's templates.
+        A function is registered as it is; a class runs each step on a new instance, built with
+        ``cls(config=step.config)`` when it takes ``config``, else ``cls()``, through its
+        ``call(step)`` method (or the instance itself when callable). Names registered already,
+        names without a dot and names that import nothing are left alone. Returns the names it
+        registered."""
+        if not templates:
+            templates = (self._engine.registered_handlers(),)
+        names: list[str] = []
+        for t in templates:
+            items = t.get("handlers", []) if isinstance(t, dict) else [t] if isinstance(t, str) else t
+            names.extend(n for n in items if isinstance(n, str) and n not in names)
+        registered = []
+        for name in names:
+            if name in self.handlers:
+                continue
+            target = _import(name)
+            if target is None:
+                continue
+            self.register(name, _class_handler(target) if inspect.isclass(target) else target)
+            registered.append(name)
+        return registered
 
     @property
     def handlers(self) -> tuple:
@@ -102,6 +133,8 @@ class Worker:
         self._runs.stop()
 
     def _run(self, until_idle: bool, timeout: float | None) -> dict[str, Any]:
+        if self._autoload:
+            self.autoload_handlers()
         names = list(self.handlers)
         session = self._runs.start(names, until_idle, timeout, Step)
         self._stopped = False
@@ -170,6 +203,35 @@ class Worker:
             logger.error("%s raised %r", _where(step), e, exc_info=e)
             return session.fail(step.step_id, step.attempt, repr(e), True, None)
         return session.complete(step.step_id, step.attempt, result)
+
+
+def _import(name: str) -> Any:
+    """The attribute ``name`` (``package.module.attribute``) names, or None."""
+    module, _, attribute = name.rpartition(".")
+    if not module or not attribute:
+        return None
+    try:
+        target = getattr(importlib.import_module(module), attribute, None)
+    except ImportError:
+        logger.debug("handler %r: no module %r", name, module)
+        return None
+    return target if callable(target) else None
+
+
+def _class_handler(cls: type) -> Callable[[Step], Any]:
+    """A handler running each step on a new instance of ``cls``."""
+    try:
+        takes_config = "config" in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        takes_config = False
+
+    def run(step: Step) -> Any:
+        instance = cls(config=dict(step.config)) if takes_config else cls()
+        call = getattr(instance, "call", None)
+        return call(step) if callable(call) else instance(step)
+
+    run.__name__ = cls.__name__
+    return run
 
 
 def _where(step: Step) -> str:

@@ -18,8 +18,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::retry::RetryPolicy;
 
+pub mod builder;
 pub mod foreign;
 
+pub use builder::{StepBuilder, TemplateBuilder};
 pub use foreign::{Format, Loaded};
 
 /// The most steps a template may have.
