@@ -247,6 +247,40 @@ async fn engines_racing_for_steps_never_claim_one_twice() {
     }
 }
 
+/// Once another connection has written, nothing this writer cached before is taken as current
+/// — not only the tasks of the group that noticed: a later group that finds the data version
+/// unchanged (since that group) still reads a task another engine changed.
+#[tokio::test]
+async fn a_write_noticed_by_one_group_is_not_forgotten_by_the_next() {
+    let file = std::env::temp_dir().join(format!("tasker-epoch-{}.db", tasker_core::TaskId::new()));
+    let url = format!("sqlite://{}", file.display());
+    let (a, b) = (
+        Engine::open(&url).await.unwrap(),
+        Engine::open(&url).await.unwrap(),
+    );
+    register(&a, &template("epoch", "chain").steps(chain_of("s", 2, "h"))).await;
+    register(
+        &a,
+        &template("epoch", "other").step(step("o").handler("other")),
+    )
+    .await;
+    let x = create(&a, NewTask::new("epoch", "chain")).await;
+    let s0 = claim_one(&a, "s0").await; // a's writer caches x, s0 running
+    complete(&b, &s0, json!(0)).await; // b completes s0: s1 is ready
+    create(&a, NewTask::new("epoch", "other")).await;
+    // A group of a's that reads (and sees b's write) but does not touch x.
+    let o = a.claim(&only_handlers(&["other"], 5)).await.unwrap();
+    assert_eq!(o.len(), 1);
+    // The next group finds the version as the last one left it: x must still be read again.
+    let s1 = a.claim(&only_handlers(&["h"], 5)).await.unwrap();
+    assert_eq!(s1.len(), 1, "s1 is ready in the database");
+    assert_eq!((s1[0].step_id.task, &*s1[0].name), (x, "s1"));
+    assert_eq!(s1[0].inputs.get("s0"), Some(&json!(0)));
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{suffix}", file.display()));
+    }
+}
+
 /// `synchronous` is chosen in the URL: `normal` by default, `full` (or `extra`) for whoever
 /// wants each commit on disk before it returns; anything else is refused, naming the choices.
 #[tokio::test]

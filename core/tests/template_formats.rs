@@ -434,3 +434,26 @@ async fn the_native_format_takes_config_schema_and_environments_and_stays_strict
     assert_eq!((step.task_id(), &*step.config), (task, &json!({"k": 2})));
     assert_eq!(step.to_json()["config"], json!({"k": 2}));
 }
+
+#[tokio::test]
+async fn nulls_inside_an_override_leave_the_base_and_a_rails_limit_of_zero_is_one_attempt() {
+    let text = "namespace: n\nname: nulls\nversion: 1.0.0\nsteps:\n  - {name: a}\nenvironments:\n  dev:\n    steps:\n      - {name: a, retry: {max_attempts: null, backoff: linear}, config: {k: null, deep: {x: null, y: 1}}}\n";
+    let reg = engine(Some("dev"))
+        .await
+        .register_document_str(text)
+        .await
+        .unwrap();
+    let a = reg.graph.step(0);
+    assert_eq!(
+        (a.retry.max_attempts, a.retry.backoff),
+        (3, Backoff::Linear)
+    );
+    assert_eq!(*a.config, json!({"deep": {"y": 1}}));
+    let rails = "name: r\nnamespace_name: n\nversion: 1.0.0\nstep_templates:\n  - {name: once, handler_class: Once, default_retry_limit: 0}\n";
+    let reg = engine(None)
+        .await
+        .register_document_str(rails)
+        .await
+        .unwrap();
+    assert_eq!(reg.graph.step(0).retry.max_attempts, 1);
+}

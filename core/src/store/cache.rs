@@ -45,16 +45,22 @@ impl Default for RecordCache {
 
 #[derive(Debug, Default)]
 struct Inner {
-    /// Each task's revision, record, estimated size and whether this process's writer put it.
-    entries: HashMap<TaskId, (i64, TaskRecord, usize, bool)>,
+    /// Each task's revision, record, estimated size and the epoch in which this process's
+    /// writer put it (0: a reader put it).
+    entries: HashMap<TaskId, (i64, TaskRecord, usize, u64)>,
     bytes: usize,
+    /// Entries the writer put in an earlier epoch are no longer taken as written.
+    epoch: u64,
 }
 
 impl RecordCache {
     /// A cache that keeps at most `limit` bytes (estimated).
     pub fn with_limit(limit: usize) -> Self {
         RecordCache {
-            inner: Mutex::default(),
+            inner: Mutex::new(Inner {
+                epoch: 1,
+                ..Inner::default()
+            }),
             limit,
         }
     }
@@ -94,8 +100,27 @@ impl RecordCache {
     pub fn written(&self, id: TaskId) -> Option<TaskRecord> {
         let inner = self.inner.lock();
         match inner.entries.get(&id) {
-            Some((_, record, _, true)) => Some(record.clone()),
+            Some((_, record, _, epoch)) if *epoch != 0 && *epoch == inner.epoch => {
+                Some(record.clone())
+            }
             _ => None,
+        }
+    }
+
+    /// No entry put so far is taken as written any more (another connection wrote, or a write
+    /// may have committed without its entries being updated); they are still reused at their
+    /// revision.
+    pub fn distrust_written(&self) {
+        self.inner.lock().epoch += 1;
+    }
+
+    /// Entry `ids` are no longer taken as written (their rows are about to change).
+    pub fn distrust(&self, ids: impl IntoIterator<Item = TaskId>) {
+        let mut inner = self.inner.lock();
+        for id in ids {
+            if let Some(entry) = inner.entries.get_mut(&id) {
+                entry.3 = 0;
+            }
         }
     }
 
@@ -119,9 +144,10 @@ impl RecordCache {
             inner.bytes = 0;
         }
         inner.bytes += size;
+        let epoch = if written { inner.epoch } else { 0 };
         inner
             .entries
-            .insert(record.id, (revision, record, size, written));
+            .insert(record.id, (revision, record, size, epoch));
     }
 
     /// The number of cached tasks.
@@ -217,9 +243,17 @@ mod tests {
         cache.put(2, task.clone(), false);
         assert!(cache.written(id).is_none());
         assert!(cache.get(id, 2).is_some(), "still reused at its revision");
-        cache.put(3, task, true);
+        cache.put(3, task.clone(), true);
         assert!(cache.written(id).is_some());
         assert!(cache.written(TaskId::new()).is_none());
+        // Another connection wrote: nothing put before is taken as written.
+        cache.distrust_written();
+        assert!(cache.written(id).is_none());
+        assert!(cache.get(id, 3).is_some(), "still reused at its revision");
+        cache.put(4, task.clone(), true);
+        assert!(cache.written(id).is_some());
+        cache.distrust([id]);
+        assert!(cache.written(id).is_none());
     }
 
     #[test]

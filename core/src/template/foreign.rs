@@ -169,13 +169,27 @@ fn merge(base: &mut Value, over: &Value) {
                     Some(slot) => merge(slot, value),
                     None => {
                         if !value.is_null() {
-                            base.insert(key.clone(), value.clone());
+                            base.insert(key.clone(), without_nulls(value));
                         }
                     }
                 }
             }
         }
         (base, over) => *base = over.clone(),
+    }
+}
+
+/// `value` with the nulls of its maps left out (at any depth).
+fn without_nulls(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k.clone(), without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(without_nulls).collect()),
+        other => other.clone(),
     }
 }
 
@@ -318,6 +332,8 @@ fn rails(map: Map<String, Value>, warnings: &mut Vec<String>) -> Result<Value, T
         let limit = take(step, "default_retry_limit");
         let attempts = match (take(step, "default_retryable"), limit) {
             (Some(Value::Bool(false)), _) => Some(Value::from(1)),
+            // A limit of 0 meant "no retries": one attempt.
+            (_, Some(limit)) if limit.as_u64() == Some(0) => Some(Value::from(1)),
             (_, Some(limit)) => Some(limit),
             _ => None,
         };

@@ -198,24 +198,29 @@ impl Shared {
     /// The committer's next group: the jobs queued (up to [`MAX_GROUP`]), unless a group is
     /// being run; the committer is then busy.
     fn turn(&self) -> Vec<Job> {
-        if self.queue.lock().busy {
+        let mut queue = self.queue.lock();
+        if queue.busy {
             return Vec::new();
         }
-        let jobs = self.take(MAX_GROUP, true);
-        if !jobs.is_empty() {
-            self.queue.lock().busy = true;
-        }
+        let jobs = queue.take(MAX_GROUP, true);
+        queue.busy = !jobs.is_empty();
         jobs
     }
 
     /// Up to `max` jobs queued, creates first (only creates unless `all`).
     fn take(&self, max: usize, all: bool) -> Vec<Job> {
-        let mut queue = self.queue.lock();
-        let n = queue.creates.len().min(max);
-        let mut jobs: Vec<Job> = queue.creates.drain(..n).collect();
+        self.queue.lock().take(max, all)
+    }
+}
+
+impl Queue {
+    /// Up to `max` jobs queued, creates first (only creates unless `all`).
+    fn take(&mut self, max: usize, all: bool) -> Vec<Job> {
+        let n = self.creates.len().min(max);
+        let mut jobs: Vec<Job> = self.creates.drain(..n).collect();
         if all {
-            let n = queue.others.len().min(max.saturating_sub(jobs.len()));
-            jobs.extend(queue.others.drain(..n));
+            let n = self.others.len().min(max.saturating_sub(jobs.len()));
+            jobs.extend(self.others.drain(..n));
         }
         jobs
     }
@@ -390,7 +395,10 @@ impl<B: Backend> SqlStore<B> {
         ids.sort();
         ids.dedup();
         // No other connection wrote since this writer's last group: what it cached is current.
-        if version.is_some() && version == known {
+        // Otherwise nothing it cached before is (a later group must not trust it either).
+        if version.is_none() || version != known {
+            self.cache.distrust_written();
+        } else {
             ids.retain(|&id| match self.cache.written(id) {
                 Some(task) => {
                     loaded.records.push(task);

@@ -894,8 +894,14 @@ impl<B: Backend> SqlStore<B> {
             writer.open = false;
             writer.data_version = None;
         }
-        let Writer { conn, open, .. } = &mut *writer;
+        let Writer {
+            conn,
+            open,
+            data_version,
+        } = &mut *writer;
         if let (Some(conn), true) = (conn.as_mut(), *open) {
+            // Its commit may have gone through without the cache hearing of it.
+            *data_version = None;
             let _ = B::execute(conn.get(), "ROLLBACK").await;
             *open = false;
         }
@@ -1180,12 +1186,18 @@ impl<B: Backend> SqlStore<B> {
                     .collect();
                 let (rows, written) = rows_of(&edits, now, &changes.transitions);
                 let notify = wakes_workers(!changes.ready.is_empty(), &changes.transitions);
+                if B::ONE_WRITER {
+                    // Cached as they were, these tasks must not be taken as written by a group
+                    // that runs between this commit and the cache's update below.
+                    self.cache.distrust(tasks.iter().map(|t| t.id));
+                }
                 self.commit(tx, Some((&rows, notify))).await?;
                 drop(rows);
                 drop(edits);
                 for (task, revision) in tasks.into_iter().zip(written) {
                     if let Some(revision) = revision {
-                        self.cache.put(revision, task, true);
+                        // Put after the writer's lock is let go: not taken as written.
+                        self.cache.put(revision, task, !B::ONE_WRITER);
                     }
                 }
                 Ok(out)
