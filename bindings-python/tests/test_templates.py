@@ -6,7 +6,7 @@ import json
 
 import pytest
 import tasker_core
-from conftest import DIAMOND, step, yaml_template
+from conftest import DIAMOND, ROOT, step, yaml_template
 
 
 def test_register_yaml_text_returns_a_summary(engine):
@@ -142,25 +142,7 @@ def test_a_malformed_version_is_an_invalid_argument(engine):
         engine.create_task("test", "semver", version="banana")
 
 
-RAILS = """
-name: refund
-namespace_name: payments
-version: 1.0.0
-task_handler_class: RefundHandler
-schema: {type: object, required: [amount], properties: {amount: {type: number}}}
-step_templates:
-  - name: look_up
-    handler_class: Payments::LookUp
-    handler_config: {gateway: stripe}
-  - name: refund
-    handler_class: Payments::Refund
-    depends_on_step: look_up
-    default_retry_limit: 2
-environments:
-  test:
-    step_templates:
-      - {name: look_up, handler_config: {gateway: sandbox}}
-"""
+RAILS = (ROOT / "tests" / "templates" / "rails_refund.yml").read_text()
 
 
 def test_a_rails_tasker_template_registers_runs_and_hands_its_config_to_handlers(memory_engine):

@@ -289,24 +289,7 @@ class EngineTest < Minitest::Test
     end
   end
 
-  RAILS = <<~YAML
-    name: refund
-    namespace_name: payments
-    version: 1.0.0
-    task_handler_class: RefundHandler
-    schema: {type: object, required: [amount], properties: {amount: {type: number}}}
-    step_templates:
-      - name: look_up
-        handler_class: Payments::LookUp
-        handler_config: {gateway: stripe}
-      - name: refund
-        handler_class: Payments::Refund
-        depends_on_step: look_up
-    environments:
-      test:
-        step_templates:
-          - {name: look_up, handler_config: {gateway: sandbox}}
-  YAML
+  RAILS = File.read(File.join(ROOT, "tests", "templates", "rails_refund.yml"))
 
   def test_a_rails_tasker_template_registers_runs_and_hands_its_config_to_handlers
     engine = TaskerCore::Engine.new("memory:", environment: "test")

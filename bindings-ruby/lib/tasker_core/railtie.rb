@@ -40,7 +40,7 @@ module TaskerCore
       TaskerCore.executor ||= app.executor
       # Rails Tasker handler classes run unchanged, unless the Tasker gem itself is loaded.
       require "tasker_core/compat" unless defined?(::Tasker::Engine)
-      Railtie.templates = Railtie.load_templates(TaskerCore.engine, Railtie.templates_dir(app))
+      Railtie.load_templates(TaskerCore.engine, Railtie.templates_dir(app))
       Railtie.events.start(TaskerCore.engine)
       TaskerCore.after_fork { |engine| Railtie.events.start(engine) }
       options.database_url ||= url
@@ -81,15 +81,6 @@ module TaskerCore
           raise e.class, "#{file}: #{e.message}", e.backtrace
         end
       end
-
-      # @return [Array<Hash>] what {Engine#register_template} returned for each template loaded
-      #   at boot (their handler names are what {Worker#autoload_handlers} looks up)
-      def templates
-        @templates || []
-      end
-
-      # @!visibility private
-      attr_writer :templates
 
       # @return [EventRelay] the relay of engine events to ActiveSupport::Notifications
       def events

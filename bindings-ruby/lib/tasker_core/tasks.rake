@@ -15,7 +15,7 @@ namespace :tasker_core do
     worker = TaskerCore::Worker.new(engine, concurrency: concurrency)
     worker.register_handlers(TaskerCore::StepHandler.registry)
     # The handler classes the templates name (Rails Tasker's handler_class).
-    worker.autoload_handlers(*TaskerCore::Railtie.templates)
+    worker.autoload_handlers
     if worker.handlers.empty?
       abort "tasker_core: no handlers found; define TaskerCore::StepHandler subclasses in app/handlers " \
             "(class ChargeHandler < TaskerCore::StepHandler; def call(step) ... end; end), or name " \

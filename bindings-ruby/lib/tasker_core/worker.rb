@@ -102,11 +102,12 @@ module TaskerCore
 
     # Registers the handler classes that templates name (+handler_class+ of a Rails Tasker
     # template, +handler.callable+ of a tasker-core one): each handler name of +templates+ —
-    # what {Engine#register_template} returned, or handler names — that names a class with
+    # what {Engine#register_template} returned, or handler names; none: every handler of the
+    # engine's templates ({Engine#registered_handlers}) — that names a class with
     # Rails Tasker's +process(task, sequence, step)+ or this engine's +call(step)+ is registered
     # under that name, each step run by a new instance (+new(config: step.config)+ when its
     # +initialize+ takes +config:+). Names registered already and names that are no class are
-    # left alone. The Railtie's +tasker_core:work+ calls it with the templates it loaded.
+    # left alone. The Railtie's +tasker_core:work+ calls it.
     #
     # @example
     #   require "tasker_core/compat"   # Tasker::StepHandler::Base and its errors
@@ -114,6 +115,7 @@ module TaskerCore
     # @param templates [Array<Hash, String>] template summaries (their "handlers") or names
     # @return [Array<String>] the names registered
     def autoload_handlers(*templates)
+      templates = [@engine.registered_handlers] if templates.empty?
       names = templates.flatten.flat_map do |t|
         t.is_a?(Hash) ? Array(t["handlers"] || t[:handlers]).map(&:to_s) : [t.to_s]
       end

@@ -90,6 +90,15 @@ pub struct ClaimRequest {
     pub limit: usize,
 }
 
+impl ClaimRequest {
+    /// Whether steps of `handler` are wanted (any when `handlers` is `None`).
+    pub fn wants(&self, handler: &str) -> bool {
+        self.handlers
+            .as_ref()
+            .is_none_or(|h| h.iter().any(|n| &**n == handler))
+    }
+}
+
 /// The parents' results handed to a step: each parent's name with its result (`null` when the
 /// parent did not succeed, which only an edge with `requires_success: false` lets through).
 #[derive(Debug, Clone, Default, PartialEq)]

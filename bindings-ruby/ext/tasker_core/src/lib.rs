@@ -262,15 +262,19 @@ impl Engine {
             .flatten()
             .unwrap_or_else(|| tasker_core::engine::DEFAULT_URL.to_owned());
         let rt = runtime(&ruby)?;
-        let engine = without_gvl(move |_| {
-            rt.block_on(tasker_core::Engine::open_in(&url, environment))
-        })
-            .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
-            .map_err(|e| rb_err(&ruby, e))?;
+        let engine =
+            without_gvl(move |_| rt.block_on(tasker_core::Engine::open_in(&url, environment)))
+                .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
+                .map_err(|e| rb_err(&ruby, e))?;
         Ok(Engine {
             engine: ForkSafe::new(engine),
             owner: Owner::current(),
         })
+    }
+
+    fn registered_handlers(&self) -> Result<Vec<String>, Error> {
+        let ruby = ruby();
+        self.call(&ruby, |e| async move { Ok(e.registered_handlers()) })
     }
 
     fn register_template(&self, template: Value) -> Result<Value, Error> {
@@ -282,7 +286,10 @@ impl Engine {
             })?
         } else if RHash::from_value(template).is_some() {
             let value = to_json(&ruby, template, "the template")?;
-            self.call(&ruby, move |e| async move { e.register_document(value).await })?
+            self.call(
+                &ruby,
+                move |e| async move { e.register_document(value).await },
+            )?
         } else {
             return Err(Error::new(
                 ruby.exception_type_error(),
@@ -884,6 +891,10 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     let engine = module.define_class("Engine", ruby.class_object())?;
     engine.define_singleton_method("new", function!(Engine::new, -1))?;
     engine.define_method("register_template", method!(Engine::register_template, 1))?;
+    engine.define_method(
+        "registered_handlers",
+        method!(Engine::registered_handlers, 0),
+    )?;
     engine.define_method("create_task", method!(Engine::create_task, -1))?;
     engine.define_method("create_tasks", method!(Engine::create_tasks, 1))?;
     engine.define_method("claim", method!(Engine::claim, -1))?;

@@ -27,8 +27,7 @@ use tokio::sync::oneshot;
 
 use super::rows::ms;
 use super::{
-    corrupt, db, due_keys, due_step, report_on, rows_of, Backend, Due, Edit, Lock, ReadySet,
-    SqlStore, Tx,
+    db, due_keys, due_step, report_on, rows_of, Backend, Due, Edit, Lock, ReadySet, SqlStore, Tx,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
@@ -329,7 +328,7 @@ impl<B: Backend> SqlStore<B> {
             }))
             .collect();
         let (rows, revisions) = rows_of(&edits, group.latest, &transitions);
-        let written = self.commit_rows(tx, &rows, loaded.version).await;
+        let written = self.commit(tx, Some((&rows, false))).await;
         drop(rows);
         drop(edits);
         match written {
@@ -353,7 +352,6 @@ impl<B: Backend> SqlStore<B> {
         let mut loaded = Loaded {
             records: Vec::new(),
             claimable: Vec::with_capacity(group.filters.len()),
-            version: None,
         };
         if group.reports.is_empty() && group.claims.is_empty() {
             return Ok(loaded);
@@ -371,17 +369,16 @@ impl<B: Backend> SqlStore<B> {
             B::begin_group(conn, now, first).await.map_err(db)?
         } else {
             let rows = match first {
-                Some((h, l)) => B::claimable(conn, now, h, l, false).await.map_err(db)?,
+                Some((h, l)) => B::claimable(conn, now, h, l).await.map_err(db)?,
                 None => Vec::new(),
             };
             (None, rows)
         };
-        loaded.version = version;
         if first.is_some() {
             loaded.claimable.push(due_keys(&rows)?);
         }
         for (handlers, l) in filters {
-            let rows = B::claimable(conn, now, handlers.as_deref(), limit(*l), false)
+            let rows = B::claimable(conn, now, handlers.as_deref(), limit(*l))
                 .await
                 .map_err(db)?;
             loaded.claimable.push(due_keys(&rows)?);
@@ -412,44 +409,19 @@ impl<B: Backend> SqlStore<B> {
         if !unreadable.is_empty() {
             Self::mark_unreadable(tx.conn().await?, &unreadable, group.latest).await?;
         }
-        Ok(loaded)
-    }
-
-    /// Writes `rows` and commits (one call); the ids of the new tasks written. Rolled back on
-    /// a failure.
-    async fn commit_rows(
-        &self,
-        tx: Tx<'_, B>,
-        rows: &super::rows::Rows<'_>,
-        version: Option<i64>,
-    ) -> Result<Vec<String>> {
-        let Tx::Writer { mut w, begun } = tx else {
-            return Err(corrupt("a group commit needs this process's writer"));
-        };
-        if !begun && rows.is_empty() {
-            self.done_writing(&mut w, true);
-            return Ok(Vec::new());
-        }
-        let Some(conn) = w.conn.as_mut().map(super::WriterConn::get) else {
-            return Err(super::writer_gone());
-        };
-        let written = B::write_commit(conn, rows, false, !begun).await;
-        // A failure half way leaves the transaction open.
-        let clean = written.is_ok() || B::execute(conn, "ROLLBACK").await.is_ok();
-        if written.is_ok() && version.is_some() {
+        // The version the writer is at now (what it read and cached is current as of it; its
+        // own commit does not change it).
+        if let (Tx::Writer { w, .. }, Some(_)) = (tx, version) {
             w.data_version = version;
         }
-        self.done_writing(&mut w, clean);
-        written.map_err(db)
+        Ok(loaded)
     }
 }
 
-/// What a group read: its tasks, per handler filter the steps to look at for claims, and the
-/// database's data version when it was read.
+/// What a group read: its tasks, and per handler filter the steps to look at for claims.
 struct Loaded {
     records: Vec<TaskRecord>,
     claimable: Vec<Vec<(TaskId, u32, u32, Due)>>,
-    version: Option<i64>,
 }
 
 /// The loaded tasks: each as loaded, as changed, and the steps that became ready.
@@ -619,12 +591,6 @@ impl Group {
                 .filters
                 .iter()
                 .position(|(h, _)| *h == request.handlers);
-            let wanted = |handler: &str| {
-                request
-                    .handlers
-                    .as_ref()
-                    .is_none_or(|h| h.iter().any(|n| &**n == handler))
-            };
             let candidates = filter
                 .and_then(|f| claimable.get(f))
                 .into_iter()
@@ -640,7 +606,7 @@ impl Group {
                 let Some((t, s)) = tasks.get(task) else {
                     continue;
                 };
-                if t.is_claimable(index) && wanted(&t.graph.step(index).handler) {
+                if t.is_claimable(index) && request.wants(&t.graph.step(index).handler) {
                     match t.claim(index, &request.worker_id, *now, s, &mut changes) {
                         Ok(step) => steps.push(step),
                         Err(e) => claimed = Err(e),

@@ -159,7 +159,7 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     ) -> sqlx::Result<(Option<i64>, Vec<rows::DueStep>)> {
         Self::execute(c, Self::BEGIN).await?;
         let rows = match claim {
-            Some((handlers, limit)) => Self::claimable(c, now, handlers, limit, false).await?,
+            Some((handlers, limit)) => Self::claimable(c, now, handlers, limit).await?,
             None => Vec::new(),
         };
         Ok((None, rows))
@@ -172,7 +172,6 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
         now: i64,
         handlers: Option<&[Arc<str>]>,
         limit: i64,
-        begin: bool,
     ) -> sqlx::Result<Vec<rows::DueStep>>;
     /// A pool on `url`, each connection set up for the engine.
     async fn connect(url: &str) -> Result<Pool<Self::Db>>;
@@ -571,15 +570,9 @@ fn claim_task(
     for &(_, index, attempt, kind) in mine().filter(|k| k.3 != Due::Ready) {
         due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
     }
-    let wanted = |handler: &str| {
-        request
-            .handlers
-            .as_ref()
-            .is_none_or(|h| h.iter().any(|n| &**n == handler))
-    };
     let mut out = Vec::new();
     for &(_, index, _, _) in mine() {
-        if *left > 0 && t.is_claimable(index) && wanted(&t.graph.step(index).handler) {
+        if *left > 0 && t.is_claimable(index) && request.wants(&t.graph.step(index).handler) {
             out.push(t.claim(index, &request.worker_id, now, s, c)?);
             *left -= 1;
         }
@@ -909,8 +902,9 @@ impl<B: Backend> SqlStore<B> {
     }
 
     /// Writes `rows` (when given) and commits: one call on SQLite. On an error the
-    /// transaction is rolled back.
-    async fn commit(&self, tx: Tx<'_, B>, rows: Option<(&Rows<'_>, bool)>) -> Result<()> {
+    /// transaction is rolled back. The ids of the new tasks among `rows` that were written
+    /// (new tasks are written so only through this process's writer).
+    async fn commit(&self, tx: Tx<'_, B>, rows: Option<(&Rows<'_>, bool)>) -> Result<Vec<String>> {
         match tx {
             Tx::Pooled(mut tx) => {
                 if let Some((rows, notify)) = rows.filter(|(r, _)| !r.is_empty()) {
@@ -919,14 +913,15 @@ impl<B: Backend> SqlStore<B> {
                         return Err(db(e));
                     }
                 }
-                tx.commit().await.map_err(db)
+                tx.commit().await.map_err(db)?;
+                Ok(Vec::new())
             }
             Tx::Writer { mut w, begun } => {
                 let empty = Rows::default();
                 let (rows, notify) = rows.unwrap_or((&empty, false));
                 if !begun && rows.is_empty() {
                     self.done_writing(&mut w, true);
-                    return Ok(());
+                    return Ok(Vec::new());
                 }
                 let Some(conn) = w.conn.as_mut().map(WriterConn::get) else {
                     return Err(writer_gone());
@@ -935,7 +930,7 @@ impl<B: Backend> SqlStore<B> {
                 // A failure half way leaves the transaction open.
                 let clean = written.is_ok() || B::execute(conn, "ROLLBACK").await.is_ok();
                 self.done_writing(&mut w, clean);
-                written.map(drop).map_err(db)
+                written.map_err(db)
             }
         }
     }
@@ -1319,8 +1314,8 @@ impl<B: Backend> SqlStore<B> {
         now: Timestamp,
         changes: &mut Changes,
     ) -> Result<Vec<ClaimedStep>> {
-        let found = match tx.conn_to_begin() {
-            Ok((conn, begin)) => self.claimable(conn, request, now, begin).await,
+        let found = match tx.conn().await {
+            Ok(conn) => self.claimable(conn, request, now).await,
             Err(e) => Err(e),
         };
         let mut keys = match found {
@@ -1349,10 +1344,9 @@ impl<B: Backend> SqlStore<B> {
         conn: &mut Conn<B>,
         request: &ClaimRequest,
         now: Timestamp,
-        begin: bool,
     ) -> Result<Vec<(TaskId, u32, u32, Due)>> {
         let limit = request.limit.min(i64::MAX as usize) as i64;
-        let rows = B::claimable(conn, ms(now), request.handlers.as_deref(), limit, begin)
+        let rows = B::claimable(conn, ms(now), request.handlers.as_deref(), limit)
             .await
             .map_err(db)?;
         due_keys(&rows)
@@ -1699,25 +1693,20 @@ impl<B: Backend> Store for SqlStore<B> {
         request: &ClaimRequest,
         now: Now<'_>,
     ) -> Result<(Vec<ClaimedStep>, Changes)> {
-        let mut changes = Changes::default();
-        let busy = self.claims_found.load(std::sync::atomic::Ordering::Relaxed);
-        if B::ONE_WRITER && !busy {
-            // After a claim that found nothing, a look first, on a reading connection: a claim
-            // that finds nothing takes no write lock.
-            let mut conn = self.pool.acquire().await.map_err(db)?;
-            let probe = ClaimRequest {
-                limit: 1,
-                ..request.clone()
-            };
-            if self
-                .claimable(&mut conn, &probe, now(), false)
-                .await?
-                .is_empty()
-            {
-                return Ok((Vec::new(), changes));
-            }
-        }
+        use std::sync::atomic::Ordering::Relaxed;
         if B::ONE_WRITER {
+            if !self.claims_found.load(Relaxed) {
+                // After a claim that found nothing, a look first, on a reading connection: a
+                // claim that finds nothing takes no write lock.
+                let mut conn = self.pool.acquire().await.map_err(db)?;
+                let probe = ClaimRequest {
+                    limit: 1,
+                    ..request.clone()
+                };
+                if self.claimable(&mut conn, &probe, now()).await?.is_empty() {
+                    return Ok((Vec::new(), Changes::default()));
+                }
+            }
             // With the next group: it waits for one group at most.
             let now = now();
             let request = request.clone();
@@ -1728,16 +1717,14 @@ impl<B: Backend> Store for SqlStore<B> {
                     reply,
                 })
                 .await?;
-            self.claims_found
-                .store(!claimed.is_empty(), std::sync::atomic::Ordering::Relaxed);
+            self.claims_found.store(!claimed.is_empty(), Relaxed);
             return Ok((claimed, changes));
         }
+        let mut changes = Changes::default();
         let tx = self.begin().await?;
         // Read once the write lock is held: waiting for it must not eat into the leases.
         let now = now();
         let claimed = self.claim_with(tx, request, now, &mut changes).await?;
-        self.claims_found
-            .store(!claimed.is_empty(), std::sync::atomic::Ordering::Relaxed);
         Ok((claimed, changes))
     }
 

@@ -220,7 +220,6 @@ impl Backend for Postgres {
         now: i64,
         handlers: Option<&[Arc<str>]>,
         limit: i64,
-        _begin: bool,
     ) -> sqlx::Result<Vec<DueStep>> {
         sqlx::query_as(CLAIMABLE)
             .bind(now)

@@ -26,13 +26,6 @@ const CLAIMABLE: &str = concat!(
     ";\n",
     include_str!("sqlite/ready.sql")
 );
-/// [`CLAIMABLE`], the write transaction begun first: one call.
-const BEGIN_CLAIMABLE: &str = concat!(
-    "BEGIN IMMEDIATE;\n",
-    include_str!("shared/due.sql"),
-    ";\n",
-    include_str!("sqlite/ready.sql")
-);
 /// The write transaction begun, then the database's data version (one row, see the file).
 const BEGIN_VERSION: &str = concat!(
     "BEGIN IMMEDIATE;\n",
@@ -298,11 +291,10 @@ impl Backend for Sqlite {
     async fn create(
         c: &mut SqliteConnection,
         rows: &Rows<'_>,
-        _notify: bool,
+        notify: bool,
     ) -> sqlx::Result<Vec<String>> {
         // One short transaction, begun, written and committed in one call.
-        let text = format!("BEGIN IMMEDIATE;\n{}COMMIT;", write_text(rows));
-        run_write(c, &text, rows).await
+        Self::write_commit(c, rows, notify, true).await
     }
 
     async fn claimable(
@@ -310,10 +302,8 @@ impl Backend for Sqlite {
         now: i64,
         handlers: Option<&[Arc<str>]>,
         limit: i64,
-        begin: bool,
     ) -> sqlx::Result<Vec<DueStep>> {
-        let sql = if begin { BEGIN_CLAIMABLE } else { CLAIMABLE };
-        sqlx::query_as(sql)
+        sqlx::query_as(CLAIMABLE)
             .bind(now)
             .bind(handler_list(handlers)?)
             .bind(limit)
