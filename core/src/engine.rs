@@ -509,6 +509,29 @@ impl Engine {
         Ok(results)
     }
 
+    /// Reports many claimed attempts (as [`Engine::report_many`], the outcomes already within
+    /// [`crate::limits`]) and then claims (as [`Engine::claim`]), in one store transaction on
+    /// SQLite and PostgreSQL, the claim also taking the steps the reports made ready: what a
+    /// worker session does when it has outcomes to write and free slots (one commit instead
+    /// of two). Returns each report's result and the steps claimed. An `Err` means neither
+    /// was done.
+    pub async fn report_and_claim(
+        &self,
+        reports: Vec<StepReport>,
+        request: &ClaimRequest,
+    ) -> Result<(Vec<Result<()>>, Vec<ClaimedStep>)> {
+        limits::check_claim_limit(request.limit)?;
+        let now = || self.now();
+        let ((results, reported), (claimed, changes)) = self
+            .store()?
+            .report_and_claim(reports, request, &now)
+            .await?;
+        // In causal order: what the reports made ready, then its claim.
+        self.publish(reported);
+        self.publish(changes);
+        Ok((results, claimed))
+    }
+
     /// Reports a claimed attempt's failure.
     pub async fn fail(&self, step: StepId, attempt: u32, mut failure: StepFailure) -> Result<()> {
         failure.message = limits::message(failure.message);

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use serde_json::{json, Value};
+use tasker_core::store::ClaimRequest;
 use tasker_core::view::TaskFilter;
 use tasker_core::{
     ClaimedStep, Error, HandlerError, ManualClock, NewTask, StepState, TaskState, Worker,
@@ -529,4 +530,125 @@ per_store! {
             .unwrap();
         assert_eq!(after.len(), 1201, "{store}: nothing of a refused batch");
     }
+}
+
+per_store! {
+    /// A batch of reports and a claim in one call (one transaction on the SQL stores): the
+    /// claim takes the steps the reports made ready, a refused report refuses only itself, and
+    /// each step's record says what happened, in order.
+    async fn reports_and_a_claim_in_one_call_take_the_steps_the_reports_made_ready(store) {
+        let chain = template("rc", "chain").steps(chain_of("s", 3, "h"));
+        let Some(engine) = engine_with(store, ManualClock::new(), &[chain]).await else {
+            return;
+        };
+        let first = create(&engine, NewTask::new("rc", "chain")).await;
+        let second = create(&engine, NewTask::new("rc", "chain")).await;
+        let claimed = engine.claim(&any_handler(10)).await.unwrap();
+        assert_eq!(claimed.len(), 2, "{store}: the two first steps");
+        let mut reports: Vec<tasker_core::store::StepReport> = claimed
+            .iter()
+            .map(|s| tasker_core::store::StepReport {
+                step: s.step_id,
+                attempt: s.attempt,
+                outcome: tasker_core::store::Outcome::Complete(json!({"from": &*s.name})),
+            })
+            .collect();
+        // A stale attempt number: refused on its own.
+        reports.push(tasker_core::store::StepReport {
+            step: claimed[0].step_id,
+            attempt: claimed[0].attempt + 1,
+            outcome: tasker_core::store::Outcome::Complete(json!(0)),
+        });
+        let (results, next) = engine
+            .report_and_claim(reports, &any_handler(10))
+            .await
+            .unwrap();
+        assert!(results[0].is_ok() && results[1].is_ok(), "{store}: {results:?}");
+        assert!(
+            matches!(results[2], Err(Error::ClaimLost { .. })),
+            "{store}: {results:?}"
+        );
+        let mut got: Vec<(tasker_core::TaskId, String)> = next
+            .iter()
+            .map(|s| (s.task_id(), s.name.to_string()))
+            .collect();
+        got.sort();
+        let mut want = vec![(first, "s1".to_string()), (second, "s1".to_string())];
+        want.sort();
+        assert_eq!(got, want, "{store}: the steps the reports released");
+        for step in &next {
+            assert_eq!(
+                step.inputs.get("s0"),
+                Some(&json!({"from": "s0"})),
+                "{store}: the claim sees the result written with it"
+            );
+        }
+        let view = task_view(&engine, first).await;
+        assert_eq!(view.step("s0").unwrap().status, StepState::Complete, "{store}");
+        assert_eq!(view.step("s1").unwrap().status, StepState::InProgress, "{store}");
+        // Nothing claimed when there is nothing to claim; the reports still count.
+        let (results, none) = engine
+            .report_and_claim(
+                next.iter()
+                    .map(|s| tasker_core::store::StepReport {
+                        step: s.step_id,
+                        attempt: s.attempt,
+                        outcome: tasker_core::store::Outcome::Complete(json!(1)),
+                    })
+                    .collect(),
+                &ClaimRequest {
+                    handlers: Some(vec!["nobody".into()]),
+                    ..any_handler(10)
+                },
+            )
+            .await
+            .unwrap();
+        assert!(results.iter().all(|r| r.is_ok()), "{store}: {results:?}");
+        assert!(none.is_empty(), "{store}: no step has handler nobody");
+        let view = task_view(&engine, second).await;
+        assert_eq!(view.step("s1").unwrap().status, StepState::Complete, "{store}");
+        assert_eq!(view.step("s2").unwrap().status, StepState::Pending, "{store}");
+    }
+}
+
+/// On PostgreSQL the wake-up of other engines is sent after the commit, on a connection of its
+/// own: a worker of another engine whose own polling would wait an hour still runs, at once,
+/// the task created through this one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_worker_is_woken_by_another_engine_s_commit() {
+    let Some(url) = store_url(StoreKind::Postgres).await else {
+        return;
+    };
+    let open = || async {
+        tasker_core::Engine::builder()
+            .url(url.clone())
+            .build()
+            .await
+            .expect("open")
+    };
+    let (here, there) = (open().await, open().await);
+    register(&here, &template("wake", "one").step(step("s"))).await;
+    let worker = Worker::builder(there.clone())
+        .poll_interval(std::time::Duration::from_secs(3600))
+        .handler("s", |_step: ClaimedStep| async {
+            Ok::<_, HandlerError>(json!("ran"))
+        })
+        .build();
+    let running = {
+        let worker = worker.clone();
+        tokio::spawn(async move { worker.run().await })
+    };
+    // The worker has made its first look (nothing) and sleeps.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let task = create(&here, NewTask::new("wake", "one")).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while status(&here, task).await != TaskState::Complete {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the other engine's worker was not woken"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    worker.stop();
+    running.await.unwrap().unwrap();
 }

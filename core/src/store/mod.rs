@@ -293,6 +293,10 @@ impl WorkStatus {
 /// locks (a claim's lease starts when the claim is made, not when it was asked for).
 pub type Now<'a> = &'a (dyn Fn() -> Timestamp + Send + Sync);
 
+/// What [`Store::report_and_claim`] answers: the reports' results with what they changed, then
+/// the steps claimed with what the claim changed (published in that order).
+pub type ReportedAndClaimed = ((Vec<Result<()>>, Changes), (Vec<ClaimedStep>, Changes));
+
 /// The atomic operations every backend implements; see the module docs.
 ///
 /// `now` comes from the engine's clock so that time is injectable.
@@ -406,6 +410,27 @@ pub trait Store: Send + Sync + std::fmt::Debug {
             }
         }
         Ok((results, changes))
+    }
+
+    /// Records a batch of reports (as [`Store::report_many`]), then claims (as
+    /// [`Store::claim`]), the claim also taking the steps those reports made ready: SQL stores
+    /// do both in one transaction. An `Err` means neither was done.
+    async fn report_and_claim(
+        &self,
+        reports: Vec<StepReport>,
+        request: &ClaimRequest,
+        now: Now<'_>,
+    ) -> Result<ReportedAndClaimed> {
+        let reported = self.report_many(reports, now()).await?;
+        // The reports are recorded: a failed claim now is an empty one.
+        let claimed = match self.claim(request, now).await {
+            Ok(claimed) => claimed,
+            Err(e) => {
+                tracing::debug!(error = %e, "claim after reports failed; claiming next time");
+                (Vec::new(), Changes::default())
+            }
+        };
+        Ok((reported, claimed))
     }
 
     /// The holder of a claimed attempt gives the step back unfinished: pending again, the

@@ -560,8 +560,21 @@ async fn drive(shared: Arc<Shared>) {
                 .map(|since| since + REPORT_LINGER)
                 .filter(|&until| !full && until > now)
         };
+        // With a claim in the same store transaction when the session may claim now.
+        let mut claimed_with_reports = None;
         if linger_until.is_none() && retry_reports_at.is_none_or(|t| t <= now) {
-            retry_reports_at = write_reports(&shared).await;
+            let room = match retry_claims_at {
+                Some(t) if t > now => 0,
+                _ => claim_room(&shared, now),
+            };
+            request.limit = room;
+            let claim = (room > 0).then_some(&request);
+            let (retry, claimed) = write_reports(&shared, claim).await;
+            retry_reports_at = retry;
+            if let Some(claimed) = claimed {
+                claimed_with_reports = Some(claimed.len());
+                hand_out(&shared, claimed);
+            }
         }
         // Waking on demand: attempts that waited for a host wake more hosts.
         let mut handoff_at = hand_over(&shared, now);
@@ -603,7 +616,17 @@ async fn drive(shared: Arc<Shared>) {
 
         // 4. Claims, in batches: when a quarter of the slots are free, or none is taken.
         let mut got = 0usize;
+        if let Some(n) = claimed_with_reports {
+            if n == request.limit {
+                // Full: there may be more, for this worker and another one woken now.
+                engine.work_notify().notify_one();
+                continue;
+            }
+            // The claim made with the reports took what there was.
+            got = n;
+        }
         let may_claim = phase == Phase::Running
+            && claimed_with_reports.is_none()
             && claimable > 0
             && (claimable >= claim_batch || wait_for_hosts == 0)
             && retry_claims_at.is_none_or(|t| t <= now);
@@ -686,6 +709,24 @@ async fn drive(shared: Arc<Shared>) {
             _ = &mut work, if phase == Phase::Running => {}
             _ = tokio::time::sleep_until(until) => {}
         }
+    }
+}
+
+/// How many steps the session may claim now (0: none): while it runs (not stopping, not past
+/// its deadline), when a quarter of its slots are free or none is taken — the rule of the
+/// driver's own claims, for the claim made with a report batch.
+fn claim_room(shared: &Shared, now: Instant) -> usize {
+    let config = &shared.config;
+    let state = shared.state.lock();
+    let running = state.phase == Phase::Running
+        && !state.stop
+        && state.failure.is_none()
+        && config.deadline.is_none_or(|d| d > now);
+    let free = config.concurrency.saturating_sub(state.held.len());
+    if running && free > 0 && (free >= shared.claim_batch || state.held.is_empty()) {
+        free.min(crate::limits::MAX_CLAIM)
+    } else {
+        0
     }
 }
 
@@ -881,13 +922,19 @@ async fn renew_lease(shared: &Shared, id: AttemptId) {
     }
 }
 
-/// Writes the outcomes handed back, in batches; returns when to try again if the store failed.
-async fn write_reports(shared: &Shared) -> Option<Instant> {
+/// Writes the outcomes handed back, in batches; returns when to try again if the store failed,
+/// and the steps claimed with the first batch when `claim` asks for a claim too (one store
+/// transaction for both: `None` when no claim was made).
+async fn write_reports(
+    shared: &Shared,
+    mut claim: Option<&ClaimRequest>,
+) -> (Option<Instant>, Option<Vec<ClaimedStep>>) {
+    let mut claimed = None;
     loop {
         let batch: Vec<Pending> = {
             let mut state = shared.state.lock();
             if state.reports.is_empty() {
-                return None;
+                return (None, claimed);
             }
             let n = state.reports.len().min(MAX_BATCH);
             let batch = state.reports.drain(..n).collect();
@@ -897,7 +944,17 @@ async fn write_reports(shared: &Shared) -> Option<Instant> {
             batch
         };
         let reports: Vec<StepReport> = batch.iter().map(|p| p.report.clone()).collect();
-        match shared.engine.report_checked(reports).await {
+        let written =
+            match claim.take() {
+                Some(request) => shared.engine.report_and_claim(reports, request).await.map(
+                    |(results, steps)| {
+                        claimed = Some(steps);
+                        results
+                    },
+                ),
+                None => shared.engine.report_checked(reports).await,
+            };
+        match written {
             Ok(results) => {
                 let mut state = shared.state.lock();
                 for (p, result) in batch.iter().zip(results) {
@@ -918,7 +975,7 @@ async fn write_reports(shared: &Shared) -> Option<Instant> {
                 let mut state = shared.state.lock();
                 state.report.lost += batch.len() as u64;
                 state.failure.get_or_insert(Error::Closed);
-                return None;
+                return (None, claimed);
             }
             Err(e) => {
                 let mut state = shared.state.lock();
@@ -943,7 +1000,7 @@ async fn write_reports(shared: &Shared) -> Option<Instant> {
                 }
                 let delay =
                     Duration::from_millis(50u64 << tries.min(6)).min(Duration::from_secs(2));
-                return Some(Instant::now() + delay);
+                return (Some(Instant::now() + delay), claimed);
             }
         }
     }

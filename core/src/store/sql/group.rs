@@ -77,6 +77,17 @@ pub(super) enum Job {
     },
 }
 
+/// What a job's reply channel brought: its answer, or an error when the committer stopped
+/// before its group was written.
+async fn answered<T>(answer: oneshot::Receiver<Result<T>>) -> Result<T> {
+    answer.await.unwrap_or_else(|_| {
+        Err(Error::store(
+            StoreErrorKind::Unavailable,
+            "the store's committer stopped before this operation's group was written",
+        ))
+    })
+}
+
 /// `e` once more, for another operation of its group.
 fn again(e: &Error) -> Error {
     match e {
@@ -230,40 +241,73 @@ impl<B: Backend> SqlStore<B> {
     /// its reply channel).
     pub(super) async fn grouped<T>(&self, make: impl FnOnce(Reply<T>) -> Job) -> Result<T> {
         let (reply, answer) = oneshot::channel();
-        let job = make(reply);
+        self.submit(vec![make(reply)]).await;
+        answered(answer).await
+    }
+
+    /// Runs `jobs` together, in one group: at once, here, when nothing is queued or running
+    /// (or there is no committer), else queued for the committer's next group. Returns once
+    /// they ran or were queued; each answers on its reply channel.
+    pub(super) async fn submit(&self, jobs: Vec<Job>) {
         let shared = &self.committer.shared;
-        let (job, turn) = {
+        let (jobs, turn) = {
             let mut queue = shared.queue.lock();
             let idle = !queue.busy && queue.creates.is_empty() && queue.others.is_empty();
             if !queue.running {
-                // No committer to take it.
-                (Some(job), None)
+                // No committer to take them.
+                (Some(jobs), None)
             } else if idle {
                 // Nothing queued or running: at once, here.
                 queue.busy = true;
-                (Some(job), Some(Turn(shared)))
+                (Some(jobs), Some(Turn(shared)))
             } else {
-                match job {
-                    Job::Create { .. } => queue.creates.push(job),
-                    _ => queue.others.push(job),
+                for job in jobs {
+                    match job {
+                        Job::Create { .. } => queue.creates.push(job),
+                        _ => queue.others.push(job),
+                    }
                 }
                 (None, None)
             }
         };
-        match job {
-            // A group of one.
-            Some(job) => {
-                self.run_group(vec![job], false).await;
+        match jobs {
+            Some(jobs) => {
+                self.run_group(jobs, false).await;
                 drop(turn);
             }
             None => shared.wake.notify_one(),
         }
-        answer.await.unwrap_or_else(|_| {
-            Err(Error::store(
-                StoreErrorKind::Unavailable,
-                "the store's committer stopped before this operation's group was written",
-            ))
-        })
+    }
+
+    /// A report batch and a claim in one write transaction (one group), the claim also
+    /// taking the steps the reports made ready: on SQLite with this process's next group,
+    /// elsewhere at once in a transaction of their own.
+    pub(super) async fn report_and_claim_grouped(
+        &self,
+        reports: Vec<StepReport>,
+        request: ClaimRequest,
+        now: Timestamp,
+    ) -> Result<crate::store::ReportedAndClaimed> {
+        let (report_reply, reported) = oneshot::channel();
+        let (claim_reply, claimed) = oneshot::channel();
+        let jobs = vec![
+            Job::Report {
+                reports,
+                now,
+                reply: report_reply,
+            },
+            Job::Claim {
+                request,
+                now,
+                reply: claim_reply,
+            },
+        ];
+        if B::ONE_WRITER {
+            self.submit(jobs).await;
+        } else {
+            self.run_group(jobs, false).await;
+        }
+        Ok((answered(reported).await?, answered(claimed).await?))
     }
 
     /// Runs `jobs` as one write transaction and answers each; the committer (`committer`)
@@ -328,7 +372,19 @@ impl<B: Backend> SqlStore<B> {
             }))
             .collect();
         let (rows, revisions) = rows_of(&edits, group.latest, &transitions);
-        let written = self.commit(tx, Some((&rows, false))).await;
+        // Other engines are woken for steps made ready and not claimed here (a lone writer
+        // has no others to wake).
+        let unclaimed = tasks
+            .list
+            .iter()
+            .any(|(_, after, ready)| ready.0.iter().any(|&index| after.is_claimable(index)))
+            || group
+                .creates
+                .iter()
+                .flat_map(|(new, _)| new)
+                .any(|n| !n.ready.0.is_empty());
+        let notify = !B::ONE_WRITER && super::wakes_workers(unclaimed, &transitions);
+        let written = self.commit(tx, Some((&rows, notify))).await;
         drop(rows);
         drop(edits);
         match written {
@@ -360,6 +416,22 @@ impl<B: Backend> SqlStore<B> {
             Tx::Writer { w, .. } => w.data_version,
             Tx::Pooled(_) => None,
         };
+        let mut ids: Vec<TaskId> = group
+            .reports
+            .iter()
+            .flat_map(|(reports, _, _)| reports.iter().map(|r| r.step.task))
+            .collect();
+        let mut unreadable = Vec::new();
+        if !B::ONE_WRITER && !ids.is_empty() {
+            // Where writers run side by side, the tasks reported on are locked first, waiting
+            // for them (a report must not skip its task), before the claim's look (which skips
+            // the tasks others hold, not these).
+            let conn = tx.conn().await?;
+            let (records, bad) = self.load_many(conn, &ids, Lock::Wait, &mut false).await?;
+            loaded.records.extend(records);
+            unreadable.extend(bad);
+            ids.clear();
+        }
         let (conn, begin) = tx.conn_to_begin()?;
         let now = ms(group.claim_now);
         let limit = |l: usize| l.min(i64::MAX as usize) as i64;
@@ -383,14 +455,11 @@ impl<B: Backend> SqlStore<B> {
                 .map_err(db)?;
             loaded.claimable.push(due_keys(&rows)?);
         }
-        let mut ids: Vec<TaskId> = group
-            .reports
-            .iter()
-            .flat_map(|(reports, _, _)| reports.iter().map(|r| r.step.task))
-            .collect();
         ids.extend(loaded.claimable.iter().flatten().map(|k| k.0));
         ids.sort();
         ids.dedup();
+        let held: std::collections::HashSet<TaskId> = loaded.records.iter().map(|t| t.id).collect();
+        ids.retain(|id| !held.contains(id));
         // No other connection wrote since this writer's last group: what it cached is current.
         // Otherwise nothing it cached before is (a later group must not trust it either).
         if version.is_none() || version != known {
@@ -404,8 +473,9 @@ impl<B: Backend> SqlStore<B> {
                 None => true,
             });
         }
-        let (records, unreadable) = self.load_many(conn, &ids, Lock::Skip, &mut false).await?;
+        let (records, bad) = self.load_many(conn, &ids, Lock::Skip, &mut false).await?;
         loaded.records.extend(records);
+        unreadable.extend(bad);
         if !unreadable.is_empty() {
             Self::mark_unreadable(tx.conn().await?, &unreadable, group.latest).await?;
         }

@@ -34,8 +34,8 @@ use tokio::sync::Notify;
 use super::cache::RecordCache;
 use super::record::{Schedule, StepRecord, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, StepFailure, StepReport,
-    Store, WorkStatus,
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, ReportedAndClaimed,
+    StepFailure, StepReport, Store, WorkStatus,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
@@ -121,6 +121,9 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// Whether the database takes one writer at a time (this process then writes through one
     /// kept connection, [`Writer`]).
     const ONE_WRITER: bool;
+    /// The statement that wakes the other engines' listeners, where there are any
+    /// ([`Backend::listen`]); sent after the commits that made steps claimable.
+    const ANNOUNCE: Option<&'static str> = None;
 
     /// Runs `sql` (no binds), such as `BEGIN` or `ROLLBACK`.
     async fn execute(c: &mut Conn<Self>, sql: &'static str) -> sqlx::Result<()>;
@@ -131,14 +134,13 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     async fn write_commit(
         c: &mut Conn<Self>,
         rows: &Rows<'_>,
-        notify: bool,
         begin: bool,
     ) -> sqlx::Result<Vec<String>> {
         if begin {
             Self::execute(c, Self::BEGIN).await?;
         }
         if !rows.is_empty() {
-            Self::write(c, rows, notify).await?;
+            Self::write(c, rows).await?;
         }
         Self::execute(c, "COMMIT").await?;
         Ok(rows
@@ -210,13 +212,12 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     ) -> sqlx::Result<Vec<TaskRow>>;
     /// The step rows of the tasks `ids`, by task and index.
     async fn steps(c: &mut Conn<Self>, ids: &[String]) -> sqlx::Result<Vec<StepRow>>;
-    /// Writes `rows` (upserts), with a wake-up for the other engines when `notify`.
-    async fn write(c: &mut Conn<Self>, rows: &Rows<'_>, notify: bool) -> sqlx::Result<()>;
+    /// Writes `rows` (upserts).
+    async fn write(c: &mut Conn<Self>, rows: &Rows<'_>) -> sqlx::Result<()>;
     /// Inserts new tasks (`rows`), leaving out each whose idempotency key is taken (with its
     /// steps and transitions), in one transaction of its own on `c` (out of any
     /// transaction); the ids written.
-    async fn create(c: &mut Conn<Self>, rows: &Rows<'_>, notify: bool)
-        -> sqlx::Result<Vec<String>>;
+    async fn create(c: &mut Conn<Self>, rows: &Rows<'_>) -> sqlx::Result<Vec<String>>;
     /// The task of `namespace/name` created with idempotency key `key`.
     async fn task_by_key(
         c: &mut Conn<Self>,
@@ -778,6 +779,9 @@ struct SqlStore<B: Backend> {
     /// [`NEWEST_FOR`], so that a `create_task` naming no version costs no extra round trip.
     newest: RwLock<HashMap<(String, String), (Version, std::time::Instant)>>,
     listener: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Wakes the task that sends [`Backend::ANNOUNCE`] (one statement for the commits that
+    /// asked while the one before was sent), and that task.
+    announcer: Option<(Arc<Notify>, tokio::task::JoinHandle<()>)>,
     /// Task aggregates as last read or written, reused while their revision holds.
     cache: RecordCache,
     /// Whether the last claim found steps (the next one then skips its first look).
@@ -797,6 +801,9 @@ impl<B: Backend> Drop for SqlStore<B> {
         }
         if let Some(listener) = self.listener.lock().take() {
             listener.abort();
+        }
+        if let Some((_, announcer)) = &self.announcer {
+            announcer.abort();
         }
         self.committer.stop();
     }
@@ -823,8 +830,10 @@ pub(crate) async fn open(url: &str, waker: Arc<Notify>) -> Result<Arc<dyn Store>
 
 impl<B: Backend> SqlStore<B> {
     async fn open(url: &str, waker: Arc<Notify>) -> Result<Self> {
+        let pool = B::connect(url).await?;
         let store = SqlStore {
-            pool: B::connect(url).await?,
+            announcer: B::ANNOUNCE.map(|sql| announcer::<B>(pool.clone(), sql)),
+            pool,
             writer: tokio::sync::Mutex::new(Writer {
                 conn: None,
                 open: false,
@@ -841,6 +850,13 @@ impl<B: Backend> SqlStore<B> {
         store.migrate().await?;
         *store.listener.lock() = B::listen(url, waker).await?;
         Ok(store)
+    }
+
+    /// Asks for the other engines to be woken: steps became claimable in a commit.
+    fn announce(&self) {
+        if let Some((wake, _)) = &self.announcer {
+            wake.notify_one();
+        }
     }
 
     /// Applies any migration not yet applied. A few tries: two processes opening a new SQLite
@@ -907,18 +923,22 @@ impl<B: Backend> SqlStore<B> {
     async fn commit(&self, tx: Tx<'_, B>, rows: Option<(&Rows<'_>, bool)>) -> Result<Vec<String>> {
         match tx {
             Tx::Pooled(mut tx) => {
-                if let Some((rows, notify)) = rows.filter(|(r, _)| !r.is_empty()) {
-                    if let Err(e) = B::write(&mut tx, rows, notify).await {
+                if let Some((rows, _)) = rows.filter(|(r, _)| !r.is_empty()) {
+                    if let Err(e) = B::write(&mut tx, rows).await {
                         let _ = tx.rollback().await;
                         return Err(db(e));
                     }
                 }
                 tx.commit().await.map_err(db)?;
+                if rows.is_some_and(|(_, notify)| notify) {
+                    self.announce();
+                }
                 Ok(Vec::new())
             }
             Tx::Writer { mut w, begun } => {
                 let empty = Rows::default();
                 let (rows, notify) = rows.unwrap_or((&empty, false));
+                let notify = notify && !rows.is_empty();
                 if !begun && rows.is_empty() {
                     self.done_writing(&mut w, true);
                     return Ok(Vec::new());
@@ -926,10 +946,13 @@ impl<B: Backend> SqlStore<B> {
                 let Some(conn) = w.conn.as_mut().map(WriterConn::get) else {
                     return Err(writer_gone());
                 };
-                let written = B::write_commit(conn, rows, notify, !begun).await;
+                let written = B::write_commit(conn, rows, !begun).await;
                 // A failure half way leaves the transaction open.
                 let clean = written.is_ok() || B::execute(conn, "ROLLBACK").await.is_ok();
                 self.done_writing(&mut w, clean);
+                if notify && written.is_ok() {
+                    self.announce();
+                }
                 written.map_err(db)
             }
         }
@@ -1479,7 +1502,10 @@ impl<B: Backend> SqlStore<B> {
         let (rows, revisions) = rows_of(&edits, now, &transitions);
         let notify = wakes_workers(ready, &transitions);
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        let written = B::create(&mut conn, &rows, notify).await.map_err(db)?;
+        let written = B::create(&mut conn, &rows).await.map_err(db)?;
+        if notify && !written.is_empty() {
+            self.announce();
+        }
         drop(rows);
         drop(edits);
         Ok(group::made(
@@ -1490,6 +1516,34 @@ impl<B: Backend> SqlStore<B> {
             false,
         ))
     }
+}
+
+/// The task that sends `sql` (the wake-up of [`Backend::ANNOUNCE`]) on a connection of `pool`
+/// each time it is woken; the requests made while one is sent are answered by the next. Not
+/// in the writing transaction: on PostgreSQL a `NOTIFY` holds the database's notify lock from
+/// the commit until its WAL is flushed, so that every transaction that notified would wait
+/// for the flush of the one before (the group commit of concurrent writers lost).
+fn announcer<B: Backend>(
+    pool: Pool<B::Db>,
+    sql: &'static str,
+) -> (Arc<Notify>, tokio::task::JoinHandle<()>) {
+    let wake = Arc::new(Notify::new());
+    let woken = wake.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            woken.notified().await;
+            let sent = match pool.acquire().await {
+                Ok(mut conn) => B::execute(&mut conn, sql).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = sent {
+                // The others still look on their own every poll interval.
+                tracing::debug!(error = %e, "could not wake the other engines");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    (wake, task)
 }
 
 /// Whether a write made a step claimable (workers elsewhere should look): steps became ready,
@@ -1726,6 +1780,20 @@ impl<B: Backend> Store for SqlStore<B> {
         let now = now();
         let claimed = self.claim_with(tx, request, now, &mut changes).await?;
         Ok((claimed, changes))
+    }
+
+    async fn report_and_claim(
+        &self,
+        reports: Vec<StepReport>,
+        request: &ClaimRequest,
+        now: Now<'_>,
+    ) -> Result<ReportedAndClaimed> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let out = self
+            .report_and_claim_grouped(reports, request.clone(), now())
+            .await?;
+        self.claims_found.store(!out.1 .0.is_empty(), Relaxed);
+        Ok(out)
     }
 
     async fn complete(

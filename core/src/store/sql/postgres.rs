@@ -85,11 +85,10 @@ macro_rules! column {
     };
 }
 
-/// `rows` bound to `$1`–`$40` of [`WRITE`] or [`CREATE`], and `notify` to `$41`.
+/// `rows` bound to `$1`–`$40` of [`WRITE`] or [`CREATE`].
 fn bind_rows<'q>(
     sql: &'q str,
     rows: &'q Rows<'_>,
-    notify: bool,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     let (t, s, r) = (&rows.tasks, &rows.steps, &rows.transitions);
     sqlx::query(sql)
@@ -133,7 +132,6 @@ fn bind_rows<'q>(
         .bind(column!(r, reason))
         .bind(column!(r, attempt))
         .bind(column!(r, at))
-        .bind(notify)
 }
 
 /// The handler names as an array, `None` for any.
@@ -148,6 +146,7 @@ impl Backend for Postgres {
     const BEGIN: &'static str = "BEGIN";
     const BEGIN_READ: &'static str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
     const ONE_WRITER: bool = false;
+    const ANNOUNCE: Option<&'static str> = Some(include_str!("postgres/announce.sql"));
 
     async fn connect(url: &str) -> Result<Pool<sqlx::Postgres>> {
         let (url, session) = session(url)?;
@@ -193,25 +192,32 @@ impl Backend for Postgres {
             Lock::Wait => TASKS_FOR_UPDATE,
             Lock::Skip => TASKS_SKIP_LOCKED,
         };
-        sqlx::query_as(sql).bind(ids).fetch_all(c).await
+        // Planned for each call (see `steps`).
+        sqlx::query_as(sql)
+            .bind(ids)
+            .persistent(false)
+            .fetch_all(c)
+            .await
     }
 
     async fn steps(c: &mut PgConnection, ids: &[String]) -> sqlx::Result<Vec<StepRow>> {
-        sqlx::query_as(STEPS).bind(ids).fetch_all(c).await
+        // Planned for each call, for its ids: a plan kept from a connection's first calls, made
+        // while the table was small, would scan the whole table ever after.
+        sqlx::query_as(STEPS)
+            .bind(ids)
+            .persistent(false)
+            .fetch_all(c)
+            .await
     }
 
-    async fn write(c: &mut PgConnection, rows: &Rows<'_>, notify: bool) -> sqlx::Result<()> {
-        bind_rows(WRITE, rows, notify).execute(c).await?;
+    async fn write(c: &mut PgConnection, rows: &Rows<'_>) -> sqlx::Result<()> {
+        bind_rows(WRITE, rows).execute(c).await?;
         Ok(())
     }
 
-    async fn create(
-        c: &mut PgConnection,
-        rows: &Rows<'_>,
-        notify: bool,
-    ) -> sqlx::Result<Vec<String>> {
+    async fn create(c: &mut PgConnection, rows: &Rows<'_>) -> sqlx::Result<Vec<String>> {
         // One statement: its own transaction, one round trip.
-        let written = bind_rows(CREATE, rows, notify).fetch_all(c).await?;
+        let written = bind_rows(CREATE, rows).fetch_all(c).await?;
         written.iter().map(|row| row.try_get(0)).collect()
     }
 

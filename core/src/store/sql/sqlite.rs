@@ -280,7 +280,7 @@ impl Backend for Sqlite {
         sqlx::query_as(STEPS).bind(json(ids)?).fetch_all(c).await
     }
 
-    async fn write(c: &mut SqliteConnection, rows: &Rows<'_>, _notify: bool) -> sqlx::Result<()> {
+    async fn write(c: &mut SqliteConnection, rows: &Rows<'_>) -> sqlx::Result<()> {
         let text = write_text(rows);
         if !text.is_empty() {
             run_write(c, &text, rows).await?;
@@ -288,13 +288,9 @@ impl Backend for Sqlite {
         Ok(())
     }
 
-    async fn create(
-        c: &mut SqliteConnection,
-        rows: &Rows<'_>,
-        notify: bool,
-    ) -> sqlx::Result<Vec<String>> {
+    async fn create(c: &mut SqliteConnection, rows: &Rows<'_>) -> sqlx::Result<Vec<String>> {
         // One short transaction, begun, written and committed in one call.
-        Self::write_commit(c, rows, notify, true).await
+        Self::write_commit(c, rows, true).await
     }
 
     async fn claimable(
@@ -340,7 +336,6 @@ impl Backend for Sqlite {
     async fn write_commit(
         c: &mut SqliteConnection,
         rows: &Rows<'_>,
-        _notify: bool,
         begin: bool,
     ) -> sqlx::Result<Vec<String>> {
         let begin = if begin { "BEGIN IMMEDIATE;\n" } else { "" };

@@ -1,7 +1,7 @@
 -- New tasks in one statement (one round trip, its own transaction): the task rows ($1–$13),
 -- their step rows ($14–$31) and transitions ($32–$40), each column an array. A task whose
 -- idempotency key is taken is left out with its steps and transitions; the ids written are
--- returned. A NOTIFY to the other engines when $41 (steps became claimable).
+-- returned.
 WITH tasks AS (
     INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
         idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision)
@@ -29,7 +29,5 @@ WITH tasks AS (
         AS u(task_id, step_index, step_name, from_state, to_state, event, reason, attempt, at, n)
     WHERE u.task_id IN (SELECT task_id FROM tasks)
     ORDER BY u.n
-), notified AS (
-    SELECT pg_notify('tasker_ready', '') FROM tasks WHERE $41 LIMIT 1
 )
-SELECT task_id FROM tasks WHERE (SELECT COUNT(*) FROM notified) >= 0
+SELECT task_id FROM tasks

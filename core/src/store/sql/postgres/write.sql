@@ -1,6 +1,8 @@
 -- Every row an operation changed, in one statement: the task rows ($1–$13), the step rows
--- ($14–$31), new or changed, and the new transitions ($32–$40), each column an array; with a
--- NOTIFY to the other engines when $41 (steps became claimable).
+-- ($14–$31), new or changed, and the new transitions ($32–$40), each column an array. (The
+-- wake-up of the other engines is sent after the commit, on a connection of its own: a
+-- NOTIFY in this transaction would hold PostgreSQL's one notify lock through the commit's
+-- flush, and every writing transaction would wait for the one before.)
 WITH tasks AS (
     INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
         idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision)
@@ -38,4 +40,4 @@ WITH tasks AS (
         AS u(task_id, step_index, step_name, from_state, to_state, event, reason, attempt, at, n)
     ORDER BY u.n
 )
-SELECT pg_notify('tasker_ready', '') WHERE $41
+SELECT 1

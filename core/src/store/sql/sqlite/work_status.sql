@@ -7,6 +7,10 @@ SELECT
         AND ($1 IS NULL OR s.handler IN (SELECT value FROM json_each($1)))) AS ready,
     (SELECT COUNT(*) FROM tasker_workflow_steps WHERE status = 'in_progress') AS running,
     (SELECT COUNT(*) FROM tasker_workflow_steps WHERE status = 'waiting_for_retry') AS waiting,
-    (SELECT MIN(CASE status WHEN 'waiting_for_retry' THEN next_attempt_at ELSE lease_expires_at END)
-       FROM tasker_workflow_steps
-      WHERE status IN ('waiting_for_retry', 'in_progress')) AS next_due
+    -- Each minimum read from its own partial index (one IN over both would scan the table).
+    (SELECT MIN(due) FROM (
+      SELECT MIN(next_attempt_at) AS due FROM tasker_workflow_steps
+       WHERE status = 'waiting_for_retry'
+      UNION ALL
+      SELECT MIN(lease_expires_at) FROM tasker_workflow_steps WHERE status = 'in_progress'
+    )) AS next_due
