@@ -440,6 +440,21 @@ enum tc_status tc_step_fail(const struct tc_step *step,
                             int64_t retry_after_ms);
 
 /**
+ * Publishes the custom event `name` with the JSON `payload_json` (NULL: null) from the running
+ * step, to the engine's subscribers: an event the step's template declares (`events`, Rails
+ * Tasker's `custom_events`, tasker-core's `domain_events` / `publishes_events`). An
+ * undeclared name, or a payload that breaks the event's schema, is TC_ERR_INVALID_ARGUMENT
+ * (the message says why; nothing is published); a payload that is not JSON, TC_ERR_JSON; an
+ * attempt the worker no longer holds, TC_ERR_CLAIM_LOST.
+ *
+ * # Safety
+ * `step` is a live step; `name` NUL-terminated; `payload_json` NULL or NUL-terminated.
+ */
+enum tc_status tc_step_publish(const struct tc_step *step,
+                               const char *name,
+                               const char *payload_json);
+
+/**
  * Extends the step's lease by its timeout (for long handlers).
  *
  * # Safety

@@ -224,6 +224,45 @@ pub unsafe extern "C" fn tc_step_fail(
     })
 }
 
+/// Publishes the custom event `name` with the JSON `payload_json` (NULL: null) from the running
+/// step, to the engine's subscribers: an event the step's template declares (`events`, Rails
+/// Tasker's `custom_events`, tasker-core's `domain_events` / `publishes_events`). An
+/// undeclared name, or a payload that breaks the event's schema, is TC_ERR_INVALID_ARGUMENT
+/// (the message says why; nothing is published); a payload that is not JSON, TC_ERR_JSON; an
+/// attempt the worker no longer holds, TC_ERR_CLAIM_LOST.
+///
+/// # Safety
+/// `step` is a live step; `name` NUL-terminated; `payload_json` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_publish(
+    step: *const tc_step,
+    name: *const c_char,
+    payload_json: *const c_char,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (s, name) = unsafe { (handle(step, "step")?, text(name, "name")?) };
+        let payload = if payload_json.is_null() {
+            Value::Null
+        } else {
+            // SAFETY: NUL-terminated by contract.
+            unsafe { json(payload_json, "payload_json")? }
+        };
+        match &s.session {
+            Some(session) => session.publish(
+                tasker_core::worker::AttemptId {
+                    step: s.step.step_id,
+                    attempt: s.step.attempt,
+                },
+                name,
+                payload,
+            ),
+            None => s.engine.publish_event(&s.step, name, payload),
+        }
+        .map_err(Fail::from)
+    })
+}
+
 /// Extends the step's lease by its timeout (for long handlers).
 ///
 /// # Safety

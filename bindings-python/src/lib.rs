@@ -921,6 +921,30 @@ impl WorkerSession {
             .unwrap_or_else(|| at.to_rfc3339()))
     }
 
+    /// Publishes custom event ``name`` with ``payload`` (JSON-serialisable) from a running
+    /// attempt: one its template declares for the step. Raises InvalidArgumentError when it is
+    /// not declared or the payload breaks the event's schema, ClaimLostError when the attempt
+    /// is no longer held.
+    #[pyo3(signature = (step_id, attempt, name, payload = None))]
+    fn publish(
+        &self,
+        step_id: &str,
+        attempt: u32,
+        name: &str,
+        payload: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        self.check()?;
+        let id = AttemptId {
+            step: self::step_id(step_id)?,
+            attempt,
+        };
+        let payload = match payload {
+            Some(p) => to_json(p, "the event's payload")?,
+            None => serde_json::Value::Null,
+        };
+        self.session.publish(id, name, payload).map_err(py_err)
+    }
+
     /// Stops claiming; running handlers finish (up to the drain timeout), then it ends.
     fn stop(&self) {
         self.session.stop();

@@ -120,3 +120,114 @@ def test_a_malformed_pattern_is_an_invalid_argument(memory_engine):
         memory_engine.subscribe("step.[")
     with pytest.raises(TypeError):
         memory_engine.subscribe(42)
+
+
+NATIVE_EVENTS = """
+namespace: ev
+name: native
+version: 1.0.0
+events: [order.placed]
+steps:
+  - name: pay
+    events:
+      - name: payment.taken
+        schema: {type: object, required: [amount]}
+  - name: ship
+    depends_on: [pay]
+"""
+
+RAILS_EVENTS = """
+name: refund
+namespace_name: ev
+version: 1.0.0
+task_handler_class: Ev::Refund
+step_templates:
+  - name: refund
+    handler_class: Ev::RefundHandler
+    custom_events:
+      - name: refund.issued
+        description: the money went back
+"""
+
+CORE_EVENTS = """
+name: sync
+namespace_name: ev
+version: 1.0.0
+domain_events: [{name: sync.started}]
+steps:
+  - name: pull
+    handler: {callable: ev.pull}
+    publishes_events:
+      - {name: sync.pulled, condition: success}
+"""
+
+
+def test_handlers_publish_declared_custom_events(engine):
+    """step.publish reaches subscribers under the event's own name, from each format's
+    declarations; an undeclared name or a payload breaking its schema is refused with
+    InvalidArgumentError, and nothing is published."""
+    engine.register_template(NATIVE_EVENTS)
+    reg = engine.register_template(RAILS_EVENTS)
+    assert reg["format"] == "rails"
+    reg = engine.register_template(CORE_EVENTS)
+    assert reg["format"] == "tasker_core"
+    sub = engine.subscribe("*.*")
+    custom = engine.subscribe("payment.*")
+    native = engine.create_task("ev", "native")
+    engine.create_task("ev", "refund")
+    engine.create_task("ev", "sync")
+    refused: list[str] = []
+    worker = Worker(engine)
+
+    @worker.handler("pay")
+    def pay(step):
+        step.publish("payment.taken", {"amount": 12})
+        step.publish("order.placed")
+        for name, payload in [("refund.issued", {}), ("payment.taken", {"amt": 1})]:
+            try:
+                step.publish(name, payload)
+            except tasker_core.InvalidArgumentError as e:
+                refused.append(str(e))
+        return 1
+
+    @worker.handler("ship")
+    def ship(step):
+        step.publish("order.placed", {"from": "ship"})
+        try:
+            step.publish("payment.taken", {"amount": 1})
+        except tasker_core.InvalidArgumentError as e:
+            refused.append(str(e))
+        return 2
+
+    worker.register("Ev::RefundHandler", lambda step: step.publish("refund.issued", [1]))
+    worker.register("ev.pull", lambda step: step.publish("sync.pulled", {"rows": 3}))
+    worker.run_until_idle(timeout=30)
+
+    assert engine.task(native)["status"] == "complete"
+    events = [e for e in _drain(sub) if not e["name"].startswith(("task.", "step."))]
+    seen = sorted((e["name"], e["step_name"], str(e["detail"])) for e in events)
+    assert seen == sorted(
+        [
+            ("payment.taken", "pay", str({"amount": 12})),
+            ("order.placed", "pay", "None"),
+            ("order.placed", "ship", str({"from": "ship"})),
+            ("refund.issued", "refund", "[1]"),
+            ("sync.pulled", "pull", str({"rows": 3})),
+        ]
+    )
+    taken = _drain(custom)
+    assert [e["name"] for e in taken] == ["payment.taken"]
+    assert taken[0]["task_id"] == native and taken[0]["attempt"] == 1
+    assert len(refused) == 3, refused
+    assert "refund.issued" in refused[0] and "order.placed, payment.taken" in refused[0]
+    assert "amount" in refused[1]
+    assert "payment.taken" in refused[2] and "may publish: order.placed" in refused[2]
+
+
+def test_a_reserved_or_malformed_event_declaration_is_a_template_error(engine):
+    for events, expected in [("[step.done]", "engine's own"), ("[a b]", "not allowed")]:
+        with pytest.raises(tasker_core.TemplateError, match=expected):
+            engine.register_template(
+                f"namespace: ev\nname: bad\nversion: 1.0.0\nsteps:\n"
+                f"  - name: s\n    events: {events}\n"
+            )

@@ -230,14 +230,18 @@ def test_autoload_handlers_leaves_names_that_import_nothing(memory_engine):
 
 def test_a_template_built_in_code_registers_and_is_checked_as_any_other(memory_engine):
     built = (
-        tasker_core.Template("built", "chain", "1.0.0", description="in code")
-        .step("a", config={"k": 1})
+        tasker_core.Template("built", "chain", "1.0.0", description="in code", events=["x.y"])
+        .step("a", config={"k": 1}, events=[{"name": "a.done", "description": "d"}])
         .step("b", depends_on=["a"], retry={"max_attempts": 2}, handler="bee")
         .step("c", depends_on=[{"step": "b", "requires_success": False}])
     )
     assert isinstance(built, dict)
     summary = memory_engine.register_template(built)
     assert (summary["steps"], summary["handlers"]) == (["a", "b", "c"], ["a", "bee", "c"])
+    with pytest.raises(tasker_core.TemplateError, match="engine's own"):
+        memory_engine.register_template(
+            tasker_core.Template("built", "bad", "1.0.0").step("a", events=["task.done"])
+        )
     looped = tasker_core.Template("built", "loop", "1.0.0").step("a", depends_on=["b"]).step(
         "b", depends_on=["a"]
     )

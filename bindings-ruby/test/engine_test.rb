@@ -316,13 +316,16 @@ class EngineTest < Minitest::Test
 
   def test_a_template_built_in_code_registers_and_is_checked_as_any_other
     engine = TaskerCore::Engine.new("memory:")
-    built = TaskerCore::Template.build("built", :chain, "1.0.0", description: "in code") do
-      step :a, config: { k: 1 }
+    built = TaskerCore::Template.build("built", :chain, "1.0.0", description: "in code", events: ["x.y"]) do
+      step :a, config: { k: 1 }, events: [{ name: "a.done", description: "d" }]
       step :b, depends_on: [:a], retry: { max_attempts: 2 }, handler: :bee
       step :c, depends_on: [{ step: :b, requires_success: false }]
     end
     summary = engine.register_template(built)
     assert_equal [%w[a b c], %w[a bee c]], summary.values_at("steps", "handlers")
+    reserved = TaskerCore::Template.build("built", "bad", "1.0.0") { step :a, events: ["task.done"] }
+    error = assert_raises(TaskerCore::TemplateError) { engine.register_template(reserved) }
+    assert_includes error.message, "engine's own"
     looped = TaskerCore::Template.build("built", "loop", "1.0.0") do
       step :a, depends_on: [:b]
       step :b, depends_on: [:a]

@@ -49,6 +49,60 @@ module EventsBehaviour
     assert_equal 0, sub.dropped
   end
 
+  CUSTOM_EVENTS = <<~YAML
+    name: sync
+    namespace_name: ev
+    version: 1.0.0
+    domain_events: [{name: sync.started}]
+    steps:
+      - name: pull
+        handler: {callable: Ev::Pull}
+        publishes_events:
+          - {name: sync.pulled, condition: success, schema: {type: object, required: [rows]}}
+      - name: push
+        handler: {callable: Ev::Push}
+        dependencies: [pull]
+  YAML
+
+  def test_handlers_publish_the_custom_events_their_template_declares
+    reg = @engine.register_template(CUSTOM_EVENTS)
+    assert_equal "tasker_core", reg["format"]
+    assert(reg["warnings"].any? { |w| w.include?("condition") }, reg["warnings"].inspect)
+    sub = @engine.subscribe("sync.*")
+    id = @engine.create_task("ev", "sync")
+    refused = []
+    worker = TaskerCore::Worker.new(@engine)
+    worker.handler("Ev::Pull") do |step|
+      step.publish("sync.started")
+      step.publish("sync.pulled", { "rows" => 3 })
+      [["sync.pushed", {}], ["sync.pulled", { "cols" => 1 }]].each do |name, payload|
+        step.publish(name, payload)
+      rescue TaskerCore::InvalidArgumentError => e
+        refused << e.message
+      end
+      1
+    end
+    worker.handler("Ev::Push") do |step|
+      step.publish("sync.pulled", { "rows" => 0 })
+    rescue TaskerCore::InvalidArgumentError => e
+      refused << e.message
+      step.publish(:"sync.started", { "by" => "push" })
+    end
+    worker.run_until_idle(timeout: 30)
+    assert_equal "complete", @engine.task(id)["status"]
+
+    events = drain(sub)
+    got = events.map { |e| e.values_at("name", "step_name", "detail") }
+    assert_equal [["sync.started", "pull", nil], ["sync.pulled", "pull", { "rows" => 3 }],
+                  ["sync.started", "push", { "by" => "push" }]], got
+    assert(events.all? { |e| e["task_id"] == id && e["attempt"] == 1 })
+    assert_equal 3, refused.size, refused.inspect
+    assert_includes refused[0], "sync.pushed"
+    assert_includes refused[0], "may publish: sync.pulled, sync.started"
+    assert_includes refused[1], "rows"
+    assert_includes refused[2], "may publish: sync.started"
+  end
+
   def test_task_events_and_a_catch_all_subscription
     @engine.register_template(template("lifecycle", "a"))
     tasks = @engine.subscribe("task.*")

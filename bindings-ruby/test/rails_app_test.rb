@@ -54,6 +54,9 @@ class RailsAppTest < Minitest::Test
         handler_class: Payments::RefundHandler
         depends_on_step: look_up
         default_retry_limit: 3
+        custom_events:
+          - name: refund.issued
+            description: the money went back
   YAML
 
   LOOK_UP_HANDLER = <<~RUBY
@@ -73,7 +76,14 @@ class RailsAppTest < Minitest::Test
           raise Tasker::RetryableError.new("rate limited", retry_after: 0) if step.attempts == 1
 
           charge = sequence.steps.find { |s| s.name == "look_up" }.results["charge"]
-          { "refunded" => charge, "amount" => task.context["amount"] }
+          publish_custom_event("refund.issued", { "charge" => charge })
+          refused = begin
+            publish_custom_event("refund.lost", {})
+            false
+          rescue TaskerCore::InvalidArgumentError
+            true
+          end
+          { "refunded" => charge, "amount" => task.context["amount"], "undeclared_refused" => refused }
         end
 
         def process_results(step, output, _initial_results)
@@ -170,8 +180,25 @@ class RailsAppTest < Minitest::Test
     fail "the refund ended #{refund['status']} (#{counts})" unless refund["status"] == "complete"
     look_up, paid = refund["steps"]
     fail "look_up: #{look_up['result'].inspect}" unless look_up["result"] == { "charge" => "ch_12", "gateway" => "stripe" }
-    want = { "refunded" => "ch_12", "amount" => 12, "shaped" => true }
+    want = { "refunded" => "ch_12", "amount" => 12, "undeclared_refused" => true, "shaped" => true }
     fail "refund: #{paid['result'].inspect} after #{paid['attempts']}" unless paid["result"] == want && paid["attempts"] == 2
+
+    # The custom event the template declares reached ActiveSupport::Notifications.
+    issued = nil
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 10
+    until issued || Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
+      begin
+        name, payload = received.pop(true)
+        issued = payload if name == "refund.issued.tasker_core"
+      rescue ThreadError
+        sleep 0.02
+      end
+    end
+    fail "no refund.issued.tasker_core notification" if issued.nil?
+    unless issued["detail"] == { "charge" => "ch_12" } && issued["task_id"] == refund_id &&
+           issued["step_name"] == "refund" && issued["attempt"] == 2
+      fail "refund.issued: #{issued.inspect}"
+    end
 
     # A template that is not valid names its file.
     File.write(File.join(root, "config", "tasker", "templates", "zz_broken.yml"), "namespace: x\nname: y\nversion: 1.0.0\nsteps: []\n")

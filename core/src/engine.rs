@@ -532,6 +532,44 @@ impl Engine {
         Ok((results, claimed))
     }
 
+    /// Publishes custom event `name` from the running attempt `step`, with `payload`, to this
+    /// engine's subscribers (and, in a Rails app, `ActiveSupport::Notifications`): an event the
+    /// step's template declares for this step or for all its steps (see
+    /// [`crate::template::events`]). Subscribers see it under its own name, with the step's
+    /// task, step, step name and attempt, and the payload as its `detail`.
+    ///
+    /// [`Error::InvalidArgument`] when the event is not declared (the message lists those that
+    /// are), when the payload breaks the event's schema (naming each failing place) or is past
+    /// [`crate::limits`]; nothing is published then.
+    pub fn publish_event(&self, step: &ClaimedStep, name: &str, payload: Value) -> Result<()> {
+        self.publish_from(&EventSource::of(step), name, payload)
+    }
+
+    /// [`Engine::publish_event`] from what a worker session keeps of an attempt it holds.
+    pub(crate) fn publish_from(
+        &self,
+        source: &EventSource,
+        name: &str,
+        payload: Value,
+    ) -> Result<()> {
+        limits::check_json(&payload, "the event's payload")?;
+        if let Some(why) = source.events.refusal(name, &payload) {
+            return Err(Error::InvalidArgument(format!(
+                "step {:?} of {}/{}: {why}",
+                &*source.step_name, &*source.namespace, &*source.task_name
+            )));
+        }
+        let event = Event::new(names::TASK_CREATED, source.step_id.task, self.now())
+            .with_step(source.step_id, source.step_name.clone())
+            .with_attempt(source.attempt)
+            .with_detail(payload);
+        self.inner.bus.publish(Event {
+            name: std::borrow::Cow::Owned(name.to_owned()),
+            ..event
+        });
+        Ok(())
+    }
+
     /// Reports a claimed attempt's failure.
     pub async fn fail(&self, step: StepId, attempt: u32, mut failure: StepFailure) -> Result<()> {
         failure.message = limits::message(failure.message);
@@ -806,4 +844,30 @@ fn event_of(t: &Transition, name: &'static str, error: Option<&str>) -> Event {
             .with_attempt(t.attempt);
     }
     event
+}
+
+/// What publishing a custom event needs of one attempt: the step, its template, and the events
+/// it may publish (what a worker session keeps of each attempt it holds).
+#[derive(Debug, Clone)]
+pub(crate) struct EventSource {
+    pub step_id: crate::ids::StepId,
+    pub attempt: u32,
+    pub step_name: Arc<str>,
+    pub namespace: Arc<str>,
+    pub task_name: Arc<str>,
+    pub events: Arc<crate::template::DeclaredEvents>,
+}
+
+impl EventSource {
+    /// The source of `step`'s events.
+    pub fn of(step: &ClaimedStep) -> Self {
+        EventSource {
+            step_id: step.step_id,
+            attempt: step.attempt,
+            step_name: step.name.clone(),
+            namespace: step.namespace.clone(),
+            task_name: step.task_name.clone(),
+            events: step.events.clone(),
+        }
+    }
 }

@@ -103,8 +103,9 @@ const _: () = assert!(names::ALL.len() <= 64);
 /// absent.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Event {
-    /// One of [`names`].
-    pub name: &'static str,
+    /// One of [`names`], or a custom event's name as its template declares it (see
+    /// [`crate::Engine::publish_event`]).
+    pub name: std::borrow::Cow<'static, str>,
     /// The task the event is about.
     pub task_id: TaskId,
     /// The step the event is about, for `step.*` events.
@@ -127,7 +128,7 @@ impl Event {
     /// A task-level event with no step, attempt or detail.
     pub fn new(name: &'static str, task_id: TaskId, at: Timestamp) -> Self {
         Event {
-            name,
+            name: std::borrow::Cow::Borrowed(name),
             task_id,
             step_id: None,
             step_name: None,
@@ -435,7 +436,9 @@ impl EventBus {
     }
 
     fn deliver(subscribers: &[Entry], event: Event) {
-        let name = event.name;
+        // Free for the engine's own names (borrowed); a custom event's name is copied once.
+        let name = event.name.clone();
+        let name = &*name;
         let known = known_index(name);
         let mut shared: Option<Arc<Event>> = None;
         let mut event = Some(event);
@@ -575,7 +578,15 @@ mod tests {
     }
 
     fn received_names(sub: &Subscription) -> Vec<&'static str> {
-        sub.drain().iter().map(|e| e.name).collect()
+        sub.drain().iter().map(|e| engine_name(e)).collect()
+    }
+
+    /// The name of one of the engine's own events (never a custom one here).
+    fn engine_name(e: &Event) -> &'static str {
+        match e.name {
+            std::borrow::Cow::Borrowed(name) => name,
+            std::borrow::Cow::Owned(_) => panic!("a custom event: {}", e.name),
+        }
     }
 
     #[test]
@@ -1044,7 +1055,7 @@ mod tests {
                 .map(|(i, name)| (*name, Some(i as u32)))
                 .collect();
             let got: Vec<(&str, Option<u32>)> =
-                sub.drain().iter().map(|e| (e.name, e.attempt)).collect();
+                sub.drain().iter().map(|e| (engine_name(e), e.attempt)).collect();
             prop_assert_eq!(got, expected);
             prop_assert_eq!(sub.dropped(), 0);
         }

@@ -28,7 +28,7 @@ fn names_of(events: &[Arc<Event>]) -> Vec<String> {
         .iter()
         .map(|e| match &e.step_name {
             Some(step) => format!("{}:{step}", e.name),
-            None => e.name.to_owned(),
+            None => e.name.to_string(),
         })
         .collect()
 }

@@ -337,6 +337,8 @@ steps:
     handler: {callable: Crm::Push}
     dependencies: [pull]
     retry: {retryable: false, max_attempts: 8, backoff: fibonacci}
+    publishes_events:
+      - {name: pushed, condition: success, delivery_mode: durable, schema: {type: object}}
   - name: audit
     handler: {callable: Crm::Audit}
     dependencies: [push]
@@ -371,11 +373,25 @@ environments:
     assert_eq!(pull.timeout_ms, 1_500);
     assert_eq!(*pull.config, json!({"page": 50}));
     assert_eq!(g.step(1).retry.max_attempts, 1, "retryable: false");
-    assert!(
-        reg.warnings.iter().any(|w| w.contains("domain_events")),
-        "{:?}",
-        reg.warnings
+    assert_eq!(
+        g.step(0).events.names(),
+        ["synced"],
+        "domain_events: every step's"
     );
+    assert_eq!(
+        g.step(1).events.names(),
+        ["pushed", "synced"],
+        "publishes_events"
+    );
+    for expected in ["condition", "delivery_mode"] {
+        assert!(
+            reg.warnings
+                .iter()
+                .any(|w| w.contains("publishes_events") && w.contains(expected)),
+            "{expected}: {:?}",
+            reg.warnings
+        );
+    }
 
     let staged = engine(Some("staging"))
         .await
@@ -456,4 +472,108 @@ async fn nulls_inside_an_override_leave_the_base_and_a_rails_limit_of_zero_is_on
         .await
         .unwrap();
     assert_eq!(reg.graph.step(0).retry.max_attempts, 1);
+}
+
+/// Declared custom events, in all three formats: a handler publishes one (subscribers see it
+/// under its own name with the step, the attempt and the payload); an undeclared one, or a
+/// payload that breaks the event's schema, is refused naming why, and nothing is published.
+#[tokio::test]
+async fn handlers_publish_the_custom_events_their_templates_declare() {
+    let native = r#"
+namespace: ev
+name: native
+version: 1.0.0
+events: [order.placed]
+steps:
+  - name: pay
+    events:
+      - {name: payment.taken, schema: {type: object, required: [amount]}}
+  - name: ship
+    depends_on: [pay]
+"#;
+    let rails = r#"
+name: rails
+namespace_name: ev
+version: 1.0.0
+task_handler_class: Ev::Rails
+step_templates:
+  - name: pay
+    handler_class: Ev::Pay
+    custom_events:
+      - {name: payment.taken, description: the money came in}
+"#;
+    let engine = engine(None).await;
+    engine.register_document_str(native).await.unwrap();
+    let reg = engine.register_document_str(rails).await.unwrap();
+    assert_eq!(reg.graph.step(0).events.names(), ["payment.taken"]);
+    let sub = engine.subscribe("payment.*").unwrap();
+    let all = engine.subscribe("*").unwrap();
+    let task = engine
+        .create_task(NewTask::new("ev", "native"))
+        .await
+        .unwrap();
+    let claimed = engine
+        .claim(&tasker_core::store::ClaimRequest {
+            worker_id: "w".into(),
+            handlers: None,
+            limit: 1,
+        })
+        .await
+        .unwrap();
+    let pay = &claimed[0];
+    engine
+        .publish_event(pay, "payment.taken", json!({"amount": 12}))
+        .unwrap();
+    engine
+        .publish_event(pay, "order.placed", json!(null))
+        .unwrap();
+    let undeclared = engine
+        .publish_event(pay, "refund.made", json!({}))
+        .unwrap_err();
+    assert!(
+        matches!(undeclared, Error::InvalidArgument(_)),
+        "{undeclared}"
+    );
+    let message = undeclared.to_string();
+    assert!(
+        message.contains("refund.made") && message.contains("order.placed, payment.taken"),
+        "{message}"
+    );
+    let bad = engine
+        .publish_event(pay, "payment.taken", json!({"amt": 12}))
+        .unwrap_err();
+    assert!(
+        matches!(bad, Error::InvalidArgument(_)) && bad.to_string().contains("amount"),
+        "{bad}"
+    );
+    let refused = engine
+        .register_template_str(
+            "namespace: ev\nname: bad\nversion: 1.0.0\nsteps:\n  - name: s\n    events: [task.completed]\n",
+        )
+        .await;
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.to_string().contains("engine's own")),
+        "{refused:?}"
+    );
+
+    let got = sub.drain();
+    assert_eq!(
+        got.len(),
+        1,
+        "only the payment event matches payment.*: {got:?}"
+    );
+    let event = &got[0];
+    assert_eq!(&*event.name, "payment.taken");
+    assert_eq!(event.task_id, task);
+    assert_eq!(event.step_id, Some(pay.step_id));
+    assert_eq!(event.step_name.as_deref(), Some("pay"));
+    assert_eq!(event.attempt, Some(1));
+    assert_eq!(event.detail, json!({"amount": 12}));
+    let names: Vec<String> = all.drain().iter().map(|e| e.name.to_string()).collect();
+    assert!(
+        names.contains(&"order.placed".to_string()) && !names.iter().any(|n| n == "refund.made"),
+        "{names:?}"
+    );
 }

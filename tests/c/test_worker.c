@@ -23,9 +23,11 @@ static const char *FULFIL_YAML =
     "namespace: c_worker\n"
     "name: fulfil\n"
     "version: 1.0.0\n"
+    "events: [order.noted]\n"
     "steps:\n"
     "  - name: validate\n"
     "    config: { limit: 7 }\n"
+    "    events: [{ name: order.validated, schema: { type: object, required: [order] } }]\n"
     "  - name: charge\n"
     "    depends_on: [validate]\n"
     "    retry: { max_attempts: 3, backoff_base_ms: 600000, backoff_max_ms: 600000,"
@@ -147,6 +149,16 @@ static void validate(tc_step *step, void *user_data) {
     HANDLER_CHECK(order == 42);
     /* The step's config from its template. */
     HANDLER_CHECK(int_after(tc_step_config_json(step), "limit") == 7);
+    /* Custom events: the step's own and its template's; an undeclared one, or a payload
+     * breaking the event's schema, is refused with a message naming why. */
+    HANDLER_OK(tc_step_publish(step, "order.validated", "{\"order\":42}"));
+    HANDLER_OK(tc_step_publish(step, "order.noted", NULL));
+    HANDLER_CHECK(tc_step_publish(step, "order.lost", "{}") == TC_ERR_INVALID_ARGUMENT);
+    const char *why = tc_last_error_message();
+    HANDLER_CHECK(why != NULL && strstr(why, "order.noted, order.validated") != NULL);
+    HANDLER_CHECK(tc_step_publish(step, "order.validated", "{}") == TC_ERR_INVALID_ARGUMENT);
+    HANDLER_CHECK(tc_step_publish(step, "order.validated", "{") == TC_ERR_JSON);
+    HANDLER_CHECK(tc_step_publish(step, NULL, NULL) == TC_ERR_NULL);
     char result[64];
     snprintf(result, sizeof result, "{\"order\":%ld,\"valid\":true}", order);
     HANDLER_OK(tc_step_complete(step, result));
@@ -262,8 +274,9 @@ int main(void) {
     ASSERT_OK(tc_register_template(e, DOOMED_YAML));
     ASSERT_OK(tc_register_template(e, FANOUT_YAML));
 
-    tc_subscription *retries = NULL;
+    tc_subscription *retries = NULL, *orders = NULL;
     ASSERT_OK(tc_subscribe(e, "step.retry_scheduled", &retries));
+    ASSERT_OK(tc_subscribe(e, "order.*", &orders));
 
     char *order = NULL, *failing = NULL, *fanout = NULL;
     ASSERT_OK(tc_create_task(e, "c_worker", "fulfil", "{\"order\":42}", &order));
@@ -328,6 +341,20 @@ int main(void) {
     ASSERT(charge_retries == 1);
     ASSERT(reserve_retries == 1);
     tc_subscription_free(retries);
+
+    /* The two custom events validate published, in order, with their payloads. */
+    char *event = NULL;
+    ASSERT_OK(tc_subscription_next_json(orders, 1000, &event));
+    ASSERT_SHOW(event != NULL && tj_is(tj_get(event, "name"), "order.validated"), event);
+    ASSERT_SHOW(int_after(tj_get(event, "detail"), "order") == 42, event);
+    ASSERT_SHOW(tj_is(tj_get(event, "step_name"), "validate"), event);
+    tc_string_free(event);
+    ASSERT_OK(tc_subscription_next_json(orders, 1000, &event));
+    ASSERT_SHOW(event != NULL && tj_is(tj_get(event, "name"), "order.noted"), event);
+    tc_string_free(event);
+    ASSERT_OK(tc_subscription_next_json(orders, 50, &event));
+    ASSERT_SHOW(event == NULL, event);
+    tc_subscription_free(orders);
 
     /* The permanent failure: no retry, its required dependent skipped, the other ran. */
     json = TASK_JSON(e, failing);

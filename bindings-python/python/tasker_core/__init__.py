@@ -190,6 +190,17 @@ class Step:
             raise RuntimeError("this step was not handed out by a Worker")
         return self._session.heartbeat(self.step_id, self.attempt)
 
+    def publish(self, name: str, payload: Any = None) -> None:
+        """Publishes the custom event ``name`` with ``payload`` (JSON-serialisable) to the
+        engine's subscribers, who see it under its own name with this step's task, step and
+        attempt and the payload as its ``detail``. The template must declare the event
+        (``events``; Rails Tasker's ``custom_events``; tasker-core's ``domain_events`` /
+        ``publishes_events``): else, or when the payload breaks the event's ``schema``,
+        :class:`InvalidArgumentError` says why and nothing is published."""
+        if self._session is None:
+            raise RuntimeError("this step was not handed out by a Worker")
+        self._session.publish(self.step_id, self.attempt, name, payload)
+
     @property
     def is_last_attempt(self) -> bool:
         """Whether a retryable failure of this attempt ends the step (no attempts left)."""
@@ -221,10 +232,11 @@ class Template(dict):
 
     def __init__(self, namespace: str, name: str, version: str, *, description: str | None = None,
                  input_schema: Mapping[str, Any] | None = None,
-                 defaults: Mapping[str, Any] | None = None) -> None:
+                 defaults: Mapping[str, Any] | None = None,
+                 events: list[Any] | None = None) -> None:
         super().__init__(namespace=namespace, name=name, version=version)
         for key, value in (("description", description), ("input_schema", input_schema),
-                           ("defaults", defaults)):
+                           ("defaults", defaults), ("events", events)):
             if value is not None:
                 self[key] = value
         self["steps"] = []
@@ -232,12 +244,14 @@ class Template(dict):
     def step(self, name: str, *, handler: str | None = None,
              depends_on: list[Any] | None = None, retry: Mapping[str, Any] | None = None,
              timeout_ms: int | None = None, lease_ms: int | None = None,
-             config: Mapping[str, Any] | None = None, description: str | None = None) -> Template:
-        """Adds the step ``name`` (the fields of a template's step) and returns the template."""
+             config: Mapping[str, Any] | None = None, description: str | None = None,
+             events: list[Any] | None = None) -> Template:
+        """Adds the step ``name`` (the fields of a template's step) and returns the template.
+        ``events`` are the custom events the step may publish besides the template's."""
         step: dict[str, Any] = {"name": name}
         for key, value in (("handler", handler), ("description", description),
                            ("depends_on", depends_on), ("retry", retry), ("timeout_ms", timeout_ms),
-                           ("lease_ms", lease_ms), ("config", config)):
+                           ("lease_ms", lease_ms), ("config", config), ("events", events)):
             if value is not None:
                 step[key] = value
         self["steps"].append(step)

@@ -402,6 +402,10 @@ class WorkerSession:
         """The host cancelled the handler at its deadline."""
     def heartbeat(self, step_id: str, attempt: int) -> str:
         """Renews the lease now; the new expiry (RFC 3339)."""
+    def publish(self, step_id: str, attempt: int, name: str, payload: Any = None) -> None:
+        """Publishes a custom event the step's template declares, from a running attempt.
+        Raises :class:`InvalidArgumentError` when it is not declared or the payload breaks its
+        schema, :class:`ClaimLostError` when the attempt is no longer held."""
     def stop(self) -> None:
         """Drain: no new claims; running handlers finish (up to drain_timeout)."""
     def abort(self) -> None:

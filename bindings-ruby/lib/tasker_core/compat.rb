@@ -75,6 +75,20 @@ module Tasker
         step.results = process_output if step.results.equal?(initial_results)
       end
 
+      # Publishes a custom event the step's template declares (+custom_events+), from the step
+      # this handler runs: Rails Tasker's +publish_custom_event+. Subscribers see it under its
+      # own name (in Rails, +ActiveSupport::Notifications+ as <tt>"<name>.tasker_core"</tt>).
+      # @param event_name [String] the event's name as declared
+      # @param payload [Hash] the event's payload
+      # @return [nil]
+      # @raise [TaskerCore::InvalidArgumentError] when the event is not declared for the step
+      def publish_custom_event(event_name, payload = {})
+        step = @tasker_core_step
+        raise ArgumentError, "publish_custom_event is called while the worker runs process" if step.nil?
+
+        step.publish(event_name, payload)
+      end
+
       protected
 
       # @return [Hash] the step's config

@@ -110,6 +110,8 @@ module TaskerCore
 
       def process(klass, step, engine)
         handler = instance(klass, step)
+        # What publish_custom_event publishes from (one instance per step).
+        handler.instance_variable_set(:@tasker_core_step, step)
         task = Compat::Task.new(task_id: step.task_id, context: step.context, namespace: step.namespace,
                                 name: step.task_name)
         current = Compat::Step.new(step)

@@ -116,6 +116,28 @@ module TaskerCore
       @engine.heartbeat(step_id, attempt)
     end
 
+    # Publishes the custom event +name+ with +payload+ (JSON-compatible) to the engine's
+    # subscribers (and, in a Rails app, to +ActiveSupport::Notifications+ as
+    # <tt>"<name>.tasker_core"</tt>): subscribers see it under its own name with this step's
+    # task, step and attempt, the payload as its +detail+. The template must declare the event
+    # (+events+; Rails Tasker's +custom_events+; tasker-core's +domain_events+ /
+    # +publishes_events+).
+    #
+    # @param name [String] the event's name as declared
+    # @param payload [Object] any JSON-compatible value
+    # @return [nil]
+    # @raise [InvalidArgumentError] when the event is not declared for this step or the payload
+    #   breaks the event's schema (nothing is published)
+    # @raise [ClaimLostError] when the attempt is no longer held
+    def publish(name, payload = nil)
+      unless @engine.respond_to?(:publish)
+        raise ArgumentError, "this step was not handed out by a Worker"
+      end
+
+      @engine.publish(step_id, attempt, name.to_s, payload)
+      nil
+    end
+
     # @return [Hash{Symbol => Object}] the step's fields
     def to_h
       {

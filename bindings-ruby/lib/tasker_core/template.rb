@@ -14,12 +14,13 @@ module TaskerCore
   #   )
   class Template
     # The keys a step takes besides its name.
-    STEP_KEYS = %i[handler description depends_on retry timeout_ms lease_ms config].freeze
+    STEP_KEYS = %i[handler description depends_on retry timeout_ms lease_ms config events].freeze
 
     # @param namespace [String, Symbol]
     # @param name [String, Symbol]
     # @param version [String]
-    # @param options [Hash] +description:+, +input_schema:+, +defaults:+
+    # @param options [Hash] +description:+, +input_schema:+, +defaults:+, +events:+ (the custom
+    #   events every step may publish)
     # @yield the steps, as +step :name, **fields+ calls
     # @return [Hash] the template
     def self.build(namespace, name, version, **options, &block)
@@ -29,9 +30,10 @@ module TaskerCore
     end
 
     # @raise [ArgumentError] for an option a template does not have
-    def initialize(namespace, name, version, description: nil, input_schema: nil, defaults: nil)
+    def initialize(namespace, name, version, description: nil, input_schema: nil, defaults: nil, events: nil)
       @hash = { "namespace" => namespace.to_s, "name" => name.to_s, "version" => version.to_s }
-      { "description" => description, "input_schema" => input_schema, "defaults" => defaults }.each do |key, value|
+      { "description" => description, "input_schema" => input_schema, "defaults" => defaults,
+        "events" => events }.each do |key, value|
         @hash[key] = value unless value.nil?
       end
       @hash["steps"] = []

@@ -155,6 +155,9 @@ pub struct ClaimedStep {
     pub lease_ms: u64,
     /// The step's `config` from its template (a JSON object, `{}` when none).
     pub config: Arc<Value>,
+    /// The custom events the step may publish (its own and its template's), for
+    /// [`crate::Engine::publish_event`].
+    pub events: Arc<crate::template::DeclaredEvents>,
 }
 
 impl ClaimedStep {

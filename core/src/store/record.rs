@@ -290,6 +290,7 @@ impl TaskRecord {
             timeout_ms: spec.timeout_ms,
             lease_ms: spec.lease_ms,
             config: spec.config.clone(),
+            events: spec.events.clone(),
         })
     }
 

@@ -25,7 +25,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{Dependency, StepDefaults, StepTemplate, TaskTemplate, TemplateError};
+use super::{Dependency, EventDecl, StepDefaults, StepTemplate, TaskTemplate, TemplateError};
 use crate::retry::RetryPolicy;
 
 /// Builds a [`TaskTemplate`] step by step; see the module docs.
@@ -49,6 +49,7 @@ impl TaskTemplate {
                 description: None,
                 defaults: StepDefaults::default(),
                 input_schema: None,
+                events: Vec::new(),
                 steps: Vec::new(),
             },
         }
@@ -65,6 +66,12 @@ impl TemplateBuilder {
     /// The JSON Schema every task's context must satisfy.
     pub fn input_schema(mut self, schema: Value) -> Self {
         self.template.input_schema = Some(schema);
+        self
+    }
+
+    /// A custom event every step may publish (see [`super::events`]).
+    pub fn event(mut self, event: impl Into<EventDecl>) -> Self {
+        self.template.events.push(event.into());
         self
     }
 
@@ -104,6 +111,7 @@ impl StepBuilder {
             timeout_ms: None,
             lease_ms: None,
             config: None,
+            events: Vec::new(),
         })
     }
 
@@ -159,6 +167,12 @@ impl StepBuilder {
         self.0.config = Some(config);
         self
     }
+
+    /// A custom event this step may publish besides its template's (see [`super::events`]).
+    pub fn event(mut self, event: impl Into<EventDecl>) -> Self {
+        self.0.events.push(event.into());
+        self
+    }
 }
 
 impl From<&str> for StepBuilder {
@@ -184,10 +198,12 @@ mod tests {
         let built = TaskTemplate::builder("shop", "order", "1.0.0")
             .description("d")
             .input_schema(json!({"type": "object"}))
+            .event("order.placed")
             .step(StepBuilder::new("validate").timeout_ms(500).lease_ms(100))
             .step(
                 StepBuilder::new("charge")
                     .handler("pay")
+                    .event("order.charged")
                     .depends_on(["validate"])
                     .config(
                         json!({"gateway": "x"})
@@ -200,7 +216,7 @@ mod tests {
             .build()
             .unwrap();
         let written = TaskTemplate::parse(
-            "namespace: shop\nname: order\nversion: 1.0.0\ndescription: d\ninput_schema: {type: object}\nsteps:\n  - {name: validate, timeout_ms: 500, lease_ms: 100}\n  - {name: charge, handler: pay, depends_on: [validate], config: {gateway: x}}\n  - {name: notify, depends_on: [{step: charge, requires_success: false}]}\n",
+            "namespace: shop\nname: order\nversion: 1.0.0\ndescription: d\ninput_schema: {type: object}\nevents: [order.placed]\nsteps:\n  - {name: validate, timeout_ms: 500, lease_ms: 100}\n  - {name: charge, handler: pay, depends_on: [validate], config: {gateway: x}, events: [order.charged]}\n  - {name: notify, depends_on: [{step: charge, requires_success: false}]}\n",
         )
         .unwrap();
         assert_eq!(built, written);

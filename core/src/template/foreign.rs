@@ -14,6 +14,8 @@
 //! | `retry.backoff`, `backoff_base_ms`, `backoff_max_ms` | — | `retry.backoff`, `backoff_base_ms`, `max_backoff_ms` |
 //! | `timeout_ms` | — | `timeout_seconds` × 1000 |
 //! | `input_schema` | `schema` | `input_schema` |
+//! | `events` (template) | `custom_events` | `domain_events` |
+//! | `events` (step) | `custom_events` | `publishes_events` |
 
 use serde_json::{Map, Value};
 
@@ -252,6 +254,52 @@ struct Keys {
     schema: &'static str,
     /// The key of the step list.
     steps: &'static str,
+    /// The key of the template's custom events.
+    events: &'static str,
+}
+
+/// A foreign list of custom events (`key` at `place`) mapped to the native `events`: each a
+/// name, or a map of which `name`, `description` and `schema` are kept (the rest is warned
+/// of: tasker-core's `condition`, `delivery_mode`, `publisher`).
+fn events(
+    value: Value,
+    key: &str,
+    place: &str,
+    warnings: &mut Vec<String>,
+) -> Result<Value, TemplateError> {
+    let Value::Array(list) = value else {
+        return Err(parse(format!("{place}: {key} must be a list of events")));
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for event in list {
+        match event {
+            Value::String(_) => out.push(event),
+            Value::Object(mut written) => {
+                let mut e = Map::new();
+                for field in ["name", "description", "schema"] {
+                    if let Some(v) = take(&mut written, field) {
+                        e.insert(field.into(), v);
+                    }
+                }
+                let name = e.get("name").cloned().unwrap_or(Value::Null);
+                let at = format!("{place} {key} {name}");
+                if let Some(condition) = take(&mut written, "condition") {
+                    warnings.push(format!(
+                        "{at}: condition {condition} is not used: the event is published when \
+                         the handler calls step.publish"
+                    ));
+                }
+                leftovers(written, &at, warnings);
+                out.push(Value::Object(e));
+            }
+            other => {
+                return Err(parse(format!(
+                    "{place}: each of {key} must be a name or a map with name, not {other}"
+                )))
+            }
+        }
+    }
+    Ok(Value::Array(out))
 }
 
 /// A foreign template mapped to the native format: the template's own fields, then each step's
@@ -272,6 +320,10 @@ fn mapped(
     common(&mut map, &mut out, keys.default_namespace)?;
     if let Some(schema) = take(&mut map, keys.schema) {
         out.insert("input_schema".into(), schema);
+    }
+    if let Some(declared) = take(&mut map, keys.events) {
+        let declared = events(declared, keys.events, "the template", warnings)?;
+        out.insert("events".into(), declared);
     }
     let Some(Value::Array(steps)) = take(&mut map, keys.steps) else {
         return Err(parse(format!("{} must be a list of steps", keys.steps)));
@@ -303,8 +355,13 @@ fn rails(map: Map<String, Value>, warnings: &mut Vec<String>) -> Result<Value, T
         default_namespace: Some("default"),
         schema: "schema",
         steps: "step_templates",
+        events: "custom_events",
     };
-    mapped(map, keys, warnings, |step, s, _, _| {
+    mapped(map, keys, warnings, |step, s, place, warnings| {
+        if let Some(declared) = take(step, "custom_events") {
+            let declared = events(declared, "custom_events", place, warnings)?;
+            s.insert("events".into(), declared);
+        }
         if let Some(h) = take(step, "handler_class") {
             s.insert("handler".into(), string(h, "handler_class")?);
         }
@@ -356,8 +413,13 @@ fn tasker_core(
         default_namespace: None,
         schema: "input_schema",
         steps: "steps",
+        events: "domain_events",
     };
     mapped(map, keys, warnings, |step, s, place, warnings| {
+        if let Some(declared) = take(step, "publishes_events") {
+            let declared = events(declared, "publishes_events", place, warnings)?;
+            s.insert("events".into(), declared);
+        }
         match take(step, "handler") {
             Some(Value::Object(mut handler)) => {
                 if let Some(c) = take(&mut handler, "callable") {

@@ -19,9 +19,11 @@ use serde::{Deserialize, Serialize};
 use crate::retry::RetryPolicy;
 
 pub mod builder;
+pub mod events;
 pub mod foreign;
 
 pub use builder::{StepBuilder, TemplateBuilder};
+pub use events::{DeclaredEvents, EventDecl};
 pub use foreign::{Format, Loaded};
 
 /// The most steps a template may have.
@@ -80,6 +82,9 @@ pub struct TaskTemplate {
     /// naming each failing path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_schema: Option<serde_json::Value>,
+    /// Custom events every step of the template may publish (see [`events`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventDecl>,
     /// The steps, in the order written; a compiled step's index is its position here.
     pub steps: Vec<StepTemplate>,
 }
@@ -138,6 +143,9 @@ pub struct StepTemplate {
     /// `handler_config`, tasker-core's `handler.initialization`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Custom events this step may publish besides its template's (see [`events`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub events: Vec<EventDecl>,
 }
 
 /// One entry of a step's `depends_on`: a plain step name, or
@@ -347,6 +355,17 @@ pub enum TemplateError {
         step: String,
         /// The timeout, in milliseconds.
         timeout_ms: u64,
+    },
+    /// A declared custom event is malformed: a bad or reserved name, declared twice, or a
+    /// payload schema that is not a JSON Schema.
+    #[error("{}custom event {event:?}: {message}", step.as_ref().map(|s| format!("step {s:?}: ")).unwrap_or_default())]
+    InvalidEvent {
+        /// The step that declares it (`None`: the template's own `events`).
+        step: Option<String>,
+        /// The event's name as written.
+        event: String,
+        /// What is wrong.
+        message: String,
     },
     /// The template's `input_schema` is not a JSON Schema.
     #[error("the input_schema is not a valid JSON Schema: {message}")]
@@ -560,7 +579,19 @@ impl TaskTemplate {
                 config: Arc::new(serde_json::Value::Object(
                     step.config.clone().unwrap_or_default(),
                 )),
+                events: Arc::default(),
             });
+        }
+        let scopes: Vec<(&str, &[EventDecl])> = self
+            .steps
+            .iter()
+            .map(|s| (s.name.as_str(), s.events.as_slice()))
+            .collect();
+        for (spec, events) in specs
+            .iter_mut()
+            .zip(events::compile(&self.events, &scopes)?)
+        {
+            spec.events = events;
         }
 
         // Dependencies: resolve names into the parents' adjacency arrays.
@@ -861,6 +892,8 @@ pub struct StepSpec {
     pub lease_ms: u64,
     /// The step's `config` (a JSON object, `{}` when none), handed to its handler.
     pub config: Arc<serde_json::Value>,
+    /// The custom events the step may publish: its own and its template's.
+    pub events: Arc<DeclaredEvents>,
 }
 
 /// A validated template compiled into an immutable DAG; built only by
@@ -1040,6 +1073,7 @@ steps:
             timeout_ms: None,
             lease_ms: None,
             config: None,
+            events: Vec::new(),
         }
     }
 
@@ -1051,6 +1085,7 @@ steps:
             description: None,
             defaults: StepDefaults::default(),
             input_schema: None,
+            events: Vec::new(),
             steps,
         }
     }

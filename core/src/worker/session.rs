@@ -252,6 +252,8 @@ enum Stage {
 #[derive(Debug)]
 struct Held {
     stage: Stage,
+    /// What publishing the attempt's custom events needs.
+    source: crate::engine::EventSource,
     deadline: Instant,
     renew_at: Instant,
     renew_every: Duration,
@@ -456,6 +458,27 @@ impl WorkerSession {
             self.shared.driver.notify_one();
         }
         Ok(())
+    }
+
+    /// Publishes custom event `name` with `payload` from a running attempt (a handler's
+    /// `step.publish(name, payload)`; see [`Engine::publish_event`]).
+    /// [`Error::InvalidArgument`] when its template does not declare the event for the step
+    /// or the payload breaks the event's schema; [`Error::ClaimLost`] when the session no
+    /// longer holds the attempt as running.
+    pub fn publish(&self, id: AttemptId, name: &str, payload: Value) -> Result<()> {
+        let source = {
+            let state = self.shared.state.lock();
+            match state.held.get(&id) {
+                Some(h) if h.stage == Stage::Running => h.source.clone(),
+                _ => {
+                    return Err(Error::ClaimLost {
+                        step: id.step,
+                        attempt: id.attempt,
+                    })
+                }
+            }
+        };
+        self.shared.engine.publish_from(&source, name, payload)
     }
 
     /// Renews the lease of a running attempt now (a handler's `step.heartbeat()`); returns the
@@ -827,6 +850,7 @@ fn hand_out(shared: &Shared, claimed: Vec<ClaimedStep>) {
             id,
             Held {
                 stage: Stage::Queued,
+                source: crate::engine::EventSource::of(&step),
                 deadline,
                 renew_at,
                 renew_every,

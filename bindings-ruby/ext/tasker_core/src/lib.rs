@@ -841,6 +841,26 @@ impl Session {
         to_ruby(&ruby, &at)
     }
 
+    /// Publishes a custom event the step's template declares, from a running attempt.
+    fn publish(
+        &self,
+        step_id: String,
+        attempt: u32,
+        name: String,
+        payload: Value,
+    ) -> Result<(), Error> {
+        let ruby = ruby();
+        self.check(&ruby)?;
+        let id = AttemptId {
+            step: self::step_id(&ruby, &step_id)?,
+            attempt,
+        };
+        let payload = to_json(&ruby, payload, "the event's payload")?;
+        self.session
+            .publish(id, &name, payload)
+            .map_err(|e| rb_err(&ruby, e))
+    }
+
     fn stop(&self) {
         self.session.stop();
     }
@@ -931,6 +951,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     session.define_method("complete", method!(Session::complete, 3))?;
     session.define_method("fail", method!(Session::fail, 5))?;
     session.define_method("heartbeat", method!(Session::heartbeat, 2))?;
+    session.define_method("publish", method!(Session::publish, 4))?;
     session.define_method("stop", method!(Session::stop, 0))?;
     session.define_method("abort", method!(Session::abort, 0))?;
     session.define_method("finished?", method!(Session::is_finished, 0))?;
