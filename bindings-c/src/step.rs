@@ -229,7 +229,8 @@ pub unsafe extern "C" fn tc_step_fail(
 /// Tasker's `custom_events`, tasker-core's `domain_events` / `publishes_events`). An
 /// undeclared name, or a payload that breaks the event's schema, is TC_ERR_INVALID_ARGUMENT
 /// (the message says why; nothing is published); a payload that is not JSON, TC_ERR_JSON; an
-/// attempt the worker no longer holds, TC_ERR_CLAIM_LOST.
+/// attempt its worker no longer holds, TC_ERR_CLAIM_LOST (a step of the low-level protocol,
+/// tc_claim, is not checked for that).
 ///
 /// # Safety
 /// `step` is a live step; `name` NUL-terminated; `payload_json` NULL or NUL-terminated.

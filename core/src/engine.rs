@@ -494,10 +494,7 @@ impl Engine {
     /// A result past [`crate::limits`] fails its attempt for good instead (what a worker can do
     /// with it); failure messages are cut to [`limits::MAX_MESSAGE_BYTES`].
     pub async fn report_many(&self, mut reports: Vec<StepReport>) -> Result<Vec<Result<()>>> {
-        for report in &mut reports {
-            let outcome = std::mem::replace(&mut report.outcome, Outcome::Complete(Value::Null));
-            report.outcome = limits::outcome(outcome);
-        }
+        within_limits(&mut reports);
         self.report_checked(reports).await
     }
 
@@ -516,6 +513,17 @@ impl Engine {
     /// of two). Returns each report's result and the steps claimed. An `Err` means neither
     /// was done.
     pub async fn report_and_claim(
+        &self,
+        mut reports: Vec<StepReport>,
+        request: &ClaimRequest,
+    ) -> Result<(Vec<Result<()>>, Vec<ClaimedStep>)> {
+        within_limits(&mut reports);
+        self.report_checked_and_claim(reports, request).await
+    }
+
+    /// [`Engine::report_and_claim`] for outcomes already within the limits (as
+    /// [`Engine::report_checked`]).
+    pub(crate) async fn report_checked_and_claim(
         &self,
         reports: Vec<StepReport>,
         request: &ClaimRequest,
@@ -540,7 +548,8 @@ impl Engine {
     ///
     /// [`Error::InvalidArgument`] when the event is not declared (the message lists those that
     /// are), when the payload breaks the event's schema (naming each failing place) or is past
-    /// [`crate::limits`]; nothing is published then.
+    /// [`crate::limits`]; nothing is published then. Whether the attempt is still held is not
+    /// checked here (a worker session's `publish` checks it: [`Error::ClaimLost`] there).
     pub fn publish_event(&self, step: &ClaimedStep, name: &str, payload: Value) -> Result<()> {
         self.publish_from(&EventSource::of(step), name, payload)
     }
@@ -844,6 +853,15 @@ fn event_of(t: &Transition, name: &'static str, error: Option<&str>) -> Event {
             .with_attempt(t.attempt);
     }
     event
+}
+
+/// Each report's outcome brought within [`crate::limits`]: a result past them fails its attempt
+/// for good instead, a failure's message is cut (what a worker can do with them).
+fn within_limits(reports: &mut [StepReport]) {
+    for report in reports {
+        let outcome = std::mem::replace(&mut report.outcome, Outcome::Complete(Value::Null));
+        report.outcome = limits::outcome(outcome);
+    }
 }
 
 /// What publishing a custom event needs of one attempt: the step, its template, and the events

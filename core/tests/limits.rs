@@ -91,6 +91,21 @@ per_store! {
             Some("result refused: the result nests deeper than 64 levels"),
             "{store}"
         );
+        // Through report_and_claim (reports and the next claim at once): the same.
+        let worse = create(&engine, NewTask::new("lim", "single")).await;
+        let claimed = claim(&engine, 10).await;
+        let reports = vec![StepReport {
+            step: claimed[0].step_id,
+            attempt: claimed[0].attempt,
+            outcome: Outcome::Complete(nested(65)),
+        }];
+        let (results, next) = engine
+            .report_and_claim(reports, &any_handler(10))
+            .await
+            .unwrap();
+        assert!(results.iter().all(Result::is_ok), "{store}: {results:?}");
+        assert!(next.is_empty(), "{store}");
+        assert_eq!(status(&engine, worse).await, TaskState::Error, "{store}");
     }
 }
 

@@ -595,6 +595,9 @@ async fn drive(shared: Arc<Shared>) {
             let (retry, claimed) = write_reports(&shared, claim).await;
             retry_reports_at = retry;
             if let Some(claimed) = claimed {
+                // A claim went through: the store is back, as after step 4's own.
+                store_errors = 0;
+                retry_claims_at = None;
                 claimed_with_reports = Some(claimed.len());
                 hand_out(&shared, claimed);
             }

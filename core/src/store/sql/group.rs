@@ -33,7 +33,7 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::ids::TaskId;
 use crate::store::record::TaskRecord;
-use crate::store::{Changes, ClaimRequest, ClaimedStep, StepReport};
+use crate::store::{Changes, ClaimRequest, ClaimedStep, Now, StepReport};
 
 /// The most operations one group takes (more wait for the next).
 const MAX_GROUP: usize = 64;
@@ -286,8 +286,9 @@ impl<B: Backend> SqlStore<B> {
         &self,
         reports: Vec<StepReport>,
         request: ClaimRequest,
-        now: Timestamp,
+        clock: Now<'_>,
     ) -> Result<crate::store::ReportedAndClaimed> {
+        let now = clock();
         let (report_reply, reported) = oneshot::channel();
         let (claim_reply, claimed) = oneshot::channel();
         let jobs = vec![
@@ -305,15 +306,30 @@ impl<B: Backend> SqlStore<B> {
         if B::ONE_WRITER {
             self.submit(jobs).await;
         } else {
-            self.run_group(jobs, false).await;
+            // The claim's time is read again once the reported tasks are locked: waiting for
+            // them must not eat into the leases.
+            self.run_group_timed(jobs, false, Some(clock)).await;
         }
-        Ok((answered(reported).await?, answered(claimed).await?))
+        let reported = answered(reported).await?;
+        // The reports are recorded: a claim that failed (its group, when the queue put it in
+        // the next one) is an empty one, the steps left for the next claim.
+        let claimed = answered(claimed).await.unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "claim after reports failed; claiming next time");
+            (Vec::new(), Changes::default())
+        });
+        Ok((reported, claimed))
     }
 
     /// Runs `jobs` as one write transaction and answers each; the committer (`committer`)
     /// also takes the creates queued while the group reads (a caller running its own
     /// operation takes no other: it may stop waiting half way).
     async fn run_group(&self, jobs: Vec<Job>, committer: bool) {
+        self.run_group_timed(jobs, committer, None).await;
+    }
+
+    /// [`SqlStore::run_group`], the claims' time read from `clock` (when given) once the
+    /// tasks reported on are locked.
+    async fn run_group_timed(&self, jobs: Vec<Job>, committer: bool, clock: Option<Now<'_>>) {
         self.committer
             .shared
             .groups
@@ -323,7 +339,7 @@ impl<B: Backend> SqlStore<B> {
             Ok(tx) => tx,
             Err(e) => return group.fail(&e),
         };
-        let loaded = match self.group_load(&mut tx, &group).await {
+        let loaded = match self.group_load(&mut tx, &mut group, clock).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 self.rollback(tx).await;
@@ -392,7 +408,7 @@ impl<B: Backend> SqlStore<B> {
                 let mut revisions = revisions.into_iter();
                 for ((_, after, _), revision) in tasks.list.into_iter().zip(revisions.by_ref()) {
                     if let Some(revision) = revision {
-                        self.cache.put(revision, after, true);
+                        self.cache.put(revision, after, B::ONE_WRITER);
                     }
                 }
                 group.answer(applied, revisions, &created, &self.cache);
@@ -404,7 +420,12 @@ impl<B: Backend> SqlStore<B> {
     /// The group's reads: the write transaction begun with the database's data version and
     /// the claimable steps for each handler filter, then the tasks the group touches that this
     /// writer does not hold as the database does. A group of creates alone reads nothing.
-    async fn group_load(&self, tx: &mut Tx<'_, B>, group: &Group) -> Result<Loaded> {
+    async fn group_load(
+        &self,
+        tx: &mut Tx<'_, B>,
+        group: &mut Group,
+        clock: Option<Now<'_>>,
+    ) -> Result<Loaded> {
         let mut loaded = Loaded {
             records: Vec::new(),
             claimable: Vec::with_capacity(group.filters.len()),
@@ -431,6 +452,9 @@ impl<B: Backend> SqlStore<B> {
             loaded.records.extend(records);
             unreadable.extend(bad);
             ids.clear();
+        }
+        if let Some(clock) = clock {
+            group.claims_at(clock());
         }
         let (conn, begin) = tx.conn_to_begin()?;
         let now = ms(group.claim_now);
@@ -593,6 +617,17 @@ impl Group {
                 }
             }
         }
+    }
+
+    /// The claims made at `now` (read once the group holds what it waited for).
+    fn claims_at(&mut self, now: Timestamp) {
+        for (_, at, _) in &mut self.claims {
+            *at = now;
+        }
+        if !self.claims.is_empty() {
+            self.claim_now = now;
+        }
+        self.latest = self.latest.max(now);
     }
 
     /// Answers every operation with `e`.

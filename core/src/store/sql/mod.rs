@@ -1790,7 +1790,7 @@ impl<B: Backend> Store for SqlStore<B> {
     ) -> Result<ReportedAndClaimed> {
         use std::sync::atomic::Ordering::Relaxed;
         let out = self
-            .report_and_claim_grouped(reports, request.clone(), now())
+            .report_and_claim_grouped(reports, request.clone(), now)
             .await?;
         self.claims_found.store(!out.1 .0.is_empty(), Relaxed);
         Ok(out)
