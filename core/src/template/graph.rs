@@ -1,0 +1,168 @@
+//! The compiled graph: a template's steps with their policies resolved and its dependency
+//! edges as compact adjacency arrays, immutable once built by [`TaskTemplate::compile`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::{DeclaredEvents, TaskTemplate};
+use crate::retry::RetryPolicy;
+
+/// A dependency edge as stored in a [`TaskGraph`].
+///
+/// In [`TaskGraph::parents`] `step` is the parent; in [`TaskGraph::children`] it is the child.
+/// `requires_success` is the same flag on the edge either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Edge {
+    /// The index of the step at the other end of the edge.
+    pub step: u32,
+    /// Whether the parent must have succeeded (`true`) or merely finished (`false`) for the
+    /// child to run.
+    pub requires_success: bool,
+}
+
+/// A step of a compiled graph, with its handler, retry policy and timeout resolved.
+#[derive(Debug, Clone)]
+pub struct StepSpec {
+    /// The step's name.
+    pub name: Arc<str>,
+    /// The handler to run: the template's `handler`, else the step's name.
+    pub handler: Arc<str>,
+    /// The step's retry policy: its own, else the template default, else the built-in one.
+    pub retry: RetryPolicy,
+    /// The step's timeout in milliseconds: its own, else the template default, else
+    /// [`DEFAULT_TIMEOUT_MS`].
+    pub timeout_ms: u64,
+    /// The length of a claim's lease in milliseconds: its own, else the template default, else
+    /// `min(timeout_ms, DEFAULT_LEASE_MS)`.
+    pub lease_ms: u64,
+    /// The step's `config` (a JSON object, `{}` when none), handed to its handler.
+    pub config: Arc<serde_json::Value>,
+    /// The custom events the step may publish: its own and its template's.
+    pub events: Arc<DeclaredEvents>,
+}
+
+/// A validated template compiled into an immutable DAG; built only by
+/// [`TaskTemplate::compile`].
+///
+/// Steps keep the template's order: index `i` is `template().steps[i]`. Parents and children
+/// are stored as compact adjacency arrays, so [`TaskGraph::parents`] and
+/// [`TaskGraph::children`] are plain slices.
+///
+/// Methods taking a step index panic when given an index this graph never gave out (one not
+/// below [`TaskGraph::len`]); indices from [`TaskGraph::index_of`], [`TaskGraph::roots`],
+/// [`TaskGraph::topological_order`] and the edges are always valid.
+#[derive(Debug, Clone)]
+pub struct TaskGraph {
+    pub(super) template: TaskTemplate,
+    pub(super) version: semver::Version,
+    /// The compiled `input_schema`.
+    pub(super) schema: Option<Arc<jsonschema::Validator>>,
+    pub(super) steps: Vec<StepSpec>,
+    pub(super) index: HashMap<Arc<str>, u32>,
+    pub(super) parent_offsets: Vec<u32>,
+    pub(super) parent_edges: Vec<Edge>,
+    pub(super) child_offsets: Vec<u32>,
+    pub(super) child_edges: Vec<Edge>,
+    pub(super) topo: Vec<u32>,
+}
+
+impl TaskGraph {
+    /// The template's namespace.
+    pub fn namespace(&self) -> &str {
+        &self.template.namespace
+    }
+
+    /// The template's name.
+    pub fn name(&self) -> &str {
+        &self.template.name
+    }
+
+    /// The template's version, parsed.
+    pub fn version(&self) -> &semver::Version {
+        &self.version
+    }
+
+    /// The template this graph was compiled from, for storage and display.
+    pub fn template(&self) -> &TaskTemplate {
+        &self.template
+    }
+
+    /// The number of steps.
+    pub fn len(&self) -> usize {
+        self.steps.len()
+    }
+
+    /// Whether the graph has no steps; never true for a compiled template.
+    pub fn is_empty(&self) -> bool {
+        self.steps.is_empty()
+    }
+
+    /// The step at `index`.
+    ///
+    /// # Panics
+    ///
+    /// When `index` is not below [`TaskGraph::len`].
+    pub fn step(&self, index: u32) -> &StepSpec {
+        &self.steps[index as usize]
+    }
+
+    /// Why `context` breaks the template's `input_schema`: each failing place as a JSON
+    /// pointer (`""` for the whole context) with what is wrong there; empty when it satisfies
+    /// the schema, or there is none.
+    pub fn context_errors(&self, context: &serde_json::Value) -> Vec<(String, String)> {
+        match &self.schema {
+            Some(schema) => schema
+                .iter_errors(context)
+                .map(|e| (e.instance_path().to_string(), e.to_string()))
+                .collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// All steps, in template order.
+    pub fn steps(&self) -> &[StepSpec] {
+        &self.steps
+    }
+
+    /// The edges to the step's parents, in the order its `depends_on` lists them.
+    ///
+    /// # Panics
+    ///
+    /// When `index` is not below [`TaskGraph::len`].
+    pub fn parents(&self, index: u32) -> &[Edge] {
+        let i = index as usize;
+        &self.parent_edges[self.parent_offsets[i] as usize..self.parent_offsets[i + 1] as usize]
+    }
+
+    /// The edges to the steps that depend on this one, in template order.
+    ///
+    /// # Panics
+    ///
+    /// When `index` is not below [`TaskGraph::len`].
+    pub fn children(&self, index: u32) -> &[Edge] {
+        let i = index as usize;
+        &self.child_edges[self.child_offsets[i] as usize..self.child_offsets[i + 1] as usize]
+    }
+
+    /// The index of the step called `name`, if there is one.
+    pub fn index_of(&self, name: &str) -> Option<u32> {
+        self.index.get(name).copied()
+    }
+
+    /// Every step once, parents before their children; among steps whose parents are all
+    /// placed, the one first in the template comes first (so a template already written in
+    /// dependency order keeps its order).
+    pub fn topological_order(&self) -> &[u32] {
+        &self.topo
+    }
+
+    /// The steps without parents, in template order.
+    pub fn roots(&self) -> impl Iterator<Item = u32> + '_ {
+        (0..self.len() as u32).filter(move |&i| self.parents(i).is_empty())
+    }
+
+    /// The number of dependency edges.
+    pub fn edge_count(&self) -> usize {
+        self.parent_edges.len()
+    }
+}
