@@ -577,3 +577,52 @@ step_templates:
         "{names:?}"
     );
 }
+
+/// `environments` is a map of maps in every format; an environment's key other than its step
+/// overrides is refused in the native format and a warning in the foreign ones, whichever
+/// environment is applied.
+#[tokio::test]
+async fn environment_keys_that_override_nothing_are_refused_or_warned_about() {
+    let native = "namespace: e\nname: n\nversion: 1.0.0\nsteps:\n  - name: s\nenvironments:\n  staging:\n    description: later\n";
+    let e = engine(None)
+        .await
+        .register_document_str(native)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("environments.staging.description"),
+        "{e}"
+    );
+    let rails = "name: r\nnamespace_name: e\nversion: 1.0.0\nstep_templates:\n  - name: s\n    handler_class: S\nenvironments:\n  test:\n    schema: {type: object}\n    step_templates:\n      - {name: s, handler_config: {x: 1}}\n";
+    let reg = engine(Some("test"))
+        .await
+        .register_document_str(rails)
+        .await
+        .unwrap();
+    assert_eq!(
+        *reg.graph.step(0).config,
+        json!({"x": 1}),
+        "the overrides still apply"
+    );
+    assert!(
+        reg.warnings
+            .iter()
+            .any(|w| w.contains("environments.test.schema")),
+        "{:?}",
+        reg.warnings
+    );
+    for bad in [
+        "environments: [test]\n",
+        "environments:\n  test: [step_templates]\n",
+    ] {
+        let text = format!(
+            "name: r\nnamespace_name: e\nversion: 1.0.0\nstep_templates:\n  - name: s\n{bad}"
+        );
+        let e = engine(None)
+            .await
+            .register_document_str(&text)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("must be a map"), "{bad}: {e}");
+    }
+}

@@ -81,19 +81,15 @@ pub fn load(document: Value, environment: Option<&str>) -> Result<Loaded, Templa
         Format::Native | Format::TaskerCore => "steps",
     };
     let environments = map.remove("environments");
+    let mut warnings = Vec::new();
+    check_environments(environments.as_ref(), steps_key, format, &mut warnings)?;
     if let (Some(env), Some(Value::Object(envs))) = (environment, &environments) {
         if let Some(overrides) = envs.get(env) {
             apply_overrides(&mut map, steps_key, overrides, env)?;
         }
     }
-    let mut warnings = Vec::new();
     let native = match format {
-        Format::Native => {
-            if environments.as_ref().is_some_and(|e| !e.is_object()) {
-                return Err(parse("environments must be a map of environment names"));
-            }
-            Value::Object(map)
-        }
+        Format::Native => Value::Object(map),
         Format::Rails => rails(map, &mut warnings)?,
         Format::TaskerCore => tasker_core(map, &mut warnings)?,
     };
@@ -103,6 +99,44 @@ pub fn load(document: Value, environment: Option<&str>) -> Result<Loaded, Templa
         format,
         warnings,
     })
+}
+
+/// Refuses `environments` that is not a map of maps; a key of an environment other than
+/// `steps_key` is refused in the native format and a warning in the foreign ones (every
+/// environment's, not only the one applied: a mistake shows before that environment runs).
+fn check_environments(
+    environments: Option<&Value>,
+    steps_key: &str,
+    format: Format,
+    warnings: &mut Vec<String>,
+) -> Result<(), TemplateError> {
+    let envs = match environments {
+        None | Some(Value::Null) => return Ok(()),
+        Some(Value::Object(envs)) => envs,
+        Some(_) => return Err(parse("environments must be a map of environment names")),
+    };
+    for (name, overrides) in envs {
+        let keys = match overrides {
+            Value::Null => continue,
+            Value::Object(keys) => keys,
+            _ => {
+                return Err(parse(format!(
+                    "environments.{name} must be a map with {steps_key}"
+                )))
+            }
+        };
+        for key in keys.keys().filter(|k| *k != steps_key) {
+            let message = format!(
+                "environments.{name}.{key} is not an override this engine applies (only \
+                 {steps_key})"
+            );
+            if format == Format::Native {
+                return Err(parse(message));
+            }
+            warnings.push(format!("{message}; ignored"));
+        }
+    }
+    Ok(())
 }
 
 fn parse(message: impl Into<String>) -> TemplateError {
