@@ -30,7 +30,7 @@ pub struct StepSpec {
     /// The step's retry policy: its own, else the template default, else the built-in one.
     pub retry: RetryPolicy,
     /// The step's timeout in milliseconds: its own, else the template default, else
-    /// [`DEFAULT_TIMEOUT_MS`].
+    /// [`super::DEFAULT_TIMEOUT_MS`].
     pub timeout_ms: u64,
     /// The length of a claim's lease in milliseconds: its own, else the template default, else
     /// `min(timeout_ms, DEFAULT_LEASE_MS)`.

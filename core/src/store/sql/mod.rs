@@ -1,11 +1,11 @@
 //! The SQL stores (sqlx): the embedded SQLite default and PostgreSQL for many workers, each on
-//! sqlx's own driver ([`sqlite`], [`postgres`]) behind one [`Backend`] trait, with every
+//! sqlx's own driver (`sqlite`, `postgres`) behind one `Backend` trait, with every
 //! statement static text in a `.sql` file beside its store (`shared/` holds the statements
 //! both speak alike).
 //!
 //! An operation runs in one transaction: it locks and loads the task it touches into a
-//! [`TaskRecord`], calls the same method the memory store calls, and writes back the rows that
-//! changed with the new transitions (one batch, [`rows::Rows`]) — so the rules live in one
+//! `TaskRecord`, calls the same method the memory store calls, and writes back the rows that
+//! changed with the new transitions (one batch, `rows::Rows`) — so the rules live in one
 //! place and nothing is ever half-written.
 //!
 //! * **SQLite**: WAL mode, `synchronous = NORMAL` (selectable), a busy timeout, and
