@@ -568,14 +568,11 @@ impl Engine {
                 &*source.step_name, &*source.namespace, &*source.task_name
             )));
         }
-        let event = Event::new(names::TASK_CREATED, source.step_id.task, self.now())
+        let event = Event::new(name.to_owned(), source.step_id.task, self.now())
             .with_step(source.step_id, source.step_name.clone())
             .with_attempt(source.attempt)
             .with_detail(payload);
-        self.inner.bus.publish(Event {
-            name: std::borrow::Cow::Owned(name.to_owned()),
-            ..event
-        });
+        self.inner.bus.publish(event);
         Ok(())
     }
 

@@ -125,10 +125,15 @@ pub struct Event {
 }
 
 impl Event {
-    /// A task-level event with no step, attempt or detail.
-    pub fn new(name: &'static str, task_id: TaskId, at: Timestamp) -> Self {
+    /// An event with no step, attempt or detail: one of [`names`] (borrowed), or a custom
+    /// event's name.
+    pub fn new(
+        name: impl Into<std::borrow::Cow<'static, str>>,
+        task_id: TaskId,
+        at: Timestamp,
+    ) -> Self {
         Event {
-            name: std::borrow::Cow::Borrowed(name),
+            name: name.into(),
             task_id,
             step_id: None,
             step_name: None,

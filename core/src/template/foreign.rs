@@ -290,6 +290,8 @@ struct Keys {
     steps: &'static str,
     /// The key of the template's custom events.
     events: &'static str,
+    /// The key of a step's custom events.
+    step_events: &'static str,
 }
 
 /// A foreign list of custom events (`key` at `place`) mapped to the native `events`: each a
@@ -374,6 +376,10 @@ fn mapped(
         if let Some(d) = take(&mut written, "description") {
             s.insert("description".into(), d);
         }
+        if let Some(declared) = take(&mut written, keys.step_events) {
+            let declared = events(declared, keys.step_events, &place, warnings)?;
+            s.insert("events".into(), declared);
+        }
         step(&mut written, &mut s, &place, warnings)?;
         leftovers(written, &place, warnings);
         native.push(Value::Object(s));
@@ -390,12 +396,9 @@ fn rails(map: Map<String, Value>, warnings: &mut Vec<String>) -> Result<Value, T
         schema: "schema",
         steps: "step_templates",
         events: "custom_events",
+        step_events: "custom_events",
     };
-    mapped(map, keys, warnings, |step, s, place, warnings| {
-        if let Some(declared) = take(step, "custom_events") {
-            let declared = events(declared, "custom_events", place, warnings)?;
-            s.insert("events".into(), declared);
-        }
+    mapped(map, keys, warnings, |step, s, _, _| {
         if let Some(h) = take(step, "handler_class") {
             s.insert("handler".into(), string(h, "handler_class")?);
         }
@@ -448,12 +451,9 @@ fn tasker_core(
         schema: "input_schema",
         steps: "steps",
         events: "domain_events",
+        step_events: "publishes_events",
     };
     mapped(map, keys, warnings, |step, s, place, warnings| {
-        if let Some(declared) = take(step, "publishes_events") {
-            let declared = events(declared, "publishes_events", place, warnings)?;
-            s.insert("events".into(), declared);
-        }
         match take(step, "handler") {
             Some(Value::Object(mut handler)) => {
                 if let Some(c) = take(&mut handler, "callable") {
