@@ -18,7 +18,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{BatchSize, BenchmarkId, Criterion};
-use tasker_core::readiness::{self, Outcome, Release};
+use tasker_core::readiness::{self, Choices, Outcome, Release};
 use tasker_core::{StepState, TaskGraph};
 use tasker_core_benches::dags::{self, Shape};
 use tasker_core_benches::readiness_sql::SqlBaseline;
@@ -106,7 +106,7 @@ fn main() {
         });
         if let Some(running) = case.states.iter().position(|s| *s == StepState::InProgress) {
             let running = running as u32;
-            let (counters, _) = readiness::evaluate(&case.graph, &case.states);
+            let (counters, _) = readiness::evaluate(&case.graph, &case.states, &Choices::EMPTY);
             group.bench_function(BenchmarkId::new("incremental", &case.id), |b| {
                 b.iter_batched_ref(
                     || (counters.clone(), case.states.clone(), Release::default()),
@@ -116,6 +116,7 @@ fn main() {
                             &case.graph,
                             counters,
                             states,
+                            &Choices::EMPTY,
                             black_box(running),
                             Outcome::Succeeded,
                             release,

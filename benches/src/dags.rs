@@ -2,7 +2,10 @@
 //! baseline, so both answer the question over identical graphs and identical states.
 
 use serde_json::{json, Value};
-use tasker_core::readiness::{self, Verdict};
+use tasker_core::readiness::{self, Choices, Verdict};
+
+/// No decisions: the generated DAGs have none.
+static NONE: Choices = Choices::EMPTY;
 use tasker_core::{StepState, TaskGraph, TaskTemplate};
 
 /// The shapes benchmarked.
@@ -113,7 +116,7 @@ pub fn partly_completed(graph: &TaskGraph) -> Vec<StepState> {
             (StepState::Complete, readiness::Outcome::Succeeded)
         };
         states[i as usize] = state;
-        readiness::propagate(graph, &mut counters, &mut states, i, outcome);
+        readiness::propagate(graph, &mut counters, &mut states, &NONE, i, outcome);
     }
     if let Some(i) = ready(graph, &states).first() {
         states[*i as usize] = StepState::InProgress;
@@ -123,7 +126,7 @@ pub fn partly_completed(graph: &TaskGraph) -> Vec<StepState> {
 
 /// The ready steps by the full form, in index order.
 pub fn ready(graph: &TaskGraph, states: &[StepState]) -> Vec<u32> {
-    let (_, verdicts) = readiness::evaluate(graph, states);
+    let (_, verdicts) = readiness::evaluate(graph, states, &NONE);
     (0..graph.len() as u32)
         .filter(|&i| verdicts[i as usize] == Verdict::Ready)
         .collect()

@@ -20,7 +20,7 @@ use crate::state::{Change, StepEvent, TaskEvent, Transition};
 use crate::store::memory::MemoryStore;
 use crate::store::sql;
 use crate::store::{
-    Changes, ClaimRequest, ClaimedStep, NewTask, Outcome, StepFailure, StepReport, Store,
+    Changes, ClaimRequest, ClaimedStep, Decision, NewTask, Outcome, StepFailure, StepReport, Store,
     WorkStatus,
 };
 use crate::template::{TaskGraph, TaskTemplate};
@@ -484,6 +484,21 @@ impl Engine {
         let changes = self
             .store()?
             .complete(step, attempt, result, self.now())
+            .await?;
+        self.publish(changes);
+        Ok(())
+    }
+
+    /// Reports the choice and result of a claimed attempt of a `type: decision` step (see
+    /// [`crate::Decision`]): the steps it names run, its other dependents are skipped as not
+    /// chosen. A decision naming a step that does not depend on it fails the step for good.
+    /// Refused like [`Engine::complete`] when the claim is lost or the result is past the
+    /// limits.
+    pub async fn decide(&self, step: StepId, attempt: u32, decision: Decision) -> Result<()> {
+        limits::check_decision(&decision)?;
+        let changes = self
+            .store()?
+            .decide(step, attempt, decision, self.now())
             .await?;
         self.publish(changes);
         Ok(())

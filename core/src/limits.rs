@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::retry::FailureKind;
-use crate::store::{Outcome, StepFailure};
+use crate::store::{Decision, Outcome, StepFailure};
 
 /// The deepest a JSON value may nest: a scalar is depth 0, `[1]` depth 1.
 pub const MAX_JSON_DEPTH: usize = 64;
@@ -48,6 +48,26 @@ pub fn check_json(value: &Value, what: &str) -> Result<()> {
         Some(why) => Err(Error::InvalidArgument(why)),
         None => Ok(()),
     }
+}
+
+/// Checks a [`Decision`]: its result as [`check_json`] does, and that it names at most as many
+/// steps as a template may have.
+pub fn check_decision(decision: &Decision) -> Result<()> {
+    match decision_problem(decision) {
+        Some(why) => Err(Error::InvalidArgument(why)),
+        None => Ok(()),
+    }
+}
+
+fn decision_problem(decision: &Decision) -> Option<String> {
+    let max = crate::template::MAX_STEPS;
+    if decision.steps.len() > max {
+        return Some(format!(
+            "the decision names {} steps, more than a template may have ({max})",
+            decision.steps.len()
+        ));
+    }
+    json_problem(&decision.result, "the result")
 }
 
 /// What makes `value` past the limits, if anything (the message of [`check_json`]'s error).
@@ -126,6 +146,13 @@ pub fn outcome(outcome: Outcome) -> Outcome {
             None => Outcome::Complete(result),
             Some(why) => Outcome::Fail(StepFailure {
                 message: format!("result refused: {why}"),
+                kind: FailureKind::Permanent,
+            }),
+        },
+        Outcome::Decide(decision) => match decision_problem(&decision) {
+            None => Outcome::Decide(decision),
+            Some(why) => Outcome::Fail(StepFailure {
+                message: format!("decision refused: {why}"),
                 kind: FailureKind::Permanent,
             }),
         },

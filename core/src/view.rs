@@ -134,6 +134,15 @@ pub struct StepView {
     pub lease_owner: Option<String>,
     /// When the lease runs out, while running.
     pub lease_expires_at: Option<Timestamp>,
+    /// The step's `type`.
+    #[serde(rename = "type", default)]
+    pub kind: crate::template::StepKind,
+    /// For a decision step that decided, the dependents it chose.
+    #[serde(default)]
+    pub chosen: Option<Vec<String>>,
+    /// Why a skipped step was skipped: `"not chosen"` or `"a required parent failed"`.
+    #[serde(default)]
+    pub skip_reason: Option<String>,
 }
 
 impl TaskView {

@@ -14,7 +14,8 @@ use serde_json::Value;
 
 use super::record::{Schedule, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, StepFailure, Store, WorkStatus,
+    Changes, ClaimRequest, ClaimedStep, Created, Decision, NewTask, Now, StepFailure, Store,
+    WorkStatus,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -345,6 +346,20 @@ impl Store for MemoryStore {
         let mut inner = self.inner.lock();
         let ((), changes) = inner.with_task(step.task, |t, q, c| {
             t.complete(step, attempt, result, now, q, c)
+        })?;
+        Ok(changes)
+    }
+
+    async fn decide(
+        &self,
+        step: StepId,
+        attempt: u32,
+        decision: Decision,
+        now: Timestamp,
+    ) -> Result<Changes> {
+        let mut inner = self.inner.lock();
+        let ((), changes) = inner.with_task(step.task, |t, q, c| {
+            t.decide(step, attempt, decision, now, q, c)
         })?;
         Ok(changes)
     }

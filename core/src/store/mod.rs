@@ -101,6 +101,8 @@ impl ClaimRequest {
 
 /// The parents' results handed to a step: each parent's name with its result (`null` when the
 /// parent did not succeed, which only an edge with `requires_success: false` lets through).
+/// A parent that was not chosen by a decision is left out (a `deferred_convergence` step gets
+/// the results of the branches that ran).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepInputs(pub Vec<(Arc<str>, Arc<Value>)>);
 
@@ -223,11 +225,46 @@ pub struct StepFailure {
     pub kind: FailureKind,
 }
 
+/// What the handler of a `type: decision` step returns: which of the steps that depend on it
+/// run (the others are skipped as not chosen), and the step's own result.
+///
+/// ```
+/// use tasker_core::Decision;
+/// let d = Decision::activate(["manager_approval", "finance_review"])
+///     .with_result(serde_json::json!({"route": "large"}));
+/// assert_eq!(d.steps, ["manager_approval", "finance_review"]);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// The names of the dependents that run; none is a valid choice.
+    pub steps: Vec<String>,
+    /// The decision step's result, handed to its children as their input (`null` by default).
+    pub result: Value,
+}
+
+impl Decision {
+    /// A decision that runs `steps`, with a `null` result.
+    pub fn activate<S: Into<String>>(steps: impl IntoIterator<Item = S>) -> Self {
+        Decision {
+            steps: steps.into_iter().map(Into::into).collect(),
+            result: Value::Null,
+        }
+    }
+
+    /// With this result.
+    pub fn with_result(mut self, result: Value) -> Self {
+        self.result = result;
+        self
+    }
+}
+
 /// What a worker reports about one claimed attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
     /// The handler's result.
     Complete(Value),
+    /// A decision step's choice and result.
+    Decide(Decision),
     /// The handler's failure.
     Fail(StepFailure),
 }
@@ -378,6 +415,19 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> Result<Changes>;
 
+    /// Records the choice and result of a claimed attempt of a `type: decision` step: the
+    /// chosen dependents are released, the others skipped as not chosen. A decision that names
+    /// a step not depending on it, or made by a step that is not a decision, is recorded as a
+    /// permanent failure of the step. [`crate::Error::ClaimLost`] when the claim is no longer
+    /// held.
+    async fn decide(
+        &self,
+        step: StepId,
+        attempt: u32,
+        decision: Decision,
+        now: Timestamp,
+    ) -> Result<Changes>;
+
     /// Records a failed attempt: a retry after backoff, or a failure for good that skips the
     /// dependents that required it.
     async fn fail(
@@ -401,6 +451,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         for r in reports {
             let done = match r.outcome {
                 Outcome::Complete(value) => self.complete(r.step, r.attempt, value, now).await,
+                Outcome::Decide(decision) => self.decide(r.step, r.attempt, decision, now).await,
                 Outcome::Fail(failure) => self.fail(r.step, r.attempt, &failure, now).await,
             };
             match done {

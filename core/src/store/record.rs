@@ -9,13 +9,14 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Changes, ClaimedStep, NewTask, StepFailure, StepInputs};
+use super::{Changes, ClaimedStep, Decision, NewTask, StepFailure, StepInputs};
 use crate::clock::{add_ms, Timestamp};
 use crate::error::{Error, Result};
 use crate::ids::{StepId, TaskId};
-use crate::readiness::{self, Counters, Outcome, Release};
+use crate::readiness::{self, Choices, Counters, Outcome, Release};
 use crate::retry::{FailureKind, RetryDecision};
 use crate::state::{StepEvent, StepState, TaskEvent, TaskState, Transition};
+use crate::template::StepKind;
 use crate::template::TaskGraph;
 use crate::view::{DependencyView, Progress, StepView, TaskView};
 
@@ -47,6 +48,8 @@ pub(crate) struct TaskRecord {
     pub idempotency_key: Option<String>,
     pub states: Vec<StepState>,
     pub counters: Vec<Counters>,
+    /// The children each decision step that completed chose.
+    pub choices: Choices,
     pub steps: Vec<StepRecord>,
     /// Steps not finished.
     pub unfinished: u32,
@@ -89,6 +92,7 @@ impl TaskRecord {
             idempotency_key: new.idempotency_key.clone(),
             states: vec![StepState::Pending; n],
             counters: readiness::initial_counters(&graph),
+            choices: Choices::default(),
             steps: graph
                 .steps()
                 .iter()
@@ -263,10 +267,17 @@ impl TaskRecord {
         rec.completed_at = None;
         let (attempt, max_attempts) = (rec.attempts, rec.max_attempts);
         schedule.lease_taken(self.step_id(index), attempt, expires);
+        // Parents not chosen (a convergence's branches not taken) hand nothing in.
         let inputs = self
             .graph
             .parents(index)
             .iter()
+            .filter(|e| {
+                let p = e.step as usize;
+                Outcome::of(self.states[p], self.counters[p])
+                    .map(|o| o.toward(index, self.choices.chosen(e.step)))
+                    != Some(Outcome::NotChosen)
+            })
             .map(|e| {
                 let parent = &self.steps[e.step as usize];
                 let value = parent
@@ -294,7 +305,8 @@ impl TaskRecord {
         })
     }
 
-    /// Records the result of a held claim and releases the step's children.
+    /// Records the result of a held claim and releases the step's children. A decision step
+    /// must decide instead ([`TaskRecord::decide`]): a plain result fails it for good.
     pub fn complete(
         &mut self,
         step: StepId,
@@ -305,13 +317,106 @@ impl TaskRecord {
         changes: &mut Changes,
     ) -> Result<()> {
         let index = self.check_claim(step, attempt)?;
+        if self.graph.step(index).kind == StepKind::Decision {
+            let message = format!(
+                "decision step {:?} returned a plain result: its handler must return a decision naming the steps to run",
+                &*self.graph.step(index).name
+            );
+            return self.fail_for_good(step, attempt, message, now, schedule, changes);
+        }
+        self.succeed(index, result, None, now, schedule, changes)
+    }
+
+    /// Records the choice and result of a held claim of a decision step: the chosen children
+    /// run, the others are skipped as not chosen. A choice naming a step that does not depend
+    /// on it, or a decision from a step that is not a decision, fails the step for good.
+    pub fn decide(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        decision: Decision,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let index = self.check_claim(step, attempt)?;
+        let graph = self.graph.clone();
+        let name = &graph.step(index).name;
+        let children = graph.children(index);
+        let mut chosen = Vec::with_capacity(decision.steps.len());
+        let mut problem = (graph.step(index).kind != StepKind::Decision).then(|| {
+            format!(
+                "step {name:?} returned a decision, but it is not a decision step (type: decision)"
+            )
+        });
+        for wanted in &decision.steps {
+            match graph
+                .index_of(wanted)
+                .filter(|&c| children.iter().any(|e| e.step == c))
+            {
+                Some(c) => chosen.push(c),
+                None if problem.is_none() => {
+                    let dependents: Vec<&str> =
+                        children.iter().map(|e| &*graph.step(e.step).name).collect();
+                    problem = Some(format!(
+                        "decision step {name:?} chose {:?}, which does not depend on it (its dependents: {})",
+                        crate::limits::message(wanted.clone()),
+                        dependents.join(", ")
+                    ));
+                }
+                None => {}
+            }
+        }
+        if let Some(message) = problem {
+            return self.fail_for_good(step, attempt, message, now, schedule, changes);
+        }
+        chosen.sort_unstable();
+        chosen.dedup();
+        let reason = if chosen.is_empty() {
+            "chose none of its dependents".to_owned()
+        } else {
+            let names: Vec<&str> = chosen.iter().map(|&c| &*graph.step(c).name).collect();
+            format!("chose {}", names.join(", "))
+        };
+        self.choices.record(index, chosen);
+        self.succeed(index, decision.result, Some(reason), now, schedule, changes)
+    }
+
+    /// Step `index`, claimed, completed with `result`.
+    fn succeed(
+        &mut self,
+        index: u32,
+        result: Value,
+        reason: Option<String>,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
         self.release_lease(index, schedule);
         let i = index as usize;
         self.steps[i].result = Some(Arc::new(result));
         self.steps[i].completed_at = Some(now);
-        self.step_to(index, StepEvent::Complete, now, None, changes)?;
+        self.step_to(index, StepEvent::Complete, now, reason, changes)?;
         self.finish_step(index, Outcome::Succeeded, now, schedule, changes);
         Ok(())
+    }
+
+    /// A held claim fails for good with `message`.
+    fn fail_for_good(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        message: String,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        tracing::warn!(%step, attempt, %message, "step failed for good");
+        let failure = StepFailure {
+            message,
+            kind: FailureKind::Permanent,
+        };
+        self.fail(step, attempt, &failure, now, schedule, changes)
     }
 
     /// Records a failed attempt of a held claim.
@@ -507,6 +612,7 @@ impl TaskRecord {
             &graph,
             &mut self.counters,
             &mut self.states,
+            &self.choices,
             index,
             outcome,
             &mut release,
@@ -535,9 +641,20 @@ impl TaskRecord {
                 self.steps[s as usize].attempts,
                 now,
             );
-            self.record(t, Some("a required parent failed".into()), changes);
+            let reason = self.skip_reason(s).map(str::to_owned);
+            self.record(t, reason, changes);
         }
         self.queue_ready(&release.ready, schedule, changes);
+    }
+
+    /// Why step `index` was skipped, if it was.
+    fn skip_reason(&self, index: u32) -> Option<&'static str> {
+        let i = index as usize;
+        match Outcome::of(self.states[i], self.counters[i]) {
+            _ if self.states[i] != StepState::Skipped => None,
+            Some(Outcome::NotChosen) => Some("not chosen"),
+            _ => Some("a required parent failed"),
+        }
     }
 
     fn queue_ready(&self, ready: &[u32], schedule: &mut impl Schedule, changes: &mut Changes) {
@@ -579,7 +696,7 @@ impl TaskRecord {
         changes: &mut Changes,
     ) {
         let graph = self.graph.clone();
-        let (counters, mut release) = readiness::settle(&graph, &mut self.states);
+        let (counters, mut release) = readiness::settle(&graph, &mut self.states, &self.choices);
         self.counters = counters;
         self.unfinished = self.states.iter().filter(|s| !s.is_finished()).count() as u32
             + release.skipped.len() as u32;
@@ -647,7 +764,10 @@ impl TaskRecord {
         self.task_to(TaskEvent::Retry, now, None, changes)?;
         for index in 0..self.states.len() as u32 {
             let i = index as usize;
-            if matches!(self.states[i], StepState::Error | StepState::Skipped) {
+            // A step skipped as not chosen stays skipped: its decision stands.
+            if Outcome::of(self.states[i], self.counters[i]) == Some(Outcome::Failed)
+                && matches!(self.states[i], StepState::Error | StepState::Skipped)
+            {
                 let rec = &mut self.steps[i];
                 // Saturating: an operator may retry a task any number of times.
                 rec.max_attempts = rec
@@ -705,7 +825,7 @@ impl TaskRecord {
         for &s in &skipped {
             trial[s as usize] = StepState::Pending;
         }
-        let (_, still_doomed) = readiness::settle(&self.graph.clone(), &mut trial);
+        let (_, still_doomed) = readiness::settle(&self.graph.clone(), &mut trial, &self.choices);
         let parent = self.graph.step(index).name.clone();
         for &s in &skipped {
             if !still_doomed.skipped.contains(&s) {
@@ -764,6 +884,13 @@ impl TaskRecord {
                         .filter(|_| running)
                         .map(|(o, _)| o.to_string()),
                     lease_expires_at: rec.lease.as_ref().filter(|_| running).map(|(_, e)| *e),
+                    kind: spec.kind,
+                    chosen: self.choices.chosen(index).map(|c| {
+                        c.iter()
+                            .map(|&c| self.graph.step(c).name.to_string())
+                            .collect()
+                    }),
+                    skip_reason: self.skip_reason(index).map(str::to_owned),
                 }
             })
             .collect();

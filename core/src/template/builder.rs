@@ -25,7 +25,9 @@
 
 use serde_json::{Map, Value};
 
-use super::{Dependency, EventDecl, StepDefaults, StepTemplate, TaskTemplate, TemplateError};
+use super::{
+    Dependency, EventDecl, StepDefaults, StepKind, StepTemplate, TaskTemplate, TemplateError,
+};
 use crate::retry::RetryPolicy;
 
 /// Builds a [`TaskTemplate`] step by step; see the module docs.
@@ -112,6 +114,7 @@ impl StepBuilder {
             lease_ms: None,
             config: None,
             events: Vec::new(),
+            kind: StepKind::Standard,
         })
     }
 
@@ -165,6 +168,12 @@ impl StepBuilder {
     /// The config handed to the step's handler (`step.config`).
     pub fn config(mut self, config: Map<String, Value>) -> Self {
         self.0.config = Some(config);
+        self
+    }
+
+    /// Its `type`: a decision, a deferred convergence, or (the default) a plain step.
+    pub fn kind(mut self, kind: StepKind) -> Self {
+        self.0.kind = kind;
         self
     }
 

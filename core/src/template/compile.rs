@@ -6,8 +6,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use super::{
-    events, Edge, EventDecl, StepSpec, StepTemplate, TaskGraph, TaskTemplate, TemplateError,
-    DEFAULT_LEASE_MS, DEFAULT_TIMEOUT_MS, MAX_DEPENDENCIES, MAX_NAME_LEN, MAX_STEPS,
+    events, Edge, EventDecl, StepKind, StepSpec, StepTemplate, TaskGraph, TaskTemplate,
+    TemplateError, DEFAULT_LEASE_MS, DEFAULT_TIMEOUT_MS, MAX_DEPENDENCIES, MAX_NAME_LEN, MAX_STEPS,
     MAX_TIMEOUT_MS,
 };
 use crate::retry::RetryPolicy;
@@ -132,6 +132,7 @@ impl TaskTemplate {
                     step.config.clone().unwrap_or_default(),
                 )),
                 events: Arc::default(),
+                kind: step.kind,
             });
         }
         let scopes: Vec<(&str, &[EventDecl])> = self
@@ -205,6 +206,25 @@ impl TaskTemplate {
                     requires_success: edge.requires_success,
                 };
                 *slot += 1;
+            }
+        }
+
+        for (i, step) in self.steps.iter().enumerate() {
+            let refuse = |message: &str| {
+                Err(TemplateError::InvalidStepKind {
+                    step: step.name.clone(),
+                    kind: step.kind.as_str(),
+                    message: message.to_owned(),
+                })
+            };
+            match step.kind {
+                StepKind::DeferredConvergence if step.depends_on.is_empty() => {
+                    return refuse("it has no dependencies to converge")
+                }
+                StepKind::Decision if child_offsets[i] == child_offsets[i + 1] => {
+                    return refuse("no step depends on it, so it has nothing to choose from")
+                }
+                _ => {}
             }
         }
 

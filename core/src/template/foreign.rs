@@ -474,6 +474,10 @@ fn tasker_core(
         if let Some(deps) = take(step, "dependencies") {
             s.insert("depends_on".into(), deps);
         }
+        // `standard`, `decision` and `deferred_convergence` mean here what they mean there.
+        if let Some(kind) = take(step, "type") {
+            s.insert("type".into(), kind);
+        }
         if let Some(retry) = take(step, "retry") {
             s.insert("retry".into(), core_retry(retry, place, warnings)?);
         }

@@ -39,6 +39,8 @@ pub struct StepSpec {
     pub config: Arc<serde_json::Value>,
     /// The custom events the step may publish: its own and its template's.
     pub events: Arc<DeclaredEvents>,
+    /// The step's `type`.
+    pub kind: super::StepKind,
 }
 
 /// A validated template compiled into an immutable DAG; built only by

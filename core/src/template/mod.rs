@@ -146,6 +146,50 @@ pub struct StepTemplate {
     /// Custom events this step may publish besides its template's (see [`events`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventDecl>,
+    /// What kind of step it is (`type` in the document): a plain step, a decision that
+    /// chooses which of its dependents run, or a convergence that waits for the chosen ones.
+    #[serde(
+        default,
+        rename = "type",
+        skip_serializing_if = "StepKind::is_standard"
+    )]
+    pub kind: StepKind,
+}
+
+/// A step's `type`.
+///
+/// * `standard` (the default): runs once its parents allow it.
+/// * `decision`: its handler returns a decision naming which of the steps that depend on it
+///   run; the others are skipped with the reason "not chosen", and so are the steps that
+///   require one of those.
+/// * `deferred_convergence`: runs once each of its dependencies has completed or was not
+///   chosen; a chosen dependency that failed skips it as usual.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StepKind {
+    /// A plain step.
+    #[default]
+    Standard,
+    /// Chooses which of its dependents run.
+    Decision,
+    /// Runs once every dependency has completed or was not chosen.
+    DeferredConvergence,
+}
+
+impl StepKind {
+    /// Whether this is the default kind (left out when a template is written back).
+    pub fn is_standard(&self) -> bool {
+        *self == StepKind::Standard
+    }
+
+    /// The name written in templates.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StepKind::Standard => "standard",
+            StepKind::Decision => "decision",
+            StepKind::DeferredConvergence => "deferred_convergence",
+        }
+    }
 }
 
 /// One entry of a step's `depends_on`: a plain step name, or
@@ -373,6 +417,17 @@ pub enum TemplateError {
         /// What the schema compiler found wrong.
         message: String,
     },
+    /// A step's `type` does not fit where it stands: a `deferred_convergence` step without
+    /// dependencies, or a `decision` step that no step depends on.
+    #[error("step {step:?} of type {kind}: {message}")]
+    InvalidStepKind {
+        /// The step's name.
+        step: String,
+        /// Its `type` as written.
+        kind: &'static str,
+        /// What is wrong.
+        message: String,
+    },
     /// A step's lease (its own or the inherited default) is zero or longer than 7 days.
     #[error(
         "step {step:?} has an invalid lease of {lease_ms} ms: it must be between 1 ms and 7 days ({MAX_TIMEOUT_MS} ms)"
@@ -566,6 +621,7 @@ steps:
             lease_ms: None,
             config: None,
             events: Vec::new(),
+            kind: StepKind::Standard,
         }
     }
 

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::retry::FailureKind;
-use crate::store::{ClaimedStep, StepFailure};
+use crate::store::{ClaimedStep, Decision, StepFailure};
 
 pub mod session;
 
@@ -103,21 +103,55 @@ impl From<serde_json::Error> for HandlerError {
     }
 }
 
-/// Runs one step. Implemented for async closures `|step: ClaimedStep| async { … }`.
+/// What a handler returns: a step's JSON result, or a decision step's [`Decision`]. Both
+/// convert into it, so a closure may return either.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HandlerOutput {
+    /// The step's result.
+    Result(Value),
+    /// A decision step's choice (with its result).
+    Decision(Decision),
+}
+
+impl From<Value> for HandlerOutput {
+    fn from(value: Value) -> Self {
+        HandlerOutput::Result(value)
+    }
+}
+
+impl From<Decision> for HandlerOutput {
+    fn from(decision: Decision) -> Self {
+        HandlerOutput::Decision(decision)
+    }
+}
+
+impl From<HandlerOutput> for AttemptOutcome {
+    fn from(output: HandlerOutput) -> Self {
+        match output {
+            HandlerOutput::Result(value) => AttemptOutcome::Complete(value),
+            HandlerOutput::Decision(decision) => AttemptOutcome::Decide(decision),
+        }
+    }
+}
+
+/// Runs one step. Implemented for async closures `|step: ClaimedStep| async { … }` returning
+/// `Result<R, HandlerError>` where `R` is a JSON [`Value`], a [`Decision`] or a
+/// [`HandlerOutput`].
 #[async_trait]
 pub trait StepHandler: Send + Sync + 'static {
-    /// Runs the step and returns its JSON result.
-    async fn call(&self, step: ClaimedStep) -> Result<Value, HandlerError>;
+    /// Runs the step and returns its JSON result or, for a decision step, its decision.
+    async fn call(&self, step: ClaimedStep) -> Result<HandlerOutput, HandlerError>;
 }
 
 #[async_trait]
-impl<F, Fut> StepHandler for F
+impl<F, Fut, R> StepHandler for F
 where
     F: Fn(ClaimedStep) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<Value, HandlerError>> + Send + 'static,
+    Fut: Future<Output = Result<R, HandlerError>> + Send + 'static,
+    R: Into<HandlerOutput> + 'static,
 {
-    async fn call(&self, step: ClaimedStep) -> Result<Value, HandlerError> {
-        self(step).await
+    async fn call(&self, step: ClaimedStep) -> Result<HandlerOutput, HandlerError> {
+        self(step).await.map(Into::into)
     }
 }
 
@@ -396,7 +430,7 @@ async fn run_attempt(session: &WorkerSession, handlers: &Handlers, attempt: Atte
         Some(handler) => {
             let run = AssertUnwindSafe(handler.call(attempt.step)).catch_unwind();
             match tokio::time::timeout_at(attempt.deadline, run).await {
-                Ok(Ok(Ok(value))) => AttemptOutcome::Complete(value),
+                Ok(Ok(Ok(output))) => output.into(),
                 Ok(Ok(Err(error))) => {
                     tracing::warn!(step = %id.step, attempt = id.attempt, %error, "step attempt failed");
                     AttemptOutcome::Fail(error.to_failure())

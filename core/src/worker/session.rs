@@ -206,6 +206,8 @@ pub enum Next {
 pub enum AttemptOutcome {
     /// The handler's result.
     Complete(Value),
+    /// A decision step's handler chose which of its dependents run.
+    Decide(crate::store::Decision),
     /// The handler failed.
     Fail(StepFailure),
     /// The host cancelled the handler at the attempt's deadline (a Rust future, an asyncio
@@ -422,6 +424,9 @@ impl WorkerSession {
         let outcome = match outcome {
             AttemptOutcome::Complete(value) => {
                 Some(crate::limits::outcome(Outcome::Complete(value)))
+            }
+            AttemptOutcome::Decide(decision) => {
+                Some(crate::limits::outcome(Outcome::Decide(decision)))
             }
             AttemptOutcome::Fail(failure) => Some(crate::limits::outcome(Outcome::Fail(failure))),
             AttemptOutcome::TimedOut => None,
@@ -987,7 +992,9 @@ async fn write_reports(
                 for (p, result) in batch.iter().zip(results) {
                     match result {
                         Ok(()) => match p.report.outcome {
-                            Outcome::Complete(_) => state.report.completed += 1,
+                            Outcome::Complete(_) | Outcome::Decide(_) => {
+                                state.report.completed += 1
+                            }
                             Outcome::Fail(_) => state.report.failed += 1,
                         },
                         Err(e) => {

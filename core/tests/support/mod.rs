@@ -526,6 +526,9 @@ impl Template {
             if let Some(handler) = &step.handler {
                 writeln!(yaml, "    handler: {handler}").unwrap();
             }
+            if let Some(kind) = step.kind {
+                writeln!(yaml, "    type: {kind}").unwrap();
+            }
             if let Some(timeout) = step.timeout_ms {
                 writeln!(yaml, "    timeout_ms: {timeout}").unwrap();
             }
@@ -563,6 +566,7 @@ pub struct Step {
     lease_ms: Option<u64>,
     retry: Option<Retry>,
     depends_on: Vec<(String, bool)>,
+    kind: Option<&'static str>,
 }
 
 /// A step called `name`, with no parents and the template's defaults.
@@ -574,6 +578,7 @@ pub fn step(name: &str) -> Step {
         lease_ms: None,
         retry: None,
         depends_on: Vec::new(),
+        kind: None,
     }
 }
 
@@ -612,6 +617,12 @@ impl Step {
     /// With its own retry policy.
     pub fn retry(mut self, retry: Retry) -> Self {
         self.retry = Some(retry);
+        self
+    }
+
+    /// Of this `type` (`decision`, `deferred_convergence`).
+    pub fn kind(mut self, kind: &'static str) -> Self {
+        self.kind = Some(kind);
         self
     }
 }

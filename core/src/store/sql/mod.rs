@@ -34,13 +34,13 @@ use tokio::sync::Notify;
 use super::cache::RecordCache;
 use super::record::{Schedule, StepRecord, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, ReportedAndClaimed,
-    StepFailure, StepReport, Store, WorkStatus,
+    Changes, ClaimRequest, ClaimedStep, Created, Decision, NewTask, Now, Outcome,
+    ReportedAndClaimed, StepFailure, StepReport, Store, WorkStatus,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::ids::{StepId, TaskId};
-use crate::readiness::Counters;
+use crate::readiness::{Choices, Counters};
 use crate::state::{Change, StepEvent, StepState};
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{TaskFilter, TaskView, TransitionView};
@@ -550,6 +550,7 @@ fn report_on(
 ) -> Result<()> {
     match outcome {
         Outcome::Complete(v) => t.complete(step, attempt, v, now, s, c),
+        Outcome::Decide(d) => t.decide(step, attempt, d, now, s, c),
         Outcome::Fail(f) => t.fail(step, attempt, &f, now, s, c),
     }
 }
@@ -1140,6 +1141,7 @@ impl<B: Backend> SqlStore<B> {
             idempotency_key: row.idempotency_key.clone(),
             states: Vec::with_capacity(n),
             counters: Vec::with_capacity(n),
+            choices: Choices::default(),
             steps: Vec::with_capacity(n),
             unfinished: count(row.unfinished_steps, "unfinished_steps")?,
             created_at: time(Some(row.created_at)).unwrap_or_default(),
@@ -1147,7 +1149,7 @@ impl<B: Backend> SqlStore<B> {
             completed_at: time(row.completed_at),
             graph,
         };
-        for r in steps {
+        for (i, r) in steps.iter().enumerate() {
             task.states.push(parse_state::<StepState>(&r.status)?);
             task.counters.push(Counters {
                 unfinished_parents: count(r.unfinished_parents, "unfinished_parents")?,
@@ -1155,7 +1157,17 @@ impl<B: Backend> SqlStore<B> {
                     r.failed_required_parents,
                     "failed_required_parents",
                 )?,
+                not_chosen_parents: count(r.not_chosen_parents, "not_chosen_parents")?,
             });
+            if let Some(chosen) = &r.chosen {
+                let chosen: Vec<u32> = serde_json::from_str(chosen).map_err(corrupt)?;
+                if chosen.iter().any(|&c| c as usize >= n) {
+                    return Err(corrupt(format!(
+                        "step {i} chose a step beyond the template's"
+                    )));
+                }
+                task.choices.record(i as u32, chosen);
+            }
             task.steps.push(step_record(r)?);
         }
         Ok(task)
@@ -1806,6 +1818,21 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(self
             .run(step.task, now, |t, s, c| {
                 t.complete(step, attempt, result, now, s, c)
+            })
+            .await?
+            .1)
+    }
+
+    async fn decide(
+        &self,
+        step: StepId,
+        attempt: u32,
+        decision: Decision,
+        now: Timestamp,
+    ) -> Result<Changes> {
+        Ok(self
+            .run(step.task, now, |t, s, c| {
+                t.decide(step, attempt, decision, now, s, c)
             })
             .await?
             .1)

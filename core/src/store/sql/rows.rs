@@ -38,6 +38,8 @@ pub(super) struct StepRow {
     pub max_attempts: i64,
     pub unfinished_parents: i64,
     pub failed_required_parents: i64,
+    pub not_chosen_parents: i64,
+    pub chosen: Option<String>,
     pub next_attempt_at: Option<i64>,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<i64>,
@@ -155,6 +157,9 @@ pub(super) struct StepWrite<'a> {
     pub error: Option<&'a str>,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
+    pub not_chosen_parents: i64,
+    /// A decision step's choice: the indexes of the dependents it chose, as a JSON array.
+    pub chosen: Option<String>,
 }
 
 impl<'a> StepWrite<'a> {
@@ -181,6 +186,11 @@ impl<'a> StepWrite<'a> {
             error: s.error.as_deref(),
             started_at: s.started_at.map(ms),
             completed_at: s.completed_at.map(ms),
+            not_chosen_parents: i64::from(t.counters[i].not_chosen_parents),
+            chosen: t
+                .choices
+                .chosen(i as u32)
+                .map(|c| serde_json::Value::from(c.to_vec()).to_string()),
         }
     }
 }

@@ -140,7 +140,9 @@ fn bind_rows<'q>(
             .bind(s.result.as_deref())
             .bind(s.error)
             .bind(s.started_at)
-            .bind(s.completed_at);
+            .bind(s.completed_at)
+            .bind(s.not_chosen_parents)
+            .bind(s.chosen.as_deref());
     }
     for r in &rows.transitions {
         q = q

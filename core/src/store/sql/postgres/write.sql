@@ -1,5 +1,5 @@
 -- Every row an operation changed, in one statement: the task rows ($1–$13), the step rows
--- ($14–$31), new or changed, and the new transitions ($32–$40), each column an array. (The
+-- ($14–$31, $41–$42), new or changed, and the new transitions ($32–$40), each column an array. (The
 -- wake-up of the other engines is sent after the commit, on a connection of its own: a
 -- NOTIFY in this transaction would hold PostgreSQL's one notify lock through the commit's
 -- flush, and every writing transaction would wait for the one before.)
@@ -16,11 +16,12 @@ WITH tasks AS (
 ), steps AS (
     INSERT INTO tasker_workflow_steps AS s (task_id, step_index, name, handler, status, priority,
         attempts, max_attempts, unfinished_parents, failed_required_parents, ready_at,
-        next_attempt_at, lease_owner, lease_expires_at, result, error, started_at, completed_at)
+        next_attempt_at, lease_owner, lease_expires_at, result, error, started_at, completed_at,
+        not_chosen_parents, chosen)
     SELECT * FROM UNNEST($14::text[], $15::int8[], $16::text[], $17::text[], $18::text[],
         $19::int8[], $20::int8[], $21::int8[], $22::int8[], $23::int8[], $24::int8[],
         $25::int8[], $26::text[], $27::int8[], $28::text[], $29::text[], $30::int8[],
-        $31::int8[])
+        $31::int8[], $41::int8[], $42::text[])
     ON CONFLICT (task_id, step_index) DO UPDATE SET
         status = excluded.status, attempts = excluded.attempts,
         max_attempts = excluded.max_attempts, unfinished_parents = excluded.unfinished_parents,
@@ -29,7 +30,8 @@ WITH tasks AS (
         next_attempt_at = excluded.next_attempt_at, lease_owner = excluded.lease_owner,
         lease_expires_at = excluded.lease_expires_at, result = excluded.result,
         error = excluded.error, started_at = excluded.started_at,
-        completed_at = excluded.completed_at
+        completed_at = excluded.completed_at, not_chosen_parents = excluded.not_chosen_parents,
+        chosen = excluded.chosen
 ), transitions AS (
     INSERT INTO tasker_transitions (task_id, step_index, step_name, from_state, to_state, event,
         reason, attempt, at)

@@ -2,8 +2,9 @@
 -- per row.
 INSERT INTO tasker_workflow_steps (task_id, step_index, name, handler, status, priority,
     attempts, max_attempts, unfinished_parents, failed_required_parents, ready_at,
-    next_attempt_at, lease_owner, lease_expires_at, result, error, started_at, completed_at)
-SELECT * FROM (VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)) AS v
+    next_attempt_at, lease_owner, lease_expires_at, result, error, started_at, completed_at,
+    not_chosen_parents, chosen)
+SELECT * FROM (VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)) AS v
 WHERE EXISTS (SELECT 1 FROM tasker_tasks t WHERE t.task_id = v.column1)
 ON CONFLICT (task_id, step_index) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts,
@@ -13,4 +14,5 @@ ON CONFLICT (task_id, step_index) DO UPDATE SET
     next_attempt_at = excluded.next_attempt_at, lease_owner = excluded.lease_owner,
     lease_expires_at = excluded.lease_expires_at, result = excluded.result,
     error = excluded.error, started_at = excluded.started_at,
-    completed_at = excluded.completed_at
+    completed_at = excluded.completed_at, not_chosen_parents = excluded.not_chosen_parents,
+    chosen = excluded.chosen
