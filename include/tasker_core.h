@@ -428,6 +428,22 @@ uint32_t tc_step_attempt(const struct tc_step *step);
 enum tc_status tc_step_complete(const struct tc_step *step, const char *result_json);
 
 /**
+ * Reports the decision of a `type: decision` step: `steps_json` is a JSON array of the names of
+ * the steps depending on it that run (the others are skipped with the reason "not chosen"),
+ * `result_json` the step's own result (NULL: null). A `steps_json` that is not an array of
+ * strings is TC_ERR_INVALID_ARGUMENT, text that is not JSON TC_ERR_JSON (nothing is reported;
+ * the step may report again). Naming a step that does not depend on it, or deciding from a
+ * step that is not a decision, fails the step for good. A second report of the same step is
+ * TC_ERR_INVALID_TRANSITION; a claim that was lost, TC_ERR_CLAIM_LOST.
+ *
+ * # Safety
+ * `step` is a live step; `steps_json` NUL-terminated; `result_json` NULL or NUL-terminated.
+ */
+enum tc_status tc_step_decide(const struct tc_step *step,
+                              const char *steps_json,
+                              const char *result_json);
+
+/**
  * Reports the step's failure with `message`: `retryable` (after `retry_after_ms`, or the
  * step's backoff when negative) or permanent.
  *

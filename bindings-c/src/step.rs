@@ -14,6 +14,7 @@ use crate::{error::*, ffi::*, panic::*};
 /// What a handler reported through its step.
 pub(crate) enum Report {
     Complete(Value),
+    Decide(tasker_core::Decision),
     Fail(StepFailure),
 }
 
@@ -69,6 +70,7 @@ impl tc_step {
             let (id, attempt) = (self.step.step_id, self.step.attempt);
             let done = match report {
                 Report::Complete(v) => runtime()?.block_on(self.engine.complete(id, attempt, v)),
+                Report::Decide(d) => runtime()?.block_on(self.engine.decide(id, attempt, d)),
                 Report::Fail(f) => runtime()?.block_on(self.engine.fail(id, attempt, f)),
             };
             done.map_err(Fail::from)
@@ -192,6 +194,41 @@ pub unsafe extern "C" fn tc_step_complete(
         // SAFETY: forwarded contracts.
         let (s, result) = unsafe { (handle(step, "step")?, json(result_json, "result_json")?) };
         s.report(Report::Complete(result))
+    })
+}
+
+/// Reports the decision of a `type: decision` step: `steps_json` is a JSON array of the names of
+/// the steps depending on it that run (the others are skipped with the reason "not chosen"),
+/// `result_json` the step's own result (NULL: null). A `steps_json` that is not an array of
+/// strings is TC_ERR_INVALID_ARGUMENT, text that is not JSON TC_ERR_JSON (nothing is reported;
+/// the step may report again). Naming a step that does not depend on it, or deciding from a
+/// step that is not a decision, fails the step for good. A second report of the same step is
+/// TC_ERR_INVALID_TRANSITION; a claim that was lost, TC_ERR_CLAIM_LOST.
+///
+/// # Safety
+/// `step` is a live step; `steps_json` NUL-terminated; `result_json` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_decide(
+    step: *const tc_step,
+    steps_json: *const c_char,
+    result_json: *const c_char,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (s, steps) = unsafe { (handle(step, "step")?, json(steps_json, "steps_json")?) };
+        let steps: Vec<String> = serde_json::from_value(steps).map_err(|_| {
+            Fail::new(
+                TC_ERR_INVALID_ARGUMENT,
+                "steps_json must be a JSON array of step names".into(),
+            )
+        })?;
+        let result = if result_json.is_null() {
+            Value::Null
+        } else {
+            // SAFETY: NUL-terminated by contract.
+            unsafe { json(result_json, "result_json")? }
+        };
+        s.report(Report::Decide(tasker_core::Decision { steps, result }))
     })
 }
 

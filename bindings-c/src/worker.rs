@@ -64,6 +64,7 @@ pub(crate) fn c_host(rt: Arc<Runtime>, session: WorkerSession, handlers: Arc<CHa
                 let _ = catch_unwind(AssertUnwindSafe(|| fn_(&mut s, user_data.get())));
                 match s.report.into_inner().ok().flatten() {
                     Some(Report::Complete(v)) => AttemptOutcome::Complete(v),
+                    Some(Report::Decide(d)) => AttemptOutcome::Decide(d),
                     Some(Report::Fail(f)) => AttemptOutcome::Fail(f),
                     None => AttemptOutcome::Fail(
                         HandlerError::retryable("the handler returned without reporting")

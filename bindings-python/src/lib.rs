@@ -128,6 +128,69 @@ fn to_json(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<Value> {
     convert(obj, what, 0)
 }
 
+/// What a ``type: decision`` step's handler returns: the names of the steps depending on it
+/// that run (the others are skipped as not chosen), and the step's own result.
+#[pyclass(module = "tasker_core._native", frozen)]
+struct Decision {
+    /// The names of the dependents that run.
+    #[pyo3(get)]
+    steps: Vec<String>,
+    /// The decision step's result (handed to its children as their input).
+    #[pyo3(get)]
+    result: Py<PyAny>,
+}
+
+#[pymethods]
+impl Decision {
+    #[new]
+    #[pyo3(signature = (steps, result = None))]
+    fn new(py: Python<'_>, steps: &Bound<'_, PyAny>, result: Option<Py<PyAny>>) -> PyResult<Self> {
+        let refuse = || {
+            PyTypeError::new_err(format!(
+                "steps must be a list of step names, not {}",
+                steps
+                    .get_type()
+                    .name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_default()
+            ))
+        };
+        if steps.is_instance_of::<PyString>() {
+            return Err(refuse());
+        }
+        let steps: Vec<String> = steps.extract().map_err(|_| refuse())?;
+        Ok(Decision {
+            steps,
+            result: result.unwrap_or_else(|| py.None()),
+        })
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let result = self
+            .result
+            .bind(py)
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_default();
+        format!("Decision({:?}, result={result})", self.steps)
+    }
+}
+
+/// A handler's return value for the core: a [`Decision`] or a JSON result.
+fn output(obj: &Bound<'_, PyAny>) -> PyResult<tasker_core::HandlerOutput> {
+    match obj.cast::<Decision>() {
+        Ok(d) => {
+            let d = d.get();
+            Ok(tasker_core::Decision {
+                steps: d.steps.clone(),
+                result: to_json(d.result.bind(obj.py()), "the result")?,
+            }
+            .into())
+        }
+        Err(_) => to_json(obj, "the result").map(Into::into),
+    }
+}
+
 fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> {
     use pyo3::types::{
         PyBool, PyFloat, PyFrozenSet, PyInt, PyList, PyMapping, PySequence, PySet, PyTuple,
@@ -477,8 +540,9 @@ impl Engine {
         claimed.iter().map(|s| to_py(py, &s.to_json())).collect()
     }
 
-    /// Reports a claimed attempt's result (JSON-serialisable). Raises ClaimLostError when the
-    /// claim is no longer held, InvalidArgumentError when the result is not JSON.
+    /// Reports a claimed attempt's result (JSON-serialisable), or a decision step's
+    /// ``Decision``. Raises ClaimLostError when the claim is no longer held,
+    /// InvalidArgumentError when the result is not JSON.
     #[pyo3(signature = (step_id, attempt, result))]
     fn complete(
         &self,
@@ -488,10 +552,14 @@ impl Engine {
         result: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let step = self::step_id(step_id)?;
-        let result = to_json(result, "the result")?;
-        self.call(py, move |e| async move {
-            e.complete(step, attempt, result).await
-        })
+        match output(result)? {
+            tasker_core::HandlerOutput::Result(result) => self.call(py, move |e| async move {
+                e.complete(step, attempt, result).await
+            }),
+            tasker_core::HandlerOutput::Decision(decision) => self.call(py, move |e| async move {
+                e.decide(step, attempt, decision).await
+            }),
+        }
     }
 
     /// Reports a claimed attempt's failure: retryable (after ``retry_after`` seconds if given,
@@ -865,9 +933,10 @@ impl WorkerSession {
         }
     }
 
-    /// Hands back a result. Returns ``None`` when taken, else the reason it was refused (a
-    /// late return after the timeout, say). A result that is not JSON fails the attempt for
-    /// good ("result is not JSON-serialisable: …"), and that message is returned.
+    /// Hands back a result (or a decision step's ``Decision``). Returns ``None`` when taken,
+    /// else the reason it was refused (a late return after the timeout, say). A result that is
+    /// not JSON fails the attempt for good ("result is not JSON-serialisable: …"), and that
+    /// message is returned.
     fn complete(
         &self,
         step_id: &str,
@@ -875,7 +944,7 @@ impl WorkerSession {
         result: &Bound<'_, PyAny>,
     ) -> PyResult<Option<String>> {
         self.check()?;
-        let converted = to_json(result, "the result").map_err(|e| e.to_string());
+        let converted = output(result).map_err(|e| e.to_string());
         let (outcome, failed) = tasker_core::host::result_outcome(converted);
         Ok(self.hand_back(step_id, attempt, outcome)?.or(failed))
     }
@@ -1048,6 +1117,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Subscription>()?;
     m.add_class::<WorkerSession>()?;
     m.add_class::<WorkerRuns>()?;
+    m.add_class::<Decision>()?;
     m.add("TaskerError", py.get_type::<TaskerError>())?;
     m.add("TemplateError", py.get_type::<TemplateError>())?;
     m.add("NotFoundError", py.get_type::<NotFoundError>())?;

@@ -11,8 +11,6 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use tokio::runtime::Runtime;
 
-use serde_json::Value;
-
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::retry::FailureKind;
 use crate::store::StepFailure;
@@ -201,14 +199,15 @@ pub fn failure(message: String, retryable: bool, retry_after: Option<f64>) -> Re
     Ok(StepFailure { message, kind })
 }
 
-/// What a host hands back for a handler's return value, once converted to JSON: the result, or,
-/// when it is not JSON (`converted` is the conversion's message), a permanent failure. The
-/// second part is that failure's message, for the host to log.
+/// What a host hands back for a handler's return value, once converted to JSON (a result, or a
+/// decision step's [`crate::Decision`]): the outcome, or, when it is not JSON (`converted` is
+/// the conversion's message), a permanent failure. The second part is that failure's message,
+/// for the host to log.
 pub fn result_outcome(
-    converted: std::result::Result<Value, String>,
+    converted: std::result::Result<impl Into<crate::HandlerOutput>, String>,
 ) -> (AttemptOutcome, Option<String>) {
     match converted {
-        Ok(value) => (AttemptOutcome::Complete(value), None),
+        Ok(output) => (output.into().into(), None),
         Err(text) => {
             let detail = text
                 .split_once("is not JSON-serialisable: ")
@@ -243,8 +242,9 @@ mod tests {
 
     #[test]
     fn a_result_that_is_not_json_is_a_permanent_failure_naming_why() {
-        let (outcome, note) =
-            result_outcome(Err("the result is not JSON-serialisable: NaN".to_owned()));
+        let (outcome, note) = result_outcome(Err::<serde_json::Value, _>(
+            "the result is not JSON-serialisable: NaN".to_owned(),
+        ));
         assert_eq!(
             note.as_deref(),
             Some("result is not JSON-serialisable: NaN")
@@ -256,7 +256,7 @@ mod tests {
                 ..
             })
         ));
-        let (outcome, note) = result_outcome(Ok(serde_json::json!(1)));
+        let (outcome, note) = result_outcome(Ok::<_, String>(serde_json::json!(1)));
         assert_eq!(
             (outcome, note),
             (AttemptOutcome::Complete(serde_json::json!(1)), None)

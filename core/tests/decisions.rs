@@ -331,3 +331,24 @@ fn templates_refuse_a_decision_without_dependents_and_a_convergence_without_depe
         "{err}"
     );
 }
+
+per_store! {
+    async fn a_worker_counts_a_refused_decision_as_a_failure(store) {
+        let Some(engine) = engine_with(store, ManualClock::new(), &[approvals()]).await else {
+            return;
+        };
+        let task = create(&engine, NewTask::new("approvals", "routing")).await;
+        let worker = Worker::builder(engine.clone())
+            .handler("validate", |_step: ClaimedStep| async { Ok::<_, HandlerError>(json!(1)) })
+            .handler("route", |_step: ClaimedStep| async {
+                Ok::<_, HandlerError>(Decision::activate(["audit"]))
+            })
+            .build();
+        let report = worker.run_until_idle(RUN_LIMIT).await.unwrap();
+        assert_eq!((report.completed, report.failed), (1, 1), "{store}: {report:?}");
+        let view = task_view(&engine, task).await;
+        let route = view.step("route").unwrap();
+        assert_eq!((route.status, route.attempts), (StepState::Error, 1), "{store}");
+        assert!(route.error.as_deref().unwrap_or_default().contains("which does not depend on it"), "{store}");
+    }
+}

@@ -2,7 +2,8 @@
  * test_worker.c — tc_worker running C handlers: an order-fulfilment-like workflow whose handlers
  * read the context and their parents' results, a retryable failure with retry_after_ms, a
  * handler that returns without reporting (failed, retried), a permanent failure that skips the
- * dependents, reporting twice, and the concurrency limit (4) measured with a C11 atomic.
+ * dependents, reporting twice, a decision step choosing one of two branches (tc_step_decide)
+ * before a deferred convergence, and the concurrency limit (4) measured with a C11 atomic.
  *
  * Handlers run on the library's threads, so they do not ASSERT: they count what went wrong
  * (HANDLER_CHECK) and main() asserts the count is zero.
@@ -55,6 +56,17 @@ static const char *DOOMED_YAML =
     "    depends_on:\n"
     "      - { step: doomed, requires_success: false }\n";
 
+/* route decides between small and large; converge runs after whichever was chosen. */
+static const char *ROUTE_YAML =
+    "namespace: c_worker\n"
+    "name: route\n"
+    "version: 1.0.0\n"
+    "steps:\n"
+    "  - { name: route, type: decision }\n"
+    "  - { name: small, depends_on: [route] }\n"
+    "  - { name: large, depends_on: [route] }\n"
+    "  - { name: converge, type: deferred_convergence, depends_on: [small, large] }\n";
+
 /* Twelve independent steps with one slow handler, to fill the worker. */
 static const char *FANOUT_YAML =
     "namespace: c_worker\n"
@@ -74,6 +86,7 @@ static atomic_int failures;
 static atomic_int running, max_running;
 static atomic_int calls_validate, calls_charge, calls_reserve, calls_ship, calls_notify;
 static atomic_int calls_doomed, calls_after_doomed, calls_cleanup, calls_slow;
+static atomic_int calls_route, calls_small, calls_large, calls_converge;
 static atomic_int second_complete_status = 1, late_fail_status = 1;
 static int user_data_tag; /* its address is every handler's user_data */
 static tc_engine *engine;  /* for handlers that call the engine */
@@ -242,6 +255,45 @@ static void cleanup(tc_step *step, void *user_data) {
     leave();
 }
 
+/* Bad decisions are refused (nothing reported), then the large branch is chosen. */
+static void route(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_route, 1);
+    HANDLER_CHECK(tc_step_decide(step, "\"large\"", NULL) == TC_ERR_INVALID_ARGUMENT);
+    HANDLER_CHECK(tc_step_decide(step, "[1]", NULL) == TC_ERR_INVALID_ARGUMENT);
+    HANDLER_CHECK(tc_step_decide(step, "[", NULL) == TC_ERR_JSON);
+    HANDLER_CHECK(tc_step_decide(step, NULL, NULL) == TC_ERR_NULL);
+    HANDLER_OK(tc_step_decide(step, "[\"large\"]", "{\"amount\":9000}"));
+    HANDLER_CHECK(tc_step_decide(step, "[\"small\"]", NULL) == TC_ERR_INVALID_TRANSITION);
+    leave();
+}
+
+static void small(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_small, 1);
+    HANDLER_OK(tc_step_complete(step, "{}"));
+    leave();
+}
+
+/* Gets the decision's result as its input. */
+static void large(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_large, 1);
+    HANDLER_CHECK(int_after(tc_step_inputs_json(step), "amount") == 9000);
+    HANDLER_OK(tc_step_complete(step, "{\"approved\":true}"));
+    leave();
+}
+
+/* Sees the branch that ran, not the one passed over. */
+static void converge(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_converge, 1);
+    const char *inputs = tc_step_inputs_json(step);
+    HANDLER_CHECK(strstr(inputs, "\"large\"") != NULL && strstr(inputs, "\"small\"") == NULL);
+    HANDLER_OK(tc_step_complete(step, "{\"done\":true}"));
+    leave();
+}
+
 static void slow(tc_step *step, void *user_data) {
     enter(step, user_data);
     atomic_fetch_add(&calls_slow, 1);
@@ -273,15 +325,17 @@ int main(void) {
     ASSERT_OK(tc_register_template(e, FULFIL_YAML));
     ASSERT_OK(tc_register_template(e, DOOMED_YAML));
     ASSERT_OK(tc_register_template(e, FANOUT_YAML));
+    ASSERT_OK(tc_register_template(e, ROUTE_YAML));
 
     tc_subscription *retries = NULL, *orders = NULL;
     ASSERT_OK(tc_subscribe(e, "step.retry_scheduled", &retries));
     ASSERT_OK(tc_subscribe(e, "order.*", &orders));
 
-    char *order = NULL, *failing = NULL, *fanout = NULL;
+    char *order = NULL, *failing = NULL, *fanout = NULL, *routed = NULL;
     ASSERT_OK(tc_create_task(e, "c_worker", "fulfil", "{\"order\":42}", &order));
     ASSERT_OK(tc_create_task(e, "c_worker", "doomed", NULL, &failing));
     ASSERT_OK(tc_create_task(e, "c_worker", "fanout", NULL, &fanout));
+    ASSERT_OK(tc_create_task(e, "c_worker", "route", NULL, &routed));
 
     tc_worker *w = NULL;
     ASSERT_OK(tc_worker_new(e, CONCURRENCY, &w));
@@ -292,6 +346,8 @@ int main(void) {
         {"validate", validate},         {"charge", charge},   {"reserve_stock", reserve_stock},
         {"ship", ship},                 {"notify", notify},   {"doomed", doomed},
         {"after_doomed", after_doomed}, {"cleanup", cleanup}, {"slow", slow},
+        {"route", route},               {"small", small},     {"large", large},
+        {"converge", converge},
     };
     for (size_t i = 0; i < sizeof handlers / sizeof *handlers; i++)
         ASSERT_OK(tc_worker_register(w, handlers[i].name, handlers[i].fn, &user_data_tag));
@@ -369,6 +425,18 @@ int main(void) {
     ASSERT(atomic_load(&calls_after_doomed) == 0);
     ASSERT(atomic_load(&calls_cleanup) == 1);
 
+    /* The decision: large ran, small was passed over, the convergence ran after it. */
+    json = TASK_JSON(e, routed);
+    ASSERT_SHOW(tj_is(tj_get(json, "status"), "complete"), json);
+    ASSERT_SHOW(tj_is(tj_get(tj_step(json, "small"), "status"), "skipped"), json);
+    ASSERT_SHOW(tj_is(tj_get(tj_step(json, "small"), "skip_reason"), "not chosen"), json);
+    ASSERT_SHOW(tj_is(tj_get(tj_step(json, "converge"), "status"), "complete"), json);
+    tc_string_free(json);
+    ASSERT(atomic_load(&calls_route) == 1);
+    ASSERT(atomic_load(&calls_small) == 0);
+    ASSERT(atomic_load(&calls_large) == 1);
+    ASSERT(atomic_load(&calls_converge) == 1);
+
     /* The fan-out: all twelve ran, never more than CONCURRENCY handlers at once. */
     ASSERT_TASK_STATUS(e, fanout, "complete");
     ASSERT(atomic_load(&calls_slow) == 12);
@@ -385,6 +453,7 @@ int main(void) {
     tc_string_free(order);
     tc_string_free(failing);
     tc_string_free(fanout);
+    tc_string_free(routed);
     ASSERT_OK(tc_engine_close(e));
     printf("test_worker: ok\n");
     return 0;

@@ -33,6 +33,7 @@ from typing import Any
 
 from ._native import (
     ClaimLostError,
+    Decision,
     Engine,
     WorkerRuns,
     WorkerSession,
@@ -49,6 +50,7 @@ from ._native import (
 
 __all__ = [
     "ClaimLostError",
+    "Decision",
     "Engine",
     "IdempotencyConflictError",
     "InvalidArgumentError",
@@ -245,13 +247,15 @@ class Template(dict):
              depends_on: list[Any] | None = None, retry: Mapping[str, Any] | None = None,
              timeout_ms: int | None = None, lease_ms: int | None = None,
              config: Mapping[str, Any] | None = None, description: str | None = None,
-             events: list[Any] | None = None) -> Template:
+             events: list[Any] | None = None, type: str | None = None) -> Template:
         """Adds the step ``name`` (the fields of a template's step) and returns the template.
-        ``events`` are the custom events the step may publish besides the template's."""
+        ``events`` are the custom events the step may publish besides the template's; ``type``
+        is ``"decision"`` or ``"deferred_convergence"`` (see :class:`Decision`)."""
         step: dict[str, Any] = {"name": name}
         for key, value in (("handler", handler), ("description", description),
                            ("depends_on", depends_on), ("retry", retry), ("timeout_ms", timeout_ms),
-                           ("lease_ms", lease_ms), ("config", config), ("events", events)):
+                           ("lease_ms", lease_ms), ("config", config), ("events", events),
+                           ("type", type)):
             if value is not None:
                 step[key] = value
         self["steps"].append(step)

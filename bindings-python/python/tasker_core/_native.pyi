@@ -134,6 +134,9 @@ class StepView(TypedDict):
     next_attempt_at: str | None
     lease_owner: str | None
     lease_expires_at: str | None
+    type: Literal["standard", "decision", "deferred_convergence"]
+    chosen: list[str] | None
+    skip_reason: Literal["not chosen", "a required parent failed"] | None
 
 class TaskView(TypedDict):
     id: str
@@ -192,6 +195,26 @@ class Event(TypedDict, total=False):
     attempt: int
     at: str
     detail: JSON
+
+class Decision:
+    """What the handler of a ``type: decision`` step returns::
+
+        return tasker_core.Decision(["manager_approval"], result={"route": "medium"})
+
+    Of the steps that depend on the decision step, the ones named in ``steps`` run; the others
+    are skipped with the reason ``"not chosen"``, and so are the steps that require one of
+    them. ``result`` (any JSON value, default None) is the step's own result, handed to its
+    children. Naming a step that does not depend on it fails the step for good; so does a
+    plain result from a decision step. ``steps`` must be a list of names (TypeError else).
+    """
+
+    def __init__(self, steps: list[str], result: JSON = None) -> None: ...
+    @property
+    def steps(self) -> list[str]:
+        """The names of the dependents that run."""
+    @property
+    def result(self) -> JSON:
+        """The decision step's own result."""
 
 class Engine:
     """The engine: templates, tasks, the worker protocol, views, operator verbs and events.
@@ -257,8 +280,9 @@ class Engine:
         Each step is leased to ``worker_id`` for its ``timeout_ms``. When none is ready, waits
         up to ``wait`` seconds (GIL released) for one. Higher-priority tasks come first.
         """
-    def complete(self, step_id: str, attempt: int, result: JSON) -> None:
-        """Reports a claimed attempt's result.
+    def complete(self, step_id: str, attempt: int, result: JSON | Decision) -> None:
+        """Reports a claimed attempt's result, or a decision step's :class:`Decision` (its
+        chosen dependents run, the others are skipped as not chosen).
 
         Raises :class:`ClaimLostError` when the claim is no longer held and
         :class:`InvalidArgumentError` when ``result`` is not JSON-serialisable.
@@ -388,7 +412,8 @@ class WorkerSession:
         """The next attempt (a step dict, or a ``step_type`` instance), or None; waits up to
         ``wait`` s with the GIL released."""
     def complete(self, step_id: str, attempt: int, result: Any) -> str | None:
-        """Hands back a result: None when taken, else why it was refused."""
+        """Hands back a result (or a :class:`Decision`): None when taken, else why it was
+        refused."""
     def fail(
         self,
         step_id: str,

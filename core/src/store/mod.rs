@@ -160,9 +160,19 @@ pub struct ClaimedStep {
     /// The custom events the step may publish (its own and its template's), for
     /// [`crate::Engine::publish_event`].
     pub events: Arc<crate::template::DeclaredEvents>,
+    /// The step's `type`.
+    pub kind: crate::template::StepKind,
+    /// The names of the steps that depend on it (what a decision chooses from).
+    pub dependents: Arc<[Arc<str>]>,
 }
 
 impl ClaimedStep {
+    /// Why this step may not report `decision` (`None`: a plain result), if it may not (see
+    /// [`crate::template::output_refusal`]).
+    pub fn refusal(&self, decision: Option<&[String]>) -> Option<String> {
+        crate::template::output_refusal(&self.name, self.kind, &self.dependents, decision)
+    }
+
     /// The step's task.
     pub fn task_id(&self) -> TaskId {
         self.step_id.task

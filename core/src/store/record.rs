@@ -16,7 +16,6 @@ use crate::ids::{StepId, TaskId};
 use crate::readiness::{self, Choices, Counters, Outcome, Release};
 use crate::retry::{FailureKind, RetryDecision};
 use crate::state::{StepEvent, StepState, TaskEvent, TaskState, Transition};
-use crate::template::StepKind;
 use crate::template::TaskGraph;
 use crate::view::{DependencyView, Progress, StepView, TaskView};
 
@@ -302,6 +301,8 @@ impl TaskRecord {
             lease_ms: spec.lease_ms,
             config: spec.config.clone(),
             events: spec.events.clone(),
+            kind: spec.kind,
+            dependents: spec.dependents.clone(),
         })
     }
 
@@ -317,11 +318,7 @@ impl TaskRecord {
         changes: &mut Changes,
     ) -> Result<()> {
         let index = self.check_claim(step, attempt)?;
-        if self.graph.step(index).kind == StepKind::Decision {
-            let message = format!(
-                "decision step {:?} returned a plain result: its handler must return a decision naming the steps to run",
-                &*self.graph.step(index).name
-            );
+        if let Some(message) = self.graph.step(index).refusal(None) {
             return self.fail_for_good(step, attempt, message, now, schedule, changes);
         }
         self.succeed(index, result, None, now, schedule, changes)
@@ -341,44 +338,19 @@ impl TaskRecord {
     ) -> Result<()> {
         let index = self.check_claim(step, attempt)?;
         let graph = self.graph.clone();
-        let name = &graph.step(index).name;
-        let children = graph.children(index);
-        let mut chosen = Vec::with_capacity(decision.steps.len());
-        let mut problem = (graph.step(index).kind != StepKind::Decision).then(|| {
-            format!(
-                "step {name:?} returned a decision, but it is not a decision step (type: decision)"
-            )
-        });
-        for wanted in &decision.steps {
-            match graph
-                .index_of(wanted)
-                .filter(|&c| children.iter().any(|e| e.step == c))
-            {
-                Some(c) => chosen.push(c),
-                None if problem.is_none() => {
-                    let dependents: Vec<&str> =
-                        children.iter().map(|e| &*graph.step(e.step).name).collect();
-                    problem = Some(format!(
-                        "decision step {name:?} chose {:?}, which does not depend on it (its dependents: {})",
-                        crate::limits::message(wanted.clone()),
-                        dependents.join(", ")
-                    ));
-                }
-                None => {}
-            }
-        }
-        if let Some(message) = problem {
+        if let Some(message) = graph.step(index).refusal(Some(&decision.steps)) {
             return self.fail_for_good(step, attempt, message, now, schedule, changes);
         }
-        chosen.sort_unstable();
-        chosen.dedup();
-        let reason = if chosen.is_empty() {
-            "chose none of its dependents".to_owned()
-        } else {
-            let names: Vec<&str> = chosen.iter().map(|&c| &*graph.step(c).name).collect();
-            format!("chose {}", names.join(", "))
+        // Every name is a dependent's (checked above).
+        let chosen = decision.steps.iter().filter_map(|n| graph.index_of(n));
+        self.choices.record(index, chosen.collect());
+        let reason = match self.choices.chosen(index) {
+            Some(chosen) if !chosen.is_empty() => {
+                let names: Vec<&str> = chosen.iter().map(|&c| &*graph.step(c).name).collect();
+                format!("chose {}", names.join(", "))
+            }
+            _ => "chose none of its dependents".to_owned(),
         };
-        self.choices.record(index, chosen);
         self.succeed(index, decision.result, Some(reason), now, schedule, changes)
     }
 

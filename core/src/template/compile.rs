@@ -133,6 +133,7 @@ impl TaskTemplate {
                 )),
                 events: Arc::default(),
                 kind: step.kind,
+                dependents: Arc::from(Vec::new()),
             });
         }
         let scopes: Vec<(&str, &[EventDecl])> = self
@@ -226,6 +227,15 @@ impl TaskTemplate {
                 }
                 _ => {}
             }
+        }
+
+        let names: Vec<Arc<str>> = specs.iter().map(|s| Arc::clone(&s.name)).collect();
+        for (i, spec) in specs.iter_mut().enumerate() {
+            let range = child_offsets[i] as usize..child_offsets[i + 1] as usize;
+            spec.dependents = child_edges[range]
+                .iter()
+                .map(|e| Arc::clone(&names[e.step as usize]))
+                .collect();
         }
 
         let topo = topological_order(&parent_offsets, &parent_edges, &child_offsets, &child_edges)

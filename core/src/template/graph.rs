@@ -41,6 +41,53 @@ pub struct StepSpec {
     pub events: Arc<DeclaredEvents>,
     /// The step's `type`.
     pub kind: super::StepKind,
+    /// The names of the steps that depend on it, in template order.
+    pub dependents: Arc<[Arc<str>]>,
+}
+
+impl StepSpec {
+    /// Why this step may not report `decision` (`None`: a plain result), if it may not; see
+    /// [`output_refusal`].
+    pub fn refusal(&self, decision: Option<&[String]>) -> Option<String> {
+        output_refusal(&self.name, self.kind, &self.dependents, decision)
+    }
+}
+
+/// Why step `name` of `kind`, on which `dependents` depend, may not report `decision` (`None`:
+/// a plain result): a decision step must decide, only a decision step may, and only among the
+/// steps that depend on it. The message is the step's permanent failure.
+pub fn output_refusal(
+    name: &str,
+    kind: super::StepKind,
+    dependents: &[Arc<str>],
+    decision: Option<&[String]>,
+) -> Option<String> {
+    use super::StepKind;
+    match (kind, decision) {
+        (StepKind::Decision, None) => Some(format!(
+            "decision step {name:?} returned a plain result: its handler must return a decision naming the steps to run"
+        )),
+        (StepKind::Decision, Some(chosen)) => {
+            // A set when both lists are long: a decision may name thousands of steps.
+            let set: Option<std::collections::HashSet<&str>> = (chosen.len() > 8
+                && dependents.len() > 8)
+                .then(|| dependents.iter().map(|d| &**d).collect());
+            let stranger = chosen.iter().find(|c| match &set {
+                Some(set) => !set.contains(c.as_str()),
+                None => !dependents.iter().any(|d| **d == ***c),
+            })?;
+            let dependents: Vec<&str> = dependents.iter().map(|d| &**d).collect();
+            Some(format!(
+                "decision step {name:?} chose {:?}, which does not depend on it (its dependents: {})",
+                crate::limits::message(stranger.clone()),
+                dependents.join(", ")
+            ))
+        }
+        (_, Some(_)) => Some(format!(
+            "step {name:?} returned a decision, but it is not a decision step (type: decision)"
+        )),
+        (_, None) => None,
+    }
 }
 
 /// A validated template compiled into an immutable DAG; built only by

@@ -24,7 +24,7 @@ mod graph;
 pub use builder::{StepBuilder, TemplateBuilder};
 pub use events::{DeclaredEvents, EventDecl};
 pub use foreign::{Format, Loaded};
-pub use graph::{Edge, StepSpec, TaskGraph};
+pub use graph::{output_refusal, Edge, StepSpec, TaskGraph};
 
 /// The most steps a template may have.
 pub const MAX_STEPS: usize = 10_000;

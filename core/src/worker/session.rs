@@ -256,10 +256,34 @@ struct Held {
     stage: Stage,
     /// What publishing the attempt's custom events needs.
     source: crate::engine::EventSource,
+    /// The step's type and dependents, which say what it may report.
+    kind: crate::template::StepKind,
+    dependents: Arc<[Arc<str>]>,
     deadline: Instant,
     renew_at: Instant,
     renew_every: Duration,
     timeout_ms: u64,
+}
+
+impl Held {
+    /// `outcome`, or the permanent failure it is when the step may not report it (a plain
+    /// result from a decision step, a decision from another, a choice of a step that does not
+    /// depend on it): the store would record the same failure, and the run counts it as one.
+    fn admit(&self, outcome: Outcome) -> Outcome {
+        let decision = match &outcome {
+            Outcome::Complete(_) => None,
+            Outcome::Decide(d) => Some(d.steps.as_slice()),
+            Outcome::Fail(_) => return outcome,
+        };
+        let name = &self.source.step_name;
+        match crate::template::output_refusal(name, self.kind, &self.dependents, decision) {
+            Some(message) => Outcome::Fail(StepFailure {
+                message,
+                kind: crate::retry::FailureKind::Permanent,
+            }),
+            None => outcome,
+        }
+    }
 }
 
 /// A report waiting to be written, with the tries it has had.
@@ -442,8 +466,11 @@ impl WorkerSession {
             self.shared.driver.notify_one();
             return Err(Refused::TimedOut);
         }
+        let outcome = match outcome {
+            Some(outcome) => held.admit(outcome),
+            None => Outcome::Fail(timed_out(timeout_ms)),
+        };
         state.held.remove(&id);
-        let outcome = outcome.unwrap_or_else(|| Outcome::Fail(timed_out(timeout_ms)));
         state.reports.push(Pending {
             report: StepReport {
                 step: id.step,
@@ -859,6 +886,8 @@ fn hand_out(shared: &Shared, claimed: Vec<ClaimedStep>) {
             Held {
                 stage: Stage::Queued,
                 source: crate::engine::EventSource::of(&step),
+                kind: step.kind,
+                dependents: step.dependents.clone(),
                 deadline,
                 renew_at,
                 renew_every,

@@ -159,6 +159,27 @@ fn to_json(ruby: &Ruby, value: Value, what: &str) -> Result<Json, Error> {
         .map_err(|e| invalid(ruby, format!("{what} is not JSON-serialisable: {e}")))
 }
 
+/// A handler's return value for the core: a `TaskerCore::Decision` (its `steps` and `result`)
+/// or a JSON result.
+fn output(ruby: &Ruby, value: Value) -> Result<tasker_core::HandlerOutput, Error> {
+    // Results are mostly Hashes: no constant lookup for them.
+    if RHash::from_value(value).is_none() {
+        let decision = ruby
+            .class_object()
+            .const_get::<_, RModule>("TaskerCore")
+            .and_then(|m| m.const_get::<_, magnus::RClass>("Decision"));
+        if let Ok(class) = decision {
+            if value.is_kind_of(class) {
+                let steps: Vec<String> = value.funcall("steps", ())?;
+                let result: Value = value.funcall("result", ())?;
+                let result = to_json(ruby, result, "the result")?;
+                return Ok(tasker_core::Decision { steps, result }.into());
+            }
+        }
+    }
+    to_json(ruby, value, "the result").map(Into::into)
+}
+
 fn check_value(ruby: &Ruby, value: Value, what: &str, depth: usize) -> Result<(), Error> {
     let container =
         magnus::RArray::from_value(value).is_some() || RHash::from_value(value).is_some();
@@ -420,10 +441,15 @@ impl Engine {
     fn complete(&self, step_id: String, attempt: u32, result: Value) -> Result<(), Error> {
         let ruby = ruby();
         let step = self::step_id(&ruby, &step_id)?;
-        let result = to_json(&ruby, result, "the result")?;
-        self.call(&ruby, move |e| async move {
-            e.complete(step, attempt, result).await
-        })
+        match output(&ruby, result)? {
+            tasker_core::HandlerOutput::Result(result) => self.call(&ruby, move |e| async move {
+                e.complete(step, attempt, result).await
+            }),
+            tasker_core::HandlerOutput::Decision(decision) => self
+                .call(&ruby, move |e| async move {
+                    e.decide(step, attempt, decision).await
+                }),
+        }
     }
 
     fn fail(&self, args: &[Value]) -> Result<(), Error> {
@@ -804,7 +830,7 @@ impl Session {
     ) -> Result<Option<String>, Error> {
         let ruby = ruby();
         self.check(&ruby)?;
-        let converted = to_json(&ruby, result, "the result").map_err(|e| e.to_string());
+        let converted = output(&ruby, result).map_err(|e| e.to_string());
         let (outcome, failed) = tasker_core::host::result_outcome(converted);
         Ok(self
             .hand_back(&ruby, &step_id, attempt, outcome)?
