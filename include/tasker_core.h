@@ -411,6 +411,16 @@ const char *tc_step_inputs_json(const struct tc_step *step);
 const char *tc_step_config_json(const struct tc_step *step);
 
 /**
+ * For an instance of a `batch_worker` step, its slice as JSON: `{"index", "start", "end"}`
+ * and, for a batch of items, `"items"`. NULL for any other step (and if `step` is NULL).
+ * Valid while the step is; never free it.
+ *
+ * # Safety
+ * `step` is NULL or a live step.
+ */
+const char *tc_step_batch_json(const struct tc_step *step);
+
+/**
  * The attempt number, 1-based; 0 if `step` is NULL.
  *
  * # Safety
@@ -442,6 +452,34 @@ enum tc_status tc_step_complete(const struct tc_step *step, const char *result_j
 enum tc_status tc_step_decide(const struct tc_step *step,
                               const char *steps_json,
                               const char *result_json);
+
+/**
+ * Reports the batch of a `type: batchable` step as items: `items_json` is a JSON array, of
+ * which each instance of the step's `batch.worker` step takes a slice of `batch.size`
+ * (tc_step_batch_json); `result_json` is the step's own result (NULL: null). An `items_json`
+ * that is not an array is TC_ERR_INVALID_ARGUMENT, text that is not JSON TC_ERR_JSON (nothing
+ * is reported). A batch from a step that is not batchable, or one of more than 10 000 slices,
+ * fails the step for good. A second report is TC_ERR_INVALID_TRANSITION; a claim that was
+ * lost, TC_ERR_CLAIM_LOST.
+ *
+ * # Safety
+ * `step` is a live step; `items_json` NUL-terminated; `result_json` NULL or NUL-terminated.
+ */
+enum tc_status tc_step_batch_items(const struct tc_step *step,
+                                   const char *items_json,
+                                   const char *result_json);
+
+/**
+ * Reports the batch of a `type: batchable` step as a total: each instance of its
+ * `batch.worker` step covers a range `start … end` of `0 … total` in slices of `batch.size`.
+ * Otherwise as tc_step_batch_items.
+ *
+ * # Safety
+ * `step` is a live step; `result_json` NULL or NUL-terminated.
+ */
+enum tc_status tc_step_batch_total(const struct tc_step *step,
+                                   uint64_t total,
+                                   const char *result_json);
 
 /**
  * Reports the step's failure with `message`: `retryable` (after `retry_after_ms`, or the

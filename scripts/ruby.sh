@@ -13,6 +13,10 @@ mv "$vendor"/tasker-core-* "$vendor/tasker-core"
 find "$vendor" -type f -exec touch {} +
 # The extension's build shares one cargo target dir across runs (it is not in the workspace).
 export TASKER_CORE_CARGO_TARGET_DIR="$PWD/target/ruby-ext"
+# A failed install leaves its files behind, and the next install would build those: remove them.
+gem uninstall --all --ignore-dependencies --executables tasker_core >/dev/null 2>&1 || true
+gemdir="$(gem environment gemdir)"
+rm -rf "$gemdir"/gems/tasker_core-* "$gemdir"/extensions/*/*/tasker_core-*
 (cd bindings-ruby && rm -f tasker_core-*.gem && gem build --quiet tasker_core.gemspec >&2 \
   && gem install --local --no-document tasker_core-*.gem >&2)
 ruby -e 'require "tasker_core"; puts TaskerCore::VERSION'

@@ -13,8 +13,8 @@ use crate::{error::*, ffi::*, panic::*};
 
 /// What a handler reported through its step.
 pub(crate) enum Report {
-    Complete(Value),
-    Decide(tasker_core::Decision),
+    /// A result, a decision or a batch.
+    Output(tasker_core::HandlerOutput),
     Fail(StepFailure),
 }
 
@@ -36,6 +36,7 @@ pub struct tc_step {
     pub(crate) context: OnceLock<CString>,
     pub(crate) inputs: OnceLock<CString>,
     pub(crate) config: OnceLock<CString>,
+    pub(crate) batch: OnceLock<CString>,
 }
 
 impl tc_step {
@@ -48,6 +49,7 @@ impl tc_step {
             context: OnceLock::new(),
             inputs: OnceLock::new(),
             config: OnceLock::new(),
+            batch: OnceLock::new(),
             report: Mutex::new(None),
             reported: std::sync::atomic::AtomicBool::new(false),
             engine,
@@ -69,8 +71,7 @@ impl tc_step {
         let outcome = if self.direct {
             let (id, attempt) = (self.step.step_id, self.step.attempt);
             let done = match report {
-                Report::Complete(v) => runtime()?.block_on(self.engine.complete(id, attempt, v)),
-                Report::Decide(d) => runtime()?.block_on(self.engine.decide(id, attempt, d)),
+                Report::Output(o) => runtime()?.block_on(self.engine.report(id, attempt, o)),
                 Report::Fail(f) => runtime()?.block_on(self.engine.fail(id, attempt, f)),
             };
             done.map_err(Fail::from)
@@ -170,6 +171,34 @@ pub unsafe extern "C" fn tc_step_config_json(step: *const tc_step) -> *const c_c
     unsafe { step_str(step, |s| &s.config, |s| s.step.config.to_string()) }
 }
 
+/// For an instance of a `batch_worker` step, its slice as JSON: `{"index", "start", "end"}`
+/// and, for a batch of items, `"items"`. NULL for any other step (and if `step` is NULL).
+/// Valid while the step is; never free it.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_batch_json(step: *const tc_step) -> *const c_char {
+    // SAFETY: NULL or live by contract.
+    if unsafe { step.as_ref() }.is_none_or(|s| s.step.batch.is_none()) {
+        return ptr::null();
+    }
+    // SAFETY: forwarded contract.
+    unsafe {
+        step_str(
+            step,
+            |s| &s.batch,
+            |s| {
+                s.step
+                    .batch
+                    .as_deref()
+                    .map(Value::to_string)
+                    .unwrap_or_default()
+            },
+        )
+    }
+}
+
 /// The attempt number, 1-based; 0 if `step` is NULL.
 ///
 /// # Safety
@@ -193,7 +222,7 @@ pub unsafe extern "C" fn tc_step_complete(
     boundary(|| {
         // SAFETY: forwarded contracts.
         let (s, result) = unsafe { (handle(step, "step")?, json(result_json, "result_json")?) };
-        s.report(Report::Complete(result))
+        s.report(Report::Output(result.into()))
     })
 }
 
@@ -222,13 +251,75 @@ pub unsafe extern "C" fn tc_step_decide(
                 "steps_json must be a JSON array of step names".into(),
             )
         })?;
-        let result = if result_json.is_null() {
-            Value::Null
-        } else {
-            // SAFETY: NUL-terminated by contract.
-            unsafe { json(result_json, "result_json")? }
+        // SAFETY: forwarded contract.
+        let result = unsafe { optional_json(result_json)? };
+        s.report(Report::Output(
+            tasker_core::Decision { steps, result }.into(),
+        ))
+    })
+}
+
+/// The JSON result `result_json` (NULL: null) of a `type: batchable` step.
+///
+/// # Safety
+/// `result_json` NULL or NUL-terminated.
+unsafe fn optional_json(result_json: *const c_char) -> Res<Value> {
+    if result_json.is_null() {
+        return Ok(Value::Null);
+    }
+    // SAFETY: NUL-terminated by contract.
+    unsafe { json(result_json, "result_json") }
+}
+
+/// Reports the batch of a `type: batchable` step as items: `items_json` is a JSON array, of
+/// which each instance of the step's `batch.worker` step takes a slice of `batch.size`
+/// (tc_step_batch_json); `result_json` is the step's own result (NULL: null). An `items_json`
+/// that is not an array is TC_ERR_INVALID_ARGUMENT, text that is not JSON TC_ERR_JSON (nothing
+/// is reported). A batch from a step that is not batchable, or one of more than 10 000 slices,
+/// fails the step for good. A second report is TC_ERR_INVALID_TRANSITION; a claim that was
+/// lost, TC_ERR_CLAIM_LOST.
+///
+/// # Safety
+/// `step` is a live step; `items_json` NUL-terminated; `result_json` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_batch_items(
+    step: *const tc_step,
+    items_json: *const c_char,
+    result_json: *const c_char,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (s, items) = unsafe { (handle(step, "step")?, json(items_json, "items_json")?) };
+        let Value::Array(items) = items else {
+            return Err(Fail::new(
+                TC_ERR_INVALID_ARGUMENT,
+                "items_json must be a JSON array".into(),
+            ));
         };
-        s.report(Report::Decide(tasker_core::Decision { steps, result }))
+        // SAFETY: forwarded contract.
+        let result = unsafe { optional_json(result_json)? };
+        let batch = tasker_core::Batch::items(items).with_result(result);
+        s.report(Report::Output(batch.into()))
+    })
+}
+
+/// Reports the batch of a `type: batchable` step as a total: each instance of its
+/// `batch.worker` step covers a range `start … end` of `0 … total` in slices of `batch.size`.
+/// Otherwise as tc_step_batch_items.
+///
+/// # Safety
+/// `step` is a live step; `result_json` NULL or NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_batch_total(
+    step: *const tc_step,
+    total: u64,
+    result_json: *const c_char,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (s, result) = unsafe { (handle(step, "step")?, optional_json(result_json)?) };
+        let batch = tasker_core::Batch::total(total).with_result(result);
+        s.report(Report::Output(batch.into()))
     })
 }
 

@@ -63,8 +63,7 @@ pub(crate) fn c_host(rt: Arc<Runtime>, session: WorkerSession, handlers: Arc<CHa
                 // A C function cannot unwind; the guard is for the Rust around it.
                 let _ = catch_unwind(AssertUnwindSafe(|| fn_(&mut s, user_data.get())));
                 match s.report.into_inner().ok().flatten() {
-                    Some(Report::Complete(v)) => AttemptOutcome::Complete(v),
-                    Some(Report::Decide(d)) => AttemptOutcome::Decide(d),
+                    Some(Report::Output(o)) => o.into(),
                     Some(Report::Fail(f)) => AttemptOutcome::Fail(f),
                     None => AttemptOutcome::Fail(
                         HandlerError::retryable("the handler returned without reporting")

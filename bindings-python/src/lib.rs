@@ -176,19 +176,79 @@ impl Decision {
     }
 }
 
-/// A handler's return value for the core: a [`Decision`] or a JSON result.
-fn output(obj: &Bound<'_, PyAny>) -> PyResult<tasker_core::HandlerOutput> {
-    match obj.cast::<Decision>() {
-        Ok(d) => {
-            let d = d.get();
-            Ok(tasker_core::Decision {
-                steps: d.steps.clone(),
-                result: to_json(d.result.bind(obj.py()), "the result")?,
-            }
-            .into())
+/// What a ``type: batchable`` step's handler returns: ``Batch(items=[...])`` (each slice of the
+/// batch's ``size`` takes its share of the items) or ``Batch(total=N)`` (each slice a range of
+/// ``0..N``), and the step's own result.
+#[pyclass(module = "tasker_core._native", frozen)]
+struct Batch {
+    /// The items, when the batch has items.
+    #[pyo3(get)]
+    items: Option<Py<PyAny>>,
+    /// The total, when the batch has a total.
+    #[pyo3(get)]
+    total: Option<u64>,
+    /// The batchable step's own result.
+    #[pyo3(get)]
+    result: Py<PyAny>,
+}
+
+#[pymethods]
+impl Batch {
+    #[new]
+    #[pyo3(signature = (items = None, *, total = None, result = None))]
+    fn new(
+        py: Python<'_>,
+        items: Option<Py<PyAny>>,
+        total: Option<u64>,
+        result: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        if items.is_some() == total.is_some() {
+            return Err(PyTypeError::new_err(
+                "a Batch takes items=[...] or total=N (one of them)",
+            ));
         }
-        Err(_) => to_json(obj, "the result").map(Into::into),
+        Ok(Batch {
+            items,
+            total,
+            result: result.unwrap_or_else(|| py.None()),
+        })
     }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        match (&self.items, self.total) {
+            (Some(items), _) => {
+                let n = items.bind(py).len().unwrap_or(0);
+                format!("Batch(items=<{n} items>)")
+            }
+            (None, total) => format!("Batch(total={})", total.unwrap_or(0)),
+        }
+    }
+}
+
+/// A handler's return value for the core: a [`Decision`], a [`Batch`] or a JSON result.
+fn output(obj: &Bound<'_, PyAny>) -> PyResult<tasker_core::HandlerOutput> {
+    let py = obj.py();
+    if let Ok(d) = obj.cast::<Decision>() {
+        let d = d.get();
+        return Ok(tasker_core::Decision {
+            steps: d.steps.clone(),
+            result: to_json(d.result.bind(py), "the result")?,
+        }
+        .into());
+    }
+    if let Ok(b) = obj.cast::<Batch>() {
+        let b = b.get();
+        let work = match (&b.items, b.total) {
+            (Some(items), _) => match to_json(items.bind(py), "the batch's items")? {
+                Value::Array(items) => tasker_core::store::BatchWork::Items(items),
+                _ => return Err(invalid("the batch's items must be a list")),
+            },
+            (None, total) => tasker_core::store::BatchWork::Total(total.unwrap_or(0)),
+        };
+        let result = to_json(b.result.bind(py), "the result")?;
+        return Ok(tasker_core::Batch { work, result }.into());
+    }
+    to_json(obj, "the result").map(Into::into)
 }
 
 fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> {
@@ -552,14 +612,11 @@ impl Engine {
         result: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let step = self::step_id(step_id)?;
-        match output(result)? {
-            tasker_core::HandlerOutput::Result(result) => self.call(py, move |e| async move {
-                e.complete(step, attempt, result).await
-            }),
-            tasker_core::HandlerOutput::Decision(decision) => self.call(py, move |e| async move {
-                e.decide(step, attempt, decision).await
-            }),
-        }
+        let output = output(result)?;
+        self.call(
+            py,
+            move |e| async move { e.report(step, attempt, output).await },
+        )
     }
 
     /// Reports a claimed attempt's failure: retryable (after ``retry_after`` seconds if given,
@@ -1118,6 +1175,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WorkerSession>()?;
     m.add_class::<WorkerRuns>()?;
     m.add_class::<Decision>()?;
+    m.add_class::<Batch>()?;
     m.add("TaskerError", py.get_type::<TaskerError>())?;
     m.add("TemplateError", py.get_type::<TemplateError>())?;
     m.add("NotFoundError", py.get_type::<NotFoundError>())?;

@@ -20,7 +20,7 @@ use crate::state::{Change, StepEvent, TaskEvent, Transition};
 use crate::store::memory::MemoryStore;
 use crate::store::sql;
 use crate::store::{
-    Changes, ClaimRequest, ClaimedStep, Decision, NewTask, Outcome, StepFailure, StepReport, Store,
+    Changes, ClaimRequest, ClaimedStep, NewTask, Outcome, StepFailure, StepReport, Store,
     WorkStatus,
 };
 use crate::template::{TaskGraph, TaskTemplate};
@@ -489,16 +489,23 @@ impl Engine {
         Ok(())
     }
 
-    /// Reports the choice and result of a claimed attempt of a `type: decision` step (see
-    /// [`crate::Decision`]): the steps it names run, its other dependents are skipped as not
-    /// chosen. A decision naming a step that does not depend on it fails the step for good.
-    /// Refused like [`Engine::complete`] when the claim is lost or the result is past the
-    /// limits.
-    pub async fn decide(&self, step: StepId, attempt: u32, decision: Decision) -> Result<()> {
-        limits::check_decision(&decision)?;
+    /// Reports what a handler returned for a claimed attempt: a result (as
+    /// [`Engine::complete`]), a decision step's [`crate::Decision`] (the steps it names run, its
+    /// other dependents are skipped as not chosen) or a batchable step's [`crate::Batch`] (its
+    /// worker step runs once per slice). An output the step's `type` does not allow fails the
+    /// step for good. Refused like [`Engine::complete`] when the claim is lost or the output is
+    /// past the limits.
+    pub async fn report(
+        &self,
+        step: StepId,
+        attempt: u32,
+        output: impl Into<crate::HandlerOutput>,
+    ) -> Result<()> {
+        let outcome = Outcome::from(output.into());
+        limits::check_outcome(&outcome)?;
         let changes = self
             .store()?
-            .decide(step, attempt, decision, self.now())
+            .report(step, attempt, outcome, self.now())
             .await?;
         self.publish(changes);
         Ok(())

@@ -67,6 +67,8 @@ pub mod names {
     /// A stopping worker gave back a claimed step it had not finished (the attempt not
     /// counted); it is pending again.
     pub const STEP_RELEASED: &str = "step.released";
+    /// A batch worker step started: its instances, one per slice, are released.
+    pub const STEP_EXPANDED: &str = "step.expanded";
 
     /// Every name above, tasks first.
     pub const ALL: &[&str] = &[
@@ -90,6 +92,7 @@ pub mod names {
         STEP_CANCELLED,
         STEP_RETRIED,
         STEP_RELEASED,
+        STEP_EXPANDED,
     ];
 }
 
@@ -610,7 +613,7 @@ mod tests {
             assert!(seen.insert(*name), "{name} listed twice");
             assert!(name.starts_with("task.") || name.starts_with("step."));
         }
-        assert_eq!(names::ALL.len(), 20);
+        assert_eq!(names::ALL.len(), 21);
     }
 
     #[test]

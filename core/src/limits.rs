@@ -17,7 +17,7 @@ use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::retry::FailureKind;
-use crate::store::{Decision, Outcome, StepFailure};
+use crate::store::{Batch, BatchWork, Outcome, StepFailure};
 
 /// The deepest a JSON value may nest: a scalar is depth 0, `[1]` depth 1.
 pub const MAX_JSON_DEPTH: usize = 64;
@@ -48,26 +48,6 @@ pub fn check_json(value: &Value, what: &str) -> Result<()> {
         Some(why) => Err(Error::InvalidArgument(why)),
         None => Ok(()),
     }
-}
-
-/// Checks a [`Decision`]: its result as [`check_json`] does, and that it names at most as many
-/// steps as a template may have.
-pub fn check_decision(decision: &Decision) -> Result<()> {
-    match decision_problem(decision) {
-        Some(why) => Err(Error::InvalidArgument(why)),
-        None => Ok(()),
-    }
-}
-
-fn decision_problem(decision: &Decision) -> Option<String> {
-    let max = crate::template::MAX_STEPS;
-    if decision.steps.len() > max {
-        return Some(format!(
-            "the decision names {} steps, more than a template may have ({max})",
-            decision.steps.len()
-        ));
-    }
-    json_problem(&decision.result, "the result")
 }
 
 /// What makes `value` past the limits, if anything (the message of [`check_json`]'s error).
@@ -137,30 +117,71 @@ pub fn message(mut text: String) -> String {
     text
 }
 
-/// A worker's outcome within the limits: a result past them becomes a permanent failure
-/// ("result refused: …", what a worker can do with it); a failure's message is cut to
-/// [`MAX_MESSAGE_BYTES`].
+/// A worker's outcome within the limits: a result, decision or batch past them becomes a
+/// permanent failure ("result refused: …", what a worker can do with it); a failure's message
+/// is cut to [`MAX_MESSAGE_BYTES`].
 pub fn outcome(outcome: Outcome) -> Outcome {
-    match outcome {
-        Outcome::Complete(result) => match json_problem(&result, "the result") {
-            None => Outcome::Complete(result),
-            Some(why) => Outcome::Fail(StepFailure {
-                message: format!("result refused: {why}"),
-                kind: FailureKind::Permanent,
-            }),
-        },
-        Outcome::Decide(decision) => match decision_problem(&decision) {
-            None => Outcome::Decide(decision),
-            Some(why) => Outcome::Fail(StepFailure {
-                message: format!("decision refused: {why}"),
-                kind: FailureKind::Permanent,
-            }),
-        },
-        Outcome::Fail(failure) => Outcome::Fail(StepFailure {
+    if let Outcome::Fail(failure) = outcome {
+        return Outcome::Fail(StepFailure {
             message: message(failure.message),
             kind: failure.kind,
+        });
+    }
+    match outcome_problem(&outcome) {
+        None => outcome,
+        Some((what, why)) => Outcome::Fail(StepFailure {
+            message: format!("{what} refused: {why}"),
+            kind: FailureKind::Permanent,
         }),
     }
+}
+
+/// Checks a result, decision or batch against the limits (a failure always passes: its
+/// message is cut instead, see [`outcome`]).
+pub fn check_outcome(outcome: &Outcome) -> Result<()> {
+    match outcome_problem(outcome) {
+        Some((_, why)) => Err(Error::InvalidArgument(why)),
+        None => Ok(()),
+    }
+}
+
+/// What of `outcome` is past the limits, and why.
+fn outcome_problem(outcome: &Outcome) -> Option<(&'static str, String)> {
+    let max = crate::template::MAX_STEPS;
+    match outcome {
+        Outcome::Complete(result) => json_problem(result, "the result").map(|w| ("result", w)),
+        Outcome::Decide(d) if d.steps.len() > max => Some((
+            "decision",
+            format!(
+                "the decision names {} steps, more than a template may have ({max})",
+                d.steps.len()
+            ),
+        )),
+        Outcome::Decide(d) => json_problem(&d.result, "the result").map(|w| ("decision", w)),
+        Outcome::Batch(b) => batch_problem(b).map(|w| ("batch", w)),
+        Outcome::Fail(_) => None,
+    }
+}
+
+/// What makes a batch past the limits: its result, an item, or all its items together larger
+/// than [`MAX_JSON_BYTES`].
+fn batch_problem(batch: &Batch) -> Option<String> {
+    if let BatchWork::Items(items) = &batch.work {
+        let mut size = 0usize;
+        for item in items {
+            if let Some(why) = json_problem(item, "an item of the batch") {
+                return Some(why);
+            }
+            size += json_size(item) + 1;
+            if size > MAX_JSON_BYTES {
+                return Some(format!(
+                    "the batch's items are larger than {} KiB serialised",
+                    MAX_JSON_BYTES / 1024
+                ));
+            }
+        }
+    }
+    json_problem(&batch.result, "the result")
 }
 
 /// Checks an idempotency key's length.

@@ -148,6 +148,8 @@ string_enum! {
         /// Its worker stopped before running it to the end and gave it back: pending again,
         /// the attempt not counted.
         Release => "release",
+        /// A batch worker step's instances were released: it runs as they do.
+        Expand => "expand",
     }
 }
 
@@ -228,7 +230,8 @@ impl StepState {
             (S::InProgress, E::Fail | E::LeaseExpired) => S::Error,
             (S::Error, E::ScheduleRetry) => S::WaitingForRetry,
             (S::WaitingForRetry, E::RetryDue) => S::Pending,
-            (S::Pending, E::Skip) => S::Skipped,
+            (S::Pending | S::WaitingForRetry, E::Skip) => S::Skipped,
+            (S::Pending, E::Expand) => S::InProgress,
             (S::Pending | S::InProgress | S::WaitingForRetry, E::Cancel) => S::Cancelled,
             (
                 S::Pending
@@ -389,6 +392,7 @@ impl Transition {
                 StepEvent::ResolveManually => n::STEP_RESOLVED_MANUALLY,
                 StepEvent::Reset => n::STEP_RETRIED,
                 StepEvent::Release => n::STEP_RELEASED,
+                StepEvent::Expand => n::STEP_EXPANDED,
             },
         }
     }
@@ -466,14 +470,15 @@ mod tests {
         }
 
         #[test]
-        fn a_step_reaches_in_progress_only_by_a_claim_from_pending(
+        fn a_step_reaches_in_progress_only_by_a_claim_or_an_expansion_from_pending(
             events in proptest::collection::vec(step_event(), 0..40)
         ) {
             let mut s = StepState::Pending;
             for e in events {
                 if let Ok(to) = s.next(e) {
                     if to == StepState::InProgress {
-                        prop_assert_eq!((s, e), (StepState::Pending, StepEvent::Claim));
+                        prop_assert_eq!(s, StepState::Pending);
+                        prop_assert!(matches!(e, StepEvent::Claim | StepEvent::Expand));
                     }
                     s = to;
                 }

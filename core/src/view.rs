@@ -140,9 +140,16 @@ pub struct StepView {
     /// For a decision step that decided, the dependents it chose.
     #[serde(default)]
     pub chosen: Option<Vec<String>>,
-    /// Why a skipped step was skipped: `"not chosen"` or `"a required parent failed"`.
+    /// Why a skipped step was skipped: `"not chosen"`, `"a required parent failed"` or, for
+    /// an instance of a batch worker step, `"another slice failed"`.
     #[serde(default)]
     pub skip_reason: Option<String>,
+    /// For an instance of a batch worker step (`worker[3]`), the worker step's name.
+    #[serde(default)]
+    pub instance_of: Option<String>,
+    /// For an instance of a batch worker step, its slice: `{index, start, end}` (and `items`).
+    #[serde(default)]
+    pub batch: Option<Value>,
 }
 
 impl TaskView {

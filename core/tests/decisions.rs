@@ -162,7 +162,7 @@ per_store! {
         claim_and_complete(&engine, "validate", json!(1)).await;
         let route = claim_one(&engine, "route").await;
         engine
-            .decide(route.step_id, route.attempt, Decision::activate(Vec::<String>::new()))
+            .report(route.step_id, route.attempt, Decision::activate(Vec::<String>::new()))
             .await
             .unwrap();
         let finalize = claim_one_with_inputs(&engine, "finalize", json!({})).await;
@@ -182,7 +182,7 @@ per_store! {
         claim_and_complete(&engine, "validate", json!(1)).await;
         let route = claim_one(&engine, "route").await;
         engine
-            .decide(route.step_id, route.attempt, Decision::activate(["manager_approval", "audit"]))
+            .report(route.step_id, route.attempt, Decision::activate(["manager_approval", "audit"]))
             .await
             .unwrap();
         let view = task_view(&engine, task).await;
@@ -206,7 +206,7 @@ per_store! {
         let task = create(&engine, NewTask::new("approvals", "routing")).await;
         let validate = claim_one(&engine, "validate").await;
         engine
-            .decide(validate.step_id, validate.attempt, Decision::activate(["route"]))
+            .report(validate.step_id, validate.attempt, Decision::activate(["route"]))
             .await
             .unwrap();
         let view = task_view(&engine, task).await;
@@ -234,7 +234,7 @@ per_store! {
         claim_and_complete(&engine, "validate", json!(1)).await;
         let route = claim_one(&engine, "route").await;
         engine
-            .decide(route.step_id, route.attempt, Decision::activate(["manager_approval", "finance_review"]))
+            .report(route.step_id, route.attempt, Decision::activate(["manager_approval", "finance_review"]))
             .await
             .unwrap();
         let mut claimed = claim(&engine, 2).await;
@@ -274,7 +274,7 @@ async fn a_decision_is_kept_in_the_store() {
         claim_and_complete(&first, "validate", json!(1)).await;
         let route = claim_one(&first, "route").await;
         first
-            .decide(
+            .report(
                 route.step_id,
                 route.attempt,
                 Decision::activate(["auto_approve"]),
@@ -324,10 +324,10 @@ fn templates_refuse_a_decision_without_dependents_and_a_convergence_without_depe
         err.to_string().contains("has no dependencies to converge"),
         "{err}"
     );
-    let unknown = "namespace: t\nname: c\nversion: 1.0.0\nsteps:\n  - {name: c, type: batchable}\n";
+    let unknown = "namespace: t\nname: c\nversion: 1.0.0\nsteps:\n  - {name: c, type: fan_out}\n";
     let err = tasker_core::TaskTemplate::parse(unknown).unwrap_err();
     assert!(
-        err.to_string().contains("unknown variant `batchable`"),
+        err.to_string().contains("unknown variant `fan_out`"),
         "{err}"
     );
 }

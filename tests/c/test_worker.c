@@ -3,7 +3,8 @@
  * read the context and their parents' results, a retryable failure with retry_after_ms, a
  * handler that returns without reporting (failed, retried), a permanent failure that skips the
  * dependents, reporting twice, a decision step choosing one of two branches (tc_step_decide)
- * before a deferred convergence, and the concurrency limit (4) measured with a C11 atomic.
+ * before a deferred convergence, a batch of items run one slice at a time (tc_step_batch_items,
+ * tc_step_batch_json), and the concurrency limit (4) measured with a C11 atomic.
  *
  * Handlers run on the library's threads, so they do not ASSERT: they count what went wrong
  * (HANDLER_CHECK) and main() asserts the count is zero.
@@ -67,6 +68,17 @@ static const char *ROUTE_YAML =
     "  - { name: large, depends_on: [route] }\n"
     "  - { name: converge, type: deferred_convergence, depends_on: [small, large] }\n";
 
+/* load makes a batch of five items in slices of two; chunk runs once per slice, one at a time;
+ * total_up gets the three slices' results in order. */
+static const char *BATCH_YAML =
+    "namespace: c_worker\n"
+    "name: batch\n"
+    "version: 1.0.0\n"
+    "steps:\n"
+    "  - { name: load, type: batchable, batch: { worker: chunk, size: 2, parallelism: 1 } }\n"
+    "  - { name: chunk, type: batch_worker, depends_on: [load] }\n"
+    "  - { name: total_up, depends_on: [chunk] }\n";
+
 /* Twelve independent steps with one slow handler, to fill the worker. */
 static const char *FANOUT_YAML =
     "namespace: c_worker\n"
@@ -87,6 +99,7 @@ static atomic_int running, max_running;
 static atomic_int calls_validate, calls_charge, calls_reserve, calls_ship, calls_notify;
 static atomic_int calls_doomed, calls_after_doomed, calls_cleanup, calls_slow;
 static atomic_int calls_route, calls_small, calls_large, calls_converge;
+static atomic_int calls_load, calls_chunk, chunks_running, calls_total_up;
 static atomic_int second_complete_status = 1, late_fail_status = 1;
 static int user_data_tag; /* its address is every handler's user_data */
 static tc_engine *engine;  /* for handlers that call the engine */
@@ -294,6 +307,46 @@ static void converge(tc_step *step, void *user_data) {
     leave();
 }
 
+/* Bad batches are refused (nothing reported), then five items are sliced. */
+static void load(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_load, 1);
+    HANDLER_CHECK(tc_step_batch_json(step) == NULL);
+    HANDLER_CHECK(tc_step_batch_items(step, "{\"items\":[]}", NULL) == TC_ERR_INVALID_ARGUMENT);
+    HANDLER_CHECK(tc_step_batch_items(step, "[1,", NULL) == TC_ERR_JSON);
+    HANDLER_OK(tc_step_batch_items(step, "[1,2,3,4,5]", "{\"rows\":5}"));
+    leave();
+}
+
+/* Sums its slice's items; never two slices at once (parallelism 1). */
+static void chunk(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_chunk, 1);
+    HANDLER_CHECK(atomic_fetch_add(&chunks_running, 1) == 0);
+    const char *slice = tc_step_batch_json(step);
+    HANDLER_CHECK(slice != NULL && strstr(slice, "\"items\"") != NULL);
+    long sum = 0;
+    const char *items = slice ? strchr(strstr(slice, "\"items\""), '[') : NULL;
+    for (const char *at = items ? items + 1 : ""; *at && *at != ']'; at++)
+        if (*at >= '0' && *at <= '9') sum += strtol(at, (char **)&at, 10), at--;
+    char result[32];
+    snprintf(result, sizeof result, "{\"sum\":%ld}", sum);
+    sleep_ms(5);
+    atomic_fetch_sub(&chunks_running, 1);
+    HANDLER_OK(tc_step_complete(step, result));
+    leave();
+}
+
+/* Gets the slices' results in slice order. */
+static void total_up(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_total_up, 1);
+    const char *inputs = tc_step_inputs_json(step);
+    HANDLER_CHECK(strstr(inputs, "[{\"sum\":3},{\"sum\":7},{\"sum\":5}]") != NULL);
+    HANDLER_OK(tc_step_complete(step, "{}"));
+    leave();
+}
+
 static void slow(tc_step *step, void *user_data) {
     enter(step, user_data);
     atomic_fetch_add(&calls_slow, 1);
@@ -326,16 +379,18 @@ int main(void) {
     ASSERT_OK(tc_register_template(e, DOOMED_YAML));
     ASSERT_OK(tc_register_template(e, FANOUT_YAML));
     ASSERT_OK(tc_register_template(e, ROUTE_YAML));
+    ASSERT_OK(tc_register_template(e, BATCH_YAML));
 
     tc_subscription *retries = NULL, *orders = NULL;
     ASSERT_OK(tc_subscribe(e, "step.retry_scheduled", &retries));
     ASSERT_OK(tc_subscribe(e, "order.*", &orders));
 
-    char *order = NULL, *failing = NULL, *fanout = NULL, *routed = NULL;
+    char *order = NULL, *failing = NULL, *fanout = NULL, *routed = NULL, *batched = NULL;
     ASSERT_OK(tc_create_task(e, "c_worker", "fulfil", "{\"order\":42}", &order));
     ASSERT_OK(tc_create_task(e, "c_worker", "doomed", NULL, &failing));
     ASSERT_OK(tc_create_task(e, "c_worker", "fanout", NULL, &fanout));
     ASSERT_OK(tc_create_task(e, "c_worker", "route", NULL, &routed));
+    ASSERT_OK(tc_create_task(e, "c_worker", "batch", NULL, &batched));
 
     tc_worker *w = NULL;
     ASSERT_OK(tc_worker_new(e, CONCURRENCY, &w));
@@ -347,7 +402,8 @@ int main(void) {
         {"ship", ship},                 {"notify", notify},   {"doomed", doomed},
         {"after_doomed", after_doomed}, {"cleanup", cleanup}, {"slow", slow},
         {"route", route},               {"small", small},     {"large", large},
-        {"converge", converge},
+        {"converge", converge},         {"load", load},       {"chunk", chunk},
+        {"total_up", total_up},
     };
     for (size_t i = 0; i < sizeof handlers / sizeof *handlers; i++)
         ASSERT_OK(tc_worker_register(w, handlers[i].name, handlers[i].fn, &user_data_tag));
@@ -437,6 +493,15 @@ int main(void) {
     ASSERT(atomic_load(&calls_large) == 1);
     ASSERT(atomic_load(&calls_converge) == 1);
 
+    /* The batch: three slices, one at a time, then the step after them. */
+    ASSERT_TASK_STATUS(e, batched, "complete");
+    json = TASK_JSON(e, batched);
+    ASSERT_SHOW(tj_is(tj_get(tj_step(json, "chunk[2]"), "instance_of"), "chunk"), json);
+    tc_string_free(json);
+    ASSERT(atomic_load(&calls_load) == 1);
+    ASSERT(atomic_load(&calls_chunk) == 3);
+    ASSERT(atomic_load(&calls_total_up) == 1);
+
     /* The fan-out: all twelve ran, never more than CONCURRENCY handlers at once. */
     ASSERT_TASK_STATUS(e, fanout, "complete");
     ASSERT(atomic_load(&calls_slow) == 12);
@@ -454,6 +519,7 @@ int main(void) {
     tc_string_free(failing);
     tc_string_free(fanout);
     tc_string_free(routed);
+    tc_string_free(batched);
     ASSERT_OK(tc_engine_close(e));
     printf("test_worker: ok\n");
     return 0;

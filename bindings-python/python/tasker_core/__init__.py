@@ -32,6 +32,7 @@ from datetime import timedelta
 from typing import Any
 
 from ._native import (
+    Batch,
     ClaimLostError,
     Decision,
     Engine,
@@ -49,6 +50,7 @@ from ._native import (
 )
 
 __all__ = [
+    "Batch",
     "ClaimLostError",
     "Decision",
     "Engine",
@@ -182,6 +184,9 @@ class Step:
     #: The step's ``config`` from its template (Rails Tasker's ``handler_config``, tasker-core's
     #: ``handler.initialization``), after the engine's environment overrides; ``{}`` when none.
     config: Mapping[str, Any] = field(default_factory=dict)
+    #: For an instance of a ``batch_worker`` step, its slice: ``{"index", "start", "end"}`` and,
+    #: for a batch of items, ``"items"``; None for any other step.
+    batch: Mapping[str, Any] | None = None
     _session: Any = field(default=None, repr=False, compare=False)
 
     def heartbeat(self) -> str:
@@ -247,15 +252,18 @@ class Template(dict):
              depends_on: list[Any] | None = None, retry: Mapping[str, Any] | None = None,
              timeout_ms: int | None = None, lease_ms: int | None = None,
              config: Mapping[str, Any] | None = None, description: str | None = None,
-             events: list[Any] | None = None, type: str | None = None) -> Template:
+             events: list[Any] | None = None, type: str | None = None,
+             batch: Mapping[str, Any] | None = None) -> Template:
         """Adds the step ``name`` (the fields of a template's step) and returns the template.
         ``events`` are the custom events the step may publish besides the template's; ``type``
-        is ``"decision"`` or ``"deferred_convergence"`` (see :class:`Decision`)."""
+        is ``"decision"``, ``"deferred_convergence"`` (see :class:`Decision`), ``"batchable"``
+        (with ``batch={"worker": ..., "size": ...}``) or ``"batch_worker"`` (see
+        :class:`Batch`)."""
         step: dict[str, Any] = {"name": name}
         for key, value in (("handler", handler), ("description", description),
                            ("depends_on", depends_on), ("retry", retry), ("timeout_ms", timeout_ms),
                            ("lease_ms", lease_ms), ("config", config), ("events", events),
-                           ("type", type)):
+                           ("type", type), ("batch", batch)):
             if value is not None:
                 step[key] = value
         self["steps"].append(step)
@@ -264,7 +272,7 @@ class Template(dict):
 _STEP_DEFAULTS = {
     "context": None, "inputs": {}, "attempt": 1, "max_attempts": 1, "namespace": "",
     "task_name": "", "lease_expires_at": None, "timeout_ms": None, "lease_ms": None,
-    "config": {},
+    "config": {}, "batch": None,
 }
 
 

@@ -8,7 +8,7 @@ Python values: dict, list, str, int, float, bool and None.
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Literal, TypedDict
 
-from typing_extensions import Self, TypeAlias
+from typing_extensions import NotRequired, Self, TypeAlias
 
 JSON: TypeAlias = Any
 """A JSON-serialisable value: dict (str keys), list, str, int, float, bool or None."""
@@ -101,6 +101,9 @@ class ClaimedStep(TypedDict):
     inputs: dict[str, JSON]
     lease_expires_at: str
     timeout_ms: int
+    lease_ms: int
+    config: dict[str, JSON]
+    batch: NotRequired[dict[str, JSON]]
 
 class Dependency(TypedDict):
     step: str
@@ -134,9 +137,11 @@ class StepView(TypedDict):
     next_attempt_at: str | None
     lease_owner: str | None
     lease_expires_at: str | None
-    type: Literal["standard", "decision", "deferred_convergence"]
+    type: Literal["standard", "decision", "deferred_convergence", "batchable", "batch_worker"]
     chosen: list[str] | None
-    skip_reason: Literal["not chosen", "a required parent failed"] | None
+    skip_reason: Literal["not chosen", "a required parent failed", "another slice failed"] | None
+    instance_of: str | None
+    batch: JSON
 
 class TaskView(TypedDict):
     id: str
@@ -216,6 +221,28 @@ class Decision:
     def result(self) -> JSON:
         """The decision step's own result."""
 
+class Batch:
+    """What the handler of a ``type: batchable`` step returns::
+
+        return tasker_core.Batch(items=rows)            # each slice takes batch.size of them
+        return tasker_core.Batch(total=10_000)          # each slice a range of 0..10000
+
+    The engine runs the step's ``batch.worker`` step once per slice (``step.batch`` is
+    ``{"index", "start", "end"}``, with ``"items"`` for a batch of items), at most
+    ``batch.parallelism`` at once; the step after the worker gets the list of the slices'
+    results in slice order. Exactly one of ``items`` and ``total`` (TypeError else); ``result``
+    is the batchable step's own result.
+    """
+
+    def __init__(self, items: list[JSON] | None = None, *, total: int | None = None,
+                 result: JSON = None) -> None: ...
+    @property
+    def items(self) -> list[JSON] | None: ...
+    @property
+    def total(self) -> int | None: ...
+    @property
+    def result(self) -> JSON: ...
+
 class Engine:
     """The engine: templates, tasks, the worker protocol, views, operator verbs and events.
 
@@ -280,7 +307,7 @@ class Engine:
         Each step is leased to ``worker_id`` for its ``timeout_ms``. When none is ready, waits
         up to ``wait`` seconds (GIL released) for one. Higher-priority tasks come first.
         """
-    def complete(self, step_id: str, attempt: int, result: JSON | Decision) -> None:
+    def complete(self, step_id: str, attempt: int, result: JSON | Decision | Batch) -> None:
         """Reports a claimed attempt's result, or a decision step's :class:`Decision` (its
         chosen dependents run, the others are skipped as not chosen).
 

@@ -46,6 +46,9 @@ module TaskerCore
     #   tasker-core's +handler.initialization+), after the engine's environment overrides;
     #   +{}+ when none
     attr_reader :config
+    # @return [Hash, nil] for an instance of a +batch_worker+ step, its slice: +"index"+,
+    #   +"start"+, +"end"+ and, for a batch of items, +"items"+; nil for any other step
+    attr_reader :batch
 
     # The step of one Hash returned by {Engine#claim}.
     #
@@ -59,7 +62,7 @@ module TaskerCore
     # @param engine [Engine, nil] the engine that handed the step out (for {#heartbeat})
     def initialize(task_id:, step_id:, name:, handler: name, context: nil, inputs: {}, attempt: 1,
                    max_attempts: 1, namespace: "", task_name: "", lease_expires_at: nil,
-                   timeout_ms: nil, lease_ms: nil, config: {}, engine: nil)
+                   timeout_ms: nil, lease_ms: nil, config: {}, batch: nil, engine: nil)
       @task_id = task_id
       @step_id = step_id
       @name = name
@@ -74,6 +77,7 @@ module TaskerCore
       @timeout_ms = timeout_ms
       @lease_ms = lease_ms
       @config = config
+      @batch = batch
       @engine = engine
       freeze
     end
@@ -95,6 +99,7 @@ module TaskerCore
       @timeout_ms = claimed["timeout_ms"]
       @lease_ms = claimed["lease_ms"]
       @config = claimed["config"] || {}
+      @batch = claimed["batch"]
       @engine = engine
       freeze
     end

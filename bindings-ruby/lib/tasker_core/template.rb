@@ -14,7 +14,7 @@ module TaskerCore
   #   )
   class Template
     # The keys a step takes besides its name.
-    STEP_KEYS = %i[handler description depends_on retry timeout_ms lease_ms config events type].freeze
+    STEP_KEYS = %i[handler description depends_on retry timeout_ms lease_ms config events type batch].freeze
 
     # @param namespace [String, Symbol]
     # @param name [String, Symbol]

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 use super::record::{Schedule, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, Decision, NewTask, Now, StepFailure, Store,
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, StepFailure, Store,
     WorkStatus,
 };
 use crate::clock::Timestamp;
@@ -86,7 +86,7 @@ impl PartialOrd for ReadyEntry {
 impl Queues {
     fn push_ready(&mut self, task: &TaskRecord, index: u32) {
         self.seq += 1;
-        let handler = &task.graph.step(index).handler;
+        let handler = &task.spec(index).handler;
         let entry = ReadyEntry {
             priority: task.priority,
             seq: self.seq,
@@ -350,16 +350,16 @@ impl Store for MemoryStore {
         Ok(changes)
     }
 
-    async fn decide(
+    async fn report(
         &self,
         step: StepId,
         attempt: u32,
-        decision: Decision,
+        outcome: Outcome,
         now: Timestamp,
     ) -> Result<Changes> {
         let mut inner = self.inner.lock();
         let ((), changes) = inner.with_task(step.task, |t, q, c| {
-            t.decide(step, attempt, decision, now, q, c)
+            t.report(step, attempt, outcome, now, q, c)
         })?;
         Ok(changes)
     }

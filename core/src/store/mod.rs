@@ -164,13 +164,16 @@ pub struct ClaimedStep {
     pub kind: crate::template::StepKind,
     /// The names of the steps that depend on it (what a decision chooses from).
     pub dependents: Arc<[Arc<str>]>,
+    /// For an instance of a `batch_worker` step, its slice: `{index, start, end}` and, for a
+    /// batch of items, `items`.
+    pub batch: Option<Arc<Value>>,
 }
 
 impl ClaimedStep {
-    /// Why this step may not report `decision` (`None`: a plain result), if it may not (see
+    /// Why this step may not report `reported`, if it may not (see
     /// [`crate::template::output_refusal`]).
-    pub fn refusal(&self, decision: Option<&[String]>) -> Option<String> {
-        crate::template::output_refusal(&self.name, self.kind, &self.dependents, decision)
+    pub fn refusal(&self, reported: crate::template::Reported<'_>) -> Option<String> {
+        crate::template::output_refusal(&self.name, self.kind, &self.dependents, reported)
     }
 
     /// The step's task.
@@ -180,7 +183,8 @@ impl ClaimedStep {
 
     /// The step as the bindings hand it to a handler (its [`serde::Serialize`] form as a JSON
     /// value): step_id, task_id, name, handler, namespace, task_name, attempt, max_attempts,
-    /// context, inputs, lease_expires_at, timeout_ms, lease_ms, config.
+    /// context, inputs, lease_expires_at, timeout_ms, lease_ms, config, and batch for an
+    /// instance of a batch worker step.
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
@@ -207,7 +211,7 @@ impl serde::Serialize for ClaimedStep {
             }
         }
         // A map, not a struct: every binding's serializer makes string keys of it.
-        let mut s = serializer.serialize_map(Some(14))?;
+        let mut s = serializer.serialize_map(Some(14 + usize::from(self.batch.is_some())))?;
         s.serialize_entry("step_id", &self.step_id.to_string())?;
         s.serialize_entry("task_id", &self.task_id().to_string())?;
         s.serialize_entry("name", &*self.name)?;
@@ -222,6 +226,9 @@ impl serde::Serialize for ClaimedStep {
         s.serialize_entry("timeout_ms", &self.timeout_ms)?;
         s.serialize_entry("lease_ms", &self.lease_ms)?;
         s.serialize_entry("config", &*self.config)?;
+        if let Some(batch) = &self.batch {
+            s.serialize_entry("batch", &**batch)?;
+        }
         s.end()
     }
 }
@@ -268,6 +275,57 @@ impl Decision {
     }
 }
 
+/// What the handler of a `type: batchable` step returns: the work its `batch.worker` step does,
+/// one instance per slice of `batch.size` — a list of items, each slice taking its share, or a
+/// total, each slice a range of it — and the step's own result.
+///
+/// ```
+/// use tasker_core::Batch;
+/// let by_items = Batch::items((0..250).map(serde_json::Value::from).collect());
+/// let by_total = Batch::total(10_000).with_result(serde_json::json!({"source": "orders"}));
+/// # let _ = (by_items, by_total);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// What the slices share out.
+    pub work: BatchWork,
+    /// The batchable step's own result (`null` by default).
+    pub result: Value,
+}
+
+/// What a batch's slices share out.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchWork {
+    /// Items: slice `i` takes items `i × size … (i + 1) × size` (`step.batch.items`).
+    Items(Vec<Value>),
+    /// A total: slice `i` covers `start = i × size` to `end = min(start + size, total)`.
+    Total(u64),
+}
+
+impl Batch {
+    /// A batch of `items`.
+    pub fn items(items: Vec<Value>) -> Self {
+        Batch {
+            work: BatchWork::Items(items),
+            result: Value::Null,
+        }
+    }
+
+    /// A batch of `total` units, sliced into ranges.
+    pub fn total(total: u64) -> Self {
+        Batch {
+            work: BatchWork::Total(total),
+            result: Value::Null,
+        }
+    }
+
+    /// With this result.
+    pub fn with_result(mut self, result: Value) -> Self {
+        self.result = result;
+        self
+    }
+}
+
 /// What a worker reports about one claimed attempt.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Outcome {
@@ -275,8 +333,23 @@ pub enum Outcome {
     Complete(Value),
     /// A decision step's choice and result.
     Decide(Decision),
+    /// A batchable step's batch.
+    Batch(Batch),
     /// The handler's failure.
     Fail(StepFailure),
+}
+
+impl Outcome {
+    /// What was reported, as the step's `type` sees it (`None`: a failure).
+    pub fn reported(&self) -> Option<crate::template::Reported<'_>> {
+        use crate::template::Reported;
+        match self {
+            Outcome::Complete(_) => Some(Reported::Result),
+            Outcome::Decide(d) => Some(Reported::Decision(&d.steps)),
+            Outcome::Batch(_) => Some(Reported::Batch),
+            Outcome::Fail(_) => None,
+        }
+    }
 }
 
 /// One report in a batch (see [`Store::report_many`]).
@@ -425,16 +498,18 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> Result<Changes>;
 
-    /// Records the choice and result of a claimed attempt of a `type: decision` step: the
-    /// chosen dependents are released, the others skipped as not chosen. A decision that names
-    /// a step not depending on it, or made by a step that is not a decision, is recorded as a
-    /// permanent failure of the step. [`crate::Error::ClaimLost`] when the claim is no longer
-    /// held.
-    async fn decide(
+    /// Records any outcome of a claimed attempt: a result and a failure as
+    /// [`Store::complete`] and [`Store::fail`] do; a decision step's choice (the chosen
+    /// dependents are released, the others skipped as not chosen); a batchable step's batch
+    /// (one instance of its worker step per slice). An outcome the step's `type` does not allow
+    /// (a decision naming a step not depending on it, a plain result from a decision step, …)
+    /// is recorded as a permanent failure of the step. [`crate::Error::ClaimLost`] when the
+    /// claim is no longer held.
+    async fn report(
         &self,
         step: StepId,
         attempt: u32,
-        decision: Decision,
+        outcome: Outcome,
         now: Timestamp,
     ) -> Result<Changes>;
 
@@ -459,11 +534,7 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         let mut results = Vec::with_capacity(reports.len());
         let mut changes = Changes::default();
         for r in reports {
-            let done = match r.outcome {
-                Outcome::Complete(value) => self.complete(r.step, r.attempt, value, now).await,
-                Outcome::Decide(decision) => self.decide(r.step, r.attempt, decision, now).await,
-                Outcome::Fail(failure) => self.fail(r.step, r.attempt, &failure, now).await,
-            };
+            let done = self.report(r.step, r.attempt, r.outcome, now).await;
             match done {
                 Ok(c) => {
                     changes.extend(c);

@@ -17,6 +17,7 @@ use crate::readiness::{self, Choices, Counters, Outcome, Release};
 use crate::retry::{FailureKind, RetryDecision};
 use crate::state::{StepEvent, StepState, TaskEvent, TaskState, Transition};
 use crate::template::TaskGraph;
+use crate::template::{Reported, StepKind};
 use crate::view::{DependencyView, Progress, StepView, TaskView};
 
 /// What a store must (re)schedule after an operation. Stores whose queues are columns (SQL)
@@ -49,12 +50,28 @@ pub(crate) struct TaskRecord {
     pub counters: Vec<Counters>,
     /// The children each decision step that completed chose.
     pub choices: Choices,
+    /// The instances of batch worker steps, one per slice: step `graph.len() + k` is
+    /// `instances[k]` (the vectors of states, counters and steps hold them after the
+    /// template's steps).
+    pub instances: Vec<Instance>,
     pub steps: Vec<StepRecord>,
     /// Steps not finished.
     pub unfinished: u32,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub completed_at: Option<Timestamp>,
+}
+
+/// One instance of a `batch_worker` step: slice `slice` of its batch. Its `unfinished_parents`
+/// counter is 1 while it waits for a slot (the batch's `parallelism`), 0 once released.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Instance {
+    /// The `batch_worker` step it is an instance of.
+    pub of: u32,
+    /// `worker[slice]`.
+    pub name: Arc<str>,
+    /// `{index, start, end}`, and `items` for a batch of items: the handler's `step.batch`.
+    pub batch: Arc<Value>,
 }
 
 /// One step's data besides its state and counters.
@@ -92,6 +109,7 @@ impl TaskRecord {
             states: vec![StepState::Pending; n],
             counters: readiness::initial_counters(&graph),
             choices: Choices::default(),
+            instances: Vec::new(),
             steps: graph
                 .steps()
                 .iter()
@@ -131,7 +149,7 @@ impl TaskRecord {
         let t = Transition::step(
             self.id,
             index,
-            &self.graph.step(index).name,
+            self.step_name(index),
             (from, to),
             event,
             self.steps[i].attempts,
@@ -185,15 +203,67 @@ impl TaskRecord {
         }
     }
 
-    /// The step named `name`.
+    /// The step named `name` (a template step, or an instance such as `worker[3]`).
     pub fn step_named(&self, name: &str) -> Result<StepId> {
         self.graph
             .index_of(name)
+            .or_else(|| {
+                let k = self.instances.iter().position(|i| &*i.name == name)?;
+                Some(self.first_instance() + k as u32)
+            })
             .map(|index| self.step_id(index))
             .ok_or_else(|| Error::StepNotFound {
                 task: self.id,
                 step: name.to_owned(),
             })
+    }
+
+    /// The index of the first instance (the template's step count).
+    fn first_instance(&self) -> u32 {
+        self.graph.len() as u32
+    }
+
+    /// The instance step `index` is, if it is one.
+    pub fn instance(&self, index: u32) -> Option<&Instance> {
+        index
+            .checked_sub(self.first_instance())
+            .and_then(|k| self.instances.get(k as usize))
+    }
+
+    /// The template step of step `index`: itself, or the worker step an instance belongs to.
+    pub fn template_step(&self, index: u32) -> u32 {
+        self.instance(index).map_or(index, |i| i.of)
+    }
+
+    /// The template's definition of step `index` (of its worker step, for an instance).
+    pub fn spec(&self, index: u32) -> &crate::template::StepSpec {
+        self.graph.step(self.template_step(index))
+    }
+
+    /// Step `index`'s name (`worker[slice]` for an instance).
+    pub fn step_name(&self, index: u32) -> &Arc<str> {
+        match self.instance(index) {
+            Some(i) => &i.name,
+            None => &self.graph.step(index).name,
+        }
+    }
+
+    /// The indexes of the instances of batch worker step `worker` (contiguous: a batch's
+    /// instances are made together).
+    fn slices_of(&self, worker: u32) -> std::ops::Range<u32> {
+        let first = self.first_instance();
+        let mut found = self
+            .instances
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.of == worker);
+        match found.next() {
+            None => first..first,
+            Some((k, _)) => {
+                let count = 1 + found.count();
+                first + k as u32..first + (k + count) as u32
+            }
+        }
     }
 
     /// Whether step `index` may be claimed now.
@@ -258,37 +328,32 @@ impl TaskRecord {
         }
         self.steps[i].attempts += 1;
         self.step_to(index, StepEvent::Claim, now, None, changes)?;
-        let spec = self.graph.step(index);
-        let expires = add_ms(now, spec.lease_ms);
+        let expires = add_ms(now, self.spec(index).lease_ms);
         let rec = &mut self.steps[i];
         rec.lease = Some((worker.clone(), expires));
         rec.started_at = Some(now);
         rec.completed_at = None;
         let (attempt, max_attempts) = (rec.attempts, rec.max_attempts);
         schedule.lease_taken(self.step_id(index), attempt, expires);
-        // Parents not chosen (a convergence's branches not taken) hand nothing in.
+        // An instance gets its worker step's inputs. Parents not chosen (a convergence's
+        // branches not taken) hand nothing in.
+        let template = self.template_step(index);
         let inputs = self
             .graph
-            .parents(index)
+            .parents(template)
             .iter()
             .filter(|e| {
                 let p = e.step as usize;
                 Outcome::of(self.states[p], self.counters[p])
-                    .map(|o| o.toward(index, self.choices.chosen(e.step)))
+                    .map(|o| o.toward(template, self.choices.chosen(e.step)))
                     != Some(Outcome::NotChosen)
             })
-            .map(|e| {
-                let parent = &self.steps[e.step as usize];
-                let value = parent
-                    .result
-                    .clone()
-                    .unwrap_or_else(|| Arc::new(Value::Null));
-                (self.graph.step(e.step).name.clone(), value)
-            })
+            .map(|e| (self.graph.step(e.step).name.clone(), self.output_of(e.step)))
             .collect();
+        let spec = self.spec(index);
         Ok(ClaimedStep {
             step_id: self.step_id(index),
-            name: spec.name.clone(),
+            name: self.step_name(index).clone(),
             handler: spec.handler.clone(),
             namespace: self.namespace.clone(),
             task_name: self.name.clone(),
@@ -303,11 +368,55 @@ impl TaskRecord {
             events: spec.events.clone(),
             kind: spec.kind,
             dependents: spec.dependents.clone(),
+            batch: self.instance(index).map(|i| i.batch.clone()),
         })
     }
 
-    /// Records the result of a held claim and releases the step's children. A decision step
-    /// must decide instead ([`TaskRecord::decide`]): a plain result fails it for good.
+    /// What template step `index` hands its children: its result, or, for a batch worker step
+    /// that completed, the list of its instances' results in slice order (`null` for a slice
+    /// that did not succeed).
+    fn output_of(&self, index: u32) -> Arc<Value> {
+        let i = index as usize;
+        if self.spec(index).kind == StepKind::BatchWorker && self.states[i] == StepState::Complete {
+            let results = self
+                .slices_of(index)
+                .map(|s| {
+                    let rec = &self.steps[s as usize];
+                    match (self.states[s as usize].is_success(), &rec.result) {
+                        (true, Some(r)) => (**r).clone(),
+                        _ => Value::Null,
+                    }
+                })
+                .collect();
+            return Arc::new(Value::Array(results));
+        }
+        self.steps[i]
+            .result
+            .clone()
+            .unwrap_or_else(|| Arc::new(Value::Null))
+    }
+
+    /// Records any outcome of a held claim (see [`super::Store::report`]).
+    pub fn report(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        outcome: super::Outcome,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        use super::Outcome as O;
+        match outcome {
+            O::Complete(v) => self.complete(step, attempt, v, now, schedule, changes),
+            O::Decide(d) => self.decide(step, attempt, d, now, schedule, changes),
+            O::Batch(b) => self.batch(step, attempt, b, now, schedule, changes),
+            O::Fail(f) => self.fail(step, attempt, &f, now, schedule, changes),
+        }
+    }
+
+    /// Records the result of a held claim and releases the step's children. A decision or
+    /// batchable step must decide or batch instead: a plain result fails it for good.
     pub fn complete(
         &mut self,
         step: StepId,
@@ -318,7 +427,7 @@ impl TaskRecord {
         changes: &mut Changes,
     ) -> Result<()> {
         let index = self.check_claim(step, attempt)?;
-        if let Some(message) = self.graph.step(index).refusal(None) {
+        if let Some(message) = self.spec(index).refusal(Reported::Result) {
             return self.fail_for_good(step, attempt, message, now, schedule, changes);
         }
         self.succeed(index, result, None, now, schedule, changes)
@@ -338,7 +447,10 @@ impl TaskRecord {
     ) -> Result<()> {
         let index = self.check_claim(step, attempt)?;
         let graph = self.graph.clone();
-        if let Some(message) = graph.step(index).refusal(Some(&decision.steps)) {
+        if let Some(message) = self
+            .spec(index)
+            .refusal(Reported::Decision(&decision.steps))
+        {
             return self.fail_for_good(step, attempt, message, now, schedule, changes);
         }
         // Every name is a dependent's (checked above).
@@ -352,6 +464,58 @@ impl TaskRecord {
             _ => "chose none of its dependents".to_owned(),
         };
         self.succeed(index, decision.result, Some(reason), now, schedule, changes)
+    }
+
+    /// Records the batch of a held claim of a batchable step: one instance of its worker step
+    /// per slice, released (up to the batch's `parallelism`) once the worker step's other
+    /// parents allow it. A batch from another step, or one of more than
+    /// [`crate::template::MAX_SLICES`] slices, fails the step for good.
+    pub fn batch(
+        &mut self,
+        step: StepId,
+        attempt: u32,
+        batch: super::Batch,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let index = self.check_claim(step, attempt)?;
+        let refusal = self.spec(index).refusal(Reported::Batch);
+        let plan = match (refusal, self.spec(index).batch) {
+            (None, Some(plan)) => plan,
+            (refusal, _) => {
+                let message = refusal.unwrap_or_else(|| "no batch plan".to_owned());
+                return self.fail_for_good(step, attempt, message, now, schedule, changes);
+            }
+        };
+        let slices = match batch_slices(&batch.work, plan.size) {
+            Ok(slices) => slices,
+            Err(message) => {
+                return self.fail_for_good(step, attempt, message, now, schedule, changes)
+            }
+        };
+        let worker = self.graph.step(plan.worker);
+        let max_attempts = worker.retry.max_attempts;
+        let reason = format!("{} slices of {}", slices.len(), worker.name);
+        for (k, slice) in slices.into_iter().enumerate() {
+            self.instances.push(Instance {
+                of: plan.worker,
+                name: format!("{}[{k}]", worker.name).into(),
+                batch: Arc::new(slice),
+            });
+            self.states.push(StepState::Pending);
+            // Waiting for a slot until its worker step runs.
+            self.counters.push(Counters {
+                unfinished_parents: 1,
+                ..Counters::default()
+            });
+            self.steps.push(StepRecord {
+                max_attempts,
+                ..StepRecord::default()
+            });
+            self.unfinished += 1;
+        }
+        self.succeed(index, batch.result, Some(reason), now, schedule, changes)
     }
 
     /// Step `index`, claimed, completed with `result`.
@@ -425,7 +589,7 @@ impl TaskRecord {
         schedule: &mut impl Schedule,
     ) -> Result<Timestamp> {
         let index = self.check_claim(step, attempt)?;
-        let expires = add_ms(now, self.graph.step(index).lease_ms);
+        let expires = add_ms(now, self.spec(index).lease_ms);
         if let Some((_, exp)) = self.steps[index as usize].lease.as_mut() {
             schedule.lease_released(step, attempt, *exp);
             *exp = expires;
@@ -483,7 +647,7 @@ impl TaskRecord {
         self.release_lease(index, schedule);
         let message = format!(
             "lease expired after {} ms (worker {owner})",
-            self.graph.step(index).lease_ms
+            self.spec(index).lease_ms
         );
         let retryable = FailureKind::Retryable {
             retry_after_ms: None,
@@ -547,7 +711,7 @@ impl TaskRecord {
             return;
         }
         let (attempt, budget) = (self.steps[i].attempts, self.steps[i].max_attempts);
-        let policy = self.graph.step(index).retry;
+        let policy = self.spec(index).retry;
         match policy.decide(attempt, budget, kind, fastrand::f64()) {
             RetryDecision::RetryAfter { delay_ms } => {
                 let at = add_ms(now, delay_ms);
@@ -578,6 +742,11 @@ impl TaskRecord {
         changes: &mut Changes,
     ) {
         self.unfinished -= 1;
+        if self.instance(index).is_some() {
+            self.finish_instance(index, outcome, now, schedule, changes);
+            self.maybe_finish(now, changes);
+            return;
+        }
         let graph = self.graph.clone();
         let mut release = Release::default();
         readiness::propagate_into(
@@ -607,7 +776,7 @@ impl TaskRecord {
             let t = Transition::step(
                 self.id,
                 s,
-                &self.graph.step(s).name,
+                self.step_name(s),
                 (StepState::Pending, StepState::Skipped),
                 StepEvent::Skip,
                 self.steps[s as usize].attempts,
@@ -616,7 +785,182 @@ impl TaskRecord {
             let reason = self.skip_reason(s).map(str::to_owned);
             self.record(t, reason, changes);
         }
-        self.queue_ready(&release.ready, schedule, changes);
+        // A batch worker step is never handed out: it starts its instances instead.
+        let is_worker = |r: &u32| self.graph.step(*r).kind == StepKind::BatchWorker;
+        if !release.ready.iter().any(is_worker) {
+            self.queue_ready(&release.ready, schedule, changes);
+            return;
+        }
+        let (workers, ready): (Vec<u32>, Vec<u32>) =
+            release.ready.iter().copied().partition(is_worker);
+        self.queue_ready(&ready, schedule, changes);
+        for w in workers {
+            self.expand(w, now, schedule, changes);
+        }
+    }
+
+    /// Batch worker step `w` has become ready: it starts (`expand`), releasing its instances
+    /// up to the batch's parallelism; with no instance (an empty batch, or a batchable parent
+    /// resolved by hand) it completes at once.
+    fn expand(
+        &mut self,
+        w: u32,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        let reason = Some(format!("{} slices", self.slices_of(w).len()));
+        if self
+            .step_to(w, StepEvent::Expand, now, reason, changes)
+            .is_err()
+        {
+            return;
+        }
+        let rec = &mut self.steps[w as usize];
+        rec.started_at = Some(now);
+        rec.completed_at = None;
+        self.fill_slots(w, schedule, changes);
+        self.maybe_finish_batch(w, now, schedule, changes);
+    }
+
+    /// Releases waiting instances of running batch worker step `w` while fewer than its
+    /// batch's `parallelism` are released and unfinished, in slice order.
+    fn fill_slots(&mut self, w: u32, schedule: &mut impl Schedule, changes: &mut Changes) {
+        let Some(plan) = self.graph.step(w).batch else {
+            return;
+        };
+        if self.states[w as usize] != StepState::InProgress {
+            return;
+        }
+        let slices = self.slices_of(w);
+        let released = |t: &Self, s: u32| t.counters[s as usize].unfinished_parents == 0;
+        let mut active = slices
+            .clone()
+            .filter(|&s| !self.states[s as usize].is_finished() && released(self, s))
+            .count() as u32;
+        let mut now_ready = Vec::new();
+        for s in slices {
+            if active >= plan.parallelism {
+                break;
+            }
+            if self.states[s as usize] == StepState::Pending && !released(self, s) {
+                self.counters[s as usize].unfinished_parents = 0;
+                now_ready.push(s);
+                active += 1;
+            }
+        }
+        self.queue_ready(&now_ready, schedule, changes);
+    }
+
+    /// Completes running batch worker step `w` once every instance has finished (failed ones
+    /// too under `on_failure: continue`), which releases its children.
+    fn maybe_finish_batch(
+        &mut self,
+        w: u32,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        let slices = self.slices_of(w);
+        let unfinished = slices
+            .clone()
+            .any(|s| !self.states[s as usize].is_finished());
+        if self.states[w as usize] != StepState::InProgress || unfinished {
+            return;
+        }
+        let failed = slices
+            .clone()
+            .filter(|&s| !self.states[s as usize].is_success())
+            .count();
+        let total = slices.len();
+        let (outcome, reason) = match failed {
+            0 => (Outcome::Succeeded, format!("{total} slices complete")),
+            _ if self.fails_fast(w) => (
+                Outcome::Failed,
+                format!("{failed} of {total} slices failed"),
+            ),
+            _ => (
+                Outcome::Succeeded,
+                format!("{total} slices finished, {failed} failed"),
+            ),
+        };
+        self.end_batch(w, outcome, reason, now, schedule, changes);
+    }
+
+    /// Whether a failed slice of batch worker step `w` fails the batch at once.
+    fn fails_fast(&self, w: u32) -> bool {
+        self.graph
+            .step(w)
+            .batch
+            .is_some_and(|p| p.on_failure == crate::template::OnFailure::FailFast)
+    }
+
+    /// Running batch worker step `w` ends with `outcome` (completes, or fails for good with
+    /// `reason` as its error) and releases or skips its dependents.
+    fn end_batch(
+        &mut self,
+        w: u32,
+        outcome: Outcome,
+        reason: String,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        let reason = crate::limits::message(reason);
+        let rec = &mut self.steps[w as usize];
+        rec.completed_at = Some(now);
+        let event = if outcome == Outcome::Failed {
+            rec.error = Some(reason.clone());
+            StepEvent::Fail
+        } else {
+            StepEvent::Complete
+        };
+        if self.step_to(w, event, now, Some(reason), changes).is_ok() {
+            self.finish_step(w, outcome, now, schedule, changes);
+        }
+    }
+
+    /// Instance `index` has finished with `outcome`: under `on_failure: fail_fast` a failure
+    /// skips the slices not started and fails the worker step; otherwise the next slice is
+    /// released, and the worker step completes after the last.
+    fn finish_instance(
+        &mut self,
+        index: u32,
+        outcome: Outcome,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        let Some(w) = self.instance(index).map(|i| i.of) else {
+            return;
+        };
+        if self.states[w as usize] != StepState::InProgress {
+            return;
+        }
+        if outcome != Outcome::Failed || !self.fails_fast(w) {
+            self.fill_slots(w, schedule, changes);
+            self.maybe_finish_batch(w, now, schedule, changes);
+            return;
+        }
+        let slice = self.step_name(index).clone();
+        for s in self.slices_of(w) {
+            match self.states[s as usize] {
+                StepState::Pending => {}
+                StepState::WaitingForRetry => self.cancel_retry(s, schedule),
+                _ => continue,
+            }
+            self.steps[s as usize].completed_at = Some(now);
+            let reason = Some(format!("slice {slice} failed"));
+            if self
+                .step_to(s, StepEvent::Skip, now, reason, changes)
+                .is_ok()
+            {
+                self.unfinished -= 1;
+            }
+        }
+        let error = self.steps[index as usize].error.clone().unwrap_or_default();
+        let reason = format!("slice {slice} failed: {error}");
+        self.end_batch(w, Outcome::Failed, reason, now, schedule, changes);
     }
 
     /// Why step `index` was skipped, if it was.
@@ -624,6 +968,7 @@ impl TaskRecord {
         let i = index as usize;
         match Outcome::of(self.states[i], self.counters[i]) {
             _ if self.states[i] != StepState::Skipped => None,
+            _ if self.instance(index).is_some() => Some("another slice failed"),
             Some(Outcome::NotChosen) => Some("not chosen"),
             _ => Some("a required parent failed"),
         }
@@ -635,7 +980,7 @@ impl TaskRecord {
                 schedule.ready(self, r);
                 changes
                     .ready
-                    .push((self.step_id(r), self.graph.step(r).name.clone()));
+                    .push((self.step_id(r), self.step_name(r).clone()));
             }
         }
     }
@@ -668,12 +1013,26 @@ impl TaskRecord {
         changes: &mut Changes,
     ) {
         let graph = self.graph.clone();
-        let (counters, mut release) = readiness::settle(&graph, &mut self.states, &self.choices);
-        self.counters = counters;
+        let n = graph.len();
+        let (counters, mut release) =
+            readiness::settle(&graph, &mut self.states[..n], &self.choices);
+        self.counters[..n].copy_from_slice(&counters);
         self.unfinished = self.states.iter().filter(|s| !s.is_finished()).count() as u32
             + release.skipped.len() as u32;
         release.ready.retain(|&r| !was_claimable[r as usize]);
+        // Instances released before (or reset by an operator retry after their batch
+        // finished) are queued again; then the batches that run fill their slots.
+        let again: Vec<u32> = (n as u32..self.states.len() as u32)
+            .filter(|&s| self.is_claimable(s) && !was_claimable[s as usize])
+            .collect();
+        self.queue_ready(&again, schedule, changes);
         self.apply_release(&release, now, schedule, changes);
+        for w in 0..n as u32 {
+            if graph.step(w).kind == StepKind::BatchWorker {
+                self.fill_slots(w, schedule, changes);
+                self.maybe_finish_batch(w, now, schedule, changes);
+            }
+        }
     }
 
     fn claimable_steps(&self) -> Vec<bool> {
@@ -740,11 +1099,15 @@ impl TaskRecord {
             if Outcome::of(self.states[i], self.counters[i]) == Some(Outcome::Failed)
                 && matches!(self.states[i], StepState::Error | StepState::Skipped)
             {
+                if let Some(w) = self.instance(index).map(|i| i.of) {
+                    // A slice waits for a slot again if its batch starts again, else it runs.
+                    let waits = self.states[w as usize] == StepState::Pending;
+                    self.counters[i].unfinished_parents = u32::from(waits);
+                }
+                let budget = self.spec(index).retry.max_attempts;
                 let rec = &mut self.steps[i];
                 // Saturating: an operator may retry a task any number of times.
-                rec.max_attempts = rec
-                    .attempts
-                    .saturating_add(self.graph.step(index).retry.max_attempts);
+                rec.max_attempts = rec.attempts.saturating_add(budget);
                 rec.completed_at = None;
                 rec.next_attempt_at = None;
                 let reason = Some("operator retry".to_owned());
@@ -789,16 +1152,18 @@ impl TaskRecord {
             self.finish_step(index, Outcome::Succeeded, now, schedule, changes);
             return Ok(());
         }
-        // Its children were told it failed: give back the steps skipped on its account.
-        let skipped: Vec<u32> = (0..self.states.len() as u32)
+        // Its children were told it failed: give back the steps skipped on its account (an
+        // instance has no children; its batch picks up in `resettle`).
+        let n = self.graph.len();
+        let skipped: Vec<u32> = (0..n as u32)
             .filter(|&s| self.states[s as usize] == StepState::Skipped)
             .collect();
-        let mut trial = self.states.clone();
+        let mut trial = self.states[..n].to_vec();
         for &s in &skipped {
             trial[s as usize] = StepState::Pending;
         }
         let (_, still_doomed) = readiness::settle(&self.graph.clone(), &mut trial, &self.choices);
-        let parent = self.graph.step(index).name.clone();
+        let parent = self.step_name(index).clone();
         for &s in &skipped {
             if !still_doomed.skipped.contains(&s) {
                 self.steps[s as usize].completed_at = None;
@@ -820,12 +1185,13 @@ impl TaskRecord {
         let steps = (0..self.states.len() as u32)
             .map(|index| {
                 let i = index as usize;
-                let spec = self.graph.step(index);
+                let spec = self.spec(index);
                 let rec = &self.steps[i];
                 let running = self.states[i] == StepState::InProgress;
+                let instance = self.instance(index);
                 StepView {
                     step_id: self.step_id(index),
-                    name: spec.name.to_string(),
+                    name: self.step_name(index).to_string(),
                     handler: spec.handler.to_string(),
                     status: self.states[i],
                     attempts: rec.attempts,
@@ -834,7 +1200,7 @@ impl TaskRecord {
                     error: rec.error.clone(),
                     depends_on: self
                         .graph
-                        .parents(index)
+                        .parents(self.template_step(index))
                         .iter()
                         .map(|e| DependencyView {
                             step: self.graph.step(e.step).name.to_string(),
@@ -863,6 +1229,8 @@ impl TaskRecord {
                             .collect()
                     }),
                     skip_reason: self.skip_reason(index).map(str::to_owned),
+                    instance_of: instance.map(|i| self.graph.step(i.of).name.to_string()),
+                    batch: instance.map(|i| (*i.batch).clone()),
                 }
             })
             .collect();
@@ -882,4 +1250,31 @@ impl TaskRecord {
             completed_at: self.completed_at,
         }
     }
+}
+
+/// The slices of `work` in pieces of `size`: `{index, start, end}`, with `items` for a batch of
+/// items; or why there are too many.
+fn batch_slices(work: &super::BatchWork, size: u64) -> std::result::Result<Vec<Value>, String> {
+    let total = match work {
+        super::BatchWork::Items(items) => items.len() as u64,
+        super::BatchWork::Total(total) => *total,
+    };
+    let count = total.div_ceil(size.max(1));
+    let max = crate::template::MAX_SLICES;
+    if count > max as u64 {
+        return Err(format!(
+            "the batch makes {count} slices of {size}, more than a batch may have ({max})"
+        ));
+    }
+    Ok((0..count)
+        .map(|k| {
+            let start = k * size;
+            let end = (start + size).min(total);
+            let mut slice = serde_json::json!({"index": k, "start": start, "end": end});
+            if let super::BatchWork::Items(items) = work {
+                slice["items"] = Value::Array(items[start as usize..end as usize].to_vec());
+            }
+            slice
+        })
+        .collect())
 }

@@ -115,6 +115,7 @@ impl StepBuilder {
             config: None,
             events: Vec::new(),
             kind: StepKind::Standard,
+            batch: None,
         })
     }
 
@@ -171,9 +172,17 @@ impl StepBuilder {
         self
     }
 
-    /// Its `type`: a decision, a deferred convergence, or (the default) a plain step.
+    /// Its `type`: a decision, a deferred convergence, a batchable step or batch worker, or (the
+    /// default) a plain step.
     pub fn kind(mut self, kind: StepKind) -> Self {
         self.0.kind = kind;
+        self
+    }
+
+    /// A `batchable` step whose `batch.worker` step runs once per slice.
+    pub fn batch(mut self, batch: super::BatchSpec) -> Self {
+        self.0.kind = StepKind::Batchable;
+        self.0.batch = Some(batch);
         self
     }
 

@@ -134,6 +134,7 @@ impl TaskTemplate {
                 events: Arc::default(),
                 kind: step.kind,
                 dependents: Arc::from(Vec::new()),
+                batch: None,
             });
         }
         let scopes: Vec<(&str, &[EventDecl])> = self
@@ -229,6 +230,7 @@ impl TaskTemplate {
             }
         }
 
+        self.plan_batches(&index, &parent_offsets, &parent_edges, &mut specs)?;
         let names: Vec<Arc<str>> = specs.iter().map(|s| Arc::clone(&s.name)).collect();
         for (i, spec) in specs.iter_mut().enumerate() {
             let range = child_offsets[i] as usize..child_offsets[i + 1] as usize;
@@ -269,6 +271,101 @@ impl TaskTemplate {
             child_edges,
             topo,
         })
+    }
+
+    /// Each `batchable` step's batch, checked: its worker is a `batch_worker` step that depends
+    /// on it and on no other batchable step's batch, sizes are in range, and no step's name
+    /// could be taken for one of the worker's instances (`worker[0]`).
+    fn plan_batches(
+        &self,
+        index: &HashMap<Arc<str>, u32>,
+        parent_offsets: &[u32],
+        parent_edges: &[Edge],
+        specs: &mut [StepSpec],
+    ) -> Result<(), TemplateError> {
+        let refuse = |step: &StepTemplate, message: String| TemplateError::InvalidStepKind {
+            step: step.name.clone(),
+            kind: step.kind.as_str(),
+            message,
+        };
+        for (i, step) in self.steps.iter().enumerate() {
+            let Some(batch) = &step.batch else {
+                if step.kind == StepKind::Batchable {
+                    return Err(refuse(step, "it needs a batch: {worker, size}".into()));
+                }
+                continue;
+            };
+            if step.kind != StepKind::Batchable {
+                return Err(refuse(step, "only a batchable step has a batch".into()));
+            }
+            let worker = match index.get(batch.worker.as_str()) {
+                Some(&w) if self.steps[w as usize].kind == StepKind::BatchWorker => w,
+                _ => {
+                    return Err(refuse(
+                        step,
+                        format!(
+                            "its batch.worker {:?} is not a batch_worker step",
+                            batch.worker
+                        ),
+                    ))
+                }
+            };
+            let range = parent_offsets[worker as usize] as usize
+                ..parent_offsets[worker as usize + 1] as usize;
+            if !parent_edges[range]
+                .iter()
+                .any(|e| e.step == i as u32 && e.requires_success)
+            {
+                return Err(refuse(
+                    step,
+                    format!("its batch.worker {:?} does not depend on it", batch.worker),
+                ));
+            }
+            if specs[worker as usize].batch.is_some() {
+                return Err(refuse(
+                    step,
+                    format!("{:?} is the worker of another batch already", batch.worker),
+                ));
+            }
+            if batch.size == 0 || batch.size > super::MAX_BATCH_SIZE {
+                return Err(refuse(
+                    step,
+                    format!("batch.size must be between 1 and {}", super::MAX_BATCH_SIZE),
+                ));
+            }
+            if batch.parallelism == Some(0) {
+                return Err(refuse(step, "batch.parallelism must be at least 1".into()));
+            }
+            let prefix = format!("{}[", batch.worker);
+            if let Some(clash) = self.steps.iter().find(|s| s.name.starts_with(&prefix)) {
+                return Err(refuse(
+                    step,
+                    format!(
+                        "step {:?} could be taken for an instance of {:?}",
+                        clash.name, batch.worker
+                    ),
+                ));
+            }
+            let plan = super::BatchPlan {
+                batchable: i as u32,
+                worker,
+                size: batch.size,
+                parallelism: batch.parallelism.unwrap_or(u32::MAX),
+                on_failure: batch.on_failure,
+            };
+            specs[i].batch = Some(plan);
+            specs[worker as usize].batch = Some(plan);
+        }
+        if let Some(orphan) = (0..self.steps.len())
+            .find(|&w| self.steps[w].kind == StepKind::BatchWorker && specs[w].batch.is_none())
+        {
+            let step = &self.steps[orphan];
+            return Err(refuse(
+                step,
+                "no batchable step names it as its batch.worker".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// The retry policy that applies to `step`, checked.

@@ -43,31 +43,66 @@ pub struct StepSpec {
     pub kind: super::StepKind,
     /// The names of the steps that depend on it, in template order.
     pub dependents: Arc<[Arc<str>]>,
+    /// A `batchable` step's batch, a `batch_worker` step's batchable parent.
+    pub batch: Option<BatchPlan>,
+}
+
+/// How a batch runs, on both of its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BatchPlan {
+    /// The `batchable` step.
+    pub batchable: u32,
+    /// The `batch_worker` step run once per slice.
+    pub worker: u32,
+    /// Items per slice.
+    pub size: u64,
+    /// How many slices run at once.
+    pub parallelism: u32,
+    /// What a slice that failed for good does.
+    pub on_failure: super::OnFailure,
 }
 
 impl StepSpec {
-    /// Why this step may not report `decision` (`None`: a plain result), if it may not; see
-    /// [`output_refusal`].
-    pub fn refusal(&self, decision: Option<&[String]>) -> Option<String> {
-        output_refusal(&self.name, self.kind, &self.dependents, decision)
+    /// Why this step may not report `reported`, if it may not; see [`output_refusal`].
+    pub fn refusal(&self, reported: Reported<'_>) -> Option<String> {
+        output_refusal(&self.name, self.kind, &self.dependents, reported)
     }
 }
 
-/// Why step `name` of `kind`, on which `dependents` depend, may not report `decision` (`None`:
-/// a plain result): a decision step must decide, only a decision step may, and only among the
-/// steps that depend on it. The message is the step's permanent failure.
+/// What a handler reported, as far as its step's `type` cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reported<'a> {
+    /// A plain result.
+    Result,
+    /// A decision choosing these steps.
+    Decision(&'a [String]),
+    /// A batch.
+    Batch,
+}
+
+impl Reported<'_> {
+    fn what(self) -> &'static str {
+        match self {
+            Reported::Result => "a plain result",
+            Reported::Decision(_) => "a decision",
+            Reported::Batch => "a batch",
+        }
+    }
+}
+
+/// Why step `name` of `kind`, on which `dependents` depend, may not report `reported`, if it
+/// may not: a decision step must decide, and only among the steps that depend on it; a
+/// batchable step must return a batch; no other step may do either. The message is the step's
+/// permanent failure.
 pub fn output_refusal(
     name: &str,
     kind: super::StepKind,
     dependents: &[Arc<str>],
-    decision: Option<&[String]>,
+    reported: Reported<'_>,
 ) -> Option<String> {
     use super::StepKind;
-    match (kind, decision) {
-        (StepKind::Decision, None) => Some(format!(
-            "decision step {name:?} returned a plain result: its handler must return a decision naming the steps to run"
-        )),
-        (StepKind::Decision, Some(chosen)) => {
+    match (kind, reported) {
+        (StepKind::Decision, Reported::Decision(chosen)) => {
             // A set when both lists are long: a decision may name thousands of steps.
             let set: Option<std::collections::HashSet<&str>> = (chosen.len() > 8
                 && dependents.len() > 8)
@@ -83,10 +118,22 @@ pub fn output_refusal(
                 dependents.join(", ")
             ))
         }
-        (_, Some(_)) => Some(format!(
+        (StepKind::Decision, other) => Some(format!(
+            "decision step {name:?} returned {}: its handler must return a decision naming the steps to run",
+            other.what()
+        )),
+        (StepKind::Batchable, Reported::Batch) => None,
+        (StepKind::Batchable, other) => Some(format!(
+            "batchable step {name:?} returned {}: its handler must return a batch (items or a total)",
+            other.what()
+        )),
+        (_, Reported::Decision(_)) => Some(format!(
             "step {name:?} returned a decision, but it is not a decision step (type: decision)"
         )),
-        (_, None) => None,
+        (_, Reported::Batch) => Some(format!(
+            "step {name:?} returned a batch, but it is not a batchable step (type: batchable)"
+        )),
+        (_, Reported::Result) => None,
     }
 }
 

@@ -24,7 +24,7 @@ mod graph;
 pub use builder::{StepBuilder, TemplateBuilder};
 pub use events::{DeclaredEvents, EventDecl};
 pub use foreign::{Format, Loaded};
-pub use graph::{output_refusal, Edge, StepSpec, TaskGraph};
+pub use graph::{output_refusal, BatchPlan, Edge, Reported, StepSpec, TaskGraph};
 
 /// The most steps a template may have.
 pub const MAX_STEPS: usize = 10_000;
@@ -154,7 +154,62 @@ pub struct StepTemplate {
         skip_serializing_if = "StepKind::is_standard"
     )]
     pub kind: StepKind,
+    /// For a `batchable` step: the `batch_worker` step run once per slice of what its handler
+    /// returns, the slice size, how many slices run at once, and what a failed slice does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchSpec>,
 }
+
+/// A `batchable` step's `batch`: `{worker, size, parallelism, on_failure}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchSpec {
+    /// The `batch_worker` step (depending on this one) run once per slice.
+    pub worker: String,
+    /// Items per slice (1 … [`MAX_BATCH_SIZE`]; default 100).
+    #[serde(default = "BatchSpec::default_size")]
+    pub size: u64,
+    /// How many slices may run at once (default: all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parallelism: Option<u32>,
+    /// What a slice that failed for good does (default `fail_fast`).
+    #[serde(default)]
+    pub on_failure: OnFailure,
+}
+
+impl BatchSpec {
+    fn default_size() -> u64 {
+        100
+    }
+
+    /// A batch run by `worker` in slices of `size` items, all at once, failing fast.
+    pub fn new(worker: impl Into<String>, size: u64) -> Self {
+        BatchSpec {
+            worker: worker.into(),
+            size,
+            parallelism: None,
+            on_failure: OnFailure::FailFast,
+        }
+    }
+}
+
+/// What a slice of a batch that failed for good does to the others.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// The slices not started are skipped and the worker step fails at once (its dependents
+    /// are skipped as after any failure).
+    #[default]
+    FailFast,
+    /// The other slices run; the worker step completes once all have finished, the failed
+    /// slices' results `null` in its dependents' input, and the task ends in `error`.
+    Continue,
+}
+
+/// The most items one slice of a batch may take.
+pub const MAX_BATCH_SIZE: u64 = 1_000_000;
+/// The most slices one batch may make (one step instance each).
+pub const MAX_SLICES: usize = 10_000;
 
 /// A step's `type`.
 ///
@@ -164,6 +219,10 @@ pub struct StepTemplate {
 ///   require one of those.
 /// * `deferred_convergence`: runs once each of its dependencies has completed or was not
 ///   chosen; a chosen dependency that failed skips it as usual.
+/// * `batchable`: its handler returns a batch (items, or a total); the engine runs its
+///   `batch.worker` step once per slice.
+/// * `batch_worker`: never handed out itself: its instances are, one per slice, and it finishes
+///   when they have (its dependents get the list of their results, in slice order).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum StepKind {
@@ -174,6 +233,10 @@ pub enum StepKind {
     Decision,
     /// Runs once every dependency has completed or was not chosen.
     DeferredConvergence,
+    /// Returns a batch (items or a total): its `batch.worker` step runs once per slice.
+    Batchable,
+    /// Runs once per slice of its batchable parent's batch, as instances `name[0]`, `name[1]`…
+    BatchWorker,
 }
 
 impl StepKind {
@@ -188,6 +251,8 @@ impl StepKind {
             StepKind::Standard => "standard",
             StepKind::Decision => "decision",
             StepKind::DeferredConvergence => "deferred_convergence",
+            StepKind::Batchable => "batchable",
+            StepKind::BatchWorker => "batch_worker",
         }
     }
 }
@@ -622,6 +687,7 @@ steps:
             config: None,
             events: Vec::new(),
             kind: StepKind::Standard,
+            batch: None,
         }
     }
 

@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 use crate::engine::Engine;
 use crate::error::{Error, Result};
 use crate::retry::FailureKind;
-use crate::store::{ClaimedStep, Decision, StepFailure};
+use crate::store::{ClaimedStep, Decision, Outcome, StepFailure};
 
 pub mod session;
 
@@ -111,6 +111,24 @@ pub enum HandlerOutput {
     Result(Value),
     /// A decision step's choice (with its result).
     Decision(Decision),
+    /// A batchable step's batch (with its result).
+    Batch(crate::store::Batch),
+}
+
+impl From<crate::store::Batch> for HandlerOutput {
+    fn from(batch: crate::store::Batch) -> Self {
+        HandlerOutput::Batch(batch)
+    }
+}
+
+impl From<HandlerOutput> for Outcome {
+    fn from(output: HandlerOutput) -> Self {
+        match output {
+            HandlerOutput::Result(value) => Outcome::Complete(value),
+            HandlerOutput::Decision(decision) => Outcome::Decide(decision),
+            HandlerOutput::Batch(batch) => Outcome::Batch(batch),
+        }
+    }
 }
 
 impl From<Value> for HandlerOutput {
@@ -129,7 +147,7 @@ impl From<HandlerOutput> for AttemptOutcome {
     fn from(output: HandlerOutput) -> Self {
         match output {
             HandlerOutput::Result(value) => AttemptOutcome::Complete(value),
-            HandlerOutput::Decision(decision) => AttemptOutcome::Decide(decision),
+            other => AttemptOutcome::Output(other),
         }
     }
 }

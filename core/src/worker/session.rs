@@ -206,8 +206,9 @@ pub enum Next {
 pub enum AttemptOutcome {
     /// The handler's result.
     Complete(Value),
-    /// A decision step's handler chose which of its dependents run.
-    Decide(crate::store::Decision),
+    /// What the handler returned besides a plain result: a decision step's choice, a
+    /// batchable step's batch.
+    Output(super::HandlerOutput),
     /// The handler failed.
     Fail(StepFailure),
     /// The host cancelled the handler at the attempt's deadline (a Rust future, an asyncio
@@ -270,13 +271,11 @@ impl Held {
     /// result from a decision step, a decision from another, a choice of a step that does not
     /// depend on it): the store would record the same failure, and the run counts it as one.
     fn admit(&self, outcome: Outcome) -> Outcome {
-        let decision = match &outcome {
-            Outcome::Complete(_) => None,
-            Outcome::Decide(d) => Some(d.steps.as_slice()),
-            Outcome::Fail(_) => return outcome,
+        let Some(reported) = outcome.reported() else {
+            return outcome;
         };
         let name = &self.source.step_name;
-        match crate::template::output_refusal(name, self.kind, &self.dependents, decision) {
+        match crate::template::output_refusal(name, self.kind, &self.dependents, reported) {
             Some(message) => Outcome::Fail(StepFailure {
                 message,
                 kind: crate::retry::FailureKind::Permanent,
@@ -449,9 +448,7 @@ impl WorkerSession {
             AttemptOutcome::Complete(value) => {
                 Some(crate::limits::outcome(Outcome::Complete(value)))
             }
-            AttemptOutcome::Decide(decision) => {
-                Some(crate::limits::outcome(Outcome::Decide(decision)))
-            }
+            AttemptOutcome::Output(output) => Some(crate::limits::outcome(output.into())),
             AttemptOutcome::Fail(failure) => Some(crate::limits::outcome(Outcome::Fail(failure))),
             AttemptOutcome::TimedOut => None,
         };
@@ -1021,7 +1018,7 @@ async fn write_reports(
                 for (p, result) in batch.iter().zip(results) {
                     match result {
                         Ok(()) => match p.report.outcome {
-                            Outcome::Complete(_) | Outcome::Decide(_) => {
+                            Outcome::Complete(_) | Outcome::Decide(_) | Outcome::Batch(_) => {
                                 state.report.completed += 1
                             }
                             Outcome::Fail(_) => state.report.failed += 1,

@@ -473,6 +473,7 @@ pub struct Template {
     version: String,
     default_retry: Option<Retry>,
     steps: Vec<Step>,
+    raw: String,
 }
 
 /// A template `namespace`/`name` at version 1.0.0, with no steps yet.
@@ -483,6 +484,7 @@ pub fn template(namespace: &str, name: &str) -> Template {
         version: "1.0.0".to_owned(),
         default_retry: None,
         steps: Vec::new(),
+        raw: String::new(),
     }
 }
 
@@ -502,6 +504,12 @@ impl Template {
     /// Adds a step.
     pub fn step(mut self, step: Step) -> Self {
         self.steps.push(step);
+        self
+    }
+
+    /// Adds steps written as YAML (list items indented by two spaces), after the others.
+    pub fn raw(mut self, steps: &str) -> Self {
+        self.raw.push_str(steps);
         self
     }
 
@@ -553,6 +561,7 @@ impl Template {
                 }
             }
         }
+        yaml.push_str(&self.raw);
         yaml
     }
 }

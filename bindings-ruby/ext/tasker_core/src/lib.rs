@@ -159,23 +159,38 @@ fn to_json(ruby: &Ruby, value: Value, what: &str) -> Result<Json, Error> {
         .map_err(|e| invalid(ruby, format!("{what} is not JSON-serialisable: {e}")))
 }
 
-/// A handler's return value for the core: a `TaskerCore::Decision` (its `steps` and `result`)
-/// or a JSON result.
+/// A handler's return value for the core: a `TaskerCore::Decision` (its `steps` and
+/// `result`), a `TaskerCore::Batch` (its `items` or `total`, and `result`) or a JSON result.
 fn output(ruby: &Ruby, value: Value) -> Result<tasker_core::HandlerOutput, Error> {
     // Results are mostly Hashes: no constant lookup for them.
-    if RHash::from_value(value).is_none() {
-        let decision = ruby
-            .class_object()
+    if RHash::from_value(value).is_some() {
+        return to_json(ruby, value, "the result").map(Into::into);
+    }
+    let class = |name: &str| {
+        ruby.class_object()
             .const_get::<_, RModule>("TaskerCore")
-            .and_then(|m| m.const_get::<_, magnus::RClass>("Decision"));
-        if let Ok(class) = decision {
-            if value.is_kind_of(class) {
-                let steps: Vec<String> = value.funcall("steps", ())?;
-                let result: Value = value.funcall("result", ())?;
-                let result = to_json(ruby, result, "the result")?;
-                return Ok(tasker_core::Decision { steps, result }.into());
-            }
-        }
+            .and_then(|m| m.const_get::<_, magnus::RClass>(name))
+            .ok()
+    };
+    if class("Decision").is_some_and(|c| value.is_kind_of(c)) {
+        let steps: Vec<String> = value.funcall("steps", ())?;
+        let result: Value = value.funcall("result", ())?;
+        let result = to_json(ruby, result, "the result")?;
+        return Ok(tasker_core::Decision { steps, result }.into());
+    }
+    if class("Batch").is_some_and(|c| value.is_kind_of(c)) {
+        let items: Value = value.funcall("items", ())?;
+        let total: Option<u64> = value.funcall("total", ())?;
+        let result: Value = value.funcall("result", ())?;
+        let work = match total {
+            Some(total) => tasker_core::store::BatchWork::Total(total),
+            None => match to_json(ruby, items, "the batch's items")? {
+                Json::Array(items) => tasker_core::store::BatchWork::Items(items),
+                _ => return Err(invalid(ruby, "the batch's items must be an Array")),
+            },
+        };
+        let result = to_json(ruby, result, "the result")?;
+        return Ok(tasker_core::Batch { work, result }.into());
     }
     to_json(ruby, value, "the result").map(Into::into)
 }
@@ -441,15 +456,10 @@ impl Engine {
     fn complete(&self, step_id: String, attempt: u32, result: Value) -> Result<(), Error> {
         let ruby = ruby();
         let step = self::step_id(&ruby, &step_id)?;
-        match output(&ruby, result)? {
-            tasker_core::HandlerOutput::Result(result) => self.call(&ruby, move |e| async move {
-                e.complete(step, attempt, result).await
-            }),
-            tasker_core::HandlerOutput::Decision(decision) => self
-                .call(&ruby, move |e| async move {
-                    e.decide(step, attempt, decision).await
-                }),
-        }
+        let output = output(&ruby, result)?;
+        self.call(&ruby, move |e| async move {
+            e.report(step, attempt, output).await
+        })
     }
 
     fn fail(&self, args: &[Value]) -> Result<(), Error> {

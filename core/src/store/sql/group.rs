@@ -711,7 +711,7 @@ impl Group {
                 let Some((t, s)) = tasks.get(task) else {
                     continue;
                 };
-                if t.is_claimable(index) && request.wants(&t.graph.step(index).handler) {
+                if t.is_claimable(index) && request.wants(&t.spec(index).handler) {
                     match t.claim(index, &request.worker_id, *now, s, &mut changes) {
                         Ok(step) => steps.push(step),
                         Err(e) => claimed = Err(e),

@@ -34,8 +34,8 @@ use tokio::sync::Notify;
 use super::cache::RecordCache;
 use super::record::{Schedule, StepRecord, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, Decision, NewTask, Now, Outcome,
-    ReportedAndClaimed, StepFailure, StepReport, Store, WorkStatus,
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, ReportedAndClaimed,
+    StepFailure, StepReport, Store, WorkStatus,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
@@ -522,6 +522,26 @@ fn step_record(r: &StepRow) -> Result<StepRecord> {
     })
 }
 
+/// The instance of a batch worker step a step row beyond the template's steps holds.
+fn instance_row(
+    graph: &TaskGraph,
+    r: &StepRow,
+) -> std::result::Result<super::record::Instance, String> {
+    let of = r
+        .of_step
+        .and_then(|o| u32::try_from(o).ok())
+        .filter(|&o| (o as usize) < graph.len())
+        .filter(|&o| graph.step(o).kind == crate::template::StepKind::BatchWorker)
+        .ok_or("no batch worker step")?;
+    let batch = r.batch.as_deref().ok_or("no slice")?;
+    let batch: Value = serde_json::from_str(batch).map_err(|e| e.to_string())?;
+    Ok(super::record::Instance {
+        of,
+        name: r.name.as_str().into(),
+        batch: Arc::new(batch),
+    })
+}
+
 /// Gives back step `index`'s lease when it ran out (`lease`), or makes its retry pending
 /// when due; a lease that ran out may leave a retry due at once (no backoff).
 fn due_step(
@@ -548,11 +568,7 @@ fn report_on(
     s: &mut ReadySet,
     c: &mut Changes,
 ) -> Result<()> {
-    match outcome {
-        Outcome::Complete(v) => t.complete(step, attempt, v, now, s, c),
-        Outcome::Decide(d) => t.decide(step, attempt, d, now, s, c),
-        Outcome::Fail(f) => t.fail(step, attempt, &f, now, s, c),
-    }
+    t.report(step, attempt, outcome, now, s, c)
 }
 
 /// The claim of `request` on task `t`: its steps among `keys` whose lease ran out or whose
@@ -574,7 +590,7 @@ fn claim_task(
     }
     let mut out = Vec::new();
     for &(_, index, _, _) in mine() {
-        if *left > 0 && t.is_claimable(index) && request.wants(&t.graph.step(index).handler) {
+        if *left > 0 && t.is_claimable(index) && request.wants(&t.spec(index).handler) {
             out.push(t.claim(index, &request.worker_id, now, s, c)?);
             *left -= 1;
         }
@@ -1124,7 +1140,7 @@ impl<B: Backend> SqlStore<B> {
                 other => corrupt(other),
             })?;
         let n = graph.len();
-        if steps.len() != n {
+        if steps.len() < n {
             return Err(corrupt(format!(
                 "{} step rows, its template {n} steps",
                 steps.len()
@@ -1142,6 +1158,7 @@ impl<B: Backend> SqlStore<B> {
             states: Vec::with_capacity(n),
             counters: Vec::with_capacity(n),
             choices: Choices::default(),
+            instances: Vec::new(),
             steps: Vec::with_capacity(n),
             unfinished: count(row.unfinished_steps, "unfinished_steps")?,
             created_at: time(Some(row.created_at)).unwrap_or_default(),
@@ -1167,6 +1184,12 @@ impl<B: Backend> SqlStore<B> {
                     )));
                 }
                 task.choices.record(i as u32, chosen);
+            }
+            if i >= n {
+                let instance = instance_row(&task.graph, r).map_err(|why| {
+                    corrupt(format!("step row {i} is no instance of a batch: {why}"))
+                })?;
+                task.instances.push(instance);
             }
             task.steps.push(step_record(r)?);
         }
@@ -1593,14 +1616,17 @@ fn rows_of<'a>(
         let written = rows.steps.len();
         for i in 0..e.after.states.len() {
             let ready = e.ready.0.contains(&(i as u32));
-            let changed = e.before.is_none_or(|b| {
-                b.states[i] != e.after.states[i]
-                    || b.counters[i] != e.after.counters[i]
-                    || b.steps[i] != e.after.steps[i]
-            });
+            // A step beyond the loaded ones is an instance a batch made in this operation.
+            let new = e.before.is_none_or(|b| i >= b.states.len());
+            let changed = new
+                || e.before.is_some_and(|b| {
+                    b.states[i] != e.after.states[i]
+                        || b.counters[i] != e.after.counters[i]
+                        || b.steps[i] != e.after.steps[i]
+                });
             if changed || ready {
                 rows.steps
-                    .push(StepWrite::new(e.after, i, ready.then(|| ms(now))));
+                    .push(StepWrite::new(e.after, i, ready.then(|| ms(now)), new));
             }
         }
         // Any change to the task or its steps gives the task row a new revision.
@@ -1823,16 +1849,16 @@ impl<B: Backend> Store for SqlStore<B> {
             .1)
     }
 
-    async fn decide(
+    async fn report(
         &self,
         step: StepId,
         attempt: u32,
-        decision: Decision,
+        outcome: Outcome,
         now: Timestamp,
     ) -> Result<Changes> {
         Ok(self
             .run(step.task, now, |t, s, c| {
-                t.decide(step, attempt, decision, now, s, c)
+                t.report(step, attempt, outcome, now, s, c)
             })
             .await?
             .1)

@@ -85,7 +85,7 @@ macro_rules! column {
     };
 }
 
-/// `rows` bound to `$1`–`$42` of [`WRITE`] or [`CREATE`].
+/// `rows` bound to `$1`–`$44` of [`WRITE`] or [`CREATE`].
 fn bind_rows<'q>(
     sql: &'q str,
     rows: &'q Rows<'_>,
@@ -134,6 +134,8 @@ fn bind_rows<'q>(
         .bind(column!(r, at))
         .bind(column!(s, not_chosen_parents))
         .bind(column!(s, opt chosen))
+        .bind(column!(s, of_step))
+        .bind(column!(s, opt batch))
 }
 
 /// The handler names as an array, `None` for any.

@@ -40,6 +40,9 @@ pub(super) struct StepRow {
     pub failed_required_parents: i64,
     pub not_chosen_parents: i64,
     pub chosen: Option<String>,
+    pub name: String,
+    pub of_step: Option<i64>,
+    pub batch: Option<String>,
     pub next_attempt_at: Option<i64>,
     pub lease_owner: Option<String>,
     pub lease_expires_at: Option<i64>,
@@ -160,17 +163,23 @@ pub(super) struct StepWrite<'a> {
     pub not_chosen_parents: i64,
     /// A decision step's choice: the indexes of the dependents it chose, as a JSON array.
     pub chosen: Option<String>,
+    /// For an instance of a batch worker step, the worker step's index.
+    pub of_step: Option<i64>,
+    /// For a new instance, its slice as JSON (`None` keeps the old value: it never changes).
+    pub batch: Option<String>,
 }
 
 impl<'a> StepWrite<'a> {
-    /// Step `i` of `t`; `ready_at` when it became claimable in this operation.
-    pub fn new(t: &'a TaskRecord, i: usize, ready_at: Option<i64>) -> Self {
-        let spec = t.graph.step(i as u32);
+    /// Step `i` of `t`; `ready_at` when it became claimable in this operation; `new` when its
+    /// row is written for the first time.
+    pub fn new(t: &'a TaskRecord, i: usize, ready_at: Option<i64>, new: bool) -> Self {
+        let spec = t.spec(i as u32);
         let s: &'a StepRecord = &t.steps[i];
+        let instance = t.instance(i as u32);
         StepWrite {
             task_id: t.id.to_string(),
             step_index: i as i64,
-            name: &spec.name,
+            name: t.step_name(i as u32),
             handler: &spec.handler,
             status: t.states[i].as_str(),
             priority: i64::from(t.priority),
@@ -191,6 +200,8 @@ impl<'a> StepWrite<'a> {
                 .choices
                 .chosen(i as u32)
                 .map(|c| serde_json::Value::from(c.to_vec()).to_string()),
+            of_step: instance.map(|inst| i64::from(inst.of)),
+            batch: instance.filter(|_| new).map(|inst| inst.batch.to_string()),
         }
     }
 }

@@ -142,7 +142,9 @@ fn bind_rows<'q>(
             .bind(s.started_at)
             .bind(s.completed_at)
             .bind(s.not_chosen_parents)
-            .bind(s.chosen.as_deref());
+            .bind(s.chosen.as_deref())
+            .bind(s.of_step)
+            .bind(s.batch.as_deref());
     }
     for r in &rows.transitions {
         q = q

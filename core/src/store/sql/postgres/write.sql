@@ -1,5 +1,5 @@
 -- Every row an operation changed, in one statement: the task rows ($1–$13), the step rows
--- ($14–$31, $41–$42), new or changed, and the new transitions ($32–$40), each column an array. (The
+-- ($14–$31, $41–$44), new or changed, and the new transitions ($32–$40), each column an array. (The
 -- wake-up of the other engines is sent after the commit, on a connection of its own: a
 -- NOTIFY in this transaction would hold PostgreSQL's one notify lock through the commit's
 -- flush, and every writing transaction would wait for the one before.)
@@ -17,11 +17,11 @@ WITH tasks AS (
     INSERT INTO tasker_workflow_steps AS s (task_id, step_index, name, handler, status, priority,
         attempts, max_attempts, unfinished_parents, failed_required_parents, ready_at,
         next_attempt_at, lease_owner, lease_expires_at, result, error, started_at, completed_at,
-        not_chosen_parents, chosen)
+        not_chosen_parents, chosen, of_step, batch)
     SELECT * FROM UNNEST($14::text[], $15::int8[], $16::text[], $17::text[], $18::text[],
         $19::int8[], $20::int8[], $21::int8[], $22::int8[], $23::int8[], $24::int8[],
         $25::int8[], $26::text[], $27::int8[], $28::text[], $29::text[], $30::int8[],
-        $31::int8[], $41::int8[], $42::text[])
+        $31::int8[], $41::int8[], $42::text[], $43::int8[], $44::text[])
     ON CONFLICT (task_id, step_index) DO UPDATE SET
         status = excluded.status, attempts = excluded.attempts,
         max_attempts = excluded.max_attempts, unfinished_parents = excluded.unfinished_parents,
@@ -31,7 +31,8 @@ WITH tasks AS (
         lease_expires_at = excluded.lease_expires_at, result = excluded.result,
         error = excluded.error, started_at = excluded.started_at,
         completed_at = excluded.completed_at, not_chosen_parents = excluded.not_chosen_parents,
-        chosen = excluded.chosen
+        chosen = excluded.chosen, of_step = excluded.of_step,
+        batch = COALESCE(excluded.batch, s.batch)
 ), transitions AS (
     INSERT INTO tasker_transitions (task_id, step_index, step_name, from_state, to_state, event,
         reason, attempt, at)
