@@ -36,7 +36,7 @@ struct Config {
 impl Config {
     /// Steps per iteration.
     fn steps(&self) -> usize {
-        self.tasks * self.template.steps()
+        self.tasks * self.template.work()
     }
 
     fn id(&self) -> String {
@@ -62,11 +62,11 @@ fn configs(postgres: bool) -> Vec<Config> {
     // Steps per iteration: 20,000 on memory, 2,000 on the SQL stores; a handful when smoke testing.
     let tasks = |store: StoreKind, template: Template| match (full, store, template) {
         (false, _, Template::Diamond | Template::Chain) => 10,
-        (false, _, Template::Wide) => 1,
+        (false, _, Template::Wide | Template::Batch) => 1,
         (true, StoreKind::Memory, Template::Diamond | Template::Chain) => 4_000,
-        (true, StoreKind::Memory, Template::Wide) => 20,
+        (true, StoreKind::Memory, Template::Wide | Template::Batch) => 20,
         (true, _, Template::Diamond | Template::Chain) => 400,
-        (true, _, Template::Wide) => 2,
+        (true, _, Template::Wide | Template::Batch) => 2,
     };
     let mut out = Vec::new();
     for (template, creation) in [

@@ -26,7 +26,15 @@ pub enum Template {
     Wide,
     /// [`CHAIN`], 3 steps (the workload the peers are compared on).
     Chain,
+    /// [`BATCH`]: a batchable step whose batch of [`BATCH_TOTAL`] in slices of 100 runs as 100
+    /// instances of its worker step, then one step after them: 102 steps run per task.
+    Batch,
 }
+
+/// A batch: `load` returns a total of [`BATCH_TOTAL`], `slice` runs per 100 of it, `done` after.
+pub const BATCH: &str = "namespace: bench\nname: batch\nversion: 1.0.0\nsteps:\n  - name: load\n    handler: batch_load\n    type: batchable\n    batch: {worker: slice, size: 100}\n  - name: slice\n    handler: noop\n    type: batch_worker\n    depends_on: [load]\n  - name: done\n    handler: noop\n    depends_on: [slice]\n";
+/// The total each task of [`BATCH`] slices: 100 slices.
+pub const BATCH_TOTAL: u64 = 10_000;
 
 impl Template {
     /// Parses `diamond` or `wide`.
@@ -35,7 +43,8 @@ impl Template {
             "diamond" => Ok(Template::Diamond),
             "wide" => Ok(Template::Wide),
             "chain" => Ok(Template::Chain),
-            other => bail!("unknown template {other:?}: expected diamond, wide or chain"),
+            "batch" => Ok(Template::Batch),
+            other => bail!("unknown template {other:?}: expected diamond, wide, chain or batch"),
         }
     }
 
@@ -45,15 +54,24 @@ impl Template {
             Template::Diamond => "diamond",
             Template::Wide => "wide",
             Template::Chain => "chain",
+            Template::Batch => "batch",
         }
     }
 
-    /// How many steps a task of it has.
+    /// How many steps its template has.
     pub fn steps(self) -> usize {
         match self {
             Template::Diamond => 5,
             Template::Wide => 1 + WIDE_CHILDREN,
-            Template::Chain => 3,
+            Template::Chain | Template::Batch => 3,
+        }
+    }
+
+    /// How many steps workers run per task (a batch's worker step runs as its instances).
+    pub fn work(self) -> usize {
+        match self {
+            Template::Batch => 2 + BATCH_TOTAL.div_ceil(100) as usize,
+            other => other.steps(),
         }
     }
 
@@ -62,6 +80,7 @@ impl Template {
         match self {
             Template::Diamond => DIAMOND.to_owned(),
             Template::Chain => CHAIN.to_owned(),
+            Template::Batch => BATCH.to_owned(),
             Template::Wide => {
                 let mut t = String::from(
                     "namespace: bench\nname: wide\nversion: 1.0.0\nsteps:\n  - name: root\n    handler: noop\n",
@@ -83,6 +102,9 @@ pub fn noop_worker(engine: &Engine, concurrency: usize) -> Worker {
         .concurrency(concurrency)
         .handler("noop", |_s: ClaimedStep| async {
             Ok::<Value, HandlerError>(Value::Null)
+        })
+        .handler("batch_load", |_s: ClaimedStep| async {
+            Ok::<_, HandlerError>(tasker_core::Batch::total(BATCH_TOTAL))
         })
         .build()
 }
@@ -159,7 +181,7 @@ pub async fn create_tasks(
             .create_task(NewTask::new("bench", template.name()).context(json!({ "i": i })))
             .await?;
     }
-    Ok(tasks * template.steps())
+    Ok(tasks * template.work())
 }
 
 /// Creation as users pay for it, with no worker running: `create_task` one at a time (the
@@ -242,7 +264,7 @@ async fn run_overlapped(
     }
     let started = Instant::now();
     let steps = create_tasks(engine, template, tasks).await?;
-    let handlers: Vec<std::sync::Arc<str>> = vec!["noop".into()];
+    let handlers: Vec<std::sync::Arc<str>> = vec!["noop".into(), "batch_load".into()];
     let deadline = started + Duration::from_secs(600);
     loop {
         let status = engine.work_status_for(&handlers).await?;

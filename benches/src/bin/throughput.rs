@@ -1,6 +1,6 @@
 //! End-to-end throughput: steps/s of no-op Rust handlers through the engine.
 //!
-//! `throughput [--store URL] [--template diamond|wide|chain] [--tasks N] [--concurrency N]
+//! `throughput [--store URL] [--template diamond|wide|chain|batch] [--tasks N] [--concurrency N]
 //!             [--workers N] [--processes N] [--overlap] [--latency N] [--create N] [--smoke]`
 //!
 //! Creates the tasks first, then runs the workers until idle and reports steps per second of
@@ -125,6 +125,7 @@ async fn main() -> anyhow::Result<()> {
     // The wide template has 200× the steps of the diamond: keep the step count comparable.
     let tasks = match args.template {
         Template::Wide => (args.tasks / 200).max(1),
+        Template::Batch => (args.tasks / 34).max(1),
         Template::Diamond | Template::Chain => args.tasks,
     };
     let exe = std::env::current_exe()?;

@@ -1278,3 +1278,102 @@ fn batch_slices(work: &super::BatchWork, size: u64) -> std::result::Result<Vec<V
         })
         .collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+    use serde_json::json;
+
+    use super::*;
+    use crate::store::{Batch, NewTask, Outcome as Reported};
+    use crate::template::TaskTemplate;
+
+    /// The steps queued as claimable.
+    #[derive(Default)]
+    struct Queue(BTreeSet<u32>);
+
+    impl Schedule for Queue {
+        fn ready(&mut self, _task: &TaskRecord, index: u32) {
+            self.0.insert(index);
+        }
+    }
+
+    fn batch_task(size: u64, parallelism: u32, on_failure: &str) -> (TaskRecord, Queue) {
+        let yaml = format!(
+            "namespace: t\nname: b\nversion: 1.0.0\nsteps:\n  - {{name: load, type: batchable, batch: {{worker: work, size: {size}, parallelism: {parallelism}, on_failure: {on_failure}}}}}\n  - {{name: work, type: batch_worker, depends_on: [load], retry: {{max_attempts: 1}}}}\n  - {{name: after, depends_on: [work]}}\n"
+        );
+        let graph = Arc::new(TaskTemplate::from_yaml(&yaml).unwrap().compile().unwrap());
+        let mut queue = Queue::default();
+        let task = TaskRecord::create(
+            TaskId::new(),
+            graph,
+            &NewTask::new("t", "b"),
+            Timestamp::default(),
+            &mut queue,
+            &mut Changes::default(),
+        );
+        (task, queue)
+    }
+
+    /// Claims step `index` and reports `outcome` for it.
+    fn run(t: &mut TaskRecord, q: &mut Queue, index: u32, outcome: Reported) {
+        let (now, worker): (Timestamp, Arc<str>) = (Timestamp::default(), "w".into());
+        let c = &mut Changes::default();
+        q.0.remove(&index);
+        let claimed = t.claim(index, &worker, now, q, c).unwrap();
+        t.report(claimed.step_id, claimed.attempt, outcome, now, q, c)
+            .unwrap();
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// A batch run slice by slice in a random order, with random failures: never more
+        /// slices out than the parallelism, the counts of unfinished steps right, and the
+        /// worker step and task ending as `on_failure` says.
+        #[test]
+        fn a_batch_keeps_its_parallelism_and_ends_as_its_failures_say(
+            items in 0usize..40, size in 1u64..8, parallelism in 1u32..5, continue_ in any::<bool>(),
+            picks in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..6), 0..60),
+        ) {
+            let (mut t, mut q) = batch_task(size, parallelism, if continue_ { "continue" } else { "fail_fast" });
+            let load = Reported::Batch(Batch::items((0..items).map(|i| json!(i)).collect()));
+            run(&mut t, &mut q, 0, load);
+            let slices = items.div_ceil(size as usize);
+            prop_assert_eq!(t.instances.len(), slices);
+            let mut failed = false;
+            for (pick, kind) in picks {
+                let out: Vec<u32> = q.0.iter().copied().filter(|&s| s >= 3 && t.is_claimable(s)).collect();
+                let released = (3..t.states.len() as u32)
+                    .filter(|&s| !t.states[s as usize].is_finished() && t.counters[s as usize].unfinished_parents == 0)
+                    .count();
+                prop_assert!(released as u32 <= parallelism, "{released} slices out");
+                prop_assert_eq!(released, out.len());
+                let unfinished = t.states.iter().filter(|s| !s.is_finished()).count() as u32;
+                prop_assert_eq!(t.unfinished, unfinished);
+                if out.is_empty() { break; }
+                let s = *pick.get(&out);
+                let outcome = if kind == 0 {
+                    failed = true;
+                    Reported::Fail(StepFailure { message: "no".into(), kind: FailureKind::Permanent })
+                } else {
+                    Reported::Complete(json!(s))
+                };
+                run(&mut t, &mut q, s, outcome);
+            }
+            let finished = (3..t.states.len()).all(|s| t.states[s].is_finished());
+            let work = t.states[1];
+            if failed && !continue_ {
+                prop_assert_eq!(work, StepState::Error);
+                prop_assert_eq!(t.states[2], StepState::Skipped);
+            } else if finished {
+                prop_assert_eq!(work, StepState::Complete);
+                prop_assert!(q.0.contains(&2), "the step after the batch is ready");
+            } else {
+                prop_assert_eq!(work, StepState::InProgress);
+            }
+        }
+    }
+}
