@@ -262,6 +262,9 @@ pub struct GraphNode {
     pub handler: String,
     /// Its state.
     pub status: StepState,
+    /// For an instance of a batch worker step, the worker step's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_of: Option<String>,
 }
 
 /// An edge in a [`GraphView`].
@@ -286,17 +289,28 @@ impl From<&TaskView> for GraphView {
                     name: s.name.clone(),
                     handler: s.handler.clone(),
                     status: s.status,
+                    instance_of: s.instance_of.clone(),
                 })
                 .collect(),
+            // An instance of a batch worker step sits between the worker step's parents and the
+            // worker step, which finishes when its instances have.
             edges: task
                 .steps
                 .iter()
                 .flat_map(|s| {
-                    s.depends_on.iter().map(move |d| GraphEdge {
-                        from: d.step.clone(),
-                        to: s.name.clone(),
-                        requires_success: d.requires_success,
-                    })
+                    let into_worker = s.instance_of.iter().map(move |w| GraphEdge {
+                        from: s.name.clone(),
+                        to: w.clone(),
+                        requires_success: true,
+                    });
+                    s.depends_on
+                        .iter()
+                        .map(move |d| GraphEdge {
+                            from: d.step.clone(),
+                            to: s.name.clone(),
+                            requires_success: d.requires_success,
+                        })
+                        .chain(into_worker)
                 })
                 .collect(),
         }

@@ -117,6 +117,15 @@ per_store! {
         }
         let process = view.step("process").unwrap();
         assert_eq!(process.status, StepState::Complete, "{store}: the worker step finished with its slices");
+        let graph = engine.graph(task).await.unwrap();
+        assert_eq!(graph.nodes.len(), 3 + 5, "{store}: the template's steps and the instances");
+        for k in 0..5 {
+            let slice = format!("process[{k}]");
+            let node = graph.nodes.iter().find(|n| n.name == slice).unwrap();
+            assert_eq!(node.instance_of.as_deref(), Some("process"), "{store}");
+            assert!(graph.edges.iter().any(|e| e.from == "load" && e.to == slice), "{store}");
+            assert!(graph.edges.iter().any(|e| e.from == slice && e.to == "process"), "{store}");
+        }
         let trail = step_path(&engine, task, "process").await;
         assert_eq!(trail, path(&[("pending", "in_progress"), ("in_progress", "complete")]), "{store}");
     }
@@ -261,6 +270,30 @@ per_store! {
     }
 }
 
+per_store! {
+    async fn resolving_a_running_batch_by_hand_drops_the_slices_not_started(store) {
+        let t = batch_template(1, Some(1), "fail_fast");
+        let Some(engine) = engine_with(store, ManualClock::new(), &[t]).await else {
+            return;
+        };
+        let task = create(&engine, NewTask::new("batches", "b1_fail_fast")).await;
+        let load = claim_one(&engine, "load").await;
+        engine.report(load.step_id, load.attempt, Batch::total(4)).await.unwrap();
+        let first = claim_one(&engine, "process[0]").await;
+        engine.resolve_step(task, "process", json!(["by hand"])).await.unwrap();
+        let view = task_view(&engine, task).await;
+        for k in 1..4 {
+            let s = view.step(&format!("process[{k}]")).unwrap();
+            assert_eq!(s.status, StepState::Skipped, "{store} slice {k}");
+        }
+        // The running slice may still report; its result is not wanted.
+        complete(&engine, &first, json!(0)).await;
+        let report = claim_one_with_inputs(&engine, "report", json!({"process": ["by hand"]})).await;
+        complete(&engine, &report, Value::Null).await;
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
+    }
+}
+
 /// Slices made on one engine are run by another on the same store (they are rows).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_is_kept_in_the_store() {
@@ -325,7 +358,15 @@ fn templates_refuse_batches_that_cannot_run() {
     let unrelated = refused(
         "  - {name: a, type: batchable, batch: {worker: w}}\n  - {name: w, type: batch_worker}\n",
     );
-    assert!(unrelated.contains("does not depend on it"), "{unrelated}");
+    assert!(
+        unrelated.contains("must depend on it, and on nothing else"),
+        "{unrelated}"
+    );
+    let two_parents = refused("  - {name: x}\n  - {name: a, type: batchable, batch: {worker: w}}\n  - {name: w, type: batch_worker, depends_on: [a, x]}\n");
+    assert!(
+        two_parents.contains("must depend on it, and on nothing else"),
+        "{two_parents}"
+    );
     let orphan = refused("  - {name: w, type: batch_worker}\n");
     assert!(orphan.contains("no batchable step names it"), "{orphan}");
     let zero = refused("  - {name: a, type: batchable, batch: {worker: w, size: 0}}\n  - {name: w, type: batch_worker, depends_on: [a]}\n");

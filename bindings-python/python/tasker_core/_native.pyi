@@ -177,6 +177,7 @@ class GraphNode(TypedDict):
     name: str
     handler: str
     status: StepStatus
+    instance_of: NotRequired[str]
 
 _GraphEdge = TypedDict("_GraphEdge", {"from": str, "to": str, "requires_success": bool})
 GraphEdge = _GraphEdge

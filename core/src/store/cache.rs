@@ -165,7 +165,8 @@ fn bytes_of(record: &TaskRecord) -> usize {
         .filter_map(|s| s.result.as_deref())
         .map(value_bytes)
         .sum();
-    STEP_BYTES * record.states.len() + value_bytes(&record.context) + results
+    let slices: usize = record.instances.iter().map(|i| value_bytes(&i.batch)).sum();
+    STEP_BYTES * record.states.len() + value_bytes(&record.context) + results + slices
 }
 
 /// A JSON value's estimated memory: a node's size for each value, plus its strings' bytes.

@@ -496,6 +496,11 @@ impl TaskRecord {
         };
         let worker = self.graph.step(plan.worker);
         let max_attempts = worker.retry.max_attempts;
+        // An operator may have resolved the worker step already: its slices are not wanted.
+        let slices = match self.states[plan.worker as usize] {
+            StepState::Pending => slices,
+            _ => Vec::new(),
+        };
         let reason = format!("{} slices of {}", slices.len(), worker.name);
         for (k, slice) in slices.into_iter().enumerate() {
             self.instances.push(Instance {
@@ -712,6 +717,11 @@ impl TaskRecord {
         }
         let (attempt, budget) = (self.steps[i].attempts, self.steps[i].max_attempts);
         let policy = self.spec(index).retry;
+        // A slice of a batch that has ended (failed fast, resolved) is not tried again.
+        let ended = self
+            .instance(index)
+            .is_some_and(|inst| self.states[inst.of as usize] != StepState::InProgress);
+        let kind = if ended { FailureKind::Permanent } else { kind };
         match policy.decide(attempt, budget, kind, fastrand::f64()) {
             RetryDecision::RetryAfter { delay_ms } => {
                 let at = add_ms(now, delay_ms);
@@ -920,6 +930,33 @@ impl TaskRecord {
         }
     }
 
+    /// Skips the instances of batch worker step `w` that have not started (or wait for a
+    /// retry), with `reason`.
+    fn abandon_slices(
+        &mut self,
+        w: u32,
+        reason: &str,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        for s in self.slices_of(w) {
+            match self.states[s as usize] {
+                StepState::Pending => {}
+                StepState::WaitingForRetry => self.cancel_retry(s, schedule),
+                _ => continue,
+            }
+            self.steps[s as usize].completed_at = Some(now);
+            let reason = Some(reason.to_owned());
+            if self
+                .step_to(s, StepEvent::Skip, now, reason, changes)
+                .is_ok()
+            {
+                self.unfinished -= 1;
+            }
+        }
+    }
+
     /// Instance `index` has finished with `outcome`: under `on_failure: fail_fast` a failure
     /// skips the slices not started and fails the worker step; otherwise the next slice is
     /// released, and the worker step completes after the last.
@@ -943,21 +980,7 @@ impl TaskRecord {
             return;
         }
         let slice = self.step_name(index).clone();
-        for s in self.slices_of(w) {
-            match self.states[s as usize] {
-                StepState::Pending => {}
-                StepState::WaitingForRetry => self.cancel_retry(s, schedule),
-                _ => continue,
-            }
-            self.steps[s as usize].completed_at = Some(now);
-            let reason = Some(format!("slice {slice} failed"));
-            if self
-                .step_to(s, StepEvent::Skip, now, reason, changes)
-                .is_ok()
-            {
-                self.unfinished -= 1;
-            }
-        }
+        self.abandon_slices(w, &format!("slice {slice} failed"), now, schedule, changes);
         let error = self.steps[index as usize].error.clone().unwrap_or_default();
         let reason = format!("slice {slice} failed: {error}");
         self.end_batch(w, Outcome::Failed, reason, now, schedule, changes);
@@ -1100,9 +1123,13 @@ impl TaskRecord {
                 && matches!(self.states[i], StepState::Error | StepState::Skipped)
             {
                 if let Some(w) = self.instance(index).map(|i| i.of) {
-                    // A slice waits for a slot again if its batch starts again, else it runs.
-                    let waits = self.states[w as usize] == StepState::Pending;
-                    self.counters[i].unfinished_parents = u32::from(waits);
+                    // A slice runs again with its batch (its worker step, reset above, starts
+                    // again); the slices of a batch that completed stay as they ended: their
+                    // results were handed on already.
+                    if self.states[w as usize] != StepState::Pending {
+                        continue;
+                    }
+                    self.counters[i].unfinished_parents = 1;
                 }
                 let budget = self.spec(index).retry.max_attempts;
                 let rec = &mut self.steps[i];
@@ -1148,6 +1175,16 @@ impl TaskRecord {
         self.cancel_retry(index, schedule);
         self.steps[i].result = Some(Arc::new(result));
         self.steps[i].completed_at = Some(now);
+        if self.spec(index).kind == StepKind::BatchWorker && self.instance(index).is_none() {
+            // Its result stands for its slices': those not started are not wanted any more.
+            self.abandon_slices(
+                index,
+                "worker step resolved manually",
+                now,
+                schedule,
+                changes,
+            );
+        }
         if !before.is_finished() {
             self.finish_step(index, Outcome::Succeeded, now, schedule, changes);
             return Ok(());

@@ -310,15 +310,18 @@ impl TaskTemplate {
                     ))
                 }
             };
+            // Its only parent: the batch's slices run once this step has made them, and the
+            // worker step ends with them (another parent could skip it while they wait).
             let range = parent_offsets[worker as usize] as usize
                 ..parent_offsets[worker as usize + 1] as usize;
-            if !parent_edges[range]
-                .iter()
-                .any(|e| e.step == i as u32 && e.requires_success)
-            {
+            let parents = &parent_edges[range];
+            if !matches!(parents, [only] if only.step == i as u32 && only.requires_success) {
                 return Err(refuse(
                     step,
-                    format!("its batch.worker {:?} does not depend on it", batch.worker),
+                    format!(
+                        "its batch.worker {:?} must depend on it, and on nothing else",
+                        batch.worker
+                    ),
                 ));
             }
             if specs[worker as usize].batch.is_some() {

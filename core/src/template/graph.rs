@@ -100,6 +100,15 @@ pub fn output_refusal(
     dependents: &[Arc<str>],
     reported: Reported<'_>,
 ) -> Option<String> {
+    refusal_text(name, kind, dependents, reported).map(crate::limits::message)
+}
+
+fn refusal_text(
+    name: &str,
+    kind: super::StepKind,
+    dependents: &[Arc<str>],
+    reported: Reported<'_>,
+) -> Option<String> {
     use super::StepKind;
     match (kind, reported) {
         (StepKind::Decision, Reported::Decision(chosen)) => {
