@@ -355,7 +355,13 @@ impl<B: Backend> SqlStore<B> {
             group.add(late);
         }
         let mut tasks = Tasks::new(loaded.records);
-        let applied = group.apply(&mut tasks, &loaded.claimable);
+        let applied = match super::guarded(|| Ok(group.apply(&mut tasks, &loaded.claimable))) {
+            Ok(applied) => applied,
+            Err(e) => {
+                self.rollback(tx).await;
+                return group.fail(&e);
+            }
+        };
         // The transitions in the order the operations ran.
         let transitions: Vec<_> = applied
             .reports

@@ -522,6 +522,20 @@ fn step_record(r: &StepRow) -> Result<StepRecord> {
     })
 }
 
+/// `op`, or the store error a panic in it is: a bug in an operation fails that operation (its
+/// transaction is rolled back, nothing is written) and leaves the store, and every other
+/// caller's work, running.
+pub(super) fn guarded<T>(op: impl FnOnce() -> Result<T>) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(op)).unwrap_or_else(|panic| {
+        let why = crate::worker::panic_message(&*panic);
+        tracing::error!(panic = %why, "a store operation panicked; it is rolled back");
+        Err(Error::store(
+            StoreErrorKind::Other,
+            format!("internal error (the operation was rolled back): {why}"),
+        ))
+    })
+}
+
 /// The instance of a batch worker step a step row beyond the template's steps holds.
 fn instance_row(
     graph: &TaskGraph,
@@ -1292,7 +1306,7 @@ impl<B: Backend> SqlStore<B> {
         for task in tasks.iter_mut() {
             let before = task.clone();
             let mut ready = ReadySet::default();
-            out.push((task.id, op(task, &mut ready, changes)?));
+            out.push((task.id, guarded(|| op(task, &mut ready, changes))?));
             edits.push((before, ready));
         }
         Ok((out, tasks, edits))
@@ -2020,5 +2034,19 @@ impl<B: Backend> Store for SqlStore<B> {
             waiting: row.waiting.max(0) as u64,
             next_due: time(row.next_due),
         })
+    }
+}
+
+#[cfg(test)]
+mod guard_tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_operation_is_a_store_error_and_a_sound_one_runs() {
+        let refused: Result<()> = guarded(|| panic!("index out of bounds"));
+        let err = refused.unwrap_err();
+        assert_eq!(err.kind(), crate::error::ErrorKind::Store);
+        assert!(err.to_string().contains("index out of bounds"), "{err}");
+        assert_eq!(guarded(|| Ok(7)).unwrap(), 7);
     }
 }
