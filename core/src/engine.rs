@@ -480,13 +480,7 @@ impl Engine {
     /// A result past [`crate::limits`] is refused with [`Error::InvalidArgument`] (nothing is
     /// recorded; the claim is still held).
     pub async fn complete(&self, step: StepId, attempt: u32, result: Value) -> Result<()> {
-        limits::check_json(&result, "the result")?;
-        let changes = self
-            .store()?
-            .complete(step, attempt, result, self.now())
-            .await?;
-        self.publish(changes);
-        Ok(())
+        self.report(step, attempt, result).await
     }
 
     /// Reports what a handler returned for a claimed attempt: a result (as

@@ -14,8 +14,7 @@ use serde_json::Value;
 
 use super::record::{Schedule, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, StepFailure, Store,
-    WorkStatus,
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, Store, WorkStatus,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -336,20 +335,6 @@ impl Store for MemoryStore {
         Ok((claimed, changes))
     }
 
-    async fn complete(
-        &self,
-        step: StepId,
-        attempt: u32,
-        result: Value,
-        now: Timestamp,
-    ) -> Result<Changes> {
-        let mut inner = self.inner.lock();
-        let ((), changes) = inner.with_task(step.task, |t, q, c| {
-            t.complete(step, attempt, result, now, q, c)
-        })?;
-        Ok(changes)
-    }
-
     async fn report(
         &self,
         step: StepId,
@@ -360,20 +345,6 @@ impl Store for MemoryStore {
         let mut inner = self.inner.lock();
         let ((), changes) = inner.with_task(step.task, |t, q, c| {
             t.report(step, attempt, outcome, now, q, c)
-        })?;
-        Ok(changes)
-    }
-
-    async fn fail(
-        &self,
-        step: StepId,
-        attempt: u32,
-        failure: &StepFailure,
-        now: Timestamp,
-    ) -> Result<Changes> {
-        let mut inner = self.inner.lock();
-        let ((), changes) = inner.with_task(step.task, |t, q, c| {
-            t.fail(step, attempt, failure, now, q, c)
         })?;
         Ok(changes)
     }

@@ -496,7 +496,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         attempt: u32,
         result: Value,
         now: Timestamp,
-    ) -> Result<Changes>;
+    ) -> Result<Changes> {
+        self.report(step, attempt, Outcome::Complete(result), now)
+            .await
+    }
 
     /// Records any outcome of a claimed attempt: a result and a failure as
     /// [`Store::complete`] and [`Store::fail`] do; a decision step's choice (the chosen
@@ -521,7 +524,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         attempt: u32,
         failure: &StepFailure,
         now: Timestamp,
-    ) -> Result<Changes>;
+    ) -> Result<Changes> {
+        self.report(step, attempt, Outcome::Fail(failure.clone()), now)
+            .await
+    }
 
     /// Records many reports at once, each accepted or refused on its own (a refused one, e.g.
     /// [`crate::Error::ClaimLost`], does not undo the others). SQL stores write the whole batch

@@ -35,7 +35,7 @@ use super::cache::RecordCache;
 use super::record::{Schedule, StepRecord, TaskRecord};
 use super::{
     Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, ReportedAndClaimed,
-    StepFailure, StepReport, Store, WorkStatus,
+    StepReport, Store, WorkStatus,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
@@ -1848,21 +1848,6 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(out)
     }
 
-    async fn complete(
-        &self,
-        step: StepId,
-        attempt: u32,
-        result: Value,
-        now: Timestamp,
-    ) -> Result<Changes> {
-        Ok(self
-            .run(step.task, now, |t, s, c| {
-                t.complete(step, attempt, result, now, s, c)
-            })
-            .await?
-            .1)
-    }
-
     async fn report(
         &self,
         step: StepId,
@@ -1873,21 +1858,6 @@ impl<B: Backend> Store for SqlStore<B> {
         Ok(self
             .run(step.task, now, |t, s, c| {
                 t.report(step, attempt, outcome, now, s, c)
-            })
-            .await?
-            .1)
-    }
-
-    async fn fail(
-        &self,
-        step: StepId,
-        attempt: u32,
-        failure: &StepFailure,
-        now: Timestamp,
-    ) -> Result<Changes> {
-        Ok(self
-            .run(step.task, now, |t, s, c| {
-                t.fail(step, attempt, failure, now, s, c)
             })
             .await?
             .1)
