@@ -54,6 +54,9 @@ pub(crate) struct TaskRecord {
     /// `instances[k]` (the vectors of states, counters and steps hold them after the
     /// template's steps).
     pub instances: Vec<Instance>,
+    /// Each batch worker step that has instances, with the range of their indexes (a batch's
+    /// instances are made together): see [`TaskRecord::index_batches`].
+    pub batches: Vec<(u32, std::ops::Range<u32>)>,
     pub steps: Vec<StepRecord>,
     /// Steps not finished.
     pub unfinished: u32,
@@ -110,6 +113,7 @@ impl TaskRecord {
             counters: readiness::initial_counters(&graph),
             choices: Choices::default(),
             instances: Vec::new(),
+            batches: Vec::new(),
             steps: graph
                 .steps()
                 .iter()
@@ -251,17 +255,22 @@ impl TaskRecord {
     /// The indexes of the instances of batch worker step `worker` (contiguous: a batch's
     /// instances are made together).
     fn slices_of(&self, worker: u32) -> std::ops::Range<u32> {
-        let first = self.first_instance();
-        let mut found = self
-            .instances
+        let none = self.first_instance()..self.first_instance();
+        self.batches
             .iter()
-            .enumerate()
-            .filter(|(_, i)| i.of == worker);
-        match found.next() {
-            None => first..first,
-            Some((k, _)) => {
-                let count = 1 + found.count();
-                first + k as u32..first + (k + count) as u32
+            .find(|(w, _)| *w == worker)
+            .map_or(none, |(_, range)| range.clone())
+    }
+
+    /// Rebuilds [`TaskRecord::batches`] from the instances (after loading them).
+    pub fn index_batches(&mut self) {
+        self.batches.clear();
+        let first = self.first_instance();
+        for (k, instance) in self.instances.iter().enumerate() {
+            let index = first + k as u32;
+            match self.batches.last_mut() {
+                Some((w, range)) if *w == instance.of => range.end = index + 1,
+                _ => self.batches.push((instance.of, index..index + 1)),
             }
         }
     }
@@ -502,6 +511,11 @@ impl TaskRecord {
             _ => Vec::new(),
         };
         let reason = format!("{} slices of {}", slices.len(), worker.name);
+        let first = self.states.len() as u32;
+        if !slices.is_empty() {
+            let range = first..first + slices.len() as u32;
+            self.batches.push((plan.worker, range));
+        }
         for (k, slice) in slices.into_iter().enumerate() {
             self.instances.push(Instance {
                 of: plan.worker,

@@ -1173,6 +1173,7 @@ impl<B: Backend> SqlStore<B> {
             counters: Vec::with_capacity(n),
             choices: Choices::default(),
             instances: Vec::new(),
+            batches: Vec::new(),
             steps: Vec::with_capacity(n),
             unfinished: count(row.unfinished_steps, "unfinished_steps")?,
             created_at: time(Some(row.created_at)).unwrap_or_default(),
@@ -1207,6 +1208,7 @@ impl<B: Backend> SqlStore<B> {
             }
             task.steps.push(step_record(r)?);
         }
+        task.index_batches();
         Ok(task)
     }
 
