@@ -383,8 +383,6 @@ mod tests {
     use crate::template::TaskTemplate;
     use proptest::prelude::*;
 
-    const NONE: &Choices = &Choices::EMPTY;
-
     fn graph(yaml: &str) -> TaskGraph {
         TaskTemplate::from_yaml(yaml).unwrap().compile().unwrap()
     }
@@ -418,67 +416,81 @@ mod tests {
         propagate(g, counters, states, choices, index, outcome)
     }
 
+    /// One task's readiness state, run step by step through the incremental form.
+    struct Run {
+        g: TaskGraph,
+        counters: Vec<Counters>,
+        states: Vec<StepState>,
+        choices: Choices,
+    }
+
+    impl Run {
+        fn new(g: TaskGraph) -> Self {
+            Run {
+                counters: initial_counters(&g),
+                states: vec![StepState::Pending; g.len()],
+                choices: Choices::default(),
+                g,
+            }
+        }
+
+        /// Finishes step `index` with `state`.
+        fn finish(&mut self, index: u32, state: StepState) -> Release {
+            let Run {
+                g,
+                counters,
+                states,
+                choices,
+            } = self;
+            finish(g, counters, states, choices, index, state)
+        }
+
+        /// Decision step `index` completes, choosing `chosen`.
+        fn decide(&mut self, index: u32, chosen: Vec<u32>) -> Release {
+            self.choices.record(index, chosen);
+            self.finish(index, StepState::Complete)
+        }
+
+        /// How step `index` looks to its children.
+        fn outcome(&self, index: usize) -> Option<Outcome> {
+            Outcome::of(self.states[index], self.counters[index])
+        }
+    }
+
     #[test]
     fn diamond_join_waits_for_both_branches() {
-        let g = diamond();
-        let mut counters = initial_counters(&g);
-        let mut states = vec![StepState::Pending; 4];
+        let mut run = Run::new(diamond());
         let done = StepState::Complete;
-        let r = finish(&g, &mut counters, &mut states, NONE, 0, done);
-        assert_eq!(r.ready, vec![1, 2]);
-        let r = finish(&g, &mut counters, &mut states, NONE, 1, done);
-        assert!(r.ready.is_empty());
-        let r = finish(&g, &mut counters, &mut states, NONE, 2, done);
-        assert_eq!(r.ready, vec![3]);
+        assert_eq!(run.finish(0, done).ready, vec![1, 2]);
+        assert!(run.finish(1, done).ready.is_empty());
+        assert_eq!(run.finish(2, done).ready, vec![3]);
     }
 
     #[test]
     fn a_failed_required_parent_skips_the_whole_subtree() {
-        let g = diamond();
-        let mut counters = initial_counters(&g);
-        let mut states = vec![StepState::Pending; 4];
-        let r = finish(&g, &mut counters, &mut states, NONE, 0, StepState::Error);
+        let mut run = Run::new(diamond());
+        let r = run.finish(0, StepState::Error);
         assert!(r.ready.is_empty());
         assert_eq!(r.skipped, vec![1, 2, 3]);
-        assert_eq!(task_outcome(&states), Some(Outcome::Failed));
-        assert_eq!(Outcome::of(states[3], counters[3]), Some(Outcome::Failed));
+        assert_eq!(task_outcome(&run.states), Some(Outcome::Failed));
+        assert_eq!(run.outcome(3), Some(Outcome::Failed));
     }
 
     #[test]
     fn an_optional_edge_runs_the_child_after_a_failure() {
-        let g = graph(
+        let mut run = Run::new(graph(
             "namespace: t\nname: o\nversion: 1.0.0\nsteps:\n  - name: ship\n  - name: notify\n    depends_on: [{step: ship, requires_success: false}]\n",
-        );
-        let mut counters = initial_counters(&g);
-        let mut states = vec![StepState::Pending; 2];
-        let r = finish(&g, &mut counters, &mut states, NONE, 0, StepState::Error);
+        ));
+        let r = run.finish(0, StepState::Error);
         assert_eq!(r.ready, vec![1]);
         assert!(r.skipped.is_empty());
     }
 
     #[test]
     fn a_decision_runs_the_chosen_children_and_passes_over_the_rest() {
-        let g = routing();
-        let mut counters = initial_counters(&g);
-        let mut states = vec![StepState::Pending; g.len()];
-        let mut choices = Choices::default();
-        finish(
-            &g,
-            &mut counters,
-            &mut states,
-            &choices,
-            0,
-            StepState::Complete,
-        );
-        choices.record(1, vec![3]);
-        let r = finish(
-            &g,
-            &mut counters,
-            &mut states,
-            &choices,
-            1,
-            StepState::Complete,
-        );
+        let mut run = Run::new(routing());
+        run.finish(0, StepState::Complete);
+        let r = run.decide(1, vec![3]);
         assert_eq!(r.ready, vec![3], "only the manager approval runs");
         // auto and finance, then audit (requires finance) and report (requires finance; its
         // optional edge to validate does not save it).
@@ -487,70 +499,27 @@ mod tests {
             BTreeSet::from([2, 4, 6, 7])
         );
         for s in [2, 4, 6, 7] {
-            assert_eq!(
-                Outcome::of(states[s], counters[s]),
-                Some(Outcome::NotChosen)
-            );
+            assert_eq!(run.outcome(s), Some(Outcome::NotChosen));
         }
         // The convergence waits for the one chosen branch, then runs.
-        assert_eq!(states[5], StepState::Pending);
-        let r = finish(
-            &g,
-            &mut counters,
-            &mut states,
-            &choices,
-            3,
-            StepState::Complete,
-        );
-        assert_eq!(r.ready, vec![5]);
-        finish(
-            &g,
-            &mut counters,
-            &mut states,
-            &choices,
-            5,
-            StepState::Complete,
-        );
-        assert_eq!(task_outcome(&states), Some(Outcome::Succeeded));
+        assert_eq!(run.states[5], StepState::Pending);
+        assert_eq!(run.finish(3, StepState::Complete).ready, vec![5]);
+        run.finish(5, StepState::Complete);
+        assert_eq!(task_outcome(&run.states), Some(Outcome::Succeeded));
     }
 
     #[test]
     fn a_chosen_branch_that_fails_skips_the_convergence() {
-        let g = routing();
-        let mut counters = initial_counters(&g);
-        let mut states = vec![StepState::Pending; g.len()];
-        let mut choices = Choices::default();
-        finish(
-            &g,
-            &mut counters,
-            &mut states,
-            &choices,
-            0,
-            StepState::Complete,
-        );
-        choices.record(1, vec![3, 4]);
-        finish(
-            &g,
-            &mut counters,
-            &mut states,
-            &choices,
-            1,
-            StepState::Complete,
-        );
-        let r = finish(
-            &g,
-            &mut counters,
-            &mut states,
-            &choices,
-            4,
-            StepState::Error,
-        );
+        let mut run = Run::new(routing());
+        run.finish(0, StepState::Complete);
+        run.decide(1, vec![3, 4]);
+        let r = run.finish(4, StepState::Error);
         assert_eq!(
             r.skipped.iter().copied().collect::<BTreeSet<_>>(),
             BTreeSet::from([5, 6, 7])
         );
-        assert_eq!(Outcome::of(states[5], counters[5]), Some(Outcome::Failed));
-        assert_eq!(task_outcome(&states), None, "manager still runs");
+        assert_eq!(run.outcome(5), Some(Outcome::Failed));
+        assert_eq!(task_outcome(&run.states), None, "manager still runs");
     }
 
     #[test]
@@ -560,39 +529,19 @@ mod tests {
             "namespace: t\nname: f\nversion: 1.0.0\nsteps:\n  - {name: d, type: decision}\n  - {name: a, depends_on: [d]}\n  - {name: k, depends_on: [d]}\n  - name: b\n  - {name: c, depends_on: [a, b]}\n  - {name: after, type: deferred_convergence, depends_on: [c]}\n",
         );
         for failure_first in [false, true] {
-            let mut counters = initial_counters(&g);
-            let mut states = vec![StepState::Pending; g.len()];
-            let mut choices = Choices::default();
-            choices.record(0, vec![2]);
-            let decide = |c: &mut [Counters], s: &mut [StepState]| {
-                finish(&g, c, s, &choices, 0, StepState::Complete)
-            };
+            let mut run = Run::new(g.clone());
             if failure_first {
-                finish(
-                    &g,
-                    &mut counters,
-                    &mut states,
-                    &choices,
-                    3,
-                    StepState::Error,
-                );
-                decide(&mut counters, &mut states);
+                run.finish(3, StepState::Error);
+                run.decide(0, vec![2]);
             } else {
-                decide(&mut counters, &mut states);
-                assert_eq!(states[4], StepState::Pending, "c waits for b");
-                finish(
-                    &g,
-                    &mut counters,
-                    &mut states,
-                    &choices,
-                    3,
-                    StepState::Error,
-                );
+                run.decide(0, vec![2]);
+                assert_eq!(run.states[4], StepState::Pending, "c waits for b");
+                run.finish(3, StepState::Error);
             }
-            assert_eq!(states[4], StepState::Skipped);
-            assert_eq!(Outcome::of(states[4], counters[4]), Some(Outcome::Failed));
+            assert_eq!(run.states[4], StepState::Skipped);
+            assert_eq!(run.outcome(4), Some(Outcome::Failed));
             assert_eq!(
-                states[5],
+                run.states[5],
                 StepState::Skipped,
                 "the convergence saw a failure"
             );
@@ -601,18 +550,9 @@ mod tests {
 
     #[test]
     fn a_decision_resolved_by_hand_chooses_every_child() {
-        let g = routing();
-        let mut counters = initial_counters(&g);
-        let mut states = vec![StepState::Pending; g.len()];
-        finish(&g, &mut counters, &mut states, NONE, 0, StepState::Complete);
-        let r = finish(
-            &g,
-            &mut counters,
-            &mut states,
-            NONE,
-            1,
-            StepState::ResolvedManually,
-        );
+        let mut run = Run::new(routing());
+        run.finish(0, StepState::Complete);
+        let r = run.finish(1, StepState::ResolvedManually);
         assert_eq!(r.ready, vec![2, 3, 4]);
     }
 

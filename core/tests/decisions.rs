@@ -43,6 +43,19 @@ fn route_for(amount: f64) -> Vec<&'static str> {
     }
 }
 
+/// A new routing task whose request was validated and whose route decision chose `chosen`.
+async fn decided(engine: &Engine, chosen: &[&str]) -> tasker_core::TaskId {
+    let task = create(engine, NewTask::new("approvals", "routing")).await;
+    claim_and_complete(engine, "validate", json!(1)).await;
+    let route = claim_one(engine, "route").await;
+    let decision = Decision::activate(chosen.iter().copied());
+    engine
+        .report(route.step_id, route.attempt, decision)
+        .await
+        .unwrap();
+    task
+}
+
 /// Which handlers ran, in order.
 type Ran = Arc<Mutex<Vec<String>>>;
 
@@ -158,13 +171,7 @@ per_store! {
         let Some(engine) = engine_with(store, ManualClock::new(), &[approvals()]).await else {
             return;
         };
-        let task = create(&engine, NewTask::new("approvals", "routing")).await;
-        claim_and_complete(&engine, "validate", json!(1)).await;
-        let route = claim_one(&engine, "route").await;
-        engine
-            .report(route.step_id, route.attempt, Decision::activate(Vec::<String>::new()))
-            .await
-            .unwrap();
+        let task = decided(&engine, &[]).await;
         let finalize = claim_one_with_inputs(&engine, "finalize", json!({})).await;
         complete(&engine, &finalize, json!("done")).await;
         let view = task_view(&engine, task).await;
@@ -178,13 +185,7 @@ per_store! {
         let Some(engine) = engine_with(store, ManualClock::new(), &[approvals()]).await else {
             return;
         };
-        let task = create(&engine, NewTask::new("approvals", "routing")).await;
-        claim_and_complete(&engine, "validate", json!(1)).await;
-        let route = claim_one(&engine, "route").await;
-        engine
-            .report(route.step_id, route.attempt, Decision::activate(["manager_approval", "audit"]))
-            .await
-            .unwrap();
+        let task = decided(&engine, &["manager_approval", "audit"]).await;
         let view = task_view(&engine, task).await;
         let step = view.step("route").unwrap();
         assert_eq!(step.status, StepState::Error, "{store}: no retry of a bad decision");
@@ -230,13 +231,7 @@ per_store! {
         let Some(engine) = engine_with(store, ManualClock::new(), &[approvals()]).await else {
             return;
         };
-        let task = create(&engine, NewTask::new("approvals", "routing")).await;
-        claim_and_complete(&engine, "validate", json!(1)).await;
-        let route = claim_one(&engine, "route").await;
-        engine
-            .report(route.step_id, route.attempt, Decision::activate(["manager_approval", "finance_review"]))
-            .await
-            .unwrap();
+        let task = decided(&engine, &["manager_approval", "finance_review"]).await;
         let mut claimed = claim(&engine, 2).await;
         claimed.sort_by(|a, b| a.name.cmp(&b.name));
         assert_eq!(names(&claimed), ["finance_review", "manager_approval"], "{store}");
@@ -270,17 +265,7 @@ async fn a_decision_is_kept_in_the_store() {
     for (store, url) in sql_store_urls().await {
         let first = Engine::open(&url).await.unwrap();
         register(&first, &approvals()).await;
-        let task = create(&first, NewTask::new("approvals", "routing")).await;
-        claim_and_complete(&first, "validate", json!(1)).await;
-        let route = claim_one(&first, "route").await;
-        first
-            .report(
-                route.step_id,
-                route.attempt,
-                Decision::activate(["auto_approve"]),
-            )
-            .await
-            .unwrap();
+        let task = decided(&first, &["auto_approve"]).await;
         first.close();
 
         let second = Engine::open(&url).await.unwrap();

@@ -16,8 +16,8 @@ use crate::ids::{StepId, TaskId};
 use crate::readiness::{self, Choices, Counters, Outcome, Release};
 use crate::retry::{FailureKind, RetryDecision};
 use crate::state::{StepEvent, StepState, TaskEvent, TaskState, Transition};
+use crate::template::StepKind;
 use crate::template::TaskGraph;
-use crate::template::{Reported, StepKind};
 use crate::view::{DependencyView, Progress, StepView, TaskView};
 
 /// What a store must (re)schedule after an operation. Stores whose queues are columns (SQL)
@@ -405,7 +405,10 @@ impl TaskRecord {
             .unwrap_or_else(|| Arc::new(Value::Null))
     }
 
-    /// Records any outcome of a held claim (see [`super::Store::report`]).
+    /// Records any outcome of a held claim (see [`super::Store::report`]): an outcome the
+    /// step's `type` does not allow (a plain result from a decision or batchable step, a
+    /// decision or batch from another, a choice of a step that does not depend on it) fails
+    /// the step for good.
     pub fn report(
         &mut self,
         step: StepId,
@@ -416,52 +419,29 @@ impl TaskRecord {
         changes: &mut Changes,
     ) -> Result<()> {
         use super::Outcome as O;
+        let index = self.check_claim(step, attempt)?;
+        if let Some(message) = outcome.reported().and_then(|r| self.spec(index).refusal(r)) {
+            return self.fail_for_good(step, attempt, message, now, schedule, changes);
+        }
         match outcome {
-            O::Complete(v) => self.complete(step, attempt, v, now, schedule, changes),
-            O::Decide(d) => self.decide(step, attempt, d, now, schedule, changes),
-            O::Batch(b) => self.batch(step, attempt, b, now, schedule, changes),
+            O::Complete(v) => self.succeed(index, v, None, now, schedule, changes),
+            O::Decide(d) => self.decide(index, d, now, schedule, changes),
+            O::Batch(b) => self.batch(step, attempt, index, b, now, schedule, changes),
             O::Fail(f) => self.fail(step, attempt, &f, now, schedule, changes),
         }
     }
 
-    /// Records the result of a held claim and releases the step's children. A decision or
-    /// batchable step must decide or batch instead: a plain result fails it for good.
-    pub fn complete(
+    /// Records the choice of held decision step `index` (checked by [`TaskRecord::report`]):
+    /// the chosen children run, the others are skipped as not chosen.
+    fn decide(
         &mut self,
-        step: StepId,
-        attempt: u32,
-        result: Value,
-        now: Timestamp,
-        schedule: &mut impl Schedule,
-        changes: &mut Changes,
-    ) -> Result<()> {
-        let index = self.check_claim(step, attempt)?;
-        if let Some(message) = self.spec(index).refusal(Reported::Result) {
-            return self.fail_for_good(step, attempt, message, now, schedule, changes);
-        }
-        self.succeed(index, result, None, now, schedule, changes)
-    }
-
-    /// Records the choice and result of a held claim of a decision step: the chosen children
-    /// run, the others are skipped as not chosen. A choice naming a step that does not depend
-    /// on it, or a decision from a step that is not a decision, fails the step for good.
-    pub fn decide(
-        &mut self,
-        step: StepId,
-        attempt: u32,
+        index: u32,
         decision: Decision,
         now: Timestamp,
         schedule: &mut impl Schedule,
         changes: &mut Changes,
     ) -> Result<()> {
-        let index = self.check_claim(step, attempt)?;
         let graph = self.graph.clone();
-        if let Some(message) = self
-            .spec(index)
-            .refusal(Reported::Decision(&decision.steps))
-        {
-            return self.fail_for_good(step, attempt, message, now, schedule, changes);
-        }
         // Every name is a dependent's (checked above).
         let chosen = decision.steps.iter().filter_map(|n| graph.index_of(n));
         self.choices.record(index, chosen.collect());
@@ -475,27 +455,24 @@ impl TaskRecord {
         self.succeed(index, decision.result, Some(reason), now, schedule, changes)
     }
 
-    /// Records the batch of a held claim of a batchable step: one instance of its worker step
-    /// per slice, released (up to the batch's `parallelism`) once the worker step's other
-    /// parents allow it. A batch from another step, or one of more than
-    /// [`crate::template::MAX_SLICES`] slices, fails the step for good.
-    pub fn batch(
+    /// Records the batch of held batchable step `index` (checked by [`TaskRecord::report`]):
+    /// one instance of its worker step per slice, released (up to the batch's `parallelism`)
+    /// once the worker step's other parents allow it. A batch of more than
+    /// [`crate::template::MAX_SLICES`] slices fails the step for good.
+    #[allow(clippy::too_many_arguments)]
+    fn batch(
         &mut self,
         step: StepId,
         attempt: u32,
+        index: u32,
         batch: super::Batch,
         now: Timestamp,
         schedule: &mut impl Schedule,
         changes: &mut Changes,
     ) -> Result<()> {
-        let index = self.check_claim(step, attempt)?;
-        let refusal = self.spec(index).refusal(Reported::Batch);
-        let plan = match (refusal, self.spec(index).batch) {
-            (None, Some(plan)) => plan,
-            (refusal, _) => {
-                let message = refusal.unwrap_or_else(|| "no batch plan".to_owned());
-                return self.fail_for_good(step, attempt, message, now, schedule, changes);
-            }
+        let Some(plan) = self.spec(index).batch else {
+            let message = "no batch plan".to_owned();
+            return self.fail_for_good(step, attempt, message, now, schedule, changes);
         };
         let slices = match batch_slices(&batch.work, plan.size) {
             Ok(slices) => slices,
