@@ -26,6 +26,9 @@ use crate::store::{
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{GraphView, TaskFilter, TaskView, TransitionView};
 
+mod children;
+pub(crate) use children::TEND_EVERY;
+
 /// The URL an engine opens when none is given.
 pub const DEFAULT_URL: &str = "sqlite://tasker.db";
 
@@ -101,12 +104,28 @@ impl Registered {
 pub const CLOCK_CHECK: Duration = Duration::from_secs(60);
 
 /// Builds an [`Engine`] with a chosen store URL, store or clock.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct EngineBuilder {
     url: Option<String>,
     store: Option<Arc<dyn Store>>,
+    wrap: Option<StoreWrapper>,
     clock: Option<Arc<dyn Clock>>,
     environment: Option<String>,
+}
+
+/// What [`EngineBuilder::wrap_store`] takes.
+type StoreWrapper = Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send>;
+
+impl std::fmt::Debug for EngineBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineBuilder")
+            .field("url", &self.url)
+            .field("store", &self.store)
+            .field("wrapped", &self.wrap.is_some())
+            .field("clock", &self.clock)
+            .field("environment", &self.environment)
+            .finish()
+    }
 }
 
 impl EngineBuilder {
@@ -120,6 +139,16 @@ impl EngineBuilder {
     /// A store built by the caller (takes precedence over the URL).
     pub fn store(mut self, store: Arc<dyn Store>) -> Self {
         self.store = Some(store);
+        self
+    }
+
+    /// Wraps the store the engine opens in one of the caller's (instrumentation, fault
+    /// injection in tests), which must delegate every operation it does not change.
+    pub fn wrap_store(
+        mut self,
+        wrap: impl FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send + 'static,
+    ) -> Self {
+        self.wrap = Some(Box::new(wrap));
         self
     }
 
@@ -142,6 +171,10 @@ impl EngineBuilder {
         let store = match self.store {
             Some(store) => store,
             None => open_store(self.url.as_deref().unwrap_or(DEFAULT_URL), work.clone()).await?,
+        };
+        let store = match self.wrap {
+            Some(wrap) => wrap(store),
+            None => store,
         };
         let clock: Arc<dyn Clock> = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
         // Leases and the reaper on a shared database follow the database's clock, not each
@@ -372,12 +405,12 @@ impl Engine {
     /// [`Error::IdempotencyConflict`] when that task has another context (or, when `version` is
     /// given, another version). The context is checked against [`crate::limits`] first.
     pub async fn create_task(&self, task: NewTask) -> Result<TaskId> {
-        let graph = self.checked(&task).await?;
+        let graph = self.checked_new(&task).await?;
         let created = self.store()?.create_task(graph, &task, self.now()).await?;
         if !created.created {
             self.same_task(created.task_id, &task).await?;
         }
-        self.publish(created.changes);
+        self.publish(created.changes).await;
         Ok(created.task_id)
     }
 
@@ -389,7 +422,7 @@ impl Engine {
     pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>> {
         let mut batch = Vec::with_capacity(tasks.len());
         for task in tasks {
-            batch.push((self.checked(&task).await?, task));
+            batch.push((self.checked_new(&task).await?, task));
         }
         let created = self.store()?.create_tasks(&batch, self.now()).await?;
         let mut ids = Vec::with_capacity(created.len());
@@ -400,13 +433,25 @@ impl Engine {
                     conflict = Some(e);
                 }
             }
-            self.publish(created.changes);
+            self.publish(created.changes).await;
             ids.push(created.task_id);
         }
         match conflict {
             Some(e) => Err(e),
             None => Ok(ids),
         }
+    }
+
+    /// `task` within the limits ([`crate::limits`]), and its template's graph; a task that
+    /// names a parent is refused (only the engine starts child tasks).
+    async fn checked_new(&self, task: &NewTask) -> Result<Arc<TaskGraph>> {
+        if task.parent.is_some() {
+            return Err(Error::InvalidArgument(
+                "a task's parent is set by the engine only: return Children from a handler"
+                    .to_owned(),
+            ));
+        }
+        self.checked(task).await
     }
 
     /// `task` within the limits ([`crate::limits`]), and its template's graph.
@@ -448,7 +493,7 @@ impl Engine {
         limits::check_claim_limit(request.limit)?;
         let now = || self.now();
         let (claimed, changes) = self.store()?.claim(request, &now).await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(claimed)
     }
 
@@ -497,11 +542,12 @@ impl Engine {
     ) -> Result<()> {
         let outcome = Outcome::from(output.into());
         limits::check_outcome(&outcome)?;
+        let outcome = self.spawned(step, attempt, outcome).await?;
         let changes = self
             .store()?
             .report(step, attempt, outcome, self.now())
             .await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(())
     }
 
@@ -516,9 +562,13 @@ impl Engine {
 
     /// [`Engine::report_many`] for outcomes already within the limits (the worker session
     /// checks each one as its host hands it back, outside its lock).
-    pub(crate) async fn report_checked(&self, reports: Vec<StepReport>) -> Result<Vec<Result<()>>> {
+    pub(crate) async fn report_checked(
+        &self,
+        mut reports: Vec<StepReport>,
+    ) -> Result<Vec<Result<()>>> {
+        self.spawn_all(&mut reports).await?;
         let (results, changes) = self.store()?.report_many(reports, self.now()).await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(results)
     }
 
@@ -541,18 +591,19 @@ impl Engine {
     /// [`Engine::report_checked`]).
     pub(crate) async fn report_checked_and_claim(
         &self,
-        reports: Vec<StepReport>,
+        mut reports: Vec<StepReport>,
         request: &ClaimRequest,
     ) -> Result<(Vec<Result<()>>, Vec<ClaimedStep>)> {
         limits::check_claim_limit(request.limit)?;
+        self.spawn_all(&mut reports).await?;
         let now = || self.now();
         let ((results, reported), (claimed, changes)) = self
             .store()?
             .report_and_claim(reports, request, &now)
             .await?;
         // In causal order: what the reports made ready, then its claim.
-        self.publish(reported);
-        self.publish(changes);
+        self.publish(reported).await;
+        self.publish(changes).await;
         Ok((results, claimed))
     }
 
@@ -599,7 +650,7 @@ impl Engine {
             .store()?
             .fail(step, attempt, &failure, self.now())
             .await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(())
     }
 
@@ -607,7 +658,7 @@ impl Engine {
     /// attempt is not counted (what a stopping worker does with the steps it could not finish).
     pub async fn release(&self, step: StepId, attempt: u32) -> Result<()> {
         let changes = self.store()?.release(step, attempt, self.now()).await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(())
     }
 
@@ -624,28 +675,28 @@ impl Engine {
             .iter()
             .filter(|t| t.event_name() == names::STEP_LEASE_EXPIRED)
             .count();
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(n)
     }
 
     /// Cancels a task and its unfinished steps.
     pub async fn cancel_task(&self, task: TaskId) -> Result<()> {
         let changes = self.store()?.cancel_task(task, self.now()).await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(())
     }
 
     /// Pauses a task: none of its steps is handed out until it is resumed.
     pub async fn pause_task(&self, task: TaskId) -> Result<()> {
         let changes = self.store()?.pause_task(task, self.now()).await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(())
     }
 
     /// Resumes a paused task.
     pub async fn resume_task(&self, task: TaskId) -> Result<()> {
         let changes = self.store()?.resume_task(task, self.now()).await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(())
     }
 
@@ -653,7 +704,7 @@ impl Engine {
     /// skipped on their account become pending.
     pub async fn retry_task(&self, task: TaskId) -> Result<()> {
         let changes = self.store()?.retry_task(task, self.now()).await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(())
     }
 
@@ -663,7 +714,7 @@ impl Engine {
         let store = self.store()?;
         let id = store.step_id(task, step).await?;
         let changes = store.resolve_step(id, result, self.now()).await?;
-        self.publish(changes);
+        self.publish(changes).await;
         Ok(())
     }
 
@@ -737,11 +788,20 @@ impl Engine {
         self.inner.closed.load(Ordering::Acquire)
     }
 
+    /// Follows up what `changes` leave for other tasks (see [`children`]), then publishes
+    /// everything.
+    async fn publish(&self, mut changes: Changes) {
+        if !changes.knocks.is_empty() {
+            self.follow_up(&mut changes).await;
+        }
+        self.publish_now(changes);
+    }
+
     /// Publishes the events of `changes`, then wakes waiting workers.
     ///
     /// In that order: a worker woken by this change publishes its own events (`step.claimed`)
     /// only after this change's events (`step.completed`, `step.ready`) are out.
-    fn publish(&self, changes: Changes) {
+    fn publish_now(&self, changes: Changes) {
         // Waiting workers look again when a step became claimable, and when a task finished:
         // the last report of a run finishes its task, and a worker waiting in
         // `run_until_idle` must see that nothing is left rather than sleep a poll interval.

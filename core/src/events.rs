@@ -69,6 +69,8 @@ pub mod names {
     pub const STEP_RELEASED: &str = "step.released";
     /// A batch worker step started: its instances, one per slice, are released.
     pub const STEP_EXPANDED: &str = "step.expanded";
+    /// A step's handler started child tasks; the step waits for them.
+    pub const STEP_WAITING_FOR_CHILDREN: &str = "step.waiting_for_children";
 
     /// Every name above, tasks first.
     pub const ALL: &[&str] = &[
@@ -93,6 +95,7 @@ pub mod names {
         STEP_RETRIED,
         STEP_RELEASED,
         STEP_EXPANDED,
+        STEP_WAITING_FOR_CHILDREN,
     ];
 }
 
@@ -613,7 +616,7 @@ mod tests {
             assert!(seen.insert(*name), "{name} listed twice");
             assert!(name.starts_with("task.") || name.starts_with("step."));
         }
-        assert_eq!(names::ALL.len(), 21);
+        assert_eq!(names::ALL.len(), 22);
     }
 
     #[test]

@@ -65,7 +65,9 @@ pub use events::{Event, EventBus, Subscription};
 pub use ids::{StepId, TaskId};
 pub use retry::{Backoff, FailureKind, RetryPolicy};
 pub use state::{StepState, TaskState};
-pub use store::{Batch, ClaimedStep, Decision, NewTask, StepInputs};
+pub use store::{
+    Batch, ChildTask, Children, ClaimedStep, Decision, NewTask, ParentLink, StepInputs,
+};
 pub use template::{Format, StepKind, TaskGraph, TaskTemplate, TemplateError};
 pub use view::{StepView, TaskFilter, TaskView, TransitionView};
 pub use worker::{HandlerError, HandlerOutput, StepHandler, Worker, WorkerBuilder};

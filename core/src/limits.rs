@@ -12,6 +12,7 @@
 //! | `max_attempts` | 1 … [`MAX_ATTEMPTS`] | [`Error::Template`] |
 //! | `retry_after` | the step's `backoff_max_ms` | capped |
 //! | claim `limit` | 1 … [`MAX_CLAIM`] | [`Error::InvalidArgument`] |
+//! | child tasks one step starts | [`MAX_CHILDREN`] | the step fails for good |
 
 use serde_json::Value;
 
@@ -31,6 +32,8 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 255;
 pub const MAX_ATTEMPTS: u32 = 1000;
 /// The most steps one claim may ask for.
 pub const MAX_CLAIM: usize = 1000;
+/// The most child tasks one step may start (its parent step's result holds all their results).
+pub const MAX_CHILDREN: usize = 1000;
 
 /// Checks that `value` (named `what` in the error: "the context", "the result") nests at most
 /// [`MAX_JSON_DEPTH`] levels and serialises to at most [`MAX_JSON_BYTES`].
@@ -159,8 +162,23 @@ fn outcome_problem(outcome: &Outcome) -> Option<(&'static str, String)> {
         )),
         Outcome::Decide(d) => json_problem(&d.result, "the result").map(|w| ("decision", w)),
         Outcome::Batch(b) => batch_problem(b).map(|w| ("batch", w)),
+        Outcome::Spawn(c) => children_problem(c.tasks.len())
+            .or_else(|| {
+                c.tasks
+                    .iter()
+                    .find_map(|t| json_problem(&t.context, "a child task's context"))
+            })
+            .map(|w| ("child tasks", w)),
+        Outcome::Children(ids) => children_problem(ids.len()).map(|w| ("child tasks", w)),
         Outcome::Fail(_) => None,
     }
+}
+
+/// Why `n` child tasks are too many for one step, if they are.
+fn children_problem(n: usize) -> Option<String> {
+    (n > MAX_CHILDREN).then(|| {
+        format!("a step may start at most {MAX_CHILDREN} child tasks; this one started {n}")
+    })
 }
 
 /// What makes a batch past the limits: its result, an item, or all its items together larger

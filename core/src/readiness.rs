@@ -21,8 +21,56 @@
 //! `deferred_convergence` step takes a parent not chosen as done: it runs once each parent has
 //! completed or was not chosen.
 
-use crate::state::StepState;
+use crate::state::{StepState, TaskState};
 use crate::template::{StepKind, TaskGraph};
+
+/// Where a step waiting for child tasks stands, from its children's states in order (`None`:
+/// a child that is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChildrenStand {
+    /// A child is still running (and none has failed): the step waits.
+    Open,
+    /// Every child finished well (complete, or resolved by an operator): the step completes.
+    Done,
+    /// Child `index` (the first, in order) failed, was cancelled or is gone (`None`): the step
+    /// fails, whatever the others are doing.
+    Failed {
+        /// Its position among the step's children.
+        index: usize,
+        /// Its state.
+        state: Option<TaskState>,
+    },
+}
+
+/// Where a step waiting for children with these states stands (see [`ChildrenStand`]).
+///
+/// ```
+/// use tasker_core::readiness::{children_stand, ChildrenStand};
+/// use tasker_core::TaskState::{Complete, Error, InProgress};
+/// assert_eq!(children_stand([Some(Complete), Some(InProgress)]), ChildrenStand::Open);
+/// assert_eq!(children_stand([Some(Complete), Some(Complete)]), ChildrenStand::Done);
+/// assert_eq!(
+///     children_stand([Some(InProgress), Some(Error)]),
+///     ChildrenStand::Failed { index: 1, state: Some(Error) }
+/// );
+/// ```
+pub fn children_stand(states: impl IntoIterator<Item = Option<TaskState>>) -> ChildrenStand {
+    let mut stand = ChildrenStand::Done;
+    for (index, state) in states.into_iter().enumerate() {
+        match state {
+            Some(TaskState::Complete | TaskState::ResolvedManually) => {}
+            Some(TaskState::Pending | TaskState::InProgress | TaskState::Paused) => {
+                stand = ChildrenStand::Open
+            }
+            // An errored child may still be retried by an operator, but its parent has been
+            // told: the step fails (a retry of the parent starts new children).
+            Some(TaskState::Error | TaskState::Cancelled) | None => {
+                return ChildrenStand::Failed { index, state }
+            }
+        }
+    }
+    stand
+}
 
 /// Per-step readiness counters.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -646,8 +694,33 @@ mod tests {
         }
     }
 
+    fn child_state() -> impl Strategy<Value = Option<TaskState>> {
+        proptest::option::weighted(0.95, proptest::sample::select(TaskState::ALL))
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn a_step_waits_until_its_children_all_succeeded_or_one_did_not(
+            states in proptest::collection::vec(child_state(), 0..20)
+        ) {
+            let failed = |s: &Option<TaskState>| {
+                matches!(s, None | Some(TaskState::Error | TaskState::Cancelled))
+            };
+            let stand = children_stand(states.iter().copied());
+            match states.iter().position(failed) {
+                Some(index) => {
+                    prop_assert_eq!(stand, ChildrenStand::Failed { index, state: states[index] });
+                }
+                None if states.iter().all(|s| s.is_some_and(TaskState::is_finished)) => {
+                    prop_assert_eq!(stand, ChildrenStand::Done);
+                }
+                None => {
+                    prop_assert_eq!(stand, ChildrenStand::Open);
+                }
+            }
+        }
 
         /// Runs random outcomes and decisions through the incremental form and checks it
         /// against the full one after every finish.

@@ -95,6 +95,9 @@ string_enum! {
         Skipped => "skipped",
         /// An operator supplied its result.
         ResolvedManually => "resolved_manually",
+        /// Its handler started child tasks; it completes when they have (or fails when one
+        /// failed). It holds no lease meanwhile.
+        WaitingForChildren => "waiting_for_children",
     }
 }
 
@@ -150,6 +153,8 @@ string_enum! {
         Release => "release",
         /// A batch worker step's instances were released: it runs as they do.
         Expand => "expand",
+        /// Its handler started child tasks: it waits for them.
+        AwaitChildren => "await_children",
     }
 }
 
@@ -226,16 +231,22 @@ impl StepState {
         use StepState as S;
         let to = match (self, event) {
             (S::Pending, E::Claim) => S::InProgress,
-            (S::InProgress, E::Complete) => S::Complete,
+            (S::InProgress | S::WaitingForChildren, E::Complete) => S::Complete,
             (S::InProgress, E::Fail | E::LeaseExpired) => S::Error,
+            (S::WaitingForChildren, E::Fail) => S::Error,
+            (S::InProgress, E::AwaitChildren) => S::WaitingForChildren,
             (S::Error, E::ScheduleRetry) => S::WaitingForRetry,
             (S::WaitingForRetry, E::RetryDue) => S::Pending,
             (S::Pending | S::WaitingForRetry, E::Skip) => S::Skipped,
             (S::Pending, E::Expand) => S::InProgress,
-            (S::Pending | S::InProgress | S::WaitingForRetry, E::Cancel) => S::Cancelled,
+            (
+                S::Pending | S::InProgress | S::WaitingForRetry | S::WaitingForChildren,
+                E::Cancel,
+            ) => S::Cancelled,
             (
                 S::Pending
                 | S::InProgress
+                | S::WaitingForChildren
                 | S::WaitingForRetry
                 | S::Error
                 | S::Skipped
@@ -393,6 +404,7 @@ impl Transition {
                 StepEvent::Reset => n::STEP_RETRIED,
                 StepEvent::Release => n::STEP_RELEASED,
                 StepEvent::Expand => n::STEP_EXPANDED,
+                StepEvent::AwaitChildren => n::STEP_WAITING_FOR_CHILDREN,
             },
         }
     }

@@ -28,6 +28,9 @@ pub struct TaskView {
     pub priority: i32,
     /// Its idempotency key, if it has one.
     pub idempotency_key: Option<String>,
+    /// For a child task, the step that started it.
+    #[serde(default)]
+    pub parent: Option<ParentView>,
     /// Counts of steps per state.
     pub progress: Progress,
     /// Its steps, in template order.
@@ -38,6 +41,15 @@ pub struct TaskView {
     pub updated_at: Timestamp,
     /// When it finished (complete, error, cancelled or resolved).
     pub completed_at: Option<Timestamp>,
+}
+
+/// The step that started a child task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParentView {
+    /// The parent task.
+    pub task_id: TaskId,
+    /// The parent step's name.
+    pub step: String,
 }
 
 /// Counts of a task's steps per state.
@@ -61,6 +73,9 @@ pub struct Progress {
     pub cancelled: u32,
     /// Resolved by an operator.
     pub resolved_manually: u32,
+    /// Waiting for the child tasks they started.
+    #[serde(default)]
+    pub waiting_for_children: u32,
     /// Share of steps finished, 0–100.
     pub percent: f64,
 }
@@ -80,6 +95,7 @@ impl Progress {
                 StepState::Skipped => &mut p.skipped,
                 StepState::Cancelled => &mut p.cancelled,
                 StepState::ResolvedManually => &mut p.resolved_manually,
+                StepState::WaitingForChildren => &mut p.waiting_for_children,
             } += 1;
         }
         let finished = p.complete + p.error + p.skipped + p.cancelled + p.resolved_manually;
@@ -150,12 +166,34 @@ pub struct StepView {
     /// For an instance of a batch worker step, its slice: `{index, start, end}` (and `items`).
     #[serde(default)]
     pub batch: Option<Value>,
+    /// The child tasks its handler started, in order.
+    #[serde(default)]
+    pub children: Option<Vec<TaskId>>,
 }
 
 impl TaskView {
     /// The step named `name`.
     pub fn step(&self, name: &str) -> Option<&StepView> {
         self.steps.iter().find(|s| s.name == name)
+    }
+
+    /// What a finished child task hands its parent step: an object of its leaf steps'
+    /// results by name (the template's steps no other depends on; `null` for one that did not
+    /// succeed).
+    pub fn leaf_results(&self) -> Value {
+        let template = || self.steps.iter().filter(|s| s.instance_of.is_none());
+        let parents: std::collections::HashSet<&str> = template()
+            .flat_map(|s| s.depends_on.iter().map(|d| d.step.as_str()))
+            .collect();
+        Value::Object(
+            template()
+                .filter(|s| !parents.contains(s.name.as_str()))
+                .map(|s| {
+                    let result = s.result.clone().filter(|_| s.status.is_success());
+                    (s.name.clone(), result.unwrap_or(Value::Null))
+                })
+                .collect(),
+        )
     }
 }
 

@@ -14,12 +14,13 @@ use serde_json::Value;
 
 use super::record::{Schedule, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, Store, WorkStatus,
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, ParentLink, Settled, Store,
+    WorkStatus,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
 use crate::ids::{StepId, TaskId};
-use crate::state::Transition;
+use crate::state::{StepState, TaskState, Transition};
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{TaskFilter, TaskView, TransitionView};
 
@@ -394,6 +395,56 @@ impl Store for MemoryStore {
         Ok(inner
             .with_task(step.task, |t, q, c| t.resolve(step, result, now, q, c))?
             .1)
+    }
+
+    async fn settle_children(
+        &self,
+        step: StepId,
+        children: &[TaskId],
+        settled: Settled,
+        now: Timestamp,
+    ) -> Result<Changes> {
+        let mut inner = self.inner.lock();
+        Ok(inner
+            .with_task(step.task, |t, q, c| {
+                t.settle_children(step, children, settled, now, q, c)
+            })?
+            .1)
+    }
+
+    async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>> {
+        let inner = self.inner.lock();
+        let mut states: Vec<(TaskId, TaskState)> = ids
+            .iter()
+            .filter_map(|id| inner.tasks.get(id).map(|t| (*id, t.record.status)))
+            .collect();
+        states.sort_by_key(|s| s.0);
+        states.dedup_by_key(|s| s.0);
+        Ok(states)
+    }
+
+    async fn waiting_for_children(&self) -> Result<Vec<StepId>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .tasks
+            .values()
+            .flat_map(|t| {
+                let r = &t.record;
+                (0..r.states.len() as u32)
+                    .filter(|&i| r.states[i as usize] == StepState::WaitingForChildren)
+                    .map(|index| StepId { task: r.id, index })
+            })
+            .collect())
+    }
+
+    async fn open_children(&self) -> Result<Vec<(TaskId, ParentLink)>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .tasks
+            .values()
+            .filter(|t| !t.record.status.is_finished())
+            .filter_map(|t| Some((t.record.id, t.record.parent.clone()?)))
+            .collect())
     }
 
     async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId> {

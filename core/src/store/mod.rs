@@ -15,7 +15,7 @@ use crate::clock::Timestamp;
 use crate::error::Result;
 use crate::ids::{StepId, TaskId};
 use crate::retry::FailureKind;
-use crate::state::Transition;
+use crate::state::{TaskState, Transition};
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{TaskFilter, TaskView, TransitionView};
 
@@ -39,6 +39,90 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// Higher runs first.
     pub priority: i32,
+    /// The step whose handler started this task as a child (set by the engine only: see
+    /// [`Children`]; [`crate::Engine::create_task`] refuses a task that names one).
+    pub parent: Option<ParentLink>,
+}
+
+/// The step of a parent task that started a child task (see [`Children`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ParentLink {
+    /// The parent task.
+    pub task_id: TaskId,
+    /// The parent step's name.
+    pub step: String,
+    /// The parent step's index in its task.
+    pub index: u32,
+}
+
+impl ParentLink {
+    /// The parent step.
+    pub fn step_id(&self) -> StepId {
+        StepId {
+            task: self.task_id,
+            index: self.index,
+        }
+    }
+}
+
+/// A task a handler starts as a child of its step (see [`Children`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChildTask {
+    /// The template's namespace.
+    pub namespace: String,
+    /// The template's name.
+    pub name: String,
+    /// The template version; `None` takes the newest.
+    pub version: Option<String>,
+    /// The child's context.
+    pub context: Value,
+}
+
+impl ChildTask {
+    /// A child task of the newest version of `namespace/name` with `context`.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>, context: Value) -> Self {
+        ChildTask {
+            namespace: namespace.into(),
+            name: name.into(),
+            version: None,
+            context,
+        }
+    }
+
+    /// Of this template version.
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = Some(version.into());
+        self
+    }
+}
+
+/// What a handler returns to start child tasks, of any template: the step waits
+/// (`waiting_for_children`) until every child has finished, then completes with the list of
+/// their results in order (each child's result an object of its leaf steps' results by name),
+/// or fails for good as soon as one child failed or was cancelled (the others are cancelled
+/// then). Cancelling the parent task cancels its children. Each child's view names its parent
+/// ([`crate::view::TaskView::parent`]); children have their parent's priority.
+///
+/// ```
+/// use tasker_core::{ChildTask, Children};
+/// let children = Children::of((0..3).map(|i| {
+///     ChildTask::new("billing", "invoice", serde_json::json!({"customer": i}))
+/// }));
+/// assert_eq!(children.tasks.len(), 3);
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Children {
+    /// The tasks to start, at most [`crate::limits::MAX_CHILDREN`].
+    pub tasks: Vec<ChildTask>,
+}
+
+impl Children {
+    /// These child tasks.
+    pub fn of(tasks: impl IntoIterator<Item = ChildTask>) -> Self {
+        Children {
+            tasks: tasks.into_iter().collect(),
+        }
+    }
 }
 
 impl NewTask {
@@ -51,6 +135,7 @@ impl NewTask {
             context: Value::Object(Default::default()),
             idempotency_key: None,
             priority: 0,
+            parent: None,
         }
     }
 
@@ -335,6 +420,11 @@ pub enum Outcome {
     Decide(Decision),
     /// A batchable step's batch.
     Batch(Batch),
+    /// Child tasks to start: the engine starts them and reports [`Outcome::Children`] instead
+    /// (a store given this fails the step for good).
+    Spawn(Children),
+    /// The child tasks started for the step, in order: it waits for them.
+    Children(Vec<TaskId>),
     /// The handler's failure.
     Fail(StepFailure),
 }
@@ -347,6 +437,7 @@ impl Outcome {
             Outcome::Complete(_) => Some(Reported::Result),
             Outcome::Decide(d) => Some(Reported::Decision(&d.steps)),
             Outcome::Batch(_) => Some(Reported::Batch),
+            Outcome::Spawn(_) | Outcome::Children(_) => Some(Reported::Result),
             Outcome::Fail(_) => None,
         }
     }
@@ -370,6 +461,8 @@ pub struct Changes {
     pub transitions: Vec<Transition>,
     /// Steps that became claimable (released by parents or resumed).
     pub ready: Vec<(StepId, Arc<str>)>,
+    /// What the operation leaves to do on other tasks (the engine does it next).
+    pub(crate) knocks: Vec<Knock>,
 }
 
 impl Changes {
@@ -377,8 +470,25 @@ impl Changes {
     pub fn extend(&mut self, other: Changes) {
         self.transitions.extend(other.transitions);
         self.ready.extend(other.ready);
+        self.knocks.extend(other.knocks);
     }
 }
+
+/// Work an operation on one task leaves for others: each store operation changes one task,
+/// and the engine follows these up, each in an operation of its own (a crash in between is
+/// made good by [`crate::Engine::tend_children`]).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Knock {
+    /// A child task finished: its parent step may be done.
+    ChildEnded(StepId),
+    /// These child tasks are not waited for any more (their parent step ended otherwise, or
+    /// its task was cancelled): they are cancelled.
+    Orphaned(Arc<[TaskId]>),
+}
+
+/// How a step's children ended, for [`Store::settle_children`]: their results in order, or
+/// why the step fails.
+pub type Settled = std::result::Result<Vec<Value>, String>;
 
 /// The result of create_task.
 #[derive(Debug, Clone)]
@@ -599,6 +709,25 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// An operator supplies the result of a step that has not completed.
     async fn resolve_step(&self, step: StepId, result: Value, now: Timestamp) -> Result<Changes>;
+
+    /// Ends step `step` waiting for exactly `children` (else nothing is done): completed with
+    /// their results, or failed for good with the message.
+    async fn settle_children(
+        &self,
+        step: StepId,
+        children: &[TaskId],
+        settled: Settled,
+        now: Timestamp,
+    ) -> Result<Changes>;
+
+    /// The state of each of the tasks `ids` that exists, in id order.
+    async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>>;
+
+    /// Every step waiting for children.
+    async fn waiting_for_children(&self) -> Result<Vec<StepId>>;
+
+    /// Every unfinished task that has a parent, with its parent step.
+    async fn open_children(&self) -> Result<Vec<(TaskId, ParentLink)>>;
 
     /// The step of `task` named `name`.
     async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId>;

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::{Changes, ClaimedStep, Decision, NewTask, StepFailure, StepInputs};
+use super::{Changes, ClaimedStep, Decision, Knock, NewTask, StepFailure, StepInputs};
 use crate::clock::{add_ms, Timestamp};
 use crate::error::{Error, Result};
 use crate::ids::{StepId, TaskId};
@@ -46,6 +46,8 @@ pub(crate) struct TaskRecord {
     pub status: TaskState,
     pub priority: i32,
     pub idempotency_key: Option<String>,
+    /// The step that started this task as a child, if one did.
+    pub parent: Option<super::ParentLink>,
     pub states: Vec<StepState>,
     pub counters: Vec<Counters>,
     /// The children each decision step that completed chose.
@@ -88,6 +90,8 @@ pub(crate) struct StepRecord {
     pub error: Option<String>,
     pub started_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
+    /// The child tasks its handler started, in order (kept once it finished, for the views).
+    pub children: Option<Arc<[TaskId]>>,
 }
 
 impl TaskRecord {
@@ -109,6 +113,7 @@ impl TaskRecord {
             status: TaskState::Pending,
             priority: new.priority,
             idempotency_key: new.idempotency_key.clone(),
+            parent: new.parent.clone(),
             states: vec![StepState::Pending; n],
             counters: readiness::initial_counters(&graph),
             choices: Choices::default(),
@@ -150,6 +155,11 @@ impl TaskRecord {
         let from = self.states[i];
         let to = from.next(event)?;
         self.states[i] = to;
+        if from == StepState::WaitingForChildren && to != StepState::Complete {
+            if let Some(children) = &self.steps[i].children {
+                changes.knocks.push(Knock::Orphaned(children.clone()));
+            }
+        }
         let t = Transition::step(
             self.id,
             index,
@@ -174,6 +184,9 @@ impl TaskRecord {
         let to = from.next(event)?;
         self.status = to;
         self.completed_at = to.is_finished().then_some(now);
+        if let Some(parent) = self.parent.as_ref().filter(|_| to.is_finished()) {
+            changes.knocks.push(Knock::ChildEnded(parent.step_id()));
+        }
         self.record(
             Transition::task(self.id, Some(from), to, event, now),
             reason,
@@ -427,7 +440,79 @@ impl TaskRecord {
             O::Complete(v) => self.succeed(index, v, None, now, schedule, changes),
             O::Decide(d) => self.decide(index, d, now, schedule, changes),
             O::Batch(b) => self.batch(step, attempt, index, b, now, schedule, changes),
+            O::Children(ids) => self.await_children(index, ids, now, schedule, changes),
+            O::Spawn(_) => {
+                let message = "child tasks are started by the engine, not by a store".to_owned();
+                self.fail_for_good(step, attempt, message, now, schedule, changes)
+            }
             O::Fail(f) => self.fail(step, attempt, &f, now, schedule, changes),
+        }
+    }
+
+    /// Held step `index` started the child tasks `children`: it lets go of its lease and
+    /// waits for them (none: it completes at once with an empty list).
+    fn await_children(
+        &mut self,
+        index: u32,
+        children: Vec<TaskId>,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        if children.is_empty() {
+            let reason = Some("started no child tasks".to_owned());
+            return self.succeed(
+                index,
+                Value::Array(Vec::new()),
+                reason,
+                now,
+                schedule,
+                changes,
+            );
+        }
+        self.release_lease(index, schedule);
+        let reason = format!("started {} child tasks", children.len());
+        self.steps[index as usize].children = Some(children.into());
+        self.step_to(index, StepEvent::AwaitChildren, now, Some(reason), changes)?;
+        Ok(())
+    }
+
+    /// Ends step `step` if it still waits for exactly `children` (see
+    /// [`super::Store::settle_children`]): completed with their results, or failed for good.
+    pub fn settle_children(
+        &mut self,
+        step: StepId,
+        children: &[TaskId],
+        settled: super::Settled,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        let index = self.step_index(step)?;
+        let i = index as usize;
+        let waits_for_them = self.states[i] == StepState::WaitingForChildren
+            && self.steps[i].children.as_deref() == Some(children);
+        if !waits_for_them {
+            return Ok(());
+        }
+        match settled {
+            Ok(results) => {
+                let reason = Some(format!("{} child tasks completed", results.len()));
+                self.succeed(index, Value::Array(results), reason, now, schedule, changes)
+            }
+            Err(message) => {
+                let message = crate::limits::message(message);
+                self.record_failure(
+                    index,
+                    FailureKind::Permanent,
+                    message,
+                    StepEvent::Fail,
+                    now,
+                    schedule,
+                    changes,
+                );
+                Ok(())
+            }
         }
     }
 
@@ -1067,7 +1152,7 @@ impl TaskRecord {
             match self.states[index as usize] {
                 StepState::InProgress => self.release_lease(index, schedule),
                 StepState::WaitingForRetry => self.cancel_retry(index, schedule),
-                StepState::Pending => {}
+                StepState::Pending | StepState::WaitingForChildren => {}
                 _ => continue,
             }
             self.steps[index as usize].completed_at = Some(now);
@@ -1128,6 +1213,8 @@ impl TaskRecord {
                 rec.max_attempts = rec.attempts.saturating_add(budget);
                 rec.completed_at = None;
                 rec.next_attempt_at = None;
+                // Its handler runs again and starts children of its own.
+                rec.children = None;
                 let reason = Some("operator retry".to_owned());
                 self.step_to(index, StepEvent::Reset, now, reason, changes)?;
             }
@@ -1259,6 +1346,7 @@ impl TaskRecord {
                     skip_reason: self.skip_reason(index).map(str::to_owned),
                     instance_of: instance.map(|i| self.graph.step(i.of).name.to_string()),
                     batch: instance.map(|i| (*i.batch).clone()),
+                    children: rec.children.as_deref().map(<[TaskId]>::to_vec),
                 }
             })
             .collect();
@@ -1271,6 +1359,10 @@ impl TaskRecord {
             context: (*self.context).clone(),
             priority: self.priority,
             idempotency_key: self.idempotency_key.clone(),
+            parent: self.parent.as_ref().map(|p| crate::view::ParentView {
+                task_id: p.task_id,
+                step: p.step.clone(),
+            }),
             progress: Progress::of(self.states.iter().copied()),
             steps,
             created_at: self.created_at,

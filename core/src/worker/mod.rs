@@ -113,6 +113,14 @@ pub enum HandlerOutput {
     Decision(Decision),
     /// A batchable step's batch (with its result).
     Batch(crate::store::Batch),
+    /// Child tasks to start: the step waits for them.
+    Children(crate::store::Children),
+}
+
+impl From<crate::store::Children> for HandlerOutput {
+    fn from(children: crate::store::Children) -> Self {
+        HandlerOutput::Children(children)
+    }
 }
 
 impl From<crate::store::Batch> for HandlerOutput {
@@ -127,6 +135,7 @@ impl From<HandlerOutput> for Outcome {
             HandlerOutput::Result(value) => Outcome::Complete(value),
             HandlerOutput::Decision(decision) => Outcome::Decide(decision),
             HandlerOutput::Batch(batch) => Outcome::Batch(batch),
+            HandlerOutput::Children(children) => Outcome::Spawn(children),
         }
     }
 }

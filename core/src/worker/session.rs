@@ -591,6 +591,7 @@ async fn drive(shared: Arc<Shared>) {
     let mut store_errors = 0u32;
     let mut retry_claims_at: Option<Instant> = None;
     let mut retry_reports_at: Option<Instant> = None;
+    let mut tend_at = Instant::now();
     loop {
         let woken = shared.driver.notified();
         tokio::pin!(woken);
@@ -707,7 +708,13 @@ async fn drive(shared: Arc<Shared>) {
             }
         }
 
-        // 5. Idle?
+        // 5. Child tasks' follow-ups a crash left undone, every few seconds; idle?
+        if phase == Phase::Running && tend_at <= Instant::now() {
+            tend_at = later(Instant::now(), crate::engine::TEND_EVERY);
+            if let Err(e) = engine.tend_children().await {
+                tracing::debug!(error = %e, "tending child tasks failed; trying again later");
+            }
+        }
         let mut wait = config.poll_interval;
         let idle_now = {
             let state = shared.state.lock();
@@ -719,7 +726,12 @@ async fn drive(shared: Arc<Shared>) {
                 .await
             {
                 Ok(status) => {
-                    if config.until_idle && status.is_idle() {
+                    // Nothing left but, maybe, a follow-up a crash left undone (tending
+                    // that fails is left for later: the run is idle).
+                    if config.until_idle
+                        && status.is_idle()
+                        && !matches!(engine.tend_children().await, Ok(n) if n > 0)
+                    {
                         shared.state.lock().report.idle = true;
                         finish(&shared);
                         return;
@@ -1018,9 +1030,11 @@ async fn write_reports(
                 for (p, result) in batch.iter().zip(results) {
                     match result {
                         Ok(()) => match p.report.outcome {
-                            Outcome::Complete(_) | Outcome::Decide(_) | Outcome::Batch(_) => {
-                                state.report.completed += 1
-                            }
+                            Outcome::Complete(_)
+                            | Outcome::Decide(_)
+                            | Outcome::Batch(_)
+                            | Outcome::Spawn(_)
+                            | Outcome::Children(_) => state.report.completed += 1,
                             Outcome::Fail(_) => state.report.failed += 1,
                         },
                         Err(e) => {

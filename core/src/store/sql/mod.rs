@@ -41,7 +41,7 @@ use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::ids::{StepId, TaskId};
 use crate::readiness::{Choices, Counters};
-use crate::state::{Change, StepEvent, StepState};
+use crate::state::{Change, StepEvent, StepState, TaskState};
 use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{TaskFilter, TaskView, TransitionView};
 
@@ -99,6 +99,8 @@ mod shared {
     pub const MARK_UNREADABLE: &str = include_str!("shared/mark_unreadable.sql");
     pub const UNREADABLE_TRANSITION: &str = include_str!("shared/unreadable_transition.sql");
     pub const TRANSITIONS: &str = include_str!("shared/transitions.sql");
+    pub const WAITING_FOR_CHILDREN: &str = include_str!("shared/waiting_for_children.sql");
+    pub const OPEN_CHILDREN: &str = include_str!("shared/open_children.sql");
 }
 
 /// A connection of backend `B`'s driver.
@@ -234,6 +236,10 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     ) -> sqlx::Result<rows::StatusRow>;
     /// The ids of tasks matching `filter`, newest first.
     async fn list_tasks(c: &mut Conn<Self>, filter: &TaskFilter) -> sqlx::Result<Vec<String>>;
+    /// Every step waiting for children.
+    async fn waiting_for_children(c: &mut Conn<Self>) -> sqlx::Result<Vec<StepKey>>;
+    /// Every unfinished task with a parent: its id and its parent (JSON).
+    async fn open_children(c: &mut Conn<Self>) -> sqlx::Result<Vec<(String, String)>>;
     /// Whether task `id` exists.
     async fn task_exists(c: &mut Conn<Self>, id: &str) -> sqlx::Result<bool>;
     /// Task `id`'s transitions in order.
@@ -323,6 +329,22 @@ macro_rules! impl_backend {
                 .bind(filter.namespace.as_deref())
                 .bind(filter.name.as_deref())
                 .bind(filter.limit.min(i64::MAX as usize) as i64)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn waiting_for_children(
+            c: &mut <$db as sqlx::Database>::Connection,
+        ) -> sqlx::Result<Vec<$crate::store::sql::rows::StepKey>> {
+            sqlx::query_as($crate::store::sql::shared::WAITING_FOR_CHILDREN)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn open_children(
+            c: &mut <$db as sqlx::Database>::Connection,
+        ) -> sqlx::Result<Vec<(String, String)>> {
+            sqlx::query_as($crate::store::sql::shared::OPEN_CHILDREN)
                 .fetch_all(c)
                 .await
         }
@@ -519,6 +541,15 @@ fn step_record(r: &StepRow) -> Result<StepRecord> {
         error: r.error.clone(),
         started_at: time(r.started_at),
         completed_at: time(r.completed_at),
+        children: r
+            .children
+            .as_deref()
+            .map(|t| {
+                serde_json::from_str::<Vec<TaskId>>(t)
+                    .map(Into::into)
+                    .map_err(corrupt)
+            })
+            .transpose()?,
     })
 }
 
@@ -1169,6 +1200,12 @@ impl<B: Backend> SqlStore<B> {
             priority: i32::try_from(row.priority)
                 .map_err(|_| corrupt(format!("priority {} is out of range", row.priority)))?,
             idempotency_key: row.idempotency_key.clone(),
+            parent: row
+                .parent
+                .as_deref()
+                .map(serde_json::from_str)
+                .transpose()
+                .map_err(corrupt)?,
             states: Vec::with_capacity(n),
             counters: Vec::with_capacity(n),
             choices: Choices::default(),
@@ -1947,6 +1984,55 @@ impl<B: Backend> Store for SqlStore<B> {
             .run(step.task, now, |t, s, c| t.resolve(step, result, now, s, c))
             .await?
             .1)
+    }
+
+    async fn settle_children(
+        &self,
+        step: StepId,
+        children: &[TaskId],
+        settled: super::Settled,
+        now: Timestamp,
+    ) -> Result<Changes> {
+        Ok(self
+            .run(step.task, now, |t, s, c| {
+                t.settle_children(step, children, settled, now, s, c)
+            })
+            .await?
+            .1)
+    }
+
+    async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>> {
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids.dedup();
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let mut states = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(MAX_ROWS) {
+            let chunk: Vec<String> = chunk.iter().map(TaskId::to_string).collect();
+            for row in B::tasks(&mut conn, &chunk, Lock::None, false)
+                .await
+                .map_err(db)?
+            {
+                states.push((row.task_id.parse()?, parse_state(&row.status)?));
+            }
+        }
+        Ok(states)
+    }
+
+    async fn waiting_for_children(&self) -> Result<Vec<StepId>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let keys = B::waiting_for_children(&mut conn).await.map_err(db)?;
+        keys.iter()
+            .map(|k| step_key(k).map(|(task, index, _)| StepId { task, index }))
+            .collect()
+    }
+
+    async fn open_children(&self) -> Result<Vec<(TaskId, super::ParentLink)>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let rows = B::open_children(&mut conn).await.map_err(db)?;
+        rows.iter()
+            .map(|(id, parent)| Ok((id.parse()?, serde_json::from_str(parent).map_err(corrupt)?)))
+            .collect()
     }
 
     async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId> {

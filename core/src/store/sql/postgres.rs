@@ -85,7 +85,7 @@ macro_rules! column {
     };
 }
 
-/// `rows` bound to `$1`–`$44` of [`WRITE`] or [`CREATE`].
+/// `rows` bound to `$1`–`$46` of [`WRITE`] or [`CREATE`].
 fn bind_rows<'q>(
     sql: &'q str,
     rows: &'q Rows<'_>,
@@ -136,6 +136,8 @@ fn bind_rows<'q>(
         .bind(column!(s, opt chosen))
         .bind(column!(s, of_step))
         .bind(column!(s, opt batch))
+        .bind(column!(t, opt parent))
+        .bind(column!(s, opt children))
 }
 
 /// The handler names as an array, `None` for any.

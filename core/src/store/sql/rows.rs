@@ -27,6 +27,7 @@ pub(super) struct TaskRow {
     pub updated_at: i64,
     pub completed_at: Option<i64>,
     pub revision: i64,
+    pub parent: Option<String>,
 }
 
 /// A step row as read.
@@ -50,6 +51,7 @@ pub(super) struct StepRow {
     pub error: Option<String>,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
+    pub children: Option<String>,
 }
 
 /// A step named by a claim query or by the scan for expired leases and due retries.
@@ -106,6 +108,9 @@ pub(super) struct TaskWrite<'a> {
     pub updated_at: i64,
     pub completed_at: Option<i64>,
     pub revision: i64,
+    /// A child task's parent step, as JSON: written only when the row is `new` (it never
+    /// changes).
+    pub parent: Option<String>,
     /// A new task (inserted, unless its idempotency key is taken), not one whose row exists.
     pub new: bool,
 }
@@ -133,6 +138,11 @@ impl<'a> TaskWrite<'a> {
             updated_at: ms(t.updated_at),
             completed_at: t.completed_at.map(ms),
             revision,
+            parent: t
+                .parent
+                .as_ref()
+                .filter(|_| new)
+                .and_then(|p| serde_json::to_string(p).ok()),
             new,
         }
     }
@@ -167,6 +177,8 @@ pub(super) struct StepWrite<'a> {
     pub of_step: Option<i64>,
     /// For a new instance, its slice as JSON (`None` keeps the old value: it never changes).
     pub batch: Option<String>,
+    /// The child tasks it started, as a JSON array of ids.
+    pub children: Option<String>,
 }
 
 impl<'a> StepWrite<'a> {
@@ -202,6 +214,10 @@ impl<'a> StepWrite<'a> {
                 .map(|c| serde_json::Value::from(c.to_vec()).to_string()),
             of_step: instance.map(|inst| i64::from(inst.of)),
             batch: instance.filter(|_| new).map(|inst| inst.batch.to_string()),
+            children: s
+                .children
+                .as_deref()
+                .and_then(|c| serde_json::to_string(c).ok()),
         }
     }
 }

@@ -119,7 +119,8 @@ fn bind_rows<'q>(
             .bind(t.created_at)
             .bind(t.updated_at)
             .bind(t.completed_at)
-            .bind(t.revision);
+            .bind(t.revision)
+            .bind(t.parent.as_deref());
     }
     for s in &rows.steps {
         q = q
@@ -144,7 +145,8 @@ fn bind_rows<'q>(
             .bind(s.not_chosen_parents)
             .bind(s.chosen.as_deref())
             .bind(s.of_step)
-            .bind(s.batch.as_deref());
+            .bind(s.batch.as_deref())
+            .bind(s.children.as_deref());
     }
     for r in &rows.transitions {
         q = q

@@ -1,14 +1,14 @@
--- Every row an operation changed, in one statement: the task rows ($1–$13), the step rows
--- ($14–$31, $41–$44), new or changed, and the new transitions ($32–$40), each column an array. (The
+-- Every row an operation changed, in one statement: the task rows ($1–$13, $45), the step rows
+-- ($14–$31, $41–$44, $46), new or changed, and the new transitions ($32–$40), each column an array. (The
 -- wake-up of the other engines is sent after the commit, on a connection of its own: a
 -- NOTIFY in this transaction would hold PostgreSQL's one notify lock through the commit's
 -- flush, and every writing transaction would wait for the one before.)
 WITH tasks AS (
     INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
-        idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision)
+        idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision, parent)
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
         $6::int8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
-        $13::int8[])
+        $13::int8[], $45::text[])
     ON CONFLICT (task_id) DO UPDATE SET
         status = excluded.status, unfinished_steps = excluded.unfinished_steps,
         updated_at = excluded.updated_at, completed_at = excluded.completed_at,
@@ -17,11 +17,12 @@ WITH tasks AS (
     INSERT INTO tasker_workflow_steps AS s (task_id, step_index, name, handler, status, priority,
         attempts, max_attempts, unfinished_parents, failed_required_parents, ready_at,
         next_attempt_at, lease_owner, lease_expires_at, result, error, started_at, completed_at,
-        not_chosen_parents, chosen, of_step, batch)
+        not_chosen_parents, chosen, of_step, batch, children)
     SELECT * FROM UNNEST($14::text[], $15::int8[], $16::text[], $17::text[], $18::text[],
         $19::int8[], $20::int8[], $21::int8[], $22::int8[], $23::int8[], $24::int8[],
         $25::int8[], $26::text[], $27::int8[], $28::text[], $29::text[], $30::int8[],
-        $31::int8[], $41::int8[], $42::text[], $43::int8[], $44::text[])
+        $31::int8[], $41::int8[], $42::text[], $43::int8[], $44::text[],
+        $46::text[])
     ON CONFLICT (task_id, step_index) DO UPDATE SET
         status = excluded.status, attempts = excluded.attempts,
         max_attempts = excluded.max_attempts, unfinished_parents = excluded.unfinished_parents,
@@ -32,7 +33,7 @@ WITH tasks AS (
         error = excluded.error, started_at = excluded.started_at,
         completed_at = excluded.completed_at, not_chosen_parents = excluded.not_chosen_parents,
         chosen = excluded.chosen, of_step = excluded.of_step,
-        batch = COALESCE(excluded.batch, s.batch)
+        batch = COALESCE(excluded.batch, s.batch), children = excluded.children
 ), transitions AS (
     INSERT INTO tasker_transitions (task_id, step_index, step_name, from_state, to_state, event,
         reason, attempt, at)
