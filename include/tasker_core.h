@@ -482,6 +482,22 @@ enum tc_status tc_step_batch_total(const struct tc_step *step,
                                    const char *result_json);
 
 /**
+ * Starts child tasks of the step: `children_json` is a JSON array of objects with
+ * "namespace" and "name", optionally "context" (default {}) and "version" (default: the
+ * newest). The step waits for them ("waiting_for_children") and then completes with the
+ * array of their results in order — each an object of the child's leaf steps' results by
+ * name — or fails for good when one fails or is cancelled (the others are cancelled).
+ * Cancelling the parent task cancels its children. Text that is not JSON, or not such an
+ * array (an unknown key), is TC_ERR_JSON and nothing is reported; an unknown template fails
+ * the step for good. A second report is TC_ERR_INVALID_TRANSITION; a claim that was lost,
+ * TC_ERR_CLAIM_LOST.
+ *
+ * # Safety
+ * `step` is a live step; `children_json` NUL-terminated.
+ */
+enum tc_status tc_step_spawn(const struct tc_step *step, const char *children_json);
+
+/**
  * Reports the step's failure with `message`: `retryable` (after `retry_after_ms`, or the
  * step's backoff when negative) or permanent.
  *

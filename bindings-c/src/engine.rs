@@ -168,6 +168,7 @@ pub unsafe extern "C" fn tc_create_task_ex(
                 version: opt_text(version, "version")?.map(str::to_owned),
                 idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(str::to_owned),
                 priority,
+                parent: None,
             };
             let id = e.run(e.engine()?.create_task(task))?;
             Ok(out_string(id.to_string()))
@@ -220,6 +221,7 @@ pub unsafe extern "C" fn tc_create_tasks_json(
                     version: t.version,
                     idempotency_key: t.idempotency_key,
                     priority: t.priority,
+                    parent: None,
                 })
                 .collect();
             let ids = e.run(e.engine()?.create_tasks(tasks))?;

@@ -323,6 +323,34 @@ pub unsafe extern "C" fn tc_step_batch_total(
     })
 }
 
+/// Starts child tasks of the step: `children_json` is a JSON array of objects with
+/// "namespace" and "name", optionally "context" (default {}) and "version" (default: the
+/// newest). The step waits for them ("waiting_for_children") and then completes with the
+/// array of their results in order — each an object of the child's leaf steps' results by
+/// name — or fails for good when one fails or is cancelled (the others are cancelled).
+/// Cancelling the parent task cancels its children. Text that is not JSON, or not such an
+/// array (an unknown key), is TC_ERR_JSON and nothing is reported; an unknown template fails
+/// the step for good. A second report is TC_ERR_INVALID_TRANSITION; a claim that was lost,
+/// TC_ERR_CLAIM_LOST.
+///
+/// # Safety
+/// `step` is a live step; `children_json` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_spawn(
+    step: *const tc_step,
+    children_json: *const c_char,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (s, children) =
+            unsafe { (handle(step, "step")?, text(children_json, "children_json")?) };
+        let children: Vec<tasker_core::ChildTask> = serde_json::from_str(children)
+            .map_err(|err| Fail::new(TC_ERR_JSON, format!("children_json: {err}")))?;
+        let children = tasker_core::Children { tasks: children };
+        s.report(Report::Output(children.into()))
+    })
+}
+
 /// Reports the step's failure with `message`: `retryable` (after `retry_after_ms`, or the
 /// step's backoff when negative) or permanent.
 ///

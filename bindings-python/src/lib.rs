@@ -225,7 +225,82 @@ impl Batch {
     }
 }
 
-/// A handler's return value for the core: a [`Decision`], a [`Batch`] or a JSON result.
+/// A task a handler starts as a child of its step (see [`Children`]).
+#[pyclass(module = "tasker_core._native", frozen)]
+struct ChildTask {
+    /// The template's namespace.
+    #[pyo3(get)]
+    namespace: String,
+    /// The template's name.
+    #[pyo3(get)]
+    name: String,
+    /// The child's context.
+    #[pyo3(get)]
+    context: Py<PyAny>,
+    /// The template version (``None``: the newest).
+    #[pyo3(get)]
+    version: Option<String>,
+}
+
+#[pymethods]
+impl ChildTask {
+    #[new]
+    #[pyo3(signature = (namespace, name, context = None, version = None))]
+    fn new(
+        py: Python<'_>,
+        namespace: String,
+        name: String,
+        context: Option<Py<PyAny>>,
+        version: Option<String>,
+    ) -> Self {
+        ChildTask {
+            namespace,
+            name,
+            context: context.unwrap_or_else(|| PyDict::new(py).into_any().unbind()),
+            version,
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ChildTask({:?}, {:?})", self.namespace, self.name)
+    }
+}
+
+/// What a handler returns to start child tasks: its step waits (``waiting_for_children``)
+/// until they have all finished, then completes with the list of their results in order (each
+/// an object of the child's leaf steps' results by name), or fails when one failed.
+#[pyclass(module = "tasker_core._native", frozen)]
+struct Children {
+    /// The child tasks, in order.
+    #[pyo3(get)]
+    tasks: Vec<Py<ChildTask>>,
+}
+
+#[pymethods]
+impl Children {
+    #[new]
+    fn new(tasks: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let mut list = Vec::new();
+        for (n, item) in tasks.try_iter()?.enumerate() {
+            let item = item?;
+            let child = item.cast::<ChildTask>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "child {n} must be a ChildTask, not {}",
+                    item.get_type()
+                ))
+            })?;
+            list.push(child.clone().unbind());
+        }
+        Ok(Children { tasks: list })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Children(<{} tasks>)", self.tasks.len())
+    }
+}
+
+/// A handler's return value for the core: a [`Decision`], a [`Batch`], [`Children`] or a JSON
+/// result.
 fn output(obj: &Bound<'_, PyAny>) -> PyResult<tasker_core::HandlerOutput> {
     let py = obj.py();
     if let Ok(d) = obj.cast::<Decision>() {
@@ -247,6 +322,19 @@ fn output(obj: &Bound<'_, PyAny>) -> PyResult<tasker_core::HandlerOutput> {
         };
         let result = to_json(b.result.bind(py), "the result")?;
         return Ok(tasker_core::Batch { work, result }.into());
+    }
+    if let Ok(c) = obj.cast::<Children>() {
+        let mut tasks = Vec::with_capacity(c.get().tasks.len());
+        for child in &c.get().tasks {
+            let child = child.get();
+            tasks.push(tasker_core::ChildTask {
+                namespace: child.namespace.clone(),
+                name: child.name.clone(),
+                version: child.version.clone(),
+                context: to_json(child.context.bind(py), "a child task's context")?,
+            });
+        }
+        return Ok(tasker_core::Children { tasks }.into());
     }
     to_json(obj, "the result").map(Into::into)
 }
@@ -498,6 +586,7 @@ impl Engine {
             context,
             idempotency_key,
             priority,
+            parent: None,
         };
         let id = self.call(py, move |e| async move { e.create_task(task).await })?;
         Ok(id.to_string())
@@ -556,6 +645,7 @@ impl Engine {
                     .map(|p| p.extract::<i32>())
                     .transpose()?
                     .unwrap_or(0),
+                parent: None,
             });
         }
         let ids = self.call(py, move |e| async move { e.create_tasks(batch).await })?;
@@ -764,6 +854,13 @@ impl Engine {
     /// Gives back every step whose lease has expired; returns how many.
     fn reclaim_expired(&self, py: Python<'_>) -> PyResult<usize> {
         self.call(py, |e| async move { e.reclaim_expired().await })
+    }
+
+    /// Makes good the child tasks' follow-ups a crash left undone (workers do it every few
+    /// seconds): settles the steps whose children all finished, cancels the children no step
+    /// waits for any more. Returns how many tasks it changed.
+    fn tend_children(&self, py: Python<'_>) -> PyResult<usize> {
+        self.call(py, |e| async move { e.tend_children().await })
     }
 
     /// Applies the store's schema migrations not applied yet (opening does it too).
@@ -1176,6 +1273,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<WorkerRuns>()?;
     m.add_class::<Decision>()?;
     m.add_class::<Batch>()?;
+    m.add_class::<ChildTask>()?;
+    m.add_class::<Children>()?;
     m.add("TaskerError", py.get_type::<TaskerError>())?;
     m.add("TemplateError", py.get_type::<TemplateError>())?;
     m.add("NotFoundError", py.get_type::<NotFoundError>())?;

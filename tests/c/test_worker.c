@@ -79,6 +79,22 @@ static const char *BATCH_YAML =
     "  - { name: chunk, type: batch_worker, depends_on: [load] }\n"
     "  - { name: total_up, depends_on: [chunk] }\n";
 
+/* A step starting two child tasks of `kid`, and one that gets their results. */
+static const char *FAMILY_YAML =
+    "namespace: c_worker\n"
+    "name: family\n"
+    "version: 1.0.0\n"
+    "steps:\n"
+    "  - { name: spawn }\n"
+    "  - { name: gather, depends_on: [spawn] }\n";
+
+static const char *KID_YAML =
+    "namespace: c_worker\n"
+    "name: kid\n"
+    "version: 1.0.0\n"
+    "steps:\n"
+    "  - { name: kid_step }\n";
+
 /* Twelve independent steps with one slow handler, to fill the worker. */
 static const char *FANOUT_YAML =
     "namespace: c_worker\n"
@@ -100,6 +116,7 @@ static atomic_int calls_validate, calls_charge, calls_reserve, calls_ship, calls
 static atomic_int calls_doomed, calls_after_doomed, calls_cleanup, calls_slow;
 static atomic_int calls_route, calls_small, calls_large, calls_converge;
 static atomic_int calls_load, calls_chunk, chunks_running, calls_total_up;
+static atomic_int calls_spawn, calls_kid, calls_gather;
 static atomic_int second_complete_status = 1, late_fail_status = 1;
 static int user_data_tag; /* its address is every handler's user_data */
 static tc_engine *engine;  /* for handlers that call the engine */
@@ -347,6 +364,37 @@ static void total_up(tc_step *step, void *user_data) {
     leave();
 }
 
+/* Bad children are refused (nothing reported), then two children of `kid` are started. */
+static void spawn(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_spawn, 1);
+    HANDLER_CHECK(tc_step_spawn(step, "[{\"namespace\":\"c_worker\"}]") == TC_ERR_JSON);
+    HANDLER_CHECK(tc_step_spawn(step, "{\"x\":1") == TC_ERR_JSON);
+    HANDLER_OK(tc_step_spawn(step,
+                             "[{\"namespace\":\"c_worker\",\"name\":\"kid\",\"context\":{\"i\":0}},"
+                             "{\"namespace\":\"c_worker\",\"name\":\"kid\",\"context\":{\"i\":1}}]"));
+    leave();
+}
+
+static void kid_step(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_kid, 1);
+    char result[32];
+    snprintf(result, sizeof result, "{\"i\":%ld}", int_after(tc_step_context_json(step), "i"));
+    HANDLER_OK(tc_step_complete(step, result));
+    leave();
+}
+
+/* Gets the children's leaf results in order. */
+static void gather(tc_step *step, void *user_data) {
+    enter(step, user_data);
+    atomic_fetch_add(&calls_gather, 1);
+    const char *inputs = tc_step_inputs_json(step);
+    HANDLER_CHECK(strstr(inputs, "[{\"kid_step\":{\"i\":0}},{\"kid_step\":{\"i\":1}}]") != NULL);
+    HANDLER_OK(tc_step_complete(step, "{}"));
+    leave();
+}
+
 static void slow(tc_step *step, void *user_data) {
     enter(step, user_data);
     atomic_fetch_add(&calls_slow, 1);
@@ -380,17 +428,21 @@ int main(void) {
     ASSERT_OK(tc_register_template(e, FANOUT_YAML));
     ASSERT_OK(tc_register_template(e, ROUTE_YAML));
     ASSERT_OK(tc_register_template(e, BATCH_YAML));
+    ASSERT_OK(tc_register_template(e, FAMILY_YAML));
+    ASSERT_OK(tc_register_template(e, KID_YAML));
 
     tc_subscription *retries = NULL, *orders = NULL;
     ASSERT_OK(tc_subscribe(e, "step.retry_scheduled", &retries));
     ASSERT_OK(tc_subscribe(e, "order.*", &orders));
 
     char *order = NULL, *failing = NULL, *fanout = NULL, *routed = NULL, *batched = NULL;
+    char *family = NULL;
     ASSERT_OK(tc_create_task(e, "c_worker", "fulfil", "{\"order\":42}", &order));
     ASSERT_OK(tc_create_task(e, "c_worker", "doomed", NULL, &failing));
     ASSERT_OK(tc_create_task(e, "c_worker", "fanout", NULL, &fanout));
     ASSERT_OK(tc_create_task(e, "c_worker", "route", NULL, &routed));
     ASSERT_OK(tc_create_task(e, "c_worker", "batch", NULL, &batched));
+    ASSERT_OK(tc_create_task(e, "c_worker", "family", NULL, &family));
 
     tc_worker *w = NULL;
     ASSERT_OK(tc_worker_new(e, CONCURRENCY, &w));
@@ -403,7 +455,8 @@ int main(void) {
         {"after_doomed", after_doomed}, {"cleanup", cleanup}, {"slow", slow},
         {"route", route},               {"small", small},     {"large", large},
         {"converge", converge},         {"load", load},       {"chunk", chunk},
-        {"total_up", total_up},
+        {"total_up", total_up},         {"spawn", spawn},     {"kid_step", kid_step},
+        {"gather", gather},
     };
     for (size_t i = 0; i < sizeof handlers / sizeof *handlers; i++)
         ASSERT_OK(tc_worker_register(w, handlers[i].name, handlers[i].fn, &user_data_tag));
@@ -502,6 +555,15 @@ int main(void) {
     ASSERT(atomic_load(&calls_chunk) == 3);
     ASSERT(atomic_load(&calls_total_up) == 1);
 
+    /* The family: two children ran, the step after the spawning one got their results. */
+    ASSERT_TASK_STATUS(e, family, "complete");
+    json = TASK_JSON(e, family);
+    ASSERT_SHOW(tj_is(tj_get(tj_step(json, "spawn"), "status"), "complete"), json);
+    tc_string_free(json);
+    ASSERT(atomic_load(&calls_spawn) == 1);
+    ASSERT(atomic_load(&calls_kid) == 2);
+    ASSERT(atomic_load(&calls_gather) == 1);
+
     /* The fan-out: all twelve ran, never more than CONCURRENCY handlers at once. */
     ASSERT_TASK_STATUS(e, fanout, "complete");
     ASSERT(atomic_load(&calls_slow) == 12);
@@ -518,6 +580,7 @@ int main(void) {
     tc_string_free(order);
     tc_string_free(failing);
     tc_string_free(fanout);
+    tc_string_free(family);
     tc_string_free(routed);
     tc_string_free(batched);
     ASSERT_OK(tc_engine_close(e));

@@ -33,6 +33,8 @@ from typing import Any
 
 from ._native import (
     Batch,
+    ChildTask,
+    Children,
     ClaimLostError,
     Decision,
     Engine,
@@ -51,6 +53,8 @@ from ._native import (
 
 __all__ = [
     "Batch",
+    "ChildTask",
+    "Children",
     "ClaimLostError",
     "Decision",
     "Engine",

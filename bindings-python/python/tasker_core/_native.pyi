@@ -244,6 +244,40 @@ class Batch:
     @property
     def result(self) -> JSON: ...
 
+class ChildTask:
+    """A task a handler starts as a child of its step (see :class:`Children`): a task of
+    ``namespace/name`` (its newest version unless ``version`` is given) with ``context``
+    (default ``{}``). Children have their parent's priority."""
+
+    def __init__(self, namespace: str, name: str, context: JSON = None,
+                 version: str | None = None) -> None: ...
+    @property
+    def namespace(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def context(self) -> JSON: ...
+    @property
+    def version(self) -> str | None: ...
+
+class Children:
+    """What a handler returns to start child tasks, of any template::
+
+        return tasker_core.Children([ChildTask("billing", "invoice", {"customer": c})
+                                     for c in customers])
+
+    The step is ``waiting_for_children`` until every child has finished, then completes with
+    the list of their results in order, each an object of the child's leaf steps' results by
+    name; it fails for good as soon as one child fails or is cancelled (the others are
+    cancelled). Cancelling the parent task cancels its children. A child's view has
+    ``parent: {"task_id", "step"}``; the step's view lists ``children`` (their ids). At most
+    1,000 children per step. ``tasks`` must hold ChildTask objects (TypeError else).
+    """
+
+    def __init__(self, tasks: list[ChildTask]) -> None: ...
+    @property
+    def tasks(self) -> list[ChildTask]: ...
+
 class Engine:
     """The engine: templates, tasks, the worker protocol, views, operator verbs and events.
 
@@ -308,9 +342,11 @@ class Engine:
         Each step is leased to ``worker_id`` for its ``timeout_ms``. When none is ready, waits
         up to ``wait`` seconds (GIL released) for one. Higher-priority tasks come first.
         """
-    def complete(self, step_id: str, attempt: int, result: JSON | Decision | Batch) -> None:
-        """Reports a claimed attempt's result, or a decision step's :class:`Decision` (its
-        chosen dependents run, the others are skipped as not chosen).
+    def complete(self, step_id: str, attempt: int,
+                 result: JSON | Decision | Batch | Children) -> None:
+        """Reports a claimed attempt's result, a decision step's :class:`Decision` (its
+        chosen dependents run, the others are skipped as not chosen), a batchable step's
+        :class:`Batch` or the :class:`Children` it starts.
 
         Raises :class:`ClaimLostError` when the claim is no longer held and
         :class:`InvalidArgumentError` when ``result`` is not JSON-serialisable.
@@ -368,6 +404,11 @@ class Engine:
         """What work the store holds: ``ready`` (only steps of ``handlers`` when given),
         ``running``, ``waiting`` (for a retry) and ``next_due`` (RFC 3339 or None). Idle when
         the three counts are 0."""
+    def tend_children(self) -> int:
+        """Makes good the child tasks' follow-ups a crash left undone (workers do it every few
+        seconds): settles each step whose children all finished (or of which one failed) and
+        cancels each unfinished child no step waits for any more. Returns how many tasks it
+        changed."""
     def reclaim_expired(self) -> int:
         """Gives back every step whose lease has expired; returns how many."""
     def migrate(self) -> None:
@@ -440,8 +481,8 @@ class WorkerSession:
         """The next attempt (a step dict, or a ``step_type`` instance), or None; waits up to
         ``wait`` s with the GIL released."""
     def complete(self, step_id: str, attempt: int, result: Any) -> str | None:
-        """Hands back a result (or a :class:`Decision`): None when taken, else why it was
-        refused."""
+        """Hands back a result (or a :class:`Decision`, :class:`Batch` or :class:`Children`):
+        None when taken, else why it was refused."""
     def fail(
         self,
         step_id: str,

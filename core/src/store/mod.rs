@@ -65,17 +65,25 @@ impl ParentLink {
     }
 }
 
-/// A task a handler starts as a child of its step (see [`Children`]).
-#[derive(Debug, Clone, PartialEq)]
+/// A task a handler starts as a child of its step (see [`Children`]). As JSON (what the C
+/// binding reads): `{"namespace", "name", "context", "version"}`, the last two optional.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ChildTask {
     /// The template's namespace.
     pub namespace: String,
     /// The template's name.
     pub name: String,
     /// The template version; `None` takes the newest.
+    #[serde(default)]
     pub version: Option<String>,
-    /// The child's context.
+    /// The child's context (`{}` when left out).
+    #[serde(default = "empty_object")]
     pub context: Value,
+}
+
+fn empty_object() -> Value {
+    Value::Object(Default::default())
 }
 
 impl ChildTask {

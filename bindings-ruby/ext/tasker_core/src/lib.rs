@@ -160,7 +160,9 @@ fn to_json(ruby: &Ruby, value: Value, what: &str) -> Result<Json, Error> {
 }
 
 /// A handler's return value for the core: a `TaskerCore::Decision` (its `steps` and
-/// `result`), a `TaskerCore::Batch` (its `items` or `total`, and `result`) or a JSON result.
+/// `result`), a `TaskerCore::Batch` (its `items` or `total`, and `result`), a
+/// `TaskerCore::Children` (its `tasks`, each `namespace`, `name`, `context`, `version`) or a
+/// JSON result.
 fn output(ruby: &Ruby, value: Value) -> Result<tasker_core::HandlerOutput, Error> {
     // Results are mostly Hashes: no constant lookup for them.
     if RHash::from_value(value).is_some() {
@@ -191,6 +193,20 @@ fn output(ruby: &Ruby, value: Value) -> Result<tasker_core::HandlerOutput, Error
         };
         let result = to_json(ruby, result, "the result")?;
         return Ok(tasker_core::Batch { work, result }.into());
+    }
+    if class("Children").is_some_and(|c| value.is_kind_of(c)) {
+        let tasks: RArray = value.funcall("tasks", ())?;
+        let mut children = Vec::with_capacity(tasks.len());
+        for task in tasks.into_iter() {
+            let context: Value = task.funcall("context", ())?;
+            children.push(tasker_core::ChildTask {
+                namespace: task.funcall("namespace", ())?,
+                name: task.funcall("name", ())?,
+                version: task.funcall("version", ())?,
+                context: to_json(ruby, context, "a child task's context")?,
+            });
+        }
+        return Ok(tasker_core::Children { tasks: children }.into());
     }
     to_json(ruby, value, "the result").map(Into::into)
 }
@@ -369,6 +385,7 @@ impl Engine {
             context,
             idempotency_key: idempotency_key.flatten(),
             priority: priority.unwrap_or(0),
+            parent: None,
         };
         let id = self.call(&ruby, move |e| async move { e.create_task(task).await })?;
         Ok(id.to_string())
@@ -416,6 +433,7 @@ impl Engine {
                 },
                 idempotency_key: idempotency_key.flatten(),
                 priority: priority.unwrap_or(0),
+                parent: None,
             });
         }
         let ids = self.call(&ruby, move |e| async move { e.create_tasks(batch).await })?;
@@ -606,6 +624,11 @@ impl Engine {
             move |e| async move { e.work_status_of(handlers).await },
         )?;
         to_ruby(&ruby, &status)
+    }
+
+    fn tend_children(&self) -> Result<usize, Error> {
+        let ruby = ruby();
+        self.call(&ruby, |e| async move { e.tend_children().await })
     }
 
     fn reclaim_expired(&self) -> Result<usize, Error> {
@@ -969,6 +992,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     engine.define_method("subscribe", method!(Engine::subscribe, -1))?;
     engine.define_method("work_status", method!(Engine::work_status, -1))?;
     engine.define_method("reclaim_expired", method!(Engine::reclaim_expired, 0))?;
+    engine.define_method("tend_children", method!(Engine::tend_children, 0))?;
     engine.define_method("migrate", method!(Engine::migrate, 0))?;
     engine.define_method("close", method!(Engine::close, 0))?;
     engine.define_method("closed?", method!(Engine::is_closed, 0))?;
