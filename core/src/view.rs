@@ -303,6 +303,9 @@ pub struct GraphNode {
     /// For an instance of a batch worker step, the worker step's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_of: Option<String>,
+    /// The child tasks the step started, in order (each a graph of its own).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub children: Vec<TaskId>,
 }
 
 /// An edge in a [`GraphView`].
@@ -328,6 +331,7 @@ impl From<&TaskView> for GraphView {
                     handler: s.handler.clone(),
                     status: s.status,
                     instance_of: s.instance_of.clone(),
+                    children: s.children.clone().unwrap_or_default(),
                 })
                 .collect(),
             // An instance of a batch worker step sits between the worker step's parents and the

@@ -132,6 +132,9 @@ per_store! {
             assert_eq!((link.task_id, link.step.as_str()), (parent, "fan_out"), "{store}");
         }
         assert!(view.parent.is_none(), "{store}");
+        let graph = engine.graph(parent).await.unwrap();
+        let node = graph.nodes.iter().find(|n| n.name == "fan_out").unwrap();
+        assert_eq!(node.children, children, "{store}: the graph names the children");
         let trail = step_path(&engine, parent, "fan_out").await;
         assert_eq!(
             trail,
