@@ -313,6 +313,17 @@ enum tc_status tc_resume_task(const struct tc_engine *engine, const char *task_i
 enum tc_status tc_retry_task(const struct tc_engine *engine, const char *task_id);
 
 /**
+ * Makes good the child tasks' follow-ups a crash left undone (workers do it every few
+ * seconds; a host with its own loop over tc_claim calls it now and then): settles the steps
+ * whose children have all finished, cancels the children no step waits for any more. When
+ * `out_changed` is not NULL, `*out_changed` is how many tasks it changed.
+ *
+ * # Safety
+ * `engine` is a live handle; `out_changed` NULL or valid for writes.
+ */
+enum tc_status tc_tend_children(const struct tc_engine *engine, size_t *out_changed);
+
+/**
  * An operator supplies the JSON result of step `step_name` of the task; its dependents run as
  * if it had completed.
  *

@@ -439,6 +439,30 @@ pub unsafe extern "C" fn tc_retry_task(
     }
 }
 
+/// Makes good the child tasks' follow-ups a crash left undone (workers do it every few
+/// seconds; a host with its own loop over tc_claim calls it now and then): settles the steps
+/// whose children have all finished, cancels the children no step waits for any more. When
+/// `out_changed` is not NULL, `*out_changed` is how many tasks it changed.
+///
+/// # Safety
+/// `engine` is a live handle; `out_changed` NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_tend_children(
+    engine: *const tc_engine,
+    out_changed: *mut usize,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contract.
+        let e = unsafe { handle(engine, "engine")? };
+        let changed = e.run(e.engine()?.tend_children())?;
+        if !out_changed.is_null() {
+            // SAFETY: non-NULL and valid for writes by contract.
+            unsafe { *out_changed = changed };
+        }
+        Ok(())
+    })
+}
+
 /// An operator supplies the JSON result of step `step_name` of the task; its dependents run as
 /// if it had completed.
 ///

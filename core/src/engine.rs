@@ -56,6 +56,10 @@ struct EngineInner {
     graphs: RwLock<HashMap<(String, String, Version), Arc<TaskGraph>>>,
     work: Arc<Notify>,
     closed: AtomicBool,
+    /// Follow-ups running on tasks of their own (see [`Engine::is_following_up`]).
+    following: std::sync::atomic::AtomicUsize,
+    /// Where the next [`Engine::tend_children`] goes on from (each looks at a bounded page).
+    tend_from: parking_lot::Mutex<(Option<StepId>, Option<TaskId>)>,
     /// On a store with its own clock (PostgreSQL) and a wall clock: how far the store's clock
     /// is ahead of ours, in milliseconds, measured at open and every [`CLOCK_CHECK`].
     clock_offset_ms: std::sync::atomic::AtomicI64,
@@ -192,6 +196,8 @@ impl EngineBuilder {
                 graphs: RwLock::new(HashMap::new()),
                 work,
                 closed: AtomicBool::new(false),
+                following: std::sync::atomic::AtomicUsize::new(0),
+                tend_from: parking_lot::Mutex::new((None, None)),
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(offset.unwrap_or(0)),
                 environment: self.environment.or_else(environment_from_env),
             }),
@@ -451,6 +457,16 @@ impl Engine {
                     .to_owned(),
             ));
         }
+        if let Some(key) = task
+            .idempotency_key
+            .as_deref()
+            .filter(|k| k.starts_with(children::CHILD_KEY_PREFIX))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "the idempotency key {key:?} starts with {:?}, which the engine keeps for child tasks",
+                children::CHILD_KEY_PREFIX
+            )));
+        }
         self.checked(task).await
     }
 
@@ -543,10 +559,24 @@ impl Engine {
         let outcome = Outcome::from(output.into());
         limits::check_outcome(&outcome)?;
         let outcome = self.spawned(step, attempt, outcome).await?;
-        let changes = self
+        let reported = self
             .store()?
-            .report(step, attempt, outcome, self.now())
-            .await?;
+            .report(step, attempt, outcome.clone(), self.now())
+            .await;
+        let changes = match (reported, outcome) {
+            (Ok(changes), _) => changes,
+            (Err(e), Outcome::Children(ids)) if children::is_refusal(&e) => {
+                // The children made for a report that was refused are not waited for (after a
+                // store failure the report may be made again, and finds them).
+                let mut changes = Changes::default();
+                changes
+                    .knocks
+                    .push(crate::store::Knock::Orphaned(ids.into()));
+                self.publish(changes).await;
+                return Err(e);
+            }
+            (Err(e), _) => return Err(e),
+        };
         self.publish(changes).await;
         Ok(())
     }
@@ -562,13 +592,11 @@ impl Engine {
 
     /// [`Engine::report_many`] for outcomes already within the limits (the worker session
     /// checks each one as its host hands it back, outside its lock).
-    pub(crate) async fn report_checked(
-        &self,
-        mut reports: Vec<StepReport>,
-    ) -> Result<Vec<Result<()>>> {
-        self.spawn_all(&mut reports).await?;
-        let (results, changes) = self.store()?.report_many(reports, self.now()).await?;
-        self.publish(changes).await;
+    pub(crate) async fn report_checked(&self, reports: Vec<StepReport>) -> Result<Vec<Result<()>>> {
+        let (send, prepared) = self.prepare(reports).await?;
+        let (results, mut changes) = self.store()?.report_many(send, self.now()).await?;
+        let results = prepared.results(results, &mut changes);
+        self.publish_later(changes);
         Ok(results)
     }
 
@@ -591,19 +619,20 @@ impl Engine {
     /// [`Engine::report_checked`]).
     pub(crate) async fn report_checked_and_claim(
         &self,
-        mut reports: Vec<StepReport>,
+        reports: Vec<StepReport>,
         request: &ClaimRequest,
     ) -> Result<(Vec<Result<()>>, Vec<ClaimedStep>)> {
         limits::check_claim_limit(request.limit)?;
-        self.spawn_all(&mut reports).await?;
+        let (reports, prepared) = self.prepare(reports).await?;
         let now = || self.now();
-        let ((results, reported), (claimed, changes)) = self
+        let ((results, mut reported), (claimed, changes)) = self
             .store()?
             .report_and_claim(reports, request, &now)
             .await?;
+        let results = prepared.results(results, &mut reported);
         // In causal order: what the reports made ready, then its claim.
-        self.publish(reported).await;
-        self.publish(changes).await;
+        self.publish_later(reported);
+        self.publish_later(changes);
         Ok((results, claimed))
     }
 

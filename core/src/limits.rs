@@ -12,7 +12,7 @@
 //! | `max_attempts` | 1 … [`MAX_ATTEMPTS`] | [`Error::Template`] |
 //! | `retry_after` | the step's `backoff_max_ms` | capped |
 //! | claim `limit` | 1 … [`MAX_CLAIM`] | [`Error::InvalidArgument`] |
-//! | child tasks one step starts | [`MAX_CHILDREN`] | the step fails for good |
+//! | child tasks one step starts | [`MAX_CHILDREN`] | [`Error::InvalidArgument`] (a worker: the step fails for good) |
 
 use serde_json::Value;
 

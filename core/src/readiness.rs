@@ -411,7 +411,10 @@ pub fn task_outcome(states: &[StepState]) -> Option<Outcome> {
     let mut failed = false;
     for s in states {
         match s {
-            StepState::Pending | StepState::InProgress | StepState::WaitingForRetry => return None,
+            StepState::Pending
+            | StepState::InProgress
+            | StepState::WaitingForRetry
+            | StepState::WaitingForChildren => return None,
             StepState::Error | StepState::Cancelled => failed = true,
             _ => {}
         }

@@ -262,7 +262,7 @@ per_store! {
         let Some(engine) = family(store).await else { return };
         let parent = create(&engine, NewTask::new("family", "parent")).await;
         let mut task = NewTask::new("family", "child");
-        task.parent = Some(ParentLink { task_id: parent, step: "fan_out".into(), index: 0 });
+        task.parent = Some(ParentLink { task_id: parent, step: "fan_out".into(), index: 0, attempt: 1 });
         assert_err!(engine.create_task(task).await, tasker_core::Error::InvalidArgument(_), "{store}");
     }
 }
@@ -421,11 +421,19 @@ impl Store for Crashing {
         self.check(&self.faults.follow_ups)?;
         self.inner.task_states(ids).await
     }
-    async fn waiting_for_children(&self) -> Result<Vec<StepId>> {
-        self.inner.waiting_for_children().await
+    async fn waiting_for_children(
+        &self,
+        after: Option<StepId>,
+        limit: usize,
+    ) -> Result<Vec<StepId>> {
+        self.inner.waiting_for_children(after, limit).await
     }
-    async fn open_children(&self) -> Result<Vec<(TaskId, ParentLink)>> {
-        self.inner.open_children().await
+    async fn open_children(
+        &self,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<(TaskId, ParentLink)>> {
+        self.inner.open_children(after, limit).await
     }
     async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId> {
         self.inner.step_id(task, name).await
@@ -523,5 +531,101 @@ per_store! {
             assert_eq!(status(&engine, *child).await, TaskState::Pending, "{store}");
         }
         assert_eq!(status(&engine, parent).await, TaskState::InProgress, "{store}");
+    }
+}
+
+per_store! {
+    async fn a_report_recorded_after_its_children_finished_completes_the_step_at_once(store) {
+        let Some((engine, faults)) = crashing_engine(store).await else { return };
+        let parent = create(&engine, NewTask::new("family", "parent").context(json!({"n": 2}))).await;
+        let step = claim_one(&engine, "fan_out").await;
+        let children = || children_of(&json!({"n": 2}));
+        faults.reports.store(true, Ordering::SeqCst);
+        assert!(engine.report(step.step_id, step.attempt, children()).await.is_err(), "{store}");
+        faults.reports.store(false, Ordering::SeqCst);
+        // The children run to the end before the report is made again.
+        for (name, result) in [("double", json!(2)), ("square", json!(4)), ("label", json!("x"))] {
+            for step in engine.claim(&only_handlers(&[name], 10)).await.unwrap() {
+                complete(&engine, &step, result.clone()).await;
+            }
+        }
+        engine.report(step.step_id, step.attempt, children()).await.unwrap();
+        let fan_out = task_view(&engine, parent).await.step("fan_out").cloned().unwrap();
+        assert_eq!(fan_out.status, StepState::Complete, "{store}: settled by the report itself: {:?}", fan_out.error);
+        assert_eq!(fan_out.result, Some(json!([{"square": 4, "label": "x"}, {"square": 4, "label": "x"}])), "{store}");
+    }
+}
+
+per_store! {
+    async fn a_step_that_may_not_start_children_starts_none(store) {
+        let decider = template("family", "decider").raw("  - name: pick\n    type: decision\n  - name: after\n    depends_on: [pick]\n");
+        let Some(engine) = engine_with(store, ManualClock::new(), &[decider, child_template()]).await else { return };
+        let task = create(&engine, NewTask::new("family", "decider")).await;
+        let step = claim_one(&engine, "pick").await;
+        engine.report(step.step_id, step.attempt, children_of(&json!({"n": 2}))).await.unwrap();
+        let pick = task_view(&engine, task).await.step("pick").cloned().unwrap();
+        assert_eq!(pick.status, StepState::Error, "{store}");
+        let error = pick.error.unwrap_or_default();
+        assert!(error.contains("returned child tasks"), "{store}: {error}");
+        assert_eq!(engine.list_tasks(&TaskFilter::default()).await.unwrap().len(), 1, "{store}: no child was made");
+    }
+}
+
+per_store! {
+    async fn the_children_of_an_attempt_that_was_lost_are_cancelled_once_another_runs(store) {
+        let clock = ManualClock::new();
+        let url = match store_url(store).await { Some(url) => url, None => return };
+        let faults = Arc::new(Faults::default());
+        let flag = faults.clone();
+        let engine = Engine::builder()
+            .url(url)
+            .clock(Arc::new(clock.clone()))
+            .wrap_store(move |inner| Arc::new(Crashing { inner, faults: flag }))
+            .build()
+            .await
+            .unwrap();
+        let retried = template("family", "parent").raw("  - name: fan_out\n    retry: {max_attempts: 3, backoff_base_ms: 0}\n");
+        register(&engine, &retried).await;
+        register(&engine, &child_template()).await;
+        let parent = create(&engine, NewTask::new("family", "parent")).await;
+        let first = claim_one(&engine, "fan_out").await;
+        // The first attempt's report is lost after its children were made.
+        faults.reports.store(true, Ordering::SeqCst);
+        assert!(engine.report(first.step_id, first.attempt, children_of(&json!({"n": 2}))).await.is_err());
+        faults.reports.store(false, Ordering::SeqCst);
+        let old: Vec<TaskId> = engine.list_tasks(&TaskFilter::default()).await.unwrap().iter().map(|t| t.id).filter(|id| *id != parent).collect();
+        assert_eq!(old.len(), 2, "{store}");
+        // While it may still report, its children are left alone.
+        assert_eq!(engine.tend_children().await.unwrap(), 0, "{store}");
+        // Its lease runs out; the second attempt runs.
+        clock.advance(std::time::Duration::from_secs(3600));
+        engine.reclaim_expired().await.unwrap();
+        clock.advance(std::time::Duration::from_secs(3600));
+        let second = engine.claim(&only_handlers(&["fan_out"], 1)).await.unwrap().pop().expect("fan_out again");
+        assert_eq!(second.attempt, 2, "{store}");
+        assert_eq!(engine.tend_children().await.unwrap(), 2, "{store}: the first attempt's children");
+        for child in &old {
+            assert_eq!(status(&engine, *child).await, TaskState::Cancelled, "{store}");
+        }
+        engine.report(second.step_id, second.attempt, children_of(&json!({"n": 2}))).await.unwrap();
+        let waited = task_view(&engine, parent).await.step("fan_out").unwrap().children.clone().unwrap();
+        assert!(waited.iter().all(|c| !old.contains(c)), "{store}: new children for the new attempt");
+    }
+}
+
+per_store! {
+    async fn callers_may_neither_use_child_keys_nor_report_children_ids(store) {
+        let Some(engine) = family(store).await else { return };
+        let keyed = NewTask::new("family", "child").idempotency_key("child:mine");
+        assert_err!(engine.create_task(keyed).await, tasker_core::Error::InvalidArgument(_), "{store}");
+        let parent = create(&engine, NewTask::new("family", "parent")).await;
+        let other = create(&engine, NewTask::new("family", "child")).await;
+        let step = claim_one(&engine, "fan_out").await;
+        let report = StepReport { step: step.step_id, attempt: step.attempt, outcome: Outcome::Children(vec![other]) };
+        let results = engine.report_many(vec![report]).await.unwrap();
+        assert!(results[0].is_ok(), "{store}: {results:?}");
+        let fan_out = task_view(&engine, parent).await.step("fan_out").cloned().unwrap();
+        assert_eq!(fan_out.status, StepState::Error, "{store}: refused for good");
+        assert_eq!(status(&engine, other).await, TaskState::Pending, "{store}: the other task is left alone");
     }
 }

@@ -563,6 +563,10 @@ int main(void) {
     ASSERT(atomic_load(&calls_spawn) == 1);
     ASSERT(atomic_load(&calls_kid) == 2);
     ASSERT(atomic_load(&calls_gather) == 1);
+    size_t tended = 99;
+    ASSERT_OK(tc_tend_children(e, &tended));
+    ASSERT(tended == 0);
+    ASSERT_OK(tc_tend_children(e, NULL));
 
     /* The fan-out: all twelve ran, never more than CONCURRENCY handlers at once. */
     ASSERT_TASK_STATUS(e, fanout, "complete");

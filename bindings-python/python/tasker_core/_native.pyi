@@ -31,6 +31,7 @@ StepStatus: TypeAlias = Literal[
     "cancelled",
     "skipped",
     "resolved_manually",
+    "waiting_for_children",
 ]
 
 DEFAULT_URL: str
@@ -119,6 +120,7 @@ class Progress(TypedDict):
     skipped: int
     cancelled: int
     resolved_manually: int
+    waiting_for_children: int
     percent: float
 
 class StepView(TypedDict):
@@ -142,6 +144,11 @@ class StepView(TypedDict):
     skip_reason: Literal["not chosen", "a required parent failed", "another slice failed"] | None
     instance_of: str | None
     batch: JSON
+    children: list[str] | None
+
+class ParentView(TypedDict):
+    task_id: str
+    step: str
 
 class TaskView(TypedDict):
     id: str
@@ -152,6 +159,7 @@ class TaskView(TypedDict):
     context: JSON
     priority: int
     idempotency_key: str | None
+    parent: ParentView | None
     progress: Progress
     steps: list[StepView]
     created_at: str
@@ -178,6 +186,7 @@ class GraphNode(TypedDict):
     handler: str
     status: StepStatus
     instance_of: NotRequired[str]
+    children: NotRequired[list[str]]
 
 _GraphEdge = TypedDict("_GraphEdge", {"from": str, "to": str, "requires_success": bool})
 GraphEdge = _GraphEdge

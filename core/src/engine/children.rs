@@ -20,7 +20,8 @@
 //! A crash between two of these operations leaves the store consistent but a follow-up
 //! undone; [`Engine::tend_children`] (which workers run every few seconds) finds and does it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -31,51 +32,160 @@ use crate::ids::{StepId, TaskId};
 use crate::readiness::{children_stand, ChildrenStand};
 use crate::retry::FailureKind;
 use crate::state::{StepState, TaskState};
-use crate::store::{Changes, Children, Knock, NewTask, Outcome, ParentLink, StepFailure};
+use crate::store::{
+    Changes, Children, Knock, NewTask, Outcome, ParentLink, StepFailure, StepReport,
+};
+use crate::view::StepView;
 
 /// How often a worker tends children (see [`Engine::tend_children`]).
 pub(crate) const TEND_EVERY: Duration = Duration::from_secs(5);
 
+/// How many waiting steps, and how many unfinished children, one tending looks at (the next
+/// goes on where it stopped).
+const TEND_PAGE: usize = 1000;
+
+/// The prefix of the idempotency keys of child tasks, which callers may not use.
+pub(crate) const CHILD_KEY_PREFIX: &str = "child:";
+
+/// Whether the store refused a report for good (its claim is lost), rather than failed to
+/// record it.
+pub(super) fn is_refusal(e: &Error) -> bool {
+    matches!(
+        e,
+        Error::ClaimLost { .. } | Error::TaskNotFound(_) | Error::InvalidTransition(_)
+    )
+}
+
+/// Whether `step` (a step's view) waits for, or may be about to start, child `child` that its
+/// attempt `attempt` started: it waits for exactly its children, or the attempt that started
+/// it is still running (its report not yet recorded).
+fn waits_for(step: &StepView, child: TaskId, attempt: u32) -> bool {
+    match step.status {
+        StepState::InProgress => step.attempts == attempt,
+        StepState::WaitingForChildren => step.children.as_ref().is_some_and(|c| c.contains(&child)),
+        _ => false,
+    }
+}
+
+/// What [`Engine::prepare`] kept of a batch of reports, to give each its result.
+pub(super) struct Prepared {
+    /// The position among the reports sent of each report of the batch, or its refusal (not
+    /// sent); `None`: all were sent, in order.
+    slots: Option<Vec<std::result::Result<usize, Error>>>,
+    /// The reports sent that started children: their position among those sent, and the
+    /// children.
+    spawned: Vec<(usize, Vec<TaskId>)>,
+}
+
+impl Prepared {
+    /// Every report's result, in the batch's order, from the store's results of the reports
+    /// sent; the children of a report the store refused are cancelled (knocked into
+    /// `changes`).
+    pub fn results(self, sent: Vec<Result<()>>, changes: &mut Changes) -> Vec<Result<()>> {
+        for (i, ids) in self.spawned {
+            if matches!(sent.get(i), Some(Err(e)) if is_refusal(e)) {
+                changes.knocks.push(Knock::Orphaned(ids.into()));
+            }
+        }
+        let Some(slots) = self.slots else {
+            return sent;
+        };
+        let mut sent: Vec<Option<Result<()>>> = sent.into_iter().map(Some).collect();
+        slots
+            .into_iter()
+            .map(|slot| match slot {
+                Ok(i) => sent.get_mut(i).and_then(Option::take).unwrap_or_else(|| {
+                    Err(Error::store(
+                        crate::error::StoreErrorKind::Other,
+                        "the store answered fewer reports than it was sent",
+                    ))
+                }),
+                Err(e) => Err(e),
+            })
+            .collect()
+    }
+}
+
 impl Engine {
     /// `outcome` as the store records it: [`Outcome::Spawn`] becomes [`Outcome::Children`]
-    /// once the children are created, or a permanent failure naming the child that cannot be
-    /// (an unknown template, a context its schema refuses). A store failure is an `Err`: the
-    /// report may be made again (the children's keys make it create none twice).
+    /// once the children are created, or a permanent failure when they cannot be (a step of
+    /// a type that may not start children, an unknown template, a context its schema refuses):
+    /// then none is created. An `Err`: the claim is lost (none is created), or the store
+    /// failed (the report may be made again: the children's keys make none twice).
+    /// [`Outcome::Children`] is the engine's own: from a caller it fails the step for good.
     pub(super) async fn spawned(
         &self,
         step: StepId,
         attempt: u32,
         outcome: Outcome,
     ) -> Result<Outcome> {
-        let Outcome::Spawn(children) = outcome else {
-            return Ok(outcome);
+        let permanent = |message: String| {
+            Outcome::Fail(StepFailure {
+                message: crate::limits::message(message),
+                kind: FailureKind::Permanent,
+            })
+        };
+        let children = match outcome {
+            Outcome::Spawn(children) => children,
+            Outcome::Children(_) => {
+                return Ok(permanent(
+                    "Outcome::Children is recorded by the engine only: report Outcome::Spawn"
+                        .to_owned(),
+                ))
+            }
+            other => return Ok(other),
         };
         match self.start_children(step, attempt, children).await {
             Ok(ids) => Ok(Outcome::Children(ids)),
             Err(e @ (Error::Store(_) | Error::Closed | Error::ClaimLost { .. })) => Err(e),
-            Err(e) => Ok(Outcome::Fail(StepFailure {
-                message: crate::limits::message(e.to_string()),
-                kind: FailureKind::Permanent,
+            Err(e) => Ok(permanent(match e {
+                Error::InvalidArgument(why) => why,
+                other => other.to_string(),
             })),
         }
     }
 
-    /// [`Engine::spawned`] for each report of a batch. An `Err` (the store failed) means none
-    /// was reported; a report whose claim is lost keeps a `Spawn` (of no children), which the
-    /// store refuses as [`Error::ClaimLost`].
-    pub(super) async fn spawn_all(&self, reports: &mut [crate::store::StepReport]) -> Result<()> {
-        for r in reports.iter_mut() {
-            if matches!(r.outcome, Outcome::Spawn(_)) {
-                let none = Outcome::Spawn(Children::of([]));
-                let outcome = std::mem::replace(&mut r.outcome, none);
+    /// A batch of reports made ready for the store, each [`Engine::spawned`], and what is
+    /// kept to answer them ([`Prepared::results`]); a report whose claim is lost is refused
+    /// here and not sent. An `Err` (the store failed) means none was reported.
+    pub(super) async fn prepare(
+        &self,
+        reports: Vec<StepReport>,
+    ) -> Result<(Vec<StepReport>, Prepared)> {
+        let spawns = |r: &StepReport| matches!(r.outcome, Outcome::Spawn(_) | Outcome::Children(_));
+        if !reports.iter().any(spawns) {
+            let prepared = Prepared {
+                slots: None,
+                spawned: Vec::new(),
+            };
+            return Ok((reports, prepared));
+        }
+        let mut send = Vec::with_capacity(reports.len());
+        let mut slots = Vec::with_capacity(reports.len());
+        let mut spawned = Vec::new();
+        for mut r in reports {
+            if spawns(&r) {
+                let outcome = std::mem::replace(&mut r.outcome, Outcome::Complete(Value::Null));
                 match self.spawned(r.step, r.attempt, outcome).await {
                     Ok(outcome) => r.outcome = outcome,
-                    Err(Error::ClaimLost { .. }) => {}
+                    Err(e @ Error::ClaimLost { .. }) => {
+                        slots.push(Err(e));
+                        continue;
+                    }
                     Err(e) => return Err(e),
                 }
+                if let Outcome::Children(ids) = &r.outcome {
+                    spawned.push((send.len(), ids.clone()));
+                }
             }
+            slots.push(Ok(send.len()));
+            send.push(r);
         }
-        Ok(())
+        let prepared = Prepared {
+            slots: Some(slots),
+            spawned,
+        };
+        Ok((send, prepared))
     }
 
     /// Creates the children of held attempt `attempt` of `step`, in order; their ids.
@@ -93,10 +203,15 @@ impl Engine {
         let Some(view) = held else {
             return Err(Error::ClaimLost { step, attempt });
         };
+        let reported = crate::template::Reported::Children;
+        if let Some(why) = crate::template::output_refusal(&view.name, view.kind, &[], reported) {
+            return Err(Error::InvalidArgument(why));
+        }
         let link = ParentLink {
             task_id: step.task,
             step: view.name.clone(),
             index: step.index,
+            attempt,
         };
         let mut batch = Vec::with_capacity(children.tasks.len());
         for (k, child) in children.tasks.into_iter().enumerate() {
@@ -105,7 +220,7 @@ impl Engine {
                 name: child.name,
                 version: child.version,
                 context: child.context,
-                idempotency_key: Some(format!("child:{step}:{attempt}:{k}")),
+                idempotency_key: Some(format!("{CHILD_KEY_PREFIX}{step}:{attempt}:{k}")),
                 priority: parent.priority,
                 parent: Some(link.clone()),
             };
@@ -120,22 +235,53 @@ impl Engine {
         }
         let created = self.store()?.create_tasks(&batch, self.now()).await?;
         let mut ids = Vec::with_capacity(created.len());
-        for created in created {
+        for (created, (_, task)) in created.into_iter().zip(&batch) {
+            if !created.created {
+                // Made by an earlier try of this report: it must be this step's child.
+                let earlier = self.task(created.task_id).await?;
+                let ours = earlier
+                    .parent
+                    .as_ref()
+                    .is_some_and(|p| p.task_id == link.task_id && p.step == link.step);
+                if !ours || earlier.context != task.context {
+                    return Err(Error::InvalidArgument(format!(
+                        "child task {} ({}/{}): its key is held by task {} of another step",
+                        ids.len(),
+                        task.namespace,
+                        task.name,
+                        created.task_id
+                    )));
+                }
+            }
             ids.push(created.task_id);
             self.publish_now(created.changes);
         }
         Ok(ids)
     }
 
-    /// Does what `changes` leave for other tasks, and what those operations leave in turn;
-    /// their changes are added to `changes`. A follow-up that fails is logged and left to
-    /// [`Engine::tend_children`].
+    /// Does what `changes` leave for other tasks, and what those operations leave in turn
+    /// (each once); their changes are added to `changes`. A follow-up that fails is logged and
+    /// left to [`Engine::tend_children`].
     pub(super) async fn follow_up(&self, changes: &mut Changes) {
         let mut knocks = std::mem::take(&mut changes.knocks);
+        let mut settled: HashSet<StepId> = HashSet::new();
+        let mut cancelled: HashSet<TaskId> = HashSet::new();
         while let Some(knock) = knocks.pop() {
             let done = match &knock {
-                Knock::ChildEnded(step) => self.settle(*step).await,
-                Knock::Orphaned(children) => self.cancel_children(children).await,
+                Knock::ChildEnded(step) => {
+                    if !settled.insert(*step) {
+                        continue;
+                    }
+                    self.settle(*step).await
+                }
+                Knock::Orphaned(children) => {
+                    let fresh: Vec<TaskId> = children
+                        .iter()
+                        .copied()
+                        .filter(|c| cancelled.insert(*c))
+                        .collect();
+                    self.cancel_children(&fresh).await
+                }
             };
             match done {
                 Ok(mut more) => {
@@ -147,6 +293,33 @@ impl Engine {
                 }
             }
         }
+    }
+
+    /// [`Engine::follow_up`] then publish, on a task of its own (for a worker session's
+    /// reports: its driver goes on renewing leases and handing out claims meanwhile);
+    /// everything else is published at once.
+    pub(super) fn publish_later(&self, mut changes: Changes) {
+        let knocks = std::mem::take(&mut changes.knocks);
+        self.publish_now(changes);
+        if knocks.is_empty() {
+            return;
+        }
+        let engine = self.clone();
+        engine.inner.following.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(async move {
+            let mut changes = Changes {
+                knocks,
+                ..Changes::default()
+            };
+            engine.follow_up(&mut changes).await;
+            engine.publish_now(changes);
+            engine.inner.following.fetch_sub(1, Ordering::SeqCst);
+        });
+    }
+
+    /// Whether follow-ups started by [`Engine::publish_later`] are still running.
+    pub(crate) fn is_following_up(&self) -> bool {
+        self.inner.following.load(Ordering::SeqCst) > 0
     }
 
     /// Ends `step` if it waits for children that have all finished, or of which one failed.
@@ -179,7 +352,14 @@ impl Engine {
                 for child in children {
                     results.push(store.task(*child).await?.leaf_results());
                 }
-                Ok(results)
+                let results = Value::Array(results);
+                match crate::limits::check_json(&results, "the children's results") {
+                    Ok(()) => match results {
+                        Value::Array(results) => Ok(results),
+                        _ => Ok(Vec::new()),
+                    },
+                    Err(e) => Err(e.to_string()),
+                }
             }
         };
         store
@@ -191,6 +371,9 @@ impl Engine {
     async fn cancel_children(&self, children: &[TaskId]) -> Result<Changes> {
         let store = self.store()?;
         let mut changes = Changes::default();
+        if children.is_empty() {
+            return Ok(changes);
+        }
         for (child, state) in store.task_states(children).await? {
             if state.is_finished() {
                 continue;
@@ -199,7 +382,7 @@ impl Engine {
                 Ok(more) => changes.extend(more),
                 // Finished meanwhile, or gone.
                 Err(Error::InvalidTransition(_) | Error::TaskNotFound(_)) => {}
-                Err(e) => return Err(e),
+                Err(e) => tracing::warn!(%child, error = %e, "could not cancel a child task"),
             }
         }
         Ok(changes)
@@ -207,40 +390,50 @@ impl Engine {
 
     /// Makes good the follow-ups a crash left undone: settles each step waiting for children
     /// that have all finished (or of which one failed), and cancels each unfinished child
-    /// that no step waits for any more (its parent step ended otherwise, or its task was
-    /// cancelled). Workers call it every few seconds and before they call themselves idle;
-    /// returns how many tasks it changed.
+    /// that no step waits for any more (its parent step ended otherwise or moved on to another
+    /// attempt, or its task was cancelled or is gone). Workers call it every few seconds and
+    /// before they call themselves idle; returns how many tasks it changed. One family that
+    /// cannot be read is logged and left; the others are tended.
     pub async fn tend_children(&self) -> Result<usize> {
         let store = self.store()?;
         let mut changes = Changes::default();
-        for step in store.waiting_for_children().await? {
-            changes.extend(self.settle(step).await?);
+        let (after_step, after_child) = *self.inner.tend_from.lock();
+        let waiting = store.waiting_for_children(after_step, TEND_PAGE).await?;
+        let open = store.open_children(after_child, TEND_PAGE).await?;
+        // A full page: the next tending goes on after it; else from the start again.
+        *self.inner.tend_from.lock() = (
+            waiting
+                .last()
+                .copied()
+                .filter(|_| waiting.len() == TEND_PAGE),
+            open.last().map(|c| c.0).filter(|_| open.len() == TEND_PAGE),
+        );
+        for step in waiting {
+            match self.settle(step).await {
+                Ok(more) => changes.extend(more),
+                Err(e) => tracing::warn!(%step, error = %e, "could not settle a step's children"),
+            }
         }
-        let mut by_parent: HashMap<TaskId, Vec<(TaskId, u32)>> = HashMap::new();
-        for (child, link) in store.open_children().await? {
+        let mut by_parent: HashMap<TaskId, Vec<(TaskId, ParentLink)>> = HashMap::new();
+        for (child, link) in open {
             by_parent
                 .entry(link.task_id)
                 .or_default()
-                .push((child, link.index));
+                .push((child, link));
         }
         let mut orphans = Vec::new();
         for (parent, children) in by_parent {
             let view = match store.task(parent).await {
                 Ok(view) => Some(view),
                 Err(Error::TaskNotFound(_)) => None,
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(%parent, error = %e, "could not read a parent task");
+                    continue;
+                }
             };
-            for (child, index) in children {
-                let step = view.as_ref().and_then(|v| v.steps.get(index as usize));
-                let waited_for = step.is_some_and(|s| match s.status {
-                    // Its handler may be starting it now.
-                    StepState::InProgress => true,
-                    StepState::WaitingForChildren => {
-                        s.children.as_ref().is_some_and(|c| c.contains(&child))
-                    }
-                    _ => false,
-                });
-                if !waited_for {
+            for (child, link) in children {
+                let step = view.as_ref().and_then(|v| v.steps.get(link.index as usize));
+                if !step.is_some_and(|s| waits_for(s, child, link.attempt)) {
                     orphans.push(child);
                 }
             }

@@ -423,28 +423,44 @@ impl Store for MemoryStore {
         Ok(states)
     }
 
-    async fn waiting_for_children(&self) -> Result<Vec<StepId>> {
+    async fn waiting_for_children(
+        &self,
+        after: Option<StepId>,
+        limit: usize,
+    ) -> Result<Vec<StepId>> {
         let inner = self.inner.lock();
-        Ok(inner
+        let mut steps: Vec<StepId> = inner
             .tasks
             .values()
+            .filter(|t| !t.record.status.is_finished())
             .flat_map(|t| {
                 let r = &t.record;
                 (0..r.states.len() as u32)
                     .filter(|&i| r.states[i as usize] == StepState::WaitingForChildren)
                     .map(|index| StepId { task: r.id, index })
             })
-            .collect())
+            .filter(|s| after.is_none_or(|a| (s.task, s.index) > (a.task, a.index)))
+            .collect();
+        steps.sort_by_key(|s| (s.task, s.index));
+        steps.truncate(limit);
+        Ok(steps)
     }
 
-    async fn open_children(&self) -> Result<Vec<(TaskId, ParentLink)>> {
+    async fn open_children(
+        &self,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<(TaskId, ParentLink)>> {
         let inner = self.inner.lock();
-        Ok(inner
+        let mut open: Vec<(TaskId, ParentLink)> = inner
             .tasks
             .values()
-            .filter(|t| !t.record.status.is_finished())
+            .filter(|t| !t.record.status.is_finished() && after.is_none_or(|a| t.record.id > a))
             .filter_map(|t| Some((t.record.id, t.record.parent.clone()?)))
-            .collect())
+            .collect();
+        open.sort_by_key(|c| c.0);
+        open.truncate(limit);
+        Ok(open)
     }
 
     async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId> {

@@ -53,6 +53,10 @@ pub struct ParentLink {
     pub step: String,
     /// The parent step's index in its task.
     pub index: u32,
+    /// The attempt of the parent step that started the child (a later attempt starts children
+    /// of its own: the earlier ones are cancelled).
+    #[serde(default)]
+    pub attempt: u32,
 }
 
 impl ParentLink {
@@ -445,7 +449,7 @@ impl Outcome {
             Outcome::Complete(_) => Some(Reported::Result),
             Outcome::Decide(d) => Some(Reported::Decision(&d.steps)),
             Outcome::Batch(_) => Some(Reported::Batch),
-            Outcome::Spawn(_) | Outcome::Children(_) => Some(Reported::Result),
+            Outcome::Spawn(_) | Outcome::Children(_) => Some(Reported::Children),
             Outcome::Fail(_) => None,
         }
     }
@@ -731,11 +735,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The state of each of the tasks `ids` that exists, in id order.
     async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>>;
 
-    /// Every step waiting for children.
-    async fn waiting_for_children(&self) -> Result<Vec<StepId>>;
+    /// Up to `limit` steps waiting for children, those after `after` in (task, index) order.
+    async fn waiting_for_children(
+        &self,
+        after: Option<StepId>,
+        limit: usize,
+    ) -> Result<Vec<StepId>>;
 
-    /// Every unfinished task that has a parent, with its parent step.
-    async fn open_children(&self) -> Result<Vec<(TaskId, ParentLink)>>;
+    /// Up to `limit` unfinished tasks that have a parent, each with its parent step, those
+    /// after `after` in id order.
+    async fn open_children(
+        &self,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<(TaskId, ParentLink)>>;
 
     /// The step of `task` named `name`.
     async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId>;

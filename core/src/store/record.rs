@@ -474,6 +474,8 @@ impl TaskRecord {
         let reason = format!("started {} child tasks", children.len());
         self.steps[index as usize].children = Some(children.into());
         self.step_to(index, StepEvent::AwaitChildren, now, Some(reason), changes)?;
+        // Its children may all have finished already (they run as soon as they are made).
+        changes.knocks.push(Knock::ChildEnded(self.step_id(index)));
         Ok(())
     }
 
@@ -490,9 +492,9 @@ impl TaskRecord {
     ) -> Result<()> {
         let index = self.step_index(step)?;
         let i = index as usize;
-        let waits_for_them = self.states[i] == StepState::WaitingForChildren
-            && self.steps[i].children.as_deref() == Some(children);
-        if !waits_for_them {
+        if self.states[i] != StepState::WaitingForChildren
+            || self.steps[i].children.as_deref() != Some(children)
+        {
             return Ok(());
         }
         match settled {
@@ -1311,7 +1313,15 @@ impl TaskRecord {
                     status: self.states[i],
                     attempts: rec.attempts,
                     max_attempts: rec.max_attempts,
-                    result: rec.result.as_deref().cloned(),
+                    // A batch worker step's result is its slices' (what its dependents get).
+                    result: if spec.kind == StepKind::BatchWorker
+                        && instance.is_none()
+                        && self.states[i] == StepState::Complete
+                    {
+                        Some((*self.output_of(index)).clone())
+                    } else {
+                        rec.result.as_deref().cloned()
+                    },
                     error: rec.error.clone(),
                     depends_on: self
                         .graph

@@ -78,6 +78,8 @@ pub enum Reported<'a> {
     Decision(&'a [String]),
     /// A batch.
     Batch,
+    /// Child tasks to start.
+    Children,
 }
 
 impl Reported<'_> {
@@ -86,6 +88,7 @@ impl Reported<'_> {
             Reported::Result => "a plain result",
             Reported::Decision(_) => "a decision",
             Reported::Batch => "a batch",
+            Reported::Children => "child tasks",
         }
     }
 }
@@ -142,7 +145,7 @@ fn refusal_text(
         (_, Reported::Batch) => Some(format!(
             "step {name:?} returned a batch, but it is not a batchable step (type: batchable)"
         )),
-        (_, Reported::Result) => None,
+        (_, Reported::Result | Reported::Children) => None,
     }
 }
 

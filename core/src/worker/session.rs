@@ -592,6 +592,7 @@ async fn drive(shared: Arc<Shared>) {
     let mut retry_claims_at: Option<Instant> = None;
     let mut retry_reports_at: Option<Instant> = None;
     let mut tend_at = Instant::now();
+    let tending = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let woken = shared.driver.notified();
         tokio::pin!(woken);
@@ -709,11 +710,19 @@ async fn drive(shared: Arc<Shared>) {
         }
 
         // 5. Child tasks' follow-ups a crash left undone, every few seconds; idle?
-        if phase == Phase::Running && tend_at <= Instant::now() {
+        // On a task of its own: the driver goes on renewing leases meanwhile.
+        if phase == Phase::Running
+            && tend_at <= Instant::now()
+            && !tending.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
             tend_at = later(Instant::now(), crate::engine::TEND_EVERY);
-            if let Err(e) = engine.tend_children().await {
-                tracing::debug!(error = %e, "tending child tasks failed; trying again later");
-            }
+            let (engine, tending) = (engine.clone(), tending.clone());
+            tokio::spawn(async move {
+                if let Err(e) = engine.tend_children().await {
+                    tracing::debug!(error = %e, "tending child tasks failed; trying again later");
+                }
+                tending.store(false, std::sync::atomic::Ordering::SeqCst);
+            });
         }
         let mut wait = config.poll_interval;
         let idle_now = {
@@ -730,6 +739,7 @@ async fn drive(shared: Arc<Shared>) {
                     // that fails is left for later: the run is idle).
                     if config.until_idle
                         && status.is_idle()
+                        && !engine.is_following_up()
                         && !matches!(engine.tend_children().await, Ok(n) if n > 0)
                     {
                         shared.state.lock().report.idle = true;

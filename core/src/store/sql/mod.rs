@@ -236,10 +236,22 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     ) -> sqlx::Result<rows::StatusRow>;
     /// The ids of tasks matching `filter`, newest first.
     async fn list_tasks(c: &mut Conn<Self>, filter: &TaskFilter) -> sqlx::Result<Vec<String>>;
-    /// Every step waiting for children.
-    async fn waiting_for_children(c: &mut Conn<Self>) -> sqlx::Result<Vec<StepKey>>;
-    /// Every unfinished task with a parent: its id and its parent (JSON).
-    async fn open_children(c: &mut Conn<Self>) -> sqlx::Result<Vec<(String, String)>>;
+    /// Up to `limit` steps waiting for children, after `after` (task, index).
+    async fn waiting_for_children(
+        c: &mut Conn<Self>,
+        after: Option<(&str, i64)>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<StepKey>>;
+    /// Up to `limit` unfinished tasks with a parent, after task `after`: each id and its parent
+    /// (JSON).
+    async fn open_children(
+        c: &mut Conn<Self>,
+        after: Option<&str>,
+        limit: i64,
+    ) -> sqlx::Result<Vec<(String, String)>>;
+    /// Each of the tasks `ids` that exists, with its state, in id order.
+    async fn task_states(c: &mut Conn<Self>, ids: &[String])
+        -> sqlx::Result<Vec<(String, String)>>;
     /// Whether task `id` exists.
     async fn task_exists(c: &mut Conn<Self>, id: &str) -> sqlx::Result<bool>;
     /// Task `id`'s transitions in order.
@@ -335,16 +347,25 @@ macro_rules! impl_backend {
 
         async fn waiting_for_children(
             c: &mut <$db as sqlx::Database>::Connection,
+            after: Option<(&str, i64)>,
+            limit: i64,
         ) -> sqlx::Result<Vec<$crate::store::sql::rows::StepKey>> {
             sqlx::query_as($crate::store::sql::shared::WAITING_FOR_CHILDREN)
+                .bind(after.map(|a| a.0))
+                .bind(after.map(|a| a.1))
+                .bind(limit)
                 .fetch_all(c)
                 .await
         }
 
         async fn open_children(
             c: &mut <$db as sqlx::Database>::Connection,
+            after: Option<&str>,
+            limit: i64,
         ) -> sqlx::Result<Vec<(String, String)>> {
             sqlx::query_as($crate::store::sql::shared::OPEN_CHILDREN)
+                .bind(after)
+                .bind(limit)
                 .fetch_all(c)
                 .await
         }
@@ -2009,27 +2030,41 @@ impl<B: Backend> Store for SqlStore<B> {
         let mut states = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(MAX_ROWS) {
             let chunk: Vec<String> = chunk.iter().map(TaskId::to_string).collect();
-            for row in B::tasks(&mut conn, &chunk, Lock::None, false)
-                .await
-                .map_err(db)?
-            {
-                states.push((row.task_id.parse()?, parse_state(&row.status)?));
+            for (id, status) in B::task_states(&mut conn, &chunk).await.map_err(db)? {
+                states.push((id.parse()?, parse_state(&status)?));
             }
         }
         Ok(states)
     }
 
-    async fn waiting_for_children(&self) -> Result<Vec<StepId>> {
+    async fn waiting_for_children(
+        &self,
+        after: Option<StepId>,
+        limit: usize,
+    ) -> Result<Vec<StepId>> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        let keys = B::waiting_for_children(&mut conn).await.map_err(db)?;
+        let after = after.map(|s| (s.task.to_string(), i64::from(s.index)));
+        let after = after.as_ref().map(|(t, i)| (t.as_str(), *i));
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let keys = B::waiting_for_children(&mut conn, after, limit)
+            .await
+            .map_err(db)?;
         keys.iter()
             .map(|k| step_key(k).map(|(task, index, _)| StepId { task, index }))
             .collect()
     }
 
-    async fn open_children(&self) -> Result<Vec<(TaskId, super::ParentLink)>> {
+    async fn open_children(
+        &self,
+        after: Option<TaskId>,
+        limit: usize,
+    ) -> Result<Vec<(TaskId, super::ParentLink)>> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        let rows = B::open_children(&mut conn).await.map_err(db)?;
+        let after = after.map(|t| t.to_string());
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = B::open_children(&mut conn, after.as_deref(), limit)
+            .await
+            .map_err(db)?;
         rows.iter()
             .map(|(id, parent)| Ok((id.parse()?, serde_json::from_str(parent).map_err(corrupt)?)))
             .collect()

@@ -65,6 +65,8 @@ fn session(url: &str) -> Result<(String, String)> {
     Ok((url, session))
 }
 
+const TASK_STATES: &str = include_str!("postgres/task_states.sql");
+
 /// The PostgreSQL store.
 #[derive(Debug)]
 pub(super) struct Postgres;
@@ -200,6 +202,17 @@ impl Backend for Postgres {
         };
         // Planned for each call (see `steps`).
         sqlx::query_as(sql)
+            .bind(ids)
+            .persistent(false)
+            .fetch_all(c)
+            .await
+    }
+
+    async fn task_states(
+        c: &mut PgConnection,
+        ids: &[String],
+    ) -> sqlx::Result<Vec<(String, String)>> {
+        sqlx::query_as(TASK_STATES)
             .bind(ids)
             .persistent(false)
             .fetch_all(c)

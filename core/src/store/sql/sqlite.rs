@@ -47,6 +47,7 @@ const TASKS_INSERT: &str = include_str!("sqlite/tasks_insert.sql");
 const STEPS_UPSERT: &str = include_str!("sqlite/steps_upsert.sql");
 const TRANSITIONS_INSERT: &str = include_str!("sqlite/transitions_insert.sql");
 const CREATED: &str = include_str!("sqlite/created.sql");
+const TASK_STATES: &str = include_str!("sqlite/task_states.sql");
 
 /// `sql` (one of the `VALUES (?, …)` statements above) for `rows` rows: its tuple repeated.
 /// Multi-row binds, not JSON: SQLite reads bound values far faster than it extracts them
@@ -284,6 +285,13 @@ impl Backend for Sqlite {
 
     async fn steps(c: &mut SqliteConnection, ids: &[String]) -> sqlx::Result<Vec<StepRow>> {
         sqlx::query_as(STEPS).bind(json(ids)?).fetch_all(c).await
+    }
+
+    async fn task_states(
+        c: &mut SqliteConnection,
+        ids: &[String],
+    ) -> sqlx::Result<Vec<(String, String)>> {
+        sqlx::query_as(TASK_STATES).bind(json(ids)?).fetch_all(c).await
     }
 
     async fn write(c: &mut SqliteConnection, rows: &Rows<'_>) -> sqlx::Result<()> {
