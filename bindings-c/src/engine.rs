@@ -169,6 +169,8 @@ pub unsafe extern "C" fn tc_create_task_ex(
                 idempotency_key: opt_text(idempotency_key, "idempotency_key")?.map(str::to_owned),
                 priority,
                 parent: None,
+                run_at: None,
+                delay_ms: None,
             };
             let id = e.run(e.engine()?.create_task(task))?;
             Ok(out_string(id.to_string()))
@@ -222,6 +224,8 @@ pub unsafe extern "C" fn tc_create_tasks_json(
                     idempotency_key: t.idempotency_key,
                     priority: t.priority,
                     parent: None,
+                    run_at: None,
+                    delay_ms: None,
                 })
                 .collect();
             let ids = e.run(e.engine()?.create_tasks(tasks))?;

@@ -587,6 +587,8 @@ impl Engine {
             idempotency_key,
             priority,
             parent: None,
+            run_at: None,
+            delay_ms: None,
         };
         let id = self.call(py, move |e| async move { e.create_task(task).await })?;
         Ok(id.to_string())
@@ -646,6 +648,8 @@ impl Engine {
                     .transpose()?
                     .unwrap_or(0),
                 parent: None,
+                run_at: None,
+                delay_ms: None,
             });
         }
         let ids = self.call(py, move |e| async move { e.create_tasks(batch).await })?;

@@ -411,6 +411,7 @@ impl Engine {
     /// [`Error::IdempotencyConflict`] when that task has another context (or, when `version` is
     /// given, another version). The context is checked against [`crate::limits`] first.
     pub async fn create_task(&self, task: NewTask) -> Result<TaskId> {
+        let task = self.started(task)?;
         let graph = self.checked_new(&task).await?;
         let created = self.store()?.create_task(graph, &task, self.now()).await?;
         if !created.created {
@@ -428,6 +429,7 @@ impl Engine {
     pub async fn create_tasks(&self, tasks: Vec<NewTask>) -> Result<Vec<TaskId>> {
         let mut batch = Vec::with_capacity(tasks.len());
         for task in tasks {
+            let task = self.started(task)?;
             batch.push((self.checked_new(&task).await?, task));
         }
         let created = self.store()?.create_tasks(&batch, self.now()).await?;
@@ -446,6 +448,20 @@ impl Engine {
             Some(e) => Err(e),
             None => Ok(ids),
         }
+    }
+
+    /// `task` with its `delay_ms` turned into its `run_at`, by this engine's clock;
+    /// [`Error::InvalidArgument`] when it has both.
+    fn started(&self, mut task: NewTask) -> Result<NewTask> {
+        if let Some(delay) = task.delay_ms.take() {
+            if task.run_at.is_some() {
+                return Err(Error::InvalidArgument(
+                    "a task takes run_at or delay, not both".to_owned(),
+                ));
+            }
+            task.run_at = Some(crate::clock::add_ms(self.now(), delay));
+        }
+        Ok(task)
     }
 
     /// `task` within the limits ([`crate::limits`]), and its template's graph; a task that
@@ -745,6 +761,35 @@ impl Engine {
         let changes = store.resolve_step(id, result, self.now()).await?;
         self.publish(changes).await;
         Ok(())
+    }
+
+    /// Deletes the tasks that finished before `finished_before` (in one of `statuses`; `None`:
+    /// any finished state), with their steps and transitions; returns how many. Their
+    /// idempotency keys may be used again. [`Error::InvalidArgument`] for a state that is not
+    /// a finished one.
+    pub async fn purge(
+        &self,
+        finished_before: Timestamp,
+        statuses: Option<&[crate::state::TaskState]>,
+    ) -> Result<u64> {
+        use crate::state::TaskState;
+        let finished: Vec<TaskState> = TaskState::ALL
+            .iter()
+            .copied()
+            .filter(|s| s.is_finished())
+            .collect();
+        let statuses = statuses.unwrap_or(&finished);
+        if let Some(s) = statuses.iter().find(|s| !s.is_finished()) {
+            return Err(Error::InvalidArgument(format!(
+                "purge takes finished states ({}), not {s}",
+                finished
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        self.store()?.purge(finished_before, statuses).await
     }
 
     /// A task with its steps.

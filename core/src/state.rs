@@ -122,6 +122,8 @@ string_enum! {
         Retry => "retry",
         /// An operator closed the failed task by hand.
         ResolveManually => "resolve_manually",
+        /// Its template's `deadline_ms` passed before it finished.
+        DeadlineExceeded => "deadline_exceeded",
     }
 }
 
@@ -185,6 +187,7 @@ impl TaskState {
             (S::Pending, E::Start) => S::InProgress,
             (S::Pending | S::InProgress | S::Error, E::Complete) => S::Complete,
             (S::Pending | S::InProgress, E::Fail) => S::Error,
+            (S::Pending | S::InProgress | S::Paused, E::DeadlineExceeded) => S::Error,
             (S::Pending | S::InProgress | S::Paused | S::Error, E::Cancel) => S::Cancelled,
             (S::Pending | S::InProgress, E::Pause) => S::Paused,
             (S::Paused, E::Resume) => S::InProgress,
@@ -390,6 +393,7 @@ impl Transition {
                 TaskEvent::Resume => n::TASK_RESUMED,
                 TaskEvent::Retry => n::TASK_RETRIED,
                 TaskEvent::ResolveManually => n::TASK_RESOLVED_MANUALLY,
+                TaskEvent::DeadlineExceeded => n::TASK_FAILED,
             },
             Change::Step { event, .. } => match event {
                 StepEvent::Claim => n::STEP_CLAIMED,

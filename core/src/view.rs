@@ -31,6 +31,9 @@ pub struct TaskView {
     /// For a child task, the step that started it.
     #[serde(default)]
     pub parent: Option<ParentView>,
+    /// When it fails unless finished (its template's `deadline_ms`), while it has not.
+    #[serde(default)]
+    pub deadline_at: Option<Timestamp>,
     /// Counts of steps per state.
     pub progress: Progress,
     /// Its steps, in template order.

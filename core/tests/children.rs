@@ -417,6 +417,13 @@ impl Store for Crashing {
             .settle_children(step, children, settled, now)
             .await
     }
+    async fn purge(
+        &self,
+        finished_before: tasker_core::Timestamp,
+        statuses: &[TaskState],
+    ) -> Result<u64> {
+        self.inner.purge(finished_before, statuses).await
+    }
     async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>> {
         self.check(&self.faults.follow_ups)?;
         self.inner.task_states(ids).await

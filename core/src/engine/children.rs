@@ -223,6 +223,8 @@ impl Engine {
                 idempotency_key: Some(format!("{CHILD_KEY_PREFIX}{step}:{attempt}:{k}")),
                 priority: parent.priority,
                 parent: Some(link.clone()),
+                run_at: None,
+                delay_ms: None,
             };
             let graph = self.checked(&task).await.map_err(|e| match e {
                 e @ (Error::Store(_) | Error::Closed) => e,

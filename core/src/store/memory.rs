@@ -51,6 +51,7 @@ struct Queues {
     ready: HashMap<Arc<str>, BinaryHeap<ReadyEntry>>,
     retries: BTreeSet<Due>,
     leases: BTreeSet<Due>,
+    deadlines: BTreeSet<(Timestamp, TaskId)>,
     seq: u64,
 }
 
@@ -134,6 +135,9 @@ impl Schedule for Queues {
     fn retry_scheduled(&mut self, step: StepId, attempt: u32, at: Timestamp) {
         self.retries.insert(Due { at, step, attempt });
     }
+    fn deadline_set(&mut self, task: TaskId, at: Timestamp) {
+        self.deadlines.insert((at, task));
+    }
     fn retry_cancelled(&mut self, step: StepId, attempt: u32, at: Timestamp) {
         self.retries.remove(&Due { at, step, attempt });
     }
@@ -173,6 +177,21 @@ impl Inner {
                     &mut self.queues,
                     changes,
                 );
+                task.transitions
+                    .extend(changes.transitions[mark..].iter().cloned());
+            }
+        }
+        while let Some((at, id)) = self
+            .queues
+            .deadlines
+            .first()
+            .copied()
+            .filter(|d| d.0 <= now)
+        {
+            self.queues.deadlines.remove(&(at, id));
+            if let Some(task) = self.tasks.get_mut(&id) {
+                let mark = changes.transitions.len();
+                task.record.expire_deadline(now, &mut self.queues, changes);
                 task.transitions
                     .extend(changes.transitions[mark..].iter().cloned());
             }
@@ -412,6 +431,24 @@ impl Store for MemoryStore {
             .1)
     }
 
+    async fn purge(&self, finished_before: Timestamp, statuses: &[TaskState]) -> Result<u64> {
+        let mut inner = self.inner.lock();
+        let doomed: Vec<TaskId> = inner
+            .tasks
+            .values()
+            .map(|t| &t.record)
+            .filter(|r| statuses.contains(&r.status) && r.status.is_finished())
+            .filter(|r| r.completed_at.is_some_and(|at| at < finished_before))
+            .map(|r| r.id)
+            .collect();
+        for id in &doomed {
+            inner.tasks.remove(id);
+        }
+        let gone: std::collections::HashSet<TaskId> = doomed.iter().copied().collect();
+        inner.idempotency.retain(|_, id| !gone.contains(id));
+        Ok(doomed.len() as u64)
+    }
+
     async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>> {
         let inner = self.inner.lock();
         let mut states: Vec<(TaskId, TaskState)> = ids
@@ -535,6 +572,7 @@ impl Store for MemoryStore {
                 .into_iter()
                 .flatten()
                 .map(|d| d.at)
+                .chain(queues.deadlines.first().map(|d| d.0))
                 .min(),
         })
     }

@@ -42,6 +42,11 @@ pub struct NewTask {
     /// The step whose handler started this task as a child (set by the engine only: see
     /// [`Children`]; [`crate::Engine::create_task`] refuses a task that names one).
     pub parent: Option<ParentLink>,
+    /// Nothing of the task runs before then (`None`: at once).
+    pub run_at: Option<Timestamp>,
+    /// Nothing of the task runs until this many milliseconds after its creation, by the
+    /// engine's clock (the engine turns it into `run_at`; at most one of the two).
+    pub delay_ms: Option<u64>,
 }
 
 /// The step of a parent task that started a child task (see [`Children`]).
@@ -148,7 +153,21 @@ impl NewTask {
             idempotency_key: None,
             priority: 0,
             parent: None,
+            run_at: None,
+            delay_ms: None,
         }
+    }
+
+    /// Not run before `at`.
+    pub fn run_at(mut self, at: Timestamp) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Not run until `delay` after its creation.
+    pub fn delay(mut self, delay: std::time::Duration) -> Self {
+        self.delay_ms = Some(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+        self
     }
 
     /// With this context.
@@ -731,6 +750,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         settled: Settled,
         now: Timestamp,
     ) -> Result<Changes>;
+
+    /// Deletes the tasks that finished (in one of `statuses`, each a finished state) before
+    /// `finished_before`, with their steps and transitions; how many.
+    async fn purge(&self, finished_before: Timestamp, statuses: &[TaskState]) -> Result<u64>;
 
     /// The state of each of the tasks `ids` that exists, in id order.
     async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>>;

@@ -33,6 +33,8 @@ pub(crate) trait Schedule {
     fn retry_scheduled(&mut self, _step: StepId, _attempt: u32, _at: Timestamp) {}
     /// A scheduled retry at `at` was called off.
     fn retry_cancelled(&mut self, _step: StepId, _attempt: u32, _at: Timestamp) {}
+    /// The task's deadline is `at`.
+    fn deadline_set(&mut self, _task: TaskId, _at: Timestamp) {}
 }
 
 /// One task and its steps.
@@ -48,6 +50,9 @@ pub(crate) struct TaskRecord {
     pub idempotency_key: Option<String>,
     /// The step that started this task as a child, if one did.
     pub parent: Option<super::ParentLink>,
+    /// When the task fails unless finished (its template's `deadline_ms` after its start);
+    /// cleared when it finishes.
+    pub deadline_at: Option<Timestamp>,
     pub states: Vec<StepState>,
     pub counters: Vec<Counters>,
     /// The children each decision step that completed chose.
@@ -114,6 +119,7 @@ impl TaskRecord {
             priority: new.priority,
             idempotency_key: new.idempotency_key.clone(),
             parent: new.parent.clone(),
+            deadline_at: None,
             states: vec![StepState::Pending; n],
             counters: readiness::initial_counters(&graph),
             choices: Choices::default(),
@@ -133,13 +139,30 @@ impl TaskRecord {
             completed_at: None,
             graph,
         };
+        // A task to run later: its roots wait for their start as for a parent.
+        let start = new.run_at.filter(|&at| at > now);
+        let reason = start.map(|at| format!("runs at {}", at.to_rfc3339()));
         task.record(
             Transition::task(id, None, TaskState::Pending, TaskEvent::Create, now),
-            None,
+            reason,
             changes,
         );
+        if let Some(ms) = task.graph.template().deadline_ms {
+            let at = add_ms(start.unwrap_or(now), ms);
+            task.deadline_at = Some(at);
+            schedule.deadline_set(id, at);
+        }
         let roots: Vec<u32> = task.graph.roots().collect();
-        task.queue_ready(&roots, schedule, changes);
+        match start {
+            None => task.queue_ready(&roots, schedule, changes),
+            Some(at) => {
+                for r in roots {
+                    task.steps[r as usize].next_attempt_at = Some(at);
+                    task.counters[r as usize].unfinished_parents += 1;
+                    schedule.retry_scheduled(task.step_id(r), 0, at);
+                }
+            }
+        }
         task
     }
 
@@ -184,6 +207,9 @@ impl TaskRecord {
         let to = from.next(event)?;
         self.status = to;
         self.completed_at = to.is_finished().then_some(now);
+        if to.is_finished() {
+            self.deadline_at = None;
+        }
         if let Some(parent) = self.parent.as_ref().filter(|_| to.is_finished()) {
             changes.knocks.push(Knock::ChildEnded(parent.step_id()));
         }
@@ -757,6 +783,15 @@ impl TaskRecord {
     ) {
         let i = index as usize;
         let due = self.steps[i].next_attempt_at.is_some_and(|at| at <= now);
+        if due && self.is_delayed(index) {
+            // Its task's start: it no longer waits for it.
+            self.steps[i].next_attempt_at = None;
+            self.counters[i].unfinished_parents -= 1;
+            if self.is_claimable(index) {
+                self.queue_ready(&[index], schedule, changes);
+            }
+            return;
+        }
         if self.states[i] != StepState::WaitingForRetry || self.steps[i].attempts != attempt || !due
         {
             return;
@@ -1118,6 +1153,13 @@ impl TaskRecord {
         let (counters, mut release) =
             readiness::settle(&graph, &mut self.states[..n], &self.choices);
         self.counters[..n].copy_from_slice(&counters);
+        // The roots of a task to run later still wait for its start.
+        for r in 0..n as u32 {
+            if self.is_delayed(r) {
+                self.counters[r as usize].unfinished_parents += 1;
+            }
+        }
+        release.ready.retain(|&r| !self.is_delayed(r));
         self.unfinished = self.states.iter().filter(|s| !s.is_finished()).count() as u32
             + release.skipped.len() as u32;
         release.ready.retain(|&r| !was_claimable[r as usize]);
@@ -1142,6 +1184,46 @@ impl TaskRecord {
             .collect()
     }
 
+    /// Whether step `index` is a root of a task to run later, waiting for its start.
+    fn is_delayed(&self, index: u32) -> bool {
+        let i = index as usize;
+        self.states[i] == StepState::Pending && self.steps[i].next_attempt_at.is_some()
+    }
+
+    /// Fails the task if its deadline has passed: the running steps fail ("deadline
+    /// exceeded"; their reports are refused), the others are cancelled.
+    pub fn expire_deadline(
+        &mut self,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
+        if self.status.is_finished() || self.deadline_at.is_none_or(|at| at > now) {
+            return;
+        }
+        let reason = || Some("deadline exceeded".to_owned());
+        for index in 0..self.states.len() as u32 {
+            let i = index as usize;
+            let event = match self.states[i] {
+                StepState::InProgress => {
+                    self.release_lease(index, schedule);
+                    self.steps[i].error = reason();
+                    StepEvent::Fail
+                }
+                StepState::Pending | StepState::WaitingForRetry | StepState::WaitingForChildren => {
+                    self.cancel_retry(index, schedule);
+                    StepEvent::Cancel
+                }
+                _ => continue,
+            };
+            self.steps[i].completed_at = Some(now);
+            if self.step_to(index, event, now, reason(), changes).is_ok() {
+                self.unfinished -= 1;
+            }
+        }
+        let _ = self.task_to(TaskEvent::DeadlineExceeded, now, reason(), changes);
+    }
+
     /// Cancels the task and its unfinished steps.
     pub fn cancel(
         &mut self,
@@ -1153,8 +1235,10 @@ impl TaskRecord {
         for index in 0..self.states.len() as u32 {
             match self.states[index as usize] {
                 StepState::InProgress => self.release_lease(index, schedule),
-                StepState::WaitingForRetry => self.cancel_retry(index, schedule),
-                StepState::Pending | StepState::WaitingForChildren => {}
+                StepState::WaitingForRetry | StepState::Pending => {
+                    self.cancel_retry(index, schedule)
+                }
+                StepState::WaitingForChildren => {}
                 _ => continue,
             }
             self.steps[index as usize].completed_at = Some(now);
@@ -1369,6 +1453,7 @@ impl TaskRecord {
             context: (*self.context).clone(),
             priority: self.priority,
             idempotency_key: self.idempotency_key.clone(),
+            deadline_at: self.deadline_at,
             parent: self.parent.as_ref().map(|p| crate::view::ParentView {
                 task_id: p.task_id,
                 step: p.step.clone(),

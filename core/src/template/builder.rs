@@ -45,6 +45,7 @@ impl TaskTemplate {
     ) -> TemplateBuilder {
         TemplateBuilder {
             template: TaskTemplate {
+                deadline_ms: None,
                 namespace: namespace.into(),
                 name: name.into(),
                 version: version.into(),

@@ -85,6 +85,11 @@ pub struct TaskTemplate {
     /// Custom events every step of the template may publish (see [`events`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub events: Vec<EventDecl>,
+    /// How long a task may take, in milliseconds from its start (its `run_at`, else its
+    /// creation): a task not finished by then goes to `error` ("deadline exceeded"), its
+    /// running steps' reports refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
     /// The steps, in the order written; a compiled step's index is its position here.
     pub steps: Vec<StepTemplate>,
 }
@@ -693,6 +698,7 @@ steps:
 
     fn template(steps: Vec<StepTemplate>) -> TaskTemplate {
         TaskTemplate {
+            deadline_ms: None,
             namespace: "t".to_owned(),
             name: "g".to_owned(),
             version: "1.0.0".to_owned(),

@@ -386,6 +386,8 @@ impl Engine {
             idempotency_key: idempotency_key.flatten(),
             priority: priority.unwrap_or(0),
             parent: None,
+                run_at: None,
+                delay_ms: None,
         };
         let id = self.call(&ruby, move |e| async move { e.create_task(task).await })?;
         Ok(id.to_string())
@@ -434,6 +436,8 @@ impl Engine {
                 idempotency_key: idempotency_key.flatten(),
                 priority: priority.unwrap_or(0),
                 parent: None,
+                run_at: None,
+                delay_ms: None,
             });
         }
         let ids = self.call(&ruby, move |e| async move { e.create_tasks(batch).await })?;

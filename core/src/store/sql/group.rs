@@ -681,17 +681,11 @@ impl Group {
         let mut due = Changes::default();
         let mut seen = std::collections::HashSet::new();
         for &(task, index, attempt, kind) in claimable.iter().flatten() {
-            if kind == Due::Ready || !seen.insert((task, index)) {
+            if kind == Due::Ready || !seen.insert((task, index, kind == Due::Deadline)) {
                 continue;
             }
             if let Some((t, s)) = tasks.get(task) {
-                due_step(
-                    t,
-                    (index, attempt, kind == Due::Lease),
-                    self.claim_now,
-                    s,
-                    &mut due,
-                );
+                due_step(t, (index, attempt, kind), self.claim_now, s, &mut due);
             }
         }
         made_ready.extend(due.ready.iter().map(|(id, _)| (id.task, id.index)));

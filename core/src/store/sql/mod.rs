@@ -249,6 +249,14 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
         after: Option<&str>,
         limit: i64,
     ) -> sqlx::Result<Vec<(String, String)>>;
+    /// Deletes up to `limit` tasks in a state of `statuses` that finished before `before`,
+    /// with their steps and transitions (in the open transaction); how many.
+    async fn purge(
+        c: &mut Conn<Self>,
+        before: i64,
+        statuses: &[&str],
+        limit: i64,
+    ) -> sqlx::Result<u64>;
     /// Each of the tasks `ids` that exists, with its state, in id order.
     async fn task_states(c: &mut Conn<Self>, ids: &[String])
         -> sqlx::Result<Vec<(String, String)>>;
@@ -522,8 +530,10 @@ fn step_key(k: &StepKey) -> Result<(TaskId, u32, u32)> {
 enum Due {
     /// Its lease ran out.
     Lease,
-    /// Its retry is due.
+    /// Its retry, or its task's start, is due.
     Retry,
+    /// Its task is past its deadline (the step is 0).
+    Deadline,
     /// It is claimable.
     Ready,
 }
@@ -536,6 +546,7 @@ fn due_keys(rows: &[rows::DueStep]) -> Result<Vec<(TaskId, u32, u32, Due)>> {
             let due = match d.due.as_str() {
                 "lease" => Due::Lease,
                 "retry" => Due::Retry,
+                "deadline" => Due::Deadline,
                 "ready" => Due::Ready,
                 other => return Err(corrupt(format!("a claim query said {other:?}"))),
             };
@@ -612,13 +623,15 @@ fn instance_row(
 /// when due; a lease that ran out may leave a retry due at once (no backoff).
 fn due_step(
     t: &mut TaskRecord,
-    (index, attempt, lease): (u32, u32, bool),
+    (index, attempt, due): (u32, u32, Due),
     now: Timestamp,
     s: &mut ReadySet,
     c: &mut Changes,
 ) {
-    if lease {
-        t.expire_lease(index, attempt, now, s, c);
+    match due {
+        Due::Deadline => return t.expire_deadline(now, s, c),
+        Due::Lease => t.expire_lease(index, attempt, now, s, c),
+        Due::Retry | Due::Ready => {}
     }
     let attempts = t.steps[index as usize].attempts;
     t.retry_due(index, attempts, now, s, c);
@@ -652,7 +665,7 @@ fn claim_task(
     let id = t.id;
     let mine = || keys.iter().filter(move |k| k.0 == id);
     for &(_, index, attempt, kind) in mine().filter(|k| k.3 != Due::Ready) {
-        due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
+        due_step(t, (index, attempt, kind), now, s, c);
     }
     let mut out = Vec::new();
     for &(_, index, _, _) in mine() {
@@ -789,6 +802,9 @@ pub const NEWEST_FOR: Duration = Duration::from_secs(1);
 
 /// The most tasks one statement loads or one create batch writes.
 const MAX_ROWS: usize = 500;
+
+/// How many tasks [`Store::purge`] deletes in one transaction.
+const PURGE_BATCH: i64 = 500;
 
 /// `url` without the engine's own parameters `params` (each with its default), and their
 /// values: the URL's, checked by `valid` (`what` describes a valid one), else the defaults.
@@ -1234,6 +1250,7 @@ impl<B: Backend> SqlStore<B> {
             batches: Vec::new(),
             steps: Vec::with_capacity(n),
             unfinished: count(row.unfinished_steps, "unfinished_steps")?,
+            deadline_at: time(row.deadline_at),
             created_at: time(Some(row.created_at)).unwrap_or_default(),
             updated_at: time(Some(row.updated_at)).unwrap_or_default(),
             completed_at: time(row.completed_at),
@@ -1429,7 +1446,7 @@ impl<B: Backend> SqlStore<B> {
         self.apply(tx, &ids, Lock::Skip, now, &mut changes, |t, s, c| {
             let id = t.id;
             for &(_, index, attempt, kind) in keys.iter().filter(|k| k.0 == id) {
-                due_step(t, (index, attempt, kind == Due::Lease), now, s, c);
+                due_step(t, (index, attempt, kind), now, s, c);
             }
             Ok(())
         })
@@ -2020,6 +2037,29 @@ impl<B: Backend> Store for SqlStore<B> {
             })
             .await?
             .1)
+    }
+
+    async fn purge(&self, finished_before: Timestamp, statuses: &[TaskState]) -> Result<u64> {
+        let statuses: Vec<&str> = statuses
+            .iter()
+            .filter(|s| s.is_finished())
+            .map(|s| s.as_str())
+            .collect();
+        let mut total = 0;
+        loop {
+            let mut tx = self.begin().await?;
+            let purged = match tx.conn().await {
+                Ok(conn) => B::purge(conn, ms(finished_before), &statuses, PURGE_BATCH)
+                    .await
+                    .map_err(db),
+                Err(e) => Err(e),
+            };
+            let purged = self.finish(tx, purged).await?;
+            total += purged;
+            if purged < PURGE_BATCH as u64 {
+                return Ok(total);
+            }
+        }
     }
 
     async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>> {

@@ -66,6 +66,7 @@ fn session(url: &str) -> Result<(String, String)> {
 }
 
 const TASK_STATES: &str = include_str!("postgres/task_states.sql");
+const PURGE: &str = include_str!("postgres/purge.sql");
 
 /// The PostgreSQL store.
 #[derive(Debug)]
@@ -87,7 +88,7 @@ macro_rules! column {
     };
 }
 
-/// `rows` bound to `$1`–`$46` of [`WRITE`] or [`CREATE`].
+/// `rows` bound to `$1`–`$47` of [`WRITE`] or [`CREATE`].
 fn bind_rows<'q>(
     sql: &'q str,
     rows: &'q Rows<'_>,
@@ -140,6 +141,7 @@ fn bind_rows<'q>(
         .bind(column!(s, opt batch))
         .bind(column!(t, opt parent))
         .bind(column!(s, opt children))
+        .bind(column!(t, deadline_at))
 }
 
 /// The handler names as an array, `None` for any.
@@ -206,6 +208,21 @@ impl Backend for Postgres {
             .persistent(false)
             .fetch_all(c)
             .await
+    }
+
+    async fn purge(
+        c: &mut PgConnection,
+        before: i64,
+        statuses: &[&str],
+        limit: i64,
+    ) -> sqlx::Result<u64> {
+        let purged: i64 = sqlx::query_scalar(PURGE)
+            .bind(before)
+            .bind(statuses)
+            .bind(limit)
+            .fetch_one(c)
+            .await?;
+        Ok(u64::try_from(purged).unwrap_or(0))
     }
 
     async fn task_states(

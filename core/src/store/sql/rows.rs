@@ -28,6 +28,7 @@ pub(super) struct TaskRow {
     pub completed_at: Option<i64>,
     pub revision: i64,
     pub parent: Option<String>,
+    pub deadline_at: Option<i64>,
 }
 
 /// A step row as read.
@@ -111,6 +112,8 @@ pub(super) struct TaskWrite<'a> {
     /// A child task's parent step, as JSON: written only when the row is `new` (it never
     /// changes).
     pub parent: Option<String>,
+    /// Its deadline, until it finished.
+    pub deadline_at: Option<i64>,
     /// A new task (inserted, unless its idempotency key is taken), not one whose row exists.
     pub new: bool,
 }
@@ -143,6 +146,7 @@ impl<'a> TaskWrite<'a> {
                 .as_ref()
                 .filter(|_| new)
                 .and_then(|p| serde_json::to_string(p).ok()),
+            deadline_at: t.deadline_at.map(ms),
             new,
         }
     }

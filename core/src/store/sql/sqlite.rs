@@ -48,6 +48,8 @@ const STEPS_UPSERT: &str = include_str!("sqlite/steps_upsert.sql");
 const TRANSITIONS_INSERT: &str = include_str!("sqlite/transitions_insert.sql");
 const CREATED: &str = include_str!("sqlite/created.sql");
 const TASK_STATES: &str = include_str!("sqlite/task_states.sql");
+const PURGE_FIND: &str = include_str!("sqlite/purge_find.sql");
+const PURGE: &str = include_str!("sqlite/purge.sql");
 
 /// `sql` (one of the `VALUES (?, …)` statements above) for `rows` rows: its tuple repeated.
 /// Multi-row binds, not JSON: SQLite reads bound values far faster than it extracts them
@@ -121,7 +123,8 @@ fn bind_rows<'q>(
             .bind(t.updated_at)
             .bind(t.completed_at)
             .bind(t.revision)
-            .bind(t.parent.as_deref());
+            .bind(t.parent.as_deref())
+            .bind(t.deadline_at);
     }
     for s in &rows.steps {
         q = q
@@ -285,6 +288,32 @@ impl Backend for Sqlite {
 
     async fn steps(c: &mut SqliteConnection, ids: &[String]) -> sqlx::Result<Vec<StepRow>> {
         sqlx::query_as(STEPS).bind(json(ids)?).fetch_all(c).await
+    }
+
+    async fn purge(
+        c: &mut SqliteConnection,
+        before: i64,
+        statuses: &[&str],
+        limit: i64,
+    ) -> sqlx::Result<u64> {
+        let ids: Vec<String> = sqlx::query_scalar(PURGE_FIND)
+            .bind(before)
+            .bind(json(statuses)?)
+            .bind(limit)
+            .fetch_all(&mut *c)
+            .await?;
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let ids_json = json(&ids)?;
+        // One text, three statements: each binds the same ids.
+        sqlx::query(PURGE)
+            .bind(&ids_json)
+            .bind(&ids_json)
+            .bind(&ids_json)
+            .execute(&mut *c)
+            .await?;
+        Ok(ids.len() as u64)
     }
 
     async fn task_states(

@@ -1,18 +1,19 @@
--- Every row an operation changed, in one statement: the task rows ($1–$13, $45), the step rows
+-- Every row an operation changed, in one statement: the task rows ($1–$13, $45, $47), the step rows
 -- ($14–$31, $41–$44, $46), new or changed, and the new transitions ($32–$40), each column an array. (The
 -- wake-up of the other engines is sent after the commit, on a connection of its own: a
 -- NOTIFY in this transaction would hold PostgreSQL's one notify lock through the commit's
 -- flush, and every writing transaction would wait for the one before.)
 WITH tasks AS (
     INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
-        idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision, parent)
+        idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision, parent,
+        deadline_at)
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
         $6::int8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
-        $13::int8[], $45::text[])
+        $13::int8[], $45::text[], $47::int8[])
     ON CONFLICT (task_id) DO UPDATE SET
         status = excluded.status, unfinished_steps = excluded.unfinished_steps,
         updated_at = excluded.updated_at, completed_at = excluded.completed_at,
-        revision = excluded.revision
+        revision = excluded.revision, deadline_at = excluded.deadline_at
 ), steps AS (
     INSERT INTO tasker_workflow_steps AS s (task_id, step_index, name, handler, status, priority,
         attempts, max_attempts, unfinished_parents, failed_required_parents, ready_at,
