@@ -229,9 +229,11 @@ enum tc_status tc_create_task_ex(const struct tc_engine *engine,
 
 /**
  * Starts many tasks at once. `tasks_json` is a JSON array of objects with tc_create_task_ex's
- * arguments: "namespace" and "name", optionally "context", "version", "idempotency_key" and
- * "priority". All are checked before any is written (an unknown key is TC_ERR_JSON); those
- * without an idempotency key are written in one transaction. On success `*out_ids_json` is
+ * arguments: "namespace" and "name", optionally "context", "version", "idempotency_key",
+ * "priority", and "run_at" (an RFC 3339 time: nothing of the task runs before) or
+ * "delay_ms" (nothing runs until that long after its creation). All are checked before any
+ * is written (an unknown key is TC_ERR_JSON); those without an idempotency key are written in
+ * one transaction. On success `*out_ids_json` is
  * the JSON array of the task ids, in order, to free with tc_string_free.
  *
  * # Safety
@@ -311,6 +313,21 @@ enum tc_status tc_resume_task(const struct tc_engine *engine, const char *task_i
  * `engine` is a live handle; `task_id` NUL-terminated.
  */
 enum tc_status tc_retry_task(const struct tc_engine *engine, const char *task_id);
+
+/**
+ * Deletes the tasks that finished before `finished_before` (an RFC 3339 time) in one of the
+ * states of `statuses_json` (a JSON array of state names; NULL: every finished state), with
+ * their steps and transitions. When `out_count` is not NULL, `*out_count` is how many. An
+ * unfinished state is TC_ERR_INVALID_ARGUMENT.
+ *
+ * # Safety
+ * `engine` is a live handle; `finished_before` NUL-terminated; `statuses_json` NULL or
+ * NUL-terminated; `out_count` NULL or valid for writes.
+ */
+enum tc_status tc_purge(const struct tc_engine *engine,
+                        const char *finished_before,
+                        const char *statuses_json,
+                        uint64_t *out_count);
 
 /**
  * Makes good the child tasks' follow-ups a crash left undone (workers do it every few

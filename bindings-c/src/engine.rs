@@ -179,9 +179,11 @@ pub unsafe extern "C" fn tc_create_task_ex(
 }
 
 /// Starts many tasks at once. `tasks_json` is a JSON array of objects with tc_create_task_ex's
-/// arguments: "namespace" and "name", optionally "context", "version", "idempotency_key" and
-/// "priority". All are checked before any is written (an unknown key is TC_ERR_JSON); those
-/// without an idempotency key are written in one transaction. On success `*out_ids_json` is
+/// arguments: "namespace" and "name", optionally "context", "version", "idempotency_key",
+/// "priority", and "run_at" (an RFC 3339 time: nothing of the task runs before) or
+/// "delay_ms" (nothing runs until that long after its creation). All are checked before any
+/// is written (an unknown key is TC_ERR_JSON); those without an idempotency key are written in
+/// one transaction. On success `*out_ids_json` is
 /// the JSON array of the task ids, in order, to free with tc_string_free.
 ///
 /// # Safety
@@ -205,6 +207,10 @@ pub unsafe extern "C" fn tc_create_tasks_json(
         idempotency_key: Option<String>,
         #[serde(default)]
         priority: i32,
+        #[serde(default)]
+        run_at: Option<String>,
+        #[serde(default)]
+        delay_ms: Option<u64>,
     }
     // SAFETY: forwarded contracts.
     unsafe {
@@ -212,9 +218,19 @@ pub unsafe extern "C" fn tc_create_tasks_json(
             let e = handle(engine, "engine")?;
             let tasks: Vec<Task> = serde_json::from_str(text(tasks_json, "tasks_json")?)
                 .map_err(|err| Fail::new(TC_ERR_JSON, format!("tasks_json: {err}")))?;
+            let mut starts = Vec::with_capacity(tasks.len());
+            for t in &tasks {
+                let run_at = t
+                    .run_at
+                    .as_deref()
+                    .map(|at| tasker_core::clock::parse_time(at, "run_at"))
+                    .transpose()?;
+                starts.push(run_at);
+            }
             let tasks = tasks
                 .into_iter()
-                .map(|t| NewTask {
+                .zip(starts)
+                .map(|(t, run_at)| NewTask {
                     namespace: t.namespace,
                     name: t.name,
                     context: t
@@ -224,8 +240,8 @@ pub unsafe extern "C" fn tc_create_tasks_json(
                     idempotency_key: t.idempotency_key,
                     priority: t.priority,
                     parent: None,
-                    run_at: None,
-                    delay_ms: None,
+                    run_at,
+                    delay_ms: t.delay_ms,
                 })
                 .collect();
             let ids = e.run(e.engine()?.create_tasks(tasks))?;
@@ -441,6 +457,44 @@ pub unsafe extern "C" fn tc_retry_task(
             |e, id| async move { e.retry_task(id).await },
         )
     }
+}
+
+/// Deletes the tasks that finished before `finished_before` (an RFC 3339 time) in one of the
+/// states of `statuses_json` (a JSON array of state names; NULL: every finished state), with
+/// their steps and transitions. When `out_count` is not NULL, `*out_count` is how many. An
+/// unfinished state is TC_ERR_INVALID_ARGUMENT.
+///
+/// # Safety
+/// `engine` is a live handle; `finished_before` NUL-terminated; `statuses_json` NULL or
+/// NUL-terminated; `out_count` NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_purge(
+    engine: *const tc_engine,
+    finished_before: *const c_char,
+    statuses_json: *const c_char,
+    out_count: *mut u64,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (e, before, statuses) = unsafe {
+            (
+                handle(engine, "engine")?,
+                text(finished_before, "finished_before")?,
+                opt_text(statuses_json, "statuses_json")?,
+            )
+        };
+        let before = tasker_core::clock::parse_time(before, "finished_before")?;
+        let statuses: Option<Vec<tasker_core::TaskState>> = statuses
+            .map(serde_json::from_str)
+            .transpose()
+            .map_err(|err| Fail::new(TC_ERR_JSON, format!("statuses_json: {err}")))?;
+        let purged = e.run(e.engine()?.purge(before, statuses.as_deref()))?;
+        if !out_count.is_null() {
+            // SAFETY: non-NULL and valid for writes by contract.
+            unsafe { *out_count = purged };
+        }
+        Ok(())
+    })
 }
 
 /// Makes good the child tasks' follow-ups a crash left undone (workers do it every few

@@ -299,6 +299,41 @@ impl Children {
     }
 }
 
+/// An instant given to the engine: a `datetime` (naive ones are UTC) or an RFC 3339 string.
+fn to_time(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<tasker_core::Timestamp> {
+    let text: String = if let Ok(text) = obj.extract::<String>() {
+        text
+    } else if obj.hasattr("isoformat")? && obj.hasattr("tzinfo")? {
+        let text: String = obj.call_method0("isoformat")?.extract()?;
+        if obj.getattr("tzinfo")?.is_none() {
+            format!("{text}+00:00")
+        } else {
+            text
+        }
+    } else {
+        return Err(PyTypeError::new_err(format!(
+            "{what} must be a datetime or an RFC 3339 string, not {}",
+            obj.get_type()
+        )));
+    };
+    tasker_core::clock::parse_time(&text, what).map_err(|e| invalid(e.to_string()))
+}
+
+/// A delay given to the engine: a `timedelta` or a number of seconds, in milliseconds.
+fn to_delay_ms(obj: &Bound<'_, PyAny>, what: &str) -> PyResult<u64> {
+    let seconds: f64 = if obj.hasattr("total_seconds")? {
+        obj.call_method0("total_seconds")?.extract()?
+    } else {
+        obj.extract().map_err(|_| {
+            PyTypeError::new_err(format!(
+                "{what} must be a timedelta or a number of seconds, not {}",
+                obj.get_type()
+            ))
+        })?
+    };
+    tasker_core::host::seconds_ms(seconds, what).map_err(|e| invalid(e.to_string()))
+}
+
 /// A handler's return value for the core: a [`Decision`], a [`Batch`], [`Children`] or a JSON
 /// result.
 fn output(obj: &Bound<'_, PyAny>) -> PyResult<tasker_core::HandlerOutput> {
@@ -562,8 +597,10 @@ impl Engine {
 
     /// Starts a task of template ``namespace/name`` (the newest version unless ``version`` is
     /// given) and returns its id. A second call with the same ``idempotency_key`` returns the
-    /// first task's id. Steps of tasks with a higher ``priority`` are claimed first.
-    #[pyo3(signature = (namespace, name, context = None, version = None, idempotency_key = None, priority = 0))]
+    /// first task's id. Steps of tasks with a higher ``priority`` are claimed first. Nothing of
+    /// the task runs before ``run_at`` (a datetime, naive ones UTC, or an RFC 3339 string) or
+    /// until ``delay`` (a timedelta or seconds) has passed; at most one of the two.
+    #[pyo3(signature = (namespace, name, context = None, version = None, idempotency_key = None, priority = 0, run_at = None, delay = None))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments of the Python API
     fn create_task(
         &self,
@@ -574,6 +611,8 @@ impl Engine {
         version: Option<String>,
         idempotency_key: Option<String>,
         priority: i32,
+        run_at: Option<&Bound<'_, PyAny>>,
+        delay: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<String> {
         let context = match context {
             Some(c) if !c.is_none() => to_json(c, "the context")?,
@@ -587,8 +626,8 @@ impl Engine {
             idempotency_key,
             priority,
             parent: None,
-            run_at: None,
-            delay_ms: None,
+            run_at: run_at.map(|t| to_time(t, "run_at")).transpose()?,
+            delay_ms: delay.map(|d| to_delay_ms(d, "delay")).transpose()?,
         };
         let id = self.call(py, move |e| async move { e.create_task(task).await })?;
         Ok(id.to_string())
@@ -596,17 +635,11 @@ impl Engine {
 
     /// Starts many tasks at once and returns their ids, in order. Each item is a mapping with
     /// ``create_task``'s arguments: ``namespace``, ``name`` and optionally ``context``,
-    /// ``version``, ``idempotency_key``, ``priority``. All are checked before any is written;
-    /// those without an idempotency key are written in one transaction.
+    /// ``version``, ``idempotency_key``, ``priority``, ``run_at``, ``delay``. All are checked
+    /// before any is written; those without an idempotency key are written in one transaction.
     fn create_tasks(&self, py: Python<'_>, tasks: &Bound<'_, PyAny>) -> PyResult<Vec<String>> {
-        const KEYS: [&str; 6] = [
-            "namespace",
-            "name",
-            "context",
-            "version",
-            "idempotency_key",
-            "priority",
-        ];
+        let options = tasker_core::host::CREATE_TASK_OPTIONS;
+        let known = |key: &str| key == "namespace" || key == "name" || options.contains(&key);
         let mut batch = Vec::new();
         for (n, item) in tasks.try_iter()?.enumerate() {
             let item = item?;
@@ -618,10 +651,10 @@ impl Engine {
             })?;
             for key in task.keys()?.iter() {
                 let key: String = key.extract()?;
-                if !KEYS.contains(&key.as_str()) {
+                if !known(&key) {
                     return Err(PyTypeError::new_err(format!(
-                        "task {n} has an unknown key {key:?} (expected {})",
-                        KEYS.join(", ")
+                        "task {n} has an unknown key {key:?} (expected namespace, name, {})",
+                        options.join(", ")
                     )));
                 }
             }
@@ -648,8 +681,10 @@ impl Engine {
                     .transpose()?
                     .unwrap_or(0),
                 parent: None,
-                run_at: None,
-                delay_ms: None,
+                run_at: get("run_at")?.map(|t| to_time(&t, "run_at")).transpose()?,
+                delay_ms: get("delay")?
+                    .map(|d| to_delay_ms(&d, "delay"))
+                    .transpose()?,
             });
         }
         let ids = self.call(py, move |e| async move { e.create_tasks(batch).await })?;
@@ -858,6 +893,30 @@ impl Engine {
     /// Gives back every step whose lease has expired; returns how many.
     fn reclaim_expired(&self, py: Python<'_>) -> PyResult<usize> {
         self.call(py, |e| async move { e.reclaim_expired().await })
+    }
+
+    /// Deletes the tasks that finished before ``finished_before`` (a datetime or RFC 3339
+    /// string) whose state is one of ``statuses`` (default: any finished state), with their
+    /// steps and transitions; returns how many.
+    #[pyo3(signature = (finished_before, statuses = None))]
+    fn purge(
+        &self,
+        py: Python<'_>,
+        finished_before: &Bound<'_, PyAny>,
+        statuses: Option<Vec<String>>,
+    ) -> PyResult<u64> {
+        let before = to_time(finished_before, "finished_before")?;
+        let statuses = statuses
+            .map(|list| {
+                list.iter()
+                    .map(|s| s.parse::<tasker_core::TaskState>())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|e| invalid(e.to_string()))?;
+        self.call(py, move |e| async move {
+            e.purge(before, statuses.as_deref()).await
+        })
     }
 
     /// Makes good the child tasks' follow-ups a crash left undone (workers do it every few

@@ -89,6 +89,25 @@ impl Clock for ManualClock {
     }
 }
 
+/// The instant the RFC 3339 `text` names (`2026-12-02T08:00:00Z`, `…T09:00:00+01:00`), for the
+/// bindings; [`crate::Error::InvalidArgument`] naming `what` otherwise.
+///
+/// ```
+/// let at = tasker_core::clock::parse_time("2026-12-02T09:00:00+01:00", "run_at").unwrap();
+/// assert_eq!(at.to_rfc3339(), "2026-12-02T08:00:00+00:00");
+/// assert!(tasker_core::clock::parse_time("tomorrow", "run_at").is_err());
+/// ```
+pub fn parse_time(text: &str, what: &str) -> crate::error::Result<Timestamp> {
+    DateTime::parse_from_rfc3339(text.trim())
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            crate::error::Error::InvalidArgument(format!(
+                "{what} must be an RFC 3339 time such as 2026-12-02T08:00:00Z, not {:?}: {e}",
+                crate::limits::message(text.to_owned())
+            ))
+        })
+}
+
 /// `at + ms` milliseconds, saturating at the far future.
 pub fn add_ms(at: Timestamp, ms: u64) -> Timestamp {
     let ms = i64::try_from(ms).unwrap_or(i64::MAX);

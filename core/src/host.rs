@@ -143,6 +143,17 @@ pub fn seconds(value: f64, what: &str) -> Result<Duration> {
     })
 }
 
+/// The optional arguments of `create_task` in the bindings (and the keys, besides `namespace`
+/// and `name`, of each task given to `create_tasks`), in order.
+pub const CREATE_TASK_OPTIONS: [&str; 6] = [
+    "context",
+    "version",
+    "idempotency_key",
+    "priority",
+    "run_at",
+    "delay",
+];
+
 /// `seconds` as whole milliseconds (saturating), for a `retry_after`.
 pub fn seconds_ms(value: f64, what: &str) -> Result<u64> {
     seconds(value, what).map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))

@@ -280,6 +280,33 @@ static void test_create_task(tc_engine *e) {
                                           "[{\"namespace\": \"c_basics\", \"name\": \"order\"}, "
                                           "{\"namespace\": \"c_basics\", \"name\": \"nope\"}]",
                                           &out));
+
+    /* Later: a delay or a start time; a bad time writes nothing. */
+    ASSERT_OK(tc_create_tasks_json(e,
+                                   "[{\"namespace\": \"c_basics\", \"name\": \"order\", "
+                                   "\"delay_ms\": 3600000}, {\"namespace\": \"c_basics\", "
+                                   "\"name\": \"order\", \"run_at\": \"2999-01-01T00:00:00Z\"}]",
+                                   &ids));
+    char *later = tj_strdup(tj_at(ids, 1));
+    json = TASK_JSON(e, later);
+    ASSERT_SHOW(strstr(json, "\"next_attempt_at\":\"2999-01-01T00:00:00") != NULL, json);
+    tc_string_free(json);
+    free(later);
+    tc_string_free(ids);
+    ASSERT_FAILS_OUT(TC_ERR_INVALID_ARGUMENT, out,
+                     tc_create_tasks_json(e,
+                                          "[{\"namespace\": \"c_basics\", \"name\": \"order\", "
+                                          "\"run_at\": \"soon\"}]",
+                                          &out));
+    ASSERT_MESSAGE_HAS("RFC 3339");
+
+    /* Purge: finished tasks only, before a time. */
+    uint64_t purged = 99;
+    ASSERT_OK(tc_purge(e, "2000-01-01T00:00:00Z", NULL, &purged));
+    ASSERT(purged == 0);
+    ASSERT(tc_purge(e, "2999-01-01T00:00:00Z", "[\"pending\"]", NULL) == TC_ERR_INVALID_ARGUMENT);
+    ASSERT(tc_purge(e, "2999-01-01T00:00:00Z", "[\"nope\"]", NULL) == TC_ERR_JSON);
+    ASSERT_OK(tc_purge(e, "2999-01-01T00:00:00Z", "[\"cancelled\", \"complete\"]", NULL));
 }
 
 static void test_views(void) {

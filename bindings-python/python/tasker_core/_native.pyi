@@ -6,6 +6,7 @@ Python values: dict, list, str, int, float, bool and None.
 """
 
 from collections.abc import Iterable, Iterator, Mapping
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypedDict
 
 from typing_extensions import NotRequired, Self, TypeAlias
@@ -160,6 +161,7 @@ class TaskView(TypedDict):
     priority: int
     idempotency_key: str | None
     parent: ParentView | None
+    deadline_at: str | None
     progress: Progress
     steps: list[StepView]
     created_at: str
@@ -322,8 +324,12 @@ class Engine:
         version: str | None = None,
         idempotency_key: str | None = None,
         priority: int = 0,
+        run_at: datetime | str | None = None,
+        delay: timedelta | float | None = None,
     ) -> str:
-        """Starts a task of template ``namespace/name`` and returns its id.
+        """Nothing of the task runs before ``run_at`` (naive datetimes are UTC) or until
+        ``delay`` has passed (at most one of the two: InvalidArgumentError else).
+Starts a task of template ``namespace/name`` and returns its id.
 
         The newest version is used unless ``version`` is given. A second call with the same
         ``idempotency_key`` and context returns the first task's id; with another context (or
@@ -413,6 +419,11 @@ class Engine:
         """What work the store holds: ``ready`` (only steps of ``handlers`` when given),
         ``running``, ``waiting`` (for a retry) and ``next_due`` (RFC 3339 or None). Idle when
         the three counts are 0."""
+    def purge(self, finished_before: datetime | str,
+              statuses: list[TaskStatus] | None = None) -> int:
+        """Deletes the tasks that finished before ``finished_before`` in one of ``statuses``
+        (default: every finished state; an unfinished one is InvalidArgumentError), with their
+        steps and transitions; returns how many. Their idempotency keys may be used again."""
     def tend_children(self) -> int:
         """Makes good the child tasks' follow-ups a crash left undone (workers do it every few
         seconds): settles each step whose children all finished (or of which one failed) and

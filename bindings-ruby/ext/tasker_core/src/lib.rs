@@ -270,6 +270,36 @@ fn step_id(ruby: &Ruby, s: &str) -> Result<StepId, Error> {
         .map_err(|e: tasker_core::ids::InvalidId| invalid(ruby, e.to_string()))
 }
 
+/// An instant given to the engine: a `Time` (or anything with `iso8601`) or an RFC 3339
+/// String.
+fn to_time(ruby: &Ruby, value: Value, what: &str) -> Result<tasker_core::Timestamp, Error> {
+    let text: String = if value.respond_to("iso8601", false)? {
+        value.funcall("iso8601", (3,))?
+    } else {
+        String::try_convert(value)
+            .map_err(|_| invalid(ruby, format!("{what} must be a Time or an RFC 3339 String")))?
+    };
+    tasker_core::clock::parse_time(&text, what).map_err(|e| rb_err(ruby, e))
+}
+
+/// A task with nothing set but its start: `run_at:` (see [`to_time`]) or `delay:` seconds.
+fn start(
+    ruby: &Ruby,
+    run_at: Option<Option<Value>>,
+    delay: Option<Option<f64>>,
+) -> Result<NewTask, Error> {
+    let mut task = NewTask::new("", "");
+    task.run_at = run_at
+        .flatten()
+        .map(|t| to_time(ruby, t, "run_at"))
+        .transpose()?;
+    task.delay_ms = delay
+        .flatten()
+        .map(|d| tasker_core::host::seconds_ms(d, "delay").map_err(|e| rb_err(ruby, e)))
+        .transpose()?;
+    Ok(task)
+}
+
 fn seconds(ruby: &Ruby, value: f64, what: &str) -> Result<Duration, Error> {
     tasker_core::host::seconds(value, what).map_err(|e| rb_err(ruby, e))
 }
@@ -366,14 +396,12 @@ impl Engine {
                 Option<Option<String>>,
                 Option<Option<String>>,
                 Option<i32>,
+                Option<Option<Value>>,
+                Option<Option<f64>>,
             ),
             (),
-        >(
-            args.keywords,
-            &[],
-            &["context", "version", "idempotency_key", "priority"],
-        )?;
-        let (context, version, idempotency_key, priority) = kw.optional;
+        >(args.keywords, &[], &tasker_core::host::CREATE_TASK_OPTIONS)?;
+        let (context, version, idempotency_key, priority, run_at, delay) = kw.optional;
         let context = match context {
             Some(c) if !c.is_nil() => to_json(&ruby, c, "the context")?,
             _ => Json::Object(Default::default()),
@@ -386,8 +414,7 @@ impl Engine {
             idempotency_key: idempotency_key.flatten(),
             priority: priority.unwrap_or(0),
             parent: None,
-                run_at: None,
-                delay_ms: None,
+            ..start(&ruby, run_at, delay)?
         };
         let id = self.call(&ruby, move |e| async move { e.create_task(task).await })?;
         Ok(id.to_string())
@@ -416,15 +443,17 @@ impl Engine {
                     Option<Option<String>>,
                     Option<Option<String>>,
                     Option<i32>,
+                    Option<Option<Value>>,
+                    Option<Option<f64>>,
                 ),
                 (),
             >(
                 hash,
                 &["namespace", "name"],
-                &["context", "version", "idempotency_key", "priority"],
+                &tasker_core::host::CREATE_TASK_OPTIONS,
             )?;
             let (namespace, name) = kw.required;
-            let (context, version, idempotency_key, priority) = kw.optional;
+            let (context, version, idempotency_key, priority, run_at, delay) = kw.optional;
             batch.push(NewTask {
                 namespace,
                 name,
@@ -436,8 +465,7 @@ impl Engine {
                 idempotency_key: idempotency_key.flatten(),
                 priority: priority.unwrap_or(0),
                 parent: None,
-                run_at: None,
-                delay_ms: None,
+                ..start(&ruby, run_at, delay)?
             });
         }
         let ids = self.call(&ruby, move |e| async move { e.create_tasks(batch).await })?;
@@ -628,6 +656,27 @@ impl Engine {
             move |e| async move { e.work_status_of(handlers).await },
         )?;
         to_ruby(&ruby, &status)
+    }
+
+    /// purge(finished_before, statuses = nil): the finished tasks deleted.
+    fn purge(&self, args: &[Value]) -> Result<u64, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(Value,), (Option<Option<Vec<String>>>,), (), (), (), ()>(args)?;
+        let before = to_time(&ruby, args.required.0, "finished_before")?;
+        let statuses = args
+            .optional
+            .0
+            .flatten()
+            .map(|list| {
+                list.iter()
+                    .map(|s| s.parse::<tasker_core::TaskState>())
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()
+            .map_err(|e| invalid(&ruby, e.to_string()))?;
+        self.call(&ruby, move |e| async move {
+            e.purge(before, statuses.as_deref()).await
+        })
     }
 
     fn tend_children(&self) -> Result<usize, Error> {
@@ -997,6 +1046,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     engine.define_method("work_status", method!(Engine::work_status, -1))?;
     engine.define_method("reclaim_expired", method!(Engine::reclaim_expired, 0))?;
     engine.define_method("tend_children", method!(Engine::tend_children, 0))?;
+    engine.define_method("purge", method!(Engine::purge, -1))?;
     engine.define_method("migrate", method!(Engine::migrate, 0))?;
     engine.define_method("close", method!(Engine::close, 0))?;
     engine.define_method("closed?", method!(Engine::is_closed, 0))?;
