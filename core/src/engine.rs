@@ -27,7 +27,9 @@ use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{GraphView, TaskFilter, TaskView, TransitionView};
 
 mod children;
+mod schedules;
 pub(crate) use children::TEND_EVERY;
+pub(crate) use schedules::SCHEDULE_EVERY;
 
 /// The URL an engine opens when none is given.
 pub const DEFAULT_URL: &str = "sqlite://tasker.db";
@@ -412,13 +414,20 @@ impl Engine {
     /// given, another version). The context is checked against [`crate::limits`] first.
     pub async fn create_task(&self, task: NewTask) -> Result<TaskId> {
         let task = self.started(task)?;
-        let graph = self.checked_new(&task).await?;
+        Self::refuse_engine_fields(&task)?;
+        Ok(self.create_checked(task).await?.0)
+    }
+
+    /// Creates `task` (checked against the limits and its template, not for what only the
+    /// engine may set): its id, and whether it is new (not an earlier task with its key).
+    async fn create_checked(&self, task: NewTask) -> Result<(TaskId, bool)> {
+        let graph = self.checked(&task).await?;
         let created = self.store()?.create_task(graph, &task, self.now()).await?;
         if !created.created {
             self.same_task(created.task_id, &task).await?;
         }
         self.publish(created.changes).await;
-        Ok(created.task_id)
+        Ok((created.task_id, created.created))
     }
 
     /// Starts many tasks at once; their ids, in order. Each is checked as [`Engine::create_task`]
@@ -430,7 +439,8 @@ impl Engine {
         let mut batch = Vec::with_capacity(tasks.len());
         for task in tasks {
             let task = self.started(task)?;
-            batch.push((self.checked_new(&task).await?, task));
+            Self::refuse_engine_fields(&task)?;
+            batch.push((self.checked(&task).await?, task));
         }
         let created = self.store()?.create_tasks(&batch, self.now()).await?;
         let mut ids = Vec::with_capacity(created.len());
@@ -464,26 +474,27 @@ impl Engine {
         Ok(task)
     }
 
-    /// `task` within the limits ([`crate::limits`]), and its template's graph; a task that
-    /// names a parent is refused (only the engine starts child tasks).
-    async fn checked_new(&self, task: &NewTask) -> Result<Arc<TaskGraph>> {
+    /// [`Error::InvalidArgument`] when a caller's `task` sets what only the engine sets: a
+    /// parent, an idempotency key of the engine's own (child or scheduled tasks).
+    fn refuse_engine_fields(task: &NewTask) -> Result<()> {
         if task.parent.is_some() {
             return Err(Error::InvalidArgument(
                 "a task's parent is set by the engine only: return Children from a handler"
                     .to_owned(),
             ));
         }
-        if let Some(key) = task
-            .idempotency_key
-            .as_deref()
-            .filter(|k| k.starts_with(children::CHILD_KEY_PREFIX))
-        {
-            return Err(Error::InvalidArgument(format!(
-                "the idempotency key {key:?} starts with {:?}, which the engine keeps for child tasks",
-                children::CHILD_KEY_PREFIX
-            )));
+        let kept = [
+            (children::CHILD_KEY_PREFIX, "child tasks"),
+            (crate::schedule::SCHEDULE_KEY_PREFIX, "scheduled tasks"),
+        ];
+        if let Some(key) = task.idempotency_key.as_deref() {
+            if let Some((prefix, whose)) = kept.iter().find(|(p, _)| key.starts_with(p)) {
+                return Err(Error::InvalidArgument(format!(
+                    "the idempotency key {key:?} starts with {prefix:?}, which the engine keeps for {whose}"
+                )));
+            }
         }
-        self.checked(task).await
+        Ok(())
     }
 
     /// `task` within the limits ([`crate::limits`]), and its template's graph.

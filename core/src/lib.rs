@@ -52,6 +52,7 @@ pub mod ids;
 pub mod limits;
 pub mod readiness;
 pub mod retry;
+pub mod schedule;
 pub mod state;
 pub mod store;
 pub mod template;

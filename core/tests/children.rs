@@ -442,6 +442,35 @@ impl Store for Crashing {
     ) -> Result<Vec<(TaskId, ParentLink)>> {
         self.inner.open_children(after, limit).await
     }
+    async fn save_schedule(
+        &self,
+        spec: &tasker_core::schedule::ScheduleSpec,
+        next_at: Option<tasker_core::Timestamp>,
+        now: tasker_core::Timestamp,
+    ) -> Result<()> {
+        self.inner.save_schedule(spec, next_at, now).await
+    }
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        self.inner.delete_schedule(name).await
+    }
+    async fn schedules(
+        &self,
+        due_by: Option<tasker_core::Timestamp>,
+    ) -> Result<Vec<tasker_core::schedule::ScheduleView>> {
+        self.inner.schedules(due_by).await
+    }
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: tasker_core::Timestamp,
+        to: Option<tasker_core::Timestamp>,
+        last_task: Option<TaskId>,
+        now: tasker_core::Timestamp,
+    ) -> Result<bool> {
+        self.inner
+            .advance_schedule(name, from, to, last_task, now)
+            .await
+    }
     async fn step_id(&self, task: TaskId, name: &str) -> Result<StepId> {
         self.inner.step_id(task, name).await
     }

@@ -43,6 +43,7 @@ struct Inner {
     tasks: HashMap<TaskId, MemTask>,
     idempotency: HashMap<(String, String, String), TaskId>,
     queues: Queues,
+    schedules: BTreeMap<String, crate::schedule::ScheduleView>,
 }
 
 /// Where steps wait: ready ones per handler, waiting ones by time, running ones by lease expiry.
@@ -447,6 +448,65 @@ impl Store for MemoryStore {
         let gone: std::collections::HashSet<TaskId> = doomed.iter().copied().collect();
         inner.idempotency.retain(|_, id| !gone.contains(id));
         Ok(doomed.len() as u64)
+    }
+
+    async fn save_schedule(
+        &self,
+        spec: &crate::schedule::ScheduleSpec,
+        next_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let mut inner = self.inner.lock();
+        let created_at = inner
+            .schedules
+            .get(&spec.name)
+            .map_or(now, |s| s.created_at);
+        let view = crate::schedule::ScheduleView {
+            spec: spec.clone(),
+            next_at,
+            last_task: None,
+            created_at,
+        };
+        inner.schedules.insert(spec.name.clone(), view);
+        Ok(())
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        Ok(self.inner.lock().schedules.remove(name).is_some())
+    }
+
+    async fn schedules(
+        &self,
+        due_by: Option<Timestamp>,
+    ) -> Result<Vec<crate::schedule::ScheduleView>> {
+        let inner = self.inner.lock();
+        Ok(inner
+            .schedules
+            .values()
+            .filter(|s| due_by.is_none_or(|by| s.next_at.is_some_and(|at| at <= by)))
+            .cloned()
+            .collect())
+    }
+
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: Timestamp,
+        to: Option<Timestamp>,
+        last_task: Option<TaskId>,
+        _now: Timestamp,
+    ) -> Result<bool> {
+        let mut inner = self.inner.lock();
+        match inner.schedules.get_mut(name) {
+            Some(s) if s.next_at == Some(from) => {
+                s.next_at = to;
+                if last_task.is_some() {
+                    s.last_task = last_task;
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>> {

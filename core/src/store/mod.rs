@@ -755,6 +755,35 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// `finished_before`, with their steps and transitions; how many.
     async fn purge(&self, finished_before: Timestamp, statuses: &[TaskState]) -> Result<u64>;
 
+    /// Registers schedule `spec` (replacing one of its name) with its next tick.
+    async fn save_schedule(
+        &self,
+        spec: &crate::schedule::ScheduleSpec,
+        next_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<()>;
+
+    /// Removes schedule `name`; whether there was one.
+    async fn delete_schedule(&self, name: &str) -> Result<bool>;
+
+    /// The schedules whose next tick is at or before `due_by` (`None`: all), by name.
+    async fn schedules(
+        &self,
+        due_by: Option<Timestamp>,
+    ) -> Result<Vec<crate::schedule::ScheduleView>>;
+
+    /// Moves schedule `name` from tick `from` on to `to`, recording `last_task` (unless
+    /// `None`) — only if its next tick is still `from`, as no other engine moved it first;
+    /// whether it did.
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: Timestamp,
+        to: Option<Timestamp>,
+        last_task: Option<TaskId>,
+        now: Timestamp,
+    ) -> Result<bool>;
+
     /// The state of each of the tasks `ids` that exists, in id order.
     async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>>;
 

@@ -593,6 +593,8 @@ async fn drive(shared: Arc<Shared>) {
     let mut retry_reports_at: Option<Instant> = None;
     let mut tend_at = Instant::now();
     let tending = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut fire_at = Instant::now();
+    let firing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     loop {
         let woken = shared.driver.notified();
         tokio::pin!(woken);
@@ -710,6 +712,20 @@ async fn drive(shared: Arc<Shared>) {
         }
 
         // 5. Child tasks' follow-ups a crash left undone, every few seconds; idle?
+        // Schedules' ticks, every second, on a task of its own.
+        if phase == Phase::Running
+            && fire_at <= Instant::now()
+            && !firing.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            fire_at = later(Instant::now(), crate::engine::SCHEDULE_EVERY);
+            let (engine, firing) = (engine.clone(), firing.clone());
+            tokio::spawn(async move {
+                if let Err(e) = engine.fire_schedules().await {
+                    tracing::debug!(error = %e, "firing schedules failed; trying again later");
+                }
+                firing.store(false, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
         // On a task of its own: the driver goes on renewing leases meanwhile.
         if phase == Phase::Running
             && tend_at <= Instant::now()

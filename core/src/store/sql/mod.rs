@@ -101,6 +101,10 @@ mod shared {
     pub const TRANSITIONS: &str = include_str!("shared/transitions.sql");
     pub const WAITING_FOR_CHILDREN: &str = include_str!("shared/waiting_for_children.sql");
     pub const OPEN_CHILDREN: &str = include_str!("shared/open_children.sql");
+    pub const SCHEDULE_UPSERT: &str = include_str!("shared/schedule_upsert.sql");
+    pub const SCHEDULE_DELETE: &str = include_str!("shared/schedule_delete.sql");
+    pub const SCHEDULES: &str = include_str!("shared/schedules.sql");
+    pub const SCHEDULE_ADVANCE: &str = include_str!("shared/schedule_advance.sql");
 }
 
 /// A connection of backend `B`'s driver.
@@ -260,6 +264,31 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// Each of the tasks `ids` that exists, with its state, in id order.
     async fn task_states(c: &mut Conn<Self>, ids: &[String])
         -> sqlx::Result<Vec<(String, String)>>;
+    /// Registers a schedule: name, spec (JSON), next tick, now.
+    async fn schedule_upsert(
+        c: &mut Conn<Self>,
+        name: &str,
+        spec: &str,
+        next_at: Option<i64>,
+        now: i64,
+    ) -> sqlx::Result<()>;
+    /// Removes a schedule; rows affected.
+    async fn schedule_delete(c: &mut Conn<Self>, name: &str) -> sqlx::Result<u64>;
+    /// The schedules due by `due_by` (all when `None`): spec, next tick, last task, created.
+    #[allow(clippy::type_complexity)]
+    async fn schedules(
+        c: &mut Conn<Self>,
+        due_by: Option<i64>,
+    ) -> sqlx::Result<Vec<(String, Option<i64>, Option<String>, i64)>>;
+    /// Moves a schedule on from one tick to the next; rows affected.
+    async fn schedule_advance(
+        c: &mut Conn<Self>,
+        name: &str,
+        from: i64,
+        to: Option<i64>,
+        last_task: Option<&str>,
+        now: i64,
+    ) -> sqlx::Result<u64>;
     /// Whether task `id` exists.
     async fn task_exists(c: &mut Conn<Self>, id: &str) -> sqlx::Result<bool>;
     /// Task `id`'s transitions in order.
@@ -376,6 +405,63 @@ macro_rules! impl_backend {
                 .bind(limit)
                 .fetch_all(c)
                 .await
+        }
+
+        async fn schedule_upsert(
+            c: &mut <$db as sqlx::Database>::Connection,
+            name: &str,
+            spec: &str,
+            next_at: Option<i64>,
+            now: i64,
+        ) -> sqlx::Result<()> {
+            sqlx::query($crate::store::sql::shared::SCHEDULE_UPSERT)
+                .bind(name)
+                .bind(spec)
+                .bind(next_at)
+                .bind(now)
+                .execute(c)
+                .await?;
+            Ok(())
+        }
+
+        async fn schedule_delete(
+            c: &mut <$db as sqlx::Database>::Connection,
+            name: &str,
+        ) -> sqlx::Result<u64> {
+            Ok(sqlx::query($crate::store::sql::shared::SCHEDULE_DELETE)
+                .bind(name)
+                .execute(c)
+                .await?
+                .rows_affected())
+        }
+
+        async fn schedules(
+            c: &mut <$db as sqlx::Database>::Connection,
+            due_by: Option<i64>,
+        ) -> sqlx::Result<Vec<(String, Option<i64>, Option<String>, i64)>> {
+            sqlx::query_as($crate::store::sql::shared::SCHEDULES)
+                .bind(due_by)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn schedule_advance(
+            c: &mut <$db as sqlx::Database>::Connection,
+            name: &str,
+            from: i64,
+            to: Option<i64>,
+            last_task: Option<&str>,
+            now: i64,
+        ) -> sqlx::Result<u64> {
+            Ok(sqlx::query($crate::store::sql::shared::SCHEDULE_ADVANCE)
+                .bind(name)
+                .bind(from)
+                .bind(to)
+                .bind(last_task)
+                .bind(now)
+                .execute(c)
+                .await?
+                .rows_affected())
         }
 
         async fn task_exists(
@@ -2060,6 +2146,70 @@ impl<B: Backend> Store for SqlStore<B> {
                 return Ok(total);
             }
         }
+    }
+
+    async fn save_schedule(
+        &self,
+        spec: &crate::schedule::ScheduleSpec,
+        next_at: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<()> {
+        let text = serde_json::to_string(spec)
+            .map_err(|e| Error::store(StoreErrorKind::Other, e.to_string()))?;
+        let mut tx = self.begin().await?;
+        let saved = match tx.conn().await {
+            Ok(c) => B::schedule_upsert(c, &spec.name, &text, next_at.map(ms), ms(now))
+                .await
+                .map_err(db),
+            Err(e) => Err(e),
+        };
+        self.finish(tx, saved).await
+    }
+
+    async fn delete_schedule(&self, name: &str) -> Result<bool> {
+        let mut tx = self.begin().await?;
+        let deleted = match tx.conn().await {
+            Ok(c) => B::schedule_delete(c, name).await.map_err(db),
+            Err(e) => Err(e),
+        };
+        Ok(self.finish(tx, deleted).await? > 0)
+    }
+
+    async fn schedules(
+        &self,
+        due_by: Option<Timestamp>,
+    ) -> Result<Vec<crate::schedule::ScheduleView>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let rows = B::schedules(&mut conn, due_by.map(ms)).await.map_err(db)?;
+        rows.into_iter()
+            .map(|(spec, next_at, last_task, created_at)| {
+                Ok(crate::schedule::ScheduleView {
+                    spec: serde_json::from_str(&spec).map_err(corrupt)?,
+                    next_at: time(next_at),
+                    last_task: last_task.map(|t| t.parse()).transpose()?,
+                    created_at: time(Some(created_at)).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    async fn advance_schedule(
+        &self,
+        name: &str,
+        from: Timestamp,
+        to: Option<Timestamp>,
+        last_task: Option<TaskId>,
+        now: Timestamp,
+    ) -> Result<bool> {
+        let last = last_task.map(|t| t.to_string());
+        let mut tx = self.begin().await?;
+        let moved = match tx.conn().await {
+            Ok(c) => B::schedule_advance(c, name, ms(from), to.map(ms), last.as_deref(), ms(now))
+                .await
+                .map_err(db),
+            Err(e) => Err(e),
+        };
+        Ok(self.finish(tx, moved).await? > 0)
     }
 
     async fn task_states(&self, ids: &[TaskId]) -> Result<Vec<(TaskId, TaskState)>> {

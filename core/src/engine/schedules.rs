@@ -1,0 +1,115 @@
+//! Durable cron schedules: registered in the store, fired by whichever engine looks first (every
+//! worker looks every second); each tick makes one task, keyed by the tick, so that engines
+//! firing the same tick make one task between them, and moving a schedule on to its next tick
+//! only succeeds for the engine whose view of it was current.
+
+use std::time::Duration;
+
+use super::Engine;
+use crate::error::Result;
+use crate::schedule::{tick_key, Overlap, ScheduleSpec, ScheduleView};
+use crate::store::NewTask;
+
+/// How often a worker fires the schedules that fell due.
+pub(crate) const SCHEDULE_EVERY: Duration = Duration::from_secs(1);
+
+impl Engine {
+    /// Registers (or replaces) a durable cron schedule: each tick of `spec.cron` in
+    /// `spec.timezone` creates one task of `spec.namespace/spec.template` with `spec.context`,
+    /// however many engines share the store, its idempotency key `schedule:<name>:<tick>`.
+    /// [`crate::Error::InvalidArgument`] for a bad name, cron expression, time zone or
+    /// context; the template must exist (and the context satisfy its `input_schema`). The
+    /// first tick is the first after now.
+    pub async fn schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView> {
+        let ticks = spec.ticks()?;
+        let probe = NewTask {
+            version: spec.version.clone(),
+            context: spec.context.clone(),
+            ..NewTask::new(spec.namespace.clone(), spec.template.clone())
+        };
+        self.checked(&probe).await?;
+        let now = self.now();
+        let next_at = ticks.next_after(now);
+        self.store()?.save_schedule(&spec, next_at, now).await?;
+        Ok(ScheduleView {
+            spec,
+            next_at,
+            last_task: None,
+            created_at: now,
+        })
+    }
+
+    /// Removes schedule `name`; whether there was one. Tasks it made are left alone.
+    pub async fn unschedule(&self, name: &str) -> Result<bool> {
+        self.store()?.delete_schedule(name).await
+    }
+
+    /// Every schedule, by name.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleView>> {
+        self.store()?.schedules(None).await
+    }
+
+    /// Fires the ticks that fell due (each schedule's, up to
+    /// [`crate::schedule::MAX_CATCH_UP`] of them when its engines were down): one task per
+    /// tick, unless the schedule's `overlap` is `skip` and the task of its last tick has not
+    /// finished; returns how many tasks this call created. Workers call it every second.
+    pub async fn fire_schedules(&self) -> Result<usize> {
+        let store = self.store()?;
+        let now = self.now();
+        let mut made = 0;
+        for schedule in store.schedules(Some(now)).await? {
+            let name = &schedule.spec.name;
+            let Some(first) = schedule.next_at else {
+                continue;
+            };
+            let ticks = match schedule.spec.ticks() {
+                Ok(ticks) => ticks,
+                Err(e) => {
+                    tracing::warn!(schedule = %name, error = %e, "a schedule cannot be read");
+                    continue;
+                }
+            };
+            let (due, next) = ticks.due(first, now);
+            let mut last = schedule.last_task;
+            let mut made_last = None;
+            for tick in due {
+                if schedule.spec.overlap == Overlap::Skip {
+                    if let Some(previous) = last {
+                        let running = store
+                            .task_states(&[previous])
+                            .await?
+                            .first()
+                            .is_some_and(|(_, s)| !s.is_finished());
+                        if running {
+                            tracing::info!(schedule = %name, %tick, "tick skipped: the last one's task still runs");
+                            continue;
+                        }
+                    }
+                }
+                let task = NewTask {
+                    version: schedule.spec.version.clone(),
+                    context: schedule.spec.context.clone(),
+                    idempotency_key: Some(tick_key(name, tick)),
+                    ..NewTask::new(
+                        schedule.spec.namespace.clone(),
+                        schedule.spec.template.clone(),
+                    )
+                };
+                match self.create_checked(task).await {
+                    Ok((id, created)) => {
+                        last = Some(id);
+                        made_last = Some(id);
+                        made += usize::from(created);
+                    }
+                    Err(e) => {
+                        tracing::warn!(schedule = %name, %tick, error = %e, "a scheduled task could not be created");
+                    }
+                }
+            }
+            store
+                .advance_schedule(name, first, next, made_last, now)
+                .await?;
+        }
+        Ok(made)
+    }
+}

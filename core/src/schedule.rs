@@ -1,0 +1,277 @@
+//! Durable cron schedules: what a schedule is, and when it ticks (pure; the engine fires the
+//! ticks that fell due, see [`crate::Engine::fire_schedules`]).
+//!
+//! A schedule's `cron` has 5 fields (minute, hour, day of month, month, day of week) or 6 with
+//! seconds first, read by the `croner` crate; its ticks are computed in its `timezone` (an IANA
+//! name such as `Europe/Paris`, by `chrono-tz`), so that `0 9 * * *` is 09:00 there across
+//! daylight-saving changes. Each tick creates one task, keyed `schedule:<name>:<tick>`, so that
+//! however many engines fire the same tick, one task is made.
+
+use std::str::FromStr;
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::Timestamp;
+use crate::error::{Error, Result};
+use crate::ids::TaskId;
+
+/// The prefix of the idempotency keys of scheduled tasks, which callers may not use.
+pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
+
+/// The most ticks one firing creates for a schedule that fell behind (its engines were down):
+/// older ones are skipped.
+pub const MAX_CATCH_UP: usize = 100;
+
+/// What a tick does while the task of the tick before is still running.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Overlap {
+    /// The tick makes no task.
+    #[default]
+    Skip,
+    /// The tick makes its task anyway.
+    Allow,
+}
+
+impl FromStr for Overlap {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "skip" => Ok(Overlap::Skip),
+            "allow" => Ok(Overlap::Allow),
+            other => Err(Error::InvalidArgument(format!(
+                "overlap must be \"skip\" or \"allow\", not {other:?}"
+            ))),
+        }
+    }
+}
+
+impl Overlap {
+    /// `skip` or `allow`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Overlap::Skip => "skip",
+            Overlap::Allow => "allow",
+        }
+    }
+}
+
+/// A schedule as registered with [`crate::Engine::schedule`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleSpec {
+    /// Its name, unique in the store.
+    pub name: String,
+    /// The cron expression.
+    pub cron: String,
+    /// The template's namespace.
+    pub namespace: String,
+    /// The template's name.
+    pub template: String,
+    /// The template version (`None`: the newest at each tick).
+    #[serde(default)]
+    pub version: Option<String>,
+    /// Each task's context.
+    pub context: Value,
+    /// The IANA time zone the cron expression is read in.
+    pub timezone: String,
+    /// What a tick does while the previous tick's task still runs.
+    pub overlap: Overlap,
+}
+
+impl ScheduleSpec {
+    /// A schedule of `template` in `namespace` on `cron`, in UTC, with an empty context and
+    /// overlapping ticks skipped.
+    pub fn new(
+        name: impl Into<String>,
+        cron: impl Into<String>,
+        namespace: impl Into<String>,
+        template: impl Into<String>,
+    ) -> Self {
+        ScheduleSpec {
+            name: name.into(),
+            cron: cron.into(),
+            namespace: namespace.into(),
+            template: template.into(),
+            version: None,
+            context: Value::Object(Default::default()),
+            timezone: "UTC".to_owned(),
+            overlap: Overlap::Skip,
+        }
+    }
+
+    /// Its ticks, or [`Error::InvalidArgument`] naming what is wrong (the name, the cron
+    /// expression, the time zone).
+    pub fn ticks(&self) -> Result<Ticks> {
+        if self.name.is_empty() || self.name.len() > 200 {
+            return Err(Error::InvalidArgument(
+                "a schedule's name must be 1 to 200 bytes long".to_owned(),
+            ));
+        }
+        let cron = croner::parser::CronParser::builder()
+            .seconds(croner::parser::Seconds::Optional)
+            .year(croner::parser::Year::Disallowed)
+            .build()
+            .parse(&self.cron)
+            .map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "schedule {:?}: the cron expression {:?} is not valid (5 fields, or 6 with \
+                     seconds first): {e}",
+                    self.name,
+                    crate::limits::message(self.cron.clone())
+                ))
+            })?;
+        let zone: chrono_tz::Tz = self.timezone.parse().map_err(|_| {
+            Error::InvalidArgument(format!(
+                "schedule {:?}: {:?} is not an IANA time zone (such as UTC or Europe/Paris)",
+                self.name,
+                crate::limits::message(self.timezone.clone())
+            ))
+        })?;
+        Ok(Ticks { cron, zone })
+    }
+}
+
+/// When a schedule ticks.
+#[derive(Debug, Clone)]
+pub struct Ticks {
+    cron: croner::Cron,
+    zone: chrono_tz::Tz,
+}
+
+impl Ticks {
+    /// The first tick after `at`, if there is one.
+    pub fn next_after(&self, at: Timestamp) -> Option<Timestamp> {
+        let local = at.with_timezone(&self.zone);
+        self.cron
+            .find_next_occurrence(&local, false)
+            .ok()
+            .map(|t| t.with_timezone(&Utc))
+    }
+
+    /// The ticks from `first` (itself a tick) up to `now`, at most [`MAX_CATCH_UP`] of them
+    /// (the latest ones), and the first tick after `now`.
+    pub fn due(&self, first: Timestamp, now: Timestamp) -> (Vec<Timestamp>, Option<Timestamp>) {
+        let mut due = Vec::new();
+        let mut at = Some(first);
+        while let Some(t) = at.filter(|&t| t <= now) {
+            if due.len() == MAX_CATCH_UP {
+                due.remove(0);
+            }
+            due.push(t);
+            at = self.next_after(t);
+        }
+        (due, at)
+    }
+}
+
+/// A schedule as a store keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScheduleView {
+    /// What was registered.
+    #[serde(flatten)]
+    pub spec: ScheduleSpec,
+    /// Its next tick (`None`: its cron expression never matches again).
+    pub next_at: Option<Timestamp>,
+    /// The task its last tick made.
+    pub last_task: Option<TaskId>,
+    /// When it was registered.
+    pub created_at: Timestamp,
+}
+
+/// The idempotency key of the task of tick `at` of schedule `name`.
+pub fn tick_key(name: &str, at: Timestamp) -> String {
+    format!(
+        "{SCHEDULE_KEY_PREFIX}{name}:{}",
+        at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::DateTime;
+    use proptest::prelude::*;
+
+    fn at_ms(ms: i64) -> Option<DateTime<Utc>> {
+        DateTime::from_timestamp_millis(ms)
+    }
+
+    fn t(s: &str) -> Timestamp {
+        DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn five_and_six_field_expressions_and_time_zones() {
+        let mut spec = ScheduleSpec::new("s", "0 9 * * *", "n", "t");
+        spec.timezone = "Europe/Paris".into();
+        let ticks = spec.ticks().unwrap();
+        // 09:00 in Paris is 08:00 UTC in winter, 07:00 in summer.
+        assert_eq!(
+            ticks.next_after(t("2026-12-02T00:00:00Z")),
+            Some(t("2026-12-02T08:00:00Z"))
+        );
+        assert_eq!(
+            ticks.next_after(t("2026-07-02T00:00:00Z")),
+            Some(t("2026-07-02T07:00:00Z"))
+        );
+        let every_ten_seconds = ScheduleSpec::new("s", "*/10 * * * * *", "n", "t")
+            .ticks()
+            .unwrap();
+        assert_eq!(
+            every_ten_seconds.next_after(t("2026-12-02T00:00:01Z")),
+            Some(t("2026-12-02T00:00:10Z"))
+        );
+    }
+
+    #[test]
+    fn bad_schedules_are_refused_naming_the_part() {
+        let bad = |cron: &str, tz: &str| {
+            let mut spec = ScheduleSpec::new("s", cron, "n", "t");
+            spec.timezone = tz.into();
+            spec.ticks().unwrap_err().to_string()
+        };
+        assert!(bad("61 * * * *", "UTC").contains("cron expression"));
+        assert!(bad("* * *", "UTC").contains("cron expression"));
+        assert!(bad("* * * * *", "Mars/Olympus").contains("time zone"));
+        assert!(ScheduleSpec::new("", "* * * * *", "n", "t")
+            .ticks()
+            .is_err());
+    }
+
+    #[test]
+    fn a_schedule_that_fell_behind_catches_up_on_its_latest_ticks() {
+        let ticks = ScheduleSpec::new("s", "* * * * *", "n", "t")
+            .ticks()
+            .unwrap();
+        let first = t("2026-12-02T00:00:00Z");
+        let (due, next) = ticks.due(first, t("2026-12-02T00:02:30Z"));
+        assert_eq!(
+            due,
+            [first, t("2026-12-02T00:01:00Z"), t("2026-12-02T00:02:00Z")]
+        );
+        assert_eq!(next, Some(t("2026-12-02T00:03:00Z")));
+        let (due, _) = ticks.due(first, t("2026-12-03T00:00:00Z"));
+        assert_eq!(due.len(), MAX_CATCH_UP);
+        assert_eq!(due.last(), Some(&t("2026-12-03T00:00:00Z")));
+    }
+
+    proptest! {
+        #[test]
+        fn ticks_increase_and_none_is_skipped(minute in 0u32..60, start in 0i64..10_000_000) {
+            let spec = ScheduleSpec::new("s", format!("{minute} * * * *"), "n", "t");
+            let ticks = spec.ticks().unwrap();
+            let at = at_ms(1_700_000_000_000 + start * 1000).unwrap();
+            let first = ticks.next_after(at).unwrap();
+            prop_assert!(first > at);
+            prop_assert!(first - at <= chrono::TimeDelta::hours(1));
+            let (due, next) = ticks.due(first, first + chrono::TimeDelta::hours(5));
+            prop_assert_eq!(due.len(), 6);
+            for pair in due.windows(2) {
+                prop_assert_eq!(pair[1] - pair[0], chrono::TimeDelta::hours(1));
+            }
+            prop_assert_eq!(next, Some(*due.last().unwrap() + chrono::TimeDelta::hours(1)));
+        }
+    }
+}
