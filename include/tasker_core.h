@@ -330,6 +330,48 @@ enum tc_status tc_purge(const struct tc_engine *engine,
                         uint64_t *out_count);
 
 /**
+ * Registers (or replaces) a durable cron schedule. `spec_json` is a JSON object: "name",
+ * "cron" (5 fields, or 6 with seconds first), "namespace", "template", and optionally
+ * "context" (default {}), "timezone" (an IANA name, default "UTC"), "overlap" ("skip", the
+ * default: a tick makes no task while the last one's still runs; or "allow") and "version".
+ * Each tick creates one task however many engines share the store. On success `*out_json` is
+ * the schedule with its "next_at", to free with tc_string_free. A bad cron expression or time
+ * zone is TC_ERR_INVALID_ARGUMENT, text that is not such an object TC_ERR_JSON.
+ *
+ * # Safety
+ * `engine` is a live handle; `spec_json` NUL-terminated; `out_json` valid for writes.
+ */
+enum tc_status tc_schedule_json(const struct tc_engine *engine,
+                                const char *spec_json,
+                                char **out_json);
+
+/**
+ * Removes schedule `name`; when `out_removed` is not NULL, `*out_removed` says whether there
+ * was one.
+ *
+ * # Safety
+ * `engine` is a live handle; `name` NUL-terminated; `out_removed` NULL or valid for writes.
+ */
+enum tc_status tc_unschedule(const struct tc_engine *engine, const char *name, bool *out_removed);
+
+/**
+ * Every schedule, by name, as a JSON array in `*out_json` (free with tc_string_free).
+ *
+ * # Safety
+ * `engine` is a live handle; `out_json` valid for writes.
+ */
+enum tc_status tc_schedules_json(const struct tc_engine *engine, char **out_json);
+
+/**
+ * Creates the tasks of the schedules' ticks that fell due (a worker does it every second);
+ * when `out_count` is not NULL, `*out_count` is how many.
+ *
+ * # Safety
+ * `engine` is a live handle; `out_count` NULL or valid for writes.
+ */
+enum tc_status tc_fire_schedules(const struct tc_engine *engine, size_t *out_count);
+
+/**
  * Makes good the child tasks' follow-ups a crash left undone (workers do it every few
  * seconds; a host with its own loop over tc_claim calls it now and then): settles the steps
  * whose children have all finished, cancels the children no step waits for any more. When

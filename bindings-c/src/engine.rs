@@ -497,6 +497,98 @@ pub unsafe extern "C" fn tc_purge(
     })
 }
 
+/// Registers (or replaces) a durable cron schedule. `spec_json` is a JSON object: "name",
+/// "cron" (5 fields, or 6 with seconds first), "namespace", "template", and optionally
+/// "context" (default {}), "timezone" (an IANA name, default "UTC"), "overlap" ("skip", the
+/// default: a tick makes no task while the last one's still runs; or "allow") and "version".
+/// Each tick creates one task however many engines share the store. On success `*out_json` is
+/// the schedule with its "next_at", to free with tc_string_free. A bad cron expression or time
+/// zone is TC_ERR_INVALID_ARGUMENT, text that is not such an object TC_ERR_JSON.
+///
+/// # Safety
+/// `engine` is a live handle; `spec_json` NUL-terminated; `out_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_schedule_json(
+    engine: *const tc_engine,
+    spec_json: *const c_char,
+    out_json: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_json, || {
+            let e = handle(engine, "engine")?;
+            let spec: tasker_core::schedule::ScheduleSpec =
+                serde_json::from_str(text(spec_json, "spec_json")?)
+                    .map_err(|err| Fail::new(TC_ERR_JSON, format!("spec_json: {err}")))?;
+            let view = e.run(e.engine()?.schedule(spec))?;
+            json_out(&view)
+        })
+    }
+}
+
+/// Removes schedule `name`; when `out_removed` is not NULL, `*out_removed` says whether there
+/// was one.
+///
+/// # Safety
+/// `engine` is a live handle; `name` NUL-terminated; `out_removed` NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_unschedule(
+    engine: *const tc_engine,
+    name: *const c_char,
+    out_removed: *mut bool,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (e, name) = unsafe { (handle(engine, "engine")?, text(name, "name")?) };
+        let removed = e.run(e.engine()?.unschedule(name))?;
+        if !out_removed.is_null() {
+            // SAFETY: non-NULL and valid for writes by contract.
+            unsafe { *out_removed = removed };
+        }
+        Ok(())
+    })
+}
+
+/// Every schedule, by name, as a JSON array in `*out_json` (free with tc_string_free).
+///
+/// # Safety
+/// `engine` is a live handle; `out_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_schedules_json(
+    engine: *const tc_engine,
+    out_json: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_json, || {
+            let e = handle(engine, "engine")?;
+            json_out(&e.run(e.engine()?.schedules())?)
+        })
+    }
+}
+
+/// Creates the tasks of the schedules' ticks that fell due (a worker does it every second);
+/// when `out_count` is not NULL, `*out_count` is how many.
+///
+/// # Safety
+/// `engine` is a live handle; `out_count` NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_fire_schedules(
+    engine: *const tc_engine,
+    out_count: *mut usize,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contract.
+        let e = unsafe { handle(engine, "engine")? };
+        let made = e.run(e.engine()?.fire_schedules())?;
+        if !out_count.is_null() {
+            // SAFETY: non-NULL and valid for writes by contract.
+            unsafe { *out_count = made };
+        }
+        Ok(())
+    })
+}
+
 /// Makes good the child tasks' follow-ups a crash left undone (workers do it every few
 /// seconds; a host with its own loop over tc_claim calls it now and then): settles the steps
 /// whose children have all finished, cancels the children no step waits for any more. When

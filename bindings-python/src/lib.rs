@@ -919,6 +919,60 @@ impl Engine {
         })
     }
 
+    /// Registers (or replaces) durable cron schedule ``name``: each tick of ``cron`` (5 fields,
+    /// or 6 with seconds first) in ``timezone`` creates one task of ``namespace/template`` with
+    /// ``context``, however many engines share the store; ``overlap="skip"`` skips a tick while
+    /// the last one's task still runs. Returns the schedule (with ``next_at``).
+    #[pyo3(signature = (name, cron, namespace, template, context = None, timezone = None, overlap = None, version = None))]
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of the Python API
+    fn schedule(
+        &self,
+        py: Python<'_>,
+        name: String,
+        cron: String,
+        namespace: String,
+        template: String,
+        context: Option<&Bound<'_, PyAny>>,
+        timezone: Option<String>,
+        overlap: Option<String>,
+        version: Option<String>,
+    ) -> PyResult<Py<PyAny>> {
+        let context = context
+            .filter(|c| !c.is_none())
+            .map(|c| to_json(c, "the context"))
+            .transpose()?;
+        let spec = tasker_core::schedule::ScheduleSpec::from_args(
+            name,
+            cron,
+            namespace,
+            template,
+            context,
+            timezone,
+            overlap.as_deref(),
+            version,
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        let view = self.call(py, move |e| async move { e.schedule(spec).await })?;
+        to_py(py, &view)
+    }
+
+    /// Removes schedule ``name``; whether there was one.
+    fn unschedule(&self, py: Python<'_>, name: String) -> PyResult<bool> {
+        self.call(py, move |e| async move { e.unschedule(&name).await })
+    }
+
+    /// Every schedule, by name.
+    fn schedules(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let list = self.call(py, |e| async move { e.schedules().await })?;
+        to_py(py, &list)
+    }
+
+    /// Creates the tasks of the schedules' ticks that fell due (workers do it every second);
+    /// returns how many.
+    fn fire_schedules(&self, py: Python<'_>) -> PyResult<usize> {
+        self.call(py, |e| async move { e.fire_schedules().await })
+    }
+
     /// Makes good the child tasks' follow-ups a crash left undone (workers do it every few
     /// seconds): settles the steps whose children all finished, cancels the children no step
     /// waits for any more. Returns how many tasks it changed.

@@ -72,15 +72,48 @@ pub struct ScheduleSpec {
     /// The template version (`None`: the newest at each tick).
     #[serde(default)]
     pub version: Option<String>,
-    /// Each task's context.
+    /// Each task's context (`{}` when left out).
+    #[serde(default = "empty_object")]
     pub context: Value,
-    /// The IANA time zone the cron expression is read in.
+    /// The IANA time zone the cron expression is read in (`UTC` when left out).
+    #[serde(default = "utc")]
     pub timezone: String,
-    /// What a tick does while the previous tick's task still runs.
+    /// What a tick does while the previous tick's task still runs (`skip` when left out).
+    #[serde(default)]
     pub overlap: Overlap,
 }
 
+fn empty_object() -> Value {
+    Value::Object(Default::default())
+}
+
+fn utc() -> String {
+    "UTC".to_owned()
+}
+
 impl ScheduleSpec {
+    /// The schedule the bindings' `schedule(name, cron, namespace, template, context=None,
+    /// timezone="UTC", overlap="skip", version=None)` describes.
+    #[allow(clippy::too_many_arguments)] // the keyword arguments of the bindings
+    pub fn from_args(
+        name: String,
+        cron: String,
+        namespace: String,
+        template: String,
+        context: Option<Value>,
+        timezone: Option<String>,
+        overlap: Option<&str>,
+        version: Option<String>,
+    ) -> Result<Self> {
+        Ok(ScheduleSpec {
+            context: context.unwrap_or_else(empty_object),
+            timezone: timezone.unwrap_or_else(utc),
+            overlap: overlap.map(str::parse).transpose()?.unwrap_or_default(),
+            version,
+            ..ScheduleSpec::new(name, cron, namespace, template)
+        })
+    }
+
     /// A schedule of `template` in `namespace` on `cron`, in UTC, with an empty context and
     /// overlapping ticks skipped.
     pub fn new(
@@ -95,8 +128,8 @@ impl ScheduleSpec {
             namespace: namespace.into(),
             template: template.into(),
             version: None,
-            context: Value::Object(Default::default()),
-            timezone: "UTC".to_owned(),
+            context: empty_object(),
+            timezone: utc(),
             overlap: Overlap::Skip,
         }
     }

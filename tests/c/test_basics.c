@@ -307,6 +307,34 @@ static void test_create_task(tc_engine *e) {
     ASSERT(tc_purge(e, "2999-01-01T00:00:00Z", "[\"pending\"]", NULL) == TC_ERR_INVALID_ARGUMENT);
     ASSERT(tc_purge(e, "2999-01-01T00:00:00Z", "[\"nope\"]", NULL) == TC_ERR_JSON);
     ASSERT_OK(tc_purge(e, "2999-01-01T00:00:00Z", "[\"cancelled\", \"complete\"]", NULL));
+
+    /* A durable schedule: registered, listed, fired (nothing due yet), removed. */
+    char *sched = NULL;
+    ASSERT_OK(tc_schedule_json(e,
+                               "{\"name\": \"nightly\", \"cron\": \"0 3 * * *\", "
+                               "\"namespace\": \"c_basics\", \"template\": \"order\", "
+                               "\"timezone\": \"Europe/Paris\"}",
+                               &sched));
+    ASSERT_SHOW(tj_is(tj_get(sched, "name"), "nightly"), sched);
+    ASSERT_SHOW(tj_is(tj_get(sched, "overlap"), "skip"), sched);
+    tc_string_free(sched);
+    ASSERT_FAILS_OUT(TC_ERR_INVALID_ARGUMENT, out,
+                     tc_schedule_json(e,
+                                      "{\"name\": \"bad\", \"cron\": \"61 * * * *\", "
+                                      "\"namespace\": \"c_basics\", \"template\": \"order\"}",
+                                      &out));
+    ASSERT_FAILS_OUT(TC_ERR_JSON, out, tc_schedule_json(e, "{\"name\": 1}", &out));
+    ASSERT_OK(tc_schedules_json(e, &sched));
+    ASSERT_SHOW(tj_len(sched) == 1, sched);
+    tc_string_free(sched);
+    size_t fired = 99;
+    ASSERT_OK(tc_fire_schedules(e, &fired));
+    ASSERT(fired == 0);
+    bool removed = false;
+    ASSERT_OK(tc_unschedule(e, "nightly", &removed));
+    ASSERT(removed);
+    ASSERT_OK(tc_unschedule(e, "nightly", &removed));
+    ASSERT(!removed);
 }
 
 static void test_views(void) {

@@ -419,6 +419,23 @@ Starts a task of template ``namespace/name`` and returns its id.
         """What work the store holds: ``ready`` (only steps of ``handlers`` when given),
         ``running``, ``waiting`` (for a retry) and ``next_due`` (RFC 3339 or None). Idle when
         the three counts are 0."""
+    def schedule(self, name: str, cron: str, namespace: str, template: str,
+                 context: JSON = None, timezone: str | None = None,
+                 overlap: Literal["skip", "allow"] | None = None,
+                 version: str | None = None) -> dict[str, Any]:
+        """Registers (or replaces) a durable cron schedule: each tick of ``cron`` (5 fields, or
+        6 with seconds first) in ``timezone`` (IANA, default UTC) creates one task of
+        ``namespace/template`` with ``context``, however many engines share the store (key
+        ``schedule:<name>:<tick>``). ``overlap="skip"`` (default) skips a tick while the last
+        one's task runs. Returns the schedule: its fields with ``next_at``, ``last_task``,
+        ``created_at``. InvalidArgumentError for a bad cron, zone or overlap."""
+    def unschedule(self, name: str) -> bool:
+        """Removes a schedule; whether there was one."""
+    def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule, by name."""
+    def fire_schedules(self) -> int:
+        """Creates the tasks of the ticks that fell due (workers do it every second); how
+        many."""
     def purge(self, finished_before: datetime | str,
               statuses: list[TaskStatus] | None = None) -> int:
         """Deletes the tasks that finished before ``finished_before`` in one of ``statuses``

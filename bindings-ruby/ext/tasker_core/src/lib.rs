@@ -679,6 +679,63 @@ impl Engine {
         })
     }
 
+    /// schedule(name, cron, namespace, template, context: nil, timezone: nil, overlap: nil,
+    /// version: nil): the schedule registered.
+    fn schedule(&self, args: &[Value]) -> Result<Value, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(String, String, String, String), (), (), (), RHash, ()>(args)?;
+        let (name, cron, namespace, template) = args.required;
+        let kw = get_kwargs::<
+            _,
+            (),
+            (
+                Option<Value>,
+                Option<Option<String>>,
+                Option<Option<String>>,
+                Option<Option<String>>,
+            ),
+            (),
+        >(
+            args.keywords,
+            &[],
+            &["context", "timezone", "overlap", "version"],
+        )?;
+        let (context, timezone, overlap, version) = kw.optional;
+        let context = context
+            .filter(|c| !c.is_nil())
+            .map(|c| to_json(&ruby, c, "the context"))
+            .transpose()?;
+        let spec = tasker_core::schedule::ScheduleSpec::from_args(
+            name,
+            cron,
+            namespace,
+            template,
+            context,
+            timezone.flatten(),
+            overlap.flatten().as_deref(),
+            version.flatten(),
+        )
+        .map_err(|e| rb_err(&ruby, e))?;
+        let view = self.call(&ruby, move |e| async move { e.schedule(spec).await })?;
+        to_ruby(&ruby, &view)
+    }
+
+    fn unschedule(&self, name: String) -> Result<bool, Error> {
+        let ruby = ruby();
+        self.call(&ruby, move |e| async move { e.unschedule(&name).await })
+    }
+
+    fn schedules(&self) -> Result<Value, Error> {
+        let ruby = ruby();
+        let list = self.call(&ruby, |e| async move { e.schedules().await })?;
+        to_ruby(&ruby, &list)
+    }
+
+    fn fire_schedules(&self) -> Result<usize, Error> {
+        let ruby = ruby();
+        self.call(&ruby, |e| async move { e.fire_schedules().await })
+    }
+
     fn tend_children(&self) -> Result<usize, Error> {
         let ruby = ruby();
         self.call(&ruby, |e| async move { e.tend_children().await })
@@ -1047,6 +1104,10 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     engine.define_method("reclaim_expired", method!(Engine::reclaim_expired, 0))?;
     engine.define_method("tend_children", method!(Engine::tend_children, 0))?;
     engine.define_method("purge", method!(Engine::purge, -1))?;
+    engine.define_method("schedule", method!(Engine::schedule, -1))?;
+    engine.define_method("unschedule", method!(Engine::unschedule, 1))?;
+    engine.define_method("schedules", method!(Engine::schedules, 0))?;
+    engine.define_method("fire_schedules", method!(Engine::fire_schedules, 0))?;
     engine.define_method("migrate", method!(Engine::migrate, 0))?;
     engine.define_method("close", method!(Engine::close, 0))?;
     engine.define_method("closed?", method!(Engine::is_closed, 0))?;
