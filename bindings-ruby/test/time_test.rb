@@ -1,6 +1,7 @@
 # frozen_string_literal: true
 
 require_relative "test_helper"
+require "time"
 
 # Time from Ruby: tasks that run later (run_at: / delay:), template deadlines, purge.
 module TimeBehaviour

@@ -9,7 +9,7 @@
 
 use std::str::FromStr;
 
-use chrono::Utc;
+use chrono::{SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
@@ -58,8 +58,10 @@ impl Overlap {
     }
 }
 
-/// A schedule as registered with [`crate::Engine::schedule`].
+/// A schedule as registered with [`crate::Engine::schedule`]; as JSON (what the C binding
+/// reads), its fields by name, `version`, `context`, `timezone` and `overlap` optional.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ScheduleSpec {
     /// Its name, unique in the store.
     pub name: String,
@@ -174,33 +176,62 @@ pub struct Ticks {
 }
 
 impl Ticks {
-    /// The first tick after `at`, if there is one.
+    /// The first tick after `at`, if there is one (always later than `at`, also where a
+    /// daylight-saving change repeats an hour).
     pub fn next_after(&self, at: Timestamp) -> Option<Timestamp> {
-        let local = at.with_timezone(&self.zone);
-        self.cron
-            .find_next_occurrence(&local, false)
-            .ok()
-            .map(|t| t.with_timezone(&Utc))
+        let mut from = at;
+        // A bounded number of tries: an hour repeated by a clock change is the only way back.
+        for _ in 0..4 {
+            let local = from.with_timezone(&self.zone);
+            let next = self
+                .cron
+                .find_next_occurrence(&local, false)
+                .ok()?
+                .with_timezone(&Utc)
+                .trunc_subsecs(0);
+            if next > at {
+                return Some(next);
+            }
+            from += chrono::TimeDelta::hours(1);
+        }
+        None
     }
 
     /// The ticks from `first` (itself a tick) up to `now`, at most [`MAX_CATCH_UP`] of them
-    /// (the latest ones), and the first tick after `now`.
+    /// (the latest ones), and the first tick after `now`. A schedule far behind is not walked
+    /// through: the oldest of the latest ticks is found stepping back from `now`.
     pub fn due(&self, first: Timestamp, now: Timestamp) -> (Vec<Timestamp>, Option<Timestamp>) {
-        let mut due = Vec::new();
-        let mut at = Some(first);
-        while let Some(t) = at.filter(|&t| t <= now) {
-            if due.len() == MAX_CATCH_UP {
-                due.remove(0);
+        let mut start = first;
+        let mut back = now;
+        for _ in 0..MAX_CATCH_UP {
+            let local = back.with_timezone(&self.zone);
+            // Whole seconds: croner keeps the fraction of the time it starts from.
+            let found = self.cron.find_previous_occurrence(&local, true).ok();
+            match found.map(|t| t.with_timezone(&Utc).trunc_subsecs(0)) {
+                Some(t) if t > first => {
+                    start = t;
+                    back = t - chrono::TimeDelta::seconds(1);
+                }
+                _ => {
+                    start = first;
+                    break;
+                }
             }
+        }
+        let mut due = Vec::new();
+        let mut at = Some(start);
+        while let Some(t) = at.filter(|&t| t <= now) {
             due.push(t);
             at = self.next_after(t);
         }
+        let older = due.len().saturating_sub(MAX_CATCH_UP);
+        due.drain(..older);
         (due, at)
     }
 }
 
 /// A schedule as a store keeps it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ScheduleView {
     /// What was registered.
     #[serde(flatten)]
@@ -225,6 +256,7 @@ pub fn tick_key(name: &str, at: Timestamp) -> String {
 mod tests {
     use super::*;
     use chrono::DateTime;
+
     use proptest::prelude::*;
 
     fn at_ms(ms: i64) -> Option<DateTime<Utc>> {
@@ -288,6 +320,24 @@ mod tests {
         let (due, _) = ticks.due(first, t("2026-12-03T00:00:00Z"));
         assert_eq!(due.len(), MAX_CATCH_UP);
         assert_eq!(due.last(), Some(&t("2026-12-03T00:00:00Z")));
+    }
+
+    #[test]
+    fn a_repeated_hour_never_takes_a_tick_back() {
+        // Europe/Paris falls back at 03:00 on 2026-10-25: 02:00–03:00 happens twice.
+        let mut spec = ScheduleSpec::new("s", "*/30 * * * *", "n", "t");
+        spec.timezone = "Europe/Paris".into();
+        let ticks = spec.ticks().unwrap();
+        let mut at = t("2026-10-24T22:00:00Z");
+        for _ in 0..12 {
+            let next = ticks.next_after(at).unwrap();
+            assert!(next > at, "{next} after {at}");
+            assert!(
+                next - at <= chrono::TimeDelta::hours(2),
+                "{next} after {at}"
+            );
+            at = next;
+        }
     }
 
     proptest! {

@@ -665,3 +665,21 @@ per_store! {
         assert_eq!(status(&engine, other).await, TaskState::Pending, "{store}: the other task is left alone");
     }
 }
+
+per_store! {
+    async fn purging_keeps_the_finished_children_of_a_parent_that_still_runs(store) {
+        let Some(engine) = family(store).await else { return };
+        let (parent, children) = started(&engine, json!({"n": 2})).await;
+        for name in ["double", "square", "label"] {
+            let steps = engine.claim(&only_handlers(&[name], 10)).await.unwrap();
+            for step in steps.iter().filter(|s| s.task_id() == children[0]) {
+                complete(&engine, step, json!(1)).await;
+            }
+        }
+        assert_eq!(status(&engine, children[0]).await, TaskState::Complete, "{store}");
+        let later = tasker_core::clock::add_ms(tasker_core::Clock::now(&ManualClock::new()), 3_600_000_000);
+        assert_eq!(engine.purge(later, None).await.unwrap(), 0, "{store}: its parent still reads it");
+        engine.cancel_task(parent).await.unwrap();
+        assert_eq!(engine.purge(later, None).await.unwrap(), 3, "{store}: the parent and both children");
+    }
+}

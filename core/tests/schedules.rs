@@ -143,3 +143,15 @@ async fn two_engines_fire_each_tick_once_and_a_restart_loses_no_tick() {
         assert_eq!(back.fire_schedules().await.unwrap(), 0, "{name}");
     }
 }
+
+per_store! {
+    async fn a_skipping_schedule_catches_up_with_its_latest_tick_only(store) {
+        let clock = clock();
+        let Some(engine) = engine_with(store, clock.clone(), &[job()]).await else { return };
+        engine.schedule(every_minute(Overlap::Skip)).await.unwrap();
+        clock.advance(Duration::from_secs(30 + 3 * 60));
+        assert_eq!(engine.fire_schedules().await.unwrap(), 1, "{store}");
+        let made = tasks(&engine).await;
+        assert_eq!(made[0].idempotency_key.as_deref(), Some("schedule:minutely:2026-12-02T00:04:00.000Z"), "{store}");
+    }
+}

@@ -167,3 +167,37 @@ per_store! {
         assert_ne!(again, done, "{store}: the key is free again");
     }
 }
+
+per_store! {
+    async fn a_report_after_the_deadline_is_refused_before_any_scan(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = timed(store, &clock).await else { return };
+        let task = create(&engine, NewTask::new("time", "bounded")).await;
+        let a = claim_one(&engine, "a").await;
+        clock.advance(Duration::from_secs(6));
+        let late = engine.complete(a.step_id, a.attempt, json!(1)).await;
+        assert!(matches!(late, Err(tasker_core::Error::ClaimLost { .. })), "{store}: {late:?}");
+        let beat = engine.heartbeat(a.step_id, a.attempt).await;
+        assert!(matches!(beat, Err(tasker_core::Error::ClaimLost { .. })), "{store}: {beat:?}");
+        engine.reclaim_expired().await.unwrap();
+        assert_eq!(status(&engine, task).await, TaskState::Error, "{store}");
+    }
+}
+
+per_store! {
+    async fn a_reopened_task_keeps_its_deadline(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = timed(store, &clock).await else { return };
+        let task = create(&engine, NewTask::new("time", "bounded")).await;
+        let a = claim_one(&engine, "a").await;
+        fail(&engine, &a, permanent("no")).await;
+        assert_eq!(status(&engine, task).await, TaskState::Error, "{store}");
+        engine.retry_task(task).await.unwrap();
+        assert_eq!(task_view(&engine, task).await.deadline_at, Some(at(&clock, 5000)), "{store}");
+        clock.advance(Duration::from_secs(5));
+        engine.reclaim_expired().await.unwrap();
+        let view = task_view(&engine, task).await;
+        assert_eq!(view.status, TaskState::Error, "{store}: the deadline stood");
+        assert_eq!(view.step("a").unwrap().status, StepState::Cancelled, "{store}");
+    }
+}

@@ -50,9 +50,11 @@ impl Engine {
     }
 
     /// Fires the ticks that fell due (each schedule's, up to
-    /// [`crate::schedule::MAX_CATCH_UP`] of them when its engines were down): one task per
-    /// tick, unless the schedule's `overlap` is `skip` and the task of its last tick has not
-    /// finished; returns how many tasks this call created. Workers call it every second.
+    /// [`crate::schedule::MAX_CATCH_UP`] of them when its engines were down, only the latest
+    /// under `overlap: skip`): one task per tick, unless the schedule's `overlap` is `skip` and
+    /// the task of its last tick has not finished; returns how many tasks this call created.
+    /// A tick whose task the store could not create is not passed (an `Err`: the next call
+    /// makes it). Workers call it every second.
     pub async fn fire_schedules(&self) -> Result<usize> {
         let store = self.store()?;
         let now = self.now();
@@ -69,7 +71,11 @@ impl Engine {
                     continue;
                 }
             };
-            let (due, next) = ticks.due(first, now);
+            let (mut due, next) = ticks.due(first, now);
+            if schedule.spec.overlap == Overlap::Skip {
+                // Catching up: one task, for the latest tick (the others would overlap it).
+                due.drain(..due.len().saturating_sub(1));
+            }
             let mut last = schedule.last_task;
             let mut made_last = None;
             for tick in due {
@@ -101,8 +107,12 @@ impl Engine {
                         made_last = Some(id);
                         made += usize::from(created);
                     }
+                    // Not moved on: the next firing makes it (its key makes it once).
+                    Err(e @ (crate::error::Error::Store(_) | crate::error::Error::Closed)) => {
+                        return Err(e)
+                    }
                     Err(e) => {
-                        tracing::warn!(schedule = %name, %tick, error = %e, "a scheduled task could not be created");
+                        tracing::warn!(schedule = %name, %tick, error = %e, "a scheduled task could not be created; the tick is skipped");
                     }
                 }
             }

@@ -407,13 +407,17 @@ impl Store for MemoryStore {
 
     async fn retry_task(&self, id: TaskId, now: Timestamp) -> Result<Changes> {
         let mut inner = self.inner.lock();
-        Ok(inner.with_task(id, |t, q, c| t.retry(now, q, c))?.1)
+        Ok(inner
+            .with_task(id, |t, q, c| t.retry(now, q, c).map(|()| t.rearm(q)))?
+            .1)
     }
 
     async fn resolve_step(&self, step: StepId, result: Value, now: Timestamp) -> Result<Changes> {
         let mut inner = self.inner.lock();
         Ok(inner
-            .with_task(step.task, |t, q, c| t.resolve(step, result, now, q, c))?
+            .with_task(step.task, |t, q, c| {
+                t.resolve(step, result, now, q, c).map(|()| t.rearm(q))
+            })?
             .1)
     }
 
@@ -434,12 +438,22 @@ impl Store for MemoryStore {
 
     async fn purge(&self, finished_before: Timestamp, statuses: &[TaskState]) -> Result<u64> {
         let mut inner = self.inner.lock();
+        // A child whose parent still runs is kept: its parent step still reads it.
+        let parent_runs = |r: &TaskRecord| {
+            r.parent.as_ref().is_some_and(|p| {
+                inner
+                    .tasks
+                    .get(&p.task_id)
+                    .is_some_and(|t| !t.record.status.is_finished())
+            })
+        };
         let doomed: Vec<TaskId> = inner
             .tasks
             .values()
             .map(|t| &t.record)
             .filter(|r| statuses.contains(&r.status) && r.status.is_finished())
             .filter(|r| r.completed_at.is_some_and(|at| at < finished_before))
+            .filter(|r| !parent_runs(r))
             .map(|r| r.id)
             .collect();
         for id in &doomed {
@@ -457,15 +471,13 @@ impl Store for MemoryStore {
         now: Timestamp,
     ) -> Result<()> {
         let mut inner = self.inner.lock();
-        let created_at = inner
-            .schedules
-            .get(&spec.name)
-            .map_or(now, |s| s.created_at);
+        let earlier = inner.schedules.get(&spec.name);
         let view = crate::schedule::ScheduleView {
             spec: spec.clone(),
             next_at,
-            last_task: None,
-            created_at,
+            // Kept, as the SQL stores keep it: overlap still sees the last tick's task.
+            last_task: earlier.and_then(|s| s.last_task),
+            created_at: earlier.map_or(now, |s| s.created_at),
         };
         inner.schedules.insert(spec.name.clone(), view);
         Ok(())

@@ -207,7 +207,9 @@ impl TaskRecord {
         let to = from.next(event)?;
         self.status = to;
         self.completed_at = to.is_finished().then_some(now);
-        if to.is_finished() {
+        // A failed task may be reopened (retry, resolve): its deadline stands, unless it is
+        // what failed it.
+        if to.is_finished() && (to != TaskState::Error || event == TaskEvent::DeadlineExceeded) {
             self.deadline_at = None;
         }
         if let Some(parent) = self.parent.as_ref().filter(|_| to.is_finished()) {
@@ -324,13 +326,15 @@ impl TaskRecord {
 
     /// The claim `(step, attempt)` is still held: the step runs that very attempt. The attempt
     /// number is the fence: a report from the only holder counts even after its lease ran out,
-    /// as long as nobody reclaimed the step meanwhile (a reclaim moves the step on).
-    fn check_claim(&self, step: StepId, attempt: u32) -> Result<u32> {
+    /// as long as nobody reclaimed the step meanwhile (a reclaim moves the step on), and the
+    /// task's deadline has not passed (whether or not a scan has failed it yet).
+    fn check_claim(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<u32> {
         let index = self.step_index(step)?;
         let i = index as usize;
         let held = self.states[i] == StepState::InProgress
             && self.steps[i].attempts == attempt
-            && self.steps[i].lease.is_some();
+            && self.steps[i].lease.is_some()
+            && self.deadline_at.is_none_or(|at| at > now);
         if held {
             Ok(index)
         } else {
@@ -458,7 +462,7 @@ impl TaskRecord {
         changes: &mut Changes,
     ) -> Result<()> {
         use super::Outcome as O;
-        let index = self.check_claim(step, attempt)?;
+        let index = self.check_claim(step, attempt, now)?;
         if let Some(message) = outcome.reported().and_then(|r| self.spec(index).refusal(r)) {
             return self.fail_for_good(step, attempt, message, now, schedule, changes);
         }
@@ -674,7 +678,7 @@ impl TaskRecord {
         schedule: &mut impl Schedule,
         changes: &mut Changes,
     ) -> Result<()> {
-        let index = self.check_claim(step, attempt)?;
+        let index = self.check_claim(step, attempt, now)?;
         self.release_lease(index, schedule);
         let message = failure.message.clone();
         self.record_failure(
@@ -697,7 +701,7 @@ impl TaskRecord {
         now: Timestamp,
         schedule: &mut impl Schedule,
     ) -> Result<Timestamp> {
-        let index = self.check_claim(step, attempt)?;
+        let index = self.check_claim(step, attempt, now)?;
         let expires = add_ms(now, self.spec(index).lease_ms);
         if let Some((_, exp)) = self.steps[index as usize].lease.as_mut() {
             schedule.lease_released(step, attempt, *exp);
@@ -717,7 +721,7 @@ impl TaskRecord {
         schedule: &mut impl Schedule,
         changes: &mut Changes,
     ) -> Result<()> {
-        let index = self.check_claim(step, attempt)?;
+        let index = self.check_claim(step, attempt, now)?;
         self.release_lease(index, schedule);
         let i = index as usize;
         self.steps[i].started_at = None;
@@ -786,7 +790,8 @@ impl TaskRecord {
         if due && self.is_delayed(index) {
             // Its task's start: it no longer waits for it.
             self.steps[i].next_attempt_at = None;
-            self.counters[i].unfinished_parents -= 1;
+            self.counters[i].unfinished_parents =
+                self.counters[i].unfinished_parents.saturating_sub(1);
             if self.is_claimable(index) {
                 self.queue_ready(&[index], schedule, changes);
             }
@@ -1182,6 +1187,13 @@ impl TaskRecord {
         (0..self.states.len() as u32)
             .map(|i| self.is_claimable(i))
             .collect()
+    }
+
+    /// Tells `schedule` the deadline of a task an operator reopened (it stands).
+    pub fn rearm(&self, schedule: &mut impl Schedule) {
+        if let Some(at) = self.deadline_at.filter(|_| !self.status.is_finished()) {
+            schedule.deadline_set(self.id, at);
+        }
     }
 
     /// Whether step `index` is a root of a task to run later, waiting for its start.

@@ -270,11 +270,11 @@ fn step_id(ruby: &Ruby, s: &str) -> Result<StepId, Error> {
         .map_err(|e: tasker_core::ids::InvalidId| invalid(ruby, e.to_string()))
 }
 
-/// An instant given to the engine: a `Time` (or anything with `iso8601`) or an RFC 3339
-/// String.
+/// An instant given to the engine: a `Time` or an RFC 3339 String.
 fn to_time(ruby: &Ruby, value: Value, what: &str) -> Result<tasker_core::Timestamp, Error> {
-    let text: String = if value.respond_to("iso8601", false)? {
-        value.funcall("iso8601", (3,))?
+    // strftime, not iso8601: Time#iso8601 is core only from Ruby 3.4 (before, `require "time"`).
+    let text: String = if value.is_kind_of(ruby.class_time()) {
+        value.funcall("strftime", ("%Y-%m-%dT%H:%M:%S.%N%:z",))?
     } else {
         String::try_convert(value)
             .map_err(|_| invalid(ruby, format!("{what} must be a Time or an RFC 3339 String")))?

@@ -21,6 +21,6 @@ SELECT * FROM (
 UNION ALL
 SELECT * FROM (
     SELECT 'deadline' AS due, task_id, 0 AS step_index, 0 AS attempts FROM tasker_tasks
-    WHERE deadline_at <= $1
+    WHERE deadline_at <= $1 AND status IN ('pending', 'in_progress', 'paused')
     ORDER BY deadline_at LIMIT 500
 ) AS deadlines
