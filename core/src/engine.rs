@@ -891,6 +891,7 @@ impl Engine {
         // the last report of a run finishes its task, and a worker waiting in
         // `run_until_idle` must see that nothing is left rather than sleep a poll interval.
         let wake = !changes.ready.is_empty()
+            || changes.freed
             || changes.transitions.iter().any(|t| {
                 matches!(
                     t.change,

@@ -47,6 +47,7 @@ pub mod clock;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod gate;
 pub mod host;
 pub mod ids;
 pub mod limits;

@@ -4,7 +4,7 @@
 //! Nothing survives the process; use it for tests, benchmarks and short-lived runs.
 
 use std::cmp::Ordering;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,6 +19,7 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
+use crate::gate::{Bucket, Room, Slot, Want};
 use crate::ids::{StepId, TaskId};
 use crate::state::{StepState, TaskState, Transition};
 use crate::template::{TaskGraph, TaskTemplate};
@@ -44,6 +45,67 @@ struct Inner {
     idempotency: HashMap<(String, String, String), TaskId>,
     queues: Queues,
     schedules: BTreeMap<String, crate::schedule::ScheduleView>,
+    /// The tasks with each concurrency key (finished ones dropped as the key is counted).
+    keyed: HashMap<Slot, Vec<TaskId>>,
+    /// Each rate key's bucket.
+    buckets: HashMap<Arc<str>, Bucket>,
+}
+
+impl Inner {
+    /// How many hold concurrency key `slot` now: its steps in progress (a step key), or its
+    /// tasks in progress or paused (a task key).
+    fn holders(&mut self, slot: &Slot) -> u32 {
+        let Some(ids) = self.keyed.get_mut(slot) else {
+            return 0;
+        };
+        let tasks = &self.tasks;
+        ids.retain(|id| {
+            tasks
+                .get(id)
+                .is_some_and(|t| !t.record.status.is_finished())
+        });
+        let mut n = 0;
+        for t in ids.iter().filter_map(|id| tasks.get(id)) {
+            let (r, Some(gates)) = (&t.record, &t.record.gates) else {
+                continue;
+            };
+            match slot {
+                Slot::Task(key) => {
+                    let holds = gates.task.as_ref().is_some_and(|(k, _)| k == key);
+                    if holds && matches!(r.status, TaskState::InProgress | TaskState::Paused) {
+                        n += 1;
+                    }
+                }
+                Slot::Step(key) => {
+                    n += (0..r.states.len() as u32)
+                        .filter(|&i| r.states[i as usize] == StepState::InProgress)
+                        .filter(|&i| {
+                            let step = gates.steps.get(r.template_step(i) as usize);
+                            step.and_then(|s| s.concurrency.as_ref())
+                                .is_some_and(|(k, _)| k == key)
+                        })
+                        .count() as u32;
+                }
+                Slot::Rate(_) => {}
+            }
+        }
+        n
+    }
+
+    /// `room` told what holds each slot of `wants` it was not told about yet.
+    fn count_into(&mut self, room: &mut Room, counted: &mut HashSet<Slot>, wants: &[Want]) {
+        for w in wants {
+            if counted.insert(w.slot.clone()) {
+                match &w.slot {
+                    Slot::Rate(key) => room.bucket(key.clone(), self.buckets.get(key).copied()),
+                    slot => {
+                        let n = self.holders(slot);
+                        room.count(slot.clone(), n);
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Where steps wait: ready ones per handler, waiting ones by time, running ones by lease expiry.
@@ -294,9 +356,21 @@ impl Store for MemoryStore {
             tasks,
             queues,
             idempotency,
+            keyed,
             ..
         } = &mut *inner;
         let record = TaskRecord::create(id, graph, new, now, queues, &mut changes);
+        if let Some(gates) = &record.gates {
+            let mut slots: Vec<Slot> = gates
+                .slots()
+                .filter(|s| !matches!(s, Slot::Rate(_)))
+                .collect();
+            slots.sort();
+            slots.dedup();
+            for slot in slots {
+                keyed.entry(slot).or_default().push(id);
+            }
+        }
         let transitions = changes.transitions.clone();
         tasks.insert(
             id,
@@ -326,21 +400,41 @@ impl Store for MemoryStore {
         // Reclaim first, so that a step whose lease ran out and whose backoff has already
         // elapsed (e.g. zero) is handed out by this very claim.
         inner.reclaim_and_promote(now, &mut changes);
-        let Inner { tasks, queues, .. } = &mut *inner;
+        let mut room = Room::new(now.timestamp_millis());
+        let mut counted = HashSet::new();
+        // Steps whose keys have no room: back in their queues once the claim is done.
+        let mut held_back: Vec<(Arc<str>, ReadyEntry)> = Vec::new();
         let mut claimed = Vec::with_capacity(request.limit.min(64));
         while claimed.len() < request.limit {
-            let Some(handler) = queues.best_queue(request.handlers.as_deref()) else {
+            let Some(handler) = inner.queues.best_queue(request.handlers.as_deref()) else {
                 break;
             };
-            let Some(entry) = queues.ready.get_mut(&handler).and_then(BinaryHeap::pop) else {
+            let Some(entry) = inner
+                .queues
+                .ready
+                .get_mut(&handler)
+                .and_then(BinaryHeap::pop)
+            else {
                 break;
             };
-            let Some(task) = tasks.get_mut(&entry.step.task) else {
+            let Some(task) = inner.tasks.get(&entry.step.task) else {
                 continue;
             };
             if !task.record.is_claimable(entry.step.index) {
                 continue; // stale: cancelled, paused, resolved or already claimed
             }
+            let wants = task.record.wants(entry.step.index);
+            if !wants.is_empty() {
+                inner.count_into(&mut room, &mut counted, &wants);
+                if !room.admit(&wants) {
+                    held_back.push((handler, entry));
+                    continue;
+                }
+            }
+            let Inner { tasks, queues, .. } = &mut *inner;
+            let Some(task) = tasks.get_mut(&entry.step.task) else {
+                continue;
+            };
             let mark = changes.transitions.len();
             let step = task.record.claim(
                 entry.step.index,
@@ -352,6 +446,12 @@ impl Store for MemoryStore {
             task.transitions
                 .extend(changes.transitions[mark..].iter().cloned());
             claimed.push(step);
+        }
+        for (handler, entry) in held_back {
+            inner.queues.ready.entry(handler).or_default().push(entry);
+        }
+        for (key, bucket) in room.taken() {
+            inner.buckets.insert(key.clone(), *bucket);
         }
         Ok((claimed, changes))
     }

@@ -494,6 +494,11 @@ pub struct Changes {
     pub ready: Vec<(StepId, Arc<str>)>,
     /// What the operation leaves to do on other tasks (the engine does it next).
     pub(crate) knocks: Vec<Knock>,
+    /// A step or task let go of a concurrency key: the steps it held back may be claimed.
+    pub(crate) freed: bool,
+    /// The rate keys' buckets a claim took tokens from, as the store keeps them (the last
+    /// entry of a key is its state).
+    pub(crate) buckets: Vec<(Arc<str>, crate::gate::Bucket, crate::gate::Rate)>,
 }
 
 impl Changes {
@@ -502,6 +507,8 @@ impl Changes {
         self.transitions.extend(other.transitions);
         self.ready.extend(other.ready);
         self.knocks.extend(other.knocks);
+        self.freed |= other.freed;
+        self.buckets.extend(other.buckets);
     }
 }
 

@@ -20,6 +20,12 @@ use crate::template::StepKind;
 use crate::template::TaskGraph;
 use crate::view::{DependencyView, Progress, StepView, TaskView};
 
+/// The rendered keys of a task of `graph` with `context` (`None` when it has none; a context
+/// that cannot render them was refused when the task was created).
+pub(crate) fn gates_of(graph: &TaskGraph, context: &Value) -> Option<Arc<crate::gate::Gates>> {
+    graph.gates(context).ok().flatten().map(Arc::new)
+}
+
 /// What a store must (re)schedule after an operation. Stores whose queues are columns (SQL)
 /// ignore what they do not need.
 pub(crate) trait Schedule {
@@ -53,6 +59,9 @@ pub(crate) struct TaskRecord {
     /// When the task fails unless finished (its template's `deadline_ms` after its start);
     /// cleared when it finishes.
     pub deadline_at: Option<Timestamp>,
+    /// Its concurrency and rate keys, rendered from its context (`None` when its template has
+    /// none).
+    pub gates: Option<Arc<crate::gate::Gates>>,
     pub states: Vec<StepState>,
     pub counters: Vec<Counters>,
     /// The children each decision step that completed chose.
@@ -120,6 +129,7 @@ impl TaskRecord {
             idempotency_key: new.idempotency_key.clone(),
             parent: new.parent.clone(),
             deadline_at: None,
+            gates: gates_of(&graph, &new.context),
             states: vec![StepState::Pending; n],
             counters: readiness::initial_counters(&graph),
             choices: Choices::default(),
@@ -226,6 +236,19 @@ impl TaskRecord {
     fn record(&mut self, mut t: Transition, reason: Option<String>, changes: &mut Changes) {
         t.reason = reason;
         self.updated_at = t.at;
+        if self.gates.is_some() {
+            // A holder of a key let it go: the steps it held back may start now.
+            changes.freed |= matches!(
+                t.change,
+                crate::state::Change::Step {
+                    from: StepState::InProgress,
+                    ..
+                } | crate::state::Change::Task {
+                    from: Some(TaskState::InProgress | TaskState::Paused),
+                    ..
+                }
+            );
+        }
         changes.transitions.push(t);
     }
 
@@ -283,6 +306,16 @@ impl TaskRecord {
     /// The template's definition of step `index` (of its worker step, for an instance).
     pub fn spec(&self, index: u32) -> &crate::template::StepSpec {
         self.graph.step(self.template_step(index))
+    }
+
+    /// What claiming step `index` needs room in (nothing when the task has no keys): its
+    /// template step's concurrency and rate keys, and the task's own key unless the task is
+    /// in progress already.
+    pub fn wants(&self, index: u32) -> Vec<crate::gate::Want> {
+        match &self.gates {
+            None => Vec::new(),
+            Some(g) => g.wants(self.template_step(index), self.status != TaskState::Pending),
+        }
     }
 
     /// Step `index`'s name (`worker[slice]` for an instance).

@@ -46,6 +46,7 @@ impl TaskTemplate {
         TemplateBuilder {
             template: TaskTemplate {
                 deadline_ms: None,
+                concurrency: None,
                 namespace: namespace.into(),
                 name: name.into(),
                 version: version.into(),
@@ -63,6 +64,16 @@ impl TemplateBuilder {
     /// What the template does, for people.
     pub fn description(mut self, description: impl Into<String>) -> Self {
         self.template.description = Some(description.into());
+        self
+    }
+
+    /// At most `limit` tasks with key `key` (e.g. `customer:{{context.customer_id}}`) in
+    /// progress at once, across every worker of the store.
+    pub fn concurrency(mut self, key: impl Into<String>, limit: u32) -> Self {
+        self.template.concurrency = Some(crate::gate::ConcurrencySpec {
+            key: key.into(),
+            limit,
+        });
         self
     }
 
@@ -117,7 +128,31 @@ impl StepBuilder {
             events: Vec::new(),
             kind: StepKind::Standard,
             batch: None,
+            concurrency: None,
+            rate_limit: None,
         })
+    }
+
+    /// At most `limit` steps with key `key` (e.g. `customer:{{context.customer_id}}`) in
+    /// progress at once, across every worker of the store.
+    pub fn concurrency(mut self, key: impl Into<String>, limit: u32) -> Self {
+        self.0.concurrency = Some(crate::gate::ConcurrencySpec {
+            key: key.into(),
+            limit,
+        });
+        self
+    }
+
+    /// Claims start steps with key `key` at most `limit` per `per_ms` (the default burst),
+    /// across every worker of the store.
+    pub fn rate_limit(mut self, key: impl Into<String>, limit: u32, per_ms: u64) -> Self {
+        self.0.rate_limit = Some(crate::gate::RateLimitSpec {
+            key: key.into(),
+            limit,
+            per_ms,
+            burst: None,
+        });
+        self
     }
 
     /// Run by `handler` instead of the handler named like the step.

@@ -10,6 +10,7 @@ use super::{
     TemplateError, DEFAULT_LEASE_MS, DEFAULT_TIMEOUT_MS, MAX_DEPENDENCIES, MAX_NAME_LEN, MAX_STEPS,
     MAX_TIMEOUT_MS,
 };
+use crate::gate::{Concurrency, RateLimit};
 use crate::retry::RetryPolicy;
 
 impl TaskTemplate {
@@ -135,6 +136,20 @@ impl TaskTemplate {
                 kind: step.kind,
                 dependents: Arc::from(Vec::new()),
                 batch: None,
+                concurrency: step
+                    .concurrency
+                    .as_ref()
+                    .map(|c| {
+                        Concurrency::compile(c, &format!("step {:?}'s concurrency", step.name))
+                    })
+                    .transpose()
+                    .map_err(|message| TemplateError::InvalidLimit { message })?,
+                rate_limit: step
+                    .rate_limit
+                    .as_ref()
+                    .map(|r| RateLimit::compile(r, &format!("step {:?}'s rate_limit", step.name)))
+                    .transpose()
+                    .map_err(|message| TemplateError::InvalidLimit { message })?,
             });
         }
         let scopes: Vec<(&str, &[EventDecl])> = self
@@ -259,10 +274,22 @@ impl TaskTemplate {
                     })
             })
             .transpose()?;
+        let concurrency = self
+            .concurrency
+            .as_ref()
+            .map(|c| Concurrency::compile(c, "the template's concurrency"))
+            .transpose()
+            .map_err(|message| TemplateError::InvalidLimit { message })?;
+        let gated = concurrency.is_some()
+            || specs
+                .iter()
+                .any(|s| s.concurrency.is_some() || s.rate_limit.is_some());
         Ok(TaskGraph {
             template: self.clone(),
             version,
             schema,
+            concurrency,
+            gated,
             steps: specs,
             index,
             parent_offsets,

@@ -45,6 +45,10 @@ pub struct StepSpec {
     pub dependents: Arc<[Arc<str>]>,
     /// A `batchable` step's batch, a `batch_worker` step's batchable parent.
     pub batch: Option<BatchPlan>,
+    /// The step's `concurrency`.
+    pub concurrency: Option<crate::gate::Concurrency>,
+    /// The step's `rate_limit`.
+    pub rate_limit: Option<crate::gate::RateLimit>,
 }
 
 /// How a batch runs, on both of its steps.
@@ -165,6 +169,10 @@ pub struct TaskGraph {
     pub(super) version: semver::Version,
     /// The compiled `input_schema`.
     pub(super) schema: Option<Arc<jsonschema::Validator>>,
+    /// The template's `concurrency`.
+    pub(super) concurrency: Option<crate::gate::Concurrency>,
+    /// Whether any step, or the template, has a concurrency key or a rate limit.
+    pub(super) gated: bool,
     pub(super) steps: Vec<StepSpec>,
     pub(super) index: HashMap<Arc<str>, u32>,
     pub(super) parent_offsets: Vec<u32>,
@@ -218,12 +226,53 @@ impl TaskGraph {
     /// pointer (`""` for the whole context) with what is wrong there; empty when it satisfies
     /// the schema, or there is none.
     pub fn context_errors(&self, context: &serde_json::Value) -> Vec<(String, String)> {
-        match &self.schema {
+        let mut errors: Vec<(String, String)> = match &self.schema {
             Some(schema) => schema
                 .iter_errors(context)
                 .map(|e| (e.instance_path().to_string(), e.to_string()))
                 .collect(),
             None => Vec::new(),
+        };
+        if let Err(e) = self.gates(context) {
+            errors.extend(e);
+        }
+        errors
+    }
+
+    /// The concurrency keys and rate keys of a task whose context is `context`, rendered
+    /// (`None` when the template has none); each key the context cannot render otherwise, as
+    /// `(path, why)`.
+    pub fn gates(
+        &self,
+        context: &serde_json::Value,
+    ) -> Result<Option<crate::gate::Gates>, Vec<(String, String)>> {
+        use crate::gate::{Gates, StepGates};
+        if !self.gated {
+            return Ok(None);
+        }
+        let mut errors = Vec::new();
+        let mut render = |key: &crate::gate::KeyTemplate| -> Arc<str> {
+            match key.render(context) {
+                Ok(k) => k.into(),
+                Err(e) => {
+                    errors.push(("".to_owned(), e));
+                    Arc::from("")
+                }
+            }
+        };
+        let task = self.concurrency.as_ref().map(|c| (render(&c.key), c.limit));
+        let steps = self
+            .steps
+            .iter()
+            .map(|s| StepGates {
+                concurrency: s.concurrency.as_ref().map(|c| (render(&c.key), c.limit)),
+                rate: s.rate_limit.as_ref().map(|r| (render(&r.key), r.rate)),
+            })
+            .collect();
+        if errors.is_empty() {
+            Ok(Some(Gates { task, steps }))
+        } else {
+            Err(errors)
         }
     }
 

@@ -90,6 +90,11 @@ pub struct TaskTemplate {
     /// running steps' reports refused.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline_ms: Option<u64>,
+    /// At most `limit` tasks of this template with the same key in progress at once, across
+    /// every worker of the store (a task holds its key from its first claim until it
+    /// finishes): `{key: "customer:{{context.customer_id}}", limit: 1}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::gate::ConcurrencySpec>,
     /// The steps, in the order written; a compiled step's index is its position here.
     pub steps: Vec<StepTemplate>,
 }
@@ -163,6 +168,14 @@ pub struct StepTemplate {
     /// returns, the slice size, how many slices run at once, and what a failed slice does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub batch: Option<BatchSpec>,
+    /// At most `limit` steps with the same key in progress at once, across every worker of
+    /// the store: `{key: "customer:{{context.customer_id}}", limit: 1}`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<crate::gate::ConcurrencySpec>,
+    /// Claims start steps with this key at most at this rate, across every worker of the
+    /// store: `{key: "stripe", limit: 100, per_ms: 1000}` (see [`crate::gate`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<crate::gate::RateLimitSpec>,
 }
 
 /// A `batchable` step's `batch`: `{worker, size, parallelism, on_failure}`.
@@ -452,6 +465,13 @@ pub enum TemplateError {
         /// The steps on the cycle, the first repeated at the end.
         path: Vec<String>,
     },
+    /// A `concurrency` or `rate_limit` cannot work (a zero limit, a key that is not a key
+    /// template).
+    #[error("{message}")]
+    InvalidLimit {
+        /// What is wrong, naming the step (or the template).
+        message: String,
+    },
     /// A step's retry policy (its own or the inherited default) cannot work.
     #[error("step {step:?} has an invalid retry policy: {message}")]
     InvalidRetry {
@@ -693,12 +713,15 @@ steps:
             events: Vec::new(),
             kind: StepKind::Standard,
             batch: None,
+            concurrency: None,
+            rate_limit: None,
         }
     }
 
     fn template(steps: Vec<StepTemplate>) -> TaskTemplate {
         TaskTemplate {
             deadline_ms: None,
+            concurrency: None,
             namespace: "t".to_owned(),
             name: "g".to_owned(),
             version: "1.0.0".to_owned(),

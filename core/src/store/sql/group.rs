@@ -31,6 +31,7 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
+use crate::gate::Room;
 use crate::ids::TaskId;
 use crate::store::record::TaskRecord;
 use crate::store::{Changes, ClaimRequest, ClaimedStep, Now, StepReport};
@@ -355,13 +356,15 @@ impl<B: Backend> SqlStore<B> {
             group.add(late);
         }
         let mut tasks = Tasks::new(loaded.records);
-        let applied = match super::guarded(|| Ok(group.apply(&mut tasks, &loaded.claimable))) {
-            Ok(applied) => applied,
-            Err(e) => {
-                self.rollback(tx).await;
-                return group.fail(&e);
-            }
-        };
+        let mut room = loaded.room;
+        let applied =
+            match super::guarded(|| Ok(group.apply(&mut tasks, &loaded.claimable, &mut room))) {
+                Ok(applied) => applied,
+                Err(e) => {
+                    self.rollback(tx).await;
+                    return group.fail(&e);
+                }
+            };
         // The transitions in the order the operations ran.
         let transitions: Vec<_> = applied
             .reports
@@ -393,7 +396,12 @@ impl<B: Backend> SqlStore<B> {
                 })
             }))
             .collect();
-        let (rows, revisions) = rows_of(&edits, group.latest, &transitions);
+        let buckets: Vec<_> = applied
+            .claims
+            .iter()
+            .flat_map(|(_, c)| c.buckets.iter().cloned())
+            .collect();
+        let (rows, revisions) = rows_of(&edits, group.latest, &transitions, &buckets);
         // Other engines are woken for steps made ready and not claimed here (a lone writer
         // has no others to wake).
         let unclaimed = tasks
@@ -405,7 +413,10 @@ impl<B: Backend> SqlStore<B> {
                 .iter()
                 .flat_map(|(new, _)| new)
                 .any(|n| !n.ready.0.is_empty());
-        let notify = !B::ONE_WRITER && super::wakes_workers(unclaimed, &transitions);
+        let freed = applied.reports.iter().any(|(_, c)| c.freed)
+            || applied.due.freed
+            || applied.claims.iter().any(|(_, c)| c.freed);
+        let notify = !B::ONE_WRITER && super::wakes_workers(unclaimed || freed, &transitions);
         let written = self.commit(tx, Some((&rows, notify))).await;
         drop(rows);
         drop(edits);
@@ -435,6 +446,7 @@ impl<B: Backend> SqlStore<B> {
         let mut loaded = Loaded {
             records: Vec::new(),
             claimable: Vec::with_capacity(group.filters.len()),
+            room: Room::new(ms(group.claim_now)),
         };
         if group.reports.is_empty() && group.claims.is_empty() {
             return Ok(loaded);
@@ -476,14 +488,20 @@ impl<B: Backend> SqlStore<B> {
             };
             (None, rows)
         };
+        let mut found = Vec::with_capacity(group.filters.len());
         if first.is_some() {
-            loaded.claimable.push(due_keys(&rows)?);
+            found.push(rows);
         }
         for (handlers, l) in filters {
             let rows = B::claimable(conn, now, handlers.as_deref(), limit(*l))
                 .await
                 .map_err(db)?;
-            loaded.claimable.push(due_keys(&rows)?);
+            found.push(rows);
+        }
+        let all: Vec<&super::rows::DueStep> = found.iter().flatten().collect();
+        loaded.room = super::room_of::<B>(conn, &all, now).await?;
+        for rows in &found {
+            loaded.claimable.push(due_keys(rows)?);
         }
         ids.extend(loaded.claimable.iter().flatten().map(|k| k.0));
         ids.sort();
@@ -522,6 +540,8 @@ impl<B: Backend> SqlStore<B> {
 struct Loaded {
     records: Vec<TaskRecord>,
     claimable: Vec<Vec<(TaskId, u32, u32, Due)>>,
+    /// The room of the keys the claimable steps name.
+    room: Room,
 }
 
 /// The loaded tasks: each as loaded, as changed, and the steps that became ready.
@@ -652,7 +672,12 @@ impl Group {
     /// Runs the operations on `tasks` in memory: reports, then expired leases and due
     /// retries, then claims, each from its filter's steps in claim order and then from the
     /// steps made ready in this group.
-    fn apply(&self, tasks: &mut Tasks, claimable: &[Vec<(TaskId, u32, u32, Due)>]) -> Applied {
+    fn apply(
+        &self,
+        tasks: &mut Tasks,
+        claimable: &[Vec<(TaskId, u32, u32, Due)>],
+        room: &mut Room,
+    ) -> Applied {
         let mut made_ready: Vec<(TaskId, u32)> = Vec::new();
         let mut reports = Vec::with_capacity(self.reports.len());
         for (batch, now, _) in &self.reports {
@@ -711,7 +736,10 @@ impl Group {
                 let Some((t, s)) = tasks.get(task) else {
                     continue;
                 };
-                if t.is_claimable(index) && request.wants(&t.spec(index).handler) {
+                if t.is_claimable(index)
+                    && request.wants(&t.spec(index).handler)
+                    && super::admitted(t, index, room, &mut changes)
+                {
                     match t.claim(index, &request.worker_id, *now, s, &mut changes) {
                         Ok(step) => steps.push(step),
                         Err(e) => claimed = Err(e),

@@ -53,6 +53,7 @@ mod sqlite;
 pub use postgres::{POSTGRES_TIMEOUTS, READY_CHANNEL};
 pub use sqlite::SQLITE_SYNCHRONOUS;
 
+use crate::gate::{Bucket, Room, Slot};
 use rows::{ms, Rows, StepKey, StepRow, StepWrite, TaskRow, TaskWrite, TransitionWrite};
 
 /// Which database a SQL store speaks to.
@@ -181,6 +182,16 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
         handlers: Option<&[Arc<str>]>,
         limit: i64,
     ) -> sqlx::Result<Vec<rows::DueStep>>;
+    /// What holds the keys a claim at `now` may take: the step keys `steps`, task keys
+    /// `tasks` and rate keys `rates`; where other writers run beside this one, each key locked
+    /// first until the transaction ends (so that one claim at a time counts and takes it).
+    async fn gate_room(
+        c: &mut Conn<Self>,
+        steps: &[&str],
+        tasks: &[&str],
+        rates: &[&str],
+        now: i64,
+    ) -> sqlx::Result<Vec<rows::GateRow>>;
     /// A pool on `url`, each connection set up for the engine.
     async fn connect(url: &str) -> Result<Pool<Self::Db>>;
     /// Applies the migrations not yet applied.
@@ -625,6 +636,62 @@ enum Due {
 }
 
 /// The steps of a claim query: task, index, attempts and why.
+/// The room of the keys the steps of `rows` name, as the store holds them at `now` (under
+/// their locks, where writers run side by side); nothing is read when none names a key.
+async fn room_of<B: Backend>(
+    conn: &mut Conn<B>,
+    rows: &[&rows::DueStep],
+    now: i64,
+) -> Result<Room> {
+    let mut room = Room::new(now);
+    let keys = |pick: fn(&rows::DueStep) -> Option<&String>| {
+        let mut keys: Vec<&str> = rows
+            .iter()
+            .filter_map(|r| pick(r))
+            .map(|k| k.as_str())
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys
+    };
+    let (steps, tasks, rates) = (
+        keys(|r| r.ckey.as_ref()),
+        keys(|r| r.tkey.as_ref()),
+        keys(|r| r.rkey.as_ref()),
+    );
+    if steps.is_empty() && tasks.is_empty() && rates.is_empty() {
+        return Ok(room);
+    }
+    let found = B::gate_room(conn, &steps, &tasks, &rates, now)
+        .await
+        .map_err(db)?;
+    // Keys nothing holds are not in what was found: none hold them.
+    for k in &steps {
+        room.count(Slot::Step((*k).into()), 0);
+    }
+    for k in &tasks {
+        room.count(Slot::Task((*k).into()), 0);
+    }
+    for k in &rates {
+        room.bucket((*k).into(), None);
+    }
+    for row in found {
+        let key: Arc<str> = row.key.as_str().into();
+        let n = u32::try_from(row.n).unwrap_or(u32::MAX);
+        match row.kind.as_str() {
+            "step" => room.count(Slot::Step(key), n),
+            "task" => room.count(Slot::Task(key), n),
+            _ => room.bucket(
+                key,
+                row.tokens
+                    .zip(row.at_ms)
+                    .map(|(tokens, at_ms)| Bucket { tokens, at_ms }),
+            ),
+        }
+    }
+    Ok(room)
+}
+
 fn due_keys(rows: &[rows::DueStep]) -> Result<Vec<(TaskId, u32, u32, Due)>> {
     rows.iter()
         .map(|d| {
@@ -744,7 +811,7 @@ fn claim_task(
     keys: &[(TaskId, u32, u32, Due)],
     request: &ClaimRequest,
     now: Timestamp,
-    left: &mut usize,
+    (left, room): (&mut usize, &mut Room),
     s: &mut ReadySet,
     c: &mut Changes,
 ) -> Result<Vec<ClaimedStep>> {
@@ -755,12 +822,36 @@ fn claim_task(
     }
     let mut out = Vec::new();
     for &(_, index, _, _) in mine() {
-        if *left > 0 && t.is_claimable(index) && request.wants(&t.spec(index).handler) {
+        if *left > 0
+            && t.is_claimable(index)
+            && request.wants(&t.spec(index).handler)
+            && admitted(t, index, room, c)
+        {
             out.push(t.claim(index, &request.worker_id, now, s, c)?);
             *left -= 1;
         }
     }
     Ok(out)
+}
+
+/// Whether `room` has room for claiming step `index` of `t` (taken if so; the buckets it
+/// took tokens from are kept in `c`, for the write).
+fn admitted(t: &TaskRecord, index: u32, room: &mut Room, c: &mut Changes) -> bool {
+    let wants = t.wants(index);
+    if wants.is_empty() {
+        return true;
+    }
+    if !room.admit(&wants) {
+        return false;
+    }
+    for w in &wants {
+        if let (Slot::Rate(key), crate::gate::Bound::Rate(rate)) = (&w.slot, w.bound) {
+            if let Some(b) = room.taken_from(key) {
+                c.buckets.push((key.clone(), b, rate));
+            }
+        }
+    }
+    true
 }
 
 /// The steps each task's claim took, in the order of `keys` (claim order, not lock order).
@@ -1337,11 +1428,13 @@ impl<B: Backend> SqlStore<B> {
             steps: Vec::with_capacity(n),
             unfinished: count(row.unfinished_steps, "unfinished_steps")?,
             deadline_at: time(row.deadline_at),
+            gates: None,
             created_at: time(Some(row.created_at)).unwrap_or_default(),
             updated_at: time(Some(row.updated_at)).unwrap_or_default(),
             completed_at: time(row.completed_at),
             graph,
         };
+        task.gates = super::record::gates_of(&task.graph, &task.context);
         for (i, r) in steps.iter().enumerate() {
             task.states.push(parse_state::<StepState>(&r.status)?);
             task.counters.push(Counters {
@@ -1414,8 +1507,11 @@ impl<B: Backend> SqlStore<B> {
                         ready,
                     })
                     .collect();
-                let (rows, written) = rows_of(&edits, now, &changes.transitions);
-                let notify = wakes_workers(!changes.ready.is_empty(), &changes.transitions);
+                let (rows, written) = rows_of(&edits, now, &changes.transitions, &changes.buckets);
+                let notify = wakes_workers(
+                    !changes.ready.is_empty() || changes.freed,
+                    &changes.transitions,
+                );
                 if B::ONE_WRITER {
                     // Cached as they were, these tasks must not be taken as written by a group
                     // that runs between this commit and the cache's update below.
@@ -1550,11 +1646,20 @@ impl<B: Backend> SqlStore<B> {
         changes: &mut Changes,
     ) -> Result<Vec<ClaimedStep>> {
         let found = match tx.conn().await {
-            Ok(conn) => self.claimable(conn, request, now).await,
+            Ok(conn) => match self.claimable_rows(conn, request, now).await {
+                Ok(rows) => {
+                    let all: Vec<&rows::DueStep> = rows.iter().collect();
+                    match room_of::<B>(conn, &all, ms(now)).await {
+                        Ok(room) => due_keys(&rows).map(|keys| (keys, room)),
+                        Err(e) => Err(e),
+                    }
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
-        let mut keys = match found {
-            Ok(keys) => keys,
+        let (mut keys, mut room) = match found {
+            Ok(found) => found,
             Err(e) => {
                 self.rollback(tx).await;
                 return Err(e);
@@ -1567,7 +1672,7 @@ impl<B: Backend> SqlStore<B> {
         // Tasks another worker holds are skipped; their steps go to the next claim.
         let claimed = self
             .apply(tx, &ids, Lock::Skip, now, changes, |t, s, c| {
-                claim_task(t, &keys, request, now, &mut left, s, c)
+                claim_task(t, &keys, request, now, (&mut left, &mut room), s, c)
             })
             .await?;
         Ok(in_claim_order(claimed, &keys))
@@ -1580,11 +1685,20 @@ impl<B: Backend> SqlStore<B> {
         request: &ClaimRequest,
         now: Timestamp,
     ) -> Result<Vec<(TaskId, u32, u32, Due)>> {
+        due_keys(&self.claimable_rows(conn, request, now).await?)
+    }
+
+    /// The rows of [`SqlStore::claimable`].
+    async fn claimable_rows(
+        &self,
+        conn: &mut Conn<B>,
+        request: &ClaimRequest,
+        now: Timestamp,
+    ) -> Result<Vec<rows::DueStep>> {
         let limit = request.limit.min(i64::MAX as usize) as i64;
-        let rows = B::claimable(conn, ms(now), request.handlers.as_deref(), limit)
+        B::claimable(conn, ms(now), request.handlers.as_deref(), limit)
             .await
-            .map_err(db)?;
-        due_keys(&rows)
+            .map_err(db)
     }
 
     /// Task `id` read without a lock, from one snapshot; a corrupt-store error naming why when
@@ -1711,7 +1825,7 @@ impl<B: Backend> SqlStore<B> {
                 ready: &n.ready,
             })
             .collect();
-        let (rows, revisions) = rows_of(&edits, now, &transitions);
+        let (rows, revisions) = rows_of(&edits, now, &transitions, &[]);
         let notify = wakes_workers(ready, &transitions);
         let mut conn = self.pool.acquire().await.map_err(db)?;
         let written = B::create(&mut conn, &rows).await.map_err(db)?;
@@ -1786,6 +1900,7 @@ fn rows_of<'a>(
     edits: &[Edit<'a>],
     now: Timestamp,
     transitions: &'a [crate::state::Transition],
+    buckets: &'a [(Arc<str>, Bucket, crate::gate::Rate)],
 ) -> (Rows<'a>, Vec<Option<i64>>) {
     let mut rows = Rows::default();
     let mut revisions: Vec<Option<i64>> = Vec::with_capacity(edits.len());
@@ -1822,6 +1937,17 @@ fn rows_of<'a>(
         revisions.push(revision);
     }
     rows.transitions = transitions.iter().map(TransitionWrite::new).collect();
+    // Each bucket as the last claim to take from it left it.
+    for (i, (key, b, rate)) in buckets.iter().enumerate() {
+        if buckets[i + 1..].iter().all(|(k, _, _)| k != key) {
+            rows.buckets.push(rows::BucketWrite {
+                key,
+                tokens: b.tokens,
+                at_ms: b.at_ms,
+                refill_per_ms: f64::from(rate.limit) / rate.per_ms as f64,
+            });
+        }
+    }
     (rows, revisions)
 }
 

@@ -10,7 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener};
 use sqlx::{Pool, Row as _};
 use tokio::sync::Notify;
 
-use super::rows::{DueStep, Rows, StatusRow, StepRow, TaskRow};
+use super::rows::{DueStep, GateRow, Rows, StatusRow, StepRow, TaskRow};
 use super::{db, impl_backend, own_params, pool_options, Dialect, Lock};
 use crate::error::{Error, Result};
 use crate::template::TaskGraph;
@@ -30,6 +30,8 @@ const CLAIMABLE: &str = concat!(
 const WORK_STATUS: &str = include_str!("postgres/work_status.sql");
 const NAMED_STEPS: &str = include_str!("postgres/named_steps.sql");
 const WRITE: &str = include_str!("postgres/write.sql");
+const GATE_LOCK: &str = include_str!("postgres/gate_lock.sql");
+const GATE_ROOM: &str = include_str!("postgres/gate_room.sql");
 const CREATE: &str = include_str!("postgres/create.sql");
 const CLOCK: &str = include_str!("postgres/clock.sql");
 
@@ -88,7 +90,7 @@ macro_rules! column {
     };
 }
 
-/// `rows` bound to `$1`–`$47` of [`WRITE`] or [`CREATE`].
+/// `rows` bound to `$1`–`$52` of [`WRITE`] or [`CREATE`].
 fn bind_rows<'q>(
     sql: &'q str,
     rows: &'q Rows<'_>,
@@ -142,6 +144,23 @@ fn bind_rows<'q>(
         .bind(column!(t, opt parent))
         .bind(column!(s, opt children))
         .bind(column!(t, deadline_at))
+        .bind(column!(s, concurrency_key))
+        .bind(column!(s, concurrency_limit))
+        .bind(column!(s, rate_key))
+        .bind(column!(t, concurrency_key))
+        .bind(column!(t, concurrency_limit))
+}
+
+/// `rows` bound to `$1`–`$56` of [`WRITE`]: those of [`bind_rows`] and the buckets.
+fn bind_write<'q>(
+    rows: &'q Rows<'_>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let b = &rows.buckets;
+    bind_rows(WRITE, rows)
+        .bind(column!(b, key))
+        .bind(column!(b, tokens))
+        .bind(column!(b, at_ms))
+        .bind(column!(b, refill_per_ms))
 }
 
 /// The handler names as an array, `None` for any.
@@ -247,7 +266,7 @@ impl Backend for Postgres {
     }
 
     async fn write(c: &mut PgConnection, rows: &Rows<'_>) -> sqlx::Result<()> {
-        bind_rows(WRITE, rows).execute(c).await?;
+        bind_write(rows).execute(c).await?;
         Ok(())
     }
 
@@ -267,6 +286,30 @@ impl Backend for Postgres {
             .bind(now)
             .bind(handler_list(handlers))
             .bind(limit)
+            .fetch_all(c)
+            .await
+    }
+
+    async fn gate_room(
+        c: &mut PgConnection,
+        steps: &[&str],
+        tasks: &[&str],
+        rates: &[&str],
+        now: i64,
+    ) -> sqlx::Result<Vec<GateRow>> {
+        let mut locks: Vec<String> = (steps.iter().map(|k| format!("s:{k}")))
+            .chain(tasks.iter().map(|k| format!("t:{k}")))
+            .chain(rates.iter().map(|k| format!("r:{k}")))
+            .collect();
+        // In one order in every claim: no two claims wait for each other's keys.
+        locks.sort();
+        sqlx::query(GATE_LOCK).bind(&locks).execute(&mut *c).await?;
+        // A statement of its own, after the locks: it sees what the claims before committed.
+        sqlx::query_as(GATE_ROOM)
+            .bind(steps)
+            .bind(tasks)
+            .bind(rates)
+            .bind(now)
             .fetch_all(c)
             .await
     }

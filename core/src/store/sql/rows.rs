@@ -69,6 +69,31 @@ pub(super) struct DueStep {
     pub due: String,
     #[sqlx(flatten)]
     pub key: StepKey,
+    /// A ready step's concurrency key.
+    pub ckey: Option<String>,
+    /// A ready step's task's concurrency key, while the task is pending.
+    pub tkey: Option<String>,
+    /// A ready step's rate key.
+    pub rkey: Option<String>,
+}
+
+/// What holds a key (`kind` `step` or `task`: `n` holders) or a rate key's bucket (`rate`).
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct GateRow {
+    pub kind: String,
+    pub key: String,
+    pub n: i64,
+    pub tokens: Option<f64>,
+    pub at_ms: Option<i64>,
+}
+
+/// A rate key's bucket to write.
+#[derive(Debug)]
+pub(super) struct BucketWrite<'a> {
+    pub key: &'a str,
+    pub tokens: f64,
+    pub at_ms: i64,
+    pub refill_per_ms: f64,
 }
 
 /// What `work_status` counts.
@@ -114,6 +139,9 @@ pub(super) struct TaskWrite<'a> {
     pub parent: Option<String>,
     /// Its deadline, until it finished.
     pub deadline_at: Option<i64>,
+    /// Its template's concurrency key and limit (written only when `new`: they never change).
+    pub concurrency_key: Option<&'a str>,
+    pub concurrency_limit: Option<i64>,
     /// A new task (inserted, unless its idempotency key is taken), not one whose row exists.
     pub new: bool,
 }
@@ -123,6 +151,11 @@ impl<'a> TaskWrite<'a> {
     /// upsert never changes an existing row's context (it may be up to 1 MiB, and is not
     /// serialized again on every claim and report).
     pub fn new(t: &'a TaskRecord, revision: i64, new: bool) -> Self {
+        let task_key = t
+            .gates
+            .as_deref()
+            .filter(|_| new)
+            .and_then(|g| g.task.as_ref());
         TaskWrite {
             task_id: t.id.to_string(),
             namespace: &t.namespace,
@@ -147,6 +180,8 @@ impl<'a> TaskWrite<'a> {
                 .filter(|_| new)
                 .and_then(|p| serde_json::to_string(p).ok()),
             deadline_at: t.deadline_at.map(ms),
+            concurrency_key: task_key.map(|(k, _)| &**k),
+            concurrency_limit: task_key.map(|(_, l)| i64::from(*l)),
             new,
         }
     }
@@ -183,6 +218,11 @@ pub(super) struct StepWrite<'a> {
     pub batch: Option<String>,
     /// The child tasks it started, as a JSON array of ids.
     pub children: Option<String>,
+    /// Its concurrency key and limit, and its rate key (written only when `new`: they never
+    /// change).
+    pub concurrency_key: Option<&'a str>,
+    pub concurrency_limit: Option<i64>,
+    pub rate_key: Option<&'a str>,
 }
 
 impl<'a> StepWrite<'a> {
@@ -192,6 +232,12 @@ impl<'a> StepWrite<'a> {
         let spec = t.spec(i as u32);
         let s: &'a StepRecord = &t.steps[i];
         let instance = t.instance(i as u32);
+        let gates = t
+            .gates
+            .as_deref()
+            .filter(|_| new)
+            .and_then(|g| g.steps.get(t.template_step(i as u32) as usize));
+        let concurrency = gates.and_then(|g| g.concurrency.as_ref());
         StepWrite {
             task_id: t.id.to_string(),
             step_index: i as i64,
@@ -222,6 +268,9 @@ impl<'a> StepWrite<'a> {
                 .children
                 .as_deref()
                 .and_then(|c| serde_json::to_string(c).ok()),
+            concurrency_key: concurrency.map(|(k, _)| &**k),
+            concurrency_limit: concurrency.map(|(_, l)| i64::from(*l)),
+            rate_key: gates.and_then(|g| g.rate.as_ref()).map(|(k, _)| &**k),
         }
     }
 }
@@ -278,11 +327,15 @@ pub(super) struct Rows<'a> {
     pub tasks: Vec<TaskWrite<'a>>,
     pub steps: Vec<StepWrite<'a>>,
     pub transitions: Vec<TransitionWrite<'a>>,
+    pub buckets: Vec<BucketWrite<'a>>,
 }
 
 impl Rows<'_> {
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.steps.is_empty() && self.transitions.is_empty()
+        self.tasks.is_empty()
+            && self.steps.is_empty()
+            && self.transitions.is_empty()
+            && self.buckets.is_empty()
     }
 }

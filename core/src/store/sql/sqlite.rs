@@ -9,7 +9,7 @@ use sqlx::sqlite::{SqliteArguments, SqliteConnectOptions, SqliteConnection};
 use sqlx::{Pool, Row as _};
 use tokio::sync::Notify;
 
-use super::rows::{DueStep, Rows, StatusRow, StepRow, TaskRow};
+use super::rows::{DueStep, GateRow, Rows, StatusRow, StepRow, TaskRow};
 use super::{db, impl_backend, own_params, pool_options, Dialect, Lock};
 use crate::error::{Error, Result};
 use crate::template::TaskGraph;
@@ -46,6 +46,8 @@ const TASKS_UPSERT: &str = include_str!("sqlite/tasks_upsert.sql");
 const TASKS_INSERT: &str = include_str!("sqlite/tasks_insert.sql");
 const STEPS_UPSERT: &str = include_str!("sqlite/steps_upsert.sql");
 const TRANSITIONS_INSERT: &str = include_str!("sqlite/transitions_insert.sql");
+const BUCKETS_UPSERT: &str = include_str!("sqlite/buckets_upsert.sql");
+const GATE_ROOM: &str = include_str!("sqlite/gate_room.sql");
 const CREATED: &str = include_str!("sqlite/created.sql");
 const TASK_STATES: &str = include_str!("sqlite/task_states.sql");
 const PURGE_FIND: &str = include_str!("sqlite/purge_find.sql");
@@ -85,6 +87,7 @@ fn write_text(rows: &Rows<'_>) -> String {
         (TASKS_UPSERT, rows.tasks.len() - new),
         (STEPS_UPSERT, rows.steps.len()),
         (TRANSITIONS_INSERT, rows.transitions.len()),
+        (BUCKETS_UPSERT, rows.buckets.len()),
     ] {
         // At most 500 rows a statement: well under SQLite's 32,766 parameters.
         let mut left = n;
@@ -124,7 +127,9 @@ fn bind_rows<'q>(
             .bind(t.completed_at)
             .bind(t.revision)
             .bind(t.parent.as_deref())
-            .bind(t.deadline_at);
+            .bind(t.deadline_at)
+            .bind(t.concurrency_key)
+            .bind(t.concurrency_limit);
     }
     for s in &rows.steps {
         q = q
@@ -150,7 +155,10 @@ fn bind_rows<'q>(
             .bind(s.chosen.as_deref())
             .bind(s.of_step)
             .bind(s.batch.as_deref())
-            .bind(s.children.as_deref());
+            .bind(s.children.as_deref())
+            .bind(s.concurrency_key)
+            .bind(s.concurrency_limit)
+            .bind(s.rate_key);
     }
     for r in &rows.transitions {
         q = q
@@ -163,6 +171,13 @@ fn bind_rows<'q>(
             .bind(r.reason)
             .bind(r.attempt)
             .bind(r.at);
+    }
+    for b in &rows.buckets {
+        q = q
+            .bind(b.key)
+            .bind(b.tokens)
+            .bind(b.at_ms)
+            .bind(b.refill_per_ms);
     }
     let new: Vec<&str> = rows
         .tasks
@@ -346,6 +361,23 @@ impl Backend for Sqlite {
             .bind(now)
             .bind(handler_list(handlers)?)
             .bind(limit)
+            .fetch_all(c)
+            .await
+    }
+
+    async fn gate_room(
+        c: &mut SqliteConnection,
+        steps: &[&str],
+        tasks: &[&str],
+        rates: &[&str],
+        now: i64,
+    ) -> sqlx::Result<Vec<GateRow>> {
+        // In the write transaction: one writer at a time, nothing to lock.
+        sqlx::query_as(GATE_ROOM)
+            .bind(json(steps)?)
+            .bind(json(tasks)?)
+            .bind(json(rates)?)
+            .bind(now)
             .fetch_all(c)
             .await
     }

@@ -2,11 +2,22 @@
 -- skipping the tasks another transaction holds (so that several engines do not all pick, and
 -- then skip, the same hot tasks). Followed by shared/due.sql (its $1: now) in one query.
 SELECT * FROM (
-    SELECT 'ready' AS due, s.task_id, s.step_index, s.attempts
+    SELECT 'ready' AS due, s.task_id, s.step_index, s.attempts, s.concurrency_key AS ckey,
+        CASE WHEN t.status = 'pending' THEN t.concurrency_key END AS tkey, s.rate_key AS rkey
     FROM tasker_workflow_steps s JOIN tasker_tasks t ON t.task_id = s.task_id
     WHERE s.status = 'pending' AND s.unfinished_parents = 0 AND s.failed_required_parents = 0
       AND t.status IN ('pending', 'in_progress')
       AND ($2::text[] IS NULL OR s.handler = ANY($2))
+      -- Not those whose key is at its limit, or whose bucket is empty, as counted now (the
+      -- claim counts again under the keys' locks).
+      AND (s.concurrency_key IS NULL OR (SELECT count(*) FROM tasker_workflow_steps h
+          WHERE h.concurrency_key = s.concurrency_key AND h.status = 'in_progress'
+            AND h.lease_expires_at > $1) < s.concurrency_limit)
+      AND (t.concurrency_key IS NULL OR t.status = 'in_progress' OR (SELECT count(*)
+          FROM tasker_tasks h WHERE h.concurrency_key = t.concurrency_key
+            AND h.status IN ('in_progress', 'paused')) < t.concurrency_limit)
+      AND (s.rate_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasker_rate_limits b
+          WHERE b.key = s.rate_key AND b.tokens + ($1 - b.at_ms) * b.refill_per_ms < 1))
     ORDER BY s.priority DESC, s.ready_at, s.task_id, s.step_index
     LIMIT $3
     FOR UPDATE OF t SKIP LOCKED

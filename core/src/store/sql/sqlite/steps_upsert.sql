@@ -3,8 +3,9 @@
 INSERT INTO tasker_workflow_steps (task_id, step_index, name, handler, status, priority,
     attempts, max_attempts, unfinished_parents, failed_required_parents, ready_at,
     next_attempt_at, lease_owner, lease_expires_at, result, error, started_at, completed_at,
-    not_chosen_parents, chosen, of_step, batch, children)
-SELECT * FROM (VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)) AS v
+    not_chosen_parents, chosen, of_step, batch, children, concurrency_key, concurrency_limit,
+    rate_key)
+SELECT * FROM (VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)) AS v
 WHERE EXISTS (SELECT 1 FROM tasker_tasks t WHERE t.task_id = v.column1)
 ON CONFLICT (task_id, step_index) DO UPDATE SET
     status = excluded.status, attempts = excluded.attempts,
