@@ -61,11 +61,15 @@ fn configs(postgres: bool) -> Vec<Config> {
     let full = measuring();
     // Steps per iteration: 20,000 on memory, 2,000 on the SQL stores; a handful when smoke testing.
     let tasks = |store: StoreKind, template: Template| match (full, store, template) {
-        (false, _, Template::Diamond | Template::Chain) => 10,
+        (false, _, Template::Diamond | Template::Chain | Template::Keyed | Template::Rated) => 10,
         (false, _, Template::Wide | Template::Batch) => 1,
-        (true, StoreKind::Memory, Template::Diamond | Template::Chain) => 4_000,
+        (
+            true,
+            StoreKind::Memory,
+            Template::Diamond | Template::Chain | Template::Keyed | Template::Rated,
+        ) => 4_000,
         (true, StoreKind::Memory, Template::Wide | Template::Batch) => 20,
-        (true, _, Template::Diamond | Template::Chain) => 400,
+        (true, _, Template::Diamond | Template::Chain | Template::Keyed | Template::Rated) => 400,
         (true, _, Template::Wide | Template::Batch) => 2,
     };
     let mut out = Vec::new();

@@ -14,6 +14,19 @@ pub const DIAMOND: &str = "namespace: bench\nname: diamond\nversion: 1.0.0\nstep
 /// The peers' workload: a chain of three no-op steps.
 pub const CHAIN: &str = "namespace: bench\nname: chain\nversion: 1.0.0\nsteps:\n  - name: a\n    handler: noop\n  - name: b\n    handler: noop\n    depends_on: [a]\n  - name: c\n    handler: noop\n    depends_on: [b]\n";
 
+/// [`CHAIN`] with every step keyed by customer, limit 1: no two steps of a customer at once
+/// (the tasks' customers are `i % CUSTOMERS`).
+pub const KEYED: &str = "namespace: bench\nname: keyed\nversion: 1.0.0\nsteps:\n  - name: a\n    handler: noop\n    concurrency: {key: \"customer:{{context.customer}}\", limit: 1}\n  - name: b\n    handler: noop\n    depends_on: [a]\n    concurrency: {key: \"customer:{{context.customer}}\", limit: 1}\n  - name: c\n    handler: noop\n    depends_on: [b]\n    concurrency: {key: \"customer:{{context.customer}}\", limit: 1}\n";
+
+/// One no-op step with a rate limit of [`RATE`] per second (the default burst, a tenth).
+pub const RATED: &str = "namespace: bench\nname: rated\nversion: 1.0.0\nsteps:\n  - name: call\n    handler: noop\n    rate_limit: {key: bench, limit: 50, per_ms: 1000}\n";
+
+/// The rate of [`RATED`], per second.
+pub const RATE: f64 = 50.0;
+
+/// How many customers the tasks are spread over (`context.customer`).
+pub const CUSTOMERS: usize = 10;
+
 /// The steps of the wide template that depend on its root.
 const WIDE_CHILDREN: usize = 999;
 
@@ -29,6 +42,10 @@ pub enum Template {
     /// [`BATCH`]: a batchable step whose batch of [`BATCH_TOTAL`] in slices of 100 runs as 100
     /// instances of its worker step, then one step after them: 102 steps run per task.
     Batch,
+    /// [`KEYED`]: the chain, each step keyed by customer with limit 1.
+    Keyed,
+    /// [`RATED`]: one step, rate-limited to [`RATE`] per second across every worker.
+    Rated,
 }
 
 /// A batch: `load` returns a total of [`BATCH_TOTAL`], `slice` runs per 100 of it, `done` after.
@@ -44,7 +61,11 @@ impl Template {
             "wide" => Ok(Template::Wide),
             "chain" => Ok(Template::Chain),
             "batch" => Ok(Template::Batch),
-            other => bail!("unknown template {other:?}: expected diamond, wide, chain or batch"),
+            "keyed" => Ok(Template::Keyed),
+            "rated" => Ok(Template::Rated),
+            other => bail!(
+                "unknown template {other:?}: expected diamond, wide, chain, batch, keyed or rated"
+            ),
         }
     }
 
@@ -55,6 +76,8 @@ impl Template {
             Template::Wide => "wide",
             Template::Chain => "chain",
             Template::Batch => "batch",
+            Template::Keyed => "keyed",
+            Template::Rated => "rated",
         }
     }
 
@@ -63,7 +86,8 @@ impl Template {
         match self {
             Template::Diamond => 5,
             Template::Wide => 1 + WIDE_CHILDREN,
-            Template::Chain | Template::Batch => 3,
+            Template::Chain | Template::Batch | Template::Keyed => 3,
+            Template::Rated => 1,
         }
     }
 
@@ -81,6 +105,8 @@ impl Template {
             Template::Diamond => DIAMOND.to_owned(),
             Template::Chain => CHAIN.to_owned(),
             Template::Batch => BATCH.to_owned(),
+            Template::Keyed => KEYED.to_owned(),
+            Template::Rated => RATED.to_owned(),
             Template::Wide => {
                 let mut t = String::from(
                     "namespace: bench\nname: wide\nversion: 1.0.0\nsteps:\n  - name: root\n    handler: noop\n",
@@ -96,11 +122,29 @@ impl Template {
     }
 }
 
-/// A worker with one no-op handler, `noop`.
+/// How long each `noop` step takes, in milliseconds (0: it returns at once); see
+/// [`set_step_ms`].
+static STEP_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Makes each `noop` step of this process (and of the worker processes it starts) take `ms`
+/// milliseconds, as a call to another service would.
+pub fn set_step_ms(ms: u64) {
+    STEP_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn step_ms() -> u64 {
+    STEP_MS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A worker with one no-op handler, `noop` (taking [`set_step_ms`] each).
 pub fn noop_worker(engine: &Engine, concurrency: usize) -> Worker {
     Worker::builder(engine.clone())
         .concurrency(concurrency)
         .handler("noop", |_s: ClaimedStep| async {
+            let ms = step_ms();
+            if ms > 0 {
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+            }
             Ok::<Value, HandlerError>(Value::Null)
         })
         .handler("batch_load", |_s: ClaimedStep| async {
@@ -144,6 +188,7 @@ pub fn run_worker_processes(
                 .args(["--worker-only", "--store", store])
                 .args(["--workers", &workers.to_string()])
                 .args(["--concurrency", &concurrency.to_string()])
+                .args(["--step-ms", &step_ms().to_string()])
                 .spawn()
                 .with_context(|| format!("starting {}", exe.display()))
         })
@@ -178,10 +223,84 @@ pub async fn create_tasks(
 ) -> anyhow::Result<usize> {
     for i in 0..tasks {
         engine
-            .create_task(NewTask::new("bench", template.name()).context(json!({ "i": i })))
+            .create_task(NewTask::new("bench", template.name()).context(context(i)))
             .await?;
     }
     Ok(tasks * template.work())
+}
+
+/// Task `i`'s context: its number and its customer.
+fn context(i: usize) -> Value {
+    json!({ "i": i, "customer": i % CUSTOMERS })
+}
+
+/// Checks the records of the keyed run: no two steps of one customer ever in progress at
+/// once (each step from its claim to its completion, as its transitions say); the number of
+/// steps checked.
+pub async fn check_no_overlap(engine: &Engine) -> anyhow::Result<usize> {
+    let tasks = engine
+        .list_tasks(&TaskFilter {
+            name: Some("keyed".to_owned()),
+            limit: usize::MAX,
+            ..TaskFilter::default()
+        })
+        .await?;
+    let mut spans: Vec<(u64, i64, i64)> = Vec::new();
+    for task in &tasks {
+        let customer = task.context["customer"].as_u64().unwrap_or_default();
+        let mut started = std::collections::HashMap::new();
+        for t in engine.transitions(task.id).await? {
+            let (Some(step), ms) = (t.step.clone(), t.at.timestamp_micros()) else {
+                continue;
+            };
+            match t.to.as_str() {
+                "in_progress" => {
+                    started.insert(step, ms);
+                }
+                _ if t.from.as_deref() == Some("in_progress") => {
+                    if let Some(from) = started.remove(&step) {
+                        spans.push((customer, from, ms));
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    spans.sort();
+    for pair in spans.windows(2) {
+        let ((c1, _, end), (c2, start, _)) = (pair[0], pair[1]);
+        if c1 == c2 && start < end {
+            bail!("two steps of customer {c1} overlapped: one ran until {end} µs, the next began at {start} µs");
+        }
+    }
+    Ok(spans.len())
+}
+
+/// The rate at which the rated run's steps started, per second, over the first `window` after
+/// the first start; and how many started in it.
+pub async fn start_rate(engine: &Engine, window: Duration) -> anyhow::Result<(f64, usize)> {
+    let tasks = engine
+        .list_tasks(&TaskFilter {
+            name: Some("rated".to_owned()),
+            limit: usize::MAX,
+            ..TaskFilter::default()
+        })
+        .await?;
+    let mut starts = Vec::new();
+    for task in &tasks {
+        for t in engine.transitions(task.id).await? {
+            if t.step.is_some() && t.to == "in_progress" {
+                starts.push(t.at.timestamp_millis());
+            }
+        }
+    }
+    starts.sort_unstable();
+    let Some(&first) = starts.first() else {
+        bail!("no step started");
+    };
+    let end = first + window.as_millis() as i64;
+    let n = starts.iter().filter(|&&s| s < end).count();
+    Ok((n as f64 / window.as_secs_f64(), n))
 }
 
 /// Creation as users pay for it, with no worker running: `create_task` one at a time (the
@@ -198,7 +317,7 @@ pub async fn create_costs(
     for i in 0..tasks {
         let one = Instant::now();
         engine
-            .create_task(NewTask::new("bench", template.name()).context(json!({ "i": i })))
+            .create_task(NewTask::new("bench", template.name()).context(context(i)))
             .await?;
         latencies.push(one.elapsed().as_micros() as u64);
     }
@@ -209,7 +328,7 @@ pub async fn create_costs(
     while made < tasks {
         let n = batch.max(1).min(tasks - made);
         let batch: Vec<NewTask> = (made..made + n)
-            .map(|i| NewTask::new("bench", template.name()).context(json!({ "i": i })))
+            .map(|i| NewTask::new("bench", template.name()).context(context(i)))
             .collect();
         made += engine.create_tasks(batch).await?.len();
     }
@@ -256,6 +375,8 @@ async fn run_overlapped(
                         .args(["--worker-only", "--serve", "--store", store])
                         .args(["--workers", &workers.to_string()])
                         .args(["--concurrency", &concurrency.to_string()])
+                        .args(["--step-ms", &step_ms().to_string()])
+                        .args(["--step-ms", &step_ms().to_string()])
                         .spawn()
                         .with_context(|| format!("starting {}", exe.display()))?,
                 );

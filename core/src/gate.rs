@@ -278,6 +278,17 @@ impl Bucket {
     }
 }
 
+/// The kind of a key: a step-level or template-level concurrency key, or a rate key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    /// A step's `concurrency` key.
+    Step,
+    /// A template's `concurrency` key.
+    Task,
+    /// A step's `rate_limit` key.
+    Rate,
+}
+
 /// One thing a candidate needs room in: a step key, a task key, or a rate key.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {
@@ -363,7 +374,18 @@ impl Gates {
         out
     }
 
-    /// Every slot of these gates (for the store to count before a claim).
+    /// Every key of these gates, with its kind (for the store to count before a claim).
+    pub fn keys(&self) -> impl Iterator<Item = (Kind, &str)> + '_ {
+        let task = self.task.iter().map(|(k, _)| (Kind::Task, &**k));
+        let steps = self.steps.iter().flat_map(|s| {
+            let c = s.concurrency.iter().map(|(k, _)| (Kind::Step, &**k));
+            let r = s.rate.iter().map(|(k, _)| (Kind::Rate, &**k));
+            c.chain(r)
+        });
+        task.chain(steps)
+    }
+
+    /// Every slot of these gates.
     pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
         let task = self.task.iter().map(|(k, _)| Slot::Task(k.clone()));
         let steps = self.steps.iter().flat_map(|s| {
@@ -392,6 +414,11 @@ impl Room {
             now_ms,
             ..Room::default()
         }
+    }
+
+    /// Whether the store was asked about no key.
+    pub fn is_empty(&self) -> bool {
+        self.holders.is_empty() && self.buckets.is_empty()
     }
 
     /// `slot` (a concurrency key) has `holders` holders now.
@@ -433,6 +460,14 @@ impl Room {
             }
         }
         true
+    }
+
+    /// A holder of concurrency key `slot` let it go (in the claim's own transaction, before
+    /// the claims).
+    pub fn release(&mut self, slot: &Slot) {
+        if let Some(h) = self.holders.get_mut(slot) {
+            *h = h.saturating_sub(1);
+        }
     }
 
     /// Rate key `key`'s bucket as of now (after what this claim took), if the store read it.

@@ -178,3 +178,29 @@ per_store! {
         assert!(e.to_string().contains("limit must be at least 1"), "{store}: {e}");
     }
 }
+
+per_store! {
+    async fn a_report_lets_its_key_go_to_the_claim_made_with_it(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = gated(store, &clock).await else { return };
+        let first = create(&engine, of("step", 1)).await;
+        let second = create(&engine, of("step", 1)).await;
+        let held = claim(&engine, 10).await;
+        assert_eq!(held.len(), 1, "{store}");
+        assert_eq!(held[0].step_id.task, first, "{store}");
+        // One store operation: the charge's report, and a claim that may take the key it let go.
+        let report = tasker_core::store::StepReport {
+            step: held[0].step_id,
+            attempt: held[0].attempt,
+            outcome: tasker_core::store::Outcome::Complete(json!(null)),
+        };
+        let (results, next) = engine.report_and_claim(vec![report], &any_handler(10)).await.unwrap();
+        assert!(results[0].is_ok(), "{store}");
+        let mut got: Vec<(tasker_core::TaskId, String)> = next.iter().map(|c| (c.step_id.task, c.name.to_string())).collect();
+        got.sort();
+        // The first task's ship (no key) and one charge: the second task's.
+        let mut want = vec![(first, "ship".to_string()), (second, "charge".to_string())];
+        want.sort();
+        assert_eq!(got, want, "{store}");
+    }
+}

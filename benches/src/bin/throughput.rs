@@ -1,7 +1,8 @@
 //! End-to-end throughput: steps/s of no-op Rust handlers through the engine.
 //!
-//! `throughput [--store URL] [--template diamond|wide|chain|batch] [--tasks N] [--concurrency N]
-//!             [--workers N] [--processes N] [--overlap] [--latency N] [--create N] [--smoke]`
+//! `throughput [--store URL] [--template diamond|wide|chain|batch|keyed|rated] [--tasks N] [--concurrency N]
+//!             [--workers N] [--processes N] [--overlap] [--latency N] [--create N] [--step-ms N]
+//!             [--smoke]`
 //!
 //! Creates the tasks first, then runs the workers until idle and reports steps per second of
 //! the run phase. With `--overlap` the workers start first and the tasks are created one at a
@@ -10,11 +11,15 @@
 //! `--workers` workers) instead of this one. `--latency N` instead measures ready → claimed
 //! latency over N one-step tasks (see [`workload::latency`]); `--create N` the cost of creating
 //! N tasks, one by one (p50/p99 latency) and through `create_tasks` in batches of 1,000 (see
-//! [`workload::create_costs`]). `--smoke` runs a tiny
+//! [`workload::create_costs`]). `--template keyed` (the chain, each step keyed by customer
+//! with limit 1) checks afterwards that no two steps of a customer overlapped in the records;
+//! `--template rated` (one step, 50 per second) reports the rate the steps started at over
+//! the first 10 s. `--step-ms N` makes each step take N ms (as a call to another service
+//! would). `--smoke` runs a tiny
 //! configuration (used by the test command). The criterion bench `end_to_end` runs the same
 //! workload; this harness is for one-off runs at any size.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use tasker_core::Engine;
@@ -56,6 +61,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--template" => args.template = Template::parse(&value()?)?,
             "--tasks" => args.tasks = value()?.parse()?,
             "--concurrency" => args.concurrency = value()?.parse()?,
+            "--step-ms" => workload::set_step_ms(value()?.parse()?),
             "--workers" => args.workers = value()?.parse()?,
             "--processes" => args.processes = value()?.parse()?,
             "--latency" => args.latency = value()?.parse()?,
@@ -126,7 +132,7 @@ async fn main() -> anyhow::Result<()> {
     let tasks = match args.template {
         Template::Wide => (args.tasks / 200).max(1),
         Template::Batch => (args.tasks / 34).max(1),
-        Template::Diamond | Template::Chain => args.tasks,
+        Template::Diamond | Template::Chain | Template::Keyed | Template::Rated => args.tasks,
     };
     let exe = std::env::current_exe()?;
     let placement = if args.processes > 0 {
@@ -171,8 +177,23 @@ async fn main() -> anyhow::Result<()> {
             tasks as f64 / (total - elapsed).as_secs_f64()
         )
     };
+    let check = match args.template {
+        Template::Keyed => format!(
+            " (no two steps of a customer overlapped: {} steps checked)",
+            workload::check_no_overlap(&engine).await?
+        ),
+        Template::Rated => {
+            let (rate, n) = workload::start_rate(&engine, Duration::from_secs(10)).await?;
+            format!(
+                " ({n} started in the first 10 s: {rate:.1}/s for a limit of {}/s, {:+.1}%)",
+                workload::RATE,
+                (rate / workload::RATE - 1.0) * 100.0
+            )
+        }
+        _ => String::new(),
+    };
     println!(
-        "store={} template={} tasks={tasks} steps={steps} processes={} workers={} concurrency={} {create} run={:.3}s => {:.0} steps/s",
+        "store={} template={} tasks={tasks} steps={steps} processes={} workers={} concurrency={} {create} run={:.3}s => {:.0} steps/s{check}",
         args.store,
         args.template.name(),
         args.processes.max(1),

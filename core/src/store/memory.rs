@@ -19,7 +19,7 @@ use super::{
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
-use crate::gate::{Bucket, Room, Slot, Want};
+use crate::gate::{Bucket, Rate, Room, Slot, Want};
 use crate::ids::{StepId, TaskId};
 use crate::state::{StepState, TaskState, Transition};
 use crate::template::{TaskGraph, TaskTemplate};
@@ -48,7 +48,7 @@ struct Inner {
     /// The tasks with each concurrency key (finished ones dropped as the key is counted).
     keyed: HashMap<Slot, Vec<TaskId>>,
     /// Each rate key's bucket.
-    buckets: HashMap<Arc<str>, Bucket>,
+    buckets: HashMap<Arc<str>, (Bucket, Rate)>,
 }
 
 impl Inner {
@@ -97,7 +97,9 @@ impl Inner {
         for w in wants {
             if counted.insert(w.slot.clone()) {
                 match &w.slot {
-                    Slot::Rate(key) => room.bucket(key.clone(), self.buckets.get(key).copied()),
+                    Slot::Rate(key) => {
+                        room.bucket(key.clone(), self.buckets.get(key).map(|(b, _)| *b))
+                    }
                     slot => {
                         let n = self.holders(slot);
                         room.count(slot.clone(), n);
@@ -426,7 +428,8 @@ impl Store for MemoryStore {
             let wants = task.record.wants(entry.step.index);
             if !wants.is_empty() {
                 inner.count_into(&mut room, &mut counted, &wants);
-                if !room.admit(&wants) {
+                let record = &inner.tasks[&entry.step.task].record;
+                if !super::admitted(record, entry.step.index, &mut room, &mut changes) {
                     held_back.push((handler, entry));
                     continue;
                 }
@@ -450,8 +453,8 @@ impl Store for MemoryStore {
         for (handler, entry) in held_back {
             inner.queues.ready.entry(handler).or_default().push(entry);
         }
-        for (key, bucket) in room.taken() {
-            inner.buckets.insert(key.clone(), *bucket);
+        for (key, bucket, rate) in &changes.buckets {
+            inner.buckets.insert(key.clone(), (*bucket, *rate));
         }
         Ok((claimed, changes))
     }
@@ -719,10 +722,23 @@ impl Store for MemoryStore {
     async fn work_status(
         &self,
         handlers: Option<&[Arc<str>]>,
-        _now: Timestamp,
+        now: Timestamp,
     ) -> Result<WorkStatus> {
         let mut inner = self.inner.lock();
-        let Inner { tasks, queues, .. } = &mut *inner;
+        let Inner {
+            tasks,
+            queues,
+            buckets,
+            ..
+        } = &mut *inner;
+        // When an empty bucket has its next token (a claim may take a step it held back).
+        let next_token = buckets
+            .values()
+            .filter(|(b, _)| b.tokens < 1.0)
+            .map(|(b, rate)| b.next_token_ms(rate))
+            .filter(|&at| at > now.timestamp_millis())
+            .min()
+            .and_then(chrono::DateTime::from_timestamp_millis);
         let mut ready = 0u64;
         for (name, heap) in queues.ready.iter_mut() {
             if handlers.is_some_and(|list| !list.contains(name)) {
@@ -745,6 +761,7 @@ impl Store for MemoryStore {
                 .flatten()
                 .map(|d| d.at)
                 .chain(queues.deadlines.first().map(|d| d.0))
+                .chain(next_token)
                 .min(),
         })
     }

@@ -828,3 +828,28 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         now: Timestamp,
     ) -> Result<WorkStatus>;
 }
+
+/// Whether `room` has room for claiming step `index` of `t` (taken if so; the buckets it
+/// took tokens from are kept in `c`, for the write).
+pub(crate) fn admitted(
+    t: &record::TaskRecord,
+    index: u32,
+    room: &mut crate::gate::Room,
+    c: &mut Changes,
+) -> bool {
+    let wants = t.wants(index);
+    if wants.is_empty() {
+        return true;
+    }
+    if !room.admit(&wants) {
+        return false;
+    }
+    for w in &wants {
+        if let (crate::gate::Slot::Rate(key), crate::gate::Bound::Rate(rate)) = (&w.slot, w.bound) {
+            if let Some(b) = room.taken_from(key) {
+                c.buckets.push((key.clone(), b, rate));
+            }
+        }
+    }
+    true
+}

@@ -318,6 +318,40 @@ impl TaskRecord {
         }
     }
 
+    /// The concurrency keys transition `t` (of this task) lets go of: a step's key when it
+    /// leaves `in_progress`, the task's key when it leaves `in_progress` or `paused` for a
+    /// state that does not hold it.
+    pub fn lets_go(&self, t: &Transition) -> Vec<crate::gate::Slot> {
+        use crate::gate::Slot;
+        use crate::state::Change;
+        let Some(gates) = &self.gates else {
+            return Vec::new();
+        };
+        let holds = |s: TaskState| matches!(s, TaskState::InProgress | TaskState::Paused);
+        match t.change {
+            Change::Step {
+                index,
+                from: StepState::InProgress,
+                ..
+            } => gates
+                .steps
+                .get(self.template_step(index) as usize)
+                .and_then(|s| s.concurrency.as_ref())
+                .map(|(k, _)| vec![Slot::Step(k.clone())])
+                .unwrap_or_default(),
+            Change::Task {
+                from: Some(from),
+                to,
+                ..
+            } if holds(from) && !holds(to) => gates
+                .task
+                .as_ref()
+                .map(|(k, _)| vec![Slot::Task(k.clone())])
+                .unwrap_or_default(),
+            _ => Vec::new(),
+        }
+    }
+
     /// Step `index`'s name (`worker[slice]` for an instance).
     pub fn step_name(&self, index: u32) -> &Arc<str> {
         match self.instance(index) {

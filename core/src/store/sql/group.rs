@@ -476,14 +476,22 @@ impl<B: Backend> SqlStore<B> {
         }
         let (conn, begin) = tx.conn_to_begin()?;
         let now = ms(group.claim_now);
-        let limit = |l: usize| l.min(i64::MAX as usize) as i64;
+        let mut reported: Vec<String> = group
+            .reports
+            .iter()
+            .flat_map(|(reports, _, _)| reports.iter().map(|r| r.step.task.to_string()))
+            .collect();
+        reported.sort_unstable();
+        reported.dedup();
         let mut filters = group.filters.iter();
-        let first = filters.next().map(|(h, l)| (h.as_deref(), limit(*l)));
+        let first = filters.next().map(|f| look(f, &reported));
         let (version, rows) = if begin {
-            B::begin_group(conn, now, first).await.map_err(db)?
+            B::begin_group(conn, now, first.as_ref())
+                .await
+                .map_err(db)?
         } else {
-            let rows = match first {
-                Some((h, l)) => B::claimable(conn, now, h, l).await.map_err(db)?,
+            let rows = match &first {
+                Some(first) => B::claimable(conn, now, first).await.map_err(db)?,
                 None => Vec::new(),
             };
             (None, rows)
@@ -492,14 +500,12 @@ impl<B: Backend> SqlStore<B> {
         if first.is_some() {
             found.push(rows);
         }
-        for (handlers, l) in filters {
-            let rows = B::claimable(conn, now, handlers.as_deref(), limit(*l))
+        for filter in filters {
+            let rows = B::claimable(conn, now, &look(filter, &reported))
                 .await
                 .map_err(db)?;
             found.push(rows);
         }
-        let all: Vec<&super::rows::DueStep> = found.iter().flatten().collect();
-        loaded.room = super::room_of::<B>(conn, &all, now).await?;
         for rows in &found {
             loaded.claimable.push(due_keys(rows)?);
         }
@@ -524,6 +530,28 @@ impl<B: Backend> SqlStore<B> {
         let (records, bad) = self.load_many(conn, &ids, Lock::Skip, &mut false).await?;
         loaded.records.extend(records);
         unreadable.extend(bad);
+        // The keys the claims may take: those of the steps found, and those of the tasks
+        // reported on (a report lets go of its step's keys; the step it makes ready may take
+        // them). Counted last: where writers run side by side, a key's lock is taken once
+        // this transaction holds every task row it will (no holder of a key waits for a row).
+        let reported: std::collections::HashSet<TaskId> = group
+            .reports
+            .iter()
+            .flat_map(|(reports, _, _)| reports.iter().map(|r| r.step.task))
+            .collect();
+        let all: Vec<&super::rows::DueStep> = found.iter().flatten().collect();
+        let keyed = loaded
+            .records
+            .iter()
+            .filter(|t| reported.contains(&t.id))
+            .filter_map(|t| t.gates.as_deref());
+        loaded.room = super::room_of::<B>(conn, &all, keyed, now).await?;
+        if let (Some(clock), false) = (clock, loaded.room.is_empty()) {
+            // Once the keys' locks are held: the claims' records never begin before the
+            // let-go they waited for.
+            let later = clock().max(group.claim_now);
+            group.claims_at(later);
+        }
         if !unreadable.is_empty() {
             Self::mark_unreadable(tx.conn().await?, &unreadable, group.latest).await?;
         }
@@ -533,6 +561,19 @@ impl<B: Backend> SqlStore<B> {
             w.data_version = version;
         }
         Ok(loaded)
+    }
+}
+
+/// The look for ready steps of one handler filter (handlers, limit) of a group that reports
+/// on the tasks `reported`.
+fn look<'a>(
+    (handlers, limit): &'a (Option<Vec<Arc<str>>>, usize),
+    reported: &'a [String],
+) -> super::Look<'a> {
+    super::Look {
+        handlers: handlers.as_deref(),
+        limit: (*limit).min(i64::MAX as usize) as i64,
+        reported,
     }
 }
 
@@ -714,8 +755,22 @@ impl Group {
             }
         }
         made_ready.extend(due.ready.iter().map(|(id, _)| (id.task, id.index)));
+        // What the reports and expired leases let go of is free for the claims.
+        for c in reports.iter().map(|(_, c)| c).chain([&due]) {
+            for tr in &c.transitions {
+                if let Some((t, _)) = tasks.get(tr.task_id) {
+                    for slot in t.lets_go(tr) {
+                        room.release(&slot);
+                    }
+                }
+            }
+        }
         let mut claims = Vec::with_capacity(self.claims.len());
+        // A claim runs after the group's reports: its records never begin before theirs (a
+        // key a report let go of may be what it takes).
+        let reported_by = self.reports.iter().map(|(_, at, _)| *at).max();
         for (request, now, _) in &self.claims {
+            let now = &reported_by.map_or(*now, |at| at.max(*now));
             let mut changes = Changes::default();
             let filter = self
                 .filters
@@ -738,7 +793,7 @@ impl Group {
                 };
                 if t.is_claimable(index)
                     && request.wants(&t.spec(index).handler)
-                    && super::admitted(t, index, room, &mut changes)
+                    && crate::store::admitted(t, index, room, &mut changes)
                 {
                     match t.claim(index, &request.worker_id, *now, s, &mut changes) {
                         Ok(step) => steps.push(step),

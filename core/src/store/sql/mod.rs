@@ -160,37 +160,36 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     /// Begins the write transaction on `c` and reads, in the same call where the database
     /// allows it, how many times other connections have changed the database (SQLite's
     /// `data_version`; `None` where nothing tells) and the steps to look at for a claim of
-    /// `claim` (handlers, limit) at `now` (see [`Backend::claimable`]).
+    /// `claim` at `now` (see [`Backend::claimable`]).
     async fn begin_group(
         c: &mut Conn<Self>,
         now: i64,
-        claim: Option<(Option<&[Arc<str>]>, i64)>,
+        claim: Option<&Look<'_>>,
     ) -> sqlx::Result<(Option<i64>, Vec<rows::DueStep>)> {
         Self::execute(c, Self::BEGIN).await?;
         let rows = match claim {
-            Some((handlers, limit)) => Self::claimable(c, now, handlers, limit).await?,
+            Some(look) => Self::claimable(c, now, look).await?,
             None => Vec::new(),
         };
         Ok((None, rows))
     }
     /// Steps to look at for a claim, in one query: whose lease ran out (`lease`), whose retry
-    /// is due (`retry`) at `now`, and the claimable ones in claim order (`ready`) for
-    /// `handlers` (any when `None`), at most `limit`.
+    /// is due (`retry`) at `now`, and the claimable ones in claim order (`ready`) as `look`
+    /// says.
     async fn claimable(
         c: &mut Conn<Self>,
         now: i64,
-        handlers: Option<&[Arc<str>]>,
-        limit: i64,
+        look: &Look<'_>,
     ) -> sqlx::Result<Vec<rows::DueStep>>;
-    /// What holds the keys a claim at `now` may take: the step keys `steps`, task keys
-    /// `tasks` and rate keys `rates`; where other writers run beside this one, each key locked
-    /// first until the transaction ends (so that one claim at a time counts and takes it).
+    /// What holds the keys a claim may take: the step keys `steps`, task keys `tasks` and
+    /// rate keys `rates`; where other writers run beside this one, each key locked first
+    /// until the transaction ends (so that one claim at a time counts and takes it), and
+    /// those another claim has locked left out (a key without a row has no room).
     async fn gate_room(
         c: &mut Conn<Self>,
         steps: &[&str],
         tasks: &[&str],
         rates: &[&str],
-        now: i64,
     ) -> sqlx::Result<Vec<rows::GateRow>>;
     /// A pool on `url`, each connection set up for the engine.
     async fn connect(url: &str) -> Result<Pool<Self::Db>>;
@@ -244,10 +243,11 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     ) -> sqlx::Result<Option<String>>;
     /// Steps whose lease ran out and retries that are due at `now`.
     async fn due(c: &mut Conn<Self>, now: i64) -> sqlx::Result<Vec<rows::DueStep>>;
-    /// The counts of `work_status`.
+    /// The counts of `work_status` at `now`.
     async fn work_status(
         c: &mut Conn<Self>,
         handlers: Option<&[Arc<str>]>,
+        now: i64,
     ) -> sqlx::Result<rows::StatusRow>;
     /// The ids of tasks matching `filter`, newest first.
     async fn list_tasks(c: &mut Conn<Self>, filter: &TaskFilter) -> sqlx::Result<Vec<String>>;
@@ -635,46 +635,51 @@ enum Due {
     Ready,
 }
 
-/// The steps of a claim query: task, index, attempts and why.
-/// The room of the keys the steps of `rows` name, as the store holds them at `now` (under
-/// their locks, where writers run side by side); nothing is read when none names a key.
-async fn room_of<B: Backend>(
+/// What a claim's look for ready steps takes: the handlers (any when `None`), at most `limit`
+/// steps, and the tasks reported on in the same transaction (their steps' hold on a key does
+/// not keep others' steps out of the look: the reports may let go of it first).
+pub(super) struct Look<'a> {
+    pub handlers: Option<&'a [Arc<str>]>,
+    pub limit: i64,
+    pub reported: &'a [String],
+}
+
+/// The room of the keys the steps of `rows` name and of every key of `also`, as the store
+/// holds them at `now` (under their locks, where writers run side by side); nothing is read
+/// when there is no key.
+async fn room_of<'a, B: Backend>(
     conn: &mut Conn<B>,
-    rows: &[&rows::DueStep],
+    rows: &[&'a rows::DueStep],
+    also: impl Iterator<Item = &'a crate::gate::Gates>,
     now: i64,
 ) -> Result<Room> {
     let mut room = Room::new(now);
-    let keys = |pick: fn(&rows::DueStep) -> Option<&String>| {
-        let mut keys: Vec<&str> = rows
-            .iter()
-            .filter_map(|r| pick(r))
-            .map(|k| k.as_str())
-            .collect();
+    let (mut steps, mut tasks, mut rates): (Vec<&str>, Vec<&str>, Vec<&str>) = Default::default();
+    for r in rows {
+        steps.extend(r.ckey.as_deref());
+        tasks.extend(r.tkey.as_deref());
+        rates.extend(r.rkey.as_deref());
+    }
+    for gates in also {
+        for (kind, key) in gates.keys() {
+            match kind {
+                crate::gate::Kind::Step => steps.push(key),
+                crate::gate::Kind::Task => tasks.push(key),
+                crate::gate::Kind::Rate => rates.push(key),
+            }
+        }
+    }
+    for keys in [&mut steps, &mut tasks, &mut rates] {
         keys.sort_unstable();
         keys.dedup();
-        keys
-    };
-    let (steps, tasks, rates) = (
-        keys(|r| r.ckey.as_ref()),
-        keys(|r| r.tkey.as_ref()),
-        keys(|r| r.rkey.as_ref()),
-    );
+    }
     if steps.is_empty() && tasks.is_empty() && rates.is_empty() {
         return Ok(room);
     }
-    let found = B::gate_room(conn, &steps, &tasks, &rates, now)
+    let found = B::gate_room(conn, &steps, &tasks, &rates)
         .await
         .map_err(db)?;
-    // Keys nothing holds are not in what was found: none hold them.
-    for k in &steps {
-        room.count(Slot::Step((*k).into()), 0);
-    }
-    for k in &tasks {
-        room.count(Slot::Task((*k).into()), 0);
-    }
-    for k in &rates {
-        room.bucket((*k).into(), None);
-    }
+    // A key without a row (another claim is taking it) has no room.
     for row in found {
         let key: Arc<str> = row.key.as_str().into();
         let n = u32::try_from(row.n).unwrap_or(u32::MAX);
@@ -692,6 +697,7 @@ async fn room_of<B: Backend>(
     Ok(room)
 }
 
+/// The steps of a claim query: task, index, attempts and why.
 fn due_keys(rows: &[rows::DueStep]) -> Result<Vec<(TaskId, u32, u32, Due)>> {
     rows.iter()
         .map(|d| {
@@ -817,41 +823,28 @@ fn claim_task(
 ) -> Result<Vec<ClaimedStep>> {
     let id = t.id;
     let mine = || keys.iter().filter(move |k| k.0 == id);
+    let mark = c.transitions.len();
     for &(_, index, attempt, kind) in mine().filter(|k| k.3 != Due::Ready) {
         due_step(t, (index, attempt, kind), now, s, c);
+    }
+    // What the expired leases let go of is free for the claims.
+    for tr in &c.transitions[mark..] {
+        for slot in t.lets_go(tr) {
+            room.release(&slot);
+        }
     }
     let mut out = Vec::new();
     for &(_, index, _, _) in mine() {
         if *left > 0
             && t.is_claimable(index)
             && request.wants(&t.spec(index).handler)
-            && admitted(t, index, room, c)
+            && super::admitted(t, index, room, c)
         {
             out.push(t.claim(index, &request.worker_id, now, s, c)?);
             *left -= 1;
         }
     }
     Ok(out)
-}
-
-/// Whether `room` has room for claiming step `index` of `t` (taken if so; the buckets it
-/// took tokens from are kept in `c`, for the write).
-fn admitted(t: &TaskRecord, index: u32, room: &mut Room, c: &mut Changes) -> bool {
-    let wants = t.wants(index);
-    if wants.is_empty() {
-        return true;
-    }
-    if !room.admit(&wants) {
-        return false;
-    }
-    for w in &wants {
-        if let (Slot::Rate(key), crate::gate::Bound::Rate(rate)) = (&w.slot, w.bound) {
-            if let Some(b) = room.taken_from(key) {
-                c.buckets.push((key.clone(), b, rate));
-            }
-        }
-    }
-    true
 }
 
 /// The steps each task's claim took, in the order of `keys` (claim order, not lock order).
@@ -1642,14 +1635,16 @@ impl<B: Backend> SqlStore<B> {
         &self,
         mut tx: Tx<'_, B>,
         request: &ClaimRequest,
-        now: Timestamp,
+        clock: Now<'_>,
         changes: &mut Changes,
     ) -> Result<Vec<ClaimedStep>> {
+        // Read once the write lock is held: waiting for it must not eat into the leases.
+        let now = clock();
         let found = match tx.conn().await {
             Ok(conn) => match self.claimable_rows(conn, request, now).await {
                 Ok(rows) => {
                     let all: Vec<&rows::DueStep> = rows.iter().collect();
-                    match room_of::<B>(conn, &all, ms(now)).await {
+                    match room_of::<B>(conn, &all, std::iter::empty(), ms(now)).await {
                         Ok(room) => due_keys(&rows).map(|keys| (keys, room)),
                         Err(e) => Err(e),
                     }
@@ -1664,6 +1659,13 @@ impl<B: Backend> SqlStore<B> {
                 self.rollback(tx).await;
                 return Err(e);
             }
+        };
+        // Once the keys' locks are held (the holders before let go by now): the claims'
+        // records never begin before the let-go they waited for.
+        let now = if room.is_empty() {
+            now
+        } else {
+            clock().max(now)
         };
         // Claim order: the ready steps as the query ordered them, then those made pending now.
         keys.sort_by_key(|k| k.3 != Due::Ready);
@@ -1695,10 +1697,12 @@ impl<B: Backend> SqlStore<B> {
         request: &ClaimRequest,
         now: Timestamp,
     ) -> Result<Vec<rows::DueStep>> {
-        let limit = request.limit.min(i64::MAX as usize) as i64;
-        B::claimable(conn, ms(now), request.handlers.as_deref(), limit)
-            .await
-            .map_err(db)
+        let look = Look {
+            handlers: request.handlers.as_deref(),
+            limit: request.limit.min(i64::MAX as usize) as i64,
+            reported: &[],
+        };
+        B::claimable(conn, ms(now), &look).await.map_err(db)
     }
 
     /// Task `id` read without a lock, from one snapshot; a corrupt-store error naming why when
@@ -2117,8 +2121,6 @@ impl<B: Backend> Store for SqlStore<B> {
         }
         let mut changes = Changes::default();
         let tx = self.begin().await?;
-        // Read once the write lock is held: waiting for it must not eat into the leases.
-        let now = now();
         let claimed = self.claim_with(tx, request, now, &mut changes).await?;
         Ok((claimed, changes))
     }
@@ -2433,10 +2435,12 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn work_status(
         &self,
         handlers: Option<&[Arc<str>]>,
-        _now: Timestamp,
+        now: Timestamp,
     ) -> Result<WorkStatus> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
-        let row = B::work_status(&mut conn, handlers).await.map_err(db)?;
+        let row = B::work_status(&mut conn, handlers, ms(now))
+            .await
+            .map_err(db)?;
         Ok(WorkStatus {
             ready: row.ready.max(0) as u64,
             running: row.running.max(0) as u64,

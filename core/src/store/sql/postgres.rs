@@ -11,7 +11,7 @@ use sqlx::{Pool, Row as _};
 use tokio::sync::Notify;
 
 use super::rows::{DueStep, GateRow, Rows, StatusRow, StepRow, TaskRow};
-use super::{db, impl_backend, own_params, pool_options, Dialect, Lock};
+use super::{db, impl_backend, own_params, pool_options, Dialect, Lock, Look};
 use crate::error::{Error, Result};
 use crate::template::TaskGraph;
 
@@ -279,13 +279,13 @@ impl Backend for Postgres {
     async fn claimable(
         c: &mut PgConnection,
         now: i64,
-        handlers: Option<&[Arc<str>]>,
-        limit: i64,
+        look: &Look<'_>,
     ) -> sqlx::Result<Vec<DueStep>> {
         sqlx::query_as(CLAIMABLE)
             .bind(now)
-            .bind(handler_list(handlers))
-            .bind(limit)
+            .bind(handler_list(look.handlers))
+            .bind(look.limit)
+            .bind(look.reported)
             .fetch_all(c)
             .await
     }
@@ -295,21 +295,28 @@ impl Backend for Postgres {
         steps: &[&str],
         tasks: &[&str],
         rates: &[&str],
-        now: i64,
     ) -> sqlx::Result<Vec<GateRow>> {
-        let mut locks: Vec<String> = (steps.iter().map(|k| format!("s:{k}")))
+        let locks: Vec<String> = (steps.iter().map(|k| format!("s:{k}")))
             .chain(tasks.iter().map(|k| format!("t:{k}")))
             .chain(rates.iter().map(|k| format!("r:{k}")))
             .collect();
-        // In one order in every claim: no two claims wait for each other's keys.
-        locks.sort();
-        sqlx::query(GATE_LOCK).bind(&locks).execute(&mut *c).await?;
+        let taken: Vec<String> = sqlx::query_scalar(GATE_LOCK)
+            .bind(&locks)
+            .fetch_all(&mut *c)
+            .await?;
+        let taken: std::collections::HashSet<&str> = taken.iter().map(|k| k.as_str()).collect();
+        let mine = |prefix: &str, keys: &[&str]| -> Vec<String> {
+            keys.iter()
+                .filter(|k| taken.contains(format!("{prefix}{k}").as_str()))
+                .map(|k| k.to_string())
+                .collect()
+        };
         // A statement of its own, after the locks: it sees what the claims before committed.
+        // The keys another claim holds are not counted: they have no room in this one.
         sqlx::query_as(GATE_ROOM)
-            .bind(steps)
-            .bind(tasks)
-            .bind(rates)
-            .bind(now)
+            .bind(mine("s:", steps))
+            .bind(mine("t:", tasks))
+            .bind(mine("r:", rates))
             .fetch_all(c)
             .await
     }
@@ -317,9 +324,11 @@ impl Backend for Postgres {
     async fn work_status(
         c: &mut PgConnection,
         handlers: Option<&[Arc<str>]>,
+        now: i64,
     ) -> sqlx::Result<StatusRow> {
         sqlx::query_as(WORK_STATUS)
             .bind(handler_list(handlers))
+            .bind(now)
             .fetch_one(c)
             .await
     }

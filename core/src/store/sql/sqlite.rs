@@ -10,7 +10,7 @@ use sqlx::{Pool, Row as _};
 use tokio::sync::Notify;
 
 use super::rows::{DueStep, GateRow, Rows, StatusRow, StepRow, TaskRow};
-use super::{db, impl_backend, own_params, pool_options, Dialect, Lock};
+use super::{db, impl_backend, own_params, pool_options, Dialect, Lock, Look};
 use crate::error::{Error, Result};
 use crate::template::TaskGraph;
 
@@ -354,13 +354,13 @@ impl Backend for Sqlite {
     async fn claimable(
         c: &mut SqliteConnection,
         now: i64,
-        handlers: Option<&[Arc<str>]>,
-        limit: i64,
+        look: &Look<'_>,
     ) -> sqlx::Result<Vec<DueStep>> {
         sqlx::query_as(CLAIMABLE)
             .bind(now)
-            .bind(handler_list(handlers)?)
-            .bind(limit)
+            .bind(handler_list(look.handlers)?)
+            .bind(look.limit)
+            .bind(json(look.reported)?)
             .fetch_all(c)
             .await
     }
@@ -370,14 +370,12 @@ impl Backend for Sqlite {
         steps: &[&str],
         tasks: &[&str],
         rates: &[&str],
-        now: i64,
     ) -> sqlx::Result<Vec<GateRow>> {
         // In the write transaction: one writer at a time, nothing to lock.
         sqlx::query_as(GATE_ROOM)
             .bind(json(steps)?)
             .bind(json(tasks)?)
             .bind(json(rates)?)
-            .bind(now)
             .fetch_all(c)
             .await
     }
@@ -385,14 +383,15 @@ impl Backend for Sqlite {
     async fn begin_group(
         c: &mut SqliteConnection,
         now: i64,
-        claim: Option<(Option<&[Arc<str>]>, i64)>,
+        claim: Option<&Look<'_>>,
     ) -> sqlx::Result<(Option<i64>, Vec<DueStep>)> {
         let mut rows: Vec<DueStep> = match claim {
-            Some((handlers, limit)) => {
+            Some(look) => {
                 sqlx::query_as(BEGIN_VERSION_CLAIMABLE)
                     .bind(now)
-                    .bind(handler_list(handlers)?)
-                    .bind(limit)
+                    .bind(handler_list(look.handlers)?)
+                    .bind(look.limit)
+                    .bind(json(look.reported)?)
                     .fetch_all(c)
                     .await?
             }
@@ -421,9 +420,11 @@ impl Backend for Sqlite {
     async fn work_status(
         c: &mut SqliteConnection,
         handlers: Option<&[Arc<str>]>,
+        now: i64,
     ) -> sqlx::Result<StatusRow> {
         sqlx::query_as(WORK_STATUS)
             .bind(handler_list(handlers)?)
+            .bind(now)
             .fetch_one(c)
             .await
     }

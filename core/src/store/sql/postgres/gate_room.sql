@@ -1,14 +1,16 @@
--- What holds each key a claim may take at $4 (read after gate_lock.sql, so the claims that
--- held the keys before are seen): the steps in progress with step key in $1, the tasks in
--- progress or paused with task key in $2, and the buckets of rate keys $3.
-SELECT 'step' AS kind, concurrency_key AS key, count(*) AS n, NULL::float8 AS tokens,
-    NULL::int8 AS at_ms
-FROM tasker_workflow_steps
-WHERE concurrency_key = ANY($1::text[]) AND status = 'in_progress' AND lease_expires_at > $4
-GROUP BY concurrency_key
+-- What holds each key a claim may take, one row per key (read after gate_lock.sql, so the
+-- claims that held the keys before are seen; a step whose lease ran out holds its key until
+-- the claim gives it back): the steps in progress with each step key of $1, the tasks in
+-- progress or paused with each task key of $2, and the bucket of each rate key of $3 (none
+-- yet: NULL tokens).
+SELECT 'step' AS kind, k AS key, (SELECT count(*) FROM tasker_workflow_steps
+        WHERE concurrency_key = k AND status = 'in_progress') AS n,
+    NULL::float8 AS tokens, NULL::int8 AS at_ms
+FROM unnest($1::text[]) AS k
 UNION ALL
-SELECT 'task', concurrency_key, count(*), NULL, NULL FROM tasker_tasks
-WHERE concurrency_key = ANY($2::text[]) AND status IN ('in_progress', 'paused')
-GROUP BY concurrency_key
+SELECT 'task', k, (SELECT count(*) FROM tasker_tasks
+        WHERE concurrency_key = k AND status IN ('in_progress', 'paused')), NULL, NULL
+FROM unnest($2::text[]) AS k
 UNION ALL
-SELECT 'rate', key, 0, tokens, at_ms FROM tasker_rate_limits WHERE key = ANY($3::text[])
+SELECT 'rate', k, 0, b.tokens, b.at_ms
+FROM unnest($3::text[]) AS k LEFT JOIN tasker_rate_limits b ON b.key = k

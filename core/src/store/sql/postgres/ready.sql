@@ -1,4 +1,5 @@
--- Claimable steps in claim order ('ready'), for the handlers $2 (any when NULL), at most $3,
+-- Claimable steps in claim order ('ready'), for the handlers $2 (any when NULL), at most $3
+-- (the holders of keys among the tasks $4, reported on in the same transaction, not counted),
 -- skipping the tasks another transaction holds (so that several engines do not all pick, and
 -- then skip, the same hot tasks). Followed by shared/due.sql (its $1: now) in one query.
 SELECT * FROM (
@@ -12,10 +13,11 @@ SELECT * FROM (
       -- claim counts again under the keys' locks).
       AND (s.concurrency_key IS NULL OR (SELECT count(*) FROM tasker_workflow_steps h
           WHERE h.concurrency_key = s.concurrency_key AND h.status = 'in_progress'
-            AND h.lease_expires_at > $1) < s.concurrency_limit)
+            AND h.lease_expires_at > $1 AND h.task_id <> ALL($4::text[])) < s.concurrency_limit)
       AND (t.concurrency_key IS NULL OR t.status = 'in_progress' OR (SELECT count(*)
           FROM tasker_tasks h WHERE h.concurrency_key = t.concurrency_key
-            AND h.status IN ('in_progress', 'paused')) < t.concurrency_limit)
+            AND h.status IN ('in_progress', 'paused') AND h.task_id <> ALL($4::text[]))
+            < t.concurrency_limit)
       AND (s.rate_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasker_rate_limits b
           WHERE b.key = s.rate_key AND b.tokens + ($1 - b.at_ms) * b.refill_per_ms < 1))
     ORDER BY s.priority DESC, s.ready_at, s.task_id, s.step_index

@@ -1,15 +1,15 @@
--- What holds each key a claim may take at $4 (in the write transaction): the steps in
--- progress with a step key of the JSON array $1, the tasks in progress or paused with a task
--- key of $2, and the buckets of the rate keys of $3.
-SELECT 'step' AS kind, concurrency_key AS key, count(*) AS n, NULL AS tokens, NULL AS at_ms
-FROM tasker_workflow_steps
-WHERE concurrency_key IN (SELECT value FROM json_each($1)) AND status = 'in_progress'
-  AND lease_expires_at > $4
-GROUP BY concurrency_key
+-- What holds each key a claim may take, one row per key (in the write transaction; a step
+-- whose lease ran out holds its key until the claim gives it back): the steps in progress
+-- with each step key of the JSON array $1, the tasks in progress or paused with each task key
+-- of $2, and the bucket of each rate key of $3 (none yet: NULL tokens).
+SELECT 'step' AS kind, k.value AS key, (SELECT count(*) FROM tasker_workflow_steps
+        WHERE concurrency_key = k.value AND status = 'in_progress') AS n,
+    NULL AS tokens, NULL AS at_ms
+FROM json_each($1) AS k
 UNION ALL
-SELECT 'task', concurrency_key, count(*), NULL, NULL FROM tasker_tasks
-WHERE concurrency_key IN (SELECT value FROM json_each($2)) AND status IN ('in_progress', 'paused')
-GROUP BY concurrency_key
+SELECT 'task', k.value, (SELECT count(*) FROM tasker_tasks
+        WHERE concurrency_key = k.value AND status IN ('in_progress', 'paused')), NULL, NULL
+FROM json_each($2) AS k
 UNION ALL
-SELECT 'rate', key, 0, tokens, at_ms FROM tasker_rate_limits
-WHERE key IN (SELECT value FROM json_each($3))
+SELECT 'rate', k.value, 0, b.tokens, b.at_ms
+FROM json_each($3) AS k LEFT JOIN tasker_rate_limits b ON b.key = k.value

@@ -1,6 +1,6 @@
 -- Ready steps for the handlers in the JSON array $1 (any when NULL), running and waiting steps
 -- (retries, and the roots of tasks to run later), and when the next lease runs out, retry or
--- start is due or deadline passes.
+-- start is due or deadline passes, or an empty rate bucket has a token again.
 SELECT
     (SELECT COUNT(*) FROM tasker_workflow_steps s JOIN tasker_tasks t ON t.task_id = s.task_id
       WHERE s.status = 'pending' AND s.unfinished_parents = 0 AND s.failed_required_parents = 0
@@ -21,4 +21,8 @@ SELECT
        WHERE status = 'pending' AND next_attempt_at IS NOT NULL
       UNION ALL
       SELECT MIN(deadline_at) FROM tasker_tasks WHERE deadline_at IS NOT NULL
+      UNION ALL
+      -- The next token of an empty bucket, when still to come at $2.
+      SELECT MIN(n) FROM (SELECT CAST(at_ms + (1 - tokens) / refill_per_ms + 0.999999 AS INTEGER) AS n
+        FROM tasker_rate_limits WHERE tokens < 1) WHERE n > $2
     )) AS next_due
