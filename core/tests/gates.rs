@@ -204,3 +204,53 @@ per_store! {
         assert_eq!(got, want, "{store}");
     }
 }
+
+/// `gate/batch`: a batch of 3 slices whose worker step is keyed (limit 1).
+const BATCH_KEYED: &str = r#"
+namespace: gate
+name: batch
+version: 1.0.0
+steps:
+  - name: load
+    type: batchable
+    batch: { worker: slice, size: 1 }
+  - name: slice
+    type: batch_worker
+    depends_on: [load]
+    concurrency: { key: "slices", limit: 1 }
+"#;
+
+per_store! {
+    async fn a_keyed_batch_runs_its_slices_one_at_a_time(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = gated(store, &clock).await else { return };
+        engine.register_template_str(BATCH_KEYED).await.unwrap();
+        let task = create(&engine, NewTask::new("gate", "batch")).await;
+        let load = claim_one(&engine, "load").await;
+        engine.report(load.step_id, load.attempt, tasker_core::Batch::total(3)).await.unwrap();
+        // The worker step itself holds nothing: its instances do, one at a time.
+        for k in 0..3 {
+            let slices = claim(&engine, 10).await;
+            assert_eq!(slices.len(), 1, "{store}: slice {k}");
+            complete(&engine, &slices[0], json!(k)).await;
+        }
+        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
+    }
+}
+
+per_store! {
+    async fn a_retried_task_is_counted_again(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = gated(store, &clock).await else { return };
+        let first = create(&engine, of("step", 9)).await;
+        let held = claim(&engine, 10).await;
+        fail(&engine, &held[0], permanent("declined")).await;
+        assert_eq!(status(&engine, first).await, TaskState::Error, "{store}");
+        engine.retry_task(first).await.unwrap();
+        let again = claim(&engine, 10).await;
+        assert_eq!(again.len(), 1, "{store}");
+        // The reopened task holds the key: another task of the customer waits.
+        create(&engine, of("step", 9)).await;
+        assert!(claim(&engine, 10).await.is_empty(), "{store}: the key is held");
+    }
+}

@@ -59,11 +59,8 @@ impl Inner {
             return 0;
         };
         let tasks = &self.tasks;
-        ids.retain(|id| {
-            tasks
-                .get(id)
-                .is_some_and(|t| !t.record.status.is_finished())
-        });
+        // Only purged tasks are dropped: a finished task may be reopened by an operator.
+        ids.retain(|id| tasks.contains_key(id));
         let mut n = 0;
         for t in ids.iter().filter_map(|id| tasks.get(id)) {
             let (r, Some(gates)) = (&t.record, &t.record.gates) else {
@@ -80,8 +77,8 @@ impl Inner {
                     n += (0..r.states.len() as u32)
                         .filter(|&i| r.states[i as usize] == StepState::InProgress)
                         .filter(|&i| {
-                            let step = gates.steps.get(r.template_step(i) as usize);
-                            step.and_then(|s| s.concurrency.as_ref())
+                            r.step_gates(i)
+                                .and_then(|s| s.concurrency.as_ref())
                                 .is_some_and(|(k, _)| k == key)
                         })
                         .count() as u32;
@@ -406,6 +403,7 @@ impl Store for MemoryStore {
         let mut counted = HashSet::new();
         // Steps whose keys have no room: back in their queues once the claim is done.
         let mut held_back: Vec<(Arc<str>, ReadyEntry)> = Vec::new();
+        let mut failed = None;
         let mut claimed = Vec::with_capacity(request.limit.min(64));
         while claimed.len() < request.limit {
             let Some(handler) = inner.queues.best_queue(request.handlers.as_deref()) else {
@@ -439,22 +437,32 @@ impl Store for MemoryStore {
                 continue;
             };
             let mark = changes.transitions.len();
-            let step = task.record.claim(
+            let step = match task.record.claim(
                 entry.step.index,
                 &request.worker_id,
                 now,
                 queues,
                 &mut changes,
-            )?;
+            ) {
+                Ok(step) => step,
+                Err(e) => {
+                    failed = Some(e);
+                    break;
+                }
+            };
             task.transitions
                 .extend(changes.transitions[mark..].iter().cloned());
             claimed.push(step);
         }
+        // Even when a claim failed: the held-back steps stay queued, the tokens taken count.
         for (handler, entry) in held_back {
             inner.queues.ready.entry(handler).or_default().push(entry);
         }
         for (key, bucket, rate) in &changes.buckets {
             inner.buckets.insert(key.clone(), (*bucket, *rate));
+        }
+        if let Some(e) = failed {
+            return Err(e);
         }
         Ok((claimed, changes))
     }

@@ -238,16 +238,7 @@ impl TaskRecord {
         self.updated_at = t.at;
         if self.gates.is_some() {
             // A holder of a key let it go: the steps it held back may start now.
-            changes.freed |= matches!(
-                t.change,
-                crate::state::Change::Step {
-                    from: StepState::InProgress,
-                    ..
-                } | crate::state::Change::Task {
-                    from: Some(TaskState::InProgress | TaskState::Paused),
-                    ..
-                }
-            );
+            changes.freed |= !self.lets_go(&t).is_empty();
         }
         changes.transitions.push(t);
     }
@@ -308,6 +299,18 @@ impl TaskRecord {
         self.graph.step(self.template_step(index))
     }
 
+    /// Step `index`'s rendered keys: its template step's, for a step a claim hands out (a
+    /// `batch_worker` step itself is never claimed and holds nothing: its instances do).
+    pub fn step_gates(&self, index: u32) -> Option<&crate::gate::StepGates> {
+        let gates = self.gates.as_deref()?;
+        if self.instance(index).is_none()
+            && self.graph.step(index).kind == crate::template::StepKind::BatchWorker
+        {
+            return None;
+        }
+        gates.steps.get(self.template_step(index) as usize)
+    }
+
     /// What claiming step `index` needs room in (nothing when the task has no keys): its
     /// template step's concurrency and rate keys, and the task's own key unless the task is
     /// in progress already.
@@ -333,9 +336,8 @@ impl TaskRecord {
                 index,
                 from: StepState::InProgress,
                 ..
-            } => gates
-                .steps
-                .get(self.template_step(index) as usize)
+            } => self
+                .step_gates(index)
                 .and_then(|s| s.concurrency.as_ref())
                 .map(|(k, _)| vec![Slot::Step(k.clone())])
                 .unwrap_or_default(),

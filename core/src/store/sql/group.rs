@@ -539,11 +539,15 @@ impl<B: Backend> SqlStore<B> {
             .iter()
             .flat_map(|(reports, _, _)| reports.iter().map(|r| r.step.task))
             .collect();
-        let all: Vec<&super::rows::DueStep> = found.iter().flatten().collect();
+        let all: Vec<&super::rows::DueStep> = if group.claims.is_empty() {
+            Vec::new()
+        } else {
+            found.iter().flatten().collect()
+        };
         let keyed = loaded
             .records
             .iter()
-            .filter(|t| reported.contains(&t.id))
+            .filter(|t| !group.claims.is_empty() && reported.contains(&t.id))
             .filter_map(|t| t.gates.as_deref());
         loaded.room = super::room_of::<B>(conn, &all, keyed, now).await?;
         if let (Some(clock), false) = (clock, loaded.room.is_empty()) {

@@ -232,11 +232,7 @@ impl<'a> StepWrite<'a> {
         let spec = t.spec(i as u32);
         let s: &'a StepRecord = &t.steps[i];
         let instance = t.instance(i as u32);
-        let gates = t
-            .gates
-            .as_deref()
-            .filter(|_| new)
-            .and_then(|g| g.steps.get(t.template_step(i as u32) as usize));
+        let gates = t.step_gates(i as u32).filter(|_| new);
         let concurrency = gates.and_then(|g| g.concurrency.as_ref());
         StepWrite {
             task_id: t.id.to_string(),
