@@ -238,28 +238,22 @@ fn context(i: usize) -> Value {
 /// once (each step from its claim to its completion, as its transitions say); the number of
 /// steps checked.
 pub async fn check_no_overlap(engine: &Engine) -> anyhow::Result<usize> {
-    let tasks = engine
-        .list_tasks(&TaskFilter {
-            name: Some("keyed".to_owned()),
-            limit: usize::MAX,
-            ..TaskFilter::default()
-        })
-        .await?;
+    let tasks = tasks_named(engine, "keyed", None).await?;
     let mut spans: Vec<(u64, i64, i64)> = Vec::new();
     for task in &tasks {
         let customer = task.context["customer"].as_u64().unwrap_or_default();
         let mut started = std::collections::HashMap::new();
         for t in engine.transitions(task.id).await? {
-            let (Some(step), ms) = (t.step.clone(), t.at.timestamp_micros()) else {
+            let (Some(step), us) = (t.step.clone(), t.at.timestamp_micros()) else {
                 continue;
             };
             match t.to.as_str() {
                 "in_progress" => {
-                    started.insert(step, ms);
+                    started.insert(step, us);
                 }
                 _ if t.from.as_deref() == Some("in_progress") => {
                     if let Some(from) = started.remove(&step) {
-                        spans.push((customer, from, ms));
+                        spans.push((customer, from, us));
                     }
                 }
                 _ => {}
@@ -279,13 +273,7 @@ pub async fn check_no_overlap(engine: &Engine) -> anyhow::Result<usize> {
 /// The rate at which the rated run's steps started, per second, over the first `window` after
 /// the first start; and how many started in it.
 pub async fn start_rate(engine: &Engine, window: Duration) -> anyhow::Result<(f64, usize)> {
-    let tasks = engine
-        .list_tasks(&TaskFilter {
-            name: Some("rated".to_owned()),
-            limit: usize::MAX,
-            ..TaskFilter::default()
-        })
-        .await?;
+    let tasks = tasks_named(engine, "rated", None).await?;
     let mut starts = Vec::new();
     for task in &tasks {
         for t in engine.transitions(task.id).await? {
@@ -472,15 +460,27 @@ pub async fn run_once(
 
 /// The number of complete tasks of `template` on `engine`.
 pub async fn complete_tasks(engine: &Engine, template: Template) -> anyhow::Result<usize> {
+    Ok(
+        tasks_named(engine, template.name(), Some(TaskState::Complete))
+            .await?
+            .len(),
+    )
+}
+
+/// Every task of the template `name` on `engine` (in `status` when given).
+async fn tasks_named(
+    engine: &Engine,
+    name: &str,
+    status: Option<TaskState>,
+) -> anyhow::Result<Vec<tasker_core::TaskView>> {
     Ok(engine
         .list_tasks(&TaskFilter {
-            status: Some(TaskState::Complete),
-            name: Some(template.name().to_owned()),
+            status,
+            name: Some(name.to_owned()),
             limit: usize::MAX,
             ..TaskFilter::default()
         })
-        .await?
-        .len())
+        .await?)
 }
 
 fn micros_now() -> u64 {

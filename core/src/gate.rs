@@ -10,10 +10,10 @@
 //!   start.
 //!
 //! A claim looks at its candidates in claim order (priority, then readiness) and asks a
-//! [`Room`] for each: the room knows, per key, how many more may start now (the key's limit
+//! [`Room`] for each (through `store::admitted`): the room knows, per key, how many more may start now (the key's limit
 //! less its holders, as the store counted them under the key's lock; the tokens in its
 //! bucket). A candidate whose keys have no room left is held back and stays ready: the first
-//! held back is the first admitted once a holder finishes ([`admit`] is greedy in claim order).
+//! held back is the first admitted once a holder finishes (admission is greedy in claim order).
 //! A key the room was not told about has no room: a step made ready inside a claim's own
 //! transaction waits for the next claim, which counts its key.
 
@@ -387,13 +387,14 @@ impl Gates {
 
     /// Every slot of these gates.
     pub fn slots(&self) -> impl Iterator<Item = Slot> + '_ {
-        let task = self.task.iter().map(|(k, _)| Slot::Task(k.clone()));
-        let steps = self.steps.iter().flat_map(|s| {
-            let c = s.concurrency.iter().map(|(k, _)| Slot::Step(k.clone()));
-            let r = s.rate.iter().map(|(k, _)| Slot::Rate(k.clone()));
-            c.chain(r)
-        });
-        task.chain(steps)
+        self.keys().map(|(kind, key)| {
+            let key: Arc<str> = key.into();
+            match kind {
+                Kind::Step => Slot::Step(key),
+                Kind::Task => Slot::Task(key),
+                Kind::Rate => Slot::Rate(key),
+            }
+        })
     }
 }
 
@@ -490,27 +491,27 @@ impl Room {
     }
 }
 
-/// Which of `candidates` (each what it wants, in claim order) a claim of at most `limit` takes
-/// from `room`: greedily, in order, each whose slots all have room.
-pub fn admit(candidates: &[Vec<Want>], room: &mut Room, limit: usize) -> Vec<bool> {
-    let mut left = limit;
-    candidates
-        .iter()
-        .map(|wants| {
-            let ok = left > 0 && room.admit(wants);
-            if ok {
-                left -= 1;
-            }
-            ok
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use serde_json::json;
+
+    /// Which of `candidates` (each what it wants, in claim order) a claim of at most `limit` takes
+    /// from `room`: greedily, in order, each whose slots all have room.
+    fn admit(candidates: &[Vec<Want>], room: &mut Room, limit: usize) -> Vec<bool> {
+        let mut left = limit;
+        candidates
+            .iter()
+            .map(|wants| {
+                let ok = left > 0 && room.admit(wants);
+                if ok {
+                    left -= 1;
+                }
+                ok
+            })
+            .collect()
+    }
 
     fn step(key: &str, limit: u32) -> Want {
         Want {
