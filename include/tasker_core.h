@@ -363,6 +363,17 @@ enum tc_status tc_unschedule(const struct tc_engine *engine, const char *name, b
 enum tc_status tc_schedules_json(const struct tc_engine *engine, char **out_json);
 
 /**
+ * This engine's metrics in the Prometheus text format (OpenMetrics) in `*out_text` (free
+ * with tc_string_free): `tasker_tasks_total`, `tasker_steps_total`, the histograms
+ * `tasker_step_duration_seconds` and `tasker_ready_to_claimed_seconds` — what this engine
+ * recorded since it opened — and `tasker_ready_steps`, the store's claimable steps now.
+ *
+ * # Safety
+ * `engine` is a live handle; `out_text` valid for writes.
+ */
+enum tc_status tc_metrics(const struct tc_engine *engine, char **out_text);
+
+/**
  * Creates the tasks of the schedules' ticks that fell due (a worker does it every second);
  * when `out_count` is not NULL, `*out_count` is how many.
  *

@@ -136,6 +136,45 @@ fn step_ms() -> u64 {
     STEP_MS.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Whether the engines of this process (and of the worker processes it starts) keep metrics;
+/// see [`set_metrics`].
+static METRICS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Opens this process's engines, and those of the worker processes it starts, with metrics
+/// (the default) or without (`--no-metrics`: to measure what they cost).
+pub fn set_metrics(on: bool) {
+    METRICS.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// An engine on `store`, with metrics or not as [`set_metrics`] said.
+pub async fn open(store: &str) -> Result<Engine, tasker_core::Error> {
+    Engine::builder()
+        .url(store)
+        .metrics(METRICS.load(std::sync::atomic::Ordering::Relaxed))
+        .build()
+        .await
+}
+
+/// The command that starts a worker process of this harness on `store`, with this process's
+/// settings.
+fn worker_command(
+    exe: &std::path::Path,
+    store: &str,
+    workers: usize,
+    concurrency: usize,
+) -> std::process::Command {
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["--worker-only", "--store", store])
+        .args(["--workers", &workers.to_string()])
+        .args(["--concurrency", &concurrency.to_string()])
+        .args(["--step-ms", &step_ms().to_string()]);
+    if !METRICS.load(std::sync::atomic::Ordering::Relaxed) {
+        command.arg("--no-metrics");
+    }
+    command
+}
+
 /// A worker with one no-op handler, `noop` (taking [`set_step_ms`] each).
 pub fn noop_worker(engine: &Engine, concurrency: usize) -> Worker {
     Worker::builder(engine.clone())
@@ -184,11 +223,7 @@ pub fn run_worker_processes(
 ) -> anyhow::Result<()> {
     let children: Vec<_> = (0..processes)
         .map(|_| {
-            std::process::Command::new(exe)
-                .args(["--worker-only", "--store", store])
-                .args(["--workers", &workers.to_string()])
-                .args(["--concurrency", &concurrency.to_string()])
-                .args(["--step-ms", &step_ms().to_string()])
+            worker_command(exe, store, workers, concurrency)
                 .spawn()
                 .with_context(|| format!("starting {}", exe.display()))
         })
@@ -359,12 +394,8 @@ async fn run_overlapped(
         } => {
             for _ in 0..processes {
                 children.push(
-                    std::process::Command::new(exe)
-                        .args(["--worker-only", "--serve", "--store", store])
-                        .args(["--workers", &workers.to_string()])
-                        .args(["--concurrency", &concurrency.to_string()])
-                        .args(["--step-ms", &step_ms().to_string()])
-                        .args(["--step-ms", &step_ms().to_string()])
+                    worker_command(exe, store, workers, concurrency)
+                        .arg("--serve")
                         .spawn()
                         .with_context(|| format!("starting {}", exe.display()))?,
                 );
@@ -494,14 +525,14 @@ fn micros_now() -> u64 {
 /// while a worker waits with a 10 s poll interval, so only a wake-up (in-process, or
 /// LISTEN/NOTIFY through a second engine on PostgreSQL) explains a short latency.
 pub async fn latency(store: &str, samples: usize) -> anyhow::Result<Vec<u64>> {
-    let creator = Engine::open(store).await?;
+    let creator = open(store).await?;
     creator
         .register_template_str(
             "namespace: bench\nname: ping\nversion: 1.0.0\nsteps: [{name: ping}]",
         )
         .await?;
     let worker_engine = if store.starts_with("postgres") {
-        Engine::open(store).await?
+        open(store).await?
     } else {
         creator.clone()
     };

@@ -567,6 +567,27 @@ pub unsafe extern "C" fn tc_schedules_json(
     }
 }
 
+/// This engine's metrics in the Prometheus text format (OpenMetrics) in `*out_text` (free
+/// with tc_string_free): `tasker_tasks_total`, `tasker_steps_total`, the histograms
+/// `tasker_step_duration_seconds` and `tasker_ready_to_claimed_seconds` — what this engine
+/// recorded since it opened — and `tasker_ready_steps`, the store's claimable steps now.
+///
+/// # Safety
+/// `engine` is a live handle; `out_text` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_metrics(
+    engine: *const tc_engine,
+    out_text: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_text, || {
+            let e = handle(engine, "engine")?;
+            Ok(out_string(e.run(e.engine()?.metrics())?))
+        })
+    }
+}
+
 /// Creates the tasks of the schedules' ticks that fell due (a worker does it every second);
 /// when `out_count` is not NULL, `*out_count` is how many.
 ///

@@ -890,6 +890,12 @@ impl Engine {
         to_py(py, &status)
     }
 
+    /// This engine's metrics in the Prometheus text format (OpenMetrics): counters and
+    /// histograms of what it recorded since it opened, and the store's ready steps per handler.
+    fn metrics(&self, py: Python<'_>) -> PyResult<String> {
+        self.call(py, |e| async move { e.metrics().await })
+    }
+
     /// Gives back every step whose lease has expired; returns how many.
     fn reclaim_expired(&self, py: Python<'_>) -> PyResult<usize> {
         self.call(py, |e| async move { e.reclaim_expired().await })

@@ -67,6 +67,8 @@ struct EngineInner {
     clock_offset_ms: std::sync::atomic::AtomicI64,
     /// Whose template overrides apply.
     environment: Option<String>,
+    /// What [`Engine::metrics`] reports (`None` when opened without metrics).
+    metrics: Option<crate::metrics::Metrics>,
 }
 
 /// A template registered from a document in any format: its compiled graph, the format it
@@ -117,6 +119,8 @@ pub struct EngineBuilder {
     wrap: Option<StoreWrapper>,
     clock: Option<Arc<dyn Clock>>,
     environment: Option<String>,
+    /// Opened with `metrics(false)`.
+    without_metrics: bool,
 }
 
 /// What [`EngineBuilder::wrap_store`] takes.
@@ -171,6 +175,13 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether the engine keeps the counters and histograms of [`Engine::metrics`] (default:
+    /// yes; without them `metrics()` reports only the store's ready steps).
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.without_metrics = !on;
+        self
+    }
+
     /// Opens the store and returns the engine.
     pub async fn build(self) -> Result<Engine> {
         let work = Arc::new(Notify::new());
@@ -202,6 +213,7 @@ impl EngineBuilder {
                 tend_from: parking_lot::Mutex::new((None, None)),
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(offset.unwrap_or(0)),
                 environment: self.environment.or_else(environment_from_env),
+                metrics: (!self.without_metrics).then(crate::metrics::Metrics::new),
             }),
         };
         if offset.is_some() {
@@ -853,6 +865,21 @@ impl Engine {
         }
     }
 
+    /// The engine's metrics in the Prometheus (OpenMetrics) text format:
+    /// `tasker_tasks_total{namespace,name,status}` (tasks that entered each status),
+    /// `tasker_steps_total{namespace,task,step,outcome}` (completed, retried, failed,
+    /// skipped, cancelled, resolved), the histograms `tasker_step_duration_seconds` and
+    /// `tasker_ready_to_claimed_seconds{namespace,task,step}`, `tasker_leases_expired_total`
+    /// — what this engine recorded since it opened — and `tasker_ready_steps{handler}`, the
+    /// store's claimable steps now.
+    pub async fn metrics(&self) -> Result<String> {
+        let ready = self.store()?.ready_by_handler(self.now()).await?;
+        Ok(match &self.inner.metrics {
+            Some(metrics) => metrics.render(&ready),
+            None => crate::metrics::Metrics::new().render(&ready),
+        })
+    }
+
     /// Waits until a step may have become ready in this process (or `timeout` passes).
     pub async fn wait_for_work(&self, timeout: std::time::Duration) {
         let _ = tokio::time::timeout(timeout, self.inner.work.notified()).await;
@@ -904,6 +931,9 @@ impl Engine {
                     }
                 )
             });
+        if let Some(metrics) = &self.inner.metrics {
+            metrics.observe(&changes.transitions);
+        }
         self.publish_events(&changes);
         if wake {
             self.inner.work.notify_waiters();
@@ -942,7 +972,10 @@ impl Engine {
 /// A failed attempt that will be retried publishes `step.retry_scheduled` (carrying the error),
 /// not `step.failed`: `step.failed` means the step failed for good. A lease that expired on the
 /// last attempt publishes `step.lease_expired` and then `step.failed`.
-fn event_names(transitions: &[Transition], i: usize) -> [Option<(&'static str, Option<&str>)>; 2] {
+pub(crate) fn event_names(
+    transitions: &[Transition],
+    i: usize,
+) -> [Option<(&'static str, Option<&str>)>; 2] {
     let t = &transitions[i];
     let Change::Step { index, event, .. } = t.change else {
         return [Some((t.event_name(), None)), None];

@@ -51,6 +51,7 @@ pub mod gate;
 pub mod host;
 pub mod ids;
 pub mod limits;
+mod metrics;
 pub mod readiness;
 pub mod retry;
 pub mod schedule;

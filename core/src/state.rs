@@ -327,6 +327,22 @@ pub struct Transition {
     pub attempt: u32,
     /// When.
     pub at: Timestamp,
+    /// The task's template, for observers that count by it (the metrics); set by the store
+    /// that recorded the transition.
+    pub template: Option<TemplateName>,
+    /// For a step transition, when the state it leaves began, where the store knows it: for a
+    /// claim, when the step became claimable; for the end of an attempt, when the attempt
+    /// began.
+    pub since: Option<Timestamp>,
+}
+
+/// A template's namespace and name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct TemplateName {
+    /// The template's namespace.
+    pub namespace: Arc<str>,
+    /// The template's name.
+    pub name: Arc<str>,
 }
 
 impl Transition {
@@ -345,6 +361,8 @@ impl Transition {
             reason: None,
             attempt: 0,
             at,
+            template: None,
+            since: None,
         }
     }
 
@@ -370,6 +388,8 @@ impl Transition {
             reason: None,
             attempt,
             at,
+            template: None,
+            since: None,
         }
     }
 

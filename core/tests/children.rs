@@ -490,6 +490,10 @@ impl Store for Crashing {
     ) -> Result<WorkStatus> {
         self.inner.work_status(handlers, now).await
     }
+
+    async fn ready_by_handler(&self, now: tasker_core::Timestamp) -> Result<Vec<(String, u64)>> {
+        self.inner.ready_by_handler(now).await
+    }
 }
 
 /// An engine on a fresh store of `kind` failing what the faults say.

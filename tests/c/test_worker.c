@@ -496,6 +496,19 @@ int main(void) {
     ASSERT(atomic_load(&second_complete_status) == TC_ERR_INVALID_TRANSITION);
     ASSERT(atomic_load(&late_fail_status) == TC_ERR_INVALID_TRANSITION);
 
+    /* The metrics count them: charge failed once (retried), then completed. */
+    char *metrics = NULL;
+    ASSERT_OK(tc_metrics(e, &metrics));
+    ASSERT_SHOW(strstr(metrics, "tasker_steps_total{namespace=\"c_worker\",task=\"fulfil\","
+                                "step=\"charge\",outcome=\"retried\"} 1\n") != NULL,
+                metrics);
+    ASSERT_SHOW(strstr(metrics, "tasker_steps_total{namespace=\"c_worker\",task=\"fulfil\","
+                                "step=\"charge\",outcome=\"completed\"} 1\n") != NULL,
+                metrics);
+    ASSERT_SHOW(strstr(metrics, "# EOF\n") != NULL, metrics);
+    tc_string_free(metrics);
+    ASSERT(tc_metrics(e, NULL) == TC_ERR_NULL);
+
     /* Both failed attempts were scheduled for a retry; the audit trail shows them. */
     ASSERT_OK(tc_transitions_json(e, order, &json));
     ASSERT_SHOW(strstr(json, "\"waiting_for_retry\"") != NULL, json);

@@ -2,7 +2,7 @@
 //!
 //! `throughput [--store URL] [--template diamond|wide|chain|batch|keyed|rated] [--tasks N] [--concurrency N]
 //!             [--workers N] [--processes N] [--overlap] [--latency N] [--create N] [--step-ms N]
-//!             [--smoke]`
+//!             [--no-metrics] [--smoke]`
 //!
 //! Creates the tasks first, then runs the workers until idle and reports steps per second of
 //! the run phase. With `--overlap` the workers start first and the tasks are created one at a
@@ -15,14 +15,14 @@
 //! with limit 1) checks afterwards that no two steps of a customer overlapped in the records;
 //! `--template rated` (one step, 50 per second) reports the rate the steps started at over
 //! the first 10 s. `--step-ms N` makes each step take N ms (as a call to another service
-//! would). `--smoke` runs a tiny
+//! would). `--no-metrics` opens every engine without metrics (to measure what they cost).
+//! `--smoke` runs a tiny
 //! configuration (used by the test command). The criterion bench `end_to_end` runs the same
 //! workload; this harness is for one-off runs at any size.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use tasker_core::Engine;
 use tasker_core_benches::workload::{self, Placement, Template};
 
 struct Args {
@@ -69,6 +69,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--worker-only" => args.worker_only = true,
             "--overlap" => args.overlap = true,
             "--serve" => args.serve = true,
+            "--no-metrics" => workload::set_metrics(false),
             "--smoke" => args.tasks = 50,
             other => bail!("unknown argument {other}"),
         }
@@ -80,7 +81,7 @@ fn parse_args() -> anyhow::Result<Args> {
 async fn main() -> anyhow::Result<()> {
     let args = parse_args()?;
     if args.worker_only {
-        let engine = Engine::open(&args.store).await?;
+        let engine = workload::open(&args.store).await?;
         if args.serve {
             // Until killed: the overlapped run's parent ends it when the work is done.
             let workers: Vec<_> = (0..args.workers)
@@ -111,7 +112,7 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     if args.create > 0 {
-        let engine = Engine::open(&args.store).await?;
+        let engine = workload::open(&args.store).await?;
         workload::register(&engine, args.template).await?;
         let (latencies, single, batched) =
             workload::create_costs(&engine, args.template, args.create, 1000).await?;
@@ -127,7 +128,7 @@ async fn main() -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    let engine = Engine::open(&args.store).await?;
+    let engine = workload::open(&args.store).await?;
     // The wide template has 200× the steps of the diamond: keep the step count comparable.
     let tasks = match args.template {
         Template::Wide => (args.tasks / 200).max(1),

@@ -415,6 +415,14 @@ Starts a task of template ``namespace/name`` and returns its id.
     def subscribe(self, pattern: str = "*") -> Subscription:
         """Subscribes to lifecycle events whose name matches the glob ``pattern``
         (``"step.*"``, ``"*.failed"``). Raises :class:`InvalidArgumentError` for a bad glob."""
+    def metrics(self) -> str:
+        """This engine's metrics in the Prometheus text format (OpenMetrics):
+        ``tasker_tasks_total{namespace,name,status}``,
+        ``tasker_steps_total{namespace,task,step,outcome}`` (completed, retried, failed, skipped,
+        cancelled, resolved), the histograms ``tasker_step_duration_seconds`` and
+        ``tasker_ready_to_claimed_seconds`` (by namespace, task and step),
+        ``tasker_leases_expired_total`` — what this engine recorded since it opened — and
+        ``tasker_ready_steps{handler}``, the store's claimable steps now."""
     def work_status(self, handlers: list[str] | None = None) -> WorkStatus:
         """What work the store holds: ``ready`` (only steps of ``handlers`` when given),
         ``running``, ``waiting`` (for a retry) and ``next_due`` (RFC 3339 or None). Idle when

@@ -51,6 +51,27 @@ struct Inner {
     buckets: HashMap<Arc<str>, (Bucket, Rate)>,
 }
 
+/// Each handler's count of claimable steps (those of `handlers`, all when `None`), its queue's
+/// stale entries (cancelled, paused, resolved, claimed) dropped so that the count is exact.
+fn exact_ready<'a>(
+    tasks: &'a HashMap<TaskId, MemTask>,
+    queues: &'a mut Queues,
+    handlers: Option<&'a [Arc<str>]>,
+) -> impl Iterator<Item = (&'a Arc<str>, usize)> + 'a {
+    queues
+        .ready
+        .iter_mut()
+        .filter(move |(name, _)| handlers.is_none_or(|list| list.contains(name)))
+        .map(move |(name, heap)| {
+            heap.retain(|e| {
+                tasks
+                    .get(&e.step.task)
+                    .is_some_and(|t| t.record.is_claimable(e.step.index))
+            });
+            (name, heap.len())
+        })
+}
+
 impl Inner {
     /// How many hold concurrency key `slot` now: its steps in progress (a step key), or its
     /// tasks in progress or paused (a task key).
@@ -727,6 +748,17 @@ impl Store for MemoryStore {
         Ok(task.transitions.iter().map(TransitionView::from).collect())
     }
 
+    async fn ready_by_handler(&self, _now: Timestamp) -> Result<Vec<(String, u64)>> {
+        let mut inner = self.inner.lock();
+        let Inner { tasks, queues, .. } = &mut *inner;
+        let mut ready: Vec<(String, u64)> = exact_ready(tasks, queues, None)
+            .filter(|&(_, n)| n > 0)
+            .map(|(name, n)| (name.to_string(), n as u64))
+            .collect();
+        ready.sort();
+        Ok(ready)
+    }
+
     async fn work_status(
         &self,
         handlers: Option<&[Arc<str>]>,
@@ -747,19 +779,9 @@ impl Store for MemoryStore {
             .filter(|&at| at > now.timestamp_millis())
             .min()
             .and_then(chrono::DateTime::from_timestamp_millis);
-        let mut ready = 0u64;
-        for (name, heap) in queues.ready.iter_mut() {
-            if handlers.is_some_and(|list| !list.contains(name)) {
-                continue;
-            }
-            // Drop stale entries (cancelled, paused, resolved, claimed) so the count is exact.
-            heap.retain(|e| {
-                tasks
-                    .get(&e.step.task)
-                    .is_some_and(|t| t.record.is_claimable(e.step.index))
-            });
-            ready += heap.len() as u64;
-        }
+        let ready = exact_ready(tasks, queues, handlers)
+            .map(|(_, n)| n as u64)
+            .sum();
         Ok(WorkStatus {
             ready,
             running: queues.leases.len() as u64,

@@ -821,6 +821,10 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The task's audit trail, oldest first.
     async fn transitions(&self, task: TaskId) -> Result<Vec<TransitionView>>;
 
+    /// The steps claimable now, counted per handler, in handler order (handlers with none
+    /// left out).
+    async fn ready_by_handler(&self, now: Timestamp) -> Result<Vec<(String, u64)>>;
+
     /// What work there is; `ready` counts only steps of `handlers` (all when `None`).
     async fn work_status(
         &self,

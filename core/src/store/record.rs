@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::ids::{StepId, TaskId};
 use crate::readiness::{self, Choices, Counters, Outcome, Release};
 use crate::retry::{FailureKind, RetryDecision};
-use crate::state::{StepEvent, StepState, TaskEvent, TaskState, Transition};
+use crate::state::{Change, StepEvent, StepState, TaskEvent, TaskState, Transition};
 use crate::template::StepKind;
 use crate::template::TaskGraph;
 use crate::view::{DependencyView, Progress, StepView, TaskView};
@@ -104,6 +104,8 @@ pub(crate) struct StepRecord {
     pub error: Option<String>,
     pub started_at: Option<Timestamp>,
     pub completed_at: Option<Timestamp>,
+    /// When it last became claimable.
+    pub ready_at: Option<Timestamp>,
     /// The child tasks its handler started, in order (kept once it finished, for the views).
     pub children: Option<Arc<[TaskId]>>,
 }
@@ -164,7 +166,7 @@ impl TaskRecord {
         }
         let roots: Vec<u32> = task.graph.roots().collect();
         match start {
-            None => task.queue_ready(&roots, schedule, changes),
+            None => task.queue_ready(&roots, now, schedule, changes),
             Some(at) => {
                 for r in roots {
                     task.steps[r as usize].next_attempt_at = Some(at);
@@ -236,6 +238,21 @@ impl TaskRecord {
     fn record(&mut self, mut t: Transition, reason: Option<String>, changes: &mut Changes) {
         t.reason = reason;
         self.updated_at = t.at;
+        t.template = Some(crate::state::TemplateName {
+            namespace: self.namespace.clone(),
+            name: self.name.clone(),
+        });
+        if let Change::Step {
+            index, from, event, ..
+        } = t.change
+        {
+            let step = &self.steps[index as usize];
+            t.since = match (event, from) {
+                (StepEvent::Claim, _) => step.ready_at,
+                (_, StepState::InProgress) => step.started_at,
+                _ => None,
+            };
+        }
         if self.gates.is_some() {
             // A holder of a key let it go: the steps it held back may start now.
             changes.freed |= !self.lets_go(&t).is_empty();
@@ -798,7 +815,7 @@ impl TaskRecord {
         self.step_to(index, StepEvent::Release, now, reason, changes)?;
         // Not counted: the next claim runs this attempt number again.
         self.steps[i].attempts -= 1;
-        self.queue_ready(&[index], schedule, changes);
+        self.queue_ready(&[index], now, schedule, changes);
         Ok(())
     }
 
@@ -855,14 +872,16 @@ impl TaskRecord {
         changes: &mut Changes,
     ) {
         let i = index as usize;
-        let due = self.steps[i].next_attempt_at.is_some_and(|at| at <= now);
+        // Claimable from then on (however late the store noticed).
+        let due_at = self.steps[i].next_attempt_at.filter(|&at| at <= now);
+        let due = due_at.is_some();
         if due && self.is_delayed(index) {
             // Its task's start: it no longer waits for it.
             self.steps[i].next_attempt_at = None;
             self.counters[i].unfinished_parents =
                 self.counters[i].unfinished_parents.saturating_sub(1);
             if self.is_claimable(index) {
-                self.queue_ready(&[index], schedule, changes);
+                self.queue_ready(&[index], due_at.unwrap_or(now), schedule, changes);
             }
             return;
         }
@@ -876,6 +895,7 @@ impl TaskRecord {
             .is_ok()
             && self.is_claimable(index)
         {
+            self.steps[i].ready_at = due_at;
             schedule.ready(self, index);
         }
     }
@@ -985,12 +1005,12 @@ impl TaskRecord {
         // A batch worker step is never handed out: it starts its instances instead.
         let is_worker = |r: &u32| self.graph.step(*r).kind == StepKind::BatchWorker;
         if !release.ready.iter().any(is_worker) {
-            self.queue_ready(&release.ready, schedule, changes);
+            self.queue_ready(&release.ready, now, schedule, changes);
             return;
         }
         let (workers, ready): (Vec<u32>, Vec<u32>) =
             release.ready.iter().copied().partition(is_worker);
-        self.queue_ready(&ready, schedule, changes);
+        self.queue_ready(&ready, now, schedule, changes);
         for w in workers {
             self.expand(w, now, schedule, changes);
         }
@@ -1016,13 +1036,19 @@ impl TaskRecord {
         let rec = &mut self.steps[w as usize];
         rec.started_at = Some(now);
         rec.completed_at = None;
-        self.fill_slots(w, schedule, changes);
+        self.fill_slots(w, now, schedule, changes);
         self.maybe_finish_batch(w, now, schedule, changes);
     }
 
     /// Releases waiting instances of running batch worker step `w` while fewer than its
     /// batch's `parallelism` are released and unfinished, in slice order.
-    fn fill_slots(&mut self, w: u32, schedule: &mut impl Schedule, changes: &mut Changes) {
+    fn fill_slots(
+        &mut self,
+        w: u32,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
         let Some(plan) = self.graph.step(w).batch else {
             return;
         };
@@ -1046,7 +1072,7 @@ impl TaskRecord {
                 active += 1;
             }
         }
-        self.queue_ready(&now_ready, schedule, changes);
+        self.queue_ready(&now_ready, now, schedule, changes);
     }
 
     /// Completes running batch worker step `w` once every instance has finished (failed ones
@@ -1162,7 +1188,7 @@ impl TaskRecord {
             return;
         }
         if outcome != Outcome::Failed || !self.fails_fast(w) {
-            self.fill_slots(w, schedule, changes);
+            self.fill_slots(w, now, schedule, changes);
             self.maybe_finish_batch(w, now, schedule, changes);
             return;
         }
@@ -1184,9 +1210,16 @@ impl TaskRecord {
         }
     }
 
-    fn queue_ready(&self, ready: &[u32], schedule: &mut impl Schedule, changes: &mut Changes) {
+    fn queue_ready(
+        &mut self,
+        ready: &[u32],
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) {
         if self.status.is_runnable() {
             for &r in ready {
+                self.steps[r as usize].ready_at = Some(now);
                 schedule.ready(self, r);
                 changes
                     .ready
@@ -1242,11 +1275,11 @@ impl TaskRecord {
         let again: Vec<u32> = (n as u32..self.states.len() as u32)
             .filter(|&s| self.is_claimable(s) && !was_claimable[s as usize])
             .collect();
-        self.queue_ready(&again, schedule, changes);
+        self.queue_ready(&again, now, schedule, changes);
         self.apply_release(&release, now, schedule, changes);
         for w in 0..n as u32 {
             if graph.step(w).kind == StepKind::BatchWorker {
-                self.fill_slots(w, schedule, changes);
+                self.fill_slots(w, now, schedule, changes);
                 self.maybe_finish_batch(w, now, schedule, changes);
             }
         }

@@ -741,6 +741,12 @@ impl Engine {
         self.call(&ruby, |e| async move { e.tend_children().await })
     }
 
+    /// metrics: this engine's metrics in the Prometheus text format (OpenMetrics).
+    fn metrics(&self) -> Result<String, Error> {
+        let ruby = ruby();
+        self.call(&ruby, |e| async move { e.metrics().await })
+    }
+
     fn reclaim_expired(&self) -> Result<usize, Error> {
         let ruby = ruby();
         self.call(&ruby, |e| async move { e.reclaim_expired().await })
@@ -1101,6 +1107,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     engine.define_method("resolve_step", method!(Engine::resolve_step, 3))?;
     engine.define_method("subscribe", method!(Engine::subscribe, -1))?;
     engine.define_method("work_status", method!(Engine::work_status, -1))?;
+    engine.define_method("metrics", method!(Engine::metrics, 0))?;
     engine.define_method("reclaim_expired", method!(Engine::reclaim_expired, 0))?;
     engine.define_method("tend_children", method!(Engine::tend_children, 0))?;
     engine.define_method("purge", method!(Engine::purge, -1))?;

@@ -100,6 +100,7 @@ mod shared {
     pub const MARK_UNREADABLE: &str = include_str!("shared/mark_unreadable.sql");
     pub const UNREADABLE_TRANSITION: &str = include_str!("shared/unreadable_transition.sql");
     pub const TRANSITIONS: &str = include_str!("shared/transitions.sql");
+    pub const READY_BY_HANDLER: &str = include_str!("shared/ready_by_handler.sql");
     pub const WAITING_FOR_CHILDREN: &str = include_str!("shared/waiting_for_children.sql");
     pub const OPEN_CHILDREN: &str = include_str!("shared/open_children.sql");
     pub const SCHEDULE_UPSERT: &str = include_str!("shared/schedule_upsert.sql");
@@ -304,6 +305,8 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     async fn task_exists(c: &mut Conn<Self>, id: &str) -> sqlx::Result<bool>;
     /// Task `id`'s transitions in order.
     async fn transitions(c: &mut Conn<Self>, id: &str) -> sqlx::Result<Vec<rows::TransitionRow>>;
+    /// The steps claimable now per handler: (handler, count), in handler order.
+    async fn ready_by_handler(c: &mut Conn<Self>) -> sqlx::Result<Vec<(String, i64)>>;
     /// Sets task `id` to `error` with the transition saying `why`, unless it is there already.
     async fn mark_unreadable(c: &mut Conn<Self>, id: &str, why: &str, now: i64)
         -> sqlx::Result<()>;
@@ -485,6 +488,14 @@ macro_rules! impl_backend {
                     .fetch_optional(c)
                     .await?;
             Ok(found.is_some())
+        }
+
+        async fn ready_by_handler(
+            c: &mut <$db as sqlx::Database>::Connection,
+        ) -> sqlx::Result<Vec<(String, i64)>> {
+            sqlx::query_as($crate::store::sql::shared::READY_BY_HANDLER)
+                .fetch_all(c)
+                .await
         }
 
         async fn transitions(
@@ -732,6 +743,7 @@ fn step_record(r: &StepRow) -> Result<StepRecord> {
         error: r.error.clone(),
         started_at: time(r.started_at),
         completed_at: time(r.completed_at),
+        ready_at: time(r.ready_at),
         children: r
             .children
             .as_deref()
@@ -2430,6 +2442,15 @@ impl<B: Backend> Store for SqlStore<B> {
                 })
             })
             .collect()
+    }
+
+    async fn ready_by_handler(&self, _now: Timestamp) -> Result<Vec<(String, u64)>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let rows = B::ready_by_handler(&mut conn).await.map_err(db)?;
+        Ok(rows
+            .into_iter()
+            .map(|(handler, n)| (handler, n.max(0) as u64))
+            .collect())
     }
 
     async fn work_status(

@@ -52,6 +52,7 @@ pub(super) struct StepRow {
     pub error: Option<String>,
     pub started_at: Option<i64>,
     pub completed_at: Option<i64>,
+    pub ready_at: Option<i64>,
     pub children: Option<String>,
 }
 

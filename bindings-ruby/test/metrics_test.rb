@@ -1,0 +1,55 @@
+# frozen_string_literal: true
+
+require_relative "test_helper"
+
+# Engine#metrics: the Prometheus text counts what the engine's workers did, on each store.
+module MetricsBehaviour
+  # The value of the sample written as +sample+ (its name and labels), or nil.
+  def sample(text, sample)
+    line = text.lines.find { |l| l.start_with?("#{sample} ") }
+    line && Float(line.split(" ").last)
+  end
+
+  def test_the_metrics_count_a_run
+    @engine.register_template(TaskerTest::DIAMOND)
+    2.times { |n| @engine.create_task("test", "diamond", context: { order: n }) }
+    diamond_worker(@engine, concurrency: 2).run_until_idle(timeout: 30)
+    @engine.create_task("test", "diamond", context: { order: 9 })
+    text = @engine.metrics
+    assert text.end_with?("# EOF\n"), text
+    task = 'namespace="test",name="diamond"'
+    assert_equal 3.0, sample(text, %(tasker_tasks_total{#{task},status="pending"})), text
+    assert_equal 2.0, sample(text, %(tasker_tasks_total{#{task},status="complete"})), text
+    %w[validate charge reserve_stock ship notify].each do |s|
+      labels = %(namespace="test",task="diamond",step="#{s}")
+      assert_equal 2.0, sample(text, %(tasker_steps_total{#{labels},outcome="completed"})), s
+      assert_equal 2.0, sample(text, %(tasker_step_duration_seconds_count{#{labels}})), s
+    end
+    assert_equal 1.0, sample(text, %(tasker_ready_steps{handler="validate"})), text
+    assert_equal 0.0, sample(text, "tasker_leases_expired_total"), text
+  end
+end
+
+class MemoryMetricsTest < Minitest::Test
+  include TaskerTest
+  include MetricsBehaviour
+
+  def setup
+    @engine = TaskerCore::Engine.new("memory:")
+  end
+end
+
+class SqliteMetricsTest < Minitest::Test
+  include TaskerTest
+  include MetricsBehaviour
+
+  def setup
+    @dir = Dir.mktmpdir
+    @engine = TaskerCore::Engine.new("sqlite://#{@dir}/tasker.db")
+  end
+
+  def teardown
+    @engine.close
+    FileUtils.remove_entry(@dir)
+  end
+end

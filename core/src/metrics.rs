@@ -1,0 +1,242 @@
+//! An engine's Prometheus metrics ([`crate::Engine::metrics`]): counters and histograms of what
+//! this engine recorded, fed from the transitions of every operation it runs, and the store's
+//! ready steps read when the text is made.
+//!
+//! Counters count what this process did (as Prometheus expects of each process it scrapes: a
+//! query sums them over the processes); `tasker_ready_steps` is the store's, the same from
+//! every process. The text is the OpenMetrics text format, which Prometheus reads.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::clock::Timestamp;
+use crate::events::names;
+use crate::state::{Change, StepEvent, TemplateName, Transition};
+
+/// `tasker_tasks_total`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TaskLabels {
+    namespace: Arc<str>,
+    name: Arc<str>,
+    status: &'static str,
+}
+
+/// `tasker_steps_total`'s labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    namespace: Arc<str>,
+    task: Arc<str>,
+    step: Arc<str>,
+    outcome: &'static str,
+}
+
+/// The histograms' labels: one step of one template.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepOf {
+    namespace: Arc<str>,
+    task: Arc<str>,
+    step: Arc<str>,
+}
+
+/// `tasker_ready_steps`'s label.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HandlerLabel {
+    handler: String,
+}
+
+type Histograms = Family<StepOf, Histogram, fn() -> Histogram>;
+
+/// The buckets of both histograms, in seconds: 1 ms to ~65 s, doubling.
+fn seconds_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 17,
+    ))
+}
+
+/// One engine's metrics.
+pub(crate) struct Metrics {
+    registry: Registry,
+    tasks: Family<TaskLabels, Counter>,
+    steps: Family<StepLabels, Counter>,
+    step_duration: Histograms,
+    ready_to_claimed: Histograms,
+    leases_expired: Counter,
+    ready: Family<HandlerLabel, Gauge>,
+    /// One text made at a time (the ready gauge is set, then read).
+    render: parking_lot::Mutex<()>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let tasks = Family::default();
+        let steps = Family::default();
+        let step_duration: Histograms = Family::new_with_constructor(seconds_histogram);
+        let ready_to_claimed: Histograms = Family::new_with_constructor(seconds_histogram);
+        let leases_expired = Counter::default();
+        let ready = Family::default();
+        let mut registry = Registry::default();
+        registry.register(
+            "tasker_tasks",
+            "Tasks that entered each status, by template",
+            tasks.clone(),
+        );
+        registry.register(
+            "tasker_steps",
+            "Step outcomes: completed, retried (an attempt failed or its lease ran out, to run \
+             again), failed (for good), skipped, cancelled, resolved",
+            steps.clone(),
+        );
+        registry.register(
+            "tasker_step_duration_seconds",
+            "How long an attempt ran, from its claim to its report (or its lease's expiry)",
+            step_duration.clone(),
+        );
+        registry.register(
+            "tasker_ready_to_claimed_seconds",
+            "How long a step waited between becoming claimable and its claim",
+            ready_to_claimed.clone(),
+        );
+        registry.register(
+            "tasker_leases_expired",
+            "Attempts whose lease ran out before their worker reported",
+            leases_expired.clone(),
+        );
+        registry.register(
+            "tasker_ready_steps",
+            "Steps claimable now in the store, by handler",
+            ready.clone(),
+        );
+        Metrics {
+            registry,
+            tasks,
+            steps,
+            step_duration,
+            ready_to_claimed,
+            leases_expired,
+            ready,
+            render: parking_lot::Mutex::new(()),
+        }
+    }
+
+    /// Counts the transitions of one operation.
+    pub fn observe(&self, transitions: &[Transition]) {
+        for (i, t) in transitions.iter().enumerate() {
+            let Some(template) = &t.template else {
+                continue;
+            };
+            match t.change {
+                Change::Task { to, .. } => {
+                    self.tasks
+                        .get_or_create(&TaskLabels {
+                            namespace: template.namespace.clone(),
+                            name: template.name.clone(),
+                            status: to.as_str(),
+                        })
+                        .inc();
+                }
+                Change::Step { event, .. } => self.observe_step(transitions, i, template, event),
+            }
+        }
+    }
+
+    fn observe_step(
+        &self,
+        transitions: &[Transition],
+        i: usize,
+        template: &TemplateName,
+        event: StepEvent,
+    ) {
+        let t = &transitions[i];
+        let Some(step) = &t.step_name else {
+            return;
+        };
+        let of = || StepOf {
+            namespace: template.namespace.clone(),
+            task: template.name.clone(),
+            step: step.clone(),
+        };
+        let outcome = match event {
+            StepEvent::Claim => {
+                if let Some(since) = t.since {
+                    self.ready_to_claimed
+                        .get_or_create(&of())
+                        .observe(seconds(since, t.at));
+                }
+                return;
+            }
+            StepEvent::Complete => "completed",
+            StepEvent::Fail | StepEvent::LeaseExpired => {
+                if event == StepEvent::LeaseExpired {
+                    self.leases_expired.inc();
+                }
+                // Failed for good when the engine publishes `step.failed` for it.
+                let names = crate::engine::event_names(transitions, i);
+                let failed = names
+                    .iter()
+                    .flatten()
+                    .any(|(n, _)| *n == names::STEP_FAILED);
+                if failed {
+                    "failed"
+                } else {
+                    "retried"
+                }
+            }
+            StepEvent::Skip => "skipped",
+            StepEvent::Cancel => "cancelled",
+            StepEvent::ResolveManually => "resolved",
+            _ => return,
+        };
+        if matches!(
+            event,
+            StepEvent::Complete | StepEvent::Fail | StepEvent::LeaseExpired
+        ) {
+            if let Some(since) = t.since {
+                self.step_duration
+                    .get_or_create(&of())
+                    .observe(seconds(since, t.at));
+            }
+        }
+        self.steps
+            .get_or_create(&StepLabels {
+                namespace: template.namespace.clone(),
+                task: template.name.clone(),
+                step: step.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// The text, with the store's ready steps per handler.
+    pub fn render(&self, ready: &[(String, u64)]) -> String {
+        let _one = self.render.lock();
+        self.ready.clear();
+        for (handler, count) in ready {
+            self.ready
+                .get_or_create(&HandlerLabel {
+                    handler: handler.clone(),
+                })
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
+        }
+        let mut text = String::new();
+        // Writing to a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// The seconds from `since` to `at` (0 when the clock went back).
+fn seconds(since: Timestamp, at: Timestamp) -> f64 {
+    ((at - since).num_microseconds().unwrap_or(0).max(0) as f64) / 1e6
+}
