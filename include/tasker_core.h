@@ -230,8 +230,9 @@ enum tc_status tc_create_task_ex(const struct tc_engine *engine,
 /**
  * Starts many tasks at once. `tasks_json` is a JSON array of objects with tc_create_task_ex's
  * arguments: "namespace" and "name", optionally "context", "version", "idempotency_key",
- * "priority", and "run_at" (an RFC 3339 time: nothing of the task runs before) or
- * "delay_ms" (nothing runs until that long after its creation). All are checked before any
+ * "priority", "run_at" (an RFC 3339 time: nothing of the task runs before) or
+ * "delay_ms" (nothing runs until that long after its creation), and "traceparent" (the
+ * caller's W3C trace context, which the task's span continues). All are checked before any
  * is written (an unknown key is TC_ERR_JSON); those without an idempotency key are written in
  * one transaction. On success `*out_ids_json` is
  * the JSON array of the task ids, in order, to free with tc_string_free.
@@ -500,6 +501,16 @@ const char *tc_step_config_json(const struct tc_step *step);
  * `step` is NULL or a live step.
  */
 const char *tc_step_batch_json(const struct tc_step *step);
+
+/**
+ * This attempt's W3C trace context (`00-<trace>-<span>-<flags>`): spans a handler starts
+ * under it are children of the attempt's span. NULL for a task stored without a trace (and
+ * if `step` is NULL). Valid while the step is; never free it.
+ *
+ * # Safety
+ * `step` is NULL or a live step.
+ */
+const char *tc_step_traceparent(const struct tc_step *step);
 
 /**
  * The attempt number, 1-based; 0 if `step` is NULL.

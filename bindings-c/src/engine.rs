@@ -171,6 +171,7 @@ pub unsafe extern "C" fn tc_create_task_ex(
                 parent: None,
                 run_at: None,
                 delay_ms: None,
+                traceparent: None,
             };
             let id = e.run(e.engine()?.create_task(task))?;
             Ok(out_string(id.to_string()))
@@ -180,8 +181,9 @@ pub unsafe extern "C" fn tc_create_task_ex(
 
 /// Starts many tasks at once. `tasks_json` is a JSON array of objects with tc_create_task_ex's
 /// arguments: "namespace" and "name", optionally "context", "version", "idempotency_key",
-/// "priority", and "run_at" (an RFC 3339 time: nothing of the task runs before) or
-/// "delay_ms" (nothing runs until that long after its creation). All are checked before any
+/// "priority", "run_at" (an RFC 3339 time: nothing of the task runs before) or
+/// "delay_ms" (nothing runs until that long after its creation), and "traceparent" (the
+/// caller's W3C trace context, which the task's span continues). All are checked before any
 /// is written (an unknown key is TC_ERR_JSON); those without an idempotency key are written in
 /// one transaction. On success `*out_ids_json` is
 /// the JSON array of the task ids, in order, to free with tc_string_free.
@@ -211,6 +213,8 @@ pub unsafe extern "C" fn tc_create_tasks_json(
         run_at: Option<String>,
         #[serde(default)]
         delay_ms: Option<u64>,
+        #[serde(default)]
+        traceparent: Option<String>,
     }
     // SAFETY: forwarded contracts.
     unsafe {
@@ -242,6 +246,7 @@ pub unsafe extern "C" fn tc_create_tasks_json(
                     parent: None,
                     run_at,
                     delay_ms: t.delay_ms,
+                    traceparent: t.traceparent,
                 })
                 .collect();
             let ids = e.run(e.engine()?.create_tasks(tasks))?;

@@ -37,6 +37,7 @@ pub struct tc_step {
     pub(crate) inputs: OnceLock<CString>,
     pub(crate) config: OnceLock<CString>,
     pub(crate) batch: OnceLock<CString>,
+    pub(crate) traceparent: OnceLock<CString>,
 }
 
 impl tc_step {
@@ -50,6 +51,7 @@ impl tc_step {
             inputs: OnceLock::new(),
             config: OnceLock::new(),
             batch: OnceLock::new(),
+            traceparent: OnceLock::new(),
             report: Mutex::new(None),
             reported: std::sync::atomic::AtomicBool::new(false),
             engine,
@@ -195,6 +197,28 @@ pub unsafe extern "C" fn tc_step_batch_json(step: *const tc_step) -> *const c_ch
                     .map(Value::to_string)
                     .unwrap_or_default()
             },
+        )
+    }
+}
+
+/// This attempt's W3C trace context (`00-<trace>-<span>-<flags>`): spans a handler starts
+/// under it are children of the attempt's span. NULL for a task stored without a trace (and
+/// if `step` is NULL). Valid while the step is; never free it.
+///
+/// # Safety
+/// `step` is NULL or a live step.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_traceparent(step: *const tc_step) -> *const c_char {
+    // SAFETY: NULL or live by contract.
+    if unsafe { step.as_ref() }.is_none_or(|s| s.step.trace.is_none()) {
+        return ptr::null();
+    }
+    // SAFETY: forwarded contract.
+    unsafe {
+        step_str(
+            step,
+            |s| &s.traceparent,
+            |s| s.step.traceparent().unwrap_or_default(),
         )
     }
 }

@@ -599,8 +599,9 @@ impl Engine {
     /// given) and returns its id. A second call with the same ``idempotency_key`` returns the
     /// first task's id. Steps of tasks with a higher ``priority`` are claimed first. Nothing of
     /// the task runs before ``run_at`` (a datetime, naive ones UTC, or an RFC 3339 string) or
-    /// until ``delay`` (a timedelta or seconds) has passed; at most one of the two.
-    #[pyo3(signature = (namespace, name, context = None, version = None, idempotency_key = None, priority = 0, run_at = None, delay = None))]
+    /// until ``delay`` (a timedelta or seconds) has passed; at most one of the two. With
+    /// ``traceparent`` (a W3C trace context), the task's span continues the caller's trace.
+    #[pyo3(signature = (namespace, name, context = None, version = None, idempotency_key = None, priority = 0, run_at = None, delay = None, traceparent = None))]
     #[allow(clippy::too_many_arguments)] // the keyword arguments of the Python API
     fn create_task(
         &self,
@@ -613,6 +614,7 @@ impl Engine {
         priority: i32,
         run_at: Option<&Bound<'_, PyAny>>,
         delay: Option<&Bound<'_, PyAny>>,
+        traceparent: Option<String>,
     ) -> PyResult<String> {
         let context = match context {
             Some(c) if !c.is_none() => to_json(c, "the context")?,
@@ -628,6 +630,7 @@ impl Engine {
             parent: None,
             run_at: run_at.map(|t| to_time(t, "run_at")).transpose()?,
             delay_ms: delay.map(|d| to_delay_ms(d, "delay")).transpose()?,
+            traceparent,
         };
         let id = self.call(py, move |e| async move { e.create_task(task).await })?;
         Ok(id.to_string())
@@ -685,6 +688,7 @@ impl Engine {
                 delay_ms: get("delay")?
                     .map(|d| to_delay_ms(&d, "delay"))
                     .transpose()?,
+                traceparent: text("traceparent")?,
             });
         }
         let ids = self.call(py, move |e| async move { e.create_tasks(batch).await })?;

@@ -53,3 +53,38 @@ class SqliteMetricsTest < Minitest::Test
     FileUtils.remove_entry(@dir)
   end
 end
+
+# Trace context: create_task(traceparent:) continues the caller's trace; handlers get their
+# attempt's traceparent.
+class TraceContextTest < Minitest::Test
+  include TaskerTest
+
+  def setup
+    @engine = TaskerCore::Engine.new("memory:")
+    @engine.register_template(template("traced", "only"))
+  end
+
+  def test_a_task_continues_the_callers_trace_and_its_steps_are_handed_theirs
+    caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    id = @engine.create_task("test", "traced", traceparent: caller)
+    task = @engine.task(id)
+    _, trace, span, = task["traceparent"].split("-")
+    assert_equal "4bf92f3577b34da6a3ce929d0e0e4736", trace
+    refute_equal "00f067aa0ba902b7", span
+    seen = Queue.new
+    worker = TaskerCore::Worker.new(@engine)
+    worker.handler("only") { |step| seen << step.traceparent }
+    worker.run_until_idle(timeout: 10)
+    handed = seen.pop.split("-")
+    assert_equal trace, handed[1]
+    refute_equal span, handed[2]
+  end
+
+  def test_a_malformed_traceparent_is_refused
+    error = assert_raises(TaskerCore::InvalidArgumentError) do
+      @engine.create_task("test", "traced", traceparent: "not-a-trace")
+    end
+    assert_match(/traceparent/, error.message)
+    assert_empty @engine.list_tasks
+  end
+end

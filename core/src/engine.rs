@@ -69,6 +69,16 @@ struct EngineInner {
     environment: Option<String>,
     /// What [`Engine::metrics`] reports (`None` when opened without metrics).
     metrics: Option<crate::metrics::Metrics>,
+    /// Where spans go (`None` when no OTLP endpoint is configured).
+    spans: Option<crate::trace::Spans>,
+}
+
+impl Drop for EngineInner {
+    fn drop(&mut self) {
+        if let Some(spans) = &self.spans {
+            spans.shutdown();
+        }
+    }
 }
 
 /// A template registered from a document in any format: its compiled graph, the format it
@@ -121,6 +131,8 @@ pub struct EngineBuilder {
     environment: Option<String>,
     /// Opened with `metrics(false)`.
     without_metrics: bool,
+    /// Where to export spans (see [`EngineBuilder::otlp_endpoint`]).
+    otlp_endpoint: Option<String>,
 }
 
 /// What [`EngineBuilder::wrap_store`] takes.
@@ -182,6 +194,16 @@ impl EngineBuilder {
         self
     }
 
+    /// Exports spans over OTLP (HTTP, protobuf) to `endpoint`, a base URL such as
+    /// `http://collector:4318` (spans go to `<endpoint>/v1/traces`). Without it, the engine
+    /// exports where `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// say, and not at all when neither is set (or `OTEL_SDK_DISABLED=true`,
+    /// `OTEL_TRACES_EXPORTER=none`). See `docs/signals.md`.
+    pub fn otlp_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.otlp_endpoint = Some(endpoint.into());
+        self
+    }
+
     /// Opens the store and returns the engine.
     pub async fn build(self) -> Result<Engine> {
         let work = Arc::new(Notify::new());
@@ -194,6 +216,12 @@ impl EngineBuilder {
             None => store,
         };
         let clock: Arc<dyn Clock> = self.clock.unwrap_or_else(|| Arc::new(SystemClock));
+        let endpoint = self.otlp_endpoint.as_deref();
+        let spans = if crate::trace::wanted(endpoint) {
+            Some(crate::trace::Spans::open(endpoint)?)
+        } else {
+            None
+        };
         // Leases and the reaper on a shared database follow the database's clock, not each
         // host's: a host whose clock runs ahead must not reclaim live leases.
         let offset = if clock.is_wall_clock() {
@@ -214,6 +242,7 @@ impl EngineBuilder {
                 clock_offset_ms: std::sync::atomic::AtomicI64::new(offset.unwrap_or(0)),
                 environment: self.environment.or_else(environment_from_env),
                 metrics: (!self.without_metrics).then(crate::metrics::Metrics::new),
+                spans,
             }),
         };
         if offset.is_some() {
@@ -514,6 +543,10 @@ impl Engine {
         limits::check_json(&task.context, "the context")?;
         if let Some(key) = &task.idempotency_key {
             limits::check_idempotency_key(key)?;
+        }
+        if let Some(traceparent) = &task.traceparent {
+            crate::trace::parse_traceparent(traceparent)
+                .map_err(|e| Error::InvalidArgument(e.to_string()))?;
         }
         let graph = self
             .template(&task.namespace, &task.name, task.version.as_deref())
@@ -892,6 +925,11 @@ impl Engine {
     /// Closes the engine: every later call fails with [`Error::Closed`].
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
+        if let Some(spans) = &self.inner.spans {
+            // The spans still queued are sent now: a process that exits after closing its
+            // engine loses none.
+            spans.flush();
+        }
         self.inner.work.notify_waiters();
     }
 
@@ -933,6 +971,9 @@ impl Engine {
             });
         if let Some(metrics) = &self.inner.metrics {
             metrics.observe(&changes.transitions);
+        }
+        if let Some(spans) = &self.inner.spans {
+            spans.export(&changes.transitions);
         }
         self.publish_events(&changes);
         if wake {

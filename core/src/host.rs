@@ -145,13 +145,14 @@ pub fn seconds(value: f64, what: &str) -> Result<Duration> {
 
 /// The optional arguments of `create_task` in the bindings (and the keys, besides `namespace`
 /// and `name`, of each task given to `create_tasks`), in order.
-pub const CREATE_TASK_OPTIONS: [&str; 6] = [
+pub const CREATE_TASK_OPTIONS: [&str; 7] = [
     "context",
     "version",
     "idempotency_key",
     "priority",
     "run_at",
     "delay",
+    "traceparent",
 ];
 
 /// `seconds` as whole milliseconds (saturating), for a `retry_after`.

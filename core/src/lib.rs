@@ -58,6 +58,7 @@ pub mod schedule;
 pub mod state;
 pub mod store;
 pub mod template;
+pub mod trace;
 pub mod view;
 pub mod worker;
 

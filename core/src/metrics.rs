@@ -17,7 +17,7 @@ use prometheus_client::registry::Registry;
 
 use crate::clock::Timestamp;
 use crate::events::names;
-use crate::state::{Change, StepEvent, TemplateName, Transition};
+use crate::state::{Change, StepEvent, TaskOf, Transition};
 
 /// `tasker_tasks_total`'s labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -133,7 +133,7 @@ impl Metrics {
     /// Counts the transitions of one operation.
     pub fn observe(&self, transitions: &[Transition]) {
         for (i, t) in transitions.iter().enumerate() {
-            let Some(template) = &t.template else {
+            let Some(template) = &t.task else {
                 continue;
             };
             match t.change {
@@ -155,7 +155,7 @@ impl Metrics {
         &self,
         transitions: &[Transition],
         i: usize,
-        template: &TemplateName,
+        template: &TaskOf,
         event: StepEvent,
     ) {
         let t = &transitions[i];

@@ -327,22 +327,26 @@ pub struct Transition {
     pub attempt: u32,
     /// When.
     pub at: Timestamp,
-    /// The task's template, for observers that count by it (the metrics); set by the store
+    /// What the observers of transitions (metrics, traces) need of the task: set by the store
     /// that recorded the transition.
-    pub template: Option<TemplateName>,
+    pub task: Option<Arc<TaskOf>>,
     /// For a step transition, when the state it leaves began, where the store knows it: for a
     /// claim, when the step became claimable; for the end of an attempt, when the attempt
     /// began.
     pub since: Option<Timestamp>,
 }
 
-/// A template's namespace and name.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct TemplateName {
-    /// The template's namespace.
+/// A task as the observers of its transitions see it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskOf {
+    /// Its template's namespace.
     pub namespace: Arc<str>,
-    /// The template's name.
+    /// Its template's name.
     pub name: Arc<str>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// Its trace context (`None` for a task stored without one).
+    pub trace: Option<crate::trace::TaskTrace>,
 }
 
 impl Transition {
@@ -361,7 +365,7 @@ impl Transition {
             reason: None,
             attempt: 0,
             at,
-            template: None,
+            task: None,
             since: None,
         }
     }
@@ -388,7 +392,7 @@ impl Transition {
             reason: None,
             attempt,
             at,
-            template: None,
+            task: None,
             since: None,
         }
     }

@@ -34,6 +34,8 @@ pub struct TaskView {
     /// When it fails unless finished (its template's `deadline_ms`), while it has not.
     #[serde(default)]
     pub deadline_at: Option<Timestamp>,
+    /// Its span's W3C trace context (`None` for a task stored without one).
+    pub traceparent: Option<String>,
     /// Counts of steps per state.
     pub progress: Progress,
     /// Its steps, in template order.

@@ -192,6 +192,11 @@ static void validate(tc_step *step, void *user_data) {
     HANDLER_CHECK(order == 42);
     /* The step's config from its template. */
     HANDLER_CHECK(int_after(tc_step_config_json(step), "limit") == 7);
+    /* Its attempt's trace context: 00-<32 hex>-<16 hex>-<2 hex>. */
+    const char *traceparent = tc_step_traceparent(step);
+    HANDLER_CHECK(traceparent != NULL && strlen(traceparent) == 55 &&
+                  strncmp(traceparent, "00-", 3) == 0);
+    HANDLER_CHECK(tc_step_traceparent(NULL) == NULL);
     /* Custom events: the step's own and its template's; an undeclared one, or a payload
      * breaking the event's schema, is refused with a message naming why. */
     HANDLER_OK(tc_step_publish(step, "order.validated", "{\"order\":42}"));

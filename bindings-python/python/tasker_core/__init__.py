@@ -191,6 +191,9 @@ class Step:
     #: For an instance of a ``batch_worker`` step, its slice: ``{"index", "start", "end"}`` and,
     #: for a batch of items, ``"items"``; None for any other step.
     batch: Mapping[str, Any] | None = None
+    #: This attempt's W3C trace context: spans a handler starts under it are children of the
+    #: attempt's span (see docs/signals.md). None for a task stored without a trace.
+    traceparent: str | None = None
     _session: Any = field(default=None, repr=False, compare=False)
 
     def heartbeat(self) -> str:
@@ -276,7 +279,7 @@ class Template(dict):
 _STEP_DEFAULTS = {
     "context": None, "inputs": {}, "attempt": 1, "max_attempts": 1, "namespace": "",
     "task_name": "", "lease_expires_at": None, "timeout_ms": None, "lease_ms": None,
-    "config": {}, "batch": None,
+    "config": {}, "batch": None, "traceparent": None,
 }
 
 

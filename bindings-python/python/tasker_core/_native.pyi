@@ -326,9 +326,11 @@ class Engine:
         priority: int = 0,
         run_at: datetime | str | None = None,
         delay: timedelta | float | None = None,
+        traceparent: str | None = None,
     ) -> str:
         """Nothing of the task runs before ``run_at`` (naive datetimes are UTC) or until
-        ``delay`` has passed (at most one of the two: InvalidArgumentError else).
+        ``delay`` has passed (at most one of the two: InvalidArgumentError else). With
+        ``traceparent`` (a W3C trace context) the task's span continues the caller's trace.
 Starts a task of template ``namespace/name`` and returns its id.
 
         The newest version is used unless ``version`` is given. A second call with the same

@@ -49,6 +49,10 @@ module TaskerCore
     # @return [Hash, nil] for an instance of a +batch_worker+ step, its slice: +"index"+,
     #   +"start"+, +"end"+ and, for a batch of items, +"items"+; nil for any other step
     attr_reader :batch
+    # @return [String, nil] this attempt's W3C trace context: spans a handler starts under it
+    #   are children of the attempt's span (see docs/signals.md); nil for a task stored
+    #   without a trace
+    attr_reader :traceparent
 
     # The step of one Hash returned by {Engine#claim}.
     #
@@ -62,7 +66,8 @@ module TaskerCore
     # @param engine [Engine, nil] the engine that handed the step out (for {#heartbeat})
     def initialize(task_id:, step_id:, name:, handler: name, context: nil, inputs: {}, attempt: 1,
                    max_attempts: 1, namespace: "", task_name: "", lease_expires_at: nil,
-                   timeout_ms: nil, lease_ms: nil, config: {}, batch: nil, engine: nil)
+                   timeout_ms: nil, lease_ms: nil, config: {}, batch: nil, traceparent: nil,
+                   engine: nil)
       @task_id = task_id
       @step_id = step_id
       @name = name
@@ -78,6 +83,7 @@ module TaskerCore
       @lease_ms = lease_ms
       @config = config
       @batch = batch
+      @traceparent = traceparent
       @engine = engine
       freeze
     end
@@ -100,6 +106,7 @@ module TaskerCore
       @lease_ms = claimed["lease_ms"]
       @config = claimed["config"] || {}
       @batch = claimed["batch"]
+      @traceparent = claimed["traceparent"]
       @engine = engine
       freeze
     end

@@ -225,6 +225,12 @@ impl Engine {
                 parent: Some(link.clone()),
                 run_at: None,
                 delay_ms: None,
+                // The child's span is a child of the attempt that started it.
+                traceparent: parent
+                    .traceparent
+                    .as_deref()
+                    .and_then(|t| crate::trace::TaskTrace::stored(t, None))
+                    .map(|t| t.attempt_traceparent(step.index, attempt)),
             };
             let graph = self.checked(&task).await.map_err(|e| match e {
                 e @ (Error::Store(_) | Error::Closed) => e,

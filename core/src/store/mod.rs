@@ -47,6 +47,9 @@ pub struct NewTask {
     /// Nothing of the task runs until this many milliseconds after its creation, by the
     /// engine's clock (the engine turns it into `run_at`; at most one of the two).
     pub delay_ms: Option<u64>,
+    /// The caller's W3C trace context: the task's span is a child of it (`None`: the task
+    /// starts a trace).
+    pub traceparent: Option<String>,
 }
 
 /// The step of a parent task that started a child task (see [`Children`]).
@@ -155,7 +158,14 @@ impl NewTask {
             parent: None,
             run_at: None,
             delay_ms: None,
+            traceparent: None,
         }
+    }
+
+    /// Continuing the caller's trace (a W3C `traceparent`).
+    pub fn traceparent(mut self, traceparent: impl Into<String>) -> Self {
+        self.traceparent = Some(traceparent.into());
+        self
     }
 
     /// Not run before `at`.
@@ -283,6 +293,9 @@ pub struct ClaimedStep {
     /// For an instance of a `batch_worker` step, its slice: `{index, start, end}` and, for a
     /// batch of items, `items`.
     pub batch: Option<Arc<Value>>,
+    /// Its task's trace (`None` for a task stored without one): see
+    /// [`ClaimedStep::traceparent`].
+    pub trace: Option<crate::trace::TaskTrace>,
 }
 
 impl ClaimedStep {
@@ -297,10 +310,17 @@ impl ClaimedStep {
         self.step_id.task
     }
 
+    /// This attempt's W3C trace context (its span's): a handler's own spans started under it
+    /// are children of the attempt's span.
+    pub fn traceparent(&self) -> Option<String> {
+        self.trace
+            .map(|t| t.attempt_traceparent(self.step_id.index, self.attempt))
+    }
+
     /// The step as the bindings hand it to a handler (its [`serde::Serialize`] form as a JSON
     /// value): step_id, task_id, name, handler, namespace, task_name, attempt, max_attempts,
-    /// context, inputs, lease_expires_at, timeout_ms, lease_ms, config, and batch for an
-    /// instance of a batch worker step.
+    /// context, inputs, lease_expires_at, timeout_ms, lease_ms, config, traceparent (null
+    /// for a task stored without a trace), and batch for an instance of a batch worker step.
     pub fn to_json(&self) -> Value {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
@@ -327,7 +347,7 @@ impl serde::Serialize for ClaimedStep {
             }
         }
         // A map, not a struct: every binding's serializer makes string keys of it.
-        let mut s = serializer.serialize_map(Some(14 + usize::from(self.batch.is_some())))?;
+        let mut s = serializer.serialize_map(Some(15 + usize::from(self.batch.is_some())))?;
         s.serialize_entry("step_id", &self.step_id.to_string())?;
         s.serialize_entry("task_id", &self.task_id().to_string())?;
         s.serialize_entry("name", &*self.name)?;
@@ -342,6 +362,7 @@ impl serde::Serialize for ClaimedStep {
         s.serialize_entry("timeout_ms", &self.timeout_ms)?;
         s.serialize_entry("lease_ms", &self.lease_ms)?;
         s.serialize_entry("config", &*self.config)?;
+        s.serialize_entry("traceparent", &self.traceparent())?;
         if let Some(batch) = &self.batch {
             s.serialize_entry("batch", &**batch)?;
         }

@@ -50,6 +50,8 @@ pub(crate) struct TaskRecord {
     pub graph: Arc<TaskGraph>,
     pub namespace: Arc<str>,
     pub name: Arc<str>,
+    /// Its names, creation time and trace, as its transitions carry them.
+    pub of: Arc<crate::state::TaskOf>,
     pub context: Arc<Value>,
     pub status: TaskState,
     pub priority: i32,
@@ -121,10 +123,19 @@ impl TaskRecord {
         changes: &mut Changes,
     ) -> TaskRecord {
         let n = graph.len();
+        let (namespace, name): (Arc<str>, Arc<str>) =
+            (graph.namespace().into(), graph.name().into());
         let mut task = TaskRecord {
             id,
-            namespace: graph.namespace().into(),
-            name: graph.name().into(),
+            of: Arc::new(crate::state::TaskOf {
+                namespace: namespace.clone(),
+                name: name.clone(),
+                created_at: now,
+                // Checked by the engine: one it refused never gets here.
+                trace: crate::trace::TaskTrace::new(new.traceparent.as_deref()).ok(),
+            }),
+            namespace,
+            name,
             context: Arc::new(new.context.clone()),
             status: TaskState::Pending,
             priority: new.priority,
@@ -238,10 +249,7 @@ impl TaskRecord {
     fn record(&mut self, mut t: Transition, reason: Option<String>, changes: &mut Changes) {
         t.reason = reason;
         self.updated_at = t.at;
-        t.template = Some(crate::state::TemplateName {
-            namespace: self.namespace.clone(),
-            name: self.name.clone(),
-        });
+        t.task = Some(self.of.clone());
         if let Change::Step {
             index, from, event, ..
         } = t.change
@@ -507,6 +515,7 @@ impl TaskRecord {
             kind: spec.kind,
             dependents: spec.dependents.clone(),
             batch: self.instance(index).map(|i| i.batch.clone()),
+            trace: self.of.trace,
         })
     }
 
@@ -1568,6 +1577,7 @@ impl TaskRecord {
             priority: self.priority,
             idempotency_key: self.idempotency_key.clone(),
             deadline_at: self.deadline_at,
+            traceparent: self.of.trace.map(|t| t.traceparent()),
             parent: self.parent.as_ref().map(|p| crate::view::ParentView {
                 task_id: p.task_id,
                 step: p.step.clone(),

@@ -398,10 +398,11 @@ impl Engine {
                 Option<i32>,
                 Option<Option<Value>>,
                 Option<Option<f64>>,
+                Option<Option<String>>,
             ),
             (),
         >(args.keywords, &[], &tasker_core::host::CREATE_TASK_OPTIONS)?;
-        let (context, version, idempotency_key, priority, run_at, delay) = kw.optional;
+        let (context, version, idempotency_key, priority, run_at, delay, traceparent) = kw.optional;
         let context = match context {
             Some(c) if !c.is_nil() => to_json(&ruby, c, "the context")?,
             _ => Json::Object(Default::default()),
@@ -414,6 +415,7 @@ impl Engine {
             idempotency_key: idempotency_key.flatten(),
             priority: priority.unwrap_or(0),
             parent: None,
+            traceparent: traceparent.flatten(),
             ..start(&ruby, run_at, delay)?
         };
         let id = self.call(&ruby, move |e| async move { e.create_task(task).await })?;
@@ -445,6 +447,7 @@ impl Engine {
                     Option<i32>,
                     Option<Option<Value>>,
                     Option<Option<f64>>,
+                    Option<Option<String>>,
                 ),
                 (),
             >(
@@ -453,7 +456,8 @@ impl Engine {
                 &tasker_core::host::CREATE_TASK_OPTIONS,
             )?;
             let (namespace, name) = kw.required;
-            let (context, version, idempotency_key, priority, run_at, delay) = kw.optional;
+            let (context, version, idempotency_key, priority, run_at, delay, traceparent) =
+                kw.optional;
             batch.push(NewTask {
                 namespace,
                 name,
@@ -465,6 +469,7 @@ impl Engine {
                 idempotency_key: idempotency_key.flatten(),
                 priority: priority.unwrap_or(0),
                 parent: None,
+                traceparent: traceparent.flatten(),
                 ..start(&ruby, run_at, delay)?
             });
         }

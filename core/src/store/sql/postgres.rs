@@ -90,7 +90,7 @@ macro_rules! column {
     };
 }
 
-/// `rows` bound to `$1`–`$52` of [`WRITE`] or [`CREATE`].
+/// `rows` bound to `$1`–`$54` of [`WRITE`] or [`CREATE`].
 fn bind_rows<'q>(
     sql: &'q str,
     rows: &'q Rows<'_>,
@@ -149,9 +149,11 @@ fn bind_rows<'q>(
         .bind(column!(s, rate_key))
         .bind(column!(t, concurrency_key))
         .bind(column!(t, concurrency_limit))
+        .bind(column!(t, opt traceparent))
+        .bind(column!(t, opt trace_parent))
 }
 
-/// `rows` bound to `$1`–`$56` of [`WRITE`]: those of [`bind_rows`] and the buckets.
+/// `rows` bound to `$1`–`$58` of [`WRITE`]: those of [`bind_rows`] and the buckets.
 fn bind_write<'q>(
     rows: &'q Rows<'_>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {

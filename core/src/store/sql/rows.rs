@@ -29,6 +29,8 @@ pub(super) struct TaskRow {
     pub revision: i64,
     pub parent: Option<String>,
     pub deadline_at: Option<i64>,
+    pub traceparent: Option<String>,
+    pub trace_parent: Option<String>,
 }
 
 /// A step row as read.
@@ -143,6 +145,10 @@ pub(super) struct TaskWrite<'a> {
     /// Its template's concurrency key and limit (written only when `new`: they never change).
     pub concurrency_key: Option<&'a str>,
     pub concurrency_limit: Option<i64>,
+    /// Its span's trace context and the caller's span (written only when `new`: they never
+    /// change).
+    pub traceparent: Option<String>,
+    pub trace_parent: Option<String>,
     /// A new task (inserted, unless its idempotency key is taken), not one whose row exists.
     pub new: bool,
 }
@@ -183,6 +189,8 @@ impl<'a> TaskWrite<'a> {
             deadline_at: t.deadline_at.map(ms),
             concurrency_key: task_key.map(|(k, _)| &**k),
             concurrency_limit: task_key.map(|(_, l)| i64::from(*l)),
+            traceparent: t.of.trace.filter(|_| new).map(|t| t.traceparent()),
+            trace_parent: t.of.trace.filter(|_| new).and_then(|t| t.parent_hex()),
             new,
         }
     }

@@ -129,7 +129,9 @@ fn bind_rows<'q>(
             .bind(t.parent.as_deref())
             .bind(t.deadline_at)
             .bind(t.concurrency_key)
-            .bind(t.concurrency_limit);
+            .bind(t.concurrency_limit)
+            .bind(t.traceparent.as_deref())
+            .bind(t.trace_parent.as_deref());
     }
     for s in &rows.steps {
         q = q

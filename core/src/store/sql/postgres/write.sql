@@ -1,4 +1,4 @@
--- Every row an operation changed, in one statement: the task rows ($1–$13, $45, $47, $51, $52), the step rows
+-- Every row an operation changed, in one statement: the task rows ($1–$13, $45, $47, $51–$54), the step rows
 -- ($14–$31, $41–$44, $46, $48–$50), new or changed, and the new transitions ($32–$40), each column an array. (The
 -- wake-up of the other engines is sent after the commit, on a connection of its own: a
 -- NOTIFY in this transaction would hold PostgreSQL's one notify lock through the commit's
@@ -6,10 +6,11 @@
 WITH tasks AS (
     INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
         idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision, parent,
-        deadline_at, concurrency_key, concurrency_limit)
+        deadline_at, concurrency_key, concurrency_limit, traceparent, trace_parent)
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
         $6::int8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
-        $13::int8[], $45::text[], $47::int8[], $51::text[], $52::int8[])
+        $13::int8[], $45::text[], $47::int8[], $51::text[], $52::int8[], $53::text[],
+        $54::text[])
     ON CONFLICT (task_id) DO UPDATE SET
         status = excluded.status, unfinished_steps = excluded.unfinished_steps,
         updated_at = excluded.updated_at, completed_at = excluded.completed_at,
@@ -46,9 +47,9 @@ WITH tasks AS (
         AS u(task_id, step_index, step_name, from_state, to_state, event, reason, attempt, at, n)
     ORDER BY u.n
 ), buckets AS (
-    -- The rate keys' buckets a claim took tokens from ($53–$56).
+    -- The rate keys' buckets a claim took tokens from ($55–$58).
     INSERT INTO tasker_rate_limits AS b (key, tokens, at_ms, refill_per_ms)
-    SELECT * FROM UNNEST($53::text[], $54::float8[], $55::int8[], $56::float8[])
+    SELECT * FROM UNNEST($55::text[], $56::float8[], $57::int8[], $58::float8[])
     ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at_ms = excluded.at_ms,
         refill_per_ms = excluded.refill_per_ms
 )
