@@ -375,6 +375,16 @@ enum tc_status tc_schedules_json(const struct tc_engine *engine, char **out_json
 enum tc_status tc_metrics(const struct tc_engine *engine, char **out_text);
 
 /**
+ * What the store holds, counted, as JSON in `*out_json` (free with tc_string_free):
+ * `{"tasks": {status: n}, "steps": {status: n}, "retries", "recovered", "lease_expiries",
+ * "handlers": [{"handler", "finished", "mean_ms", "p95_ms"}]}`.
+ *
+ * # Safety
+ * `engine` is a live handle; `out_json` valid for writes.
+ */
+enum tc_status tc_stats_json(const struct tc_engine *engine, char **out_json);
+
+/**
  * Creates the tasks of the schedules' ticks that fell due (a worker does it every second);
  * when `out_count` is not NULL, `*out_count` is how many.
  *

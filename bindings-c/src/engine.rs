@@ -593,6 +593,26 @@ pub unsafe extern "C" fn tc_metrics(
     }
 }
 
+/// What the store holds, counted, as JSON in `*out_json` (free with tc_string_free):
+/// `{"tasks": {status: n}, "steps": {status: n}, "retries", "recovered", "lease_expiries",
+/// "handlers": [{"handler", "finished", "mean_ms", "p95_ms"}]}`.
+///
+/// # Safety
+/// `engine` is a live handle; `out_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_stats_json(
+    engine: *const tc_engine,
+    out_json: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_json, || {
+            let e = handle(engine, "engine")?;
+            json_out(&e.run(e.engine()?.stats())?)
+        })
+    }
+}
+
 /// Creates the tasks of the schedules' ticks that fell due (a worker does it every second);
 /// when `out_count` is not NULL, `*out_count` is how many.
 ///

@@ -900,6 +900,14 @@ impl Engine {
         self.call(py, |e| async move { e.metrics().await })
     }
 
+    /// What the store holds, counted: ``{"tasks": {status: n}, "steps": {status: n},
+    /// "retries", "recovered", "lease_expiries", "handlers": [{handler, finished, mean_ms,
+    /// p95_ms}]}``.
+    fn stats(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let stats = self.call(py, |e| async move { e.stats().await })?;
+        to_py(py, &stats)
+    }
+
     /// Gives back every step whose lease has expired; returns how many.
     fn reclaim_expired(&self, py: Python<'_>) -> PyResult<usize> {
         self.call(py, |e| async move { e.reclaim_expired().await })

@@ -82,3 +82,32 @@ def test_the_metrics_parse_and_match_the_run(engine):
         assert max(buckets) == 10
         assert samples[("tasker_ready_steps", (("handler", "fetch"),))] == 2
         assert samples[("tasker_leases_expired_total", ())] == 0
+
+
+def test_the_stats_count_the_store(engine):
+    engine.register_template(
+        yaml_template("counted", "fetch", step("flaky", "fetch"), retry=FAST_RETRY)
+    )
+    for n in range(3):
+        engine.create_task("test", "counted", context={"n": n})
+    failed_once = set()
+
+    def flaky(step):
+        if step.task_id not in failed_once:
+            failed_once.add(step.task_id)
+            raise RetryableError("not yet")
+        return True
+
+    worker = Worker(engine, concurrency=2)
+    worker.register("fetch", lambda step: 1)
+    worker.register("flaky", flaky)
+    worker.run_until_idle(timeout=60)
+    engine.create_task("test", "counted", context={"n": 9})
+    stats = engine.stats()
+    assert stats["tasks"] == {"complete": 3, "pending": 1}
+    assert stats["steps"] == {"complete": 6, "pending": 2}
+    assert (stats["retries"], stats["recovered"], stats["lease_expiries"]) == (3, 3, 0)
+    handlers = {h["handler"]: h for h in stats["handlers"]}
+    assert sorted(handlers) == ["fetch", "flaky"]
+    assert handlers["flaky"]["finished"] == 3
+    assert handlers["fetch"]["p95_ms"] >= 0 and handlers["fetch"]["mean_ms"] >= 0

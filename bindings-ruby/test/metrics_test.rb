@@ -88,3 +88,22 @@ class TraceContextTest < Minitest::Test
     assert_empty @engine.list_tasks
   end
 end
+
+# Engine#stats: what the store holds, counted.
+class StatsTest < Minitest::Test
+  include TaskerTest
+
+  def test_the_stats_count_a_run
+    engine = TaskerCore::Engine.new("memory:")
+    engine.register_template(TaskerTest::DIAMOND)
+    2.times { |n| engine.create_task("test", "diamond", context: { order: n }) }
+    diamond_worker(engine, concurrency: 2).run_until_idle(timeout: 30)
+    stats = engine.stats
+    assert_equal({ "complete" => 2 }, stats["tasks"])
+    assert_equal({ "complete" => 10 }, stats["steps"])
+    assert_equal 0, stats["retries"]
+    handlers = stats["handlers"].map { |h| h["handler"] }
+    assert_equal %w[charge notify reserve_stock ship validate], handlers
+    assert(stats["handlers"].all? { |h| h["finished"] == 2 })
+  end
+end

@@ -913,6 +913,15 @@ impl Engine {
         })
     }
 
+    /// What the store holds, counted: tasks and steps per status, retries scheduled, steps a
+    /// retry saved (complete after more than one attempt), lease expiries, and per handler
+    /// the mean and 95th percentile duration of its finished steps. Read from the store, so
+    /// the same from every process (the SQL stores scan their steps and transitions: an
+    /// operator's call, not one for a hot loop).
+    pub async fn stats(&self) -> Result<crate::view::Stats> {
+        self.store()?.stats().await
+    }
+
     /// Waits until a step may have become ready in this process (or `timeout` passes).
     pub async fn wait_for_work(&self, timeout: std::time::Duration) {
         let _ = tokio::time::timeout(timeout, self.inner.work.notified()).await;

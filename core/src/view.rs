@@ -363,3 +363,82 @@ impl From<&TaskView> for GraphView {
         }
     }
 }
+
+/// What a store holds, counted ([`crate::Engine::stats`]): tasks and steps per status, the
+/// retries and lease expiries its trail records, the steps a retry saved, and per handler how
+/// long finished steps took.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// Tasks per status (statuses with none left out).
+    pub tasks: std::collections::BTreeMap<String, u64>,
+    /// Steps per status (statuses with none left out).
+    pub steps: std::collections::BTreeMap<String, u64>,
+    /// Retries scheduled (an attempt failed, or its lease ran out, with attempts left).
+    pub retries: u64,
+    /// Steps that completed after more than one attempt.
+    pub recovered: u64,
+    /// Attempts whose lease ran out before their worker reported.
+    pub lease_expiries: u64,
+    /// Per handler, in handler order: its finished steps' durations.
+    pub handlers: Vec<HandlerStats>,
+}
+
+/// How long the finished steps (complete or failed for good) of one handler took, each from
+/// the start of its last attempt to its end.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HandlerStats {
+    /// The handler.
+    pub handler: String,
+    /// Its finished steps.
+    pub finished: u64,
+    /// Their mean duration, in milliseconds.
+    pub mean_ms: f64,
+    /// Their 95th percentile (nearest rank: the smallest duration at least 95% of them do not
+    /// exceed), in milliseconds.
+    pub p95_ms: u64,
+}
+
+impl HandlerStats {
+    /// The stats of `handler` from its steps' durations in milliseconds (none: `None`).
+    pub fn of(handler: String, mut durations: Vec<u64>) -> Option<HandlerStats> {
+        if durations.is_empty() {
+            return None;
+        }
+        durations.sort_unstable();
+        let n = durations.len();
+        let sum: u128 = durations.iter().map(|&d| u128::from(d)).sum();
+        Some(HandlerStats {
+            handler,
+            finished: n as u64,
+            mean_ms: sum as f64 / n as f64,
+            p95_ms: durations[p95_rank(n as u64) as usize - 1],
+        })
+    }
+}
+
+/// The 1-based nearest rank of the 95th percentile among `n` values (`n` > 0): ⌈0.95·n⌉ (what
+/// the SQL stores compute too).
+pub fn p95_rank(n: u64) -> u64 {
+    (95 * n).div_ceil(100).max(1)
+}
+
+#[cfg(test)]
+mod stats_tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn the_p95_is_the_nearest_rank(mut durations in proptest::collection::vec(0u64..10_000, 1..300)) {
+            let stats = HandlerStats::of("h".into(), durations.clone()).unwrap();
+            durations.sort_unstable();
+            let at_most = durations.iter().filter(|&&d| d <= stats.p95_ms).count();
+            // At least 95% do not exceed it, and it is one of them: no smaller one would do.
+            prop_assert!(at_most * 100 >= 95 * durations.len());
+            let below = durations.iter().filter(|&&d| d < stats.p95_ms).count();
+            prop_assert!(below * 100 < 95 * durations.len());
+            let mean = durations.iter().sum::<u64>() as f64 / durations.len() as f64;
+            prop_assert!((stats.mean_ms - mean).abs() < 1e-6);
+        }
+    }
+}

@@ -494,6 +494,10 @@ impl Store for Crashing {
     async fn ready_by_handler(&self, now: tasker_core::Timestamp) -> Result<Vec<(String, u64)>> {
         self.inner.ready_by_handler(now).await
     }
+
+    async fn stats(&self) -> Result<tasker_core::view::Stats> {
+        self.inner.stats().await
+    }
 }
 
 /// An engine on a fresh store of `kind` failing what the faults say.

@@ -63,34 +63,40 @@ async fn opened(store: StoreKind, clock: &ManualClock) -> Option<Engine> {
     Some(engine)
 }
 
+/// `sig/m` run with `b` retried once (`a` waits 50 ms and runs 200 ms, `c` runs 300 ms), a
+/// `sig/lease` task whose one attempt's lease runs out (it fails), then one task of each
+/// left ready.
+async fn run_scenario(engine: &Engine, clock: &ManualClock, store: StoreKind) {
+    let task = create(engine, NewTask::new("sig", "m")).await;
+    clock.advance(Duration::from_millis(50));
+    let a = claim_one(engine, "a").await;
+    clock.advance(Duration::from_millis(200));
+    complete(engine, &a, json!(1)).await;
+    let mut both = claim(engine, 2).await;
+    both.sort_by_key(|s| s.name.clone());
+    fail(engine, &both[0], retryable_after("flaky", 100)).await;
+    clock.advance(Duration::from_millis(300));
+    complete(engine, &both[1], json!(3)).await;
+    let b = claim_one(engine, "b").await;
+    complete(engine, &b, json!(2)).await;
+    assert_eq!(status(engine, task).await, TaskState::Complete, "{store}");
+
+    let lease = create(engine, NewTask::new("sig", "lease")).await;
+    let slow = claim_one(engine, "slow").await;
+    assert_eq!(slow.attempt, 1);
+    clock.advance(Duration::from_millis(2_000));
+    assert_eq!(engine.reclaim_expired().await.unwrap(), 1, "{store}");
+    assert_eq!(status(engine, lease).await, TaskState::Error, "{store}");
+    // Left ready: one `a` and one `slow`.
+    create(engine, NewTask::new("sig", "m")).await;
+    create(engine, NewTask::new("sig", "lease")).await;
+}
+
 per_store! {
     async fn the_metrics_follow_outcomes_retries_expiries_and_times(store) {
         let clock = ManualClock::new();
         let Some(engine) = opened(store, &clock).await else { return };
-        let task = create(&engine, NewTask::new("sig", "m")).await;
-        clock.advance(Duration::from_millis(50));
-        let a = claim_one(&engine, "a").await;
-        clock.advance(Duration::from_millis(200));
-        complete(&engine, &a, json!(1)).await;
-        let mut both = claim(&engine, 2).await;
-        both.sort_by_key(|s| s.name.clone());
-        fail(&engine, &both[0], retryable_after("flaky", 100)).await;
-        clock.advance(Duration::from_millis(300));
-        complete(&engine, &both[1], json!(3)).await;
-        let b = claim_one(&engine, "b").await;
-        complete(&engine, &b, json!(2)).await;
-        assert_eq!(status(&engine, task).await, TaskState::Complete, "{store}");
-
-        let lease = create(&engine, NewTask::new("sig", "lease")).await;
-        let slow = claim_one(&engine, "slow").await;
-        assert_eq!(slow.attempt, 1);
-        clock.advance(Duration::from_millis(2_000));
-        assert_eq!(engine.reclaim_expired().await.unwrap(), 1, "{store}");
-        assert_eq!(status(&engine, lease).await, TaskState::Error, "{store}");
-        // Left ready: one `a` and one `slow`.
-        create(&engine, NewTask::new("sig", "m")).await;
-        create(&engine, NewTask::new("sig", "lease")).await;
-
+        run_scenario(&engine, &clock, store).await;
         let text = engine.metrics().await.unwrap();
         let m = r#"namespace="sig",name="m""#;
         assert_sample(&text, &format!(r#"tasker_tasks_total{{{m},status="pending"}}"#), 2.0);
@@ -144,5 +150,33 @@ per_store! {
         let text = engine.metrics().await.unwrap();
         assert_eq!(value(&text, r#"tasker_tasks_total{namespace="sig",name="lease",status="pending"}"#), None, "{text}");
         assert_sample(&text, r#"tasker_ready_steps{handler="slow"}"#, 1.0);
+    }
+}
+
+per_store! {
+    async fn the_stats_count_the_store(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = opened(store, &clock).await else { return };
+        run_scenario(&engine, &clock, store).await;
+        let stats = engine.stats().await.unwrap();
+        let n = |m: &std::collections::BTreeMap<String, u64>, k: &str| m.get(k).copied().unwrap_or(0);
+        assert_eq!(n(&stats.tasks, "complete"), 1, "{store}: {stats:?}");
+        assert_eq!(n(&stats.tasks, "error"), 1, "{store}: {stats:?}");
+        assert_eq!(n(&stats.tasks, "pending"), 2, "{store}: {stats:?}");
+        assert_eq!(n(&stats.steps, "complete"), 3, "{store}: {stats:?}");
+        assert_eq!(n(&stats.steps, "error"), 1, "{store}: {stats:?}");
+        assert_eq!(n(&stats.steps, "pending"), 4, "{store}: {stats:?}");
+        assert_eq!((stats.retries, stats.recovered, stats.lease_expiries), (1, 1, 1), "{store}");
+        let of = |h: &str| stats.handlers.iter().find(|s| s.handler == h).cloned();
+        let a = of("a").expect("a's stats");
+        assert_eq!((a.finished, a.mean_ms, a.p95_ms), (1, 200.0, 200), "{store}");
+        let c = of("c").expect("c's stats");
+        assert_eq!((c.finished, c.p95_ms), (1, 300), "{store}");
+        // `b` (handler `flaky`) is timed by its last attempt, which took no time.
+        assert_eq!(of("flaky").map(|s| (s.finished, s.p95_ms)), Some((1, 0)), "{store}");
+        let names: Vec<&str> = stats.handlers.iter().map(|s| s.handler.as_str()).collect();
+        let mut sorted = names.clone();
+        sorted.sort();
+        assert_eq!(names, sorted, "{store}: in handler order");
     }
 }

@@ -513,6 +513,12 @@ int main(void) {
     ASSERT_SHOW(strstr(metrics, "# EOF\n") != NULL, metrics);
     tc_string_free(metrics);
     ASSERT(tc_metrics(e, NULL) == TC_ERR_NULL);
+    char *stats = NULL;
+    ASSERT_OK(tc_stats_json(e, &stats));
+    ASSERT_SHOW(strstr(stats, "\"handlers\"") != NULL && strstr(stats, "\"charge\"") != NULL,
+                stats);
+    ASSERT_SHOW(tj_int(tj_get(stats, "recovered")) >= 2, stats);
+    tc_string_free(stats);
 
     /* Both failed attempts were scheduled for a retry; the audit trail shows them. */
     ASSERT_OK(tc_transitions_json(e, order, &json));

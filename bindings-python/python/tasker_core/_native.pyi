@@ -425,6 +425,11 @@ Starts a task of template ``namespace/name`` and returns its id.
         ``tasker_ready_to_claimed_seconds`` (by namespace, task and step),
         ``tasker_leases_expired_total`` — what this engine recorded since it opened — and
         ``tasker_ready_steps{handler}``, the store's claimable steps now."""
+    def stats(self) -> dict[str, Any]:
+        """What the store holds, counted (the same from every process): ``tasks`` and
+        ``steps`` (status -> count), ``retries`` (scheduled), ``recovered`` (steps complete
+        after more than one attempt), ``lease_expiries``, and ``handlers``: a list of
+        ``{"handler", "finished", "mean_ms", "p95_ms"}`` over each handler's finished steps."""
     def work_status(self, handlers: list[str] | None = None) -> WorkStatus:
         """What work the store holds: ``ready`` (only steps of ``handlers`` when given),
         ``running``, ``waiting`` (for a retry) and ``next_due`` (RFC 3339 or None). Idle when

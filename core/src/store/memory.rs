@@ -748,6 +748,41 @@ impl Store for MemoryStore {
         Ok(task.transitions.iter().map(TransitionView::from).collect())
     }
 
+    async fn stats(&self) -> Result<crate::view::Stats> {
+        let inner = self.inner.lock();
+        let mut stats = crate::view::Stats::default();
+        let mut durations: BTreeMap<&str, Vec<u64>> = BTreeMap::new();
+        for task in inner.tasks.values() {
+            let t = &task.record;
+            *stats.tasks.entry(t.status.as_str().to_owned()).or_default() += 1;
+            for (i, (state, step)) in t.states.iter().zip(&t.steps).enumerate() {
+                *stats.steps.entry(state.as_str().to_owned()).or_default() += 1;
+                stats.recovered += u64::from(*state == StepState::Complete && step.attempts > 1);
+                if matches!(state, StepState::Complete | StepState::Error) {
+                    if let (Some(start), Some(end)) = (step.started_at, step.completed_at) {
+                        let ms = (end - start).num_milliseconds().max(0) as u64;
+                        durations
+                            .entry(&t.spec(i as u32).handler)
+                            .or_default()
+                            .push(ms);
+                    }
+                }
+            }
+            for tr in &task.transitions {
+                if let crate::state::Change::Step { event, .. } = tr.change {
+                    stats.retries += u64::from(event == crate::state::StepEvent::ScheduleRetry);
+                    stats.lease_expiries +=
+                        u64::from(event == crate::state::StepEvent::LeaseExpired);
+                }
+            }
+        }
+        stats.handlers = durations
+            .into_iter()
+            .filter_map(|(h, d)| crate::view::HandlerStats::of(h.to_owned(), d))
+            .collect();
+        Ok(stats)
+    }
+
     async fn ready_by_handler(&self, _now: Timestamp) -> Result<Vec<(String, u64)>> {
         let mut inner = self.inner.lock();
         let Inner { tasks, queues, .. } = &mut *inner;

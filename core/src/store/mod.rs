@@ -846,6 +846,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// left out).
     async fn ready_by_handler(&self, now: Timestamp) -> Result<Vec<(String, u64)>>;
 
+    /// What the store holds, counted (see [`crate::view::Stats`]).
+    async fn stats(&self) -> Result<crate::view::Stats>;
+
     /// What work there is; `ready` counts only steps of `handlers` (all when `None`).
     async fn work_status(
         &self,

@@ -752,6 +752,13 @@ impl Engine {
         self.call(&ruby, |e| async move { e.metrics().await })
     }
 
+    /// stats: what the store holds, counted (a Hash).
+    fn stats(&self) -> Result<Value, Error> {
+        let ruby = ruby();
+        let stats = self.call(&ruby, |e| async move { e.stats().await })?;
+        to_ruby(&ruby, &stats)
+    }
+
     fn reclaim_expired(&self) -> Result<usize, Error> {
         let ruby = ruby();
         self.call(&ruby, |e| async move { e.reclaim_expired().await })
@@ -1113,6 +1120,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     engine.define_method("subscribe", method!(Engine::subscribe, -1))?;
     engine.define_method("work_status", method!(Engine::work_status, -1))?;
     engine.define_method("metrics", method!(Engine::metrics, 0))?;
+    engine.define_method("stats", method!(Engine::stats, 0))?;
     engine.define_method("reclaim_expired", method!(Engine::reclaim_expired, 0))?;
     engine.define_method("tend_children", method!(Engine::tend_children, 0))?;
     engine.define_method("purge", method!(Engine::purge, -1))?;

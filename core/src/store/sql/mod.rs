@@ -101,6 +101,8 @@ mod shared {
     pub const UNREADABLE_TRANSITION: &str = include_str!("shared/unreadable_transition.sql");
     pub const TRANSITIONS: &str = include_str!("shared/transitions.sql");
     pub const READY_BY_HANDLER: &str = include_str!("shared/ready_by_handler.sql");
+    pub const STATS_COUNTS: &str = include_str!("shared/stats_counts.sql");
+    pub const STATS_DURATIONS: &str = include_str!("shared/stats_durations.sql");
     pub const WAITING_FOR_CHILDREN: &str = include_str!("shared/waiting_for_children.sql");
     pub const OPEN_CHILDREN: &str = include_str!("shared/open_children.sql");
     pub const SCHEDULE_UPSERT: &str = include_str!("shared/schedule_upsert.sql");
@@ -307,6 +309,12 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     async fn transitions(c: &mut Conn<Self>, id: &str) -> sqlx::Result<Vec<rows::TransitionRow>>;
     /// The steps claimable now per handler: (handler, count), in handler order.
     async fn ready_by_handler(c: &mut Conn<Self>) -> sqlx::Result<Vec<(String, i64)>>;
+    /// The counts of [`crate::view::Stats`]: (kind, key, n) (see `shared/stats_counts.sql`).
+    async fn stats_counts(c: &mut Conn<Self>) -> sqlx::Result<Vec<(String, String, i64)>>;
+    /// Per handler: finished steps, mean and p95 duration in ms.
+    async fn stats_durations(
+        c: &mut Conn<Self>,
+    ) -> sqlx::Result<Vec<(String, i64, Option<f64>, Option<i64>)>>;
     /// Sets task `id` to `error` with the transition saying `why`, unless it is there already.
     async fn mark_unreadable(c: &mut Conn<Self>, id: &str, why: &str, now: i64)
         -> sqlx::Result<()>;
@@ -488,6 +496,22 @@ macro_rules! impl_backend {
                     .fetch_optional(c)
                     .await?;
             Ok(found.is_some())
+        }
+
+        async fn stats_counts(
+            c: &mut <$db as sqlx::Database>::Connection,
+        ) -> sqlx::Result<Vec<(String, String, i64)>> {
+            sqlx::query_as($crate::store::sql::shared::STATS_COUNTS)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn stats_durations(
+            c: &mut <$db as sqlx::Database>::Connection,
+        ) -> sqlx::Result<Vec<(String, i64, Option<f64>, Option<i64>)>> {
+            sqlx::query_as($crate::store::sql::shared::STATS_DURATIONS)
+                .fetch_all(c)
+                .await
         }
 
         async fn ready_by_handler(
@@ -2456,6 +2480,38 @@ impl<B: Backend> Store for SqlStore<B> {
                 })
             })
             .collect()
+    }
+
+    async fn stats(&self) -> Result<crate::view::Stats> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let counts = B::stats_counts(&mut conn).await.map_err(db)?;
+        let durations = B::stats_durations(&mut conn).await.map_err(db)?;
+        let mut stats = crate::view::Stats::default();
+        for (kind, key, n) in counts {
+            let n = n.max(0) as u64;
+            match (kind.as_str(), key.as_str()) {
+                ("task", _) => {
+                    stats.tasks.insert(key, n);
+                }
+                ("step", _) => {
+                    stats.steps.insert(key, n);
+                }
+                ("event", "schedule_retry") => stats.retries = n,
+                ("event", "lease_expired") => stats.lease_expiries = n,
+                ("recovered", _) => stats.recovered = n,
+                _ => {}
+            }
+        }
+        stats.handlers = durations
+            .into_iter()
+            .map(|(handler, n, mean, p95)| crate::view::HandlerStats {
+                handler,
+                finished: n.max(0) as u64,
+                mean_ms: mean.unwrap_or(0.0),
+                p95_ms: p95.unwrap_or(0).max(0) as u64,
+            })
+            .collect();
+        Ok(stats)
     }
 
     async fn ready_by_handler(&self, _now: Timestamp) -> Result<Vec<(String, u64)>> {
