@@ -281,6 +281,27 @@ pub(crate) unsafe fn task_view<
     }
 }
 
+/// What `view` reads of the engine, as JSON, for the functions of one engine-wide view.
+///
+/// # Safety
+/// `engine` is NULL or a live handle; `out_json` valid for writes.
+pub(crate) unsafe fn engine_json<
+    T: serde::Serialize,
+    F: std::future::Future<Output = Result<T, Error>>,
+>(
+    engine: *const tc_engine,
+    out_json: *mut *mut c_char,
+    view: impl FnOnce(Engine) -> F,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_json, || {
+            let e = handle(engine, "engine")?;
+            json_out(&e.run(view(e.engine()?.clone()))?)
+        })
+    }
+}
+
 /// The task as JSON (same fields as Python's engine.task): free with tc_string_free.
 ///
 /// # Safety
@@ -564,12 +585,7 @@ pub unsafe extern "C" fn tc_schedules_json(
     out_json: *mut *mut c_char,
 ) -> tc_status {
     // SAFETY: forwarded contracts.
-    unsafe {
-        with_out(out_json, || {
-            let e = handle(engine, "engine")?;
-            json_out(&e.run(e.engine()?.schedules())?)
-        })
-    }
+    unsafe { engine_json(engine, out_json, |e| async move { e.schedules().await }) }
 }
 
 /// This engine's metrics in the Prometheus text format (OpenMetrics) in `*out_text` (free
@@ -605,12 +621,7 @@ pub unsafe extern "C" fn tc_stats_json(
     out_json: *mut *mut c_char,
 ) -> tc_status {
     // SAFETY: forwarded contracts.
-    unsafe {
-        with_out(out_json, || {
-            let e = handle(engine, "engine")?;
-            json_out(&e.run(e.engine()?.stats())?)
-        })
-    }
+    unsafe { engine_json(engine, out_json, |e| async move { e.stats().await }) }
 }
 
 /// Creates the tasks of the schedules' ticks that fell due (a worker does it every second);
