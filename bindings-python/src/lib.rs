@@ -1004,8 +1004,9 @@ impl Engine {
     }
 
     /// Closes the engine: every later call raises StoreError.
-    fn close(&self) {
-        self.engine.close();
+    fn close(&self, py: Python<'_>) {
+        // Without the GIL: closing sends the spans still queued (up to a few seconds).
+        py.detach(|| self.engine.close());
     }
 
     /// Whether ``close()`` was called.
@@ -1019,8 +1020,8 @@ impl Engine {
     }
 
     #[pyo3(signature = (*_args))]
-    fn __exit__(&self, _args: &Bound<'_, pyo3::types::PyTuple>) {
-        self.engine.close();
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) {
+        py.detach(|| self.engine.close());
     }
 
     fn __repr__(&self) -> String {

@@ -73,14 +73,6 @@ struct EngineInner {
     spans: Option<crate::trace::Spans>,
 }
 
-impl Drop for EngineInner {
-    fn drop(&mut self) {
-        if let Some(spans) = &self.spans {
-            spans.shutdown();
-        }
-    }
-}
-
 /// A template registered from a document in any format: its compiled graph, the format it
 /// was written in, and what of it was not used.
 #[derive(Debug, Clone)]

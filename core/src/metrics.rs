@@ -100,7 +100,8 @@ impl Metrics {
         );
         registry.register(
             "tasker_step_duration_seconds",
-            "How long an attempt ran, from its claim to its report (or its lease's expiry)",
+            "How long an attempt ran, from its claim to its report (or to when its lease was found \
+             expired)",
             step_duration.clone(),
         );
         registry.register(
@@ -162,6 +163,9 @@ impl Metrics {
         let Some(step) = &t.step_name else {
             return;
         };
+        // A batch worker's slices (`work[3]`) count as their step (`work`): one series per
+        // template step, however many slices.
+        let step = &template_step(step);
         let of = || StepOf {
             namespace: template.namespace.clone(),
             task: template.name.clone(),
@@ -236,7 +240,34 @@ impl Metrics {
     }
 }
 
+/// The template step's name of step `name`: an instance of a batch worker (`work[3]`) is its
+/// worker step's.
+fn template_step(name: &Arc<str>) -> Arc<str> {
+    match name.strip_suffix(']').and_then(|n| n.rsplit_once('[')) {
+        Some((step, k)) if !k.is_empty() && k.bytes().all(|b| b.is_ascii_digit()) => step.into(),
+        _ => name.clone(),
+    }
+}
+
 /// The seconds from `since` to `at` (0 when the clock went back).
 fn seconds(since: Timestamp, at: Timestamp) -> f64 {
     ((at - since).num_microseconds().unwrap_or(0).max(0) as f64) / 1e6
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slice_is_labelled_by_its_template_step() {
+        for (name, step) in [
+            ("work[3]", "work"),
+            ("work[12]", "work"),
+            ("work", "work"),
+            ("a[b]", "a[b]"),
+            ("x[]", "x[]"),
+        ] {
+            assert_eq!(&*template_step(&Arc::from(name)), step);
+        }
+    }
 }

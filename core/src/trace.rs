@@ -98,12 +98,15 @@ pub fn parse_traceparent(text: &str) -> Result<([u8; 16], [u8; 8], u8), Tracepar
     Ok((trace, span, flags[0]))
 }
 
-/// A random non-zero id.
+/// A random non-zero id, from the operating system (a generator seeded in a process is copied
+/// into the children it forks, which would repeat its ids).
 fn random_bytes<const N: usize>() -> [u8; N] {
     loop {
         let mut out = [0u8; N];
-        for b in out.iter_mut() {
-            *b = fastrand::u8(..);
+        if getrandom::fill(&mut out).is_err() {
+            for b in out.iter_mut() {
+                *b = fastrand::u8(..);
+            }
         }
         if out != [0; N] {
             return out;
@@ -483,6 +486,13 @@ impl Spans {
     }
 }
 
+impl Drop for Spans {
+    /// Sends the spans still queued and stops the exporter's thread.
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
 /// The exporter's thread: batches of `batch` spans, sent at least every `delay`, and at once
 /// when a flush or the stop is asked for.
 fn export_loop(
@@ -566,10 +576,7 @@ fn span_data(
                 KeyValue::new("tasker.outcome", event.as_str()),
                 KeyValue::new("tasker.step_status", to.as_str()),
             ]);
-            let ok = matches!(
-                event,
-                StepEvent::Complete | StepEvent::AwaitChildren | StepEvent::Expand
-            );
+            let ok = matches!(event, StepEvent::Complete | StepEvent::AwaitChildren);
             (
                 format!("step {name}"),
                 trace.attempt_span(*index, *attempt),
@@ -622,7 +629,6 @@ fn ends_attempt(event: StepEvent) -> bool {
             | StepEvent::LeaseExpired
             | StepEvent::Release
             | StepEvent::AwaitChildren
-            | StepEvent::Expand
     )
 }
 

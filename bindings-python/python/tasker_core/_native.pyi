@@ -106,6 +106,7 @@ class ClaimedStep(TypedDict):
     lease_ms: int
     config: dict[str, JSON]
     batch: NotRequired[dict[str, JSON]]
+    traceparent: str | None
 
 class Dependency(TypedDict):
     step: str
@@ -162,6 +163,7 @@ class TaskView(TypedDict):
     idempotency_key: str | None
     parent: ParentView | None
     deadline_at: str | None
+    traceparent: str | None
     progress: Progress
     steps: list[StepView]
     created_at: str

@@ -770,7 +770,9 @@ impl Engine {
     }
 
     fn close(&self) {
-        self.engine.close();
+        // Without the GVL: closing sends the spans still queued (up to a few seconds).
+        let engine = self.engine.clone();
+        let _ = without_gvl(move |_| engine.close());
     }
 
     /// Closed, or inherited across a fork (unusable in the child either way).

@@ -1970,9 +1970,16 @@ fn rows_of<'a>(
                         || b.counters[i] != e.after.counters[i]
                         || b.steps[i] != e.after.steps[i]
                 });
+            // When it became claimable: its record says (a retry's due time, not the time
+            // the store noticed).
+            let ready_at = |i: usize| e.after.steps[i].ready_at.unwrap_or(now);
             if changed || ready {
-                rows.steps
-                    .push(StepWrite::new(e.after, i, ready.then(|| ms(now)), new));
+                rows.steps.push(StepWrite::new(
+                    e.after,
+                    i,
+                    ready.then(|| ms(ready_at(i))),
+                    new,
+                ));
             }
         }
         // Any change to the task or its steps gives the task row a new revision.
