@@ -536,13 +536,24 @@ impl Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (url = None, environment = None))]
-    fn new(py: Python<'_>, url: Option<String>, environment: Option<String>) -> PyResult<Self> {
+    #[pyo3(signature = (url = None, environment = None, *, otlp_endpoint = None, metrics = true))]
+    fn new(
+        py: Python<'_>,
+        url: Option<String>,
+        environment: Option<String>,
+        otlp_endpoint: Option<String>,
+        metrics: bool,
+    ) -> PyResult<Self> {
         let runtime = runtime()?;
         let url = url.unwrap_or_else(|| tasker_core::engine::DEFAULT_URL.to_owned());
         let rt = runtime.clone();
+        let options = tasker_core::engine::OpenOptions {
+            environment,
+            otlp_endpoint,
+            metrics: Some(metrics),
+        };
         let engine = py
-            .detach(move || rt.block_on(tasker_core::Engine::open_in(&url, environment)))
+            .detach(move || rt.block_on(tasker_core::Engine::open_with(&url, options)))
             .map_err(py_err)?;
         Ok(Engine {
             engine: ForkSafe::new(engine),

@@ -7,6 +7,7 @@ from prometheus_client.openmetrics import parser as openmetrics
 from prometheus_client import parser as prometheus
 
 from conftest import FAST_RETRY, step, yaml_template
+import tasker_core
 from tasker_core import RetryableError, Worker
 
 
@@ -111,3 +112,13 @@ def test_the_stats_count_the_store(engine):
     assert sorted(handlers) == ["fetch", "flaky"]
     assert handlers["flaky"]["finished"] == 3
     assert handlers["fetch"]["p95_ms"] >= 0 and handlers["fetch"]["mean_ms"] >= 0
+
+
+def test_an_engine_opened_without_metrics_counts_nothing():
+    engine = tasker_core.Engine("memory:", metrics=False)
+    engine.register_template(yaml_template("quiet", "only"))
+    engine.create_task("test", "quiet")
+    samples = _samples(engine.metrics(), openmetrics.text_string_to_metric_families)
+    assert not any(name == "tasker_tasks_total" for name, _ in samples)
+    assert samples[("tasker_ready_steps", (("handler", "only"),))] == 1
+    engine.close()

@@ -152,6 +152,21 @@ def test_the_spans_of_a_task_run_in_two_processes_are_one_trace(receiver, tmp_pa
     engine.close()
 
 
+def test_an_engine_given_an_endpoint_exports_to_it(receiver):
+    engine = tasker_core.Engine("memory:", otlp_endpoint=receiver.endpoint)
+    engine.register_template(TEMPLATE)
+    task_id = engine.create_task("traced", "five")
+    worker = tasker_core.Worker(engine)
+    for name in "abcde":
+        worker.register(name, lambda step: None)
+    worker.run_until_idle(timeout=30)
+    engine.close()
+    names = sorted(s.name for s in receiver.spans)
+    assert names == ["step a", "step b", "step c", "step d", "step e", "task traced/five"]
+    assert attributes([s for s in receiver.spans if s.name.startswith("task")][0])[
+        "tasker.task_id"] == task_id
+
+
 def test_a_malformed_traceparent_is_refused_and_nothing_is_created(memory_engine):
     memory_engine.register_template(TEMPLATE)
     with pytest.raises(tasker_core.InvalidArgumentError, match="traceparent"):

@@ -107,3 +107,17 @@ class StatsTest < Minitest::Test
     assert(stats["handlers"].all? { |h| h["finished"] == 2 })
   end
 end
+
+# Engine.new(metrics: false) keeps no counters.
+class MetricsOffTest < Minitest::Test
+  include TaskerTest
+
+  def test_an_engine_opened_without_metrics_counts_nothing
+    engine = TaskerCore::Engine.new("memory:", metrics: false)
+    engine.register_template(template("quiet", "only"))
+    engine.create_task("test", "quiet")
+    text = engine.metrics
+    refute_match(/^tasker_tasks_total/, text)
+    assert_match(/^tasker_ready_steps\{handler="only"\} 1$/, text)
+  end
+end

@@ -127,6 +127,17 @@ pub struct EngineBuilder {
     otlp_endpoint: Option<String>,
 }
 
+/// The options of [`Engine::open_with`], as the bindings' constructors take them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// Whose template overrides apply (see [`EngineBuilder::environment`]).
+    pub environment: Option<String>,
+    /// Where to export spans (see [`EngineBuilder::otlp_endpoint`]).
+    pub otlp_endpoint: Option<String>,
+    /// Whether to keep metrics (`None`: yes; see [`EngineBuilder::metrics`]).
+    pub metrics: Option<bool>,
+}
+
 /// What [`EngineBuilder::wrap_store`] takes.
 type StoreWrapper = Box<dyn FnOnce(Arc<dyn Store>) -> Arc<dyn Store> + Send>;
 
@@ -286,9 +297,26 @@ impl Engine {
     /// [`Engine::open`] in `environment` (see [`EngineBuilder::environment`]; `None`:
     /// `TASKER_ENV`, then `RAILS_ENV`).
     pub async fn open_in(url: &str, environment: Option<String>) -> Result<Engine> {
-        let mut builder = Engine::builder().url(url);
-        if let Some(env) = environment {
+        Engine::open_with(
+            url,
+            OpenOptions {
+                environment,
+                ..OpenOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Opens an engine on `url` with `options` (what the bindings' constructors take).
+    pub async fn open_with(url: &str, options: OpenOptions) -> Result<Engine> {
+        let mut builder = Engine::builder()
+            .url(url)
+            .metrics(options.metrics.unwrap_or(true));
+        if let Some(env) = options.environment {
             builder = builder.environment(env);
+        }
+        if let Some(endpoint) = options.otlp_endpoint {
+            builder = builder.otlp_endpoint(endpoint);
         }
         builder.build().await
     }

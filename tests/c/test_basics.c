@@ -527,6 +527,51 @@ static void test_events(tc_engine *e) {
     tc_subscription_free(resolved);
 }
 
+/* Concurrency keys from C: a key at its limit holds back its steps across claims; a step let
+ * go lets the next one of its key start. */
+static void test_concurrency_keys(void) {
+    tc_engine *e = NULL;
+    ASSERT_OK(tc_engine_open("memory:", &e));
+    ASSERT_OK(tc_register_template(e,
+                                   "namespace: c_keys\n"
+                                   "name: charge\n"
+                                   "version: 1.0.0\n"
+                                   "steps:\n"
+                                   "  - name: charge\n"
+                                   "    concurrency: { key: \"customer:{{context.customer}}\", limit: 1 }\n"));
+    static const char *contexts[] = {"{\"customer\": 1}", "{\"customer\": 1}", "{\"customer\": 2}"};
+    for (size_t i = 0; i < 3; i++) {
+        char *id = NULL;
+        ASSERT_OK(tc_create_task_ex(e, "c_keys", "charge", contexts[i], NULL, NULL, 0, &id));
+        tc_string_free(id);
+    }
+    /* A context that cannot render the key is refused, naming it. */
+    char *bad = NULL;
+    ASSERT(tc_create_task_ex(e, "c_keys", "charge", "{}", NULL, NULL, 0, &bad) ==
+           TC_ERR_INVALID_ARGUMENT);
+    ASSERT_MESSAGE_HAS("customer");
+    tc_claim_batch *batch = NULL;
+    ASSERT_OK(tc_claim(e, "c-keys", NULL, 0, 10, 0, &batch));
+    /* One step per customer: the second of customer 1 waits. */
+    ASSERT(tc_claim_batch_len(batch) == 2);
+    tc_claim_batch *none = NULL;
+    ASSERT_OK(tc_claim(e, "c-keys", NULL, 0, 10, 0, &none));
+    ASSERT(tc_claim_batch_len(none) == 0);
+    tc_claim_batch_free(none);
+    for (size_t i = 0; i < 2; i++) {
+        tc_step *step = tc_claim_batch_get(batch, i);
+        if (strstr(tc_step_context_json(step), "1") != NULL)
+            ASSERT_OK(tc_step_complete(step, "true"));
+    }
+    tc_claim_batch *next = NULL;
+    ASSERT_OK(tc_claim(e, "c-keys", NULL, 0, 10, 0, &next));
+    ASSERT(tc_claim_batch_len(next) == 1);
+    ASSERT(strstr(tc_step_context_json(tc_claim_batch_get(next, 0)), "1") != NULL);
+    tc_claim_batch_free(next);
+    tc_claim_batch_free(batch);
+    ASSERT_OK(tc_engine_close(e));
+}
+
 int main(void) {
     test_version_and_status_names();
     test_open_and_close();
@@ -539,6 +584,7 @@ int main(void) {
     test_operator_verbs(e);
     test_events(e);
     ASSERT_OK(tc_engine_close(e));
+    test_concurrency_keys();
 
     printf("test_basics: ok\n");
     return 0;

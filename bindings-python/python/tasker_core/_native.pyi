@@ -299,7 +299,11 @@ class Engine:
     exit). After :meth:`close`, every call raises :class:`StoreError`.
     """
 
-    def __init__(self, url: str | None = None, environment: str | None = None) -> None: ...
+    def __init__(self, url: str | None = None, environment: str | None = None, *,
+                 otlp_endpoint: str | None = None, metrics: bool = True) -> None:
+        """``otlp_endpoint`` (a base URL such as ``http://127.0.0.1:4318``) exports spans
+        there, as ``OTEL_EXPORTER_OTLP_ENDPOINT`` would; ``metrics=False`` keeps no counters
+        (see docs/signals.md)."""
     @property
     def environment(self) -> str | None:
         """The environment whose template overrides apply (``environment=``, else ``TASKER_ENV``,

@@ -332,12 +332,22 @@ impl Engine {
     fn new(args: &[Value]) -> Result<Self, Error> {
         let ruby = ruby();
         let args = scan_args::<(), (Option<Option<String>>,), (), (), RHash, ()>(args)?;
-        let kw = get_kwargs::<_, (), (Option<Option<String>>,), ()>(
+        let kw = get_kwargs::<
+            _,
+            (),
+            (Option<Option<String>>, Option<Option<String>>, Option<bool>),
+            (),
+        >(
             args.keywords,
             &[],
-            &["environment"],
+            &["environment", "otlp_endpoint", "metrics"],
         )?;
-        let environment = kw.optional.0.flatten();
+        let (environment, otlp_endpoint, metrics) = kw.optional;
+        let options = tasker_core::engine::OpenOptions {
+            environment: environment.flatten(),
+            otlp_endpoint: otlp_endpoint.flatten(),
+            metrics,
+        };
         let url = args
             .optional
             .0
@@ -345,7 +355,7 @@ impl Engine {
             .unwrap_or_else(|| tasker_core::engine::DEFAULT_URL.to_owned());
         let rt = runtime(&ruby)?;
         let engine =
-            without_gvl(move |_| rt.block_on(tasker_core::Engine::open_in(&url, environment)))
+            without_gvl(move |_| rt.block_on(tasker_core::Engine::open_with(&url, options)))
                 .map_err(|m| Error::new(error_class(&ruby, "Error"), m))?
                 .map_err(|e| rb_err(&ruby, e))?;
         Ok(Engine {
