@@ -180,6 +180,19 @@ enum tc_status tc_engine_open(const char *url, struct tc_engine **out);
 enum tc_status tc_engine_open_env(const char *url, const char *environment, struct tc_engine **out);
 
 /**
+ * tc_engine_open with `options_json` (NULL: none), a JSON object of: "environment" (as
+ * tc_engine_open_env), "otlp_endpoint" (export traces to this base URL, as
+ * `OTEL_EXPORTER_OTLP_ENDPOINT` would) and "metrics" (false: keep no counters). An unknown
+ * key or a value of the wrong type is TC_ERR_JSON.
+ *
+ * # Safety
+ * `url` and `options_json` are NULL or NUL-terminated strings; `out` is valid for writes.
+ */
+enum tc_status tc_engine_open_json(const char *url,
+                                   const char *options_json,
+                                   struct tc_engine **out);
+
+/**
  * Closes the engine and frees the handle. NULL is fine. Workers and subscriptions made from it
  * must not be used afterwards (free them first).
  *

@@ -54,15 +54,56 @@ pub unsafe extern "C" fn tc_engine_open_env(
     // SAFETY: forwarded contracts.
     unsafe {
         with_out(out, || {
-            let url = opt_text(url, "url")?.unwrap_or(tasker_core::engine::DEFAULT_URL);
-            let environment = opt_text(environment, "environment")?.map(str::to_owned);
-            let engine = runtime()?.block_on(Engine::open_in(url, environment))?;
-            Ok(Box::into_raw(Box::new(tc_engine {
-                engine: ForkSafe::new(engine),
-                owner: Owner::current(),
-            })))
+            let options = tasker_core::engine::OpenOptions {
+                environment: opt_text(environment, "environment")?.map(str::to_owned),
+                ..Default::default()
+            };
+            open(url, options)
         })
     }
+}
+
+/// tc_engine_open with `options_json` (NULL: none), a JSON object of: "environment" (as
+/// tc_engine_open_env), "otlp_endpoint" (export traces to this base URL, as
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` would) and "metrics" (false: keep no counters). An unknown
+/// key or a value of the wrong type is TC_ERR_JSON.
+///
+/// # Safety
+/// `url` and `options_json` are NULL or NUL-terminated strings; `out` is valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_engine_open_json(
+    url: *const c_char,
+    options_json: *const c_char,
+    out: *mut *mut tc_engine,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out, || {
+            let options = match opt_text(options_json, "options_json")? {
+                Some(text) => serde_json::from_str(text)
+                    .map_err(|e| Fail::new(TC_ERR_JSON, format!("options_json: {e}")))?,
+                None => tasker_core::engine::OpenOptions::default(),
+            };
+            open(url, options)
+        })
+    }
+}
+
+/// A new handle on the engine opened on `url` (NULL: the default) with `options`.
+///
+/// # Safety
+/// `url` is NULL or a NUL-terminated string.
+unsafe fn open(
+    url: *const c_char,
+    options: tasker_core::engine::OpenOptions,
+) -> Res<*mut tc_engine> {
+    // SAFETY: forwarded contract.
+    let url = unsafe { opt_text(url, "url")? }.unwrap_or(tasker_core::engine::DEFAULT_URL);
+    let engine = runtime()?.block_on(Engine::open_with(url, options))?;
+    Ok(Box::into_raw(Box::new(tc_engine {
+        engine: ForkSafe::new(engine),
+        owner: Owner::current(),
+    })))
 }
 
 /// Closes the engine and frees the handle. NULL is fine. Workers and subscriptions made from it

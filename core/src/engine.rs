@@ -127,8 +127,10 @@ pub struct EngineBuilder {
     otlp_endpoint: Option<String>,
 }
 
-/// The options of [`Engine::open_with`], as the bindings' constructors take them.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The options of [`Engine::open_with`], as the bindings' constructors take them (and C's
+/// `tc_engine_open_json`, as a JSON object of these fields).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct OpenOptions {
     /// Whose template overrides apply (see [`EngineBuilder::environment`]).
     pub environment: Option<String>,

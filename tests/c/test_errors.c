@@ -338,6 +338,18 @@ static void test_foreign_template_environment_and_schema(void) {
         "      - {name: pull, handler: {initialization: {page: 9}}}\n";
     tc_engine *e = NULL;
     ASSERT_FAILS_OUT(TC_ERR_UTF8, e, tc_engine_open_env("memory:", BAD_UTF8, &e));
+    /* Options as JSON: an unknown key or a wrong type is refused, naming it. */
+    ASSERT_FAILS_OUT(TC_ERR_JSON, e, tc_engine_open_json("memory:", "{\"metric\": false}", &e));
+    ASSERT_MESSAGE_HAS("metric");
+    ASSERT_FAILS_OUT(TC_ERR_JSON, e, tc_engine_open_json("memory:", "{\"metrics\": 1}", &e));
+    ASSERT_OK(tc_engine_open_json("memory:", "{\"metrics\": false, \"environment\": null}", &e));
+    char *text = NULL;
+    ASSERT_OK(tc_metrics(e, &text));
+    ASSERT_SHOW(strstr(text, "tasker_tasks_total") == NULL, text);
+    tc_string_free(text);
+    ASSERT_OK(tc_engine_close(e));
+    ASSERT_OK(tc_engine_open_json("memory:", "{\"environment\": \"qa\"}", &e));
+    ASSERT_OK(tc_engine_close(e));
     ASSERT_OK(tc_engine_open_env("memory:", "qa", &e));
     ASSERT_OK(tc_register_template(e, CORE));
     char *id = NULL;
