@@ -171,7 +171,8 @@ impl Metrics {
             task: template.name.clone(),
             step: step.clone(),
         };
-        let outcome = match event {
+        // The outcome, and whether the transition ends an attempt (timed by the histogram).
+        let (outcome, ends_attempt) = match event {
             StepEvent::Claim => {
                 if let Some(since) = t.since {
                     self.ready_to_claimed
@@ -180,7 +181,7 @@ impl Metrics {
                 }
                 return;
             }
-            StepEvent::Complete => "completed",
+            StepEvent::Complete => ("completed", true),
             StepEvent::Fail | StepEvent::LeaseExpired => {
                 if event == StepEvent::LeaseExpired {
                     self.leases_expired.inc();
@@ -191,21 +192,14 @@ impl Metrics {
                     .iter()
                     .flatten()
                     .any(|(n, _)| *n == names::STEP_FAILED);
-                if failed {
-                    "failed"
-                } else {
-                    "retried"
-                }
+                (if failed { "failed" } else { "retried" }, true)
             }
-            StepEvent::Skip => "skipped",
-            StepEvent::Cancel => "cancelled",
-            StepEvent::ResolveManually => "resolved",
+            StepEvent::Skip => ("skipped", false),
+            StepEvent::Cancel => ("cancelled", false),
+            StepEvent::ResolveManually => ("resolved", false),
             _ => return,
         };
-        if matches!(
-            event,
-            StepEvent::Complete | StepEvent::Fail | StepEvent::LeaseExpired
-        ) {
+        if ends_attempt {
             if let Some(since) = t.since {
                 self.step_duration
                     .get_or_create(&of())

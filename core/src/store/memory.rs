@@ -730,9 +730,9 @@ impl Store for MemoryStore {
                 filter
                     .namespace
                     .as_deref()
-                    .is_none_or(|n| n == &*t.namespace)
+                    .is_none_or(|n| n == &*t.of.namespace)
             })
-            .filter(|t| filter.name.as_deref().is_none_or(|n| n == &*t.name))
+            .filter(|t| filter.name.as_deref().is_none_or(|n| n == &*t.of.name))
             .collect();
         matching.sort_by_key(|t| std::cmp::Reverse(t.id));
         Ok(matching

@@ -48,9 +48,8 @@ pub(crate) trait Schedule {
 pub(crate) struct TaskRecord {
     pub id: TaskId,
     pub graph: Arc<TaskGraph>,
-    pub namespace: Arc<str>,
-    pub name: Arc<str>,
-    /// Its names, creation time and trace, as its transitions carry them.
+    /// Its template's namespace and name, its creation time and its trace (what its
+    /// transitions carry).
     pub of: Arc<crate::state::TaskOf>,
     pub context: Arc<Value>,
     pub status: TaskState,
@@ -78,7 +77,6 @@ pub(crate) struct TaskRecord {
     pub steps: Vec<StepRecord>,
     /// Steps not finished.
     pub unfinished: u32,
-    pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub completed_at: Option<Timestamp>,
 }
@@ -123,19 +121,15 @@ impl TaskRecord {
         changes: &mut Changes,
     ) -> TaskRecord {
         let n = graph.len();
-        let (namespace, name): (Arc<str>, Arc<str>) =
-            (graph.namespace().into(), graph.name().into());
         let mut task = TaskRecord {
             id,
             of: Arc::new(crate::state::TaskOf {
-                namespace: namespace.clone(),
-                name: name.clone(),
+                namespace: graph.namespace().into(),
+                name: graph.name().into(),
                 created_at: now,
                 // Checked by the engine: one it refused never gets here.
                 trace: crate::trace::TaskTrace::new(new.traceparent.as_deref()).ok(),
             }),
-            namespace,
-            name,
             context: Arc::new(new.context.clone()),
             status: TaskState::Pending,
             priority: new.priority,
@@ -157,7 +151,6 @@ impl TaskRecord {
                 })
                 .collect(),
             unfinished: n as u32,
-            created_at: now,
             updated_at: now,
             completed_at: None,
             graph,
@@ -501,8 +494,8 @@ impl TaskRecord {
             step_id: self.step_id(index),
             name: self.step_name(index).clone(),
             handler: spec.handler.clone(),
-            namespace: self.namespace.clone(),
-            task_name: self.name.clone(),
+            namespace: self.of.namespace.clone(),
+            task_name: self.of.name.clone(),
             attempt,
             max_attempts,
             context: self.context.clone(),
@@ -1569,8 +1562,8 @@ impl TaskRecord {
             .collect();
         TaskView {
             id: self.id,
-            namespace: self.namespace.to_string(),
-            name: self.name.to_string(),
+            namespace: self.of.namespace.to_string(),
+            name: self.of.name.to_string(),
             version: self.graph.version().to_string(),
             status: self.status,
             context: (*self.context).clone(),
@@ -1584,7 +1577,7 @@ impl TaskRecord {
             }),
             progress: Progress::of(self.states.iter().copied()),
             steps,
-            created_at: self.created_at,
+            created_at: self.of.created_at,
             updated_at: self.updated_at,
             completed_at: self.completed_at,
         }

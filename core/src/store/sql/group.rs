@@ -655,7 +655,7 @@ impl Group {
             match job {
                 Job::Create { tasks, reply } => {
                     for t in &tasks {
-                        group.latest = group.latest.max(t.record.created_at);
+                        group.latest = group.latest.max(t.record.of.created_at);
                     }
                     group.creates.push((tasks, reply));
                 }
@@ -863,8 +863,8 @@ pub(super) fn made(
                 None
             } else {
                 Some((
-                    n.record.namespace.clone(),
-                    n.record.name.clone(),
+                    n.record.of.namespace.clone(),
+                    n.record.of.name.clone(),
                     n.record.idempotency_key.clone().unwrap_or_default(),
                 ))
             };

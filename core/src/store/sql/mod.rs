@@ -1434,15 +1434,12 @@ impl<B: Backend> SqlStore<B> {
                 steps.len()
             )));
         }
-        let (namespace, name): (Arc<str>, Arc<str>) =
-            (row.namespace.as_str().into(), row.name.as_str().into());
-        let created_at = time(Some(row.created_at)).unwrap_or_default();
         let mut task = TaskRecord {
             id: row.task_id.parse()?,
             of: Arc::new(crate::state::TaskOf {
-                namespace: namespace.clone(),
-                name: name.clone(),
-                created_at,
+                namespace: row.namespace.as_str().into(),
+                name: row.name.as_str().into(),
+                created_at: time(Some(row.created_at)).unwrap_or_default(),
                 // One that cannot be read leaves the task without a trace (nothing else
                 // depends on it).
                 trace: row
@@ -1450,8 +1447,6 @@ impl<B: Backend> SqlStore<B> {
                     .as_deref()
                     .and_then(|t| crate::trace::TaskTrace::stored(t, row.trace_parent.as_deref())),
             }),
-            namespace,
-            name,
             context: Arc::new(serde_json::from_str(&row.context).map_err(corrupt)?),
             status: parse_state(&row.status)?,
             priority: i32::try_from(row.priority)
@@ -1472,7 +1467,6 @@ impl<B: Backend> SqlStore<B> {
             unfinished: count(row.unfinished_steps, "unfinished_steps")?,
             deadline_at: time(row.deadline_at),
             gates: None,
-            created_at,
             updated_at: time(Some(row.updated_at)).unwrap_or_default(),
             completed_at: time(row.completed_at),
             graph,

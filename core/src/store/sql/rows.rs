@@ -165,8 +165,8 @@ impl<'a> TaskWrite<'a> {
             .and_then(|g| g.task.as_ref());
         TaskWrite {
             task_id: t.id.to_string(),
-            namespace: &t.namespace,
-            name: &t.name,
+            namespace: &t.of.namespace,
+            name: &t.of.name,
             version: t.graph.version().to_string(),
             status: t.status.as_str(),
             priority: i64::from(t.priority),
@@ -177,7 +177,7 @@ impl<'a> TaskWrite<'a> {
             },
             idempotency_key: t.idempotency_key.as_deref(),
             unfinished_steps: i64::from(t.unfinished),
-            created_at: ms(t.created_at),
+            created_at: ms(t.of.created_at),
             updated_at: ms(t.updated_at),
             completed_at: t.completed_at.map(ms),
             revision,
