@@ -182,8 +182,9 @@ enum tc_status tc_engine_open_env(const char *url, const char *environment, stru
 /**
  * tc_engine_open with `options_json` (NULL: none), a JSON object of: "environment" (as
  * tc_engine_open_env), "otlp_endpoint" (export traces to this base URL, as
- * `OTEL_EXPORTER_OTLP_ENDPOINT` would) and "metrics" (false: keep no counters). An unknown
- * key or a value of the wrong type is TC_ERR_JSON.
+ * `OTEL_EXPORTER_OTLP_ENDPOINT` would), "metrics" (false: keep no counters) and
+ * "allow_private_webhooks" (true: webhooks may go to loopback and private addresses). An
+ * unknown key or a value of the wrong type is TC_ERR_JSON.
  *
  * # Safety
  * `url` and `options_json` are NULL or NUL-terminated strings; `out` is valid for writes.
@@ -274,6 +275,42 @@ enum tc_status tc_task_json(const struct tc_engine *engine, const char *task_id,
 enum tc_status tc_transitions_json(const struct tc_engine *engine,
                                    const char *task_id,
                                    char **out_json);
+
+/**
+ * The lines the task's attempts logged (tc_step_log), by step, attempt and line, as a JSON
+ * array of `{"step", "step_index", "attempt", "at", "level", "message"}`; of the step named
+ * `step` only, unless NULL. Free with tc_string_free. An unknown task or step is
+ * TC_ERR_NOT_FOUND.
+ *
+ * # Safety
+ * `engine` is a live handle; `task_id` NUL-terminated; `step` NULL or NUL-terminated;
+ * `out_json` valid for writes.
+ */
+enum tc_status tc_logs_json(const struct tc_engine *engine,
+                            const char *task_id,
+                            const char *step,
+                            char **out_json);
+
+/**
+ * The task's webhook deliveries as a JSON array, oldest first: `{"id", "task_id", "event",
+ * "url", "status", "attempts", "last_error", "created_at", "delivered_at"}` (status
+ * "pending", "delivering", "delivered" or "failed"). Free with tc_string_free.
+ *
+ * # Safety
+ * `engine` is a live handle; `task_id` NUL-terminated; `out_json` valid for writes.
+ */
+enum tc_status tc_webhook_deliveries_json(const struct tc_engine *engine,
+                                          const char *task_id,
+                                          char **out_json);
+
+/**
+ * Sends the store's due webhook deliveries now (running workers do every second). When
+ * `out_count` is not NULL, `*out_count` is how many attempts were made.
+ *
+ * # Safety
+ * `engine` is a live handle; `out_count` NULL or valid for writes.
+ */
+enum tc_status tc_deliver_webhooks(const struct tc_engine *engine, uint64_t *out_count);
 
 /**
  * The task's DAG with each step's state as JSON: free with tc_string_free.
@@ -639,6 +676,18 @@ enum tc_status tc_step_fail(const struct tc_step *step,
 enum tc_status tc_step_publish(const struct tc_step *step,
                                const char *name,
                                const char *payload_json);
+
+/**
+ * Keeps `message` in the running attempt's log at `level` ("debug", "info", "warn" or
+ * "error"), written with the attempt's outcome and read with tc_logs_json. An attempt keeps
+ * its latest 100 lines of at most 1 KiB each; a line logged once the step was reported, or on
+ * a step of the low-level protocol (tc_claim), is dropped (still TC_OK). An unknown level is
+ * TC_ERR_INVALID_ARGUMENT.
+ *
+ * # Safety
+ * `step` is a live step; `level` and `message` NUL-terminated.
+ */
+enum tc_status tc_step_log(const struct tc_step *step, const char *level, const char *message);
 
 /**
  * Extends the step's lease by its timeout (for long handlers).

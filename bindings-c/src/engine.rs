@@ -65,8 +65,9 @@ pub unsafe extern "C" fn tc_engine_open_env(
 
 /// tc_engine_open with `options_json` (NULL: none), a JSON object of: "environment" (as
 /// tc_engine_open_env), "otlp_endpoint" (export traces to this base URL, as
-/// `OTEL_EXPORTER_OTLP_ENDPOINT` would) and "metrics" (false: keep no counters). An unknown
-/// key or a value of the wrong type is TC_ERR_JSON.
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` would), "metrics" (false: keep no counters) and
+/// "allow_private_webhooks" (true: webhooks may go to loopback and private addresses). An
+/// unknown key or a value of the wrong type is TC_ERR_JSON.
 ///
 /// # Safety
 /// `url` and `options_json` are NULL or NUL-terminated strings; `out` is valid for writes.
@@ -377,6 +378,76 @@ pub unsafe extern "C" fn tc_transitions_json(
             e.transitions(id).await
         })
     }
+}
+
+/// The lines the task's attempts logged (tc_step_log), by step, attempt and line, as a JSON
+/// array of `{"step", "step_index", "attempt", "at", "level", "message"}`; of the step named
+/// `step` only, unless NULL. Free with tc_string_free. An unknown task or step is
+/// TC_ERR_NOT_FOUND.
+///
+/// # Safety
+/// `engine` is a live handle; `task_id` NUL-terminated; `step` NULL or NUL-terminated;
+/// `out_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_logs_json(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+    step: *const c_char,
+    out_json: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        with_out(out_json, || {
+            let e = handle(engine, "engine")?;
+            let id = self::task_id(text(task_id, "task_id")?)?;
+            let step = opt_text(step, "step")?;
+            let engine = e.engine()?.clone();
+            let lines = e.run(async move { engine.logs(id, step).await })?;
+            json_out(&lines)
+        })
+    }
+}
+
+/// The task's webhook deliveries as a JSON array, oldest first: `{"id", "task_id", "event",
+/// "url", "status", "attempts", "last_error", "created_at", "delivered_at"}` (status
+/// "pending", "delivering", "delivered" or "failed"). Free with tc_string_free.
+///
+/// # Safety
+/// `engine` is a live handle; `task_id` NUL-terminated; `out_json` valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_webhook_deliveries_json(
+    engine: *const tc_engine,
+    task_id: *const c_char,
+    out_json: *mut *mut c_char,
+) -> tc_status {
+    // SAFETY: forwarded contracts.
+    unsafe {
+        task_view(engine, task_id, out_json, |e, id| async move {
+            e.webhook_deliveries(id).await
+        })
+    }
+}
+
+/// Sends the store's due webhook deliveries now (running workers do every second). When
+/// `out_count` is not NULL, `*out_count` is how many attempts were made.
+///
+/// # Safety
+/// `engine` is a live handle; `out_count` NULL or valid for writes.
+#[no_mangle]
+pub unsafe extern "C" fn tc_deliver_webhooks(
+    engine: *const tc_engine,
+    out_count: *mut u64,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let e = unsafe { handle(engine, "engine")? };
+        let sent = e.run(e.engine()?.deliver_webhooks())?;
+        if !out_count.is_null() {
+            // SAFETY: non-NULL and valid for writes by contract.
+            unsafe { *out_count = sent as u64 };
+        }
+        Ok(())
+    })
 }
 
 /// The task's DAG with each step's state as JSON: free with tc_string_free.

@@ -444,6 +444,35 @@ pub unsafe extern "C" fn tc_step_publish(
     })
 }
 
+/// Keeps `message` in the running attempt's log at `level` ("debug", "info", "warn" or
+/// "error"), written with the attempt's outcome and read with tc_logs_json. An attempt keeps
+/// its latest 100 lines of at most 1 KiB each; a line logged once the step was reported, or on
+/// a step of the low-level protocol (tc_claim), is dropped (still TC_OK). An unknown level is
+/// TC_ERR_INVALID_ARGUMENT.
+///
+/// # Safety
+/// `step` is a live step; `level` and `message` NUL-terminated.
+#[no_mangle]
+pub unsafe extern "C" fn tc_step_log(
+    step: *const tc_step,
+    level: *const c_char,
+    message: *const c_char,
+) -> tc_status {
+    boundary(|| {
+        // SAFETY: forwarded contracts.
+        let (s, level, message) = unsafe {
+            (
+                handle(step, "step")?,
+                text(level, "level")?,
+                text(message, "message")?,
+            )
+        };
+        let level: tasker_core::logs::LogLevel = level.parse().map_err(Fail::from)?;
+        s.step.log(level, message);
+        Ok(())
+    })
+}
+
 /// Extends the step's lease by its timeout (for long handlers).
 ///
 /// # Safety

@@ -536,13 +536,14 @@ impl Engine {
 #[pymethods]
 impl Engine {
     #[new]
-    #[pyo3(signature = (url = None, environment = None, *, otlp_endpoint = None, metrics = true))]
+    #[pyo3(signature = (url = None, environment = None, *, otlp_endpoint = None, metrics = true, allow_private_webhooks = false))]
     fn new(
         py: Python<'_>,
         url: Option<String>,
         environment: Option<String>,
         otlp_endpoint: Option<String>,
         metrics: bool,
+        allow_private_webhooks: bool,
     ) -> PyResult<Self> {
         let runtime = runtime()?;
         let url = url.unwrap_or_else(|| tasker_core::engine::DEFAULT_URL.to_owned());
@@ -551,6 +552,7 @@ impl Engine {
             environment,
             otlp_endpoint,
             metrics: Some(metrics),
+            allow_private_webhooks: Some(allow_private_webhooks),
         };
         let engine = py
             .detach(move || rt.block_on(tasker_core::Engine::open_with(&url, options)))
@@ -834,6 +836,35 @@ impl Engine {
         let id = self::task_id(task_id)?;
         let trail = self.call(py, move |e| async move { e.transitions(id).await })?;
         to_py(py, &trail)
+    }
+
+    /// The lines the task's attempts logged (``step.log``, and ``logging`` records emitted
+    /// inside a handler), by step, attempt and line: ``[{step, step_index, attempt, at, level,
+    /// message}]``; of the step named ``step`` only, when given. Raises NotFoundError for an
+    /// unknown task or step.
+    #[pyo3(signature = (task_id, step = None))]
+    fn logs(&self, py: Python<'_>, task_id: &str, step: Option<String>) -> PyResult<Py<PyAny>> {
+        let id = self::task_id(task_id)?;
+        let lines = self.call(
+            py,
+            move |e| async move { e.logs(id, step.as_deref()).await },
+        )?;
+        to_py(py, &lines)
+    }
+
+    /// The task's webhook deliveries, oldest first: ``[{id, task_id, event, url, status,
+    /// attempts, last_error, created_at, delivered_at}]`` (status ``pending``, ``delivering``,
+    /// ``delivered`` or ``failed``). Raises NotFoundError for an unknown task.
+    fn webhook_deliveries(&self, py: Python<'_>, task_id: &str) -> PyResult<Py<PyAny>> {
+        let id = self::task_id(task_id)?;
+        let deliveries = self.call(py, move |e| async move { e.webhook_deliveries(id).await })?;
+        to_py(py, &deliveries)
+    }
+
+    /// Sends the store's due webhook deliveries now (workers do every second); how many
+    /// attempts it made.
+    fn deliver_webhooks(&self, py: Python<'_>) -> PyResult<usize> {
+        self.call(py, |e| async move { e.deliver_webhooks().await })
     }
 
     /// The task's DAG: ``{"task_id", "nodes": [{name, handler, status}], "edges": [{from, to,
@@ -1313,6 +1344,21 @@ impl WorkerSession {
             None => serde_json::Value::Null,
         };
         self.session.publish(id, name, payload).map_err(py_err)
+    }
+
+    /// Keeps ``message`` in the running attempt's log at ``level`` (debug, info, warn or
+    /// error; Python's level names too), written with the attempt's outcome; whether it was
+    /// kept (not once the attempt was handed back). Raises InvalidArgumentError for an
+    /// unknown level.
+    #[pyo3(signature = (step_id, attempt, message, level = "info"))]
+    fn log(&self, step_id: &str, attempt: u32, message: &str, level: &str) -> PyResult<bool> {
+        self.check()?;
+        let id = AttemptId {
+            step: self::step_id(step_id)?,
+            attempt,
+        };
+        let level = level.parse().map_err(py_err)?;
+        Ok(self.session.log(id, level, message))
     }
 
     /// Stops claiming; running handlers finish (up to the drain timeout), then it ends.

@@ -98,6 +98,7 @@ def receiver():
     r = Receiver()
     yield r
     r.shutdown()
+    r.server_close()
 
 
 def attributes(span) -> dict:

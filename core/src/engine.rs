@@ -27,8 +27,10 @@ use crate::template::{TaskGraph, TaskTemplate};
 use crate::view::{GraphView, TaskFilter, TaskView, TransitionView};
 
 mod children;
+mod deliveries;
 mod schedules;
 pub(crate) use children::TEND_EVERY;
+pub(crate) use deliveries::DELIVER_EVERY;
 pub(crate) use schedules::SCHEDULE_EVERY;
 
 /// The URL an engine opens when none is given.
@@ -71,6 +73,26 @@ struct EngineInner {
     metrics: Option<crate::metrics::Metrics>,
     /// Where spans go (`None` when no OTLP endpoint is configured).
     spans: Option<crate::trace::Spans>,
+    /// Opened with `allow_private_webhooks`: the address guard is off.
+    allow_private_webhooks: bool,
+    /// The webhook client (made on first use), or why it could not be made.
+    sender: std::sync::OnceLock<std::result::Result<crate::webhooks::Sender, String>>,
+    /// The lease owner of the deliveries this engine sends.
+    deliverer: String,
+    /// A task sends deliveries now; another look was asked for meanwhile.
+    delivering: AtomicBool,
+    deliver_again: AtomicBool,
+    /// Worker sessions running on this engine (they send deliveries).
+    deliverers: std::sync::atomic::AtomicUsize,
+}
+
+/// A worker session running on an engine (see [`Engine::deliverer`]).
+pub(crate) struct Deliverer(Engine);
+
+impl Drop for Deliverer {
+    fn drop(&mut self) {
+        self.0.inner.deliverers.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// A template registered from a document in any format: its compiled graph, the format it
@@ -125,6 +147,8 @@ pub struct EngineBuilder {
     without_metrics: bool,
     /// Where to export spans (see [`EngineBuilder::otlp_endpoint`]).
     otlp_endpoint: Option<String>,
+    /// Opened with `allow_private_webhooks(true)`.
+    allow_private_webhooks: bool,
 }
 
 /// The options of [`Engine::open_with`], as the bindings' constructors take them (and C's
@@ -138,6 +162,9 @@ pub struct OpenOptions {
     pub otlp_endpoint: Option<String>,
     /// Whether to keep metrics (`None`: yes; see [`EngineBuilder::metrics`]).
     pub metrics: Option<bool>,
+    /// Whether webhooks may go to private addresses (`None`: no; see
+    /// [`EngineBuilder::allow_private_webhooks`]).
+    pub allow_private_webhooks: Option<bool>,
 }
 
 /// What [`EngineBuilder::wrap_store`] takes.
@@ -209,6 +236,14 @@ impl EngineBuilder {
         self
     }
 
+    /// Whether this engine sends webhooks to loopback, private, link-local and metadata
+    /// addresses (default: no, they are refused: see [`crate::webhooks`]) — for a receiver on
+    /// this machine or the private network, in development and tests.
+    pub fn allow_private_webhooks(mut self, allow: bool) -> Self {
+        self.allow_private_webhooks = allow;
+        self
+    }
+
     /// Opens the store and returns the engine.
     pub async fn build(self) -> Result<Engine> {
         let work = Arc::new(Notify::new());
@@ -248,6 +283,12 @@ impl EngineBuilder {
                 environment: self.environment.or_else(environment_from_env),
                 metrics: (!self.without_metrics).then(crate::metrics::Metrics::new),
                 spans,
+                allow_private_webhooks: self.allow_private_webhooks,
+                sender: std::sync::OnceLock::new(),
+                deliverer: crate::worker::default_worker_id("webhooks"),
+                delivering: AtomicBool::new(false),
+                deliver_again: AtomicBool::new(false),
+                deliverers: std::sync::atomic::AtomicUsize::new(0),
             }),
         };
         if offset.is_some() {
@@ -319,6 +360,9 @@ impl Engine {
         }
         if let Some(endpoint) = options.otlp_endpoint {
             builder = builder.otlp_endpoint(endpoint);
+        }
+        if let Some(allow) = options.allow_private_webhooks {
+            builder = builder.allow_private_webhooks(allow);
         }
         builder.build().await
     }
@@ -885,6 +929,23 @@ impl Engine {
         self.store()?.transitions(task).await
     }
 
+    /// The lines the task's attempts logged (`step.log`, and in Python `logging` inside a
+    /// handler; see [`crate::logs`]), by step, attempt and line; of the step named `step`
+    /// only, when given. [`Error::TaskNotFound`] / [`Error::StepNotFound`] when there is no
+    /// such task or step.
+    pub async fn logs(
+        &self,
+        task: TaskId,
+        step: Option<&str>,
+    ) -> Result<Vec<crate::logs::LogView>> {
+        let store = self.store()?;
+        let index = match step {
+            Some(name) => Some(store.step_id(task, name).await?.index),
+            None => None,
+        };
+        store.logs(task, index).await
+    }
+
     /// A task's DAG with each step's state.
     pub async fn graph(&self, task: TaskId) -> Result<GraphView> {
         Ok(GraphView::from(&self.task(task).await?))
@@ -964,6 +1025,12 @@ impl Engine {
         self.inner.work.notify_waiters();
     }
 
+    /// Counts a worker session as running on this engine while the guard lives.
+    pub(crate) fn deliverer(&self) -> Deliverer {
+        self.inner.deliverers.fetch_add(1, Ordering::SeqCst);
+        Deliverer(self.clone())
+    }
+
     /// Whether [`Engine::close`] was called.
     pub fn is_closed(&self) -> bool {
         self.inner.closed.load(Ordering::Acquire)
@@ -1005,6 +1072,15 @@ impl Engine {
         }
         if let Some(spans) = &self.inner.spans {
             spans.export(&changes.transitions);
+        }
+        // Deliveries written: sent at once by a worker of this engine, if one runs.
+        if self.inner.deliverers.load(Ordering::Relaxed) > 0
+            && changes
+                .transitions
+                .iter()
+                .any(|t| t.task.as_ref().is_some_and(|of| !of.webhooks.is_empty()))
+        {
+            self.kick_deliveries();
         }
         self.publish_events(&changes);
         if wake {
@@ -1089,7 +1165,7 @@ pub(crate) fn event_names(
 }
 
 /// The event `name` published for transition `t`.
-fn event_of(t: &Transition, name: &'static str, error: Option<&str>) -> Event {
+pub(crate) fn event_of(t: &Transition, name: &'static str, error: Option<&str>) -> Event {
     let (from, to, step) = match t.change {
         Change::Task { from, to, .. } => (from.map(|s| s.as_str()), to.as_str(), None),
         Change::Step {
@@ -1125,6 +1201,7 @@ fn within_limits(reports: &mut [StepReport]) {
     for report in reports {
         let outcome = std::mem::replace(&mut report.outcome, Outcome::Complete(Value::Null));
         report.outcome = limits::outcome(outcome);
+        crate::logs::bound(&mut report.logs);
     }
 }
 

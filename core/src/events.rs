@@ -188,8 +188,13 @@ pub struct PatternError {
 /// The queue size [`EventBus::subscribe`] gives each subscriber.
 pub const DEFAULT_CAPACITY: usize = 10_000;
 
+/// The lifecycle event names `pattern` matches, as bits of their indexes in [`names::ALL`].
+pub(crate) fn known_mask(pattern: &str) -> Result<u64, PatternError> {
+    Filter::compile(pattern).map(|f| f.known)
+}
+
 /// Index of `name` in [`names::ALL`], if it is a known name.
-fn known_index(name: &str) -> Option<usize> {
+pub(crate) fn known_index(name: &str) -> Option<usize> {
     names::ALL.iter().position(|known| *known == name)
 }
 

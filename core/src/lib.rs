@@ -51,6 +51,7 @@ pub mod gate;
 pub mod host;
 pub mod ids;
 pub mod limits;
+pub mod logs;
 mod metrics;
 pub mod readiness;
 pub mod retry;
@@ -60,6 +61,7 @@ pub mod store;
 pub mod template;
 pub mod trace;
 pub mod view;
+pub mod webhooks;
 pub mod worker;
 
 pub use clock::{Clock, ManualClock, SystemClock, Timestamp};

@@ -347,6 +347,8 @@ pub struct TaskOf {
     pub created_at: Timestamp,
     /// Its trace context (`None` for a task stored without one).
     pub trace: Option<crate::trace::TaskTrace>,
+    /// Its template's webhooks (see [`crate::webhooks`]).
+    pub webhooks: Arc<[Arc<crate::webhooks::Webhook>]>,
 }
 
 impl Transition {

@@ -498,6 +498,40 @@ impl Store for Crashing {
     async fn stats(&self) -> Result<tasker_core::view::Stats> {
         self.inner.stats().await
     }
+
+    async fn logs(
+        &self,
+        task: TaskId,
+        step: Option<u32>,
+    ) -> Result<Vec<tasker_core::logs::LogView>> {
+        self.inner.logs(task, step).await
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: usize,
+        now: tasker_core::Timestamp,
+    ) -> Result<Vec<tasker_core::webhooks::Delivery>> {
+        self.inner.claim_deliveries(owner, limit, now).await
+    }
+
+    async fn settle_delivery(
+        &self,
+        id: &str,
+        attempt: u32,
+        settled: &tasker_core::webhooks::Settlement,
+        now: tasker_core::Timestamp,
+    ) -> Result<bool> {
+        self.inner.settle_delivery(id, attempt, settled, now).await
+    }
+
+    async fn webhook_deliveries(
+        &self,
+        task: TaskId,
+    ) -> Result<Vec<tasker_core::webhooks::DeliveryView>> {
+        self.inner.webhook_deliveries(task).await
+    }
 }
 
 /// An engine on a fresh store of `kind` failing what the faults say.
@@ -665,7 +699,7 @@ per_store! {
         let parent = create(&engine, NewTask::new("family", "parent")).await;
         let other = create(&engine, NewTask::new("family", "child")).await;
         let step = claim_one(&engine, "fan_out").await;
-        let report = StepReport { step: step.step_id, attempt: step.attempt, outcome: Outcome::Children(vec![other]) };
+        let report = StepReport { step: step.step_id, attempt: step.attempt, outcome: Outcome::Children(vec![other]), logs: Vec::new() };
         let results = engine.report_many(vec![report]).await.unwrap();
         assert!(results[0].is_ok(), "{store}: {results:?}");
         let fan_out = task_view(&engine, parent).await.step("fan_out").cloned().unwrap();

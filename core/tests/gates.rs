@@ -193,6 +193,7 @@ per_store! {
             step: held[0].step_id,
             attempt: held[0].attempt,
             outcome: tasker_core::store::Outcome::Complete(json!(null)),
+            logs: Vec::new(),
         };
         let (results, next) = engine.report_and_claim(vec![report], &any_handler(10)).await.unwrap();
         assert!(results[0].is_ok(), "{store}");

@@ -74,11 +74,13 @@ per_store! {
                 step: of(bad).step_id,
                 attempt: of(bad).attempt,
                 outcome: Outcome::Complete(nested(65)),
+                logs: Vec::new(),
             },
             StepReport {
                 step: of(good).step_id,
                 attempt: of(good).attempt,
                 outcome: Outcome::Complete(json!("ok")),
+                logs: Vec::new(),
             },
         ];
         let results = engine.report_many(reports).await.unwrap();
@@ -98,6 +100,7 @@ per_store! {
             step: claimed[0].step_id,
             attempt: claimed[0].attempt,
             outcome: Outcome::Complete(nested(65)),
+            logs: Vec::new(),
         }];
         let (results, next) = engine
             .report_and_claim(reports, &any_handler(10))

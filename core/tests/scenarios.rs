@@ -551,6 +551,7 @@ per_store! {
                 step: s.step_id,
                 attempt: s.attempt,
                 outcome: tasker_core::store::Outcome::Complete(json!({"from": &*s.name})),
+                logs: Vec::new(),
             })
             .collect();
         // A stale attempt number: refused on its own.
@@ -558,6 +559,7 @@ per_store! {
             step: claimed[0].step_id,
             attempt: claimed[0].attempt + 1,
             outcome: tasker_core::store::Outcome::Complete(json!(0)),
+            logs: Vec::new(),
         });
         let (results, next) = engine
             .report_and_claim(reports, &any_handler(10))
@@ -594,6 +596,7 @@ per_store! {
                         step: s.step_id,
                         attempt: s.attempt,
                         outcome: tasker_core::store::Outcome::Complete(json!(1)),
+                        logs: Vec::new(),
                     })
                     .collect(),
                 &ClaimRequest {

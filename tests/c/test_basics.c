@@ -572,6 +572,44 @@ static void test_concurrency_keys(void) {
     ASSERT_OK(tc_engine_close(e));
 }
 
+/* A webhook on task.completed to 127.0.0.1:1: refused by default; with allow_private_webhooks
+ * tried (nothing listens: retried later). */
+static void test_webhooks(const char *options, const char *status, const char *error) {
+    tc_engine *e = NULL;
+    ASSERT_OK(tc_engine_open_json("memory:", options, &e));
+    ASSERT_OK(tc_register_template(e,
+                                   "namespace: c_hooks\n"
+                                   "name: hooked\n"
+                                   "version: 1.0.0\n"
+                                   "webhooks:\n"
+                                   "  - on: [task.completed]\n"
+                                   "    url: http://127.0.0.1:1/hook\n"
+                                   "    timeout_ms: 500\n"
+                                   "    retry: { backoff_base_ms: 60000, jitter: false }\n"
+                                   "steps:\n"
+                                   "  - name: only\n"));
+    char *id = NULL;
+    ASSERT_OK(tc_create_task(e, "c_hooks", "hooked", "{}", &id));
+    tc_claim_batch *batch = NULL;
+    ASSERT_OK(tc_claim(e, "c-hooks", NULL, 0, 1, 0, &batch));
+    ASSERT(tc_claim_batch_len(batch) == 1);
+    ASSERT_OK(tc_step_complete(tc_claim_batch_get(batch, 0), "true"));
+    tc_claim_batch_free(batch);
+    uint64_t sent = 0;
+    ASSERT_OK(tc_deliver_webhooks(e, &sent));
+    ASSERT(sent == 1);
+    ASSERT_OK(tc_deliver_webhooks(e, NULL));
+    char *json = NULL;
+    ASSERT_OK(tc_webhook_deliveries_json(e, id, &json));
+    ASSERT_SHOW(strstr(json, "\"event\":\"task.completed\"") != NULL, json);
+    ASSERT_SHOW(strstr(json, status) != NULL && strstr(json, error) != NULL, json);
+    tc_string_free(json);
+    ASSERT(tc_webhook_deliveries_json(e, "01900000-0000-7000-8000-000000000000", &json) ==
+           TC_ERR_NOT_FOUND);
+    tc_string_free(id);
+    ASSERT_OK(tc_engine_close(e));
+}
+
 int main(void) {
     test_version_and_status_names();
     test_open_and_close();
@@ -585,6 +623,8 @@ int main(void) {
     test_events(e);
     ASSERT_OK(tc_engine_close(e));
     test_concurrency_keys();
+    test_webhooks(NULL, "\"status\":\"failed\"", "refused: 127.0.0.1 is a loopback address");
+    test_webhooks("{\"allow_private_webhooks\": true}", "\"status\":\"pending\"", "\"attempts\":1");
 
     printf("test_basics: ok\n");
     return 0;

@@ -222,7 +222,12 @@ static void charge(tc_step *step, void *user_data) {
     HANDLER_CHECK(strstr(inputs, "\"validate\"") != NULL);
     HANDLER_CHECK(has_pair(inputs, "valid", "true"));
     HANDLER_CHECK(int_after(tc_step_context_json(step), "order") == 42);
+    /* Its log, kept per attempt and written with the outcome. */
+    HANDLER_OK(tc_step_log(step, "info", "charging"));
+    HANDLER_CHECK(tc_step_log(step, "loud", "x") == TC_ERR_INVALID_ARGUMENT);
+    HANDLER_CHECK(tc_step_log(step, NULL, "x") == TC_ERR_NULL);
     if (tc_step_attempt(step) == 1) {
+        HANDLER_OK(tc_step_log(step, "error", "the gateway is busy"));
         HANDLER_OK(tc_step_fail(step, "gateway busy", true, 10));
     } else {
         HANDLER_CHECK(tc_step_attempt(step) == 2);
@@ -519,6 +524,18 @@ int main(void) {
                 stats);
     ASSERT_SHOW(tj_int(tj_get(stats, "recovered")) >= 2, stats);
     tc_string_free(stats);
+
+    /* charge's two attempts logged their lines; an unknown step is not found. */
+    ASSERT_OK(tc_logs_json(e, order, "charge", &json));
+    const char *first = strstr(json, "\"charging\"");
+    ASSERT_SHOW(first != NULL && strstr(first + 1, "\"charging\"") != NULL, json);
+    ASSERT_SHOW(strstr(json, "\"the gateway is busy\"") != NULL, json);
+    ASSERT_SHOW(strstr(json, "\"level\":\"error\"") != NULL, json);
+    tc_string_free(json);
+    ASSERT(tc_logs_json(e, order, "nope", &json) == TC_ERR_NOT_FOUND);
+    ASSERT_OK(tc_logs_json(e, order, NULL, &json));
+    ASSERT_SHOW(strstr(json, "\"step\":\"charge\"") != NULL, json);
+    tc_string_free(json);
 
     /* Both failed attempts were scheduled for a retry; the audit trail shows them. */
     ASSERT_OK(tc_transitions_json(e, order, &json));

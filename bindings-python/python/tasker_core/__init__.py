@@ -215,6 +215,17 @@ class Step:
             raise RuntimeError("this step was not handed out by a Worker")
         self._session.publish(self.step_id, self.attempt, name, payload)
 
+    def log(self, message: str, level: str = "info") -> bool:
+        """Keeps ``message`` in this attempt's log at ``level`` (``debug``, ``info``,
+        ``warn`` or ``error``; ``warning`` and ``critical`` too), written with the attempt's
+        outcome and read with :meth:`Engine.logs`. An attempt keeps its latest 100 lines of at
+        most 1 KiB each. ``logging`` records emitted inside a handler are kept the same way.
+        Returns whether the line was kept (not once the attempt was handed back); raises
+        :class:`InvalidArgumentError` for an unknown level."""
+        if self._session is None:
+            raise RuntimeError("this step was not handed out by a Worker")
+        return self._session.log(self.step_id, self.attempt, message, level)
+
     @property
     def is_last_attempt(self) -> bool:
         """Whether a retryable failure of this attempt ends the step (no attempts left)."""

@@ -185,6 +185,29 @@ _Transition = TypedDict(
 )
 TransitionView = _Transition
 
+class WebhookDelivery(TypedDict):
+    """One event sent to one webhook (see :meth:`Engine.webhook_deliveries`)."""
+
+    id: str
+    task_id: str
+    event: str
+    url: str
+    status: Literal["pending", "delivering", "delivered", "failed"]
+    attempts: int
+    last_error: str | None
+    created_at: str
+    delivered_at: str | None
+
+class LogLine(TypedDict):
+    """One line an attempt logged (see :meth:`Engine.logs`)."""
+
+    step: str
+    step_index: int
+    attempt: int
+    at: str
+    level: Literal["debug", "info", "warn", "error"]
+    message: str
+
 class GraphNode(TypedDict):
     name: str
     handler: str
@@ -300,9 +323,11 @@ class Engine:
     """
 
     def __init__(self, url: str | None = None, environment: str | None = None, *,
-                 otlp_endpoint: str | None = None, metrics: bool = True) -> None:
+                 otlp_endpoint: str | None = None, metrics: bool = True,
+                 allow_private_webhooks: bool = False) -> None:
         """``otlp_endpoint`` (a base URL such as ``http://127.0.0.1:4318``) exports spans
-        there, as ``OTEL_EXPORTER_OTLP_ENDPOINT`` would; ``metrics=False`` keeps no counters
+        there, as ``OTEL_EXPORTER_OTLP_ENDPOINT`` would; ``metrics=False`` keeps no counters;
+        ``allow_private_webhooks=True`` lets webhooks go to loopback and private addresses
         (see docs/signals.md)."""
     @property
     def environment(self) -> str | None:
@@ -404,6 +429,17 @@ Starts a task of template ``namespace/name`` and returns its id.
     def transitions(self, task_id: str) -> list[TransitionView]:
         """The task's audit trail, oldest first: ``step_id``, ``step`` (None for the task
         itself), ``from``, ``to``, ``event``, ``reason``, ``attempt``, ``at``."""
+    def logs(self, task_id: str, step: str | None = None) -> list[LogLine]:
+        """The lines the task's attempts logged (``step.log`` and ``logging`` records emitted
+        inside a handler), by step, attempt and line; of the step named ``step`` only, when
+        given. Raises :class:`NotFoundError` for an unknown task or step."""
+    def webhook_deliveries(self, task_id: str) -> list[WebhookDelivery]:
+        """The task's webhook deliveries, oldest first: each event sent to each webhook of its
+        template, with its status, attempts and last error. Raises :class:`NotFoundError` for
+        an unknown task."""
+    def deliver_webhooks(self) -> int:
+        """Sends the store's due webhook deliveries now (running workers do every second);
+        how many attempts it made."""
     def graph(self, task_id: str) -> GraphView:
         """The task's DAG: nodes (name, handler, status) and edges (from, to,
         requires_success)."""
@@ -558,6 +594,9 @@ class WorkerSession:
         """Publishes a custom event the step's template declares, from a running attempt.
         Raises :class:`InvalidArgumentError` when it is not declared or the payload breaks its
         schema, :class:`ClaimLostError` when the attempt is no longer held."""
+    def log(self, step_id: str, attempt: int, message: str, level: str = "info") -> bool:
+        """Keeps a line of the running attempt's log; whether it was kept. Raises
+        :class:`InvalidArgumentError` for an unknown level."""
     def stop(self) -> None:
         """Drain: no new claims; running handlers finish (up to drain_timeout)."""
     def abort(self) -> None:

@@ -1,11 +1,13 @@
 """The Python worker: the glue between handler functions and the core's ``WorkerSession``,
 which decides everything else (slots, batching, leases, timeouts, back-off, drain, idleness):
 registration, ``concurrency`` threads that each take the next attempt, call its handler and hand
-the outcome back, an asyncio loop for ``async def`` handlers, and Ctrl-C."""
+the outcome back, an asyncio loop for ``async def`` handlers, ``logging`` records emitted inside
+a handler handed to its step's log, and Ctrl-C."""
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
 import inspect
 import logging
@@ -20,6 +22,41 @@ __all__ = ["Worker"]
 
 logger = logging.getLogger("tasker_core")
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: The step whose handler runs in this thread (or asyncio task), for :func:`_capture_logging`.
+_current: contextvars.ContextVar[Step | None] = contextvars.ContextVar("tasker_core_step",
+                                                                       default=None)
+_capturing = threading.Lock()
+_captured = False
+
+
+def _capture_logging() -> None:
+    """Hands every ``logging`` record made inside a handler to its step's log as well (once per
+    process): a record factory, not a handler, so that the application's logging setup (its
+    handlers, ``basicConfig``, the last-resort handler) is as it was."""
+    global _captured
+    with _capturing:
+        if _captured:
+            return
+        _captured = True
+        make = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        step = _current.get()
+        if step is not None and not record.name.startswith("tasker_core"):
+            try:
+                message = record.getMessage()
+                if record.exc_info:
+                    message += "\n" + logging.Formatter().formatException(record.exc_info)
+                no = record.levelno  # Python's scale, to the log's four levels
+                level = "error" if no >= 40 else "warn" if no >= 30 else "info" if no >= 20 else "debug"
+                step.log(message, level)
+            except Exception:  # noqa: BLE001 - a line lost must not break the caller's logging
+                pass
+        return record
+
+    logging.setLogRecordFactory(factory)
 
 
 class Worker:
@@ -135,6 +172,7 @@ class Worker:
     def _run(self, until_idle: bool, timeout: float | None) -> dict[str, Any]:
         if self._autoload:
             self.autoload_handlers()
+        _capture_logging()
         names = list(self.handlers)
         session = self._runs.start(names, until_idle, timeout, Step)
         self._stopped = False
@@ -186,11 +224,20 @@ class Worker:
             if refused:
                 logger.warning("%s: %s", _where(step), refused)
 
-    def _execute(self, session: WorkerSession, step: Step, loop: _AsyncLoop) -> str | None:
+    def _call(self, step: Step, loop: _AsyncLoop) -> Any:
+        """The handler's result, its ``logging`` records kept in the step's log."""
+        token = _current.set(step)
         try:
             result = self._handlers[step.handler](step)
             if result is not None and inspect.isawaitable(result):
-                result = loop.run(result, step.timeout_ms)
+                result = loop.run(result, step)
+            return result
+        finally:
+            _current.reset(token)
+
+    def _execute(self, session: WorkerSession, step: Step, loop: _AsyncLoop) -> str | None:
+        try:
+            result = self._call(step, loop)
         except _TimedOut:
             return session.timed_out(step.step_id, step.attempt)
         except RetryableError as e:
@@ -274,8 +321,9 @@ class _AsyncLoop:
         self._name, self._lock, self._thread = name, threading.Lock(), None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def run(self, awaitable: Any, timeout_ms: int | None) -> Any:
-        """Runs ``awaitable`` on the loop (from a handler thread); cancels it at the timeout."""
+    def run(self, awaitable: Any, step: Step) -> Any:
+        """Runs ``awaitable`` (``step``'s handler) on the loop, from a handler thread; cancels it
+        at the step's timeout."""
         with self._lock:
             if self._loop is None:
                 self._loop = loop = asyncio.new_event_loop()
@@ -283,8 +331,7 @@ class _AsyncLoop:
                 self._thread = threading.Thread(target=serve, name=self._name, daemon=True)
                 self._thread.start()
             loop = self._loop
-        timeout = timeout_ms / 1000.0 if timeout_ms else None
-        return asyncio.run_coroutine_threadsafe(_bounded(awaitable, timeout), loop).result()
+        return asyncio.run_coroutine_threadsafe(_bounded(awaitable, step), loop).result()
 
     def close(self) -> None:
         with self._lock:
@@ -294,7 +341,9 @@ class _AsyncLoop:
             thread.join(timeout=5.0)
 
 
-async def _bounded(awaitable: Any, timeout: float | None) -> Any:
+async def _bounded(awaitable: Any, step: Step) -> Any:
+    _current.set(step)  # this task's own context: its records go to the step's log
+    timeout = step.timeout_ms / 1000.0 if step.timeout_ms else None
     try:
         return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:

@@ -150,6 +150,21 @@ module TaskerCore
       nil
     end
 
+    # Keeps +message+ in this attempt's log at +level+, written with the attempt's outcome and
+    # read with {Engine#logs}. An attempt keeps its latest 100 lines of at most 1 KiB each.
+    #
+    # @param message [String] the line
+    # @param level [String, Symbol] +debug+, +info+, +warn+ or +error+ (Logger's +fatal+ too)
+    # @return [Boolean] whether it was kept (not once the attempt was handed back)
+    # @raise [InvalidArgumentError] for an unknown level
+    def log(message, level = :info)
+      unless @engine.respond_to?(:log)
+        raise ArgumentError, "this step was not handed out by a Worker"
+      end
+
+      @engine.log(step_id, attempt, message.to_s, level.to_s)
+    end
+
     # @return [Hash{Symbol => Object}] the step's fields
     def to_h
       {

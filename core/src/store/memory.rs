@@ -14,8 +14,8 @@ use serde_json::Value;
 
 use super::record::{Schedule, TaskRecord};
 use super::{
-    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, ParentLink, Settled, Store,
-    WorkStatus,
+    Changes, ClaimRequest, ClaimedStep, Created, NewTask, Now, Outcome, ParentLink, Settled,
+    StepReport, Store, WorkStatus,
 };
 use crate::clock::Timestamp;
 use crate::error::{Error, Result};
@@ -49,6 +49,42 @@ struct Inner {
     keyed: HashMap<Slot, Vec<TaskId>>,
     /// Each rate key's bucket.
     buckets: HashMap<Arc<str>, (Bucket, Rate)>,
+    /// The webhook outbox, by delivery id.
+    outbox: BTreeMap<String, MemDelivery>,
+}
+
+/// A webhook delivery as the memory store keeps it.
+#[derive(Debug)]
+struct MemDelivery {
+    new: crate::webhooks::NewDelivery,
+    status: &'static str,
+    attempts: u32,
+    /// Its next attempt (pending), or when its lease runs out (delivering).
+    due: Timestamp,
+    last_error: Option<String>,
+    delivered_at: Option<Timestamp>,
+}
+
+impl MemTask {
+    /// Appends `transitions` (recorded on this task) to its trail, and the webhook deliveries
+    /// of their events to `outbox`.
+    fn keep(&mut self, transitions: &[Transition], outbox: &mut BTreeMap<String, MemDelivery>) {
+        self.transitions.extend(transitions.iter().cloned());
+        for new in crate::webhooks::deliveries_of(transitions) {
+            let due = new.at;
+            outbox.insert(
+                new.id.clone(),
+                MemDelivery {
+                    new,
+                    status: "pending",
+                    attempts: 0,
+                    due,
+                    last_error: None,
+                    delivered_at: None,
+                },
+            );
+        }
+    }
 }
 
 /// Each handler's count of claimable steps (those of `handlers`, all when `None`), its queue's
@@ -231,10 +267,13 @@ impl Schedule for Queues {
 struct MemTask {
     record: TaskRecord,
     transitions: Vec<Transition>,
+    /// The attempts' log lines, in the order they were reported.
+    logs: Vec<crate::logs::AttemptLog>,
 }
 
 impl Inner {
-    /// Runs `op` on task `id` and appends the transitions it recorded to the task's trail.
+    /// Runs `op` on task `id` and appends the transitions it recorded to the task's trail (and
+    /// the log lines of the attempts it reported to the task's logs).
     fn with_task<T>(
         &mut self,
         id: TaskId,
@@ -243,7 +282,8 @@ impl Inner {
         let task = self.tasks.get_mut(&id).ok_or(Error::TaskNotFound(id))?;
         let mut changes = Changes::default();
         let out = op(&mut task.record, &mut self.queues, &mut changes);
-        task.transitions.extend(changes.transitions.iter().cloned());
+        task.keep(&changes.transitions, &mut self.outbox);
+        task.logs.append(&mut changes.logs);
         Ok((out?, changes))
     }
 
@@ -260,8 +300,7 @@ impl Inner {
                     &mut self.queues,
                     changes,
                 );
-                task.transitions
-                    .extend(changes.transitions[mark..].iter().cloned());
+                task.keep(&changes.transitions[mark..], &mut self.outbox);
             }
         }
         while let Some((at, id)) = self
@@ -275,8 +314,7 @@ impl Inner {
             if let Some(task) = self.tasks.get_mut(&id) {
                 let mark = changes.transitions.len();
                 task.record.expire_deadline(now, &mut self.queues, changes);
-                task.transitions
-                    .extend(changes.transitions[mark..].iter().cloned());
+                task.keep(&changes.transitions[mark..], &mut self.outbox);
             }
         }
         while let Some(due) = self.queues.retries.first().copied().filter(|d| d.at <= now) {
@@ -285,8 +323,7 @@ impl Inner {
                 let mark = changes.transitions.len();
                 task.record
                     .retry_due(due.step.index, due.attempt, now, &mut self.queues, changes);
-                task.transitions
-                    .extend(changes.transitions[mark..].iter().cloned());
+                task.keep(&changes.transitions[mark..], &mut self.outbox);
             }
         }
     }
@@ -377,6 +414,7 @@ impl Store for MemoryStore {
             queues,
             idempotency,
             keyed,
+            outbox,
             ..
         } = &mut *inner;
         let record = TaskRecord::create(id, graph, new, now, queues, &mut changes);
@@ -391,14 +429,13 @@ impl Store for MemoryStore {
                 keyed.entry(slot).or_default().push(id);
             }
         }
-        let transitions = changes.transitions.clone();
-        tasks.insert(
-            id,
-            MemTask {
-                record,
-                transitions,
-            },
-        );
+        let mut task = MemTask {
+            record,
+            transitions: Vec::new(),
+            logs: Vec::new(),
+        };
+        task.keep(&changes.transitions, outbox);
+        tasks.insert(id, task);
         if let Some(k) = key {
             idempotency.insert(k, id);
         }
@@ -453,7 +490,12 @@ impl Store for MemoryStore {
                     continue;
                 }
             }
-            let Inner { tasks, queues, .. } = &mut *inner;
+            let Inner {
+                tasks,
+                queues,
+                outbox,
+                ..
+            } = &mut *inner;
             let Some(task) = tasks.get_mut(&entry.step.task) else {
                 continue;
             };
@@ -471,8 +513,7 @@ impl Store for MemoryStore {
                     break;
                 }
             };
-            task.transitions
-                .extend(changes.transitions[mark..].iter().cloned());
+            task.keep(&changes.transitions[mark..], outbox);
             claimed.push(step);
         }
         // Even when a claim failed: the held-back steps stay queued, the tokens taken count.
@@ -500,6 +541,26 @@ impl Store for MemoryStore {
             t.report(step, attempt, outcome, now, q, c)
         })?;
         Ok(changes)
+    }
+
+    async fn report_many(
+        &self,
+        reports: Vec<StepReport>,
+        now: Timestamp,
+    ) -> Result<(Vec<Result<()>>, Changes)> {
+        let mut inner = self.inner.lock();
+        let mut results = Vec::with_capacity(reports.len());
+        let mut changes = Changes::default();
+        for r in reports {
+            match inner.with_task(r.step.task, |t, q, c| t.report_logged(r, now, q, c)) {
+                Ok(((), c)) => {
+                    changes.extend(c);
+                    results.push(Ok(()));
+                }
+                Err(e) => results.push(Err(e)),
+            }
+        }
+        Ok((results, changes))
     }
 
     async fn release(&self, step: StepId, attempt: u32, now: Timestamp) -> Result<Changes> {
@@ -593,6 +654,7 @@ impl Store for MemoryStore {
         }
         let gone: std::collections::HashSet<TaskId> = doomed.iter().copied().collect();
         inner.idempotency.retain(|_, id| !gone.contains(id));
+        inner.outbox.retain(|_, d| !gone.contains(&d.new.task_id));
         Ok(doomed.len() as u64)
     }
 
@@ -746,6 +808,124 @@ impl Store for MemoryStore {
         let inner = self.inner.lock();
         let task = inner.tasks.get(&id).ok_or(Error::TaskNotFound(id))?;
         Ok(task.transitions.iter().map(TransitionView::from).collect())
+    }
+
+    async fn logs(&self, id: TaskId, step: Option<u32>) -> Result<Vec<crate::logs::LogView>> {
+        let inner = self.inner.lock();
+        let task = inner.tasks.get(&id).ok_or(Error::TaskNotFound(id))?;
+        let mut logs: Vec<&crate::logs::AttemptLog> = task
+            .logs
+            .iter()
+            .filter(|l| step.is_none_or(|s| s == l.step.index))
+            .collect();
+        logs.sort_by_key(|l| (l.step.index, l.attempt));
+        Ok(logs
+            .into_iter()
+            .flat_map(|l| {
+                let name = task.record.step_name(l.step.index).to_string();
+                l.lines.iter().map(move |line| crate::logs::LogView {
+                    step: name.clone(),
+                    step_index: l.step.index,
+                    attempt: l.attempt,
+                    at: line.at,
+                    level: line.level,
+                    message: line.message.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<crate::webhooks::Delivery>> {
+        let _ = owner;
+        let mut inner = self.inner.lock();
+        let mut due: Vec<&mut MemDelivery> = inner
+            .outbox
+            .values_mut()
+            .filter(|d| matches!(d.status, "pending" | "delivering") && d.due <= now)
+            .collect();
+        due.sort_by_key(|d| d.due);
+        Ok(due
+            .into_iter()
+            .take(limit)
+            .map(|d| {
+                d.status = "delivering";
+                d.attempts += 1;
+                let lease = i64::try_from(d.new.hook.lease_ms()).unwrap_or(i64::MAX);
+                d.due = crate::clock::add_signed_ms(now, lease);
+                crate::webhooks::Delivery {
+                    id: d.new.id.clone(),
+                    event: d.new.event.to_owned(),
+                    hook: (*d.new.hook).clone(),
+                    body: d.new.body.clone(),
+                    attempt: d.attempts,
+                }
+            })
+            .collect())
+    }
+
+    async fn settle_delivery(
+        &self,
+        id: &str,
+        attempt: u32,
+        settled: &crate::webhooks::Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        use crate::webhooks::Settlement as S;
+        let mut inner = self.inner.lock();
+        let Some(d) = inner
+            .outbox
+            .get_mut(id)
+            .filter(|d| d.status == "delivering" && d.attempts == attempt)
+        else {
+            return Ok(false);
+        };
+        match settled {
+            S::Delivered => {
+                d.status = "delivered";
+                d.last_error = None;
+                d.delivered_at = Some(now);
+            }
+            S::Retry { at, error } => {
+                d.status = "pending";
+                d.due = *at;
+                d.last_error = Some(error.clone());
+            }
+            S::Failed { error } => {
+                d.status = "failed";
+                d.last_error = Some(error.clone());
+            }
+        }
+        Ok(true)
+    }
+
+    async fn webhook_deliveries(&self, task: TaskId) -> Result<Vec<crate::webhooks::DeliveryView>> {
+        let inner = self.inner.lock();
+        if !inner.tasks.contains_key(&task) {
+            return Err(Error::TaskNotFound(task));
+        }
+        let mut views: Vec<crate::webhooks::DeliveryView> = inner
+            .outbox
+            .values()
+            .filter(|d| d.new.task_id == task)
+            .map(|d| crate::webhooks::DeliveryView {
+                id: d.new.id.clone(),
+                task_id: task,
+                event: d.new.event.to_owned(),
+                url: d.new.hook.url.clone(),
+                status: d.status.to_owned(),
+                attempts: d.attempts,
+                last_error: d.last_error.clone(),
+                created_at: d.new.at,
+                delivered_at: d.delivered_at,
+            })
+            .collect();
+        views.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(views)
     }
 
     async fn stats(&self) -> Result<crate::view::Stats> {

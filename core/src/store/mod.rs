@@ -296,6 +296,8 @@ pub struct ClaimedStep {
     /// Its task's trace (`None` for a task stored without one): see
     /// [`ClaimedStep::traceparent`].
     pub trace: Option<crate::trace::TaskTrace>,
+    /// This attempt's log: see [`ClaimedStep::log`].
+    pub logs: crate::logs::StepLog,
 }
 
 impl ClaimedStep {
@@ -308,6 +310,14 @@ impl ClaimedStep {
     /// The step's task.
     pub fn task_id(&self) -> TaskId {
         self.step_id.task
+    }
+
+    /// Keeps a line of this attempt's log (see [`crate::logs`]), written to the store with the
+    /// attempt's report and read with [`crate::Engine::logs`]; whether it was kept (not once
+    /// the attempt was reported, nor for a step claimed by hand rather than handed out by a
+    /// worker).
+    pub fn log(&self, level: crate::logs::LogLevel, message: &str) -> bool {
+        self.logs.push(level, message)
     }
 
     /// This attempt's W3C trace context (its span's): a handler's own spans started under it
@@ -504,6 +514,20 @@ pub struct StepReport {
     pub attempt: u32,
     /// What happened.
     pub outcome: Outcome,
+    /// The lines the attempt logged, written with the report (see [`crate::logs`]).
+    pub logs: Vec<crate::logs::LogLine>,
+}
+
+impl StepReport {
+    /// A report of `outcome` for attempt `attempt` of `step`, with no log lines.
+    pub fn new(step: StepId, attempt: u32, outcome: Outcome) -> Self {
+        StepReport {
+            step,
+            attempt,
+            outcome,
+            logs: Vec::new(),
+        }
+    }
 }
 
 /// What one store operation changed, for the engine to publish.
@@ -520,6 +544,8 @@ pub struct Changes {
     /// The rate keys' buckets a claim took tokens from, as the store keeps them (the last
     /// entry of a key is its state).
     pub(crate) buckets: Vec<(Arc<str>, crate::gate::Bucket, crate::gate::Rate)>,
+    /// The log lines of the attempts reported, for the write.
+    pub(crate) logs: Vec<crate::logs::AttemptLog>,
 }
 
 impl Changes {
@@ -530,6 +556,7 @@ impl Changes {
         self.knocks.extend(other.knocks);
         self.freed |= other.freed;
         self.buckets.extend(other.buckets);
+        self.logs.extend(other.logs);
     }
 }
 
@@ -842,9 +869,36 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The task's audit trail, oldest first.
     async fn transitions(&self, task: TaskId) -> Result<Vec<TransitionView>>;
 
+    /// The lines its attempts logged (see [`crate::logs`]), of step `step` (by index) only
+    /// when given: by step, attempt and line.
+    async fn logs(&self, task: TaskId, step: Option<u32>) -> Result<Vec<crate::logs::LogView>>;
+
     /// The steps claimable now, counted per handler, in handler order (handlers with none
     /// left out).
     async fn ready_by_handler(&self, now: Timestamp) -> Result<Vec<(String, u64)>>;
+
+    /// Leases up to `limit` due webhook deliveries to `owner` (see [`crate::webhooks`]):
+    /// pending ones whose attempt is due and delivering ones whose lease ran out, oldest
+    /// first, each for [`crate::webhooks::Webhook::lease_ms`].
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<crate::webhooks::Delivery>>;
+
+    /// Records how attempt `attempt` of delivery `id` ended — only while that attempt still
+    /// holds its lease; whether it did.
+    async fn settle_delivery(
+        &self,
+        id: &str,
+        attempt: u32,
+        settled: &crate::webhooks::Settlement,
+        now: Timestamp,
+    ) -> Result<bool>;
+
+    /// Task `task`'s webhook deliveries, oldest first.
+    async fn webhook_deliveries(&self, task: TaskId) -> Result<Vec<crate::webhooks::DeliveryView>>;
 
     /// What the store holds, counted (see [`crate::view::Stats`]).
     async fn stats(&self) -> Result<crate::view::Stats>;

@@ -129,6 +129,7 @@ impl TaskRecord {
                 created_at: now,
                 // Checked by the engine: one it refused never gets here.
                 trace: crate::trace::TaskTrace::new(new.traceparent.as_deref()).ok(),
+                webhooks: graph.webhooks().clone(),
             }),
             context: Arc::new(new.context.clone()),
             status: TaskState::Pending,
@@ -509,6 +510,7 @@ impl TaskRecord {
             dependents: spec.dependents.clone(),
             batch: self.instance(index).map(|i| i.batch.clone()),
             trace: self.of.trace,
+            logs: Default::default(),
         })
     }
 
@@ -534,6 +536,26 @@ impl TaskRecord {
             .result
             .clone()
             .unwrap_or_else(|| Arc::new(Value::Null))
+    }
+
+    /// Records report `r` (as [`TaskRecord::report`]) and, when it is accepted, keeps the
+    /// attempt's log lines in `changes` for the write.
+    pub fn report_logged(
+        &mut self,
+        r: super::StepReport,
+        now: Timestamp,
+        schedule: &mut impl Schedule,
+        changes: &mut Changes,
+    ) -> Result<()> {
+        self.report(r.step, r.attempt, r.outcome, now, schedule, changes)?;
+        if !r.logs.is_empty() {
+            changes.logs.push(crate::logs::AttemptLog {
+                step: r.step,
+                attempt: r.attempt,
+                lines: r.logs,
+            });
+        }
+        Ok(())
     }
 
     /// Records any outcome of a held claim (see [`super::Store::report`]): an outcome the

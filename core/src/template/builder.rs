@@ -47,6 +47,7 @@ impl TaskTemplate {
             template: TaskTemplate {
                 deadline_ms: None,
                 concurrency: None,
+                webhooks: Vec::new(),
                 namespace: namespace.into(),
                 name: name.into(),
                 version: version.into(),

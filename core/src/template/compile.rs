@@ -280,6 +280,21 @@ impl TaskTemplate {
             .map(|c| Concurrency::compile(c, "the template's concurrency"))
             .transpose()
             .map_err(|message| TemplateError::InvalidLimit { message })?;
+        if self.webhooks.len() > crate::webhooks::MAX_WEBHOOKS {
+            return Err(TemplateError::InvalidWebhook {
+                message: format!(
+                    "a template has at most {} webhooks",
+                    crate::webhooks::MAX_WEBHOOKS
+                ),
+            });
+        }
+        let webhooks = self
+            .webhooks
+            .iter()
+            .enumerate()
+            .map(|(n, spec)| crate::webhooks::Webhook::compile(spec, n).map(Arc::new))
+            .collect::<Result<Arc<[_]>, _>>()
+            .map_err(|message| TemplateError::InvalidWebhook { message })?;
         let gated = concurrency.is_some()
             || specs
                 .iter()
@@ -290,6 +305,7 @@ impl TaskTemplate {
             schema,
             concurrency,
             gated,
+            webhooks,
             steps: specs,
             index,
             parent_offsets,

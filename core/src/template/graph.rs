@@ -173,6 +173,8 @@ pub struct TaskGraph {
     pub(super) concurrency: Option<crate::gate::Concurrency>,
     /// Whether any step, or the template, has a concurrency key or a rate limit.
     pub(super) gated: bool,
+    /// The template's webhooks, checked.
+    pub(super) webhooks: Arc<[Arc<crate::webhooks::Webhook>]>,
     pub(super) steps: Vec<StepSpec>,
     pub(super) index: HashMap<Arc<str>, u32>,
     pub(super) parent_offsets: Vec<u32>,
@@ -196,6 +198,11 @@ impl TaskGraph {
     /// The template's version, parsed.
     pub fn version(&self) -> &semver::Version {
         &self.version
+    }
+
+    /// The template's webhooks, checked (see [`crate::webhooks`]).
+    pub fn webhooks(&self) -> &Arc<[Arc<crate::webhooks::Webhook>]> {
+        &self.webhooks
     }
 
     /// The template this graph was compiled from, for storage and display.

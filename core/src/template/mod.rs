@@ -95,6 +95,9 @@ pub struct TaskTemplate {
     /// finishes): `{key: "customer:{{context.customer_id}}", limit: 1}`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<crate::gate::ConcurrencySpec>,
+    /// Where its tasks' lifecycle events are POSTed (see [`crate::webhooks`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<crate::webhooks::WebhookSpec>,
     /// The steps, in the order written; a compiled step's index is its position here.
     pub steps: Vec<StepTemplate>,
 }
@@ -472,6 +475,13 @@ pub enum TemplateError {
         /// What is wrong, naming the step (or the template).
         message: String,
     },
+    /// A webhook is invalid (no event, an event pattern matching none, a URL that is not http
+    /// or https, a time limit or retry policy out of range); the message names it.
+    #[error("{message}")]
+    InvalidWebhook {
+        /// What is wrong, naming the webhook by its position.
+        message: String,
+    },
     /// A step's retry policy (its own or the inherited default) cannot work.
     #[error("step {step:?} has an invalid retry policy: {message}")]
     InvalidRetry {
@@ -722,6 +732,7 @@ steps:
         TaskTemplate {
             deadline_ms: None,
             concurrency: None,
+            webhooks: Vec::new(),
             namespace: "t".to_owned(),
             name: "g".to_owned(),
             version: "1.0.0".to_owned(),

@@ -255,6 +255,8 @@ enum Stage {
 #[derive(Debug)]
 struct Held {
     stage: Stage,
+    /// The attempt's log, closed and written with its report.
+    logs: crate::logs::StepLog,
     /// What publishing the attempt's custom events needs.
     source: crate::engine::EventSource,
     /// The step's type and dependents, which say what it may report.
@@ -282,6 +284,16 @@ impl Held {
             }),
             None => outcome,
         }
+    }
+}
+
+/// The engine's time (its clock, corrected by the store's on PostgreSQL, to the millisecond).
+#[derive(Debug)]
+struct EngineClock(Engine);
+
+impl crate::clock::Clock for EngineClock {
+    fn now(&self) -> crate::Timestamp {
+        self.0.now()
     }
 }
 
@@ -328,6 +340,8 @@ struct State {
 #[derive(Debug)]
 struct Shared {
     engine: Engine,
+    /// The engine's clock, stamping the attempts' log lines.
+    log_clock: Arc<dyn crate::clock::Clock>,
     config: SessionConfig,
     /// Claim (and write outcomes) when this many slots are free: a quarter of them.
     claim_batch: usize,
@@ -351,6 +365,7 @@ impl WorkerSession {
     pub fn start(engine: Engine, mut config: SessionConfig) -> WorkerSession {
         config.concurrency = config.concurrency.max(1);
         let shared = Arc::new(Shared {
+            log_clock: Arc::new(EngineClock(engine.clone())),
             engine,
             claim_batch: (config.concurrency / 4).max(1),
             config,
@@ -467,12 +482,17 @@ impl WorkerSession {
             Some(outcome) => held.admit(outcome),
             None => Outcome::Fail(timed_out(timeout_ms)),
         };
-        state.held.remove(&id);
+        let logs = state
+            .held
+            .remove(&id)
+            .map(|h| h.logs.close())
+            .unwrap_or_default();
         state.reports.push(Pending {
             report: StepReport {
                 step: id.step,
                 attempt: id.attempt,
                 outcome,
+                logs,
             },
             tries: 0,
         });
@@ -508,6 +528,17 @@ impl WorkerSession {
             }
         };
         self.shared.engine.publish_from(&source, name, payload)
+    }
+
+    /// Keeps a line of a running attempt's log (a handler's `step.log(message, level)`; see
+    /// [`crate::logs`]), written with its report; whether it was kept (not once the session
+    /// let go of the attempt or its outcome came back).
+    pub fn log(&self, id: AttemptId, level: crate::logs::LogLevel, message: &str) -> bool {
+        let logs = match self.shared.state.lock().held.get(&id) {
+            Some(h) => h.logs.clone(),
+            None => return false,
+        };
+        logs.push(level, message)
     }
 
     /// Renews the lease of a running attempt now (a handler's `step.heartbeat()`); returns the
@@ -595,6 +626,9 @@ async fn drive(shared: Arc<Shared>) {
     let tending = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut fire_at = Instant::now();
     let firing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut deliver_at = Instant::now();
+    // While it runs, the webhook deliveries this engine writes are sent at once.
+    let _delivering = engine.deliverer();
     loop {
         let woken = shared.driver.notified();
         tokio::pin!(woken);
@@ -725,6 +759,11 @@ async fn drive(shared: Arc<Shared>) {
                 }
                 firing.store(false, std::sync::atomic::Ordering::SeqCst);
             });
+        }
+        // Webhook deliveries, every second, on a task of their own.
+        if phase == Phase::Running && deliver_at <= Instant::now() {
+            deliver_at = later(Instant::now(), crate::engine::DELIVER_EVERY);
+            engine.kick_deliveries();
         }
         // On a task of its own: the driver goes on renewing leases meanwhile.
         if phase == Phase::Running
@@ -907,7 +946,8 @@ fn hand_out(shared: &Shared, claimed: Vec<ClaimedStep>) {
     }
     let now = Instant::now();
     let mut state = shared.state.lock();
-    for step in claimed {
+    for mut step in claimed {
+        step.logs = crate::logs::StepLog::open(shared.log_clock.clone());
         let id = AttemptId {
             step: step.step_id,
             attempt: step.attempt,
@@ -920,6 +960,7 @@ fn hand_out(shared: &Shared, claimed: Vec<ClaimedStep>) {
             id,
             Held {
                 stage: Stage::Queued,
+                logs: step.logs.clone(),
                 source: crate::engine::EventSource::of(&step),
                 kind: step.kind,
                 dependents: step.dependents.clone(),
@@ -977,6 +1018,12 @@ fn timers(shared: &Shared, now: Instant) -> Vec<AttemptId> {
     state.next_timer = next;
     for (id, stage, timeout_ms) in overdue {
         tracing::warn!(step = %id.step, attempt = id.attempt, timeout_ms, "attempt timed out");
+        // What it logged until now goes with the failure; later lines are dropped.
+        let logs = state
+            .held
+            .get(&id)
+            .map(|h| h.logs.close())
+            .unwrap_or_default();
         if stage == Stage::Queued {
             // No host took it: nothing will return it.
             state.held.remove(&id);
@@ -989,6 +1036,7 @@ fn timers(shared: &Shared, now: Instant) -> Vec<AttemptId> {
                 step: id.step,
                 attempt: id.attempt,
                 outcome: Outcome::Fail(timed_out(timeout_ms)),
+                logs,
             },
             tries: 0,
         });

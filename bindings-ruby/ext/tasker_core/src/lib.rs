@@ -335,18 +335,29 @@ impl Engine {
         let kw = get_kwargs::<
             _,
             (),
-            (Option<Option<String>>, Option<Option<String>>, Option<bool>),
+            (
+                Option<Option<String>>,
+                Option<Option<String>>,
+                Option<bool>,
+                Option<bool>,
+            ),
             (),
         >(
             args.keywords,
             &[],
-            &["environment", "otlp_endpoint", "metrics"],
+            &[
+                "environment",
+                "otlp_endpoint",
+                "metrics",
+                "allow_private_webhooks",
+            ],
         )?;
-        let (environment, otlp_endpoint, metrics) = kw.optional;
+        let (environment, otlp_endpoint, metrics, allow_private_webhooks) = kw.optional;
         let options = tasker_core::engine::OpenOptions {
             environment: environment.flatten(),
             otlp_endpoint: otlp_endpoint.flatten(),
             metrics,
+            allow_private_webhooks,
         };
         let url = args
             .optional
@@ -609,6 +620,37 @@ impl Engine {
         let id = task_id(&ruby, &id)?;
         let trail = self.call(&ruby, move |e| async move { e.transitions(id).await })?;
         to_ruby(&ruby, &trail)
+    }
+
+    /// The task's webhook deliveries, oldest first.
+    fn webhook_deliveries(&self, id: String) -> Result<Value, Error> {
+        let ruby = ruby();
+        let id = task_id(&ruby, &id)?;
+        let deliveries = self.call(
+            &ruby,
+            move |e| async move { e.webhook_deliveries(id).await },
+        )?;
+        to_ruby(&ruby, &deliveries)
+    }
+
+    /// Sends the due webhook deliveries now; how many attempts it made.
+    fn deliver_webhooks(&self) -> Result<usize, Error> {
+        let ruby = ruby();
+        self.call(&ruby, |e| async move { e.deliver_webhooks().await })
+    }
+
+    /// `logs(task_id, step = nil)`: the lines the task's attempts logged (of step `step`
+    /// only, unless nil).
+    fn logs(&self, args: &[Value]) -> Result<Value, Error> {
+        let ruby = ruby();
+        let args = scan_args::<(String,), (Option<Option<String>>,), (), (), (), ()>(args)?;
+        let id = task_id(&ruby, &args.required.0)?;
+        let step = args.optional.0.flatten();
+        let lines = self.call(
+            &ruby,
+            move |e| async move { e.logs(id, step.as_deref()).await },
+        )?;
+        to_ruby(&ruby, &lines)
     }
 
     fn graph(&self, id: String) -> Result<Value, Error> {
@@ -1060,6 +1102,24 @@ impl Session {
             .map_err(|e| rb_err(&ruby, e))
     }
 
+    /// Keeps a line of the running attempt's log at `level`; whether it was kept.
+    fn log(
+        &self,
+        step_id: String,
+        attempt: u32,
+        message: String,
+        level: String,
+    ) -> Result<bool, Error> {
+        let ruby = ruby();
+        self.check(&ruby)?;
+        let id = AttemptId {
+            step: self::step_id(&ruby, &step_id)?,
+            attempt,
+        };
+        let level = level.parse().map_err(|e| rb_err(&ruby, e))?;
+        Ok(self.session.log(id, level, &message))
+    }
+
     fn stop(&self) {
         self.session.stop();
     }
@@ -1123,6 +1183,9 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     engine.define_method("task", method!(Engine::task, 1))?;
     engine.define_method("list_tasks", method!(Engine::list_tasks, -1))?;
     engine.define_method("transitions", method!(Engine::transitions, 1))?;
+    engine.define_method("logs", method!(Engine::logs, -1))?;
+    engine.define_method("webhook_deliveries", method!(Engine::webhook_deliveries, 1))?;
+    engine.define_method("deliver_webhooks", method!(Engine::deliver_webhooks, 0))?;
     engine.define_method("graph", method!(Engine::graph, 1))?;
     engine.define_method("cancel_task", method!(Engine::cancel_task, 1))?;
     engine.define_method("pause_task", method!(Engine::pause_task, 1))?;
@@ -1159,6 +1222,7 @@ fn init(ruby: &Ruby) -> Result<(), Error> {
     session.define_method("fail", method!(Session::fail, 5))?;
     session.define_method("heartbeat", method!(Session::heartbeat, 2))?;
     session.define_method("publish", method!(Session::publish, 4))?;
+    session.define_method("log", method!(Session::log, 4))?;
     session.define_method("stop", method!(Session::stop, 0))?;
     session.define_method("abort", method!(Session::abort, 0))?;
     session.define_method("finished?", method!(Session::is_finished, 0))?;

@@ -26,9 +26,7 @@ use std::sync::{Arc, Weak};
 use tokio::sync::oneshot;
 
 use super::rows::ms;
-use super::{
-    db, due_keys, due_step, report_on, rows_of, Backend, Due, Edit, Lock, ReadySet, SqlStore, Tx,
-};
+use super::{db, due_keys, due_step, rows_of, Backend, Due, Edit, Lock, ReadySet, SqlStore, Tx};
 use crate::clock::Timestamp;
 use crate::error::{Error, Result, StoreErrorKind};
 use crate::gate::Room;
@@ -401,7 +399,8 @@ impl<B: Backend> SqlStore<B> {
             .iter()
             .flat_map(|(_, c)| c.buckets.iter().cloned())
             .collect();
-        let (rows, revisions) = rows_of(&edits, group.latest, &transitions, &buckets);
+        let logs = applied.reports.iter().flat_map(|(_, c)| &c.logs);
+        let (rows, revisions) = rows_of(&edits, group.latest, &transitions, &buckets, logs);
         // Other engines are woken for steps made ready and not claimed here (a lone writer
         // has no others to wake).
         let unclaimed = tasks
@@ -733,15 +732,7 @@ impl Group {
                     let Some((t, s)) = tasks.get(r.step.task) else {
                         return Err(Error::TaskNotFound(r.step.task));
                     };
-                    report_on(
-                        t,
-                        r.step,
-                        r.attempt,
-                        r.outcome.clone(),
-                        *now,
-                        s,
-                        &mut changes,
-                    )
+                    t.report_logged(r.clone(), *now, s, &mut changes)
                 })
                 .collect();
             made_ready.extend(changes.ready.iter().map(|(id, _)| (id.task, id.index)));
@@ -963,11 +954,7 @@ mod tests {
         let before = store.committer.shared.groups.load(Relaxed);
 
         let turn = hold(&store);
-        let report = StepReport {
-            step: a[0].step_id,
-            attempt: a[0].attempt,
-            outcome: Outcome::Complete(json!("done")),
-        };
+        let report = StepReport::new(a[0].step_id, a[0].attempt, Outcome::Complete(json!("done")));
         let mut reported = Box::pin(store.report_many(vec![report], chrono::Utc::now()));
         queue(&mut reported).await;
         let five = request(5);

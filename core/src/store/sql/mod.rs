@@ -100,6 +100,10 @@ mod shared {
     pub const MARK_UNREADABLE: &str = include_str!("shared/mark_unreadable.sql");
     pub const UNREADABLE_TRANSITION: &str = include_str!("shared/unreadable_transition.sql");
     pub const TRANSITIONS: &str = include_str!("shared/transitions.sql");
+    pub const LOGS: &str = include_str!("shared/logs.sql");
+    pub const DELIVERY_SETTLE: &str = include_str!("shared/delivery_settle.sql");
+    pub const DELIVERIES: &str = include_str!("shared/deliveries.sql");
+    pub const DELIVERIES_DUE: &str = include_str!("shared/deliveries_due.sql");
     pub const READY_BY_HANDLER: &str = include_str!("shared/ready_by_handler.sql");
     pub const STATS_COUNTS: &str = include_str!("shared/stats_counts.sql");
     pub const STATS_DURATIONS: &str = include_str!("shared/stats_durations.sql");
@@ -307,6 +311,31 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
     async fn task_exists(c: &mut Conn<Self>, id: &str) -> sqlx::Result<bool>;
     /// Task `id`'s transitions in order.
     async fn transitions(c: &mut Conn<Self>, id: &str) -> sqlx::Result<Vec<rows::TransitionRow>>;
+    /// Leases up to `limit` due webhook deliveries to `owner` at `now`.
+    async fn deliveries_claim(
+        c: &mut Conn<Self>,
+        now: i64,
+        owner: &str,
+        limit: i64,
+    ) -> sqlx::Result<Vec<rows::DeliveryRow>>;
+    /// Settles attempt `attempt` of delivery `id`: status, next attempt, error, delivery time;
+    /// rows affected.
+    async fn delivery_settle(
+        c: &mut Conn<Self>,
+        id: &str,
+        attempt: i64,
+        (status, next, error, delivered): (&str, Option<i64>, Option<&str>, Option<i64>),
+    ) -> sqlx::Result<u64>;
+    /// Task `id`'s webhook deliveries, oldest first.
+    async fn deliveries(c: &mut Conn<Self>, id: &str) -> sqlx::Result<Vec<rows::DeliveryViewRow>>;
+    /// Whether a webhook delivery is due at `now`.
+    async fn deliveries_due(c: &mut Conn<Self>, now: i64) -> sqlx::Result<bool>;
+    /// Task `id`'s log lines (of step `step` only, when given), in order.
+    async fn logs(
+        c: &mut Conn<Self>,
+        id: &str,
+        step: Option<i64>,
+    ) -> sqlx::Result<Vec<rows::LogRow>>;
     /// The steps claimable now per handler: (handler, count), in handler order.
     async fn ready_by_handler(c: &mut Conn<Self>) -> sqlx::Result<Vec<(String, i64)>>;
     /// The counts of [`crate::view::Stats`]: (kind, key, n) (see `shared/stats_counts.sql`).
@@ -528,6 +557,56 @@ macro_rules! impl_backend {
         ) -> sqlx::Result<Vec<$crate::store::sql::rows::TransitionRow>> {
             sqlx::query_as($crate::store::sql::shared::TRANSITIONS)
                 .bind(id)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn delivery_settle(
+            c: &mut <$db as sqlx::Database>::Connection,
+            id: &str,
+            attempt: i64,
+            (status, next, error, delivered): (&str, Option<i64>, Option<&str>, Option<i64>),
+        ) -> sqlx::Result<u64> {
+            Ok(sqlx::query($crate::store::sql::shared::DELIVERY_SETTLE)
+                .bind(id)
+                .bind(attempt)
+                .bind(status)
+                .bind(next)
+                .bind(error)
+                .bind(delivered)
+                .execute(c)
+                .await?
+                .rows_affected())
+        }
+
+        async fn deliveries_due(
+            c: &mut <$db as sqlx::Database>::Connection,
+            now: i64,
+        ) -> sqlx::Result<bool> {
+            sqlx::query_scalar($crate::store::sql::shared::DELIVERIES_DUE)
+                .bind(now)
+                .fetch_one(c)
+                .await
+        }
+
+        async fn deliveries(
+            c: &mut <$db as sqlx::Database>::Connection,
+            id: &str,
+        ) -> sqlx::Result<Vec<$crate::store::sql::rows::DeliveryViewRow>> {
+            sqlx::query_as($crate::store::sql::shared::DELIVERIES)
+                .bind(id)
+                .fetch_all(c)
+                .await
+        }
+
+        async fn logs(
+            c: &mut <$db as sqlx::Database>::Connection,
+            id: &str,
+            step: Option<i64>,
+        ) -> sqlx::Result<Vec<$crate::store::sql::rows::LogRow>> {
+            sqlx::query_as($crate::store::sql::shared::LOGS)
+                .bind(id)
+                .bind(step)
                 .fetch_all(c)
                 .await
         }
@@ -830,19 +909,6 @@ fn due_step(
     }
     let attempts = t.steps[index as usize].attempts;
     t.retry_due(index, attempts, now, s, c);
-}
-
-/// Records on `t` the outcome of attempt `attempt` of `step`.
-fn report_on(
-    t: &mut TaskRecord,
-    step: StepId,
-    attempt: u32,
-    outcome: Outcome,
-    now: Timestamp,
-    s: &mut ReadySet,
-    c: &mut Changes,
-) -> Result<()> {
-    t.report(step, attempt, outcome, now, s, c)
 }
 
 /// The claim of `request` on task `t`: its steps among `keys` whose lease ran out or whose
@@ -1446,6 +1512,7 @@ impl<B: Backend> SqlStore<B> {
                     .traceparent
                     .as_deref()
                     .and_then(|t| crate::trace::TaskTrace::stored(t, row.trace_parent.as_deref())),
+                webhooks: graph.webhooks().clone(),
             }),
             context: Arc::new(serde_json::from_str(&row.context).map_err(corrupt)?),
             status: parse_state(&row.status)?,
@@ -1544,7 +1611,13 @@ impl<B: Backend> SqlStore<B> {
                         ready,
                     })
                     .collect();
-                let (rows, written) = rows_of(&edits, now, &changes.transitions, &changes.buckets);
+                let (rows, written) = rows_of(
+                    &edits,
+                    now,
+                    &changes.transitions,
+                    &changes.buckets,
+                    &changes.logs,
+                );
                 let notify = wakes_workers(
                     !changes.ready.is_empty() || changes.freed,
                     &changes.transitions,
@@ -1873,7 +1946,7 @@ impl<B: Backend> SqlStore<B> {
                 ready: &n.ready,
             })
             .collect();
-        let (rows, revisions) = rows_of(&edits, now, &transitions, &[]);
+        let (rows, revisions) = rows_of(&edits, now, &transitions, &[], []);
         let notify = wakes_workers(ready, &transitions);
         let mut conn = self.pool.acquire().await.map_err(db)?;
         let written = B::create(&mut conn, &rows).await.map_err(db)?;
@@ -1942,13 +2015,15 @@ struct Edit<'a> {
     ready: &'a ReadySet,
 }
 
-/// The task and step rows that differ from what was loaded, and the new transitions. Returns
-/// them with, per edit, the new revision of a task that changed (see [`RecordCache`]).
+/// The task and step rows that differ from what was loaded, the new transitions, the buckets
+/// and the attempts' log lines. Returns them with, per edit, the new revision of a task that
+/// changed (see [`RecordCache`]).
 fn rows_of<'a>(
     edits: &[Edit<'a>],
     now: Timestamp,
     transitions: &'a [crate::state::Transition],
     buckets: &'a [(Arc<str>, Bucket, crate::gate::Rate)],
+    logs: impl IntoIterator<Item = &'a crate::logs::AttemptLog>,
 ) -> (Rows<'a>, Vec<Option<i64>>) {
     let mut rows = Rows::default();
     let mut revisions: Vec<Option<i64>> = Vec::with_capacity(edits.len());
@@ -1992,6 +2067,11 @@ fn rows_of<'a>(
         revisions.push(revision);
     }
     rows.transitions = transitions.iter().map(TransitionWrite::new).collect();
+    rows.logs = logs.into_iter().flat_map(rows::LogWrite::of).collect();
+    rows.deliveries = crate::webhooks::deliveries_of(transitions)
+        .into_iter()
+        .map(rows::DeliveryWrite::new)
+        .collect();
     // Each bucket as the last claim to take from it left it.
     for (i, (key, b, rate)) in buckets.iter().enumerate() {
         if buckets[i + 1..].iter().all(|(k, _, _)| k != key) {
@@ -2235,7 +2315,7 @@ impl<B: Backend> Store for SqlStore<B> {
                     let Some(r) = report.take_if(|r| r.step.task == t.id) else {
                         continue;
                     };
-                    out.push((slot, report_on(t, r.step, r.attempt, r.outcome, now, s, c)));
+                    out.push((slot, t.report_logged(r, now, s, c)));
                 }
                 Ok(out)
             })
@@ -2455,6 +2535,113 @@ impl<B: Backend> Store for SqlStore<B> {
         let mut tasks = self.view_records(&ids).await?;
         tasks.sort_by_key(|t| std::cmp::Reverse(t.id));
         Ok(tasks.iter().map(TaskRecord::view).collect())
+    }
+
+    async fn claim_deliveries(
+        &self,
+        owner: &str,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Vec<crate::webhooks::Delivery>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        // Most looks find none: they take no write lock.
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        if !B::deliveries_due(&mut conn, ms(now)).await.map_err(db)? {
+            return Ok(Vec::new());
+        }
+        drop(conn);
+        let mut tx = self.begin().await?;
+        let claimed = match tx.conn().await {
+            Ok(c) => B::deliveries_claim(c, ms(now), owner, limit)
+                .await
+                .map_err(db),
+            Err(e) => Err(e),
+        };
+        let rows = self.finish(tx, claimed).await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(crate::webhooks::Delivery {
+                    hook: serde_json::from_str(&r.hook)
+                        .map_err(|e| corrupt(format!("webhook delivery {}: {e}", r.id)))?,
+                    attempt: count(r.attempts, "attempts")?,
+                    id: r.id,
+                    event: r.event,
+                    body: r.body,
+                })
+            })
+            .collect()
+    }
+
+    async fn settle_delivery(
+        &self,
+        id: &str,
+        attempt: u32,
+        settled: &crate::webhooks::Settlement,
+        now: Timestamp,
+    ) -> Result<bool> {
+        use crate::webhooks::Settlement as S;
+        let set = match settled {
+            S::Delivered => ("delivered", None, None, Some(ms(now))),
+            S::Retry { at, error } => ("pending", Some(ms(*at)), Some(error.as_str()), None),
+            S::Failed { error } => ("failed", None, Some(error.as_str()), None),
+        };
+        let mut tx = self.begin().await?;
+        let settled = match tx.conn().await {
+            Ok(c) => B::delivery_settle(c, id, i64::from(attempt), set)
+                .await
+                .map_err(db),
+            Err(e) => Err(e),
+        };
+        Ok(self.finish(tx, settled).await? > 0)
+    }
+
+    async fn webhook_deliveries(&self, task: TaskId) -> Result<Vec<crate::webhooks::DeliveryView>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let id = task.to_string();
+        let rows = B::deliveries(&mut conn, &id).await.map_err(db)?;
+        if rows.is_empty() && !B::task_exists(&mut conn, &id).await.map_err(db)? {
+            return Err(Error::TaskNotFound(task));
+        }
+        rows.into_iter()
+            .map(|r| {
+                let hook: crate::webhooks::Webhook = serde_json::from_str(&r.hook)
+                    .map_err(|e| corrupt(format!("webhook delivery {}: {e}", r.id)))?;
+                Ok(crate::webhooks::DeliveryView {
+                    task_id: r.task_id.parse()?,
+                    url: hook.url,
+                    id: r.id,
+                    event: r.event,
+                    status: r.status,
+                    attempts: count(r.attempts, "attempts")?,
+                    last_error: r.last_error,
+                    created_at: time(Some(r.created_at)).unwrap_or_default(),
+                    delivered_at: time(r.delivered_at),
+                })
+            })
+            .collect()
+    }
+
+    async fn logs(&self, task: TaskId, step: Option<u32>) -> Result<Vec<crate::logs::LogView>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let id = task.to_string();
+        let rows = B::logs(&mut conn, &id, step.map(i64::from))
+            .await
+            .map_err(db)?;
+        if rows.is_empty() && !B::task_exists(&mut conn, &id).await.map_err(db)? {
+            return Err(Error::TaskNotFound(task));
+        }
+        rows.into_iter()
+            .map(|r| {
+                Ok(crate::logs::LogView {
+                    step: r.step,
+                    step_index: count(r.step_index, "step_index")?,
+                    attempt: count(r.attempt, "attempt")?,
+                    at: time(Some(r.at)).unwrap_or_default(),
+                    level: r.level.parse()?,
+                    message: r.message,
+                })
+            })
+            .collect()
     }
 
     async fn transitions(&self, task: TaskId) -> Result<Vec<TransitionView>> {

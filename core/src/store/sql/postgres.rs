@@ -34,6 +34,7 @@ const GATE_LOCK: &str = include_str!("postgres/gate_lock.sql");
 const GATE_ROOM: &str = include_str!("postgres/gate_room.sql");
 const CREATE: &str = include_str!("postgres/create.sql");
 const CLOCK: &str = include_str!("postgres/clock.sql");
+const DELIVERIES_CLAIM: &str = include_str!("postgres/deliveries_claim.sql");
 
 /// The channel PostgreSQL engines `LISTEN` on for ready steps.
 pub const READY_CHANNEL: &str = "tasker_ready";
@@ -153,16 +154,46 @@ fn bind_rows<'q>(
         .bind(column!(t, opt trace_parent))
 }
 
-/// `rows` bound to `$1`–`$58` of [`WRITE`]: those of [`bind_rows`] and the buckets.
+/// The webhook deliveries of `rows` bound to the next six parameters of `q`.
+fn bind_deliveries<'q>(
+    q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
+    rows: &'q Rows<'_>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    let d = &rows.deliveries;
+    q.bind(column!(d, ref id))
+        .bind(column!(d, ref task_id))
+        .bind(column!(d, event))
+        .bind(column!(d, ref hook))
+        .bind(column!(d, ref body))
+        .bind(column!(d, at))
+}
+
+/// `rows` bound to `$1`–`$60` of [`CREATE`]: those of [`bind_rows`] and the deliveries.
+fn bind_create<'q>(
+    rows: &'q Rows<'_>,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    bind_deliveries(bind_rows(CREATE, rows), rows)
+}
+
+/// `rows` bound to `$1`–`$71` of [`WRITE`]: those of [`bind_rows`], the buckets, the log
+/// lines and the deliveries.
 fn bind_write<'q>(
     rows: &'q Rows<'_>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    let b = &rows.buckets;
-    bind_rows(WRITE, rows)
+    let (b, l) = (&rows.buckets, &rows.logs);
+    let q = bind_rows(WRITE, rows)
         .bind(column!(b, key))
         .bind(column!(b, tokens))
         .bind(column!(b, at_ms))
         .bind(column!(b, refill_per_ms))
+        .bind(column!(l, ref task_id))
+        .bind(column!(l, step_index))
+        .bind(column!(l, attempt))
+        .bind(column!(l, seq))
+        .bind(column!(l, at))
+        .bind(column!(l, level))
+        .bind(column!(l, message));
+    bind_deliveries(q, rows)
 }
 
 /// The handler names as an array, `None` for any.
@@ -246,6 +277,20 @@ impl Backend for Postgres {
         Ok(u64::try_from(purged).unwrap_or(0))
     }
 
+    async fn deliveries_claim(
+        c: &mut PgConnection,
+        now: i64,
+        owner: &str,
+        limit: i64,
+    ) -> sqlx::Result<Vec<super::rows::DeliveryRow>> {
+        sqlx::query_as(DELIVERIES_CLAIM)
+            .bind(now)
+            .bind(owner)
+            .bind(limit)
+            .fetch_all(c)
+            .await
+    }
+
     async fn task_states(
         c: &mut PgConnection,
         ids: &[String],
@@ -274,7 +319,7 @@ impl Backend for Postgres {
 
     async fn create(c: &mut PgConnection, rows: &Rows<'_>) -> sqlx::Result<Vec<String>> {
         // One statement: its own transaction, one round trip.
-        let written = bind_rows(CREATE, rows).fetch_all(c).await?;
+        let written = bind_create(rows).fetch_all(c).await?;
         written.iter().map(|row| row.try_get(0)).collect()
     }
 

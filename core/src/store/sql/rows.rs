@@ -99,6 +99,38 @@ pub(super) struct BucketWrite<'a> {
     pub refill_per_ms: f64,
 }
 
+/// A line of an attempt's log to write.
+#[derive(Debug)]
+pub(super) struct LogWrite<'a> {
+    pub task_id: String,
+    pub step_index: i64,
+    pub attempt: i64,
+    /// Its place in the attempt's log, from 0.
+    pub seq: i64,
+    pub at: i64,
+    pub level: &'static str,
+    pub message: &'a str,
+}
+
+impl<'a> LogWrite<'a> {
+    /// The rows of `log`'s lines.
+    pub fn of(log: &'a crate::logs::AttemptLog) -> impl Iterator<Item = LogWrite<'a>> + 'a {
+        let task_id = log.step.task.to_string();
+        log.lines
+            .iter()
+            .enumerate()
+            .map(move |(seq, line)| LogWrite {
+                task_id: task_id.clone(),
+                step_index: i64::from(log.step.index),
+                attempt: i64::from(log.attempt),
+                seq: seq as i64,
+                at: ms(line.at),
+                level: line.level.as_str(),
+                message: &line.message,
+            })
+    }
+}
+
 /// What `work_status` counts.
 #[derive(Debug, sqlx::FromRow)]
 pub(super) struct StatusRow {
@@ -119,6 +151,66 @@ pub(super) struct TransitionRow {
     pub reason: Option<String>,
     pub attempt: i64,
     pub at: i64,
+}
+
+/// A webhook delivery leased, as the claim returns it.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct DeliveryRow {
+    pub id: String,
+    pub event: String,
+    pub hook: String,
+    pub body: String,
+    pub attempts: i64,
+}
+
+/// A webhook delivery as listed.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct DeliveryViewRow {
+    pub id: String,
+    pub task_id: String,
+    pub event: String,
+    pub hook: String,
+    pub status: String,
+    pub attempts: i64,
+    pub last_error: Option<String>,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}
+
+/// A new webhook delivery to write.
+#[derive(Debug)]
+pub(super) struct DeliveryWrite {
+    pub id: String,
+    pub task_id: String,
+    pub event: &'static str,
+    /// The webhook, as JSON.
+    pub hook: String,
+    pub body: String,
+    pub at: i64,
+}
+
+impl DeliveryWrite {
+    pub fn new(d: crate::webhooks::NewDelivery) -> Self {
+        DeliveryWrite {
+            hook: serde_json::to_string(&*d.hook).unwrap_or_default(),
+            task_id: d.task_id.to_string(),
+            id: d.id,
+            event: d.event,
+            body: d.body,
+            at: ms(d.at),
+        }
+    }
+}
+
+/// A log line as read, with its step's name.
+#[derive(Debug, sqlx::FromRow)]
+pub(super) struct LogRow {
+    pub step: String,
+    pub step_index: i64,
+    pub attempt: i64,
+    pub at: i64,
+    pub level: String,
+    pub message: String,
 }
 
 /// A task row to write.
@@ -333,6 +425,8 @@ pub(super) struct Rows<'a> {
     pub steps: Vec<StepWrite<'a>>,
     pub transitions: Vec<TransitionWrite<'a>>,
     pub buckets: Vec<BucketWrite<'a>>,
+    pub logs: Vec<LogWrite<'a>>,
+    pub deliveries: Vec<DeliveryWrite>,
 }
 
 impl Rows<'_> {
@@ -342,5 +436,7 @@ impl Rows<'_> {
             && self.steps.is_empty()
             && self.transitions.is_empty()
             && self.buckets.is_empty()
+            && self.logs.is_empty()
+            && self.deliveries.is_empty()
     }
 }

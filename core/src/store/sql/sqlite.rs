@@ -47,6 +47,9 @@ const TASKS_INSERT: &str = include_str!("sqlite/tasks_insert.sql");
 const STEPS_UPSERT: &str = include_str!("sqlite/steps_upsert.sql");
 const TRANSITIONS_INSERT: &str = include_str!("sqlite/transitions_insert.sql");
 const BUCKETS_UPSERT: &str = include_str!("sqlite/buckets_upsert.sql");
+const LOGS_INSERT: &str = include_str!("sqlite/logs_insert.sql");
+const DELIVERIES_INSERT: &str = include_str!("sqlite/deliveries_insert.sql");
+const DELIVERIES_CLAIM: &str = include_str!("sqlite/deliveries_claim.sql");
 const GATE_ROOM: &str = include_str!("sqlite/gate_room.sql");
 const CREATED: &str = include_str!("sqlite/created.sql");
 const TASK_STATES: &str = include_str!("sqlite/task_states.sql");
@@ -88,6 +91,8 @@ fn write_text(rows: &Rows<'_>) -> String {
         (STEPS_UPSERT, rows.steps.len()),
         (TRANSITIONS_INSERT, rows.transitions.len()),
         (BUCKETS_UPSERT, rows.buckets.len()),
+        (LOGS_INSERT, rows.logs.len()),
+        (DELIVERIES_INSERT, rows.deliveries.len()),
     ] {
         // At most 500 rows a statement: well under SQLite's 32,766 parameters.
         let mut left = n;
@@ -180,6 +185,26 @@ fn bind_rows<'q>(
             .bind(b.tokens)
             .bind(b.at_ms)
             .bind(b.refill_per_ms);
+    }
+    for l in &rows.logs {
+        q = q
+            .bind(&*l.task_id)
+            .bind(l.step_index)
+            .bind(l.attempt)
+            .bind(l.seq)
+            .bind(l.at)
+            .bind(l.level)
+            .bind(l.message);
+    }
+    for d in &rows.deliveries {
+        q = q
+            .bind(&*d.id)
+            .bind(&*d.task_id)
+            .bind(d.event)
+            .bind(&*d.hook)
+            .bind(&*d.body)
+            .bind(d.at)
+            .bind(d.at);
     }
     let new: Vec<&str> = rows
         .tasks
@@ -331,6 +356,20 @@ impl Backend for Sqlite {
             .execute(&mut *c)
             .await?;
         Ok(ids.len() as u64)
+    }
+
+    async fn deliveries_claim(
+        c: &mut SqliteConnection,
+        now: i64,
+        owner: &str,
+        limit: i64,
+    ) -> sqlx::Result<Vec<super::rows::DeliveryRow>> {
+        sqlx::query_as(DELIVERIES_CLAIM)
+            .bind(now)
+            .bind(owner)
+            .bind(limit)
+            .fetch_all(c)
+            .await
     }
 
     async fn task_states(

@@ -1,7 +1,7 @@
 -- New tasks in one statement (one round trip, its own transaction): the task rows ($1–$13, $45, $47,
--- $51–$54), their step rows ($14–$31, $41–$44, $46, $48–$50) and transitions ($32–$40), each column an array. A task whose
--- idempotency key is taken is left out with its steps and transitions; the ids written are
--- returned.
+-- $51–$54), their step rows ($14–$31, $41–$44, $46, $48–$50), transitions ($32–$40) and webhook
+-- deliveries ($55–$60), each column an array. A task whose idempotency key is taken is left out
+-- with its steps, transitions and deliveries; the ids written are returned.
 WITH tasks AS (
     INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
         idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision, parent,
@@ -34,5 +34,12 @@ WITH tasks AS (
         AS u(task_id, step_index, step_name, from_state, to_state, event, reason, attempt, at, n)
     WHERE u.task_id IN (SELECT task_id FROM tasks)
     ORDER BY u.n
+), deliveries AS (
+    INSERT INTO tasker_webhook_deliveries (id, task_id, event, hook, body, next_attempt_at,
+        created_at)
+    SELECT u.id, u.task_id, u.event, u.hook, u.body, u.at, u.at
+    FROM UNNEST($55::text[], $56::text[], $57::text[], $58::text[], $59::text[], $60::int8[])
+        AS u(id, task_id, event, hook, body, at)
+    WHERE u.task_id IN (SELECT task_id FROM tasks)
 )
 SELECT task_id FROM tasks

@@ -1,6 +1,6 @@
 -- Up to $3 tasks in a state of $2 that finished before $1 — not a child whose parent still
--- runs (its parent step still reads it) — with their transitions and steps, in one statement:
--- how many tasks.
+-- runs (its parent step still reads it) — with their transitions, log lines, webhook deliveries and steps, in one
+-- statement: how many tasks.
 WITH doomed AS (
     SELECT t.task_id FROM tasker_tasks t
     WHERE t.status = ANY($2) AND t.completed_at < $1
@@ -13,6 +13,10 @@ WITH doomed AS (
     FOR UPDATE OF t SKIP LOCKED
 ), transitions AS (
     DELETE FROM tasker_transitions WHERE task_id IN (SELECT task_id FROM doomed)
+), logs AS (
+    DELETE FROM tasker_step_logs WHERE task_id IN (SELECT task_id FROM doomed)
+), deliveries AS (
+    DELETE FROM tasker_webhook_deliveries WHERE task_id IN (SELECT task_id FROM doomed)
 ), steps AS (
     DELETE FROM tasker_workflow_steps WHERE task_id IN (SELECT task_id FROM doomed)
 ), tasks AS (

@@ -1,5 +1,7 @@
 -- Every row an operation changed, in one statement: the task rows ($1–$13, $45, $47, $51–$54), the step rows
--- ($14–$31, $41–$44, $46, $48–$50), new or changed, and the new transitions ($32–$40), each column an array. (The
+-- ($14–$31, $41–$44, $46, $48–$50), new or changed, the new transitions ($32–$40), the rate buckets
+-- ($55–$58), the attempts' log lines ($59–$65) and the webhook deliveries ($66–$71), each column
+-- an array. (The
 -- wake-up of the other engines is sent after the commit, on a connection of its own: a
 -- NOTIFY in this transaction would hold PostgreSQL's one notify lock through the commit's
 -- flush, and every writing transaction would wait for the one before.)
@@ -52,5 +54,18 @@ WITH tasks AS (
     SELECT * FROM UNNEST($55::text[], $56::float8[], $57::int8[], $58::float8[])
     ON CONFLICT (key) DO UPDATE SET tokens = excluded.tokens, at_ms = excluded.at_ms,
         refill_per_ms = excluded.refill_per_ms
+), logs AS (
+    -- The log lines of the attempts reported ($59–$65).
+    INSERT INTO tasker_step_logs (task_id, step_index, attempt, seq, at, level, message)
+    SELECT * FROM UNNEST($59::text[], $60::int8[], $61::int8[], $62::int8[], $63::int8[],
+        $64::text[], $65::text[])
+    ON CONFLICT DO NOTHING
+), deliveries AS (
+    -- The webhook deliveries of the events ($66–$71).
+    INSERT INTO tasker_webhook_deliveries (id, task_id, event, hook, body, next_attempt_at,
+        created_at)
+    SELECT u.id, u.task_id, u.event, u.hook, u.body, u.at, u.at
+    FROM UNNEST($66::text[], $67::text[], $68::text[], $69::text[], $70::text[], $71::int8[])
+        AS u(id, task_id, event, hook, body, at)
 )
 SELECT 1

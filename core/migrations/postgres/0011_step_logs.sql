@@ -1,0 +1,11 @@
+-- Step logs: the lines each attempt logged (at most 100 of 1 KiB), written with its report.
+CREATE TABLE tasker_step_logs (
+    task_id     TEXT    NOT NULL REFERENCES tasker_tasks (task_id),
+    step_index  BIGINT  NOT NULL,
+    attempt     BIGINT  NOT NULL,
+    seq         BIGINT  NOT NULL,
+    at          BIGINT  NOT NULL,
+    level       TEXT    NOT NULL,
+    message     TEXT    NOT NULL,
+    PRIMARY KEY (task_id, step_index, attempt, seq)
+);
