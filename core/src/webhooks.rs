@@ -237,6 +237,14 @@ pub enum Settlement {
         /// Why this attempt failed.
         error: String,
     },
+    /// Not sent by this engine (it lacks the signing secret): pending again at `at`, for any
+    /// engine, the attempt not counted.
+    Release {
+        /// When.
+        at: Timestamp,
+        /// Why it was not sent here.
+        error: String,
+    },
     /// Failed for good.
     Failed {
         /// Why.
@@ -288,6 +296,13 @@ pub fn settle(
         ),
         Err(Attempted::Failed(message)) => (message, true),
         Err(Attempted::Refused(message)) => (message, false),
+        Err(Attempted::NotHere(error)) => {
+            let wait = delivery.hook.retry.backoff_base_ms.max(1_000);
+            return Settlement::Release {
+                at: crate::clock::add_signed_ms(now, i64::try_from(wait).unwrap_or(i64::MAX)),
+                error,
+            };
+        }
     };
     let kind = if retryable {
         crate::retry::FailureKind::Retryable {
@@ -311,17 +326,21 @@ pub fn settle(
 pub enum Attempted {
     /// Connecting, sending or reading failed, or the time limit passed: tried again.
     Failed(String),
-    /// Not sent: the address is refused, or the secret is missing. Not tried again.
+    /// Not sent: the address is refused. Not tried again.
     Refused(String),
+    /// Not sent by this engine: its environment lacks the signing secret. Left for another
+    /// (or this one, once it has it), the attempt not counted.
+    NotHere(String),
 }
 
 /// Why `ip` may not be sent to (unless private addresses are allowed), or `None`: loopback,
 /// private (RFC 1918, unique local), link-local, shared (100.64.0.0/10), cloud metadata
-/// (169.254.169.254, fd00:ec2::254, 100.100.100.200), unspecified, multicast or broadcast — an
-/// IPv4 address mapped into IPv6 judged as itself.
+/// (169.254.169.254, fd00:ec2::254, 100.100.100.200), reserved, unspecified, multicast or
+/// broadcast — an IPv4 address carried in IPv6 (mapped, compatible, NAT64, 6to4) judged as
+/// itself.
 pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
     let ip = match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        IpAddr::V6(v6) => embedded_v4(v6).map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
     };
     match ip {
@@ -339,6 +358,8 @@ pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
                 Some("a shared (carrier-grade NAT) address")
             } else if a == 0 {
                 Some("an unspecified address")
+            } else if (a == 192 && b == 0 && c == 0) || (a == 198 && (18..20).contains(&b)) {
+                Some("a reserved (IETF protocol or benchmarking) address")
             } else if v4.is_multicast() || v4.is_broadcast() || a >= 240 {
                 Some("a multicast, broadcast or reserved address")
             } else {
@@ -355,14 +376,38 @@ pub fn forbidden(ip: IpAddr) -> Option<&'static str> {
                 Some("an unspecified address")
             } else if first & 0xfe00 == 0xfc00 {
                 Some("a private (unique local) address")
-            } else if first & 0xffc0 == 0xfe80 {
-                Some("a link-local address")
+            } else if first & 0xffc0 == 0xfe80 || first & 0xffc0 == 0xfec0 {
+                Some("a link-local (or site-local) address")
             } else if v6.is_multicast() {
                 Some("a multicast address")
             } else {
                 None
             }
         }
+    }
+}
+
+/// The IPv4 address an IPv6 one carries, judged as itself: mapped (`::ffff:a.b.c.d`),
+/// compatible (`::a.b.c.d`, not `::` or `::1`), NAT64 (`64:ff9b::a.b.c.d`) and 6to4
+/// (`2002:aabb:ccdd::`).
+fn embedded_v4(v6: std::net::Ipv6Addr) -> Option<std::net::Ipv4Addr> {
+    let s = v6.segments();
+    let low = std::net::Ipv4Addr::new((s[6] >> 8) as u8, s[6] as u8, (s[7] >> 8) as u8, s[7] as u8);
+    if let Some(v4) = v6.to_ipv4_mapped() {
+        Some(v4)
+    } else if (s[..6] == [0; 6] && !(s[6] == 0 && s[7] <= 1))
+        || s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+    {
+        Some(low)
+    } else if s[0] == 0x2002 {
+        Some(std::net::Ipv4Addr::new(
+            (s[1] >> 8) as u8,
+            s[1] as u8,
+            (s[2] >> 8) as u8,
+            s[2] as u8,
+        ))
+    } else {
+        None
     }
 }
 
@@ -462,8 +507,9 @@ impl Sender {
             .header("x-tasker-attempt", d.attempt.to_string());
         if let Some(name) = &d.hook.secret_env {
             let secret = std::env::var(name).map_err(|_| {
-                Attempted::Failed(format!(
-                    "the signing secret's environment variable {name} is not set here"
+                Attempted::NotHere(format!(
+                    "the signing secret's environment variable {name} is not set where it was \
+                     to be sent"
                 ))
             })?;
             request = request.header(
@@ -573,6 +619,12 @@ mod tests {
             "fe80::1",
             "::ffff:127.0.0.1",
             "::ffff:10.0.0.1",
+            "::127.0.0.1",
+            "64:ff9b::a9fe:a9fe",
+            "2002:a00:1::",
+            "fec0::1",
+            "192.0.0.8",
+            "198.18.0.1",
         ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(forbidden(ip).is_some(), "{ip}");
@@ -657,11 +709,17 @@ mod tests {
             let internal = a == 10 || a == 127 || (a == 172 && (16..32).contains(&b))
                 || (a == 192 && b == 168) || (a == 169 && b == 254)
                 || (a == 100 && (64..128).contains(&b)) || a == 0 || a >= 224
+                || (a == 192 && b == 0 && c == 0) || (a == 198 && (18..20).contains(&b))
                 || v4 == Ipv4Addr::new(100, 100, 100, 200);
             prop_assert_eq!(forbidden(IpAddr::V4(v4)).is_some(), internal, "{}", v4);
-            // The same address mapped into IPv6 is judged the same.
+            // The same address carried in IPv6 is judged the same: mapped, NAT64, 6to4.
             let mapped = IpAddr::V6(v4.to_ipv6_mapped());
             prop_assert_eq!(forbidden(mapped).is_some(), internal, "{}", mapped);
+            let [a, b, c, d] = v4.octets();
+            let (hi, lo) = (u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+            for v6 in [Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, hi, lo), Ipv6Addr::new(0x2002, hi, lo, 0, 0, 0, 0, 1)] {
+                prop_assert_eq!(forbidden(IpAddr::V6(v6)).is_some(), internal, "{}", v6);
+            }
         }
 
         #[test]

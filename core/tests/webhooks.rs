@@ -241,3 +241,30 @@ per_store! {
         assert!(err.to_string().contains("url"), "{store}: {err}");
     }
 }
+
+per_store! {
+    async fn an_engine_without_the_secret_leaves_the_delivery_to_another(store) {
+        let Some(engine) = open(store, true).await else { return };
+        let rx = receiver(0, None).await;
+        let mut unsigned = hook(&["task.completed"], &format!("http://{}/hook", rx.addr), 2_000);
+        unsigned["secret_env"] = json!("TASKER_TEST_SECRET_SET_NOWHERE");
+        engine.register_template_str(&template("secretless", json!([unsigned]))).await.unwrap();
+        let task = create(&engine, NewTask::new("hooks", "secretless")).await;
+        let worker = worker_answering(&engine, &["a", "b"], json!(1));
+        worker.run_until_idle(Duration::from_secs(30)).await.unwrap();
+        // Looked at (by this call or the worker's own look, which may still be under way).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let d = loop {
+            engine.deliver_webhooks().await.unwrap();
+            let [d] = &engine.webhook_deliveries(task).await.unwrap()[..] else { panic!("one delivery") };
+            if d.last_error.is_some() || Instant::now() > deadline {
+                break d.clone();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        // Not sent, not counted: pending for an engine that has the secret.
+        assert_eq!((d.status.as_str(), d.attempts), ("pending", 0), "{store}: {d:?}");
+        assert!(d.last_error.as_deref().is_some_and(|e| e.contains("TASKER_TEST_SECRET_SET_NOWHERE")), "{store}: {d:?}");
+        assert!(rx.seen.lock().is_empty(), "{store}");
+    }
+}

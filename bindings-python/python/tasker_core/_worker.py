@@ -44,16 +44,22 @@ def _capture_logging() -> None:
     def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = make(*args, **kwargs)
         step = _current.get()
-        if step is not None and not record.name.startswith("tasker_core"):
-            try:
-                message = record.getMessage()
-                if record.exc_info:
-                    message += "\n" + logging.Formatter().formatException(record.exc_info)
-                no = record.levelno  # Python's scale, to the log's four levels
-                level = "error" if no >= 40 else "warn" if no >= 30 else "info" if no >= 20 else "debug"
-                step.log(message, level)
-            except Exception:  # noqa: BLE001 - a line lost must not break the caller's logging
-                pass
+        if step is None:
+            return record
+        try:
+            # Records of the worker itself are not the step's; nor are the blank copies
+            # logging.makeLogRecord (used by some formatters) makes before filling them in.
+            name = record.name
+            if not isinstance(name, str) or name.startswith("tasker_core") or not record.msg:
+                return record
+            message = record.getMessage()
+            if record.exc_info:
+                message += "\n" + logging.Formatter().formatException(record.exc_info)
+            no = record.levelno  # Python's scale, to the log's four levels
+            level = "error" if no >= 40 else "warn" if no >= 30 else "info" if no >= 20 else "debug"
+            step.log(message, level)
+        except Exception:  # noqa: BLE001 - a line lost must not break the caller's logging
+            pass
         return record
 
     logging.setLogRecordFactory(factory)

@@ -22,54 +22,62 @@ impl Engine {
     /// after its backoff or failed for good. Returns how many attempts it made. Worker
     /// sessions call it (see the module docs); tools and tests may too.
     pub async fn deliver_webhooks(&self) -> Result<usize> {
-        let sender = self.sender()?;
         let owner = &self.inner.deliverer;
         let mut sent = 0;
         for _ in 0..ROUNDS {
-            let store = self.store()?;
-            let batch = store.claim_deliveries(owner, BATCH, self.now()).await?;
+            let batch = self
+                .store()?
+                .claim_deliveries(owner, BATCH, self.now())
+                .await?;
             if batch.is_empty() {
                 break;
             }
+            // Made once something is due: an engine whose store has no webhooks never makes it.
+            let sender = self.sender()?;
             sent += batch.len();
-            let settled =
-                futures::future::join_all(batch.iter().map(|d| self.attempt(&sender, d))).await;
-            for (d, settlement) in batch.iter().zip(settled) {
-                if let Settlement::Failed { error } = &settlement {
-                    tracing::warn!(delivery = %d.id, event = %d.event, url = %d.hook.url, %error, "webhook delivery failed for good");
-                }
-                // Not settled (the store failed, or the lease was taken over): the lease runs
-                // out and the delivery is sent again.
-                match store
-                    .settle_delivery(&d.id, d.attempt, &settlement, self.now())
-                    .await
-                {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        tracing::debug!(delivery = %d.id, "delivery taken over before it was settled")
-                    }
-                    Err(e) => {
-                        tracing::warn!(delivery = %d.id, error = %e, "could not settle a webhook delivery")
-                    }
-                }
-            }
+            // Each settled as soon as it is sent: a slow receiver does not hold the others past
+            // their leases.
+            futures::future::join_all(batch.iter().map(|d| self.attempt(&sender, d))).await;
         }
         Ok(sent)
     }
 
     /// One attempt at `d`, settled.
-    async fn attempt(&self, sender: &Sender, d: &Delivery) -> Settlement {
-        if d.attempt > d.hook.retry.max_attempts {
+    async fn attempt(&self, sender: &Sender, d: &Delivery) {
+        let settlement = if d.attempt > d.hook.retry.max_attempts {
             // Its last attempt's engine stopped mid-way: its lease ran out.
-            return Settlement::Failed {
+            Settlement::Failed {
                 error: "the lease of its last attempt ran out".into(),
-            };
+            }
+        } else {
+            let answer = sender.send(d).await;
+            if let Err(Attempted::Failed(error) | Attempted::NotHere(error)) = &answer {
+                tracing::debug!(delivery = %d.id, attempt = d.attempt, %error, "webhook delivery not made");
+            }
+            crate::webhooks::settle(answer, d, self.now(), fastrand::f64())
+        };
+        if let Settlement::Failed { error } = &settlement {
+            tracing::warn!(delivery = %d.id, event = %d.event, url = %d.hook.url, %error, "webhook delivery failed for good");
         }
-        let answer = sender.send(d).await;
-        if let Err(Attempted::Failed(error)) = &answer {
-            tracing::debug!(delivery = %d.id, attempt = d.attempt, %error, "webhook delivery failed");
+        // Not settled (the store failed, or the lease was taken over): the lease runs out and
+        // the delivery is sent again.
+        let settled = match self.store() {
+            Ok(store) => {
+                store
+                    .settle_delivery(&d.id, d.attempt, &settlement, self.now())
+                    .await
+            }
+            Err(e) => Err(e),
+        };
+        match settled {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(delivery = %d.id, "delivery taken over before it was settled")
+            }
+            Err(e) => {
+                tracing::warn!(delivery = %d.id, error = %e, "could not settle a webhook delivery")
+            }
         }
-        crate::webhooks::settle(answer, d, self.now(), fastrand::f64())
     }
 
     /// The webhook client, made on first use.

@@ -837,11 +837,10 @@ impl Store for MemoryStore {
 
     async fn claim_deliveries(
         &self,
-        owner: &str,
+        _owner: &str,
         limit: usize,
         now: Timestamp,
     ) -> Result<Vec<crate::webhooks::Delivery>> {
-        let _ = owner;
         let mut inner = self.inner.lock();
         let mut due: Vec<&mut MemDelivery> = inner
             .outbox
@@ -892,6 +891,12 @@ impl Store for MemoryStore {
             }
             S::Retry { at, error } => {
                 d.status = "pending";
+                d.due = *at;
+                d.last_error = Some(error.clone());
+            }
+            S::Release { at, error } => {
+                d.status = "pending";
+                d.attempts -= 1;
                 d.due = *at;
                 d.last_error = Some(error.clone());
             }

@@ -727,7 +727,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// Records many reports at once, each accepted or refused on its own (a refused one, e.g.
     /// [`crate::Error::ClaimLost`], does not undo the others). SQL stores write the whole batch
-    /// in one transaction; an `Err` means none was recorded.
+    /// in one transaction; an `Err` means none was recorded. A store keeps each report's log
+    /// lines with it ([`StepReport::logs`]); this default, made of [`Store::report`], has
+    /// nowhere to put them and drops them (every store here overrides it).
     async fn report_many(
         &self,
         reports: Vec<StepReport>,

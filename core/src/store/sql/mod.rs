@@ -115,6 +115,10 @@ mod shared {
     pub const SCHEDULE_ADVANCE: &str = include_str!("shared/schedule_advance.sql");
 }
 
+/// How a delivery's attempt is settled: status, next attempt, error, delivery time, and 1 to
+/// take the attempt back (0 to count it).
+type DeliverySettled<'a> = (&'a str, Option<i64>, Option<&'a str>, Option<i64>, i64);
+
 /// A connection of backend `B`'s driver.
 type Conn<B> = <<B as Backend>::Db as Database>::Connection;
 
@@ -318,13 +322,13 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
         owner: &str,
         limit: i64,
     ) -> sqlx::Result<Vec<rows::DeliveryRow>>;
-    /// Settles attempt `attempt` of delivery `id`: status, next attempt, error, delivery time;
-    /// rows affected.
+    /// Settles attempt `attempt` of delivery `id`: status, next attempt, error, delivery time,
+    /// and 1 to take the attempt back (0 to count it); rows affected.
     async fn delivery_settle(
         c: &mut Conn<Self>,
         id: &str,
         attempt: i64,
-        (status, next, error, delivered): (&str, Option<i64>, Option<&str>, Option<i64>),
+        settled: DeliverySettled<'_>,
     ) -> sqlx::Result<u64>;
     /// Task `id`'s webhook deliveries, oldest first.
     async fn deliveries(c: &mut Conn<Self>, id: &str) -> sqlx::Result<Vec<rows::DeliveryViewRow>>;
@@ -565,7 +569,7 @@ macro_rules! impl_backend {
             c: &mut <$db as sqlx::Database>::Connection,
             id: &str,
             attempt: i64,
-            (status, next, error, delivered): (&str, Option<i64>, Option<&str>, Option<i64>),
+            (status, next, error, delivered, uncount): $crate::store::sql::DeliverySettled<'_>,
         ) -> sqlx::Result<u64> {
             Ok(sqlx::query($crate::store::sql::shared::DELIVERY_SETTLE)
                 .bind(id)
@@ -574,6 +578,7 @@ macro_rules! impl_backend {
                 .bind(next)
                 .bind(error)
                 .bind(delivered)
+                .bind(uncount)
                 .execute(c)
                 .await?
                 .rows_affected())
@@ -2558,18 +2563,27 @@ impl<B: Backend> Store for SqlStore<B> {
             Err(e) => Err(e),
         };
         let rows = self.finish(tx, claimed).await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(crate::webhooks::Delivery {
-                    hook: serde_json::from_str(&r.hook)
-                        .map_err(|e| corrupt(format!("webhook delivery {}: {e}", r.id)))?,
-                    attempt: count(r.attempts, "attempts")?,
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let attempt = u32::try_from(r.attempts).unwrap_or(u32::MAX);
+            match serde_json::from_str(&r.hook) {
+                Ok(hook) => out.push(crate::webhooks::Delivery {
+                    hook,
+                    attempt,
                     id: r.id,
                     event: r.event,
                     body: r.body,
-                })
-            })
-            .collect()
+                }),
+                Err(e) => {
+                    // Unreadable: failed on its own, the others of the batch sent.
+                    let error = format!("its webhook cannot be read: {e}");
+                    tracing::warn!(delivery = %r.id, %error, "webhook delivery failed for good");
+                    let failed = crate::webhooks::Settlement::Failed { error };
+                    self.settle_delivery(&r.id, attempt, &failed, now).await?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn settle_delivery(
@@ -2581,9 +2595,10 @@ impl<B: Backend> Store for SqlStore<B> {
     ) -> Result<bool> {
         use crate::webhooks::Settlement as S;
         let set = match settled {
-            S::Delivered => ("delivered", None, None, Some(ms(now))),
-            S::Retry { at, error } => ("pending", Some(ms(*at)), Some(error.as_str()), None),
-            S::Failed { error } => ("failed", None, Some(error.as_str()), None),
+            S::Delivered => ("delivered", None, None, Some(ms(now)), 0),
+            S::Retry { at, error } => ("pending", Some(ms(*at)), Some(error.as_str()), None, 0),
+            S::Release { at, error } => ("pending", Some(ms(*at)), Some(error.as_str()), None, 1),
+            S::Failed { error } => ("failed", None, Some(error.as_str()), None, 0),
         };
         let mut tx = self.begin().await?;
         let settled = match tx.conn().await {
