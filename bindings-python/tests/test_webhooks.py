@@ -31,6 +31,7 @@ class Receiver:
 
     def __init__(self, fail: int = 0, hold: bool = False) -> None:
         self.seen: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
         self.arrived = threading.Event()
         self._released = threading.Event()
         receiver = self
@@ -38,15 +39,16 @@ class Receiver:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 body = self.rfile.read(int(self.headers["Content-Length"]))
-                n = len(receiver.seen)
-                status = 500 if n < fail else 200
-                receiver.seen.append({
-                    "key": self.headers["Idempotency-Key"],
-                    "event": self.headers["X-Tasker-Event"],
-                    "signature": self.headers["X-Tasker-Signature"],
-                    "body": body,
-                    "status": status if not (hold and n == 0) else None,
-                })
+                with receiver._lock:  # requests of one batch arrive together
+                    n = len(receiver.seen)
+                    status = 500 if n < fail else 200
+                    receiver.seen.append({
+                        "key": self.headers["Idempotency-Key"],
+                        "event": self.headers["X-Tasker-Event"],
+                        "signature": self.headers["X-Tasker-Signature"],
+                        "body": body,
+                        "status": status if not (hold and n == 0) else None,
+                    })
                 receiver.arrived.set()
                 if hold and n == 0:
                     receiver._released.wait(30)
@@ -158,7 +160,8 @@ worker.run()
 def test_a_worker_killed_mid_delivery_leaves_it_to_another(tmp_path, receiver_factory):
     rx = receiver_factory(hold=True)
     url = f"sqlite://{tmp_path / 'h.db'}"
-    template = _template("killed", rx.url, ["task.completed"], timeout_ms=1000)
+    # A time limit long enough that the kill lands first; the lease is twice that.
+    template = _template("killed", rx.url, ["task.completed"], timeout_ms=5000)
     child = subprocess.Popen([sys.executable, "-c", CHILD, url, template],
                              stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     try:
@@ -178,7 +181,7 @@ def test_a_worker_killed_mid_delivery_leaves_it_to_another(tmp_path, receiver_fa
     [d] = engine.webhook_deliveries(task)
     assert (d["status"], d["attempts"]) == ("delivering", 1)
     # Once its lease (twice the time limit) runs out, another engine sends it again.
-    [d] = wait_for(lambda: _settled(engine, task), timeout=20, interval=0.1)
+    [d] = wait_for(lambda: _settled(engine, task), timeout=40, interval=0.1)
     assert (d["status"], d["attempts"]) == ("delivered", 2), d
     assert [s["key"] for s in rx.seen] == [d["id"], d["id"]], "the same event id both times"
     assert [s["status"] for s in rx.seen] == [None, 200], "answered once"

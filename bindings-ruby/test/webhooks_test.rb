@@ -35,10 +35,16 @@ class WebhooksTest < Minitest::Test
     engine.webhook_deliveries(id)
   end
 
-  # A port nothing listens on.
+  # A port nothing listens on: bound, not listening (connections are refused, and nothing
+  # else can take it while the test runs).
   def closed_port
-    server = TCPServer.new("127.0.0.1", 0)
-    server.addr[1].tap { server.close }
+    @bound = Socket.new(:INET, :STREAM)
+    @bound.bind(Addrinfo.tcp("127.0.0.1", 0))
+    @bound.local_address.ip_port
+  end
+
+  def teardown
+    @bound&.close
   end
 
   def test_a_loopback_url_is_refused_by_default

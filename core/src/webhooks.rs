@@ -43,6 +43,9 @@ use crate::state::Transition;
 pub const DEFAULT_TIMEOUT_MS: u64 = 10_000;
 /// The longest time limit a webhook may set.
 pub const MAX_TIMEOUT_MS: u64 = 60_000;
+/// How long a delivery an engine could not sign waits before it is looked at again (by any
+/// engine): a minute.
+pub const RELEASE_WAIT_MS: i64 = 60_000;
 /// The most webhooks one template may have.
 pub const MAX_WEBHOOKS: usize = 16;
 
@@ -297,9 +300,8 @@ pub fn settle(
         Err(Attempted::Failed(message)) => (message, true),
         Err(Attempted::Refused(message)) => (message, false),
         Err(Attempted::NotHere(error)) => {
-            let wait = delivery.hook.retry.backoff_base_ms.max(1_000);
             return Settlement::Release {
-                at: crate::clock::add_signed_ms(now, i64::try_from(wait).unwrap_or(i64::MAX)),
+                at: crate::clock::add_signed_ms(now, RELEASE_WAIT_MS),
                 error,
             };
         }

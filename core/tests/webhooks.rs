@@ -96,8 +96,9 @@ fn hook(on: &[&str], url: &str, timeout_ms: u64) -> Value {
 }
 
 async fn open(store: StoreKind, allow_private: bool) -> Option<Engine> {
-    // Each test sets the same value: the order they run in does not matter.
-    std::env::set_var(SECRET_ENV, SECRET);
+    // Set once, by the first test here (before it starts threads of its own).
+    static SET: std::sync::Once = std::sync::Once::new();
+    SET.call_once(|| std::env::set_var(SECRET_ENV, SECRET));
     let url = store_url(store).await?;
     Some(
         Engine::builder()
@@ -176,20 +177,22 @@ per_store! {
 per_store! {
     async fn a_receiver_slower_than_the_time_limit_gets_the_event_again(store) {
         let Some(engine) = open(store, true).await else { return };
-        let rx = receiver(0, Some(Duration::from_millis(1_500))).await;
+        let rx = receiver(0, Some(Duration::from_millis(3_000))).await;
         let url = format!("http://{}/hook", rx.addr);
         engine
-            .register_template_str(&template("slow", json!([hook(&["task.completed"], &url, 300)])))
+            .register_template_str(&template("slow", json!([hook(&["task.completed"], &url, 1_000)])))
             .await
             .unwrap();
         let task = create(&engine, NewTask::new("hooks", "slow")).await;
         let deliveries = run_and_deliver(&engine, task).await;
         assert_eq!(deliveries.len(), 1, "{store}");
         let d = &deliveries[0];
-        assert_eq!((d.status.as_str(), d.attempts), ("delivered", 2), "{store}: {d:?}");
-        // Both tries carried the same key: the receiver can drop the repeat.
+        // The first try ran out of time (a later one may too, on a slow machine).
+        assert_eq!(d.status, "delivered", "{store}: {d:?}");
+        assert!(d.attempts >= 2, "{store}: {d:?}");
+        // Every try carried the same key: the receiver can drop the repeats.
         let seen = rx.seen.lock().clone();
-        assert_eq!(seen.len(), 2, "{store}: {seen:?}");
+        assert_eq!(seen.len(), d.attempts as usize, "{store}: {seen:?}");
         assert!(seen.iter().all(|s| s.key == d.id), "{store}");
     }
 }
@@ -257,7 +260,7 @@ per_store! {
         let d = loop {
             engine.deliver_webhooks().await.unwrap();
             let [d] = &engine.webhook_deliveries(task).await.unwrap()[..] else { panic!("one delivery") };
-            if d.last_error.is_some() || Instant::now() > deadline {
+            if (d.status == "pending" && d.last_error.is_some()) || Instant::now() > deadline {
                 break d.clone();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;

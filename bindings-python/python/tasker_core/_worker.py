@@ -50,7 +50,7 @@ def _capture_logging() -> None:
             # Records of the worker itself are not the step's; nor are the blank copies
             # logging.makeLogRecord (used by some formatters) makes before filling them in.
             name = record.name
-            if not isinstance(name, str) or name.startswith("tasker_core") or not record.msg:
+            if not isinstance(name, str) or name.startswith("tasker_core"):
                 return record
             message = record.getMessage()
             if record.exc_info:

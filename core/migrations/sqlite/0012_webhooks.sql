@@ -6,6 +6,7 @@ CREATE TABLE tasker_webhook_deliveries (
     task_id         TEXT    NOT NULL,
     event           TEXT    NOT NULL,
     hook            TEXT    NOT NULL,
+    lease_ms        INTEGER NOT NULL,
     body            TEXT    NOT NULL,
     status          TEXT    NOT NULL DEFAULT 'pending',
     attempts        INTEGER NOT NULL DEFAULT 0,

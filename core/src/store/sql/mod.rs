@@ -2579,7 +2579,10 @@ impl<B: Backend> Store for SqlStore<B> {
                     let error = format!("its webhook cannot be read: {e}");
                     tracing::warn!(delivery = %r.id, %error, "webhook delivery failed for good");
                     let failed = crate::webhooks::Settlement::Failed { error };
-                    self.settle_delivery(&r.id, attempt, &failed, now).await?;
+                    // Not settled: its lease runs out and it is looked at again.
+                    if let Err(e) = self.settle_delivery(&r.id, attempt, &failed, now).await {
+                        tracing::warn!(delivery = %r.id, error = %e, "could not settle a webhook delivery");
+                    }
                 }
             }
         }

@@ -154,7 +154,7 @@ fn bind_rows<'q>(
         .bind(column!(t, opt trace_parent))
 }
 
-/// The webhook deliveries of `rows` bound to the next six parameters of `q`.
+/// The webhook deliveries of `rows` bound to the next seven parameters of `q`.
 fn bind_deliveries<'q>(
     q: sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments>,
     rows: &'q Rows<'_>,
@@ -164,18 +164,19 @@ fn bind_deliveries<'q>(
         .bind(column!(d, ref task_id))
         .bind(column!(d, event))
         .bind(column!(d, ref hook))
+        .bind(column!(d, lease_ms))
         .bind(column!(d, ref body))
         .bind(column!(d, at))
 }
 
-/// `rows` bound to `$1`–`$60` of [`CREATE`]: those of [`bind_rows`] and the deliveries.
+/// `rows` bound to `$1`–`$61` of [`CREATE`]: those of [`bind_rows`] and the deliveries.
 fn bind_create<'q>(
     rows: &'q Rows<'_>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
     bind_deliveries(bind_rows(CREATE, rows), rows)
 }
 
-/// `rows` bound to `$1`–`$71` of [`WRITE`]: those of [`bind_rows`], the buckets, the log
+/// `rows` bound to `$1`–`$72` of [`WRITE`]: those of [`bind_rows`], the buckets, the log
 /// lines and the deliveries.
 fn bind_write<'q>(
     rows: &'q Rows<'_>,

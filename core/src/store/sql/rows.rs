@@ -185,6 +185,8 @@ pub(super) struct DeliveryWrite {
     pub event: &'static str,
     /// The webhook, as JSON.
     pub hook: String,
+    /// How long an attempt is leased (kept apart from `hook`: the claim reads it in SQL).
+    pub lease_ms: i64,
     pub body: String,
     pub at: i64,
 }
@@ -193,6 +195,7 @@ impl DeliveryWrite {
     pub fn new(d: crate::webhooks::NewDelivery) -> Self {
         DeliveryWrite {
             hook: serde_json::to_string(&*d.hook).unwrap_or_default(),
+            lease_ms: i64::try_from(d.hook.lease_ms()).unwrap_or(i64::MAX),
             task_id: d.task_id.to_string(),
             id: d.id,
             event: d.event,

@@ -202,6 +202,7 @@ fn bind_rows<'q>(
             .bind(&*d.task_id)
             .bind(d.event)
             .bind(&*d.hook)
+            .bind(d.lease_ms)
             .bind(&*d.body)
             .bind(d.at)
             .bind(d.at);

@@ -1,6 +1,6 @@
 -- New tasks in one statement (one round trip, its own transaction): the task rows ($1–$13, $45, $47,
 -- $51–$54), their step rows ($14–$31, $41–$44, $46, $48–$50), transitions ($32–$40) and webhook
--- deliveries ($55–$60), each column an array. A task whose idempotency key is taken is left out
+-- deliveries ($55–$61), each column an array. A task whose idempotency key is taken is left out
 -- with its steps, transitions and deliveries; the ids written are returned.
 WITH tasks AS (
     INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
@@ -35,11 +35,12 @@ WITH tasks AS (
     WHERE u.task_id IN (SELECT task_id FROM tasks)
     ORDER BY u.n
 ), deliveries AS (
-    INSERT INTO tasker_webhook_deliveries (id, task_id, event, hook, body, next_attempt_at,
-        created_at)
-    SELECT u.id, u.task_id, u.event, u.hook, u.body, u.at, u.at
-    FROM UNNEST($55::text[], $56::text[], $57::text[], $58::text[], $59::text[], $60::int8[])
-        AS u(id, task_id, event, hook, body, at)
+    INSERT INTO tasker_webhook_deliveries (id, task_id, event, hook, lease_ms, body,
+        next_attempt_at, created_at)
+    SELECT u.id, u.task_id, u.event, u.hook, u.lease_ms, u.body, u.at, u.at
+    FROM UNNEST($55::text[], $56::text[], $57::text[], $58::text[], $59::int8[], $60::text[],
+        $61::int8[])
+        AS u(id, task_id, event, hook, lease_ms, body, at)
     WHERE u.task_id IN (SELECT task_id FROM tasks)
 )
 SELECT task_id FROM tasks

@@ -1,6 +1,6 @@
 -- Every row an operation changed, in one statement: the task rows ($1–$13, $45, $47, $51–$54), the step rows
 -- ($14–$31, $41–$44, $46, $48–$50), new or changed, the new transitions ($32–$40), the rate buckets
--- ($55–$58), the attempts' log lines ($59–$65) and the webhook deliveries ($66–$71), each column
+-- ($55–$58), the attempts' log lines ($59–$65) and the webhook deliveries ($66–$72), each column
 -- an array. (The
 -- wake-up of the other engines is sent after the commit, on a connection of its own: a
 -- NOTIFY in this transaction would hold PostgreSQL's one notify lock through the commit's
@@ -61,11 +61,12 @@ WITH tasks AS (
         $64::text[], $65::text[])
     ON CONFLICT DO NOTHING
 ), deliveries AS (
-    -- The webhook deliveries of the events ($66–$71).
-    INSERT INTO tasker_webhook_deliveries (id, task_id, event, hook, body, next_attempt_at,
-        created_at)
-    SELECT u.id, u.task_id, u.event, u.hook, u.body, u.at, u.at
-    FROM UNNEST($66::text[], $67::text[], $68::text[], $69::text[], $70::text[], $71::int8[])
-        AS u(id, task_id, event, hook, body, at)
+    -- The webhook deliveries of the events ($66–$72).
+    INSERT INTO tasker_webhook_deliveries (id, task_id, event, hook, lease_ms, body,
+        next_attempt_at, created_at)
+    SELECT u.id, u.task_id, u.event, u.hook, u.lease_ms, u.body, u.at, u.at
+    FROM UNNEST($66::text[], $67::text[], $68::text[], $69::text[], $70::int8[], $71::text[],
+        $72::int8[])
+        AS u(id, task_id, event, hook, lease_ms, body, at)
 )
 SELECT 1
