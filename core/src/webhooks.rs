@@ -255,6 +255,40 @@ pub enum Settlement {
     },
 }
 
+/// What a [`Settlement`] leaves of its delivery's row, as every store writes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Settled<'a> {
+    /// `pending`, `delivered` or `failed`.
+    pub status: &'static str,
+    /// When it is due next (unchanged when `None`).
+    pub next_attempt_at: Option<Timestamp>,
+    /// The error kept (cleared when `None`).
+    pub error: Option<&'a str>,
+    /// When it was delivered.
+    pub delivered_at: Option<Timestamp>,
+    /// The attempt is taken back (it was not sent).
+    pub uncount: bool,
+}
+
+impl Settlement {
+    /// The row this settlement leaves, at `now`.
+    pub fn row(&self, now: Timestamp) -> Settled<'_> {
+        let (status, next_attempt_at, error, uncount) = match self {
+            Settlement::Delivered => ("delivered", None, None, false),
+            Settlement::Retry { at, error } => ("pending", Some(*at), Some(error.as_str()), false),
+            Settlement::Release { at, error } => ("pending", Some(*at), Some(error.as_str()), true),
+            Settlement::Failed { error } => ("failed", None, Some(error.as_str()), false),
+        };
+        Settled {
+            status,
+            next_attempt_at,
+            error,
+            delivered_at: (*self == Settlement::Delivered).then_some(now),
+            uncount,
+        }
+    }
+}
+
 /// A delivery as [`crate::Engine::webhook_deliveries`] reads it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeliveryView {

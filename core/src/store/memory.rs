@@ -874,7 +874,6 @@ impl Store for MemoryStore {
         settled: &crate::webhooks::Settlement,
         now: Timestamp,
     ) -> Result<bool> {
-        use crate::webhooks::Settlement as S;
         let mut inner = self.inner.lock();
         let Some(d) = inner
             .outbox
@@ -883,28 +882,12 @@ impl Store for MemoryStore {
         else {
             return Ok(false);
         };
-        match settled {
-            S::Delivered => {
-                d.status = "delivered";
-                d.last_error = None;
-                d.delivered_at = Some(now);
-            }
-            S::Retry { at, error } => {
-                d.status = "pending";
-                d.due = *at;
-                d.last_error = Some(error.clone());
-            }
-            S::Release { at, error } => {
-                d.status = "pending";
-                d.attempts -= 1;
-                d.due = *at;
-                d.last_error = Some(error.clone());
-            }
-            S::Failed { error } => {
-                d.status = "failed";
-                d.last_error = Some(error.clone());
-            }
-        }
+        let row = settled.row(now);
+        d.status = row.status;
+        d.attempts -= u32::from(row.uncount);
+        d.due = row.next_attempt_at.unwrap_or(d.due);
+        d.last_error = row.error.map(str::to_owned);
+        d.delivered_at = row.delivered_at;
         Ok(true)
     }
 

@@ -366,6 +366,21 @@ macro_rules! impl_backend {
         impl $crate::store::sql::Backend for $backend {
         type Db = $db;
         $($body)*
+        // The backend's own text (its module's `DELIVERIES_CLAIM`), the same binds.
+        async fn deliveries_claim(
+            c: &mut <$db as sqlx::Database>::Connection,
+            now: i64,
+            owner: &str,
+            limit: i64,
+        ) -> sqlx::Result<Vec<$crate::store::sql::rows::DeliveryRow>> {
+            sqlx::query_as(DELIVERIES_CLAIM)
+                .bind(now)
+                .bind(owner)
+                .bind(limit)
+                .fetch_all(c)
+                .await
+        }
+
         async fn template(
             c: &mut <$db as sqlx::Database>::Connection,
             namespace: &str,
@@ -2596,13 +2611,14 @@ impl<B: Backend> Store for SqlStore<B> {
         settled: &crate::webhooks::Settlement,
         now: Timestamp,
     ) -> Result<bool> {
-        use crate::webhooks::Settlement as S;
-        let set = match settled {
-            S::Delivered => ("delivered", None, None, Some(ms(now)), 0),
-            S::Retry { at, error } => ("pending", Some(ms(*at)), Some(error.as_str()), None, 0),
-            S::Release { at, error } => ("pending", Some(ms(*at)), Some(error.as_str()), None, 1),
-            S::Failed { error } => ("failed", None, Some(error.as_str()), None, 0),
-        };
+        let row = settled.row(now);
+        let set = (
+            row.status,
+            row.next_attempt_at.map(ms),
+            row.error,
+            row.delivered_at.map(ms),
+            i64::from(row.uncount),
+        );
         let mut tx = self.begin().await?;
         let settled = match tx.conn().await {
             Ok(c) => B::delivery_settle(c, id, i64::from(attempt), set)

@@ -278,20 +278,6 @@ impl Backend for Postgres {
         Ok(u64::try_from(purged).unwrap_or(0))
     }
 
-    async fn deliveries_claim(
-        c: &mut PgConnection,
-        now: i64,
-        owner: &str,
-        limit: i64,
-    ) -> sqlx::Result<Vec<super::rows::DeliveryRow>> {
-        sqlx::query_as(DELIVERIES_CLAIM)
-            .bind(now)
-            .bind(owner)
-            .bind(limit)
-            .fetch_all(c)
-            .await
-    }
-
     async fn task_states(
         c: &mut PgConnection,
         ids: &[String],

@@ -359,20 +359,6 @@ impl Backend for Sqlite {
         Ok(ids.len() as u64)
     }
 
-    async fn deliveries_claim(
-        c: &mut SqliteConnection,
-        now: i64,
-        owner: &str,
-        limit: i64,
-    ) -> sqlx::Result<Vec<super::rows::DeliveryRow>> {
-        sqlx::query_as(DELIVERIES_CLAIM)
-            .bind(now)
-            .bind(owner)
-            .bind(limit)
-            .fetch_all(c)
-            .await
-    }
-
     async fn task_states(
         c: &mut SqliteConnection,
         ids: &[String],
