@@ -159,7 +159,11 @@ class OutageProxy:
         self._pid = int(pid)
 
     def cut(self) -> None:
+        """Takes the proxy down, and returns once it is down (it says so on its stdout)."""
+        assert self._child.stdout is not None
         os.kill(self._pid, signal.SIGUSR1)
+        line = self._child.stdout.readline()
+        assert line.strip() == "down", f"the proxy said {line!r}, not down"
 
     def finish(self) -> tuple[int, int]:
         out, _ = self._child.communicate(timeout=10)

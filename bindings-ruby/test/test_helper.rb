@@ -191,8 +191,11 @@ module TaskerTest
       @pid = Integer(pid)
     end
 
+    # Takes the proxy down, and returns once it is down (it says so on its stdout).
     def cut
       Process.kill("USR1", @pid)
+      line = @stdout.gets
+      raise "the proxy said #{line.inspect}, not down" unless line&.strip == "down"
     end
 
     # Stops the proxy. @return [Array(Integer, Integer)] the connections it cut and refused

@@ -5,10 +5,12 @@ Python, Ruby and C all start this one program in front of the real PostgreSQL se
 
 Listens on a free port of 127.0.0.1 and forwards each connection to the server of URL (a
 ``postgres://`` URL; port 5432 if it names none). Its first line on stdout is ``<pid> <URL>``:
-its own pid and the URL with the proxy's address in place of the server's. On SIGUSR1 it goes down for DOWN_SECONDS (default 1.5): every
-open connection is cut and new ones are closed as soon as they are accepted; then it forwards
-again. On SIGTERM, or when stdin closes, it prints ``cut=<connections cut> refused=<connections
-refused>`` and exits.
+its own pid and the URL with the proxy's address in place of the server's. On SIGUSR1 it goes
+down for DOWN_SECONDS (default 1.5): every open connection is cut and new ones are closed as soon
+as they are accepted; then it forwards again. Once it is down it prints ``down`` on a line of its
+own: a client reads that line before it goes on, so that the outage has begun when its ``cut``
+returns (the signal alone is handled whenever the proxy gets to it). On SIGTERM, or when stdin
+closes, it prints ``cut=<connections cut> refused=<connections refused>`` and exits.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class Proxy:
             self.cut += len(doomed) // 2
         for s in doomed:
             _close(s)
+        print("down", flush=True)
 
     def serve(self) -> None:
         while True:

@@ -701,6 +701,8 @@ impl Retry {
 pub struct OutageProxy {
     child: std::process::Child,
     pid: String,
+    /// The proxy's stdout, past its first line: `down` after each cut, then its counts.
+    out: std::sync::Mutex<std::io::BufReader<std::process::ChildStdout>>,
     /// `url` with the proxy's address in place of the server's.
     pub url: String,
 }
@@ -721,10 +723,9 @@ impl OutageProxy {
             .stdout(std::process::Stdio::piped())
             .spawn()
             .expect("start python3 tests/support/outage_proxy.py");
+        let mut out = std::io::BufReader::new(child.stdout.take().expect("the proxy's stdout"));
         let mut first = String::new();
-        std::io::BufReader::new(child.stdout.as_mut().expect("the proxy's stdout"))
-            .read_line(&mut first)
-            .expect("the proxy's first line");
+        out.read_line(&mut first).expect("the proxy's first line");
         let (pid, url) = first
             .trim()
             .split_once(' ')
@@ -732,17 +733,25 @@ impl OutageProxy {
         OutageProxy {
             pid: pid.to_owned(),
             url: url.to_owned(),
+            out: std::sync::Mutex::new(out),
             child,
         }
     }
 
-    /// Takes the proxy down: open connections are cut, new ones refused until it is up again.
+    /// Takes the proxy down (open connections cut, new ones refused until it is up again), and
+    /// returns once it is down: the proxy says so on its stdout.
     pub fn cut(&self) {
+        use std::io::BufRead;
         let status = std::process::Command::new("kill")
             .args(["-USR1", &self.pid])
             .status()
             .expect("kill -USR1 the proxy");
         assert!(status.success(), "the proxy is gone");
+        let mut line = String::new();
+        let mut out = self.out.lock().unwrap_or_else(|e| e.into_inner());
+        out.read_line(&mut line)
+            .expect("the proxy's answer to a cut");
+        assert_eq!(line.trim(), "down", "the proxy said {line:?}");
     }
 
     /// Stops the proxy; how many connections it cut and refused.
@@ -750,9 +759,11 @@ impl OutageProxy {
         use std::io::Read;
         drop(self.child.stdin.take());
         let mut out = String::new();
-        if let Some(mut stdout) = self.child.stdout.take() {
-            let _ = stdout.read_to_string(&mut out);
-        }
+        let _ = self
+            .out
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .read_to_string(&mut out);
         let _ = self.child.wait();
         let count = |key: &str| {
             out.split_whitespace()
