@@ -347,11 +347,11 @@ pub struct StepGates {
 }
 
 impl Gates {
-    /// What the claim of template step `step` needs room in; `started` is whether its task is
-    /// in progress already (then it holds its task key).
-    pub fn wants(&self, step: u32, started: bool) -> Vec<Want> {
+    /// What the claim of template step `step` needs room in; `holds` is whether its task holds
+    /// its task key already (or runs under its parent's hold of it): then it needs none there.
+    pub fn wants(&self, step: u32, holds: bool) -> Vec<Want> {
         let mut out = Vec::new();
-        if let (Some((key, limit)), false) = (&self.task, started) {
+        if let (Some((key, limit)), false) = (&self.task, holds) {
             out.push(Want {
                 slot: Slot::Task(key.clone()),
                 bound: Bound::Limit(*limit),

@@ -1,14 +1,16 @@
 //! Concurrency keys and rate limits on every store, with an injected clock: a key at its limit
 //! holds back its steps (and, at template level, its tasks) across claims and engines, lets
 //! them go in priority order as holders finish, and a rate key gives out its tokens at its
-//! rate.
+//! rate. A template-level key is held from a task's first claim until it ends: pausing keeps
+//! it, a task paused before it started holds none, a reopened task waits for room again, and a
+//! child of the same key runs under its parent's hold.
 
 mod support;
 
 use std::time::Duration;
 
 use serde_json::json;
-use tasker_core::{Engine, ManualClock, NewTask, TaskState};
+use tasker_core::{ChildTask, Children, Engine, ManualClock, NewTask, TaskState};
 
 use support::*;
 
@@ -36,6 +38,17 @@ steps:
     depends_on: [first]
 "#;
 
+/// `gate/tree`: one step, `grow`, whose handler (here the test) starts a child of the same
+/// template while `depth` is over 0; the whole task keyed by customer (limit 1).
+const TREE: &str = r#"
+namespace: gate
+name: tree
+version: 1.0.0
+concurrency: { key: "tree:{{context.customer}}", limit: 1 }
+steps:
+  - name: grow
+"#;
+
 /// `gate/rate`: one step with a rate key of 10 per second, bursts of 2.
 const RATE: &str = r#"
 namespace: gate
@@ -48,7 +61,7 @@ steps:
 
 async fn gated(store: StoreKind, clock: &ManualClock) -> Option<Engine> {
     let engine = engine_with(store, clock.clone(), &[]).await?;
-    for t in [STEP_KEYED, TASK_KEYED, RATE] {
+    for t in [STEP_KEYED, TASK_KEYED, TREE, RATE] {
         engine.register_template_str(t).await.unwrap();
     }
     Some(engine)
@@ -253,5 +266,106 @@ per_store! {
         // The reopened task holds the key: another task of the customer waits.
         create(&engine, of("step", 9)).await;
         assert!(claim(&engine, 10).await.is_empty(), "{store}: the key is held");
+    }
+}
+
+per_store! {
+    async fn a_task_paused_before_it_started_holds_no_slot(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = gated(store, &clock).await else { return };
+        let a = create(&engine, of("task", 3)).await;
+        engine.pause_task(a).await.unwrap();
+        let b = create(&engine, of("task", 3)).await;
+        let c = create(&engine, of("task", 3)).await;
+        // The paused task holds nothing: both others start (limit 2).
+        let first = claim(&engine, 10).await;
+        let mut started: Vec<_> = first.iter().map(|s| s.step_id.task).collect();
+        started.sort();
+        let mut want = vec![b, c];
+        want.sort();
+        assert_eq!(started, want, "{store}");
+        // Resumed, it waits for room like any task that has not started.
+        engine.resume_task(a).await.unwrap();
+        assert!(claim(&engine, 10).await.is_empty(), "{store}: the key is at its limit");
+        // A paused holder keeps its key: pausing b lets nothing in.
+        let b_first = first.iter().find(|s| s.step_id.task == b).unwrap();
+        complete(&engine, b_first, json!(1)).await;
+        engine.pause_task(b).await.unwrap();
+        assert!(claim(&engine, 10).await.is_empty(), "{store}: b paused still holds its key");
+        // Resumed, b goes on without asking for room; cancelled, it lets the key go to a.
+        engine.resume_task(b).await.unwrap();
+        let second = claim(&engine, 10).await;
+        assert_eq!(names(&second), ["second"], "{store}");
+        assert_eq!(second[0].step_id.task, b, "{store}");
+        engine.cancel_task(b).await.unwrap();
+        let third = claim(&engine, 10).await;
+        assert_eq!(third.len(), 1, "{store}");
+        assert_eq!((third[0].step_id.task, &*third[0].name), (a, "first"), "{store}");
+    }
+}
+
+per_store! {
+    async fn a_reopened_task_waits_for_room_in_its_key(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = gated(store, &clock).await else { return };
+        let a = create(&engine, of("task", 4)).await;
+        let b = create(&engine, of("task", 4)).await;
+        let first = claim(&engine, 10).await;
+        assert_eq!(first.len(), 2, "{store}");
+        let a_first = first.iter().find(|s| s.step_id.task == a).unwrap();
+        fail(&engine, a_first, permanent("declined")).await;
+        assert_eq!(status(&engine, a).await, TaskState::Error, "{store}");
+        // a let its key go when it failed: c takes the slot.
+        let c = create(&engine, of("task", 4)).await;
+        let next = claim(&engine, 10).await;
+        assert_eq!(next.len(), 1, "{store}");
+        assert_eq!(next[0].step_id.task, c, "{store}");
+        // An operator reopens a: it is in progress, but the key is full (b and c hold it).
+        engine.retry_task(a).await.unwrap();
+        assert_eq!(status(&engine, a).await, TaskState::InProgress, "{store}");
+        assert!(claim(&engine, 10).await.is_empty(), "{store}: a waits for room");
+        // b ends: a starts again.
+        let b_first = first.iter().find(|s| s.step_id.task == b).unwrap();
+        complete(&engine, b_first, json!(1)).await;
+        let b_second = claim_one(&engine, "second").await;
+        assert_eq!(b_second.step_id.task, b, "{store}");
+        complete(&engine, &b_second, json!(2)).await;
+        assert_eq!(status(&engine, b).await, TaskState::Complete, "{store}");
+        let again = claim(&engine, 10).await;
+        assert_eq!(again.len(), 1, "{store}");
+        assert_eq!((again[0].step_id.task, &*again[0].name), (a, "first"), "{store}");
+    }
+}
+
+per_store! {
+    async fn a_child_of_the_same_key_runs_under_its_parents_hold(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = gated(store, &clock).await else { return };
+        let tree = |depth: u32| NewTask::new("gate", "tree").context(json!({"customer": 5, "depth": depth}));
+        let root = create(&engine, tree(2)).await;
+        let other = create(&engine, tree(0)).await;
+        // The root, its child and its grandchild run one after the other under the root's
+        // hold (limit 1); the other tree waits for the whole of it.
+        let mut grown = Vec::new();
+        for depth in [2, 1, 0] {
+            let got = claim(&engine, 10).await;
+            assert_eq!(got.len(), 1, "{store}: depth {depth}: {:?}", names(&got));
+            assert_ne!(got[0].step_id.task, other, "{store}: the other tree waits");
+            assert_eq!(got[0].context["depth"], depth, "{store}");
+            if depth > 0 {
+                let child = ChildTask::new("gate", "tree", json!({"customer": 5, "depth": depth - 1}));
+                engine.report(got[0].step_id, got[0].attempt, Children::of([child])).await.unwrap();
+            } else {
+                complete(&engine, &got[0], json!("leaf")).await;
+            }
+            grown.push(got[0].step_id.task);
+        }
+        for task in &grown {
+            assert_eq!(status(&engine, *task).await, TaskState::Complete, "{store}");
+        }
+        assert_eq!(grown[0], root, "{store}");
+        let last = claim(&engine, 10).await;
+        assert_eq!(last.len(), 1, "{store}");
+        assert_eq!(last[0].step_id.task, other, "{store}: the root let its key go");
     }
 }

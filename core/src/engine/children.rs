@@ -207,11 +207,22 @@ impl Engine {
         if let Some(why) = crate::template::output_refusal(&view.name, view.kind, &[], reported) {
             return Err(Error::InvalidArgument(why));
         }
+        // The parent holds its own key (one of its steps runs): children of the same key run
+        // under that hold.
+        let graph = self
+            .template(&parent.namespace, &parent.name, Some(&parent.version))
+            .await?;
+        let key = graph
+            .gates(&parent.context)
+            .ok()
+            .flatten()
+            .and_then(|g| g.task);
         let link = ParentLink {
             task_id: step.task,
             step: view.name.clone(),
             index: step.index,
             attempt,
+            key: key.map(|(k, _)| k.to_string()),
         };
         let mut batch = Vec::with_capacity(children.tasks.len());
         for (k, child) in children.tasks.into_iter().enumerate() {

@@ -109,8 +109,8 @@ fn exact_ready<'a>(
 }
 
 impl Inner {
-    /// How many hold concurrency key `slot` now: its steps in progress (a step key), or its
-    /// tasks in progress or paused (a task key).
+    /// How many hold concurrency key `slot` now: its steps in progress (a step key), or the
+    /// tasks that hold it (a task key).
     fn holders(&mut self, slot: &Slot) -> u32 {
         let Some(ids) = self.keyed.get_mut(slot) else {
             return 0;
@@ -125,8 +125,8 @@ impl Inner {
             };
             match slot {
                 Slot::Task(key) => {
-                    let holds = gates.task.as_ref().is_some_and(|(k, _)| k == key);
-                    if holds && matches!(r.status, TaskState::InProgress | TaskState::Paused) {
+                    let ours = gates.task.as_ref().is_some_and(|(k, _)| k == key);
+                    if ours && r.key_hold == super::record::KeyHold::Held {
                         n += 1;
                     }
                 }

@@ -65,6 +65,11 @@ pub struct ParentLink {
     /// of its own: the earlier ones are cancelled).
     #[serde(default)]
     pub attempt: u32,
+    /// The parent task's template-level concurrency key, rendered: a child whose own key is
+    /// the same runs under its parent's hold of it and takes no slot of its own (else a parent
+    /// at its key's limit would wait for ever for a child that waits for room in it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
 }
 
 impl ParentLink {

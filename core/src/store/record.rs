@@ -63,6 +63,8 @@ pub(crate) struct TaskRecord {
     /// Its concurrency and rate keys, rendered from its context (`None` when its template has
     /// none).
     pub gates: Option<Arc<crate::gate::Gates>>,
+    /// Whether it holds its template-level concurrency key.
+    pub key_hold: KeyHold,
     pub states: Vec<StepState>,
     pub counters: Vec<Counters>,
     /// The children each decision step that completed chose.
@@ -79,6 +81,43 @@ pub(crate) struct TaskRecord {
     pub unfinished: u32,
     pub updated_at: Timestamp,
     pub completed_at: Option<Timestamp>,
+}
+
+/// Whether a task holds its template-level concurrency key (`concurrency` beside `steps`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum KeyHold {
+    /// It does not: the next claim of one of its steps needs room in the key (and takes it).
+    /// A task before its first claim, and one that finished (an operator may reopen it).
+    #[default]
+    None,
+    /// It does, and counts as one of the key's holders: from the claim that found it room
+    /// until it finishes (paused, it keeps it).
+    Held,
+    /// It runs under an ancestor's hold of the same key (a child task whose parent holds it):
+    /// it takes no slot of its own, so that a parent waiting for its children never waits for
+    /// itself.
+    Inherited,
+}
+
+impl KeyHold {
+    /// The value of the `key_hold` column.
+    pub fn code(self) -> i64 {
+        match self {
+            KeyHold::None => 0,
+            KeyHold::Held => 1,
+            KeyHold::Inherited => 2,
+        }
+    }
+
+    /// The hold a `key_hold` column says (`None` for a value it never holds).
+    pub fn of_code(code: i64) -> Option<KeyHold> {
+        match code {
+            0 => Some(KeyHold::None),
+            1 => Some(KeyHold::Held),
+            2 => Some(KeyHold::Inherited),
+            _ => None,
+        }
+    }
 }
 
 /// One instance of a `batch_worker` step: slice `slice` of its batch. Its `unfinished_parents`
@@ -138,6 +177,7 @@ impl TaskRecord {
             parent: new.parent.clone(),
             deadline_at: None,
             gates: gates_of(&graph, &new.context),
+            key_hold: KeyHold::None,
             states: vec![StepState::Pending; n],
             counters: readiness::initial_counters(&graph),
             choices: Choices::default(),
@@ -156,6 +196,10 @@ impl TaskRecord {
             completed_at: None,
             graph,
         };
+        let under = new.parent.as_ref().and_then(|p| p.key.as_deref());
+        if task.task_key().is_some_and(|k| Some(&**k) == under) {
+            task.key_hold = KeyHold::Inherited;
+        }
         // A task to run later: its roots wait for their start as for a parent.
         let start = new.run_at.filter(|&at| at > now);
         let reason = start.map(|at| format!("runs at {}", at.to_rfc3339()));
@@ -224,6 +268,9 @@ impl TaskRecord {
         let to = from.next(event)?;
         self.status = to;
         self.completed_at = to.is_finished().then_some(now);
+        if to.is_finished() && self.key_hold == KeyHold::Held {
+            self.key_hold = KeyHold::None;
+        }
         // A failed task may be reopened (retry, resolve): its deadline stands, unless it is
         // what failed it.
         if to.is_finished() && (to != TaskState::Error || event == TaskEvent::DeadlineExceeded) {
@@ -331,13 +378,18 @@ impl TaskRecord {
     }
 
     /// What claiming step `index` needs room in (nothing when the task has no keys): its
-    /// template step's concurrency and rate keys, and the task's own key unless the task is
-    /// in progress already.
+    /// template step's concurrency and rate keys, and the task's own key unless it holds it
+    /// (or runs under its parent's hold of it).
     pub fn wants(&self, index: u32) -> Vec<crate::gate::Want> {
         match &self.gates {
             None => Vec::new(),
-            Some(g) => g.wants(self.template_step(index), self.status != TaskState::Pending),
+            Some(g) => g.wants(self.template_step(index), self.key_hold != KeyHold::None),
         }
+    }
+
+    /// Its template-level concurrency key, rendered.
+    pub fn task_key(&self) -> Option<&Arc<str>> {
+        self.gates.as_deref()?.task.as_ref().map(|(k, _)| k)
     }
 
     /// The concurrency keys transition `t` (of this task) lets go of: a step's key when it
@@ -465,6 +517,10 @@ impl TaskRecord {
         // published events alike.
         if self.status == TaskState::Pending {
             self.task_to(TaskEvent::Start, now, None, changes)?;
+        }
+        // The claim was admitted: the task's key had room, and is the task's until it ends.
+        if self.key_hold == KeyHold::None && self.task_key().is_some() {
+            self.key_hold = KeyHold::Held;
         }
         self.steps[i].attempts += 1;
         self.step_to(index, StepEvent::Claim, now, None, changes)?;

@@ -1554,6 +1554,8 @@ impl<B: Backend> SqlStore<B> {
             unfinished: count(row.unfinished_steps, "unfinished_steps")?,
             deadline_at: time(row.deadline_at),
             gates: None,
+            key_hold: super::record::KeyHold::of_code(row.key_hold)
+                .ok_or_else(|| corrupt(format!("key_hold {} is not a hold", row.key_hold)))?,
             updated_at: time(Some(row.updated_at)).unwrap_or_default(),
             completed_at: time(row.completed_at),
             graph,
@@ -2075,6 +2077,7 @@ fn rows_of<'a>(
         let changed = rows.steps.len() > written
             || e.before.is_none_or(|b| {
                 b.status != e.after.status
+                    || b.key_hold != e.after.key_hold
                     || b.unfinished != e.after.unfinished
                     || b.updated_at != e.after.updated_at
                     || b.completed_at != e.after.completed_at

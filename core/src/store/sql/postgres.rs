@@ -169,15 +169,17 @@ fn bind_deliveries<'q>(
         .bind(column!(d, at))
 }
 
-/// `rows` bound to `$1`–`$61` of [`CREATE`]: those of [`bind_rows`] and the deliveries.
+/// `rows` bound to `$1`–`$62` of [`CREATE`]: those of [`bind_rows`], the deliveries and the
+/// tasks' key holds.
 fn bind_create<'q>(
     rows: &'q Rows<'_>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    bind_deliveries(bind_rows(CREATE, rows), rows)
+    let t = &rows.tasks;
+    bind_deliveries(bind_rows(CREATE, rows), rows).bind(column!(t, key_hold))
 }
 
-/// `rows` bound to `$1`–`$72` of [`WRITE`]: those of [`bind_rows`], the buckets, the log
-/// lines and the deliveries.
+/// `rows` bound to `$1`–`$73` of [`WRITE`]: those of [`bind_rows`], the buckets, the log
+/// lines, the deliveries and the tasks' key holds.
 fn bind_write<'q>(
     rows: &'q Rows<'_>,
 ) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
@@ -194,7 +196,8 @@ fn bind_write<'q>(
         .bind(column!(l, at))
         .bind(column!(l, level))
         .bind(column!(l, message));
-    bind_deliveries(q, rows)
+    let t = &rows.tasks;
+    bind_deliveries(q, rows).bind(column!(t, key_hold))
 }
 
 /// The handler names as an array, `None` for any.

@@ -31,6 +31,8 @@ pub(super) struct TaskRow {
     pub deadline_at: Option<i64>,
     pub traceparent: Option<String>,
     pub trace_parent: Option<String>,
+    /// Whether it holds its template-level key (`KeyHold::code`).
+    pub key_hold: i64,
 }
 
 /// A step row as read.
@@ -244,6 +246,8 @@ pub(super) struct TaskWrite<'a> {
     /// change).
     pub traceparent: Option<String>,
     pub trace_parent: Option<String>,
+    /// Whether it holds its template-level key (`KeyHold::code`).
+    pub key_hold: i64,
     /// A new task (inserted, unless its idempotency key is taken), not one whose row exists.
     pub new: bool,
 }
@@ -286,6 +290,7 @@ impl<'a> TaskWrite<'a> {
             concurrency_limit: task_key.map(|(_, l)| i64::from(*l)),
             traceparent: t.of.trace.filter(|_| new).map(|t| t.traceparent()),
             trace_parent: t.of.trace.filter(|_| new).and_then(|t| t.parent_hex()),
+            key_hold: t.key_hold.code(),
             new,
         }
     }

@@ -136,7 +136,8 @@ fn bind_rows<'q>(
             .bind(t.concurrency_key)
             .bind(t.concurrency_limit)
             .bind(t.traceparent.as_deref())
-            .bind(t.trace_parent.as_deref());
+            .bind(t.trace_parent.as_deref())
+            .bind(t.key_hold);
     }
     for s in &rows.steps {
         q = q

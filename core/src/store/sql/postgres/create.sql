@@ -1,15 +1,15 @@
 -- New tasks in one statement (one round trip, its own transaction): the task rows ($1–$13, $45, $47,
--- $51–$54), their step rows ($14–$31, $41–$44, $46, $48–$50), transitions ($32–$40) and webhook
+-- $51–$54, $62), their step rows ($14–$31, $41–$44, $46, $48–$50), transitions ($32–$40) and webhook
 -- deliveries ($55–$61), each column an array. A task whose idempotency key is taken is left out
 -- with its steps, transitions and deliveries; the ids written are returned.
 WITH tasks AS (
     INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
         idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision, parent,
-        deadline_at, concurrency_key, concurrency_limit, traceparent, trace_parent)
+        deadline_at, concurrency_key, concurrency_limit, traceparent, trace_parent, key_hold)
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
         $6::int8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
         $13::int8[], $45::text[], $47::int8[], $51::text[], $52::int8[], $53::text[],
-        $54::text[])
+        $54::text[], $62::int8[])
     ON CONFLICT DO NOTHING
     RETURNING task_id
 ), steps AS (

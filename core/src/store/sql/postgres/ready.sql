@@ -4,7 +4,7 @@
 -- then skip, the same hot tasks). Followed by shared/due.sql (its $1: now) in one query.
 SELECT * FROM (
     SELECT 'ready' AS due, s.task_id, s.step_index, s.attempts, s.concurrency_key AS ckey,
-        CASE WHEN t.status = 'pending' THEN t.concurrency_key END AS tkey, s.rate_key AS rkey
+        CASE WHEN t.key_hold = 0 THEN t.concurrency_key END AS tkey, s.rate_key AS rkey
     FROM tasker_workflow_steps s JOIN tasker_tasks t ON t.task_id = s.task_id
     WHERE s.status = 'pending' AND s.unfinished_parents = 0 AND s.failed_required_parents = 0
       AND t.status IN ('pending', 'in_progress')
@@ -14,10 +14,9 @@ SELECT * FROM (
       AND (s.concurrency_key IS NULL OR (SELECT count(*) FROM tasker_workflow_steps h
           WHERE h.concurrency_key = s.concurrency_key AND h.status = 'in_progress'
             AND h.lease_expires_at > $1 AND h.task_id <> ALL($4::text[])) < s.concurrency_limit)
-      AND (t.concurrency_key IS NULL OR t.status = 'in_progress' OR (SELECT count(*)
+      AND (t.concurrency_key IS NULL OR t.key_hold <> 0 OR (SELECT count(*)
           FROM tasker_tasks h WHERE h.concurrency_key = t.concurrency_key
-            AND h.status IN ('in_progress', 'paused') AND h.task_id <> ALL($4::text[]))
-            < t.concurrency_limit)
+            AND h.key_hold = 1 AND h.task_id <> ALL($4::text[])) < t.concurrency_limit)
       AND (s.rate_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasker_rate_limits b
           WHERE b.key = s.rate_key AND b.tokens + ($1 - b.at_ms) * b.refill_per_ms < 1))
     ORDER BY s.priority DESC, s.ready_at, s.task_id, s.step_index

@@ -1,22 +1,23 @@
--- Every row an operation changed, in one statement: the task rows ($1–$13, $45, $47, $51–$54), the step rows
--- ($14–$31, $41–$44, $46, $48–$50), new or changed, the new transitions ($32–$40), the rate buckets
--- ($55–$58), the attempts' log lines ($59–$65) and the webhook deliveries ($66–$72), each column
--- an array. (The
+-- Every row an operation changed, in one statement: the task rows ($1–$13, $45, $47, $51–$54,
+-- $73), the step rows ($14–$31, $41–$44, $46, $48–$50), new or changed, the new transitions
+-- ($32–$40), the rate buckets ($55–$58), the attempts' log lines ($59–$65) and the webhook
+-- deliveries ($66–$72), each column an array. (The
 -- wake-up of the other engines is sent after the commit, on a connection of its own: a
 -- NOTIFY in this transaction would hold PostgreSQL's one notify lock through the commit's
 -- flush, and every writing transaction would wait for the one before.)
 WITH tasks AS (
     INSERT INTO tasker_tasks (task_id, namespace, name, version, status, priority, context,
         idempotency_key, unfinished_steps, created_at, updated_at, completed_at, revision, parent,
-        deadline_at, concurrency_key, concurrency_limit, traceparent, trace_parent)
+        deadline_at, concurrency_key, concurrency_limit, traceparent, trace_parent, key_hold)
     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[],
         $6::int8[], $7::text[], $8::text[], $9::int8[], $10::int8[], $11::int8[], $12::int8[],
         $13::int8[], $45::text[], $47::int8[], $51::text[], $52::int8[], $53::text[],
-        $54::text[])
+        $54::text[], $73::int8[])
     ON CONFLICT (task_id) DO UPDATE SET
         status = excluded.status, unfinished_steps = excluded.unfinished_steps,
         updated_at = excluded.updated_at, completed_at = excluded.completed_at,
-        revision = excluded.revision, deadline_at = excluded.deadline_at
+        revision = excluded.revision, deadline_at = excluded.deadline_at,
+        key_hold = excluded.key_hold
 ), steps AS (
     INSERT INTO tasker_workflow_steps AS s (task_id, step_index, name, handler, status, priority,
         attempts, max_attempts, unfinished_parents, failed_required_parents, ready_at,
