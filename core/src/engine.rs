@@ -482,6 +482,11 @@ impl Engine {
         self.inner.environment.as_deref()
     }
 
+    /// Every template version registered in the store, by namespace, name and version.
+    pub async fn templates(&self) -> Result<Vec<crate::view::TemplateView>> {
+        self.store()?.templates().await
+    }
+
     /// The compiled graph of `namespace/name` at `version` (newest when `None`).
     pub async fn template(
         &self,

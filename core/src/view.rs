@@ -48,6 +48,49 @@ pub struct TaskView {
     pub completed_at: Option<Timestamp>,
 }
 
+/// A registered template version ([`crate::Engine::templates`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TemplateView {
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// The version.
+    pub version: String,
+    /// How many steps it declares.
+    pub steps: u32,
+    /// Its description, if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+}
+
+impl TemplateView {
+    /// The listing of `templates`: by namespace, name, then version (as semver orders them).
+    pub fn listing<'a>(
+        templates: impl IntoIterator<Item = &'a crate::template::TaskTemplate>,
+    ) -> Vec<TemplateView> {
+        let mut out: Vec<(semver::Version, TemplateView)> = templates
+            .into_iter()
+            .map(|t| {
+                let view = TemplateView {
+                    namespace: t.namespace.clone(),
+                    name: t.name.clone(),
+                    version: t.version.clone(),
+                    steps: u32::try_from(t.steps.len()).unwrap_or(u32::MAX),
+                    description: t.description.clone(),
+                };
+                let version = semver::Version::parse(&t.version)
+                    .unwrap_or_else(|_| semver::Version::new(0, 0, 0));
+                (version, view)
+            })
+            .collect();
+        out.sort_by(|(va, a), (vb, b)| {
+            (&a.namespace, &a.name, va).cmp(&(&b.namespace, &b.name, vb))
+        });
+        out.into_iter().map(|(_, v)| v).collect()
+    }
+}
+
 /// The step that started a child task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParentView {

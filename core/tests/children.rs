@@ -319,6 +319,9 @@ impl Store for Crashing {
     ) -> Result<TaskTemplate> {
         self.inner.load_template(namespace, name, version).await
     }
+    async fn templates(&self) -> Result<Vec<tasker_core::view::TemplateView>> {
+        self.inner.templates().await
+    }
     async fn create_task(
         &self,
         graph: Arc<TaskGraph>,

@@ -371,6 +371,13 @@ impl Store for MemoryStore {
         })
     }
 
+    async fn templates(&self) -> Result<Vec<crate::view::TemplateView>> {
+        let inner = self.inner.lock();
+        Ok(crate::view::TemplateView::listing(
+            inner.templates.values().flat_map(BTreeMap::values),
+        ))
+    }
+
     async fn load_template(
         &self,
         namespace: &str,

@@ -649,6 +649,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         version: Option<&semver::Version>,
     ) -> Result<semver::Version>;
 
+    /// Every registered template version ([`crate::view::TemplateView::listing`] order).
+    async fn templates(&self) -> Result<Vec<crate::view::TemplateView>>;
+
     /// The template stored under that exact version.
     async fn load_template(
         &self,

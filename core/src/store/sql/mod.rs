@@ -91,6 +91,7 @@ enum Lock {
 mod shared {
     pub const TEMPLATE: &str = include_str!("shared/template.sql");
     pub const TEMPLATE_VERSIONS: &str = include_str!("shared/template_versions.sql");
+    pub const TEMPLATES: &str = include_str!("shared/templates.sql");
     pub const INSERT_TEMPLATE: &str = include_str!("shared/insert_template.sql");
     pub const INSERT_NAMESPACE: &str = include_str!("shared/insert_namespace.sql");
     pub const TASK_BY_KEY: &str = include_str!("shared/task_by_key.sql");
@@ -220,6 +221,8 @@ trait Backend: std::fmt::Debug + Send + Sync + Sized + 'static {
         namespace: &str,
         name: &str,
     ) -> sqlx::Result<Vec<String>>;
+    /// Every registered template version's JSON text.
+    async fn templates(c: &mut Conn<Self>) -> sqlx::Result<Vec<String>>;
     /// Registers a template version (its JSON `text`), its namespace and its named steps.
     async fn insert_template(
         c: &mut Conn<Self>,
@@ -392,6 +395,12 @@ macro_rules! impl_backend {
                 .bind(name)
                 .bind(version)
                 .fetch_optional(c)
+                .await
+        }
+
+        async fn templates(c: &mut <$db as sqlx::Database>::Connection) -> sqlx::Result<Vec<String>> {
+            sqlx::query_scalar($crate::store::sql::shared::TEMPLATES)
+                .fetch_all(c)
                 .await
         }
 
@@ -2199,6 +2208,16 @@ impl<B: Backend> Store for SqlStore<B> {
         found.ok_or_else(|| {
             Error::template_not_found(namespace, name, version.map(|v| v.to_string()))
         })
+    }
+
+    async fn templates(&self) -> Result<Vec<crate::view::TemplateView>> {
+        let mut conn = self.pool.acquire().await.map_err(db)?;
+        let texts = B::templates(&mut conn).await.map_err(db)?;
+        let templates = texts
+            .iter()
+            .map(|t| TaskTemplate::from_json(t).map_err(corrupt))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(crate::view::TemplateView::listing(&templates))
     }
 
     async fn load_template(
