@@ -49,6 +49,27 @@ steps:
   - name: grow
 "#;
 
+/// `gate/hold` and `gate/due` (the second with a deadline of 1 s): one step each, both keyed
+/// `shared:{{context.customer}}`, limit 1.
+const HOLD: &str = r#"
+namespace: gate
+name: hold
+version: 1.0.0
+concurrency: { key: "shared:{{context.customer}}", limit: 1 }
+steps:
+  - name: work
+"#;
+const DUE: &str = r#"
+namespace: gate
+name: due
+version: 1.0.0
+deadline_ms: 1000
+concurrency: { key: "shared:{{context.customer}}", limit: 1 }
+steps:
+  - name: work
+    retry: { max_attempts: 1 }
+"#;
+
 /// `gate/rate`: one step with a rate key of 10 per second, bursts of 2.
 const RATE: &str = r#"
 namespace: gate
@@ -61,7 +82,7 @@ steps:
 
 async fn gated(store: StoreKind, clock: &ManualClock) -> Option<Engine> {
     let engine = engine_with(store, clock.clone(), &[]).await?;
-    for t in [STEP_KEYED, TASK_KEYED, TREE, RATE] {
+    for t in [STEP_KEYED, TASK_KEYED, TREE, HOLD, DUE, RATE] {
         engine.register_template_str(t).await.unwrap();
     }
     Some(engine)
@@ -367,5 +388,100 @@ per_store! {
         let last = claim(&engine, 10).await;
         assert_eq!(last.len(), 1, "{store}");
         assert_eq!(last[0].step_id.task, other, "{store}: the root let its key go");
+    }
+}
+
+/// Undoes migration 0013 on the store of `url` (drops `key_hold`, puts back the index on
+/// status), as a store written before it looks.
+async fn before_key_holds(url: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    for sql in [
+        "DROP INDEX tasker_tasks_holding",
+        "ALTER TABLE tasker_tasks DROP COLUMN key_hold",
+        "CREATE INDEX tasker_tasks_holding ON tasker_tasks (concurrency_key) WHERE status IN ('in_progress', 'paused') AND concurrency_key IS NOT NULL",
+        "DELETE FROM _sqlx_migrations WHERE version = 13",
+    ] {
+        sqlx::query(sql).execute(&mut conn).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    }
+    conn.close().await.unwrap();
+}
+
+/// Each task's `key_hold` in the store of `url`.
+async fn holds(url: &str) -> std::collections::HashMap<String, i64> {
+    use sqlx::{Connection, Row};
+    let mut conn = sqlx::AnyConnection::connect(url).await.unwrap();
+    let rows = sqlx::query("SELECT task_id, key_hold FROM tasker_tasks")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|r| (r.get::<String, _>(0), r.get::<i64, _>(1)))
+        .collect()
+}
+
+per_store! {
+    async fn migrating_a_store_from_before_key_holds_sets_each_tasks_hold(store) {
+        if matches!(store, StoreKind::Memory) {
+            return;
+        }
+        let Some(url) = store_url(store).await else { return };
+        let clock = ManualClock::new();
+        let engine = Engine::builder().url(&url).clock(std::sync::Arc::new(clock.clone())).build().await.unwrap();
+        for t in [TASK_KEYED, TREE] {
+            engine.register_template_str(t).await.unwrap();
+        }
+        // A paused task that never started, one that started and was paused, and a tree
+        // whose child of the same key is pending.
+        let never = create(&engine, of("task", 6)).await;
+        engine.pause_task(never).await.unwrap();
+        let started = create(&engine, of("task", 7)).await;
+        let first = claim(&engine, 10).await;
+        assert_eq!(first.len(), 1, "{store}");
+        engine.pause_task(started).await.unwrap();
+        let root = create(&engine, NewTask::new("gate", "tree").context(json!({"customer": 8, "depth": 1}))).await;
+        let grow = claim_one(&engine, "grow").await;
+        let child = ChildTask::new("gate", "tree", json!({"customer": 8, "depth": 0}));
+        engine.report(grow.step_id, grow.attempt, Children::of([child])).await.unwrap();
+        engine.close();
+        before_key_holds(&url).await;
+        let engine = Engine::builder().url(&url).clock(std::sync::Arc::new(clock.clone())).build().await.unwrap();
+        let held = holds(&url).await;
+        let kid = engine.task(root).await.unwrap().steps[0].children.clone().unwrap_or_default();
+        assert_eq!(held[&never.to_string()], 0, "{store}: paused before it started");
+        assert_eq!(held[&started.to_string()], 1, "{store}: paused after it started");
+        assert_eq!(held[&root.to_string()], 1, "{store}: the parent");
+        assert_eq!(kid.len(), 1, "{store}");
+        assert_eq!(held[&kid[0].to_string()], 2, "{store}: the child runs under its parent's hold");
+        // The child's step runs at once.
+        let next = claim(&engine, 10).await;
+        assert_eq!(next.len(), 1, "{store}");
+        assert_eq!(next[0].step_id.task, kid[0], "{store}");
+    }
+}
+
+per_store! {
+    async fn a_task_that_ends_without_holding_its_key_frees_no_slot(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = gated(store, &clock).await else { return };
+        // b held the key once, failed (letting it go), and is reopened while a holds it.
+        let b = create(&engine, of("due", 9)).await;
+        let b_work = claim_one(&engine, "work").await;
+        fail(&engine, &b_work, permanent("declined")).await;
+        let a = create(&engine, of("hold", 9)).await;
+        let a_work = claim_one(&engine, "work").await;
+        assert_eq!(a_work.step_id.task, a, "{store}");
+        engine.retry_task(b).await.unwrap();
+        let c = create(&engine, of("hold", 9)).await;
+        assert!(claim(&engine, 10).await.is_empty(), "{store}: a holds the key");
+        // b's deadline passes while it waits: it fails, but it held nothing, so c still waits.
+        clock.advance(Duration::from_millis(1500));
+        assert!(claim(&engine, 10).await.is_empty(), "{store}: a still holds the key");
+        assert_eq!(status(&engine, b).await, TaskState::Error, "{store}");
+        complete(&engine, &a_work, json!(1)).await;
+        let next = claim(&engine, 10).await;
+        assert_eq!(next.len(), 1, "{store}");
+        assert_eq!(next[0].step_id.task, c, "{store}");
     }
 }

@@ -546,6 +546,9 @@ pub struct Changes {
     pub(crate) knocks: Vec<Knock>,
     /// A step or task let go of a concurrency key: the steps it held back may be claimed.
     pub(crate) freed: bool,
+    /// The template-level keys tasks let go of (each a task that held it and finished); the
+    /// step keys let go of are read from the transitions (`TaskRecord::lets_go`).
+    pub(crate) let_go: Vec<crate::gate::Slot>,
     /// The rate keys' buckets a claim took tokens from, as the store keeps them (the last
     /// entry of a key is its state).
     pub(crate) buckets: Vec<(Arc<str>, crate::gate::Bucket, crate::gate::Rate)>,
@@ -560,6 +563,7 @@ impl Changes {
         self.ready.extend(other.ready);
         self.knocks.extend(other.knocks);
         self.freed |= other.freed;
+        self.let_go.extend(other.let_go);
         self.buckets.extend(other.buckets);
         self.logs.extend(other.logs);
     }

@@ -268,7 +268,13 @@ impl TaskRecord {
         let to = from.next(event)?;
         self.status = to;
         self.completed_at = to.is_finished().then_some(now);
-        if to.is_finished() && self.key_hold == KeyHold::Held {
+        // A finished task holds nothing; reopened, it asks for room again (a child too: its
+        // parent may have moved on).
+        if to.is_finished() && self.key_hold != KeyHold::None {
+            if let (KeyHold::Held, Some(key)) = (self.key_hold, self.task_key()) {
+                changes.let_go.push(crate::gate::Slot::Task(key.clone()));
+                changes.freed = true;
+            }
             self.key_hold = KeyHold::None;
         }
         // A failed task may be reopened (retry, resolve): its deadline stands, unless it is
@@ -304,7 +310,7 @@ impl TaskRecord {
         }
         if self.gates.is_some() {
             // A holder of a key let it go: the steps it held back may start now.
-            changes.freed |= !self.lets_go(&t).is_empty();
+            changes.freed |= self.lets_go(&t).is_some();
         }
         changes.transitions.push(t);
     }
@@ -393,15 +399,10 @@ impl TaskRecord {
     }
 
     /// The concurrency keys transition `t` (of this task) lets go of: a step's key when it
-    /// leaves `in_progress`, the task's key when it leaves `in_progress` or `paused` for a
-    /// state that does not hold it.
-    pub fn lets_go(&self, t: &Transition) -> Vec<crate::gate::Slot> {
-        use crate::gate::Slot;
+    /// leaves `in_progress`. (A task's key is let go of by the task only when it held it: see
+    /// [`super::Changes::let_go`].)
+    pub fn lets_go(&self, t: &Transition) -> Option<crate::gate::Slot> {
         use crate::state::Change;
-        let Some(gates) = &self.gates else {
-            return Vec::new();
-        };
-        let holds = |s: TaskState| matches!(s, TaskState::InProgress | TaskState::Paused);
         match t.change {
             Change::Step {
                 index,
@@ -410,18 +411,8 @@ impl TaskRecord {
             } => self
                 .step_gates(index)
                 .and_then(|s| s.concurrency.as_ref())
-                .map(|(k, _)| vec![Slot::Step(k.clone())])
-                .unwrap_or_default(),
-            Change::Task {
-                from: Some(from),
-                to,
-                ..
-            } if holds(from) && !holds(to) => gates
-                .task
-                .as_ref()
-                .map(|(k, _)| vec![Slot::Task(k.clone())])
-                .unwrap_or_default(),
-            _ => Vec::new(),
+                .map(|(k, _)| crate::gate::Slot::Step(k.clone())),
+            _ => None,
         }
     }
 

@@ -753,11 +753,12 @@ impl Group {
         // What the reports and expired leases let go of is free for the claims.
         for c in reports.iter().map(|(_, c)| c).chain([&due]) {
             for tr in &c.transitions {
-                if let Some((t, _)) = tasks.get(tr.task_id) {
-                    for slot in t.lets_go(tr) {
-                        room.release(&slot);
-                    }
+                if let Some(slot) = tasks.get(tr.task_id).and_then(|(t, _)| t.lets_go(tr)) {
+                    room.release(&slot);
                 }
+            }
+            for slot in &c.let_go {
+                room.release(slot);
             }
         }
         let mut claims = Vec::with_capacity(self.claims.len());

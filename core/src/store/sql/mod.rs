@@ -954,15 +954,16 @@ fn claim_task(
 ) -> Result<Vec<ClaimedStep>> {
     let id = t.id;
     let mine = || keys.iter().filter(move |k| k.0 == id);
-    let mark = c.transitions.len();
+    let (mark, gone) = (c.transitions.len(), c.let_go.len());
     for &(_, index, attempt, kind) in mine().filter(|k| k.3 != Due::Ready) {
         due_step(t, (index, attempt, kind), now, s, c);
     }
-    // What the expired leases let go of is free for the claims.
-    for tr in &c.transitions[mark..] {
-        for slot in t.lets_go(tr) {
-            room.release(&slot);
-        }
+    // What the expired leases and deadlines let go of is free for the claims.
+    for slot in c.transitions[mark..].iter().filter_map(|tr| t.lets_go(tr)) {
+        room.release(&slot);
+    }
+    for slot in &c.let_go[gone..] {
+        room.release(slot);
     }
     let mut out = Vec::new();
     for &(_, index, _, _) in mine() {
@@ -2213,10 +2214,18 @@ impl<B: Backend> Store for SqlStore<B> {
     async fn templates(&self) -> Result<Vec<crate::view::TemplateView>> {
         let mut conn = self.pool.acquire().await.map_err(db)?;
         let texts = B::templates(&mut conn).await.map_err(db)?;
-        let templates = texts
+        // One that cannot be read (written by a newer version, say) is left out of the list,
+        // not made the list's failure.
+        let templates: Vec<TaskTemplate> = texts
             .iter()
-            .map(|t| TaskTemplate::from_json(t).map_err(corrupt))
-            .collect::<Result<Vec<_>>>()?;
+            .filter_map(|t| match TaskTemplate::from_json(t) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    tracing::warn!(error = %e, "a stored template cannot be read; not listed");
+                    None
+                }
+            })
+            .collect();
         Ok(crate::view::TemplateView::listing(&templates))
     }
 
