@@ -171,11 +171,19 @@ pub fn dot(g: &GraphView) -> String {
     out
 }
 
-/// A Mermaid label: quotes and angle brackets as its entity codes.
+/// A Mermaid label: every character but letters, digits, space, `_`, `.` and `-` as its
+/// entity code (`#35;`), so that no name can close the label, start a directive (`%%{…}%%`) or
+/// spell an entity of its own.
 fn mermaid_label(s: &str) -> String {
-    s.replace('"', "#quot;")
-        .replace('<', "#lt;")
-        .replace('>', "#gt;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, ' ' | '_' | '.' | '-') {
+            out.push(c);
+        } else {
+            let _ = write!(out, "#{};", u32::from(c));
+        }
+    }
+    out
 }
 
 /// The DAG as a Mermaid flowchart, left to right, each step classed by its state.
@@ -206,11 +214,12 @@ pub fn mermaid(g: &GraphView) -> String {
     out
 }
 
-/// Text for XML content and attributes.
+/// Text for XML content and attributes (control characters, which XML forbids, as U+FFFD).
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
+            c if c.is_control() => out.push('\u{fffd}'),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),
             '>' => out.push_str("&gt;"),
@@ -338,7 +347,15 @@ mod tests {
         assert!(svg(&g).contains("a&quot;&lt;b&gt;&amp;"));
         assert!(!svg(&g).contains("a\"<b>"));
         assert!(dot(&g).contains("\"a\\\"<b>&\""));
-        assert!(mermaid(&g).contains("a#quot;#lt;b#gt;&"));
+        assert!(
+            mermaid(&g).contains("a#34;#60;b#62;#38;"),
+            "{}",
+            mermaid(&g)
+        );
+        g.nodes[1].name = "%%{init: x}%%\u{7}".into();
+        g.edges[0].to = g.nodes[1].name.clone();
+        assert!(!mermaid(&g).contains("%%"), "{}", mermaid(&g));
+        assert!(!svg(&g).contains('\u{7}'));
     }
 
     proptest! {

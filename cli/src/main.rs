@@ -11,6 +11,7 @@
 //! `--result`, or an act the task's state refuses), 3 store error (unreachable, failed).
 
 mod dag;
+mod watch;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -140,6 +141,17 @@ enum Command {
     Metrics,
     /// Apply the store's schema migrations (creates a SQLite file that is missing).
     Migrate,
+    /// Live progress bars: of one task until it finishes, or of every unfinished task.
+    Watch {
+        /// The task to watch (every unfinished one when left out).
+        id: Option<String>,
+        /// How often to look, in milliseconds.
+        #[arg(long, default_value_t = 500)]
+        interval_ms: u64,
+        /// Without an id: stop once no task is unfinished (else run until interrupted).
+        #[arg(long)]
+        until_idle: bool,
+    },
 }
 
 /// How `tasker graph` draws.
@@ -224,7 +236,7 @@ async fn run(cli: Cli) -> Outcome {
         if !std::path::Path::new(path).exists() {
             return Err(Failure::Store(format!(
                 "no SQLite database at {path} (`tasker --url {} migrate` makes one)",
-                cli.url
+                shown(&cli.url)
             )));
         }
     }
@@ -236,12 +248,12 @@ async fn run(cli: Cli) -> Outcome {
         .map_err(|_| {
             Failure::Store(format!(
                 "cannot open {}: no answer within {wait:?}",
-                cli.url
+                shown(&cli.url)
             ))
         })?
         .map_err(|e| match e.kind() {
-            ErrorKind::Store => Failure::Store(format!("cannot open {}: {e}", cli.url)),
-            _ => Failure::Usage(format!("cannot open {}: {e}", cli.url)),
+            ErrorKind::Store => Failure::Store(format!("cannot open {}: {e}", shown(&cli.url))),
+            _ => Failure::Usage(format!("cannot open {}: {e}", shown(&cli.url))),
         })?;
     let out = Out { json: cli.json };
     let done = command(&engine, &out, cli.command).await;
@@ -272,12 +284,39 @@ impl Out {
             s.push('\n');
             s
         } else {
-            text()
+            printable(&text())
         };
         let mut stdout = std::io::stdout().lock();
         // A closed pipe (`tasker tasks | head`) is not a failure.
         let _ = stdout.write_all(body.as_bytes());
         Ok(())
+    }
+}
+
+/// `text` with every control character but newline and tab as U+FFFD: what handlers wrote
+/// (errors, log lines, names) cannot move the cursor or recolour the terminal.
+fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c,
+            c if c.is_control() => '\u{fffd}',
+            c => c,
+        })
+        .collect()
+}
+
+/// `url` with its password, if it has one, as `***` (for messages).
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) if rest[..at].contains(':') => {
+            let user = &rest[..at].split(':').next().unwrap_or_default();
+            format!("{scheme}://{user}:***{}", &rest[at..])
+        }
+        _ => url.to_owned(),
     }
 }
 
@@ -357,11 +396,7 @@ async fn command(engine: &Engine, out: &Out, command: Command) -> Outcome {
                         task.id.to_string(),
                         format!("{}/{} {}", task.namespace, task.name, task.version),
                         task.status.to_string(),
-                        format!(
-                            "{}/{} done",
-                            p.complete + p.skipped + p.resolved_manually,
-                            p.total
-                        ),
+                        format!("{}/{}", watch::finished(p), p.total),
                         short_time(task.created_at),
                     ]);
                 }
@@ -527,6 +562,15 @@ async fn command(engine: &Engine, out: &Out, command: Command) -> Outcome {
             engine.migrate().await?;
             out.print(&json!({"migrated": true}), || "migrated\n".to_owned())
         }
+        Command::Watch {
+            id,
+            interval_ms,
+            until_idle,
+        } => {
+            let id = id.as_deref().map(task_id).transpose()?;
+            let every = std::time::Duration::from_millis(interval_ms.max(10));
+            watch::run(engine, out.json, id, every, until_idle).await
+        }
     }
 }
 
@@ -585,4 +629,28 @@ fn show(task: &tasker_core::TaskView, graph: &tasker_core::view::GraphView) -> S
     }
     s.push_str(&format!("\n{t}\n\nDAG\n{}", dag::text(graph)));
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_not_shown() {
+        assert_eq!(
+            shown("postgres://app:s3cr:et@db:5432/x?sslmode=require"),
+            "postgres://app:***@db:5432/x?sslmode=require"
+        );
+        assert_eq!(shown("postgres://app@db/x"), "postgres://app@db/x");
+        assert_eq!(shown("sqlite://tasker.db"), "sqlite://tasker.db");
+        assert_eq!(shown("memory:"), "memory:");
+    }
+
+    #[test]
+    fn control_characters_are_not_printed() {
+        assert_eq!(
+            printable("a\u{1b}[31mb\tc\n\u{9b}d"),
+            "a\u{fffd}[31mb\tc\n\u{fffd}d"
+        );
+    }
 }

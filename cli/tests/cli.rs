@@ -365,3 +365,101 @@ fn tempdir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+#[tokio::test]
+async fn watch_follows_tasks_until_they_finish() {
+    let dir = tempdir();
+    let url = format!("sqlite://{}", dir.join("tasker.db").display());
+    let engine = Engine::open(&url).await.unwrap();
+    engine.register_template_str(ORDER).await.unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            engine
+                .create_task(NewTask::new("cli", "order"))
+                .await
+                .unwrap(),
+        );
+    }
+    // Not a terminal: a JSON line per change.
+    let watcher = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args([
+            "--url",
+            &url,
+            "--json",
+            "watch",
+            "--until-idle",
+            "--interval-ms",
+            "20",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let slow = |step: ClaimedStep| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(60)).await;
+        Ok::<_, HandlerError>(json!(&*step.name))
+    };
+    let worker = Worker::builder(engine.clone())
+        .handler("validate", slow)
+        .handler("charge", slow)
+        .handler("reserve", slow)
+        .handler("ship", slow)
+        .concurrency(1)
+        .build();
+    let report = worker
+        .run_until_idle(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(report.completed, 12, "{report:?}");
+    let out = tokio::task::spawn_blocking(move || watcher.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    for id in &ids {
+        let seen: Vec<&Value> = lines
+            .iter()
+            .filter(|l| l["task_id"] == id.to_string())
+            .collect();
+        assert!(seen.len() >= 3, "task {id}: {seen:?}");
+        assert_eq!(
+            (seen[0]["status"].as_str(), seen[0]["finished"].as_u64()),
+            (Some("pending"), Some(0)),
+            "{seen:?}"
+        );
+        let last = seen.last().unwrap();
+        assert_eq!(
+            (
+                last["status"].as_str(),
+                last["finished"].as_u64(),
+                last["total"].as_u64()
+            ),
+            (Some("complete"), Some(4), Some(4)),
+            "{seen:?}"
+        );
+        let counts: Vec<u64> = seen
+            .iter()
+            .map(|l| l["finished"].as_u64().unwrap())
+            .collect();
+        assert!(counts.windows(2).all(|w| w[0] <= w[1]), "{counts:?}");
+    }
+    // One finished task: one line, then done; an unknown one is not found.
+    let text = ok(&url, &["watch", &ids[0].to_string()]);
+    assert_eq!(text.lines().count(), 1, "{text}");
+    assert!(text.contains("cli/order 4/4 complete"), "{text}");
+    let (code, _) = fails(&url, &["watch", &TaskId::new().to_string()]);
+    assert_eq!(code, 1);
+    drop(worker);
+    engine.close();
+}
