@@ -145,7 +145,7 @@ def test_fifty_children_across_three_worker_processes_and_a_cancel_midway(postgr
     engine.register_template(PARENT)
     engine.register_template(CHILD)
     whole = engine.create_task("py_family", "parent", {"n": 50, "sleep": 0.01})
-    cut = engine.create_task("py_family", "parent", {"n": 50, "sleep": 0.5})
+    cut = engine.create_task("py_family", "parent", {"n": 50, "sleep": 1.0})
     workers = [subprocess.Popen([sys.executable, "-c", WORKER, postgres_url],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
                for _ in range(3)]
