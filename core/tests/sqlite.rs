@@ -311,3 +311,56 @@ async fn synchronous_is_chosen_in_the_url() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Views read side by side on one engine (a dashboard's page reads four at once), some cut
+/// short when another fails (their futures dropped wherever they were), while other engines
+/// write: no connection is handed out still in a cut-short read's transaction.
+#[tokio::test]
+async fn reads_cut_short_leave_no_connection_in_a_transaction() {
+    let file = std::env::temp_dir().join(format!("tasker-views-{}.db", tasker_core::TaskId::new()));
+    let engine = tasker_core::Engine::open(&format!("sqlite://{}", file.display()))
+        .await
+        .unwrap();
+    engine
+        .register_template_str("namespace: v\nname: t\nversion: 1.0.0\nsteps:\n  - name: a\n  - name: b\n    depends_on: [a]\n")
+        .await
+        .unwrap();
+    let id = engine
+        .create_task(tasker_core::NewTask::new("v", "t"))
+        .await
+        .unwrap();
+    let url = format!("sqlite://{}", file.display());
+    let other = tokio::spawn(async move {
+        for _ in 0..20 {
+            let e = tasker_core::Engine::open(&url).await.unwrap();
+            e.create_task(tasker_core::NewTask::new("v", "t"))
+                .await
+                .unwrap();
+            e.close();
+        }
+    });
+    // Reads cut short: the first to fail drops the others wherever they are.
+    for _ in 0..200 {
+        let unknown = tasker_core::TaskId::new();
+        let cut = tokio::try_join!(
+            engine.task(unknown),
+            engine.graph(id),
+            engine.logs(id, None),
+            engine.transitions(id)
+        );
+        assert!(cut.is_err());
+    }
+    for _ in 0..200 {
+        let (task, graph, logs, moves) = tokio::join!(
+            engine.task(id),
+            engine.graph(id),
+            engine.logs(id, None),
+            engine.transitions(id)
+        );
+        task.unwrap();
+        graph.unwrap();
+        logs.unwrap();
+        moves.unwrap();
+    }
+    other.await.unwrap();
+}

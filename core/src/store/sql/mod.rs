@@ -1157,6 +1157,12 @@ where
         .idle_timeout((!keep).then_some(Duration::from_secs(600)))
         .max_lifetime((!keep).then_some(Duration::from_secs(1800)))
         .acquire_timeout(Duration::from_secs(30))
+        // A connection still in a transaction is closed, not handed out: a read cut short
+        // (its future dropped between the driver's BEGIN and the transaction's own
+        // bookkeeping) leaves one behind, and every BEGIN on it would fail.
+        .before_acquire(|conn, _| {
+            Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+        })
         .after_connect(move |conn, _| {
             let session = session.clone();
             Box::pin(async move {
