@@ -11,6 +11,7 @@
 //! `--result`, or an act the task's state refuses), 3 store error (unreachable, failed).
 
 mod dag;
+mod serve;
 mod watch;
 
 use std::io::Write as _;
@@ -141,6 +142,19 @@ enum Command {
     Metrics,
     /// Apply the store's schema migrations (creates a SQLite file that is missing).
     Migrate,
+    /// The web dashboard: the task list, each task's DAG, steps, logs and transitions, the
+    /// operator's acts behind a token, and /metrics.
+    Serve {
+        /// The address to listen on (port 0: any free port; the first line printed says which).
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        bind: String,
+        /// The operator's token for the acts (one is made and printed when not given).
+        #[arg(long, env = "TASKER_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Show everything, allow no act.
+        #[arg(long)]
+        read_only: bool,
+    },
     /// Live progress bars: of one task until it finishes, or of every unfinished task.
     Watch {
         /// The task to watch (every unfinished one when left out).
@@ -435,10 +449,10 @@ async fn command(engine: &Engine, out: &Out, command: Command) -> Outcome {
                 s
             })
         }
-        Command::Retry { id } => act(engine, out, &id, "retried").await,
-        Command::Cancel { id } => act(engine, out, &id, "cancelled").await,
-        Command::Pause { id } => act(engine, out, &id, "paused").await,
-        Command::Resume { id } => act(engine, out, &id, "resumed").await,
+        Command::Retry { id } => act(engine, out, &id, Act::Retry).await,
+        Command::Cancel { id } => act(engine, out, &id, Act::Cancel).await,
+        Command::Pause { id } => act(engine, out, &id, Act::Pause).await,
+        Command::Resume { id } => act(engine, out, &id, Act::Resume).await,
         Command::Resolve { id, step, result } => {
             let id = task_id(&id)?;
             let value: Value = serde_json::from_str(&result)
@@ -562,6 +576,11 @@ async fn command(engine: &Engine, out: &Out, command: Command) -> Outcome {
             engine.migrate().await?;
             out.print(&json!({"migrated": true}), || "migrated\n".to_owned())
         }
+        Command::Serve {
+            bind,
+            token,
+            read_only,
+        } => serve::run(engine, &bind, token, read_only).await,
         Command::Watch {
             id,
             interval_ms,
@@ -575,19 +594,56 @@ async fn command(engine: &Engine, out: &Out, command: Command) -> Outcome {
 }
 
 /// An operator's act on task `id`; prints the task's state after it.
-async fn act(engine: &Engine, out: &Out, id: &str, done: &str) -> Outcome {
+async fn act(engine: &Engine, out: &Out, id: &str, act: Act) -> Outcome {
     let id = task_id(id)?;
-    match done {
-        "retried" => engine.retry_task(id).await?,
-        "cancelled" => engine.cancel_task(id).await?,
-        "paused" => engine.pause_task(id).await?,
-        _ => engine.resume_task(id).await?,
-    }
+    act.on(engine, id).await?;
+    let done = act.done();
     let task = engine.task(id).await?;
     let body = json!({"task_id": id, "status": task.status});
     out.print(&body, || {
         format!("task {id} {done}; it is {}\n", task.status)
     })
+}
+
+/// An operator's act on a whole task (the command's and the dashboard's).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Act {
+    Retry,
+    Cancel,
+    Pause,
+    Resume,
+}
+
+impl Act {
+    /// The act a dashboard route names (`retry`, `cancel`, `pause`, `resume`).
+    pub(crate) fn named(verb: &str) -> Option<Act> {
+        Some(match verb {
+            "retry" => Act::Retry,
+            "cancel" => Act::Cancel,
+            "pause" => Act::Pause,
+            "resume" => Act::Resume,
+            _ => return None,
+        })
+    }
+
+    fn done(self) -> &'static str {
+        match self {
+            Act::Retry => "retried",
+            Act::Cancel => "cancelled",
+            Act::Pause => "paused",
+            Act::Resume => "resumed",
+        }
+    }
+
+    /// Does it to task `id`.
+    pub(crate) async fn on(self, engine: &Engine, id: TaskId) -> tasker_core::error::Result<()> {
+        match self {
+            Act::Retry => engine.retry_task(id).await,
+            Act::Cancel => engine.cancel_task(id).await,
+            Act::Pause => engine.pause_task(id).await,
+            Act::Resume => engine.resume_task(id).await,
+        }
+    }
 }
 
 /// `tasker show`: the task, its steps and its DAG.

@@ -1,0 +1,328 @@
+//! `tasker serve` run as its own process on a SQLite store an engine in the test filled, and
+//! spoken to over HTTP: the task list and its filters, a task's page (its SVG DAG with every
+//! step, its steps' errors, logs and transitions), the operator's acts with the token, without
+//! it, without the page's CSRF value, from another origin and on a read-only dashboard, and
+//! `/metrics`.
+
+use std::io::BufRead;
+use std::process::{Child, Command, Stdio};
+
+use serde_json::json;
+use tasker_core::logs::LogLevel;
+use tasker_core::{ClaimedStep, Engine, HandlerError, NewTask, TaskId, TaskState, Worker};
+
+const TOKEN: &str = "s3cret-operator-token";
+
+/// `web/order`: validate → charge (fails for a declined order) → ship.
+const ORDER: &str = r#"
+namespace: web
+name: order
+version: 1.0.0
+steps:
+  - name: validate
+  - name: charge
+    depends_on: [validate]
+    retry: { max_attempts: 1 }
+  - name: ship
+    depends_on: [charge]
+"#;
+
+/// `web/wide`: one step fanning out to 998 steps, joined by one: 1,000 steps.
+fn wide() -> String {
+    let mut t =
+        String::from("namespace: web\nname: wide\nversion: 1.0.0\nsteps:\n  - name: start\n");
+    for i in 0..998 {
+        t.push_str(&format!(
+            "  - name: leg_{i}\n    handler: leg\n    depends_on: [start]\n"
+        ));
+    }
+    let legs: Vec<String> = (0..998).map(|i| format!("leg_{i}")).collect();
+    t.push_str(&format!(
+        "  - name: join\n    depends_on: [{}]\n",
+        legs.join(", ")
+    ));
+    t
+}
+
+/// A dashboard process; killed when dropped.
+struct Served {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(url: &str, extra: &[&str]) -> Served {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args(["--url", url, "serve", "--bind", "127.0.0.1:0"])
+        .args(extra)
+        .env_remove("TASKER_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start tasker serve");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let base = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("tasker serve said {line:?}"))
+        .to_owned();
+    Served { child, base }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+async fn fill(url: &str) -> (TaskId, TaskId, TaskId) {
+    let engine = Engine::open(url).await.unwrap();
+    engine.register_template_str(ORDER).await.unwrap();
+    engine.register_template_str(&wide()).await.unwrap();
+    let done = engine
+        .create_task(NewTask::new("web", "order"))
+        .await
+        .unwrap();
+    let declined = engine
+        .create_task(NewTask::new("web", "order").context(json!({"decline": true})))
+        .await
+        .unwrap();
+    let worker = Worker::builder(engine.clone())
+        .handler("validate", |_s: ClaimedStep| async {
+            Ok::<_, HandlerError>(json!({"valid": true}))
+        })
+        .handler("ship", |_s: ClaimedStep| async {
+            Ok::<_, HandlerError>(json!("<b>shipped</b>"))
+        })
+        .handler("charge", |step: ClaimedStep| async move {
+            if step.context["decline"] == json!(true) {
+                step.log(LogLevel::Error, "the bank said <script>alert(1)</script>");
+                return Err(HandlerError::permanent("card declined"));
+            }
+            Ok(json!({"paid": true}))
+        })
+        .build();
+    worker
+        .run_until_idle(std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    let big = engine
+        .create_task(NewTask::new("web", "wide"))
+        .await
+        .unwrap();
+    drop(worker);
+    engine.close();
+    (done, declined, big)
+}
+
+#[tokio::test]
+async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
+    let dir = std::env::temp_dir().join(format!("tasker-serve-{}", TaskId::new()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}", dir.join("tasker.db").display());
+    let (done, declined, big) = fill(&url).await;
+    let web = serve(&url, &["--token", TOKEN]);
+    let http = client();
+    let get = |path: String| {
+        let http = http.clone();
+        let base = web.base.clone();
+        async move {
+            let r = http.get(format!("{base}{path}")).send().await.unwrap();
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap())
+        }
+    };
+
+    // The list, and its filter.
+    let (status, page) = get("/".into()).await;
+    assert_eq!(status, 200);
+    for id in [done, declined, big] {
+        assert!(
+            page.contains(&format!("data-task=\"{id}\"")),
+            "{id} missing from the list"
+        );
+    }
+    assert!(
+        page.contains("<progress max=\"3\" value=\"3\">"),
+        "the finished order's progress"
+    );
+    let (_, errors) = get("/?status=error".into()).await;
+    assert!(errors.contains(&declined.to_string()) && !errors.contains(&done.to_string()));
+    assert_eq!(get("/?status=nonsense".into()).await.0, 400);
+
+    // A task's page: the DAG, the error, the log line and the result, escaped.
+    let (status, page) = get(format!("/tasks/{declined}")).await;
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<svg") && page.contains("data-step=\"charge\" data-status=\"error\""),
+        "{page}"
+    );
+    assert!(page.contains("card declined"));
+    assert!(
+        page.contains("the bank said &lt;script&gt;alert(1)&lt;/script&gt;"),
+        "the log line, escaped"
+    );
+    assert!(
+        !page.contains("<script>alert(1)"),
+        "nothing handler-written is markup"
+    );
+    let (_, page) = get(format!("/tasks/{done}")).await;
+    assert!(
+        page.contains("&quot;&lt;b&gt;shipped&lt;/b&gt;&quot;"),
+        "the result, escaped"
+    );
+    assert!(page.contains("pending → in_progress"), "the transitions");
+    // A 1,000-step task: every step in the SVG.
+    let (status, page) = get(format!("/tasks/{big}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(page.matches("<g class=\"step\"").count(), 1000);
+    assert_eq!(get(format!("/tasks/{}", TaskId::new())).await.0, 404);
+
+    // Acts: refused without the token, with a wrong one, from another origin, or from a form
+    // without the page's CSRF value; done with it.
+    let retry = format!("{}/tasks/{declined}/retry", web.base);
+    let r = http.post(&retry).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http.post(&retry).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let r = http
+        .post(&retry)
+        .bearer_auth(TOKEN)
+        .header("Origin", "http://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let r = http
+        .post(&retry)
+        .form(&[("token", TOKEN), ("csrf", "guessed")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    let engine = Engine::open(&url).await.unwrap();
+    assert_eq!(
+        engine.task(declined).await.unwrap().status,
+        TaskState::Error,
+        "nothing was done"
+    );
+    // The page's form, as a browser sends it: the token typed, the page's CSRF value.
+    let (_, page) = get(format!("/tasks/{declined}")).await;
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no CSRF value in the page: {page}"))
+        .to_owned();
+    let r = http
+        .post(&retry)
+        .form(&[("token", TOKEN), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(r.headers()["location"], format!("/tasks/{declined}"));
+    assert_eq!(
+        engine.task(declined).await.unwrap().status,
+        TaskState::InProgress
+    );
+    let r = http
+        .post(format!("{}/tasks/{declined}/pause", web.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(
+        engine.task(declined).await.unwrap().status,
+        TaskState::Paused
+    );
+    // An act the task's state refuses, and a resolve.
+    let r = http
+        .post(format!("{}/tasks/{done}/pause", web.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 409);
+    http.post(format!("{}/tasks/{declined}/resume", web.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let resolve = format!("{}/tasks/{declined}/steps/charge/resolve", web.base);
+    let r = http
+        .post(&resolve)
+        .bearer_auth(TOKEN)
+        .form(&[("result", "{bad")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    let r = http
+        .post(&resolve)
+        .bearer_auth(TOKEN)
+        .form(&[("result", "{\"paid\": true}")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let charge = engine
+        .task(declined)
+        .await
+        .unwrap()
+        .steps
+        .into_iter()
+        .find(|s| s.name == "charge")
+        .unwrap();
+    assert_eq!(charge.result, Some(json!({"paid": true})));
+
+    // The metrics.
+    let r = http
+        .get(format!("{}/metrics", web.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(r.text().await.unwrap().contains("# TYPE"));
+
+    // Read-only: every act refused, no form shown.
+    let ro = serve(&url, &["--read-only"]);
+    let (_, page) = {
+        let r = http
+            .get(format!("{}/tasks/{declined}", ro.base))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), r.text().await.unwrap())
+    };
+    assert!(
+        !page.contains("name=\"csrf\""),
+        "no forms on a read-only dashboard"
+    );
+    let r = http
+        .post(format!("{}/tasks/{declined}/cancel", ro.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 403);
+    assert_ne!(
+        engine.task(declined).await.unwrap().status,
+        TaskState::Cancelled
+    );
+    engine.close();
+}
