@@ -214,11 +214,13 @@ pub fn mermaid(g: &GraphView) -> String {
     out
 }
 
-/// Text for XML content and attributes (control characters, which XML forbids, as U+FFFD).
+/// Text for XML content and attributes (control characters but newline, return and tab,
+/// which XML forbids, as U+FFFD).
 pub fn xml_escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
+            '\n' | '\r' | '\t' => out.push(c),
             c if c.is_control() => out.push('\u{fffd}'),
             '&' => out.push_str("&amp;"),
             '<' => out.push_str("&lt;"),

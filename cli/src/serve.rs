@@ -119,7 +119,8 @@ fn engine_error(e: tasker_core::Error) -> Response {
     let status = match e.kind() {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Store => StatusCode::SERVICE_UNAVAILABLE,
-        _ => StatusCode::CONFLICT,
+        ErrorKind::InvalidTransition => StatusCode::CONFLICT,
+        ErrorKind::InvalidArgument | ErrorKind::Template => StatusCode::BAD_REQUEST,
     };
     page_error(status, &e.to_string())
 }
@@ -217,15 +218,29 @@ async fn task_page(State(d): State<Arc<Dashboard>>, Path(id): Path<String>) -> R
         return page_error(StatusCode::NOT_FOUND, "not a task id");
     };
     let engine = &d.engine;
-    let (task, graph, logs, transitions) = match tokio::try_join!(
-        engine.task(id),
-        engine.graph(id),
-        engine.logs(id, None),
-        engine.transitions(id)
-    ) {
-        Ok(all) => all,
+    let task = match engine.task(id).await {
+        Ok(task) => task,
         Err(e) => return engine_error(e),
     };
+    let graph = tasker_core::view::GraphView::from(&task);
+    let (logs, transitions) = match tokio::try_join!(engine.logs(id, None), engine.transitions(id))
+    {
+        Ok(both) => both,
+        Err(e) => return engine_error(e),
+    };
+    // Each step's lines and transitions, grouped once.
+    let mut logs_of: std::collections::HashMap<u32, Vec<&tasker_core::logs::LogView>> =
+        std::collections::HashMap::new();
+    for l in &logs {
+        logs_of.entry(l.step_index).or_default().push(l);
+    }
+    let mut moves_of: std::collections::HashMap<u32, Vec<&tasker_core::TransitionView>> =
+        std::collections::HashMap::new();
+    for t in &transitions {
+        if let Some(s) = t.step_id {
+            moves_of.entry(s.index).or_default().push(t);
+        }
+    }
     let mut body = String::with_capacity(4096 + task.steps.len() * 1024);
     let _ = write!(
         body,
@@ -273,10 +288,9 @@ async fn task_page(State(d): State<Arc<Dashboard>>, Path(id): Path<String>) -> R
                 esc(&pretty(r))
             );
         }
-        let lines: Vec<_> = logs
-            .iter()
-            .filter(|l| l.step_index == step.step_id.index)
-            .collect();
+        let lines = logs_of
+            .get(&step.step_id.index)
+            .map_or(&[][..], Vec::as_slice);
         if !lines.is_empty() {
             let _ = write!(
                 body,
@@ -295,10 +309,9 @@ async fn task_page(State(d): State<Arc<Dashboard>>, Path(id): Path<String>) -> R
             }
             body.push_str("</pre></details>");
         }
-        let moves: Vec<_> = transitions
-            .iter()
-            .filter(|t| t.step_id.is_some_and(|s| s.index == step.step_id.index))
-            .collect();
+        let moves = moves_of
+            .get(&step.step_id.index)
+            .map_or(&[][..], Vec::as_slice);
         if !moves.is_empty() {
             let _ = write!(
                 body,
@@ -416,10 +429,17 @@ fn refused(d: &Dashboard, headers: &HeaderMap, form: &ActForm) -> Option<Respons
         ));
     }
     // A request from another site's page is refused whatever it carries.
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
-        let own = host
-            .is_some_and(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
+    // Our own origin is the host the browser asked for: `Host`, or behind a proxy that
+    // rewrites it, `X-Forwarded-Host`. An `Origin` that is not text is not ours.
+    let hosts: Vec<&str> = [header::HOST.as_str(), "x-forwarded-host"]
+        .iter()
+        .filter_map(|name| headers.get(*name)?.to_str().ok())
+        .collect();
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let own = hosts
+            .iter()
+            .any(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
         if !own {
             return Some(page_error(
                 StatusCode::FORBIDDEN,
@@ -457,8 +477,19 @@ fn allowed(
     headers: &HeaderMap,
     form: Result<Form<ActForm>, axum::extract::rejection::FormRejection>,
 ) -> Result<(TaskId, ActForm), Box<Response>> {
-    // A client with a Bearer header may send no form at all.
-    let form = form.map(|Form(f)| f).unwrap_or_default();
+    // A client with a Bearer header may send no body at all; a body that is not a form is
+    // refused, not read as an empty one.
+    let form = match form {
+        Ok(Form(f)) => f,
+        Err(_) if headers.get(header::CONTENT_TYPE).is_none() => ActForm::default(),
+        Err(e) => {
+            let why = format!("the body is not a form (application/x-www-form-urlencoded): {e}");
+            return Err(Box::new(page_error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                &why,
+            )));
+        }
+    };
     if let Some(no) = refused(d, headers, &form) {
         return Err(Box::new(no));
     }

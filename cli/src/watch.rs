@@ -9,7 +9,7 @@ use serde_json::json;
 use tasker_core::view::Progress;
 use tasker_core::{Engine, TaskFilter, TaskId, TaskState, TaskView};
 
-use crate::{Failure, Outcome};
+use crate::{printable, Failure, Outcome};
 
 /// A task's steps that will not run again: its total less those pending, in progress, or
 /// waiting for a retry or for children.
@@ -72,11 +72,12 @@ impl Board {
         }
     }
 
-    /// Shows `task` as it is now: a new bar, a bar moved, or a line when it changed.
-    fn show(&mut self, task: &TaskView) {
+    /// Shows `task` as it is now: a new bar, a bar moved, or a line when it changed; `false`
+    /// once stdout is closed (`tasker watch | head -1`).
+    fn show(&mut self, task: &TaskView) -> bool {
         let seen = Seen::of(task);
         let bar = match self.shown.get(&task.id) {
-            Some((_, before)) if *before == seen => return,
+            Some((_, before)) if *before == seen => return true,
             Some((bar, _)) => bar.clone(),
             None => {
                 let bar = self.bars.add(ProgressBar::new(u64::from(seen.total)));
@@ -86,25 +87,29 @@ impl Board {
                 {
                     bar.set_style(style.progress_chars("=> "));
                 }
-                bar.set_prefix(format!("{} {}/{}", task.id, task.namespace, task.name));
+                bar.set_prefix(printable(&format!(
+                    "{} {}/{}",
+                    task.id, task.namespace, task.name
+                )));
                 bar
             }
         };
         bar.set_length(u64::from(seen.total));
         bar.set_position(u64::from(seen.finished));
-        bar.set_message(seen.message());
-        if bar.is_hidden() {
-            self.line(task, &seen);
-        }
+        bar.set_message(printable(&seen.message()));
+        let open = !bar.is_hidden() || self.line(task, &seen);
         if seen.status.is_finished() {
             bar.finish();
         }
         self.shown.insert(task.id, (bar, seen));
+        open
     }
 
-    /// A change as a line on stdout (the bars are not drawn: stderr is not a terminal).
-    fn line(&self, task: &TaskView, seen: &Seen) {
-        if self.json {
+    /// A change as a line on stdout (the bars are not drawn: stderr is not a terminal);
+    /// `false` when stdout is closed.
+    fn line(&self, task: &TaskView, seen: &Seen) -> bool {
+        use std::io::Write as _;
+        let text = if self.json {
             let line = json!({
                 "task_id": task.id,
                 "status": seen.status,
@@ -112,18 +117,22 @@ impl Board {
                 "total": seen.total,
                 "running": seen.running,
             });
-            println!("{line}");
+            format!("{line}\n")
         } else {
-            println!(
-                "{} {}/{} {}/{} {}",
+            printable(&format!(
+                "{} {}/{} {}/{} {}\n",
                 task.id,
                 task.namespace,
                 task.name,
                 seen.finished,
                 seen.total,
                 seen.message()
-            );
-        }
+            ))
+        };
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())
+            .and_then(|()| out.flush())
+            .is_ok()
     }
 }
 
@@ -137,13 +146,18 @@ pub async fn run(
     until_idle: bool,
 ) -> Outcome {
     let mut board = Board::new(json);
+    // One wait for Ctrl-C for the whole run: a press while the store is read is not lost.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
     loop {
         let watched: Vec<TaskView> = match id {
             Some(id) => vec![engine.task(id).await?],
             None => unfinished(engine, &board).await?,
         };
         for task in &watched {
-            board.show(task);
+            if !board.show(task) {
+                return Ok(());
+            }
         }
         let open = watched.iter().any(|t| !t.status.is_finished());
         if !open && (id.is_some() || until_idle) {
@@ -151,7 +165,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = &mut interrupted => return Ok(()),
         }
     }
 }

@@ -182,6 +182,10 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         "the result, escaped"
     );
     assert!(page.contains("pending → in_progress"), "the transitions");
+    assert!(
+        page.contains("{\n  &quot;valid&quot;: true\n}"),
+        "a result keeps its lines"
+    );
     // A 1,000-step task: every step in the SVG.
     let (status, page) = get(format!("/tasks/{big}")).await;
     assert_eq!(status, 200);
@@ -261,6 +265,31 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         .await
         .unwrap();
     let resolve = format!("{}/tasks/{declined}/steps/charge/resolve", web.base);
+    // A body that is not a form is refused, not read as an empty one (a null result).
+    let r = http
+        .post(&resolve)
+        .bearer_auth(TOKEN)
+        .header("Content-Type", "application/json")
+        .body(r#"{"result": "1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 415);
+    // Behind a proxy that rewrites Host, the Origin is the forwarded host's.
+    let r = http
+        .post(format!("{}/tasks/{declined}/pause", web.base))
+        .bearer_auth(TOKEN)
+        .header("Origin", "https://tasks.example")
+        .header("X-Forwarded-Host", "tasks.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    http.post(format!("{}/tasks/{declined}/resume", web.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
     let r = http
         .post(&resolve)
         .bearer_auth(TOKEN)

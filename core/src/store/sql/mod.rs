@@ -1157,11 +1157,18 @@ where
         .idle_timeout((!keep).then_some(Duration::from_secs(600)))
         .max_lifetime((!keep).then_some(Duration::from_secs(1800)))
         .acquire_timeout(Duration::from_secs(30))
-        // A connection still in a transaction is closed, not handed out: a read cut short
-        // (its future dropped between the driver's BEGIN and the transaction's own
-        // bookkeeping) leaves one behind, and every BEGIN on it would fail.
+        // A connection still in a transaction is rolled back before it is handed out: a read
+        // cut short (its future dropped between the driver's BEGIN and the transaction's own
+        // bookkeeping) leaves one behind, and every BEGIN on it would fail. (Rolled back, not
+        // closed: an in-memory database lives in its one connection.) A rollback that fails
+        // closes it.
         .before_acquire(|conn, _| {
-            Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            Box::pin(async move {
+                while sqlx::Connection::is_in_transaction(conn) {
+                    <DB::TransactionManager as sqlx::TransactionManager>::rollback(conn).await?;
+                }
+                Ok(true)
+            })
         })
         .after_connect(move |conn, _| {
             let session = session.clone();
