@@ -11,8 +11,13 @@ start_postgres
 step() { printf '\n==> %s\n' "$*"; }
 # No incremental caches: a fresh clone builds once, and they would take gigabytes of disk.
 export CARGO_INCREMENTAL=0
-# Whatever way the run ends, say how much disk it took (a full disk once failed CI).
-trap 'echo "disk: target/ holds $(du -sh target 2>/dev/null | cut -f1), $(df -h . | awk "NR == 2 { print \$4 }") free"' EXIT
+# Whatever way the run ends, say how much disk it took (a full disk once failed CI), and stop
+# the throwaway cluster (this trap replaces the one start_postgres set, so it calls it).
+finish() {
+  echo "disk: target/ holds $(du -sh target 2>/dev/null | cut -f1), $(df -h . | awk 'NR == 2 { print $4 }') free"
+  stop_postgres
+}
+trap finish EXIT
 
 step "cargo fmt --check"
 cargo fmt --all -- --check
