@@ -291,50 +291,22 @@ async fn task_page(State(d): State<Arc<Dashboard>>, Path(id): Path<String>) -> R
         let lines = logs_of
             .get(&step.step_id.index)
             .map_or(&[][..], Vec::as_slice);
-        if !lines.is_empty() {
-            let _ = write!(
-                body,
-                "<details><summary>logs ({})</summary><pre>",
-                lines.len()
-            );
-            for l in lines {
-                let _ = writeln!(
-                    body,
-                    "{} #{} {} {}",
-                    crate::short_time(l.at),
-                    l.attempt,
-                    l.level.as_str(),
-                    esc(&l.message)
-                );
-            }
-            body.push_str("</pre></details>");
-        }
+        details(
+            &mut body,
+            "logs",
+            lines.iter().map(|l| {
+                let (at, level) = (crate::short_time(l.at), l.level.as_str());
+                format!("{at} #{} {level} {}", l.attempt, esc(&l.message))
+            }),
+        );
         let moves = moves_of
             .get(&step.step_id.index)
             .map_or(&[][..], Vec::as_slice);
-        if !moves.is_empty() {
-            let _ = write!(
-                body,
-                "<details><summary>transitions ({})</summary><pre>",
-                moves.len()
-            );
-            for t in moves {
-                let _ = writeln!(
-                    body,
-                    "{} {} → {} ({}, attempt {}){}",
-                    crate::short_time(t.at),
-                    esc(t.from.as_deref().unwrap_or("")),
-                    esc(&t.to),
-                    esc(&t.event),
-                    t.attempt,
-                    t.reason
-                        .as_deref()
-                        .map(|r| format!(": {}", esc(r)))
-                        .unwrap_or_default()
-                );
-            }
-            body.push_str("</pre></details>");
-        }
+        details(
+            &mut body,
+            "transitions",
+            moves.iter().map(|t| transition_line(t, true)),
+        );
         if !d.read_only
             && matches!(
                 step.status.as_str(),
@@ -357,21 +329,49 @@ async fn task_page(State(d): State<Arc<Dashboard>>, Path(id): Path<String>) -> R
     let task_moves: Vec<_> = transitions.iter().filter(|t| t.step_id.is_none()).collect();
     body.push_str("<h2>Task transitions</h2><pre id=\"transitions\">");
     for t in task_moves {
-        let _ = writeln!(
-            body,
-            "{} {} → {} ({}){}",
-            crate::short_time(t.at),
-            esc(t.from.as_deref().unwrap_or("")),
-            esc(&t.to),
-            esc(&t.event),
-            t.reason
-                .as_deref()
-                .map(|r| format!(": {}", esc(r)))
-                .unwrap_or_default()
-        );
+        body.push_str(&transition_line(t, false));
+        body.push('\n');
     }
     body.push_str("</pre>");
     Html(layout(&format!("Task {}", task.id), &body)).into_response()
+}
+
+/// A `<details>` block of `lines` under `summary` (with their count); nothing when empty.
+fn details(body: &mut String, summary: &str, lines: impl ExactSizeIterator<Item = String>) {
+    if lines.len() == 0 {
+        return;
+    }
+    let _ = write!(
+        body,
+        "<details><summary>{summary} ({})</summary><pre>",
+        lines.len()
+    );
+    for line in lines {
+        body.push_str(&line);
+        body.push('\n');
+    }
+    body.push_str("</pre></details>");
+}
+
+/// One transition for a page: time, states, event (and the attempt, for a step's), reason.
+fn transition_line(t: &tasker_core::TransitionView, attempt: bool) -> String {
+    let attempt = if attempt {
+        format!(", attempt {}", t.attempt)
+    } else {
+        String::new()
+    };
+    let reason = t
+        .reason
+        .as_deref()
+        .map(|r| format!(": {}", esc(r)))
+        .unwrap_or_default();
+    format!(
+        "{} {} → {} ({}{attempt}){reason}",
+        crate::short_time(t.at),
+        esc(t.from.as_deref().unwrap_or("")),
+        esc(&t.to),
+        esc(&t.event),
+    )
 }
 
 fn pretty(v: &serde_json::Value) -> String {
