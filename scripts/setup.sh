@@ -20,6 +20,9 @@ ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 || need_apt+=(libclang-dev)
 ruby -e 'require "minitest"' >/dev/null 2>&1 || need_apt+=(ruby-minitest)
 ruby -e 'require "rails"' >/dev/null 2>&1 || need_apt+=(ruby-rails)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need_apt+=(python3-venv)
+# The dashboard's browser test: Debian's Chromium, driven by its chromedriver.
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need_apt+=(chromium-driver)
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}"

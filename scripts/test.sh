@@ -26,6 +26,8 @@ step "cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets -- -D warnings
 
 step "cargo test (workspace)"
+# The dashboard's browser test must run here, not skip (setup.sh installed Chromium).
+export TASKER_REQUIRE_BROWSER=1
 cargo test --workspace 2>&1 | tee target/test-output.txt
 read -r passed failed < <(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } } END { print p + 0, f + 0 }' target/test-output.txt)
 
@@ -41,7 +43,8 @@ py_failed=$(grep -Eo '[0-9]+ failed' target/pytest-output.txt | tail -n 1 | grep
 
 step "ruby: the gem built from source (gem build + gem install --local), minitest"
 bash scripts/ruby.sh
-(cd bindings-ruby && ruby -Itest -e 'Dir["test/**/*_test.rb"].sort.each { |f| require File.expand_path(f) }') \
+# The Rails app's dashboard test runs the tasker binary cargo test built.
+(cd bindings-ruby && TASKER_BIN="$PWD/../target/debug/tasker" ruby -Itest -e 'Dir["test/**/*_test.rb"].sort.each { |f| require File.expand_path(f) }') \
   | tee target/ruby-output.txt
 rb_passed=$(awk '/runs, .* assertions/ { runs = $1; fails = $5 + $7 } END { print runs - fails }' target/ruby-output.txt)
 rb_failed=$(awk '/runs, .* assertions/ { print $5 + $7 }' target/ruby-output.txt | tail -n 1)
@@ -68,6 +71,8 @@ step "benchmarks: every bench builds (cargo bench --no-run); smoke: each runs on
 cargo bench --workspace --no-run --quiet
 TASKER_BENCH_POSTGRES_URL="$TASKER_TEST_POSTGRES_URL" TASKER_BENCH_REQUIRE_BINDINGS=1 \
   cargo test --quiet -p tasker-core-benches --benches 2>&1 | tee target/bench-smoke-output.txt
+# The dashboard's page benchmark (a 1,000-step task's page through its router).
+cargo test --quiet -p tasker-cli --benches 2>&1 | tee -a target/bench-smoke-output.txt
 bench_passed=$(grep -c '^Success$' target/bench-smoke-output.txt || true)
 cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke
 cargo run --quiet -p tasker-core-benches --bin throughput -- --smoke --template chain --overlap

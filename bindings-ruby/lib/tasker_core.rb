@@ -13,6 +13,10 @@ require_relative "tasker_core/step_handler"
 require_relative "tasker_core/handler_class"
 require_relative "tasker_core/template"
 require_relative "tasker_core/worker"
+# Loaded on first use: net/http only for apps that mount the dashboard.
+module TaskerCore
+  autoload :Dashboard, File.expand_path("tasker_core/dashboard", __dir__)
+end
 
 # Tasker Core: workflow orchestration with a Rust core.
 #

@@ -264,4 +264,124 @@ class RailsAppTest < Minitest::Test
       assert_equal "memory:", out.lines[-2].chomp
     end
   end
+
+  # A Rails app of a SQLite file, with the dashboard mounted at /tasker: shared by the process
+  # that runs `rake tasker_core:dashboard` and the one that asks the app for the pages.
+  DASHBOARD_APP = <<~'RUBY'
+    require "rails"
+    # Routing and the middleware a Rails app serves requests with.
+    require "action_controller/railtie"
+    require "rake"
+    require "tasker_core"
+    root = ENV.fetch("APP_ROOT")
+    Class.new(Rails::Application) do
+      config.root = root
+      config.eager_load = false
+      config.logger = Logger.new(File.join(root, "log.txt"))
+      config.secret_key_base = "tasker_core-test"
+      config.hosts.clear
+      config.tasker_core.database_url = "sqlite://#{root}/tasker.db"
+    end
+    Rails.application.initialize!
+    Rails.application.routes.draw do
+      mount TaskerCore::Dashboard.new(upstream: ENV.fetch("DASHBOARD", "http://127.0.0.1:9")), at: "/tasker"
+    end
+  RUBY
+
+  DASHBOARD_CHECKS = <<~'RUBY'
+    require "./app"
+    engine = TaskerCore.engine
+    id = engine.create_task("rails", "greeting", context: { who: "ops" })
+    app = Rack::MockRequest.new(Rails.application)
+    own = { "HTTP_HOST" => "app.example", "HTTP_ORIGIN" => "http://app.example" }
+
+    list = app.get("/tasker", "HTTP_HOST" => "app.example")
+    fail "list: #{list.status} #{list.body[0, 300]}" unless list.status == 200 && list.body.include?(%(href="/tasker/tasks/#{id}"))
+    page = app.get("/tasker/tasks/#{id}", "HTTP_HOST" => "app.example")
+    fail "page: #{page.status}" unless page.status == 200 && page.body.include?("<svg") && page.body.include?('data-step="shout"')
+    fail "content type: #{page.content_type}" unless page.content_type.to_s.start_with?("text/html")
+    csrf = page.body[/name="csrf" value="([0-9a-f]+)"/, 1]
+    fail "no CSRF value on the page" if csrf.nil?
+
+    # The page's own form, without the token: refused; with it: paused, back to the page.
+    form = "application/x-www-form-urlencoded"
+    r = app.post("/tasker/tasks/#{id}/pause", own.merge("CONTENT_TYPE" => form, input: "csrf=#{csrf}&token="))
+    fail "without the token: #{r.status}" unless r.status == 401
+    fail "paused without the token" unless engine.task(id)["status"] == "pending"
+    r = app.post("/tasker/tasks/#{id}/pause", own.merge("CONTENT_TYPE" => form, input: "csrf=#{csrf}&token=tok-3"))
+    fail "with the token: #{r.status} #{r.body[0, 300]}" unless r.status == 303 && r.location == "/tasker/tasks/#{id}"
+    fail "not paused: #{engine.task(id)['status']}" unless engine.task(id)["status"] == "paused"
+
+    # Another site's page is refused even with the token; a client with the Bearer header acts.
+    r = app.post("/tasker/tasks/#{id}/cancel", own.merge("HTTP_ORIGIN" => "http://evil.example", "HTTP_AUTHORIZATION" => "Bearer tok-3"))
+    fail "cross-site: #{r.status}" unless r.status == 403
+    r = app.post("/tasker/tasks/#{id}/cancel", own.merge("HTTP_AUTHORIZATION" => "Bearer tok-3"))
+    fail "bearer: #{r.status}" unless r.status == 303
+    fail "not cancelled: #{engine.task(id)['status']}" unless engine.task(id)["status"] == "cancelled"
+    r = app.request("DELETE", "/tasker/tasks/#{id}", own)
+    fail "DELETE: #{r.status}" unless r.status == 405
+
+    # A dashboard that is not running, and an upstream that is not a URL.
+    down = Rack::MockRequest.new(TaskerCore::Dashboard.new(upstream: "http://127.0.0.1:9", open_timeout: 1))
+    r = down.get("/tasker")
+    fail "down: #{r.status} #{r.body}" unless r.status == 502 && r.body.include?("tasker_core:dashboard")
+    begin
+      TaskerCore::Dashboard.new(upstream: "ftp://example")
+      fail "an ftp upstream was taken"
+    rescue ArgumentError => e
+      fail e.message unless e.message.include?("ftp://example")
+    end
+    puts "OK"
+  RUBY
+
+  def test_the_dashboard_is_mounted_in_a_rails_app_and_started_by_rake
+    skip 'Rails is not installed (require "rails" failed); apt-get install ruby-railties' unless RAILS_AVAILABLE
+
+    bin = ENV["TASKER_BIN"] || File.join(TaskerTest::ROOT, "target", "debug", "tasker")
+    unless File.executable?(bin)
+      flunk "TASKER_BIN=#{bin} is not an executable" if ENV["TASKER_BIN"]
+      skip "no tasker binary at #{bin} (cargo build -p tasker-cli, or set TASKER_BIN)"
+    end
+    Dir.mktmpdir("tasker_core-dashboard") do |root|
+      FileUtils.mkdir_p(File.join(root, "config", "tasker", "templates"))
+      File.write(File.join(root, "config", "tasker", "templates", "greeting.yml"), TEMPLATE)
+      File.write(File.join(root, "app.rb"), DASHBOARD_APP)
+      env = { "APP_ROOT" => root, "RAILS_ENV" => "test", "TASKER_DATABASE_URL" => nil }
+      serve = <<~'RUBY'
+        require "./app"
+        Rails.application.load_tasks
+        Rake::Task["tasker_core:dashboard"].invoke
+      RUBY
+      stdin, stdout, stderr, thread = Open3.popen3(
+        env.merge("BIND" => "127.0.0.1:0", "TASKER_TOKEN" => "tok-3", "TASKER_BIN" => bin),
+        RbConfig.ruby, "-I", TaskerTest::LIB, "-e", serve, chdir: root
+      )
+      begin
+        stdin.close
+        line = stdout.gets.to_s
+        assert_match %r{\Alistening on http://127\.0\.0\.1:\d+/tasker\n\z}, line,
+                     "rake tasker_core:dashboard said #{line.inspect}: #{stderr.read_nonblock(4096, exception: false)}"
+        upstream = line[%r{http://[^/]+}]
+        out, err, status = Open3.capture3(env.merge("DASHBOARD" => upstream),
+                                          RbConfig.ruby, "-I", TaskerTest::LIB, "-e", DASHBOARD_CHECKS, chdir: root)
+        assert status.success?, "the mounted dashboard failed:\n#{out}\n#{err}"
+        assert_equal "OK", out.lines.last&.chomp, "#{out}\n#{err}"
+      ensure
+        Process.kill("KILL", thread.pid) rescue nil # rubocop:disable Style/RescueModifier
+        thread.join
+        [stdout, stderr].each(&:close)
+      end
+
+      # An in-memory store cannot be seen from another process: the task says so.
+      memory = <<~'RUBY'
+        require "./app"
+        Rails.application.config.tasker_core.database_url = "memory:"
+        Rails.application.load_tasks
+        Rake::Task["tasker_core:dashboard"].invoke
+      RUBY
+      _, err, status = Open3.capture3(env.merge("TASKER_BIN" => bin), RbConfig.ruby, "-I", TaskerTest::LIB, "-e", memory, chdir: root)
+      refute status.success?
+      assert_includes err, "cannot see the in-memory store"
+    end
+  end
 end

@@ -35,6 +35,51 @@ pub struct Dashboard {
     /// The value the dashboard's forms carry (random per process).
     csrf: String,
     read_only: bool,
+    /// The path the dashboard is served under (`""`, or such as `/tasker` behind a proxy).
+    base: String,
+}
+
+impl Dashboard {
+    /// The dashboard of `engine`: acts need `token`; none are allowed when `read_only`; every
+    /// route and link is under `base` (`""` for the root, else a path such as `/tasker`).
+    pub fn new(
+        engine: Engine,
+        token: String,
+        read_only: bool,
+        base: &str,
+    ) -> Result<Arc<Self>, Failure> {
+        Ok(Arc::new(Dashboard {
+            engine,
+            token,
+            csrf: random_hex()?,
+            read_only,
+            base: base_path(base)?,
+        }))
+    }
+}
+
+/// `base` as the dashboard keeps it: `""`, or `/` and segments with no trailing `/`.
+fn base_path(base: &str) -> Result<String, Failure> {
+    let trimmed = base.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return Ok(String::new());
+    }
+    let fine = trimmed.starts_with('/')
+        && trimmed[1..].split('/').all(|seg| {
+            !seg.is_empty()
+                && seg
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+                && seg != "."
+                && seg != ".."
+        });
+    if fine {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(Failure::Usage(format!(
+            "--base-path {base:?} is not a path such as /tasker (letters, digits, -._~ between slashes)"
+        )))
+    }
 }
 
 /// A random value, hex.
@@ -52,7 +97,13 @@ fn same(a: &str, b: &str) -> bool {
 
 /// Serves the dashboard of `engine` on `bind` until interrupted. Without a token one is made
 /// and printed on stderr.
-pub async fn run(engine: &Engine, bind: &str, token: Option<String>, read_only: bool) -> Outcome {
+pub async fn run(
+    engine: &Engine,
+    bind: &str,
+    token: Option<String>,
+    read_only: bool,
+    base: &str,
+) -> Outcome {
     let addr: SocketAddr = bind.parse().map_err(|e| {
         Failure::Usage(format!(
             "--bind {bind:?} is not an address such as 127.0.0.1:8080: {e}"
@@ -70,12 +121,7 @@ pub async fn run(engine: &Engine, bind: &str, token: Option<String>, read_only: 
             t
         }
     };
-    let state = Arc::new(Dashboard {
-        engine: engine.clone(),
-        token,
-        csrf: random_hex()?,
-        read_only,
-    });
+    let state = Dashboard::new(engine.clone(), token, read_only, base)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
@@ -83,7 +129,7 @@ pub async fn run(engine: &Engine, bind: &str, token: Option<String>, read_only: 
         .local_addr()
         .map_err(|e| Failure::Store(e.to_string()))?;
     // The first line on stdout: where it listens (a test or a script reads it).
-    println!("listening on http://{local}");
+    println!("listening on http://{local}{}", state.base);
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -92,45 +138,52 @@ pub async fn run(engine: &Engine, bind: &str, token: Option<String>, read_only: 
         .map_err(|e| Failure::Store(format!("the dashboard stopped: {e}")))
 }
 
-/// The dashboard's routes.
+/// The dashboard's routes, under its base path.
 pub fn router(state: Arc<Dashboard>) -> Router {
-    Router::new()
-        .route("/", get(list))
-        .route("/tasks/{id}", get(task_page))
-        .route("/tasks/{id}/{verb}", post(act))
-        .route("/tasks/{id}/steps/{name}/resolve", post(resolve))
-        .route("/metrics", get(metrics))
-        .with_state(state)
+    let base = state.base.clone();
+    let at = |path: &str| format!("{base}{path}");
+    let mut routes = Router::new()
+        .route(&at("/"), get(list))
+        .route(&at("/tasks/{id}"), get(task_page))
+        .route(&at("/tasks/{id}/{verb}"), post(act))
+        .route(&at("/tasks/{id}/steps/{name}/resolve"), post(resolve))
+        .route(&at("/metrics"), get(metrics));
+    if !base.is_empty() {
+        // `/tasker` as well as `/tasker/`.
+        routes = routes.route(&base, get(list));
+    }
+    routes.with_state(state)
 }
 
 /// An error page with its status.
-fn page_error(status: StatusCode, message: &str) -> Response {
+fn page_error(base: &str, status: StatusCode, message: &str) -> Response {
     let body = layout(
+        base,
         "Error",
         &format!(
-            "<p class=\"error\">{}</p><p><a href=\"/\">All tasks</a></p>",
+            "<p class=\"error\">{}</p><p><a href=\"{base}/\">All tasks</a></p>",
             esc(message)
         ),
     );
     (status, Html(body)).into_response()
 }
 
-fn engine_error(e: tasker_core::Error) -> Response {
+fn engine_error(base: &str, e: tasker_core::Error) -> Response {
     let status = match e.kind() {
         ErrorKind::NotFound => StatusCode::NOT_FOUND,
         ErrorKind::Store => StatusCode::SERVICE_UNAVAILABLE,
         ErrorKind::InvalidTransition => StatusCode::CONFLICT,
         ErrorKind::InvalidArgument | ErrorKind::Template => StatusCode::BAD_REQUEST,
     };
-    page_error(status, &e.to_string())
+    page_error(base, status, &e.to_string())
 }
 
 /// A whole page around `body`.
-fn layout(title: &str, body: &str) -> String {
+fn layout(base: &str, title: &str, body: &str) -> String {
     format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{} · tasker</title>\
 <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><style>{STYLE}</style></head>\
-<body><header><a href=\"/\">tasker</a></header><main>{body}</main></body></html>",
+<body><header><a href=\"{base}/\">tasker</a></header><main>{body}</main></body></html>",
         esc(title)
     )
 }
@@ -165,7 +218,7 @@ async fn list(State(d): State<Arc<Dashboard>>, Query(q): Query<ListQuery>) -> Re
         .filter(|s| !s.is_empty())
         .map(str::parse::<TaskState>)
     {
-        Some(Err(_)) => return page_error(StatusCode::BAD_REQUEST, "unknown task state"),
+        Some(Err(_)) => return page_error(&d.base, StatusCode::BAD_REQUEST, "unknown task state"),
         Some(Ok(s)) => Some(s),
         None => None,
     };
@@ -178,9 +231,9 @@ async fn list(State(d): State<Arc<Dashboard>>, Query(q): Query<ListQuery>) -> Re
     };
     let tasks = match d.engine.list_tasks(&filter).await {
         Ok(t) => t,
-        Err(e) => return engine_error(e),
+        Err(e) => return engine_error(&d.base, e),
     };
-    let mut body = String::from("<h1>Tasks</h1><form method=\"get\" action=\"/\" class=\"filters\"><label>State <select name=\"status\"><option value=\"\">any</option>");
+    let mut body = format!("<h1>Tasks</h1><form method=\"get\" action=\"{}/\" class=\"filters\"><label>State <select name=\"status\"><option value=\"\">any</option>", d.base);
     for s in TaskState::ALL {
         let selected = if Some(*s) == status { " selected" } else { "" };
         let _ = write!(body, "<option{selected}>{}</option>", s.as_str());
@@ -198,7 +251,7 @@ async fn list(State(d): State<Arc<Dashboard>>, Query(q): Query<ListQuery>) -> Re
         let done = crate::watch::finished(p);
         let _ = write!(
             body,
-            "<tr class=\"task\" data-task=\"{id}\"><td><a href=\"/tasks/{id}\">{id}</a></td><td>{}/{} {}</td><td>{}</td>\
+            "<tr class=\"task\" data-task=\"{id}\"><td><a href=\"{base}/tasks/{id}\">{id}</a></td><td>{}/{} {}</td><td>{}</td>\
 <td><progress max=\"{total}\" value=\"{done}\"></progress> {done}/{total}</td><td>{}</td></tr>",
             esc(&t.namespace),
             esc(&t.name),
@@ -207,26 +260,27 @@ async fn list(State(d): State<Arc<Dashboard>>, Query(q): Query<ListQuery>) -> Re
             crate::short_time(t.created_at),
             id = t.id,
             total = p.total,
+            base = d.base,
         );
     }
     let _ = write!(body, "</table><p>{} task(s)</p>", tasks.len());
-    Html(layout("Tasks", &body)).into_response()
+    Html(layout(&d.base, "Tasks", &body)).into_response()
 }
 
 async fn task_page(State(d): State<Arc<Dashboard>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<TaskId>() else {
-        return page_error(StatusCode::NOT_FOUND, "not a task id");
+        return page_error(&d.base, StatusCode::NOT_FOUND, "not a task id");
     };
     let engine = &d.engine;
     let task = match engine.task(id).await {
         Ok(task) => task,
-        Err(e) => return engine_error(e),
+        Err(e) => return engine_error(&d.base, e),
     };
     let graph = tasker_core::view::GraphView::from(&task);
     let (logs, transitions) = match tokio::try_join!(engine.logs(id, None), engine.transitions(id))
     {
         Ok(both) => both,
-        Err(e) => return engine_error(e),
+        Err(e) => return engine_error(&d.base, e),
     };
     // Each step's lines and transitions, grouped once.
     let mut logs_of: std::collections::HashMap<u32, Vec<&tasker_core::logs::LogView>> =
@@ -256,9 +310,10 @@ async fn task_page(State(d): State<Arc<Dashboard>>, Path(id): Path<String>) -> R
     if let Some(p) = &task.parent {
         let _ = write!(
             body,
-            "<p>Child of <a href=\"/tasks/{0}\">{0}</a> (step {1})</p>",
+            "<p>Child of <a href=\"{base}/tasks/{0}\">{0}</a> (step {1})</p>",
             p.task_id,
-            esc(&p.step)
+            esc(&p.step),
+            base = d.base
         );
     }
     body.push_str(&acts(&d, &task));
@@ -315,9 +370,10 @@ async fn task_page(State(d): State<Arc<Dashboard>>, Path(id): Path<String>) -> R
         {
             let _ = write!(
                 body,
-                "<details><summary>resolve</summary><form method=\"post\" action=\"/tasks/{}/steps/{}/resolve\">\
+                "<details><summary>resolve</summary><form method=\"post\" action=\"{}/tasks/{}/steps/{}/resolve\">\
 <input type=\"hidden\" name=\"csrf\" value=\"{}\"><label>Result (JSON) <input name=\"result\" value=\"null\"></label> \
 <label>Token <input type=\"password\" name=\"token\" class=\"token\"></label> <button>Resolve</button></form></details>",
+                d.base,
                 task.id,
                 url_part(&step.name),
                 d.csrf
@@ -333,7 +389,7 @@ async fn task_page(State(d): State<Arc<Dashboard>>, Path(id): Path<String>) -> R
         body.push('\n');
     }
     body.push_str("</pre>");
-    Html(layout(&format!("Task {}", task.id), &body)).into_response()
+    Html(layout(&d.base, &format!("Task {}", task.id), &body)).into_response()
 }
 
 /// A `<details>` block of `lines` under `summary` (with their count); nothing when empty.
@@ -400,9 +456,9 @@ fn acts(d: &Dashboard, task: &TaskView) -> String {
     for verb in ["retry", "pause", "resume", "cancel"] {
         let _ = write!(
             out,
-            "<form class=\"inline\" method=\"post\" action=\"/tasks/{}/{verb}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+            "<form class=\"inline\" method=\"post\" action=\"{}/tasks/{}/{verb}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
 <input type=\"password\" name=\"token\" class=\"token\" placeholder=\"token\"> <button name=\"verb\" value=\"{verb}\">{verb}</button></form> ",
-            task.id, d.csrf
+            d.base, task.id, d.csrf
         );
     }
     out.push_str("</div>");
@@ -424,6 +480,7 @@ pub struct ActForm {
 fn refused(d: &Dashboard, headers: &HeaderMap, form: &ActForm) -> Option<Response> {
     if d.read_only {
         return Some(page_error(
+            &d.base,
             StatusCode::FORBIDDEN,
             "this dashboard is read-only",
         ));
@@ -442,6 +499,7 @@ fn refused(d: &Dashboard, headers: &HeaderMap, form: &ActForm) -> Option<Respons
             .any(|h| origin == format!("http://{h}") || origin == format!("https://{h}"));
         if !own {
             return Some(page_error(
+                &d.base,
                 StatusCode::FORBIDDEN,
                 "cross-site request refused",
             ));
@@ -458,12 +516,14 @@ fn refused(d: &Dashboard, headers: &HeaderMap, form: &ActForm) -> Option<Respons
                 None
             } else {
                 Some(page_error(
+                    &d.base,
                     StatusCode::FORBIDDEN,
                     "the form's CSRF value is missing or stale: reload the page",
                 ))
             }
         }
         _ => Some(page_error(
+            &d.base,
             StatusCode::UNAUTHORIZED,
             "a valid operator token is required",
         )),
@@ -485,6 +545,7 @@ fn allowed(
         Err(e) => {
             let why = format!("the body is not a form (application/x-www-form-urlencoded): {e}");
             return Err(Box::new(page_error(
+                &d.base,
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 &why,
             )));
@@ -495,15 +556,19 @@ fn allowed(
     }
     match id.parse::<TaskId>() {
         Ok(id) => Ok((id, form)),
-        Err(_) => Err(Box::new(page_error(StatusCode::NOT_FOUND, "not a task id"))),
+        Err(_) => Err(Box::new(page_error(
+            &d.base,
+            StatusCode::NOT_FOUND,
+            "not a task id",
+        ))),
     }
 }
 
 /// Back to the task's page once done.
-fn acted(id: TaskId, done: tasker_core::error::Result<()>) -> Response {
+fn acted(d: &Dashboard, id: TaskId, done: tasker_core::error::Result<()>) -> Response {
     match done {
-        Ok(()) => Redirect::to(&format!("/tasks/{id}")).into_response(),
-        Err(e) => engine_error(e),
+        Ok(()) => Redirect::to(&format!("{}/tasks/{id}", d.base)).into_response(),
+        Err(e) => engine_error(&d.base, e),
     }
 }
 
@@ -518,8 +583,8 @@ async fn act(
         Err(no) => return *no,
     };
     match crate::Act::named(&verb) {
-        Some(act) => acted(id, act.on(&d.engine, id).await),
-        None => page_error(StatusCode::NOT_FOUND, "no such act"),
+        Some(act) => acted(&d, id, act.on(&d.engine, id).await),
+        None => page_error(&d.base, StatusCode::NOT_FOUND, "no such act"),
     }
 }
 
@@ -535,8 +600,9 @@ async fn resolve(
     };
     let text = form.result.as_deref().unwrap_or("null");
     match serde_json::from_str(text) {
-        Ok(value) => acted(id, d.engine.resolve_step(id, &name, value).await),
+        Ok(value) => acted(&d, id, d.engine.resolve_step(id, &name, value).await),
         Err(e) => page_error(
+            &d.base,
             StatusCode::BAD_REQUEST,
             &format!("the result is not JSON: {e}"),
         ),
@@ -553,7 +619,7 @@ async fn metrics(State(d): State<Arc<Dashboard>>) -> Response {
             text,
         )
             .into_response(),
-        Err(e) => engine_error(e),
+        Err(e) => engine_error(&d.base, e),
     }
 }
 
@@ -565,6 +631,20 @@ mod tests {
     fn tokens_compare_whole() {
         assert!(same("abc", "abc"));
         assert!(!same("abc", "abd") && !same("abc", "ab") && !same("", "a"));
+    }
+
+    #[test]
+    fn base_paths_are_kept_plain() {
+        assert_eq!(base_path("").unwrap(), "");
+        assert_eq!(base_path("/").unwrap(), "");
+        assert_eq!(base_path("/tasker/").unwrap(), "/tasker");
+        assert_eq!(base_path("/ops/tasker").unwrap(), "/ops/tasker");
+        for bad in ["tasker", "/a//b", "/a b", "/../x", "/a/\"", "/{id}"] {
+            assert!(
+                matches!(base_path(bad), Err(Failure::Usage(_))),
+                "{bad:?} was taken"
+            );
+        }
     }
 
     #[test]

@@ -4,126 +4,11 @@
 //! it, without the page's CSRF value, from another origin and on a read-only dashboard, and
 //! `/metrics`.
 
-use std::io::BufRead;
-use std::process::{Child, Command, Stdio};
+mod common;
 
+use common::{client, fill, serve, TOKEN};
 use serde_json::json;
-use tasker_core::logs::LogLevel;
-use tasker_core::{ClaimedStep, Engine, HandlerError, NewTask, TaskId, TaskState, Worker};
-
-const TOKEN: &str = "s3cret-operator-token";
-
-/// `web/order`: validate → charge (fails for a declined order) → ship.
-const ORDER: &str = r#"
-namespace: web
-name: order
-version: 1.0.0
-steps:
-  - name: validate
-  - name: charge
-    depends_on: [validate]
-    retry: { max_attempts: 1 }
-  - name: ship
-    depends_on: [charge]
-"#;
-
-/// `web/wide`: one step fanning out to 998 steps, joined by one: 1,000 steps.
-fn wide() -> String {
-    let mut t =
-        String::from("namespace: web\nname: wide\nversion: 1.0.0\nsteps:\n  - name: start\n");
-    for i in 0..998 {
-        t.push_str(&format!(
-            "  - name: leg_{i}\n    handler: leg\n    depends_on: [start]\n"
-        ));
-    }
-    let legs: Vec<String> = (0..998).map(|i| format!("leg_{i}")).collect();
-    t.push_str(&format!(
-        "  - name: join\n    depends_on: [{}]\n",
-        legs.join(", ")
-    ));
-    t
-}
-
-/// A dashboard process; killed when dropped.
-struct Served {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Served {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn serve(url: &str, extra: &[&str]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .args(["--url", url, "serve", "--bind", "127.0.0.1:0"])
-        .args(extra)
-        .env_remove("TASKER_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start tasker serve");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim()
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("tasker serve said {line:?}"))
-        .to_owned();
-    Served { child, base }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-async fn fill(url: &str) -> (TaskId, TaskId, TaskId) {
-    let engine = Engine::open(url).await.unwrap();
-    engine.register_template_str(ORDER).await.unwrap();
-    engine.register_template_str(&wide()).await.unwrap();
-    let done = engine
-        .create_task(NewTask::new("web", "order"))
-        .await
-        .unwrap();
-    let declined = engine
-        .create_task(NewTask::new("web", "order").context(json!({"decline": true})))
-        .await
-        .unwrap();
-    let worker = Worker::builder(engine.clone())
-        .handler("validate", |_s: ClaimedStep| async {
-            Ok::<_, HandlerError>(json!({"valid": true}))
-        })
-        .handler("ship", |_s: ClaimedStep| async {
-            Ok::<_, HandlerError>(json!("<b>shipped</b>"))
-        })
-        .handler("charge", |step: ClaimedStep| async move {
-            if step.context["decline"] == json!(true) {
-                step.log(LogLevel::Error, "the bank said <script>alert(1)</script>");
-                return Err(HandlerError::permanent("card declined"));
-            }
-            Ok(json!({"paid": true}))
-        })
-        .build();
-    worker
-        .run_until_idle(std::time::Duration::from_secs(60))
-        .await
-        .unwrap();
-    let big = engine
-        .create_task(NewTask::new("web", "wide"))
-        .await
-        .unwrap();
-    drop(worker);
-    engine.close();
-    (done, declined, big)
-}
+use tasker_core::{Engine, TaskId, TaskState};
 
 #[tokio::test]
 async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
@@ -353,5 +238,73 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         engine.task(declined).await.unwrap().status,
         TaskState::Cancelled
     );
+
+    // Under a base path (behind a proxy that mounts it at /ops/tasker): every route and link
+    // is under it, nothing at the root.
+    let mounted = serve(&url, &["--token", TOKEN, "--base-path", "/ops/tasker/"]);
+    assert!(mounted.base.ends_with("/ops/tasker"), "{}", mounted.base);
+    let root = mounted.base.trim_end_matches("/ops/tasker").to_owned();
+    for path in ["", "/"] {
+        let r = http
+            .get(format!("{}{path}", mounted.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{path:?}");
+        let page = r.text().await.unwrap();
+        assert!(page.contains(&format!("href=\"/ops/tasker/tasks/{declined}\"")));
+        assert!(page.contains("action=\"/ops/tasker/\""));
+        assert!(
+            !page.contains("href=\"/tasks/"),
+            "a link escaped the base path"
+        );
+    }
+    let page = http
+        .get(format!("{}/tasks/{declined}", mounted.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains(&format!("action=\"/ops/tasker/tasks/{declined}/retry\"")));
+    assert!(page.contains(&format!(
+        "action=\"/ops/tasker/tasks/{declined}/steps/ship/resolve\""
+    )));
+    let r = http
+        .get(format!("{root}/tasks/{declined}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 404, "a page outside the base path");
+    let r = http
+        .post(format!("{}/tasks/{declined}/pause", mounted.base))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    assert_eq!(
+        r.headers()["location"],
+        format!("/ops/tasker/tasks/{declined}")
+    );
+    assert_eq!(
+        engine.task(declined).await.unwrap().status,
+        TaskState::Paused
+    );
+    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tasker"))
+        .args([
+            "--url",
+            &url,
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--base-path",
+            "ops",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--base-path \"ops\""));
     engine.close();
 }

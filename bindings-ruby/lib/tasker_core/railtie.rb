@@ -20,7 +20,8 @@ module TaskerCore
   # +templates_path+, and re-publishes every engine event through
   # +ActiveSupport::Notifications+ as +"<event name>.tasker_core"+ (e.g.
   # +"task.completed.tasker_core"+, the event Hash as payload). It adds the rake tasks
-  # +tasker_core:work+ and +tasker_core:status+.
+  # +tasker_core:work+, +tasker_core:status+ and +tasker_core:dashboard+ (the +tasker serve+
+  # dashboard on this store, for {TaskerCore::Dashboard} to mount in the app's routes).
   #
   # @example subscribing to events
   #   ActiveSupport::Notifications.subscribe(/\.tasker_core\z/) do |name, _start, _finish, _id, event|

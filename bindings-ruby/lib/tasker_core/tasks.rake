@@ -45,4 +45,28 @@ namespace :tasker_core do
     $stdout.puts format("steps: %<ready>d ready, %<running>d running, %<waiting>d waiting for a retry",
                         ready: work["ready"], running: work["running"], waiting: work["waiting"])
   end
+
+  desc "Serve the tasker dashboard of this app's store (tasker serve): BIND=127.0.0.1:8080, " \
+       "BASE_PATH=/tasker (the mount point of TaskerCore::Dashboard), TASKER_TOKEN, READ_ONLY=1, " \
+       "TASKER_BIN (default: tasker on the PATH)"
+  task dashboard: :environment do
+    url = Rails.application.config.tasker_core.database_url.to_s
+    if url == "memory" || url.start_with?("memory:") || url.include?(":memory:")
+      abort "tasker_core: the dashboard runs in its own process and cannot see the in-memory store #{url}; " \
+            "set config.tasker_core.database_url to a SQLite file or PostgreSQL"
+    end
+    bin = ENV.fetch("TASKER_BIN", "tasker")
+    found = bin.include?("/") ? File.executable?(bin) : ENV.fetch("PATH", "").split(File::PATH_SEPARATOR).any? { |d| File.executable?(File.join(d, bin)) }
+    unless found
+      abort "tasker_core: no tasker binary at #{bin.inspect}; build it with `cargo install --path cli` in " \
+            "the tasker-core checkout, or set TASKER_BIN to its path"
+    end
+    # The URL goes in the environment, not the command line (where `ps` would show a password).
+    args = ["serve", "--bind", ENV.fetch("BIND", "127.0.0.1:8080"),
+            "--base-path", ENV.fetch("BASE_PATH", "/tasker")]
+    args << "--read-only" if %w[1 true yes].include?(ENV["READ_ONLY"].to_s.downcase)
+    $stdout.flush
+    # The dashboard replaces this process (its token, from TASKER_TOKEN, stays in the environment).
+    exec({ "TASKER_URL" => url }, bin, *args)
+  end
 end
