@@ -2,6 +2,7 @@
 
 require_relative "test_helper"
 require "open3"
+require "io/wait"
 
 # The Railtie in a minimal Rails application, booted in a child process so that Rails stays
 # out of the other tests. Skipped when Rails is not installed (Debian: ruby-railties).
@@ -319,7 +320,10 @@ class RailsAppTest < Minitest::Test
     fail "bearer: #{r.status}" unless r.status == 303
     fail "not cancelled: #{engine.task(id)['status']}" unless engine.task(id)["status"] == "cancelled"
     r = app.request("DELETE", "/tasker/tasks/#{id}", own)
-    fail "DELETE: #{r.status}" unless r.status == 405
+    fail "DELETE: #{r.status} #{r.headers.inspect}" unless r.status == 405 && r.headers["allow"] == "GET, HEAD, POST"
+    # A body far over any form's size is refused here, not buffered and passed on.
+    r = app.post("/tasker/tasks/#{id}/retry", own.merge("CONTENT_TYPE" => form, input: "csrf=#{csrf}&token=tok-3&x=#{'a' * 100_000}"))
+    fail "a 100 kB body: #{r.status}" unless r.status == 413
 
     # A dashboard that is not running, and an upstream that is not a URL.
     down = Rack::MockRequest.new(TaskerCore::Dashboard.new(upstream: "http://127.0.0.1:9", open_timeout: 1))
@@ -358,7 +362,9 @@ class RailsAppTest < Minitest::Test
       )
       begin
         stdin.close
-        line = stdout.gets.to_s
+        # The first line, or nothing after 60 s (a dashboard that never starts fails the test
+        # rather than hanging it).
+        line = stdout.wait_readable(60) ? stdout.gets.to_s : ""
         assert_match %r{\Alistening on http://127\.0\.0\.1:\d+/tasker\n\z}, line,
                      "rake tasker_core:dashboard said #{line.inspect}: #{stderr.read_nonblock(4096, exception: false)}"
         upstream = line[%r{http://[^/]+}]

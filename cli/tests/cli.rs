@@ -2,11 +2,13 @@
 //! `TASKER_TEST_POSTGRES_URL` is set) that an engine in the test filled: its output, its JSON
 //! and its exit codes, including bad URLs, unknown ids and malformed `--result` JSON.
 
+mod common;
 #[path = "../../tests/postgres_schema.rs"]
 mod postgres_schema;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
+use common::tasker_command;
 use serde_json::{json, Value};
 use tasker_core::logs::LogLevel;
 use tasker_core::{ClaimedStep, Engine, HandlerError, NewTask, TaskId, Worker};
@@ -43,13 +45,7 @@ step_templates:
 "#;
 
 fn tasker(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .arg("--url")
-        .arg(url)
-        .args(args)
-        .env_remove("TASKER_URL")
-        .output()
-        .expect("run tasker")
+    tasker_command(url).args(args).output().expect("run tasker")
 }
 
 fn ok(url: &str, args: &[&str]) -> String {
@@ -306,8 +302,8 @@ async fn the_command_reads_and_acts_on_a_sqlite_store() {
     let url = format!("sqlite://{}", dir.join("tasker.db").display());
     check_store(&url, &dir).await;
     // Tables fit the width they are given.
-    let out = Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .args(["--url", &url, "templates"])
+    let out = tasker_command(&url)
+        .arg("templates")
         .env("COLUMNS", "50")
         .output()
         .unwrap();
@@ -382,16 +378,8 @@ async fn watch_follows_tasks_until_they_finish() {
         );
     }
     // Not a terminal: a JSON line per change.
-    let watcher = Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .args([
-            "--url",
-            &url,
-            "--json",
-            "watch",
-            "--until-idle",
-            "--interval-ms",
-            "20",
-        ])
+    let watcher = tasker_command(&url)
+        .args(["--json", "watch", "--until-idle", "--interval-ms", "20"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -9,6 +9,7 @@
 mod common;
 
 use std::collections::HashSet;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,7 +22,8 @@ use tasker_core::{Engine, TaskId, TaskState};
 const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 const CHROMIUM: &str = "/usr/bin/chromium";
 
-/// A chromedriver process; killed when dropped.
+/// A chromedriver process in a process group of its own; the whole group (the Chromium it
+/// started with it) is killed when dropped, so a failed test leaves no browser behind.
 struct Driver {
     child: Child,
     url: String,
@@ -29,6 +31,10 @@ struct Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        if let Ok(group) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: killpg only sends a signal; the group is the one spawn() made.
+            unsafe { libc::killpg(group, libc::SIGKILL) };
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -42,6 +48,7 @@ async fn driver() -> Driver {
         .port();
     let child = Command::new(CHROMEDRIVER)
         .arg(format!("--port={port}"))
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -172,6 +179,7 @@ async fn chromium_lists_tasks_draws_a_thousand_steps_and_retries_only_with_the_t
         .click()
         .await
         .unwrap();
+    appears(&c, "svg g.step").await;
     assert!(c
         .current_url()
         .await

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{client, fill, serve, TOKEN};
+use common::{act, client, fill, serve, tasker_command, TOKEN};
 use serde_json::json;
 use tasker_core::{Engine, TaskId, TaskState};
 
@@ -125,30 +125,16 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         engine.task(declined).await.unwrap().status,
         TaskState::InProgress
     );
-    let r = http
-        .post(format!("{}/tasks/{declined}/pause", web.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = act(&http, format!("{}/tasks/{declined}/pause", web.base)).await;
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(
         engine.task(declined).await.unwrap().status,
         TaskState::Paused
     );
     // An act the task's state refuses, and a resolve.
-    let r = http
-        .post(format!("{}/tasks/{done}/pause", web.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = act(&http, format!("{}/tasks/{done}/pause", web.base)).await;
     assert_eq!(r.status().as_u16(), 409);
-    http.post(format!("{}/tasks/{declined}/resume", web.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    act(&http, format!("{}/tasks/{declined}/resume", web.base)).await;
     let resolve = format!("{}/tasks/{declined}/steps/charge/resolve", web.base);
     // A body that is not a form is refused, not read as an empty one (a null result).
     let r = http
@@ -170,11 +156,7 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 303);
-    http.post(format!("{}/tasks/{declined}/resume", web.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    act(&http, format!("{}/tasks/{declined}/resume", web.base)).await;
     let r = http
         .post(&resolve)
         .bearer_auth(TOKEN)
@@ -227,12 +209,7 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         !page.contains("name=\"csrf\""),
         "no forms on a read-only dashboard"
     );
-    let r = http
-        .post(format!("{}/tasks/{declined}/cancel", ro.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = act(&http, format!("{}/tasks/{declined}/cancel", ro.base)).await;
     assert_eq!(r.status().as_u16(), 403);
     assert_ne!(
         engine.task(declined).await.unwrap().status,
@@ -254,10 +231,14 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         let page = r.text().await.unwrap();
         assert!(page.contains(&format!("href=\"/ops/tasker/tasks/{declined}\"")));
         assert!(page.contains("action=\"/ops/tasker/\""));
-        assert!(
-            !page.contains("href=\"/tasks/"),
-            "a link escaped the base path"
-        );
+        for outside in [
+            "href=\"/tasks/",
+            "href=\"/\"",
+            "action=\"/\"",
+            "action=\"/tasks",
+        ] {
+            assert!(!page.contains(outside), "{outside} escaped the base path");
+        }
     }
     let page = http
         .get(format!("{}/tasks/{declined}", mounted.base))
@@ -268,6 +249,9 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         .await
         .unwrap();
     assert!(page.contains(&format!("action=\"/ops/tasker/tasks/{declined}/retry\"")));
+    for outside in ["href=\"/tasks/", "href=\"/\"", "action=\"/tasks"] {
+        assert!(!page.contains(outside), "{outside} escaped the base path");
+    }
     assert!(page.contains(&format!(
         "action=\"/ops/tasker/tasks/{declined}/steps/ship/resolve\""
     )));
@@ -277,12 +261,7 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 404, "a page outside the base path");
-    let r = http
-        .post(format!("{}/tasks/{declined}/pause", mounted.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap();
+    let r = act(&http, format!("{}/tasks/{declined}/pause", mounted.base)).await;
     assert_eq!(r.status().as_u16(), 303);
     assert_eq!(
         r.headers()["location"],
@@ -292,16 +271,8 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         engine.task(declined).await.unwrap().status,
         TaskState::Paused
     );
-    let bad = std::process::Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .args([
-            "--url",
-            &url,
-            "serve",
-            "--bind",
-            "127.0.0.1:0",
-            "--base-path",
-            "ops",
-        ])
+    let bad = tasker_command(&url)
+        .args(["serve", "--bind", "127.0.0.1:0", "--base-path", "ops"])
         .output()
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));

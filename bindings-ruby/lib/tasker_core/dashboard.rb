@@ -2,6 +2,7 @@
 
 require "net/http"
 require "uri"
+require "rack"
 
 module TaskerCore
   # A Rack application that shows the +tasker serve+ dashboard inside a Rails (or any Rack)
@@ -25,6 +26,11 @@ module TaskerCore
     FORWARDED = %w[Accept Accept-Language Authorization Content-Type Origin Referer User-Agent].freeze
     # The response headers passed back.
     RETURNED = %w[content-type location cache-control].freeze
+    # The methods passed on; others are answered 405 here.
+    METHODS = { "GET" => Net::HTTP::Get, "HEAD" => Net::HTTP::Head, "POST" => Net::HTTP::Post }.freeze
+    # The largest request body passed on, in bytes (the dashboard's forms are a few hundred
+    # bytes); a larger one is answered 413 without reading the rest.
+    MAX_BODY = 64 * 1024
 
     # @param upstream [String] where +tasker serve+ listens, such as +"http://127.0.0.1:8080"+
     # @param open_timeout [Numeric] seconds to wait for the connection
@@ -43,8 +49,11 @@ module TaskerCore
     # @param env [Hash] the Rack environment
     # @return [Array] a Rack response
     def call(env)
-      request = build(env)
-      return [405, { "content-type" => "text/plain" }, ["method not allowed\n"]] if request.nil?
+      method = METHODS[env["REQUEST_METHOD"]]
+      return plain(405, "method not allowed\n", "allow" => METHODS.keys.join(", ")) if method.nil?
+
+      request = build(method, env)
+      return plain(413, "request body over #{MAX_BODY} bytes\n") if request.nil?
 
       response = Net::HTTP.start(@upstream.host, @upstream.port, use_ssl: @upstream.scheme == "https",
                                                                  open_timeout: @open_timeout,
@@ -58,37 +67,49 @@ module TaskerCore
            Net::HTTPHeaderSyntaxError => e
       message = "the tasker dashboard at #{@upstream} did not answer (#{e.class}: #{e.message}); " \
                 "is `rake tasker_core:dashboard` (tasker serve) running?\n"
-      [502, { "content-type" => "text/plain; charset=utf-8" }, [message]]
+      plain(502, message)
     end
 
     private
 
+    def plain(status, text, headers = {})
+      [status, { "content-type" => "text/plain; charset=utf-8" }.merge(headers), [text]]
+    end
+
     # The request to the dashboard: the whole path (mount point included, which the dashboard
-    # serves under with --base-path), the query, the body and the forwarded headers.
-    def build(env)
+    # serves under with --base-path), the query, the body and the forwarded headers; nil when
+    # the body is over MAX_BODY.
+    def build(method, env)
       path = "#{env['SCRIPT_NAME']}#{env['PATH_INFO']}"
       path = "/" if path.empty?
       query = env["QUERY_STRING"].to_s
       path = "#{path}?#{query}" unless query.empty?
-      request = case env["REQUEST_METHOD"]
-                when "GET" then Net::HTTP::Get.new(path)
-                when "HEAD" then Net::HTTP::Head.new(path)
-                when "POST" then Net::HTTP::Post.new(path)
-                end
-      return nil if request.nil?
-
+      request = method.new(path)
       FORWARDED.each do |name|
         key = name == "Content-Type" ? "CONTENT_TYPE" : "HTTP_#{name.upcase.tr('-', '_')}"
         request[name] = env[key] if env[key] && !env[key].empty?
       end
-      request["X-Forwarded-Host"] = env["HTTP_HOST"] if env["HTTP_HOST"]
+      # The host the browser asked for, as Rack reads it (behind a front proxy, that proxy's
+      # X-Forwarded-Host): the dashboard compares it with the form's Origin.
+      host = Rack::Request.new(env).host_with_port
+      request["X-Forwarded-Host"] = host unless host.to_s.empty?
       request["X-Forwarded-Proto"] = env["rack.url_scheme"] if env["rack.url_scheme"]
       if request.request_body_permitted?
-        input = env["rack.input"]
-        request.body = input ? input.read.to_s : ""
-        input.rewind if input.respond_to?(:rewind)
+        body = read_body(env["rack.input"])
+        return nil if body.nil?
+
+        request.body = body
       end
       request
+    end
+
+    # At most MAX_BODY bytes of the request body, or nil when there are more.
+    def read_body(input)
+      return "" if input.nil?
+
+      body = input.read(MAX_BODY + 1).to_s
+      input.rewind if input.respond_to?(:rewind)
+      body.bytesize > MAX_BODY ? nil : body
     end
   end
 end

@@ -56,7 +56,8 @@ namespace :tasker_core do
             "set config.tasker_core.database_url to a SQLite file or PostgreSQL"
     end
     bin = ENV.fetch("TASKER_BIN", "tasker")
-    found = bin.include?("/") ? File.executable?(bin) : ENV.fetch("PATH", "").split(File::PATH_SEPARATOR).any? { |d| File.executable?(File.join(d, bin)) }
+    program = ->(path) { File.file?(path) && File.executable?(path) }
+    found = bin.include?("/") ? program.(bin) : ENV.fetch("PATH", "").split(File::PATH_SEPARATOR).any? { |d| program.(File.join(d, bin)) }
     unless found
       abort "tasker_core: no tasker binary at #{bin.inspect}; build it with `cargo install --path cli` in " \
             "the tasker-core checkout, or set TASKER_BIN to its path"

@@ -43,6 +43,17 @@ pub fn wide() -> String {
     t
 }
 
+/// The `tasker` binary this test built, on the store at `url`, with none of the caller's
+/// `TASKER_URL` or `TASKER_TOKEN`.
+pub fn tasker_command(url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_tasker"));
+    command
+        .args(["--url", url])
+        .env_remove("TASKER_URL")
+        .env_remove("TASKER_TOKEN");
+    command
+}
+
 /// A dashboard process; killed when dropped.
 pub struct Served {
     child: Child,
@@ -59,10 +70,9 @@ impl Drop for Served {
 /// `tasker --url URL serve` on a free port, with `extra` arguments; its base URL is read from
 /// the first line it prints.
 pub fn serve(url: &str, extra: &[&str]) -> Served {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_tasker"))
-        .args(["--url", url, "serve", "--bind", "127.0.0.1:0"])
+    let mut child = tasker_command(url)
+        .args(["serve", "--bind", "127.0.0.1:0"])
         .args(extra)
-        .env_remove("TASKER_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -77,6 +87,11 @@ pub fn serve(url: &str, extra: &[&str]) -> Served {
         .unwrap_or_else(|| panic!("tasker serve said {line:?}"))
         .to_owned();
     Served { child, base }
+}
+
+/// POST to `url` with the operator token as a Bearer header, as a script acts.
+pub async fn act(http: &reqwest::Client, url: String) -> reqwest::Response {
+    http.post(url).bearer_auth(TOKEN).send().await.unwrap()
 }
 
 pub fn client() -> reqwest::Client {
