@@ -262,7 +262,7 @@ per_store! {
         let Some(engine) = family(store).await else { return };
         let parent = create(&engine, NewTask::new("family", "parent")).await;
         let mut task = NewTask::new("family", "child");
-        task.parent = Some(ParentLink { task_id: parent, step: "fan_out".into(), index: 0, attempt: 1, key: None });
+        task.parent = Some(ParentLink { task_id: parent, step: "fan_out".into(), index: 0, attempt: 1, key: None, above: Vec::new() });
         assert_err!(engine.create_task(task).await, tasker_core::Error::InvalidArgument(_), "{store}");
     }
 }

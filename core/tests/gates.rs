@@ -49,6 +49,24 @@ steps:
   - name: grow
 "#;
 
+/// `gate/relay`, keyless, and `gate/branch`, keyed `branch:{{context.customer}}` (limit 1):
+/// one step each, `pass`, whose handler (the test) starts the next task of a chain.
+const RELAY: &str = r#"
+namespace: gate
+name: relay
+version: 1.0.0
+steps:
+  - name: pass
+"#;
+const BRANCH: &str = r#"
+namespace: gate
+name: branch
+version: 1.0.0
+concurrency: { key: "branch:{{context.customer}}", limit: 1 }
+steps:
+  - name: pass
+"#;
+
 /// `gate/hold` and `gate/due` (the second with a deadline of 1 s): one step each, both keyed
 /// `shared:{{context.customer}}`, limit 1.
 const HOLD: &str = r#"
@@ -385,6 +403,37 @@ per_store! {
             assert_eq!(status(&engine, *task).await, TaskState::Complete, "{store}");
         }
         assert_eq!(grown[0], root, "{store}");
+        let last = claim(&engine, 10).await;
+        assert_eq!(last.len(), 1, "{store}");
+        assert_eq!(last[0].step_id.task, other, "{store}: the root let its key go");
+    }
+}
+
+per_store! {
+    async fn a_descendant_of_the_same_key_runs_under_the_hold_through_other_keys(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = gated(store, &clock).await else { return };
+        for t in [RELAY, BRANCH] {
+            engine.register_template_str(t).await.unwrap();
+        }
+        let ctx = |depth: u32| json!({"customer": 6, "depth": depth});
+        let root = create(&engine, NewTask::new("gate", "tree").context(ctx(1))).await;
+        let other = create(&engine, NewTask::new("gate", "tree").context(ctx(0))).await;
+        // tree (key tree:6, limit 1) → relay (no key) → branch (key branch:6) → tree (tree:6):
+        // the last runs under the root's hold, where it waited for ever for the root to end.
+        let mut got = claim(&engine, 10).await;
+        assert_eq!(got.len(), 1, "{store}");
+        assert_eq!(got[0].step_id.task, root, "{store}");
+        for name in ["relay", "branch", "tree"] {
+            let child = ChildTask::new("gate", name, ctx(0));
+            engine.report(got[0].step_id, got[0].attempt, Children::of([child])).await.unwrap();
+            got = claim(&engine, 10).await;
+            assert_eq!(got.len(), 1, "{store}: the {name} child runs: {:?}", names(&got));
+            assert_ne!(got[0].step_id.task, other, "{store}: the other tree waits");
+            assert_eq!(status(&engine, got[0].step_id.task).await, TaskState::InProgress, "{store}");
+        }
+        complete(&engine, &got[0], json!("leaf")).await;
+        assert_eq!(status(&engine, root).await, TaskState::Complete, "{store}: the chain ended");
         let last = claim(&engine, 10).await;
         assert_eq!(last.len(), 1, "{store}");
         assert_eq!(last[0].step_id.task, other, "{store}: the root let its key go");

@@ -37,6 +37,9 @@ use crate::store::{
 };
 use crate::view::StepView;
 
+/// How many ancestors a child's creation looks at for the keys they hold.
+const MAX_ANCESTORS: usize = 64;
+
 /// How often a worker tends children (see [`Engine::tend_children`]).
 pub(crate) const TEND_EVERY: Duration = Duration::from_secs(5);
 
@@ -188,6 +191,39 @@ impl Engine {
         Ok((send, prepared))
     }
 
+    /// `task`'s template-level concurrency key, rendered from its context (`None` for a
+    /// template without one).
+    async fn task_key_of(&self, task: &crate::view::TaskView) -> Result<Option<String>> {
+        let graph = self
+            .template(&task.namespace, &task.name, Some(&task.version))
+            .await?;
+        let gates = graph.gates(&task.context).ok().flatten();
+        Ok(gates.and_then(|g| g.task).map(|(k, _)| k.to_string()))
+    }
+
+    /// The template-level keys of `task`'s ancestors, nearest first, each once (see
+    /// [`ParentLink::above`]). An ancestor already purged ends the walk.
+    async fn keys_above(&self, task: &crate::view::TaskView) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut next = task.parent.as_ref().map(|p| p.task_id);
+        // A bound, though no store links a task to one created after it (no cycle).
+        for _ in 0..MAX_ANCESTORS {
+            let Some(id) = next else { break };
+            let ancestor = match self.task(id).await {
+                Ok(t) => t,
+                Err(Error::TaskNotFound(_)) => break,
+                Err(e) => return Err(e),
+            };
+            if let Some(key) = self.task_key_of(&ancestor).await? {
+                if !keys.contains(&key) {
+                    keys.push(key);
+                }
+            }
+            next = ancestor.parent.as_ref().map(|p| p.task_id);
+        }
+        Ok(keys)
+    }
+
     /// Creates the children of held attempt `attempt` of `step`, in order; their ids.
     async fn start_children(
         &self,
@@ -207,22 +243,15 @@ impl Engine {
         if let Some(why) = crate::template::output_refusal(&view.name, view.kind, &[], reported) {
             return Err(Error::InvalidArgument(why));
         }
-        // The parent holds its own key (one of its steps runs): children of the same key run
-        // under that hold.
-        let graph = self
-            .template(&parent.namespace, &parent.name, Some(&parent.version))
-            .await?;
-        let key = graph
-            .gates(&parent.context)
-            .ok()
-            .flatten()
-            .and_then(|g| g.task);
+        // The parent holds its own key (one of its steps runs), and its ancestors theirs:
+        // children of one of these keys run under that hold.
         let link = ParentLink {
             task_id: step.task,
             step: view.name.clone(),
             index: step.index,
             attempt,
-            key: key.map(|(k, _)| k.to_string()),
+            key: self.task_key_of(&parent).await?,
+            above: self.keys_above(&parent).await?,
         };
         let mut batch = Vec::with_capacity(children.tasks.len());
         for (k, child) in children.tasks.into_iter().enumerate() {

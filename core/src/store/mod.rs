@@ -70,9 +70,20 @@ pub struct ParentLink {
     /// at its key's limit would wait for ever for a child that waits for room in it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key: Option<String>,
+    /// The template-level keys of the parent's own ancestors, rendered, nearest first: they
+    /// hold them while the parent runs, so a child whose key is one of them runs under that
+    /// hold too, through a parent of another key or of none.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub above: Vec<String>,
 }
 
 impl ParentLink {
+    /// Whether a child of template-level key `key` runs under a hold of it by its parent or
+    /// one of the parent's ancestors.
+    pub fn holds(&self, key: &str) -> bool {
+        self.key.as_deref() == Some(key) || self.above.iter().any(|k| k == key)
+    }
+
     /// The parent step.
     pub fn step_id(&self) -> StepId {
         StepId {

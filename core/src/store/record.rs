@@ -196,8 +196,8 @@ impl TaskRecord {
             completed_at: None,
             graph,
         };
-        let under = new.parent.as_ref().and_then(|p| p.key.as_deref());
-        if task.task_key().is_some_and(|k| Some(&**k) == under) {
+        let under = |key: &Arc<str>| new.parent.as_ref().is_some_and(|p| p.holds(key));
+        if task.task_key().is_some_and(under) {
             task.key_hold = KeyHold::Inherited;
         }
         // A task to run later: its roots wait for their start as for a parent.
