@@ -2,7 +2,7 @@
 //!
 //! `throughput [--store URL] [--template diamond|wide|chain|batch|keyed|rated] [--tasks N] [--concurrency N]
 //!             [--workers N] [--processes N] [--overlap] [--latency N] [--create N] [--step-ms N]
-//!             [--no-metrics] [--smoke]`
+//!             [--no-metrics] [--smoke]` (`throughput --help` says what each does)
 //!
 //! Creates the tasks first, then runs the workers until idle and reports steps per second of
 //! the run phase. With `--overlap` the workers start first and the tasks are created one at a
@@ -22,64 +22,70 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use tasker_core_benches::workload::{self, Placement, Template};
 
+/// End-to-end throughput of no-op Rust handlers through the engine (see the module's docs).
+#[derive(clap::Parser)]
+#[command(name = "throughput")]
 struct Args {
+    /// The store: `memory:`, `sqlite://FILE` or a `postgres://` URL.
+    #[arg(long, default_value = "memory:")]
     store: String,
+    /// The workload's template: diamond, wide, chain, batch, keyed or rated.
+    #[arg(long, default_value = "diamond", value_parser = Template::parse)]
     template: Template,
+    /// How many tasks (the wide and batch templates make fewer, of more steps each).
+    #[arg(long, default_value_t = 20_000)]
     tasks: usize,
+    /// Steps each worker runs at once.
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Workers in this process, or in each child process with `--processes`.
+    #[arg(long, default_value_t = 2)]
     workers: usize,
+    /// Run the workers in this many child processes instead of this one.
+    #[arg(long, default_value_t = 0)]
     processes: usize,
+    /// Instead: ready → claimed latency over this many one-step tasks.
+    #[arg(long, default_value_t = 0)]
     latency: usize,
+    /// Instead: the cost of creating this many tasks, one by one and in batches of 1,000.
+    #[arg(long, default_value_t = 0)]
     create: usize,
+    /// Each step takes this many ms (as a call to another service would).
+    #[arg(long, default_value_t = 0)]
+    step_ms: u64,
+    /// Start the workers first and create the tasks one at a time while they run.
+    #[arg(long)]
     overlap: bool,
-    serve: bool,
+    /// Open every engine without metrics (to measure what they cost).
+    #[arg(long)]
+    no_metrics: bool,
+    /// A tiny run (50 tasks), as the test command makes.
+    #[arg(long)]
+    smoke: bool,
+    /// A child process's part: run workers on the store (used by `--processes`).
+    #[arg(long, hide = true)]
     worker_only: bool,
+    /// With `--worker-only`: keep running until killed.
+    #[arg(long, hide = true)]
+    serve: bool,
 }
 
-fn parse_args() -> anyhow::Result<Args> {
-    let mut args = Args {
-        store: "memory:".into(),
-        template: Template::Diamond,
-        tasks: 20_000,
-        concurrency: 64,
-        workers: 2,
-        processes: 0,
-        latency: 0,
-        create: 0,
-        overlap: false,
-        serve: false,
-        worker_only: false,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--store" => args.store = value()?,
-            "--template" => args.template = Template::parse(&value()?)?,
-            "--tasks" => args.tasks = value()?.parse()?,
-            "--concurrency" => args.concurrency = value()?.parse()?,
-            "--step-ms" => workload::set_step_ms(value()?.parse()?),
-            "--workers" => args.workers = value()?.parse()?,
-            "--processes" => args.processes = value()?.parse()?,
-            "--latency" => args.latency = value()?.parse()?,
-            "--create" => args.create = value()?.parse()?,
-            "--worker-only" => args.worker_only = true,
-            "--overlap" => args.overlap = true,
-            "--serve" => args.serve = true,
-            "--no-metrics" => workload::set_metrics(false),
-            "--smoke" => args.tasks = 50,
-            other => bail!("unknown argument {other}"),
-        }
+fn parse_args() -> Args {
+    let mut args = <Args as clap::Parser>::parse();
+    if args.smoke {
+        args.tasks = 50;
     }
-    Ok(args)
+    workload::set_step_ms(args.step_ms);
+    workload::set_metrics(!args.no_metrics);
+    args
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = parse_args()?;
+    let args = parse_args();
     if args.worker_only {
         let engine = workload::open(&args.store).await?;
         if args.serve {
