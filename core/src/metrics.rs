@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -19,35 +19,63 @@ use crate::clock::Timestamp;
 use crate::events::names;
 use crate::state::{Change, StepEvent, TaskOf, Transition};
 
+/// A label value of a template's or a handler's name, escaped as the text format needs it
+/// (`\\`, `\"` and `\n`): prometheus-client writes values as they are, and the names are a
+/// template author's, who could otherwise break every scrape or write series of their own.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Text<T>(T);
+
+impl<T: AsRef<str>> EncodeLabelValue for Text<T> {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        escape_label(self.0.as_ref(), encoder)
+    }
+}
+
+/// Writes `value` to `out` with `\`, `"` and line feeds escaped (the text format's rule for
+/// label values).
+fn escape_label(value: &str, out: &mut impl std::fmt::Write) -> std::fmt::Result {
+    let mut rest = value;
+    while let Some(i) = rest.find(['\\', '"', '\n']) {
+        out.write_str(&rest[..i])?;
+        out.write_str(match rest.as_bytes()[i] {
+            b'\\' => "\\\\",
+            b'"' => "\\\"",
+            _ => "\\n",
+        })?;
+        rest = &rest[i + 1..];
+    }
+    out.write_str(rest)
+}
+
 /// `tasker_tasks_total`'s labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TaskLabels {
-    namespace: Arc<str>,
-    name: Arc<str>,
+    namespace: Text<Arc<str>>,
+    name: Text<Arc<str>>,
     status: &'static str,
 }
 
 /// `tasker_steps_total`'s labels.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepLabels {
-    namespace: Arc<str>,
-    task: Arc<str>,
-    step: Arc<str>,
+    namespace: Text<Arc<str>>,
+    task: Text<Arc<str>>,
+    step: Text<Arc<str>>,
     outcome: &'static str,
 }
 
 /// The histograms' labels: one step of one template.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StepOf {
-    namespace: Arc<str>,
-    task: Arc<str>,
-    step: Arc<str>,
+    namespace: Text<Arc<str>>,
+    task: Text<Arc<str>>,
+    step: Text<Arc<str>>,
 }
 
 /// `tasker_ready_steps`'s label.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HandlerLabel {
-    handler: String,
+    handler: Text<String>,
 }
 
 type Histograms = Family<StepOf, Histogram, fn() -> Histogram>;
@@ -141,8 +169,8 @@ impl Metrics {
                 Change::Task { to, .. } => {
                     self.tasks
                         .get_or_create(&TaskLabels {
-                            namespace: template.namespace.clone(),
-                            name: template.name.clone(),
+                            namespace: Text(template.namespace.clone()),
+                            name: Text(template.name.clone()),
                             status: to.as_str(),
                         })
                         .inc();
@@ -167,9 +195,9 @@ impl Metrics {
         // template step, however many slices.
         let step = &template_step(step);
         let of = || StepOf {
-            namespace: template.namespace.clone(),
-            task: template.name.clone(),
-            step: step.clone(),
+            namespace: Text(template.namespace.clone()),
+            task: Text(template.name.clone()),
+            step: Text(step.clone()),
         };
         // The outcome, and whether the transition ends an attempt (timed by the histogram).
         let (outcome, ends_attempt) = match event {
@@ -208,9 +236,9 @@ impl Metrics {
         }
         self.steps
             .get_or_create(&StepLabels {
-                namespace: template.namespace.clone(),
-                task: template.name.clone(),
-                step: step.clone(),
+                namespace: Text(template.namespace.clone()),
+                task: Text(template.name.clone()),
+                step: Text(step.clone()),
                 outcome,
             })
             .inc();
@@ -223,7 +251,7 @@ impl Metrics {
         for (handler, count) in ready {
             self.ready
                 .get_or_create(&HandlerLabel {
-                    handler: handler.clone(),
+                    handler: Text(handler.clone()),
                 })
                 .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
@@ -251,6 +279,53 @@ fn seconds(since: Timestamp, at: Timestamp) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    /// The text format's unescaping of a label value.
+    fn unescape(text: &str) -> String {
+        let mut out = String::new();
+        let mut chars = text.chars();
+        while let Some(c) = chars.next() {
+            if c != '\\' {
+                out.push(c);
+                continue;
+            }
+            match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn an_escaped_label_has_no_line_or_bare_quote_and_reads_back(value in ".*") {
+            let mut text = String::new();
+            escape_label(&value, &mut text).unwrap();
+            prop_assert!(!text.contains('\n'));
+            let bare_quote = text
+                .char_indices()
+                .any(|(i, c)| c == '"' && text[..i].chars().rev().take_while(|&b| b == '\\').count() % 2 == 0);
+            prop_assert!(!bare_quote, "{text:?}");
+            prop_assert_eq!(unescape(&text), value);
+        }
+    }
+
+    #[test]
+    fn a_name_with_quotes_and_lines_cannot_write_a_series_of_its_own() {
+        let metrics = Metrics::new();
+        let forged = "x\"} 1\ntasker_leases_expired_total 9999\n#";
+        let text = metrics.render(&[(forged.to_owned(), 3)]);
+        assert!(
+            text.contains(
+                r#"tasker_ready_steps{handler="x\"} 1\ntasker_leases_expired_total 9999\n#"} 3"#
+            ),
+            "{text}"
+        );
+        assert!(!text.contains("9999\n"), "a forged line: {text}");
+    }
 
     #[test]
     fn a_slice_is_labelled_by_its_template_step() {

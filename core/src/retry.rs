@@ -89,6 +89,26 @@ pub enum RetryDecision {
 }
 
 impl RetryPolicy {
+    /// What makes this policy unusable where at most `limit` attempts are allowed, if
+    /// anything: no attempt at all, more than `limit`, or a first delay over the largest.
+    pub fn problem(&self, limit: u32) -> Option<String> {
+        if self.max_attempts == 0 {
+            Some("max_attempts must be at least 1 (it counts the first attempt)".to_owned())
+        } else if self.max_attempts > limit {
+            Some(format!(
+                "max_attempts must be at most {limit}, not {}",
+                self.max_attempts
+            ))
+        } else if self.backoff_base_ms > self.backoff_max_ms {
+            Some(format!(
+                "backoff_base_ms ({}) must not exceed backoff_max_ms ({})",
+                self.backoff_base_ms, self.backoff_max_ms
+            ))
+        } else {
+            None
+        }
+    }
+
     /// The delay before the attempt after `attempt` (1-based) as [`RetryPolicy::backoff`]
     /// grows it, capped at `backoff_max_ms`, before jitter.
     pub fn exponential_ms(&self, attempt: u32) -> u64 {

@@ -371,9 +371,11 @@ impl Spans {
         .build()
         .map_err(|e| crate::Error::InvalidArgument(format!("cannot export traces: {e}")))?;
         exporter.set_resource(&opentelemetry_sdk::Resource::builder().build());
-        let capacity = env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048);
+        // Bounded: a queue is memory kept, and a delay is added to an instant.
+        let capacity = env_number("OTEL_BSP_MAX_QUEUE_SIZE", 2048).min(1 << 20);
         let batch = env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", 512).min(capacity);
-        let delay = Duration::from_millis(env_number("OTEL_BSP_SCHEDULE_DELAY", 5000) as u64);
+        let delay = env_number("OTEL_BSP_SCHEDULE_DELAY", 5000).min(3_600_000);
+        let delay = Duration::from_millis(delay as u64);
         let queue = Arc::new(Queue {
             state: parking_lot::Mutex::new(Queued::default()),
             wake: parking_lot::Condvar::new(),

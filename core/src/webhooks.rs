@@ -48,6 +48,8 @@ pub const MAX_TIMEOUT_MS: u64 = 60_000;
 pub const RELEASE_WAIT_MS: i64 = 60_000;
 /// The most webhooks one template may have.
 pub const MAX_WEBHOOKS: usize = 16;
+/// The most attempts a webhook's `retry.max_attempts` may ask for.
+pub const MAX_WEBHOOK_ATTEMPTS: u32 = 100;
 
 /// The retries of a webhook that sets no `retry`: 8 attempts, 1 s doubling to 5 min, jittered.
 pub fn default_retry() -> RetryPolicy {
@@ -118,6 +120,12 @@ impl Webhook {
                 spec.url
             ));
         }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(format!(
+                "{what}: url must not carry a user or password (it is kept in every delivery \
+                 and its log lines); receivers check the X-Tasker-Signature instead"
+            ));
+        }
         if let Some(name) = &spec.secret_env {
             let ok = name
                 .bytes()
@@ -136,10 +144,8 @@ impl Webhook {
             ));
         }
         let retry = spec.retry.unwrap_or_else(default_retry);
-        if retry.max_attempts == 0 || retry.max_attempts > 100 {
-            return Err(format!(
-                "{what}: retry.max_attempts must be between 1 and 100"
-            ));
+        if let Some(problem) = retry.problem(MAX_WEBHOOK_ATTEMPTS) {
+            return Err(format!("{what}: retry.{problem}"));
         }
         Ok(Webhook {
             on,
@@ -350,7 +356,7 @@ pub fn settle(
     let retry = delivery.hook.retry;
     match retry.decide(delivery.attempt, retry.max_attempts, kind, unit) {
         crate::retry::RetryDecision::RetryAfter { delay_ms } => Settlement::Retry {
-            at: crate::clock::add_signed_ms(now, i64::try_from(delay_ms).unwrap_or(i64::MAX)),
+            at: crate::clock::add_ms(now, delay_ms),
             error,
         },
         crate::retry::RetryDecision::GiveUp { .. } => Settlement::Failed { error },
@@ -542,15 +548,18 @@ impl Sender {
             .header("x-tasker-event", &d.event)
             .header("x-tasker-attempt", d.attempt.to_string());
         if let Some(name) = &d.hook.secret_env {
-            let secret = std::env::var(name).map_err(|_| {
-                Attempted::NotHere(format!(
-                    "the signing secret's environment variable {name} is not set where it was \
-                     to be sent"
-                ))
-            })?;
+            // An empty value signs with an empty key, which anyone could forge: not set.
+            let secret = std::env::var_os(name)
+                .filter(|v| !v.is_empty())
+                .ok_or_else(|| {
+                    Attempted::NotHere(format!(
+                        "the signing secret's environment variable {name} is not set (or empty) \
+                     where it was to be sent"
+                    ))
+                })?;
             request = request.header(
                 "x-tasker-signature",
-                signature(secret.as_bytes(), d.body.as_bytes()),
+                signature(secret.as_encoded_bytes(), d.body.as_bytes()),
             );
         }
         match request.body(d.body.clone()).send().await {

@@ -76,6 +76,24 @@ async fn receiver(fail: usize, slow: Option<Duration>) -> Receiver {
     Receiver { seen, addr }
 }
 
+/// A receiver that holds every request on `/held` until `gate` has a permit for it.
+async fn held_receiver(gate: Arc<tokio::sync::Semaphore>) -> SocketAddr {
+    let app = axum::Router::new().route(
+        "/held",
+        axum::routing::post(move || {
+            let gate = gate.clone();
+            async move {
+                let _held = gate.acquire().await;
+                StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
 fn template(name: &str, hooks: Value) -> String {
     json!({
         "namespace": "hooks",
@@ -226,6 +244,53 @@ per_store! {
 }
 
 per_store! {
+    async fn a_slow_receiver_holds_back_only_its_own_deliveries(store) {
+        let Some(engine) = open(store, true).await else { return };
+        let fast = receiver(0, None).await;
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let held = held_receiver(gate.clone()).await;
+        let hooks = json!([
+            hook(&["task.completed"], &format!("http://{held}/held"), 30_000),
+            hook(&["step.completed"], &format!("http://{}/hook", fast.addr), 2_000),
+        ]);
+        engine.register_template_str(&template("mixed", hooks)).await.unwrap();
+        let tasks = 8;
+        for _ in 0..tasks {
+            create(&engine, NewTask::new("hooks", "mixed")).await;
+        }
+        // The steps run here, not by a worker session (which would look for deliveries too):
+        // 24 deliveries, the 8 held ones among the first 16.
+        loop {
+            let got = claim(&engine, 64).await;
+            if got.is_empty() {
+                break;
+            }
+            for step in &got {
+                complete(&engine, step, json!(1)).await;
+            }
+        }
+        let sending = {
+            let engine = engine.clone();
+            tokio::spawn(async move { engine.deliver_webhooks().await.unwrap() })
+        };
+        // Every fast delivery arrives while the slow receiver holds its own.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while fast.seen.lock().len() < 2 * tasks {
+            assert!(
+                Instant::now() < deadline,
+                "{store}: {} of {} fast deliveries sent while the slow receiver held its own",
+                fast.seen.lock().len(),
+                2 * tasks
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(!sending.is_finished(), "{store}: the held deliveries are still in flight");
+        gate.add_permits(1_000);
+        assert_eq!(sending.await.unwrap(), 3 * tasks, "{store}");
+    }
+}
+
+per_store! {
     async fn templates_with_bad_webhooks_are_refused(store) {
         let Some(engine) = open(store, false).await else { return };
         for (hooks, says) in [
@@ -233,6 +298,12 @@ per_store! {
             (json!([{"on": ["task.completed"], "url": "ftp://h.example/x"}]), "not an http or https URL"),
             (json!([{"on": [], "url": "https://h.example/x"}]), "names no event"),
             (json!([{"on": ["task.completed"], "url": "https://h.example/x", "timeout_ms": 0}]), "timeout_ms"),
+            (json!([{"on": ["task.completed"], "url": "https://ops:pw@h.example/x"}]), "must not carry a user or password"),
+            (
+                json!([{"on": ["task.completed"], "url": "https://h.example/x", "retry": {"max_attempts": 3, "backoff_base_ms": 10000, "backoff_max_ms": 10}}]),
+                "retry.backoff_base_ms (10000) must not exceed backoff_max_ms (10)",
+            ),
+            (json!([{"on": ["task.completed"], "url": "https://h.example/x", "retry": {"max_attempts": 101}}]), "retry.max_attempts must be at most 100"),
         ] {
             let err = engine.register_template_str(&template("bad", hooks)).await.unwrap_err();
             assert!(

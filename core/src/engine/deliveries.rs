@@ -11,39 +11,66 @@ use crate::webhooks::{Attempted, Delivery, Sender, Settlement};
 
 /// How often a worker looks for due deliveries.
 pub(crate) const DELIVER_EVERY: Duration = Duration::from_secs(1);
-/// The most deliveries sent at once.
+/// The most deliveries in flight at once.
 const BATCH: usize = 16;
-/// The most batches one look sends (the next look goes on).
+/// The most attempts one look makes (the next look goes on).
 const ROUNDS: usize = 64;
 
 impl Engine {
-    /// Sends the store's due webhook deliveries, a batch at a time, until none is due: leased
-    /// to this engine, each POSTed within its time limit and settled — delivered, retried
-    /// after its backoff or failed for good. Returns how many attempts it made. Worker
-    /// sessions call it (see the module docs); tools and tests may too.
+    /// Sends the store's due webhook deliveries until none is due: leased to this engine, each
+    /// POSTed within its time limit and settled — delivered, retried after its backoff or
+    /// failed for good. Up to 16 are in flight at once, and each settled one makes room for
+    /// the next due one (a slow receiver holds its own slot, not the others'). Returns how
+    /// many attempts it made. Worker sessions call it (see the module docs); tools and tests
+    /// may too.
     pub async fn deliver_webhooks(&self) -> Result<usize> {
         let owner = &self.inner.deliverer;
+        // Made before anything is claimed: a delivery claimed by an engine that cannot send
+        // would wait for its lease and lose an attempt.
+        let sender = self.sender()?;
+        let store = self.store()?;
+        // Tasks of their own, not futures polled by this loop: a settle waiting for the
+        // store's writer must go on while this loop claims (or it would wait for itself).
+        let mut flying = tokio::task::JoinSet::new();
         let mut sent = 0;
-        for _ in 0..ROUNDS {
-            let batch = self
-                .store()?
-                .claim_deliveries(owner, BATCH, self.now())
-                .await?;
-            if batch.is_empty() {
-                break;
+        let mut due = true;
+        let mut failed = None;
+        loop {
+            let room = BATCH
+                .saturating_sub(flying.len())
+                .min(ROUNDS * BATCH - sent);
+            if due && room > 0 {
+                match store.claim_deliveries(owner, room, self.now()).await {
+                    Ok(batch) => {
+                        due = batch.len() == room;
+                        sent += batch.len();
+                        for d in batch {
+                            let (engine, sender) = (self.clone(), sender.clone());
+                            flying.spawn(async move { engine.attempt(&sender, d).await });
+                        }
+                    }
+                    // The ones in flight are still settled.
+                    Err(e) => {
+                        due = false;
+                        failed = Some(e);
+                    }
+                }
             }
-            // Made once something is due: an engine whose store has no webhooks never makes it.
-            let sender = self.sender()?;
-            sent += batch.len();
-            // Each settled as soon as it is sent: a slow receiver does not hold the others past
-            // their leases.
-            futures::future::join_all(batch.iter().map(|d| self.attempt(&sender, d))).await;
+            match flying.join_next().await {
+                None => break,
+                Some(Ok(())) => {}
+                Some(Err(e)) => tracing::warn!(error = %e, "a webhook delivery's task failed"),
+            }
         }
-        Ok(sent)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(sent),
+        }
     }
 
     /// One attempt at `d`, settled.
-    async fn attempt(&self, sender: &Sender, d: &Delivery) {
+    async fn attempt(&self, sender: &Sender, d: Delivery) {
+        let d = &d;
         let settlement = if d.attempt > d.hook.retry.max_attempts {
             // Its last attempt's engine stopped mid-way: its lease ran out.
             Settlement::Failed {

@@ -421,23 +421,7 @@ impl TaskTemplate {
             (None, Some(default)) => (default, true),
             (None, None) => return Ok(RetryPolicy::default()),
         };
-        let problem = if retry.max_attempts == 0 {
-            Some("max_attempts must be at least 1 (it counts the first attempt)".to_owned())
-        } else if retry.max_attempts > crate::limits::MAX_ATTEMPTS {
-            Some(format!(
-                "max_attempts must be at most {}, not {}",
-                crate::limits::MAX_ATTEMPTS,
-                retry.max_attempts
-            ))
-        } else if retry.backoff_base_ms > retry.backoff_max_ms {
-            Some(format!(
-                "backoff_base_ms ({}) must not exceed backoff_max_ms ({})",
-                retry.backoff_base_ms, retry.backoff_max_ms
-            ))
-        } else {
-            None
-        };
-        match problem {
+        match retry.problem(crate::limits::MAX_ATTEMPTS) {
             None => Ok(retry),
             Some(message) => Err(TemplateError::InvalidRetry {
                 step: step.name.clone(),
