@@ -154,6 +154,13 @@ impl KeyTemplate {
                 }
             }
         }
+        if out.contains('\0') {
+            return Err(format!(
+                "the key {:?} renders with a NUL character (from the context), which the stores \
+                 cannot keep",
+                self.text
+            ));
+        }
         if out.len() > MAX_KEY_LEN {
             return Err(format!(
                 "the key {:?} renders longer than {MAX_KEY_LEN} bytes",

@@ -107,7 +107,8 @@ fn json_size(value: &Value) -> usize {
 /// let long = message("é".repeat(5000));
 /// assert!(long.len() <= MAX_MESSAGE_BYTES && long.ends_with('…'));
 /// ```
-pub fn message(mut text: String) -> String {
+pub fn message(text: String) -> String {
+    let mut text = without_nul(text);
     if text.len() <= MAX_MESSAGE_BYTES {
         return text;
     }
@@ -202,8 +203,28 @@ fn batch_problem(batch: &Batch) -> Option<String> {
     json_problem(&batch.result, "the result")
 }
 
-/// Checks an idempotency key's length.
+/// `text` with each NUL character replaced by U+FFFD: a message is kept as it was written
+/// except for what no store can hold (PostgreSQL's text columns refuse a NUL, and one such
+/// message would fail the whole batch of reports written with it).
+///
+/// ```
+/// assert_eq!(tasker_core::limits::without_nul("a\0b".into()), "a\u{FFFD}b");
+/// ```
+pub fn without_nul(text: String) -> String {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text
+    }
+}
+
+/// Checks an idempotency key's length, and that it holds no NUL (which no store keeps).
 pub fn check_idempotency_key(key: &str) -> Result<()> {
+    if key.contains('\0') {
+        return Err(Error::InvalidArgument(
+            "the idempotency key holds a NUL character, which the stores cannot keep".into(),
+        ));
+    }
     if key.len() > MAX_IDEMPOTENCY_KEY_BYTES {
         return Err(Error::InvalidArgument(format!(
             "the idempotency key is {} bytes long; the limit is {MAX_IDEMPOTENCY_KEY_BYTES}",

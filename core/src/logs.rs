@@ -221,7 +221,8 @@ impl StepLog {
 /// [`MAX_LINES`] (the first then saying how many earlier ones were dropped), each cut to
 /// [`MAX_LINE_BYTES`] (for reports made by hand, not through a worker's [`StepLog`]).
 pub(crate) fn bound(lines: &mut Vec<LogLine>) {
-    if lines.len() <= MAX_LINES && lines.iter().all(|l| l.message.len() <= MAX_LINE_BYTES) {
+    let fits = |l: &LogLine| l.message.len() <= MAX_LINE_BYTES && !l.message.contains('\0');
+    if lines.len() <= MAX_LINES && lines.iter().all(fits) {
         return;
     }
     let mut b = Buffer::new(Arc::new(crate::clock::SystemClock));
@@ -235,8 +236,11 @@ pub(crate) fn bound(lines: &mut Vec<LogLine>) {
 }
 
 /// `message` cut to at most [`MAX_LINE_BYTES`] bytes at a character boundary, ending in `…`
-/// when cut.
+/// when cut, its NULs replaced (see [`crate::limits::without_nul`]).
 fn cut(message: &str) -> String {
+    if message.contains('\0') {
+        return cut(&crate::limits::without_nul(message.to_owned()));
+    }
     if message.len() <= MAX_LINE_BYTES {
         return message.to_owned();
     }
@@ -325,6 +329,8 @@ mod tests {
             // The latest lines, in order, each the message or its start marked as cut.
             let latest = &messages[messages.len() - kept.len()..];
             for (line, message) in kept.iter().zip(latest) {
+                // As written, but for the NULs no store keeps.
+                let message = &crate::limits::without_nul(message.clone());
                 if message.len() <= MAX_LINE_BYTES {
                     prop_assert_eq!(&line.message, message);
                 } else {

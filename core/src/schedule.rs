@@ -144,6 +144,12 @@ impl ScheduleSpec {
                 "a schedule's name must be 1 to 200 bytes long".to_owned(),
             ));
         }
+        if self.name.chars().any(char::is_control) {
+            return Err(Error::InvalidArgument(format!(
+                "a schedule's name must not hold a control character (NUL, line break, …): {:?}",
+                self.name
+            )));
+        }
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Optional)
             .year(croner::parser::Year::Disallowed)
@@ -176,9 +182,41 @@ pub struct Ticks {
 }
 
 impl Ticks {
-    /// The first tick after `at`, if there is one (always later than `at`, also where a
-    /// daylight-saving change repeats an hour).
+    /// The first tick after `at`, if there is one (always later than `at`). Where the clocks
+    /// go back and an hour is repeated, a schedule of several times a day ticks in both passes
+    /// of it (`0 * * * *` in New York on the first Sunday of November: 05:00, 06:00 and 07:00
+    /// UTC), a schedule of one time a day once, at the first.
     pub fn next_after(&self, at: Timestamp) -> Option<Timestamp> {
+        let plain = self.next_local_after(at);
+        // The search runs on local times: from `at`, the repeated hour's second pass lies
+        // behind it. Near such a change, the ticks from an hour before are looked through for
+        // the earliest after `at`.
+        let hour = chrono::TimeDelta::hours(1);
+        let horizon = plain.map_or(at + hour * 2, |p| p.min(at + hour * 2));
+        let offset = |t: Timestamp| {
+            use chrono::Offset;
+            t.with_timezone(&self.zone).offset().fix().local_minus_utc()
+        };
+        if offset(at - hour) <= offset(horizon) {
+            return plain;
+        }
+        let mut best = plain;
+        let from = (at - hour).with_timezone(&self.zone);
+        // Bounded: three hours of a schedule that ticks every second.
+        for tick in self.cron.iter_after(from).take(12_000) {
+            let tick = tick.with_timezone(&Utc).trunc_subsecs(0);
+            if tick > at && best.is_none_or(|b| tick < b) {
+                best = Some(tick);
+            }
+            if tick > horizon + hour {
+                break;
+            }
+        }
+        best
+    }
+
+    /// The first tick after `at` by croner's search on local times.
+    fn next_local_after(&self, at: Timestamp) -> Option<Timestamp> {
         let mut from = at;
         // A bounded number of tries: an hour repeated by a clock change is the only way back.
         for _ in 0..4 {
@@ -287,6 +325,48 @@ mod tests {
         assert_eq!(
             every_ten_seconds.next_after(t("2026-12-02T00:00:01Z")),
             Some(t("2026-12-02T00:00:10Z"))
+        );
+    }
+
+    #[test]
+    fn the_repeated_hour_of_a_clock_change_ticks_in_both_passes_for_interval_schedules() {
+        let walk = |cron: &str, zone: &str, from: &str, n: usize| {
+            let mut spec = ScheduleSpec::new("s", cron, "n", "t");
+            spec.timezone = zone.into();
+            let ticks = spec.ticks().unwrap();
+            let mut at = t(from);
+            let mut out = Vec::new();
+            for _ in 0..n {
+                at = ticks.next_after(at).unwrap();
+                out.push(at.to_rfc3339());
+            }
+            out
+        };
+        // New York falls back at 06:00 UTC on 2026-11-01 (01:00 EDT, then 01:00 EST).
+        assert_eq!(
+            walk("0 * * * *", "America/New_York", "2026-11-01T04:30:00Z", 4),
+            [
+                "2026-11-01T05:00:00+00:00",
+                "2026-11-01T06:00:00+00:00",
+                "2026-11-01T07:00:00+00:00",
+                "2026-11-01T08:00:00+00:00"
+            ]
+        );
+        // London falls back at 01:00 UTC on 2026-10-25.
+        assert_eq!(
+            walk("*/30 * * * *", "Europe/London", "2026-10-25T00:10:00Z", 5),
+            [
+                "2026-10-25T00:30:00+00:00",
+                "2026-10-25T01:00:00+00:00",
+                "2026-10-25T01:30:00+00:00",
+                "2026-10-25T02:00:00+00:00",
+                "2026-10-25T02:30:00+00:00"
+            ]
+        );
+        // One time a day: once, at the first 01:30.
+        assert_eq!(
+            walk("30 1 * * *", "America/New_York", "2026-11-01T04:00:00Z", 2),
+            ["2026-11-01T05:30:00+00:00", "2026-11-02T06:30:00+00:00"]
         );
     }
 

@@ -412,3 +412,78 @@ async fn a_host_whose_clock_runs_ahead_does_not_reclaim_live_leases() {
         "leases from both hosts end at about the same time, not {late} s apart"
     );
 }
+
+per_store! {
+    async fn nul_characters_are_refused_or_replaced_and_never_fail_other_tasks(store) {
+        // PostgreSQL's text columns cannot hold U+0000: what a user writes is refused with a
+        // typed error where it is a name or key, and kept with U+FFFD where it is a message.
+        let Some(engine) = engine_with(store, ManualClock::new(), &[single()]).await else {
+            return;
+        };
+        let keyed = template("lim", "keyed").step(step("s")).yaml();
+        let keyed = keyed.replace("steps:\n", "concurrency: { key: \"c:{{context.id}}\", limit: 1 }\nsteps:\n");
+        engine.register_template_str(&keyed).await.unwrap();
+        let err = engine
+            .register_template_str(&json!({"namespace": "lim\u{0}x", "name": "t", "version": "1.0.0", "steps": [{"name": "s"}]}).to_string())
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{store}: {err}");
+        let err = engine
+            .create_task(NewTask::new("lim", "single").idempotency_key("a\0b"))
+            .await
+            .unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument(m) if m.contains("NUL")), "{store}: {err}");
+        let err = engine
+            .create_task(NewTask::new("lim", "keyed").context(json!({"id": "a\u{0}b"})))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("NUL"), "{store}: {err}");
+        // A context, a result and a failure message with NULs, in one batch with another task.
+        let tasks = [
+            create(&engine, NewTask::new("lim", "single").context(json!({"who": "x\u{0}y"}))).await,
+            create(&engine, NewTask::new("lim", "single")).await,
+            create(&engine, NewTask::new("lim", "single")).await,
+        ];
+        let claimed = claim(&engine, 10).await;
+        assert_eq!(claimed.len(), 3, "{store}");
+        let reports: Vec<StepReport> = claimed
+            .iter()
+            .enumerate()
+            .map(|(i, c)| StepReport {
+                step: c.step_id,
+                attempt: c.attempt,
+                outcome: match i {
+                    0 => Outcome::Complete(json!({"echo": "p\u{0}q"})),
+                    1 => Outcome::Fail(StepFailure {
+                        message: "bad\0byte".into(),
+                        kind: FailureKind::Permanent,
+                    }),
+                    _ => Outcome::Complete(json!(1)),
+                },
+                logs: vec![tasker_core::logs::LogLine {
+                    at: tasker_core::Clock::now(&ManualClock::new()),
+                    level: tasker_core::logs::LogLevel::Info,
+                    message: "line\0end".into(),
+                }],
+            })
+            .collect();
+        for r in engine.report_many(reports).await.unwrap() {
+            r.unwrap_or_else(|e| panic!("{store}: {e}"));
+        }
+        let states: Vec<TaskState> = {
+            let mut v = Vec::new();
+            for t in &tasks {
+                v.push(status(&engine, *t).await);
+            }
+            v
+        };
+        assert_eq!(states.iter().filter(|s| **s == TaskState::Complete).count(), 2, "{store}: {states:?}");
+        let failed = claimed[1].step_id.task;
+        let error = task_view(&engine, failed).await.steps[0].error.clone().unwrap();
+        assert_eq!(error, "bad\u{FFFD}byte", "{store}");
+        let view = task_view(&engine, claimed[0].step_id.task).await;
+        assert_eq!(view.steps[0].result, Some(json!({"echo": "p\u{0}q"})), "{store}: JSON keeps it, escaped");
+        let logs = engine.logs(claimed[2].step_id.task, None).await.unwrap();
+        assert!(logs.iter().any(|l| l.message == "line\u{FFFD}end"), "{store}: {logs:?}");
+    }
+}

@@ -95,6 +95,10 @@ per_store! {
         let mut zone = every_minute(Overlap::Skip);
         zone.timezone = "Nowhere/Land".into();
         assert_err!(engine.schedule(zone).await, tasker_core::Error::InvalidArgument(_), "{store}");
+        let mut never = every_minute(Overlap::Skip);
+        never.cron = "0 0 30 2 *".into();
+        let err = engine.schedule(never).await.unwrap_err();
+        assert!(err.to_string().contains("matches no time to come"), "{store}: {err}");
         let unknown = ScheduleSpec::new("x", "* * * * *", "sched", "nope");
         assert!(engine.schedule(unknown).await.is_err(), "{store}");
         let keyed = NewTask::new("sched", "job").idempotency_key("schedule:minutely:x");
@@ -153,5 +157,48 @@ per_store! {
         assert_eq!(engine.fire_schedules().await.unwrap(), 1, "{store}");
         let made = tasks(&engine).await;
         assert_eq!(made[0].idempotency_key.as_deref(), Some("schedule:minutely:2026-12-02T00:04:00.000Z"), "{store}");
+    }
+}
+
+per_store! {
+    async fn registering_the_same_schedule_again_keeps_the_missed_ticks(store) {
+        let clock = clock();
+        let Some(engine) = engine_with(store, clock.clone(), &[job()]).await else { return };
+        engine.schedule(every_minute(Overlap::Allow)).await.unwrap();
+        // Down for four ticks (00:01 to 00:04), then the app starts and registers its
+        // schedules again.
+        clock.advance(Duration::from_secs(30 + 3 * 60));
+        let view = engine.schedule(every_minute(Overlap::Allow)).await.unwrap();
+        assert_eq!(view.next_at.map(|t| t.to_rfc3339()), Some("2026-12-02T00:01:00+00:00".into()), "{store}: kept");
+        assert_eq!(engine.fire_schedules().await.unwrap(), 4, "{store}: the missed ticks are made");
+        // A changed spec starts from now.
+        let mut hourly = every_minute(Overlap::Allow);
+        hourly.cron = "0 * * * *".into();
+        let view = engine.schedule(hourly).await.unwrap();
+        assert_eq!(view.next_at.map(|t| t.to_rfc3339()), Some("2026-12-02T01:00:00+00:00".into()), "{store}");
+    }
+}
+
+per_store! {
+    async fn a_schedule_whose_task_cannot_be_made_does_not_stop_the_others_and_names_are_text(store) {
+        let clock = clock();
+        let Some(engine) = engine_with(store, clock.clone(), &[job()]).await else { return };
+        let keyed = template("sched", "keyed").raw("  - name: run\n").yaml();
+        let keyed = keyed.replace("steps:\n", "concurrency: { key: \"k:{{context.id}}\", limit: 1 }\nsteps:\n");
+        engine.register_template_str(&keyed).await.unwrap();
+        let mut first = ScheduleSpec::new("a-first", "* * * * *", "sched", "keyed");
+        first.context = json!({"id": "ok"});
+        engine.schedule(first).await.unwrap();
+        let later = ScheduleSpec::new("b-later", "* * * * *", "sched", "job");
+        engine.schedule(later).await.unwrap();
+        // The first one's template changes under it: its context no longer makes a task.
+        let v2 = keyed.replace("version: 1.0.0", "version: 2.0.0").replace("k:{{context.id}}", "k:{{context.missing}}");
+        engine.register_template_str(&v2).await.unwrap();
+        clock.advance(Duration::from_secs(30));
+        engine.fire_schedules().await.unwrap();
+        let made = tasks(&engine).await;
+        assert!(made.iter().any(|t| t.name == "job"), "{store}: the later schedule fired: {made:?}");
+        let err = engine.schedule(ScheduleSpec::new("bad\nname", "* * * * *", "sched", "job")).await.unwrap_err();
+        assert!(err.to_string().contains("control character"), "{store}: {err}");
     }
 }

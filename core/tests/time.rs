@@ -201,3 +201,22 @@ per_store! {
         assert_eq!(view.step("a").unwrap().status, StepState::Cancelled, "{store}");
     }
 }
+
+per_store! {
+    async fn a_failed_tasks_deadline_does_not_keep_the_workers_looking(store) {
+        let clock = ManualClock::new();
+        let Some(engine) = timed(store, &clock).await else { return };
+        let task = create(&engine, NewTask::new("time", "bounded")).await;
+        let a = claim_one(&engine, "a").await;
+        fail(&engine, &a, permanent("no")).await;
+        // Failed, it keeps its deadline (a retry reopens it under it) ...
+        assert_eq!(task_view(&engine, task).await.deadline_at, Some(at(&clock, 5000)), "{store}");
+        // ... and once that deadline is past, idle workers still have nothing due to look at
+        // (a next_due in the past made them claim again at once, for ever).
+        clock.advance(Duration::from_secs(6));
+        engine.reclaim_expired().await.unwrap();
+        let work = engine.work_status().await.unwrap();
+        assert_eq!(work.next_due, None, "{store}");
+        assert_eq!(status(&engine, task).await, TaskState::Error, "{store}");
+    }
+}

@@ -19,7 +19,9 @@ impl Engine {
     /// however many engines share the store, its idempotency key `schedule:<name>:<tick>`.
     /// [`crate::Error::InvalidArgument`] for a bad name, cron expression, time zone or
     /// context; the template must exist (and the context satisfy its `input_schema`). The
-    /// first tick is the first after now.
+    /// first tick is the first after now — unless the same spec was registered before (an app
+    /// registering its schedules as it starts): then its next tick is kept, and the ticks
+    /// missed while no engine ran are made as after any downtime.
     pub async fn schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView> {
         let ticks = spec.ticks()?;
         let probe = NewTask {
@@ -30,13 +32,26 @@ impl Engine {
         self.checked(&probe).await?;
         let now = self.now();
         let next_at = ticks.next_after(now);
-        self.store()?.save_schedule(&spec, next_at, now).await?;
-        Ok(ScheduleView {
-            spec,
-            next_at,
-            last_task: None,
-            created_at: now,
-        })
+        if next_at.is_none() {
+            return Err(crate::Error::InvalidArgument(format!(
+                "schedule {:?}: the cron expression {:?} matches no time to come (such as \
+                 February 30th)",
+                spec.name,
+                crate::limits::message(spec.cron.clone())
+            )));
+        }
+        let store = self.store()?;
+        store.save_schedule(&spec, next_at, now).await?;
+        let saved = store.schedules(None).await?;
+        Ok(saved
+            .into_iter()
+            .find(|s| s.spec.name == spec.name)
+            .unwrap_or(ScheduleView {
+                spec,
+                next_at,
+                last_task: None,
+                created_at: now,
+            }))
     }
 
     /// Removes schedule `name`; whether there was one. Tasks it made are left alone.
@@ -53,13 +68,14 @@ impl Engine {
     /// [`crate::schedule::MAX_CATCH_UP`] of them when its engines were down, only the latest
     /// under `overlap: skip`): one task per tick, unless the schedule's `overlap` is `skip` and
     /// the task of its last tick has not finished; returns how many tasks this call created.
-    /// A tick whose task the store could not create is not passed (an `Err`: the next call
-    /// makes it). Workers call it every second.
+    /// A tick whose task the store could not create is not passed (an `Err`, once the other
+    /// schedules fired: the next call makes it). Workers call it every second.
     pub async fn fire_schedules(&self) -> Result<usize> {
         let store = self.store()?;
         let now = self.now();
         let mut made = 0;
-        for schedule in store.schedules(Some(now)).await? {
+        let mut failed = None;
+        'schedules: for schedule in store.schedules(Some(now)).await? {
             let name = &schedule.spec.name;
             let Some(first) = schedule.next_at else {
                 continue;
@@ -107,9 +123,13 @@ impl Engine {
                         made_last = Some(id);
                         made += usize::from(created);
                     }
-                    // Not moved on: the next firing makes it (its key makes it once).
-                    Err(e @ (crate::error::Error::Store(_) | crate::error::Error::Closed)) => {
-                        return Err(e)
+                    Err(e @ crate::error::Error::Closed) => return Err(e),
+                    // Not moved on: the next firing makes it (its key makes it once). The other
+                    // schedules still fire: one the store refuses must not stop them.
+                    Err(e @ crate::error::Error::Store(_)) => {
+                        tracing::warn!(schedule = %name, %tick, error = %e, "a scheduled task could not be written; the next firing tries again");
+                        failed = Some(e);
+                        continue 'schedules;
                     }
                     Err(e) => {
                         tracing::warn!(schedule = %name, %tick, error = %e, "a scheduled task could not be created; the tick is skipped");
@@ -120,6 +140,9 @@ impl Engine {
                 .advance_schedule(name, first, next, made_last, now)
                 .await?;
         }
-        Ok(made)
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(made),
+        }
     }
 }

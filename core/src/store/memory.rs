@@ -675,7 +675,11 @@ impl Store for MemoryStore {
         let earlier = inner.schedules.get(&spec.name);
         let view = crate::schedule::ScheduleView {
             spec: spec.clone(),
-            next_at,
+            // The same spec again keeps its next tick (the ticks missed meanwhile are made).
+            next_at: match earlier {
+                Some(e) if e.spec == *spec => e.next_at,
+                _ => next_at,
+            },
             // Kept, as the SQL stores keep it: overlap still sees the last tick's task.
             last_task: earlier.and_then(|s| s.last_task),
             created_at: earlier.map_or(now, |s| s.created_at),

@@ -435,7 +435,8 @@ impl TaskTemplate {
     }
 }
 
-/// Refuses a blank name or one longer than [`MAX_NAME_LEN`] characters.
+/// Refuses a blank name, one longer than [`MAX_NAME_LEN`] characters, or one holding a control
+/// character.
 fn check_name(field: &'static str, name: &str) -> Result<(), TemplateError> {
     if name.trim().is_empty() {
         return Err(TemplateError::EmptyName { field });
@@ -445,6 +446,12 @@ fn check_name(field: &'static str, name: &str) -> Result<(), TemplateError> {
             field,
             name: name.to_owned(),
             limit: MAX_NAME_LEN,
+        });
+    }
+    if name.chars().any(char::is_control) {
+        return Err(TemplateError::NameWithControl {
+            field,
+            name: name.to_owned(),
         });
     }
     Ok(())

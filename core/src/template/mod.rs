@@ -404,6 +404,18 @@ pub enum TemplateError {
         /// The limit, in characters.
         limit: usize,
     },
+    /// A name holds a control character (a NUL, a line break, a tab, …): names are kept in
+    /// text columns (PostgreSQL's cannot hold a NUL), metric labels and page titles.
+    #[error(
+        "the {field} {} holds a control character (NUL, line break, tab, …)",
+        shorten(name)
+    )]
+    NameWithControl {
+        /// `"namespace"`, `"name"`, `"step name"` or `"handler"`.
+        field: &'static str,
+        /// The offending name, in full.
+        name: String,
+    },
     /// The version is not a semantic version such as `1.0.0`.
     #[error("version {version:?} is not a semantic version such as 1.0.0: {message}")]
     InvalidVersion {

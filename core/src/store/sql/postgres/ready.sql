@@ -18,7 +18,7 @@ SELECT * FROM (
           FROM tasker_tasks h WHERE h.concurrency_key = t.concurrency_key
             AND h.key_hold = 1 AND h.task_id <> ALL($4::text[])) < t.concurrency_limit)
       AND (s.rate_key IS NULL OR NOT EXISTS (SELECT 1 FROM tasker_rate_limits b
-          WHERE b.key = s.rate_key AND b.tokens + ($1 - b.at_ms) * b.refill_per_ms < 1))
+          WHERE b.key = s.rate_key AND b.tokens + GREATEST($1 - b.at_ms, 0) * b.refill_per_ms < 1))
     ORDER BY s.priority DESC, s.ready_at, s.task_id, s.step_index
     LIMIT $3
     FOR UPDATE OF t SKIP LOCKED

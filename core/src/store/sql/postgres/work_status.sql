@@ -16,7 +16,8 @@ SELECT
       (SELECT MIN(lease_expires_at) FROM tasker_workflow_steps WHERE status = 'in_progress'),
       (SELECT MIN(next_attempt_at) FROM tasker_workflow_steps
         WHERE status = 'pending' AND next_attempt_at IS NOT NULL),
-      (SELECT MIN(deadline_at) FROM tasker_tasks WHERE deadline_at IS NOT NULL),
+      (SELECT MIN(deadline_at) FROM tasker_tasks
+        WHERE deadline_at IS NOT NULL AND status IN ('pending', 'in_progress', 'paused')),
       -- The next token of an empty bucket, when still to come at $2.
       (SELECT MIN(n) FROM (SELECT at_ms + CEIL((1 - tokens) / refill_per_ms)::int8 AS n
         FROM tasker_rate_limits WHERE tokens < 1) AS b WHERE n > $2)

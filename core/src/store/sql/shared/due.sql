@@ -26,6 +26,7 @@ UNION ALL
 SELECT * FROM (
     SELECT 'deadline' AS due, task_id, 0 AS step_index, 0 AS attempts,
         NULL AS ckey, NULL AS tkey, NULL AS rkey FROM tasker_tasks
-    WHERE deadline_at <= $1 AND status IN ('pending', 'in_progress', 'paused')
+    WHERE deadline_at IS NOT NULL AND deadline_at <= $1
+        AND status IN ('pending', 'in_progress', 'paused')
     ORDER BY deadline_at LIMIT 500
 ) AS deadlines

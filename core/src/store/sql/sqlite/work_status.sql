@@ -20,7 +20,8 @@ SELECT
       SELECT MIN(next_attempt_at) FROM tasker_workflow_steps
        WHERE status = 'pending' AND next_attempt_at IS NOT NULL
       UNION ALL
-      SELECT MIN(deadline_at) FROM tasker_tasks WHERE deadline_at IS NOT NULL
+      SELECT MIN(deadline_at) FROM tasker_tasks
+       WHERE deadline_at IS NOT NULL AND status IN ('pending', 'in_progress', 'paused')
       UNION ALL
       -- The next token of an empty bucket, when still to come at $2.
       SELECT MIN(n) FROM (SELECT CAST(at_ms + (1 - tokens) / refill_per_ms + 0.999999 AS INTEGER) AS n
