@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -460,6 +461,45 @@ def test_an_async_handler_can_fail(memory_engine):
     assert (counts["completed"], counts["failed"]) == (1, 2)
     s = step_of(memory_engine.task(task_id), "a")
     assert (s["status"], s["attempts"], s["result"]) == ("complete", 3, "third time")
+
+
+def test_an_async_handler_raising_system_exit_fails_its_attempt_and_the_worker_goes_on(memory_engine):
+    memory_engine.register_template(
+        yaml_template("async_exit", step("a", retry=FAST_RETRY))
+    )
+    task_id = memory_engine.create_task("test", "async_exit")
+    worker = Worker(memory_engine, concurrency=1)
+
+    @worker.handler("a")
+    async def a(step):
+        if step.attempt == 1:
+            sys.exit(3)
+        if step.attempt == 2:
+            raise KeyboardInterrupt
+        return "after both"
+
+    # Before: asyncio re-raised them out of its loop's thread, and the worker hung.
+    counts = worker.run_until_idle(timeout=30)
+    assert (counts["completed"], counts["failed"]) == (1, 2)
+    s = step_of(memory_engine.task(task_id), "a")
+    assert (s["status"], s["attempts"], s["result"]) == ("complete", 3, "after both")
+
+
+def test_a_retry_after_past_a_year_is_capped_not_refused(memory_engine):
+    memory_engine.register_template(
+        yaml_template("far", step("a", retry={"max_attempts": 2, "backoff_base_ms": 10, "backoff_max_ms": 60000}))
+    )
+    task_id = memory_engine.create_task("test", "far")
+    worker = Worker(memory_engine, concurrency=1)
+
+    @worker.handler("a")
+    def a(step):
+        raise RetryableError("come back much later", retry_after=4e7)
+
+    counts = worker.run_until_idle(timeout=5)
+    assert counts["failed"] == 1
+    s = step_of(memory_engine.task(task_id), "a")
+    assert (s["status"], s["attempts"]) == ("waiting_for_retry", 1)
 
 
 def test_an_async_handler_past_its_timeout_is_cancelled_and_retried(memory_engine):

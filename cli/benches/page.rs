@@ -47,7 +47,7 @@ fn pages(c: &mut Criterion) {
         (engine, created, ran)
     });
     let dashboard =
-        tasker_cli::serve::Dashboard::new(engine.clone(), common::TOKEN.to_owned(), false, "")
+        tasker_cli::serve::Dashboard::new(engine.clone(), common::TOKEN.to_owned(), false, "", &[])
             .expect("a dashboard");
     let router = tasker_cli::serve::router(dashboard);
     let mut group = c.benchmark_group("dashboard_page_1000_steps");

@@ -160,6 +160,10 @@ enum Command {
         /// dashboard beside another app).
         #[arg(long, default_value = "")]
         base_path: String,
+        /// A host name the dashboard answers to besides IP addresses and localhost (the name
+        /// a proxy or the browser uses for it); repeat for more.
+        #[arg(long = "allowed-host", value_name = "HOST")]
+        allowed_hosts: Vec<String>,
     },
     /// Live progress bars: of one task until it finishes, or of every unfinished task.
     Watch {
@@ -591,7 +595,8 @@ async fn command(engine: &Engine, out: &Out, command: Command) -> Outcome {
             token,
             read_only,
             base_path,
-        } => serve::run(engine, &bind, token, read_only, &base_path).await,
+            allowed_hosts,
+        } => serve::run(engine, &bind, token, read_only, &base_path, &allowed_hosts).await,
         Command::Watch {
             id,
             interval_ms,

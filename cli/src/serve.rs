@@ -9,6 +9,10 @@
 //! browser never adds it by itself), or from the dashboard's own forms, which carry the token
 //! the operator typed and the page's CSRF value. A request whose `Origin` is not the
 //! dashboard's own is refused either way. `--read-only` refuses every act.
+//!
+//! Every request must name a host the dashboard answers to — an IP address, `localhost`, or
+//! one given with `--allowed-host` — so that a page whose name an attacker points at this
+//! machine (DNS rebinding) cannot read it; and every answer forbids framing and caching.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -37,25 +41,96 @@ pub struct Dashboard {
     read_only: bool,
     /// The path the dashboard is served under (`""`, or such as `/tasker` behind a proxy).
     base: String,
+    /// Host names it answers to besides IP addresses and `localhost` (`--allowed-host`).
+    allowed_hosts: Vec<String>,
 }
 
 impl Dashboard {
-    /// The dashboard of `engine`: acts need `token`; none are allowed when `read_only`; every
-    /// route and link is under `base` (`""` for the root, else a path such as `/tasker`).
+    /// The dashboard of `engine`: acts need `token` (its surrounding blanks ignored); none
+    /// are allowed when `read_only`; every route and link is under `base` (`""` for the root,
+    /// else a path such as `/tasker`); requests may name an IP address, `localhost` or one of
+    /// `allowed_hosts` as their host.
     pub fn new(
         engine: Engine,
         token: String,
         read_only: bool,
         base: &str,
+        allowed_hosts: &[String],
     ) -> Result<Arc<Self>, Failure> {
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            return Err(Failure::Usage("the operator token is blank".into()));
+        }
         Ok(Arc::new(Dashboard {
             engine,
             token,
             csrf: random_hex()?,
             read_only,
             base: base_path(base)?,
+            allowed_hosts: allowed_hosts
+                .iter()
+                .map(|h| h.trim().to_ascii_lowercase())
+                .filter(|h| !h.is_empty())
+                .collect(),
         }))
     }
+
+    /// Whether `host` (a request's `Host`) is one this dashboard answers to: an IP address (a
+    /// name rebound to this machine arrives as that name, not as an address), `localhost`, or
+    /// an allowed host, with or without its port.
+    fn answers_to(&self, host: &str) -> bool {
+        let host = host.trim().to_ascii_lowercase();
+        let name = match host.rsplit_once(':') {
+            Some((name, port))
+                if port.bytes().all(|b| b.is_ascii_digit())
+                    && (!name.contains(':') || name.ends_with(']')) =>
+            {
+                name
+            }
+            _ => host.as_str(),
+        };
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        bare.parse::<std::net::IpAddr>().is_ok()
+            || name == "localhost"
+            || self.allowed_hosts.iter().any(|a| *a == name || *a == host)
+    }
+}
+
+/// Every request: refused unless its host is one the dashboard answers to; every answer
+/// forbids framing by other sites, caching (pages carry the CSRF value) and type sniffing.
+async fn guard(
+    State(d): State<Arc<Dashboard>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let host = request
+        .headers()
+        .get(header::HOST)
+        .map(|h| h.to_str().unwrap_or("\u{FFFD}").to_owned());
+    let mut response = match host.filter(|h| !d.answers_to(h)) {
+        Some(host) => page_error(
+            &d.base,
+            StatusCode::MISDIRECTED_REQUEST,
+            &format!(
+                "this dashboard does not answer to the host {host:?}: start it with \
+                 --allowed-host {} (a name pointed at this machine by another site could \
+                 otherwise read its pages)",
+                host.split(':').next().unwrap_or_default()
+            ),
+        ),
+        None => next.run(request).await,
+    };
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (header::CONTENT_SECURITY_POLICY, "frame-ancestors 'none'"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "same-origin"),
+    ] {
+        headers.insert(name, header::HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// `base` as the dashboard keeps it: `""`, or `/` and segments with no trailing `/`.
@@ -103,13 +178,14 @@ pub async fn run(
     token: Option<String>,
     read_only: bool,
     base: &str,
+    allowed_hosts: &[String],
 ) -> Outcome {
     let addr: SocketAddr = bind.parse().map_err(|e| {
         Failure::Usage(format!(
             "--bind {bind:?} is not an address such as 127.0.0.1:8080: {e}"
         ))
     })?;
-    let token = match token.filter(|t| !t.is_empty()) {
+    let token = match token.filter(|t| !t.trim().is_empty()) {
         Some(t) => t,
         None => {
             let t = random_hex()?;
@@ -121,15 +197,21 @@ pub async fn run(
             t
         }
     };
-    let state = Dashboard::new(engine.clone(), token, read_only, base)?;
+    let state = Dashboard::new(engine.clone(), token, read_only, base, allowed_hosts)?;
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| Failure::Usage(format!("cannot listen on {addr}: {e}")))?;
     let local = listener
         .local_addr()
         .map_err(|e| Failure::Store(e.to_string()))?;
-    // The first line on stdout: where it listens (a test or a script reads it).
-    println!("listening on http://{local}{}", state.base);
+    // The first line on stdout: where it listens (a test or a script reads it; a closed
+    // stdout is no reason not to serve).
+    {
+        use std::io::Write as _;
+        let mut out = std::io::stdout();
+        let _ = writeln!(out, "listening on http://{local}{}", state.base);
+        let _ = out.flush();
+    }
     axum::serve(listener, router(state))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -152,7 +234,9 @@ pub fn router(state: Arc<Dashboard>) -> Router {
         // `/tasker` as well as `/tasker/`.
         routes = routes.route(&base, get(list));
     }
-    routes.with_state(state)
+    routes
+        .layer(axum::middleware::from_fn_with_state(state.clone(), guard))
+        .with_state(state)
 }
 
 /// An error page with its status.
@@ -202,6 +286,11 @@ fn badge(status: &str) -> String {
     )
 }
 
+/// How many tasks the list shows unless `?limit=` says, and the most it shows: each is loaded
+/// whole (its steps too), and any visitor may ask.
+const LIST_DEFAULT: usize = 50;
+const LIST_MOST: usize = 200;
+
 /// The list's filters.
 #[derive(Debug, Deserialize, Default)]
 pub struct ListQuery {
@@ -227,7 +316,7 @@ async fn list(State(d): State<Arc<Dashboard>>, Query(q): Query<ListQuery>) -> Re
         status,
         namespace: nonempty(q.namespace.clone()),
         name: nonempty(q.name.clone()),
-        limit: q.limit.unwrap_or(100).clamp(1, 1000),
+        limit: q.limit.unwrap_or(LIST_DEFAULT).clamp(1, LIST_MOST),
     };
     let tasks = match d.engine.list_tasks(&filter).await {
         Ok(t) => t,
@@ -508,7 +597,10 @@ fn refused(d: &Dashboard, headers: &HeaderMap, form: &ActForm) -> Option<Respons
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| {
+            let (scheme, value) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(value)
+        });
     match (bearer, form.token.as_deref().filter(|t| !t.is_empty())) {
         (Some(t), _) if same(t.trim(), &d.token) => None,
         (None, Some(t)) if same(t, &d.token) => {

@@ -195,6 +195,56 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
         .starts_with("text/plain"));
     assert!(r.text().await.unwrap().contains("# TYPE"));
 
+    // Only hosts it answers to: a name another site pointed at this machine is refused (DNS
+    // rebinding); every answer forbids framing and caching.
+    let r = http
+        .get(format!("{}/", web.base))
+        .header("Host", "evil.example:8080")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 421);
+    assert!(r
+        .text()
+        .await
+        .unwrap()
+        .contains("--allowed-host evil.example"));
+    let r = http.get(format!("{}/", web.base)).send().await.unwrap();
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    let named = serve(
+        &url,
+        &[
+            "--token",
+            "padded-token\n",
+            "--allowed-host",
+            "Tasks.Example",
+        ],
+    );
+    for host in [
+        "tasks.example",
+        "tasks.example:8080",
+        "localhost:1",
+        "[::1]:2",
+    ] {
+        let r = http
+            .get(format!("{}/", named.base))
+            .header("Host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 200, "{host}");
+    }
+    // The token's surrounding blanks are not part of it; the scheme's case does not matter.
+    let r = http
+        .post(format!("{}/tasks/{declined}/pause", named.base))
+        .header("Authorization", "bearer padded-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    act(&http, format!("{}/tasks/{declined}/resume", web.base)).await;
+
     // Read-only: every act refused, no form shown.
     let ro = serve(&url, &["--read-only"]);
     let (_, page) = {

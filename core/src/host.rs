@@ -123,6 +123,9 @@ impl<T> Drop for ForkSafe<T> {
     }
 }
 
+/// A year, in seconds: the longest duration a host may give.
+const YEAR: f64 = 365.0 * 24.0 * 3600.0;
+
 /// A duration from a host's number of seconds: finite, between 0 and one year.
 ///
 /// ```
@@ -132,7 +135,6 @@ impl<T> Drop for ForkSafe<T> {
 /// assert!(seconds(f64::NAN, "timeout").is_err());
 /// ```
 pub fn seconds(value: f64, what: &str) -> Result<Duration> {
-    const YEAR: f64 = 365.0 * 24.0 * 3600.0;
     if !(0.0..=YEAR).contains(&value) {
         return Err(Error::InvalidArgument(format!(
             "{what} must be a number of seconds between 0 and one year, not {value}"
@@ -198,11 +200,20 @@ pub fn session_config(
 }
 
 /// A handler's failure as a host reports it: retryable (after `retry_after` seconds when
-/// given, else the step's backoff) or permanent.
+/// given, else the step's backoff) or permanent. A `retry_after` past a year is taken as a
+/// year (the step's `backoff_max_ms` caps it further): a handler asking for a long wait is
+/// not refused; a negative or NaN one is [`Error::InvalidArgument`].
+///
+/// ```
+/// use tasker_core::host::failure;
+/// assert!(failure("busy".into(), true, Some(4e7)).is_ok());
+/// assert!(failure("busy".into(), true, Some(f64::INFINITY)).is_ok());
+/// assert!(failure("busy".into(), true, Some(-1.0)).is_err());
+/// ```
 pub fn failure(message: String, retryable: bool, retry_after: Option<f64>) -> Result<StepFailure> {
     let kind = if retryable {
         let retry_after_ms = retry_after
-            .map(|s| seconds_ms(s, "retry_after"))
+            .map(|s| seconds_ms(if s > YEAR { YEAR } else { s }, "retry_after"))
             .transpose()?;
         FailureKind::Retryable { retry_after_ms }
     } else {

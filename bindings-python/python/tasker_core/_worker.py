@@ -226,7 +226,12 @@ class Worker:
             step = session.next(0.5)
             if step is None and session.finished:
                 return
-            refused = step is not None and self._execute(session, step, loop)
+            try:
+                refused = step is not None and self._execute(session, step, loop)
+            except Exception as e:  # noqa: BLE001 - the thread lives on, and the step is let go
+                logger.error("%s: its outcome could not be handed back: %r", _where(step), e)
+                refused = _quietly(lambda: session.fail(
+                    step.step_id, step.attempt, f"its outcome could not be handed back: {e!r}", True, None))
             if refused:
                 logger.warning("%s: %s", _where(step), refused)
 
@@ -254,7 +259,8 @@ class Worker:
             return session.fail(step.step_id, step.attempt, e.message, False, None)
         except BaseException as e:  # noqa: BLE001 - any other error is a retryable failure
             logger.error("%s raised %r", _where(step), e, exc_info=e)
-            return session.fail(step.step_id, step.attempt, repr(e), True, None)
+            message = e.args[0] if isinstance(e, _Escaped) else repr(e)
+            return session.fail(step.step_id, step.attempt, message, True, None)
         return session.complete(step.step_id, step.attempt, result)
 
 
@@ -351,9 +357,32 @@ async def _bounded(awaitable: Any, step: Step) -> Any:
     _current.set(step)  # this task's own context: its records go to the step's log
     timeout = step.timeout_ms / 1000.0 if step.timeout_ms else None
     try:
-        return await asyncio.wait_for(awaitable, timeout)
+        return await asyncio.wait_for(_contained(awaitable), timeout)
     except asyncio.TimeoutError:
         raise _TimedOut from None
+
+
+async def _contained(awaitable: Any) -> Any:
+    """``awaitable``'s value; its ``SystemExit`` or ``KeyboardInterrupt`` as an ordinary error,
+    caught inside the task that runs it (asyncio re-raises these out of the loop's thread, which
+    would die with every handler waiting on it)."""
+    try:
+        return await awaitable
+    except (KeyboardInterrupt, SystemExit) as e:
+        raise _Escaped(repr(e)) from e
+
+
+class _Escaped(Exception):
+    """A coroutine handler's ``SystemExit`` or ``KeyboardInterrupt``, as an ordinary error."""
+
+
+def _quietly(call: Callable[[], Any]) -> Any:
+    """``call()``, or None (logged) when it raises."""
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001
+        logger.error("could not hand an outcome back: %r", e)
+        return None
 
 
 def _check_name(name: Any) -> str:

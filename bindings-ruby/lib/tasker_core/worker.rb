@@ -204,7 +204,17 @@ module TaskerCore
         break if claimed.nil?
 
         step = Step.from_claim(claimed, session)
-        refused = execute(session, handlers[step.handler], step)
+        refused = begin
+          execute(session, handlers[step.handler], step)
+        rescue StandardError => e # the thread lives on, and the step is let go
+          logger.error { "#{where(step)}: its outcome could not be handed back: #{e.class}: #{e.message}" }
+          begin
+            session.fail(step.step_id, step.attempt, utf8("its outcome could not be handed back: #{e.message}"), true, nil)
+          rescue StandardError => again
+            logger.error { "#{where(step)}: could not fail it either: #{again.message}" }
+            nil
+          end
+        end
         logger.warn { "step #{step.name.inspect} (#{step.step_id}) attempt #{step.attempt}: #{refused}" } if refused
       end
     end

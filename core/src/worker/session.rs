@@ -785,6 +785,10 @@ async fn drive(shared: Arc<Shared>) {
             state.held.is_empty() && state.reports.is_empty() && state.phase == Phase::Running
         };
         if idle_now && got == 0 && retry_claims_at.is_none() {
+            // Read before the status: a follow-up (a parent step settled by its last child's
+            // report) that ends while the status is read may have made a step ready after
+            // the status looked.
+            let followed = engine.is_following_up();
             match engine
                 .work_status_for(config.handlers.as_deref().unwrap_or_default())
                 .await
@@ -794,6 +798,7 @@ async fn drive(shared: Arc<Shared>) {
                     // that fails is left for later: the run is idle).
                     if config.until_idle
                         && status.is_idle()
+                        && !followed
                         && !engine.is_following_up()
                         && !matches!(engine.tend_children().await, Ok(n) if n > 0)
                     {
