@@ -77,23 +77,36 @@ impl Dashboard {
 
     /// Whether `host` (a request's `Host`) is one this dashboard answers to: an IP address (a
     /// name rebound to this machine arrives as that name, not as an address), `localhost`, or
-    /// an allowed host, with or without its port.
+    /// an allowed host (given with a port, only on that port).
     fn answers_to(&self, host: &str) -> bool {
-        let host = host.trim().to_ascii_lowercase();
-        let name = match host.rsplit_once(':') {
-            Some((name, port))
-                if port.bytes().all(|b| b.is_ascii_digit())
-                    && (!name.contains(':') || name.ends_with(']')) =>
-            {
-                name
-            }
-            _ => host.as_str(),
-        };
-        let bare = name.trim_start_matches('[').trim_end_matches(']');
-        bare.parse::<std::net::IpAddr>().is_ok()
+        let (name, port) = host_parts(host);
+        name.trim_start_matches('[')
+            .trim_end_matches(']')
+            .parse::<std::net::IpAddr>()
+            .is_ok()
             || name == "localhost"
-            || self.allowed_hosts.iter().any(|a| *a == name || *a == host)
+            || self.allowed_hosts.iter().any(|allowed| {
+                let (a, p) = host_parts(allowed);
+                a == name && (p.is_none() || p == port)
+            })
     }
+}
+
+/// `host` (`name`, `name:port`, `[v6]:port`) as its lowercase name, without the trailing dot
+/// of a fully qualified one, and its port.
+fn host_parts(host: &str) -> (String, Option<String>) {
+    let host = host.trim().to_ascii_lowercase();
+    let (name, port) = match host.rsplit_once(':') {
+        Some((name, port))
+            if !port.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && (!name.contains(':') || name.ends_with(']')) =>
+        {
+            (name.to_owned(), Some(port.to_owned()))
+        }
+        _ => (host.clone(), None),
+    };
+    (name.strip_suffix('.').unwrap_or(&name).to_owned(), port)
 }
 
 /// Every request: refused unless its host is one the dashboard answers to; every answer
@@ -603,7 +616,7 @@ fn refused(d: &Dashboard, headers: &HeaderMap, form: &ActForm) -> Option<Respons
         });
     match (bearer, form.token.as_deref().filter(|t| !t.is_empty())) {
         (Some(t), _) if same(t.trim(), &d.token) => None,
-        (None, Some(t)) if same(t, &d.token) => {
+        (None, Some(t)) if same(t.trim(), &d.token) => {
             if form.csrf.as_deref().is_some_and(|c| same(c, &d.csrf)) {
                 None
             } else {

@@ -221,19 +221,24 @@ async fn the_dashboard_shows_tasks_and_acts_only_with_the_token() {
             "Tasks.Example",
         ],
     );
-    for host in [
+    let answered = [
         "tasks.example",
-        "tasks.example:8080",
+        "TASKS.EXAMPLE:8080",
+        "tasks.example.",
         "localhost:1",
-        "[::1]:2",
-    ] {
+    ]
+    .into_iter()
+    .chain(["[::1]:2", "10.1.2.3"])
+    .map(|h| (h, 200))
+    .chain(["tasks.example.evil", "example", "tasks-example"].map(|h| (h, 421)));
+    for (host, status) in answered {
         let r = http
             .get(format!("{}/", named.base))
             .header("Host", host)
             .send()
             .await
             .unwrap();
-        assert_eq!(r.status().as_u16(), 200, "{host}");
+        assert_eq!(r.status().as_u16(), status, "{host}");
     }
     // The token's surrounding blanks are not part of it; the scheme's case does not matter.
     let r = http

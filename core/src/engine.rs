@@ -405,6 +405,7 @@ impl Engine {
     /// Validates and stores a template; returns its compiled graph.
     pub async fn register_template(&self, template: &TaskTemplate) -> Result<Arc<TaskGraph>> {
         let graph = Arc::new(template.compile()?);
+        template.check_new()?;
         self.store()?.save_template(&graph).await?;
         let key = (
             graph.namespace().to_owned(),

@@ -144,12 +144,6 @@ impl ScheduleSpec {
                 "a schedule's name must be 1 to 200 bytes long".to_owned(),
             ));
         }
-        if self.name.chars().any(char::is_control) {
-            return Err(Error::InvalidArgument(format!(
-                "a schedule's name must not hold a control character (NUL, line break, …): {:?}",
-                self.name
-            )));
-        }
         let cron = croner::parser::CronParser::builder()
             .seconds(croner::parser::Seconds::Optional)
             .year(croner::parser::Year::Disallowed)

@@ -120,12 +120,6 @@ impl Webhook {
                 spec.url
             ));
         }
-        if !url.username().is_empty() || url.password().is_some() {
-            return Err(format!(
-                "{what}: url must not carry a user or password (it is kept in every delivery \
-                 and its log lines); receivers check the X-Tasker-Signature instead"
-            ));
-        }
         if let Some(name) = &spec.secret_env {
             let ok = name
                 .bytes()
@@ -144,8 +138,10 @@ impl Webhook {
             ));
         }
         let retry = spec.retry.unwrap_or_else(default_retry);
-        if let Some(problem) = retry.problem(MAX_WEBHOOK_ATTEMPTS) {
-            return Err(format!("{what}: retry.{problem}"));
+        if retry.max_attempts == 0 || retry.max_attempts > MAX_WEBHOOK_ATTEMPTS {
+            return Err(format!(
+                "{what}: retry.max_attempts must be between 1 and {MAX_WEBHOOK_ATTEMPTS}"
+            ));
         }
         Ok(Webhook {
             on,
@@ -154,6 +150,27 @@ impl Webhook {
             timeout_ms,
             retry,
         })
+    }
+
+    /// The checks made only when `spec` (webhook `n`) is registered, on top of
+    /// [`Webhook::compile`] (which also reads back stored templates): a URL without a user or
+    /// password (it would be kept in every delivery and its log lines), a retry policy as a
+    /// step's must be.
+    pub fn check_new(spec: &WebhookSpec, n: usize) -> Result<(), String> {
+        let what = format!("webhook {n}");
+        if let Ok(url) = url::Url::parse(&spec.url) {
+            if !url.username().is_empty() || url.password().is_some() {
+                return Err(format!(
+                    "{what}: url must not carry a user or password (it is kept in every \
+                     delivery and its log lines); receivers check the X-Tasker-Signature instead"
+                ));
+            }
+        }
+        let retry = spec.retry.unwrap_or_else(default_retry);
+        match retry.problem(MAX_WEBHOOK_ATTEMPTS) {
+            Some(problem) => Err(format!("{what}: retry.{problem}")),
+            None => Ok(()),
+        }
     }
 
     /// Whether it is sent for event `name`.

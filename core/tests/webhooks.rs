@@ -303,7 +303,7 @@ per_store! {
                 json!([{"on": ["task.completed"], "url": "https://h.example/x", "retry": {"max_attempts": 3, "backoff_base_ms": 10000, "backoff_max_ms": 10}}]),
                 "retry.backoff_base_ms (10000) must not exceed backoff_max_ms (10)",
             ),
-            (json!([{"on": ["task.completed"], "url": "https://h.example/x", "retry": {"max_attempts": 101}}]), "retry.max_attempts must be at most 100"),
+            (json!([{"on": ["task.completed"], "url": "https://h.example/x", "retry": {"max_attempts": 101}}]), "retry.max_attempts must be between 1 and 100"),
         ] {
             let err = engine.register_template_str(&template("bad", hooks)).await.unwrap_err();
             assert!(

@@ -24,6 +24,13 @@ impl Engine {
     /// missed while no engine ran are made as after any downtime.
     pub async fn schedule(&self, spec: ScheduleSpec) -> Result<ScheduleView> {
         let ticks = spec.ticks()?;
+        // Checked here, not in `ticks` (which also reads stored schedules back).
+        if spec.name.chars().any(char::is_control) {
+            return Err(crate::Error::InvalidArgument(format!(
+                "a schedule's name must not hold a control character (NUL, line break, …): {:?}",
+                spec.name
+            )));
+        }
         let probe = NewTask {
             version: spec.version.clone(),
             context: spec.context.clone(),

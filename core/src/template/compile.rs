@@ -435,8 +435,7 @@ impl TaskTemplate {
     }
 }
 
-/// Refuses a blank name, one longer than [`MAX_NAME_LEN`] characters, or one holding a control
-/// character.
+/// Refuses a blank name or one longer than [`MAX_NAME_LEN`] characters.
 fn check_name(field: &'static str, name: &str) -> Result<(), TemplateError> {
     if name.trim().is_empty() {
         return Err(TemplateError::EmptyName { field });
@@ -448,13 +447,35 @@ fn check_name(field: &'static str, name: &str) -> Result<(), TemplateError> {
             limit: MAX_NAME_LEN,
         });
     }
-    if name.chars().any(char::is_control) {
-        return Err(TemplateError::NameWithControl {
-            field,
-            name: name.to_owned(),
-        });
-    }
     Ok(())
+}
+
+impl TaskTemplate {
+    /// The checks made only when a template is registered, on top of [`TaskTemplate::compile`]
+    /// (which also reads back what a store holds, and so must keep accepting what an earlier
+    /// version stored): no control character in a name, and webhooks as
+    /// [`crate::webhooks::Webhook::check_new`] wants them.
+    pub fn check_new(&self) -> Result<(), TemplateError> {
+        let names = [("namespace", &self.namespace), ("name", &self.name)]
+            .into_iter()
+            .chain(self.steps.iter().flat_map(|s| {
+                std::iter::once(("step name", &s.name))
+                    .chain(s.handler.as_ref().map(|h| ("handler", h)))
+            }));
+        for (field, name) in names {
+            if name.chars().any(char::is_control) {
+                return Err(TemplateError::NameWithControl {
+                    field,
+                    name: name.clone(),
+                });
+            }
+        }
+        for (n, hook) in self.webhooks.iter().enumerate() {
+            crate::webhooks::Webhook::check_new(hook, n)
+                .map_err(|message| TemplateError::InvalidWebhook { message })?;
+        }
+        Ok(())
+    }
 }
 
 /// Kahn's algorithm, always taking the ready step that comes first in the template. On a cycle,
