@@ -1091,6 +1091,8 @@ struct WorkerRuns {
     runtime: ForkSafe<Arc<Runtime>>,
     config: SessionConfig,
     runs: tasker_core::worker::Runs,
+    /// The process its engine belongs to: a worker made before a fork cannot run in the child.
+    owner: Owner,
 }
 
 #[pymethods]
@@ -1118,6 +1120,7 @@ impl WorkerRuns {
             runtime: ForkSafe::new((*engine.runtime).clone()),
             config,
             runs: Default::default(),
+            owner: engine.owner,
         })
     }
 
@@ -1134,6 +1137,9 @@ impl WorkerRuns {
         timeout: Option<f64>,
         step_type: Option<Py<PyType>>,
     ) -> PyResult<WorkerSession> {
+        // Made before a fork: its engine's runtime and connections are the parent's (the
+        // child would wait on them for ever).
+        self.owner.check("worker").map_err(py_err)?;
         let mut config = self.config.clone().handlers(handlers);
         config.until_idle = until_idle;
         if let Some(t) = timeout {
@@ -1149,7 +1155,7 @@ impl WorkerRuns {
         Ok(WorkerSession {
             session: ForkSafe::new(session),
             runtime: ForkSafe::new((*self.runtime).clone()),
-            owner: Owner::current(),
+            owner: self.owner,
             step_type,
         })
     }

@@ -254,9 +254,25 @@ def test_absurd_waits_and_delays_are_invalid_arguments_not_panics(memory_engine)
             memory_engine.claim("w", None, 1, wait=wait)
 
 
-def test_a_forked_child_refuses_the_parents_engine_and_opens_its_own():
+def _wait_for_child(pid: int, seconds: float) -> int:
+    """The wait status of child ``pid``, which must end within ``seconds`` (else it is killed
+    and the test fails)."""
     import os
     import signal
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return status
+        time.sleep(0.05)
+    os.kill(pid, signal.SIGKILL)
+    os.waitpid(pid, 0)
+    raise AssertionError("the forked child hung")
+
+
+def test_a_forked_child_refuses_the_parents_engine_and_opens_its_own():
+    import os
 
     parent = tasker_core.Engine("memory:")
     parent.register_template("namespace: f\nname: k\nversion: 1.0.0\nsteps: [{name: a}]\n")
@@ -275,15 +291,31 @@ def test_a_forked_child_refuses_the_parents_engine_and_opens_its_own():
                 code = 0
         finally:
             os._exit(code)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
-            break
-        time.sleep(0.05)
-    else:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise AssertionError("the forked child hung")
+    status = _wait_for_child(pid, 20)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
     assert parent.create_task("f", "k")  # the parent's engine still works
+
+
+def test_a_worker_made_before_a_fork_refuses_to_run_in_the_child():
+    import os
+
+    parent = tasker_core.Engine("memory:")
+    parent.register_template("namespace: f\nname: w\nversion: 1.0.0\nsteps: [{name: a}]\n")
+    worker = tasker_core.Worker(parent, concurrency=1)
+    worker.handler("a")(lambda step: "never")
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        try:
+            try:
+                worker.run_until_idle(timeout=5)
+                said = b"ran"
+            except tasker_core.StoreError as e:
+                said = b"refused" if "fork" in str(e) else b"other"
+            os.write(write, said)
+        finally:
+            os._exit(0)
+    os.close(write)
+    _wait_for_child(pid, 30)
+    assert os.read(read, 100) == b"refused"
+    os.close(read)

@@ -398,11 +398,21 @@ class EngineTest < Minitest::Test
       exit!(0)
     end
     writer.close
-    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + 60
-    status = nil
-    while status.nil?
+    status = wait_for_child(pid, 60)
+    assert status.success?
+    assert_equal "refused 1", reader.read
+    parent.close
+  ensure
+    FileUtils.remove_entry(dir) if dir
+  end
+
+  # The exit status of child `pid`, which must end within `seconds` (else it is killed and the
+  # test fails).
+  def wait_for_child(pid, seconds)
+    deadline = Process.clock_gettime(Process::CLOCK_MONOTONIC) + seconds
+    loop do
       _, status = Process.wait2(pid, Process::WNOHANG)
-      next unless status.nil?
+      return status unless status.nil?
 
       if Process.clock_gettime(Process::CLOCK_MONOTONIC) > deadline
         Process.kill("KILL", pid)
@@ -410,11 +420,33 @@ class EngineTest < Minitest::Test
       end
       sleep 0.05
     end
-    assert status.success?
-    assert_equal "refused 1", reader.read
+  end
+
+  # A worker made before fork and run in the child used to hang there on the parent's runtime.
+  def test_a_worker_made_before_a_fork_refuses_to_run_in_the_child
+    skip "no fork on this platform" unless Process.respond_to?(:fork)
+
+    parent = TaskerCore::Engine.new("memory:")
+    parent.register_template(template("forked", "a"))
+    worker = TaskerCore::Worker.new(parent, concurrency: 1)
+    worker.handler("a") { |_step| "never" }
+    reader, writer = IO.pipe
+    pid = fork do
+      reader.close
+      said = begin
+        worker.run_until_idle(timeout: 5)
+        "ran"
+      rescue TaskerCore::StoreError => e
+        e.message.include?("fork") ? "refused" : "other: #{e.message}"
+      end
+      writer.write(said)
+      writer.close
+      exit!(0)
+    end
+    writer.close
+    wait_for_child(pid, 30)
+    assert_equal "refused", reader.read
     parent.close
-  ensure
-    FileUtils.remove_entry(dir) if dir
   end
 
   def test_a_forked_child_gets_an_engine_of_its_own_from_the_module_accessor

@@ -908,6 +908,8 @@ struct WorkerRuns {
     engine: ForkSafe<tasker_core::Engine>,
     config: SessionConfig,
     runs: tasker_core::worker::Runs,
+    /// The process its engine belongs to: a worker made before a fork cannot run in the child.
+    owner: Owner,
 }
 
 /// An ArgumentError for a bad worker argument.
@@ -937,6 +939,7 @@ impl WorkerRuns {
             engine: ForkSafe::new((*engine.engine).clone()),
             config,
             runs: Default::default(),
+            owner: engine.owner,
         })
     }
 
@@ -948,6 +951,9 @@ impl WorkerRuns {
         timeout: Option<f64>,
     ) -> Result<Session, Error> {
         let ruby = ruby();
+        // Made before a fork: its engine's runtime and connections are the parent's (the
+        // child would wait on them for ever).
+        self.owner.check("worker").map_err(|e| rb_err(&ruby, e))?;
         let mut config = self.config.clone().handlers(handlers);
         config.until_idle = until_idle;
         if let Some(t) = timeout {
@@ -964,7 +970,7 @@ impl WorkerRuns {
         Ok(Session {
             session: ForkSafe::new(session),
             runtime: ForkSafe::new(runtime),
-            owner: Owner::current(),
+            owner: self.owner,
         })
     }
 
