@@ -485,6 +485,35 @@ def test_an_async_handler_raising_system_exit_fails_its_attempt_and_the_worker_g
     assert (s["status"], s["attempts"], s["result"]) == ("complete", 3, "after both")
 
 
+def test_an_exception_escaping_a_run_lets_its_running_steps_go(memory_engine):
+    memory_engine.register_template(yaml_template("escape", step("a")))
+    task_id = memory_engine.create_task("test", "escape")
+    worker = Worker(memory_engine, concurrency=1)
+    started, release = threading.Event(), threading.Event()
+
+    @worker.handler("a")
+    def a(step):
+        started.set()
+        release.wait(10)
+        return "late"
+
+    def escape(*_):
+        raise SystemExit("the application exits")
+
+    previous = signal.signal(signal.SIGALRM, escape)
+    try:
+        threading.Thread(target=lambda: started.wait(10) and signal.setitimer(
+            signal.ITIMER_REAL, 0.05), daemon=True).start()
+        with pytest.raises(SystemExit):
+            worker.run()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        release.set()
+    # Let go at once, not held until its lease runs out (the session used to go on claiming).
+    wait_for(lambda: step_of(memory_engine.task(task_id), "a")["status"] == "pending", timeout=10)
+
+
 def test_a_retry_after_past_a_year_is_capped_not_refused(memory_engine):
     memory_engine.register_template(
         yaml_template("far", step("a", retry={"max_attempts": 2, "backoff_base_ms": 10, "backoff_max_ms": 60000}))

@@ -201,6 +201,10 @@ class Worker:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if not session.finished:
+                # An exception escaped the run (an application's SystemExit, say): no more
+                # claims, and what still runs is let go rather than left to its lease.
+                session.abort()
             loop.close()
             self._runs.end()
         if self._stopped or not until_idle and not counts["idle"]:

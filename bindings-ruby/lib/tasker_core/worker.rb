@@ -191,6 +191,9 @@ module TaskerCore
       end
       counts
     ensure
+      # An exception escaped the run (Thread#raise, Timeout, exit): no more claims, and what still
+      # runs is let go rather than left to its lease.
+      session.abort unless session.finished?
       restore_traps(previous || {})
       @runs.end
     end
