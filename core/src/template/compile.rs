@@ -55,8 +55,9 @@ impl TaskTemplate {
     /// # Ok::<(), TemplateError>(())
     /// ```
     pub fn compile(&self) -> Result<TaskGraph, TemplateError> {
-        check_name("namespace", &self.namespace)?;
-        check_name("name", &self.name)?;
+        for (field, name) in self.names() {
+            check_name(field, name)?;
+        }
         let version =
             semver::Version::parse(&self.version).map_err(|e| TemplateError::InvalidVersion {
                 version: self.version.clone(),
@@ -80,7 +81,6 @@ impl TaskTemplate {
         let mut specs: Vec<StepSpec> = Vec::with_capacity(n);
         let mut edge_total = 0usize;
         for (i, step) in self.steps.iter().enumerate() {
-            check_name("step name", &step.name)?;
             let name: Arc<str> = Arc::from(step.name.as_str());
             if index.insert(Arc::clone(&name), i as u32).is_some() {
                 return Err(TemplateError::DuplicateStep {
@@ -88,10 +88,7 @@ impl TaskTemplate {
                 });
             }
             let handler = match &step.handler {
-                Some(handler) => {
-                    check_name("handler", handler)?;
-                    Arc::from(handler.as_str())
-                }
+                Some(handler) => Arc::from(handler.as_str()),
                 None => Arc::clone(&name),
             };
             let retry = self.resolve_retry(step)?;
@@ -451,18 +448,23 @@ fn check_name(field: &'static str, name: &str) -> Result<(), TemplateError> {
 }
 
 impl TaskTemplate {
+    /// Every name the template gives, with what it names: its namespace and name, then each
+    /// step's name and handler.
+    fn names(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        [("namespace", &self.namespace), ("name", &self.name)]
+            .into_iter()
+            .chain(self.steps.iter().flat_map(|s| {
+                std::iter::once(("step name", &s.name))
+                    .chain(s.handler.as_ref().map(|h| ("handler", h)))
+            }))
+    }
+
     /// The checks made only when a template is registered, on top of [`TaskTemplate::compile`]
     /// (which also reads back what a store holds, and so must keep accepting what an earlier
     /// version stored): no control character in a name, and webhooks as
     /// [`crate::webhooks::Webhook::check_new`] wants them.
     pub fn check_new(&self) -> Result<(), TemplateError> {
-        let names = [("namespace", &self.namespace), ("name", &self.name)]
-            .into_iter()
-            .chain(self.steps.iter().flat_map(|s| {
-                std::iter::once(("step name", &s.name))
-                    .chain(s.handler.as_ref().map(|h| ("handler", h)))
-            }));
-        for (field, name) in names {
+        for (field, name) in self.names() {
             if name.chars().any(char::is_control) {
                 return Err(TemplateError::NameWithControl {
                     field,
